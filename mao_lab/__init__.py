@@ -1,0 +1,28 @@
+"""mao_lab — a lab for task balancing in multi-task learning, built around MAO.
+
+The public API is re-exported here; the modules with a leading underscore are private.
+"""
+
+from ._mao import MAO
+from ._observe import ObservableMixin, StepObserver, StepRecord
+from ._task_gradients import (
+    TaskGradients,
+    TaskInputError,
+    TaskLosses,
+    as_task_losses,
+    compute_task_gradients,
+)
+
+__all__ = [
+    "MAO",
+    "ObservableMixin",
+    "StepObserver",
+    "StepRecord",
+    "TaskGradients",
+    "TaskInputError",
+    "TaskLosses",
+    "as_task_losses",
+    "compute_task_gradients",
+]
+
+__version__ = "0.1.0"
