@@ -152,20 +152,30 @@ class MAO(ObservableMixin, Optimizer):
                 )
             loss_values = torch.stack([loss.detach().reshape(()) for loss in loss_list])
         assert task_grads is not None
-        self._check_num_tasks(task_grads.num_tasks)
-        if self.check_finite:
-            task_grads.check_finite()
-        self._check_task_weights(task_grads.num_tasks)
-
         observers = self._observers_wanting_record()
-        task_updates = self._update(task_grads, keep_task_updates=bool(observers))
-        for group in self.param_groups:
-            group["num_tasks"] = task_grads.num_tasks
+        task_updates = self.apply_task_gradients(task_grads, keep_task_updates=bool(observers))
         if loss_values is None:
             loss_values = torch.full((task_grads.num_tasks,), float("nan"))
         if observers:
             self._notify(observers, StepRecord(task_grads.task_names, loss_values, task_grads, task_updates))
         return loss_values
+
+    @torch.no_grad()
+    def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskGradients | None:
+        """The update alone, from per-task gradients; the building block of :meth:`step`.
+
+        With ``keep_task_updates`` it returns each task's part of the parameter change (``lr * w_k * u_k``,
+        divided by ``T`` for ``reduction="mean"``), so that the step moved ``p`` by ``-sum_k`` of them
+        (plus weight decay).  Checks everything before modifying anything.
+        """
+        self._check_num_tasks(task_grads.num_tasks)
+        if self.check_finite:
+            task_grads.check_finite()
+        self._check_task_weights(task_grads.num_tasks)
+        task_updates = self._update(task_grads, keep_task_updates)
+        for group in self.param_groups:
+            group["num_tasks"] = task_grads.num_tasks
+        return task_updates
 
     # -- checks (before anything is modified) ------------------------------------------------------
 
