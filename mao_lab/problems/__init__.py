@@ -1,0 +1,68 @@
+"""Problems to balance tasks on: a toy landscape, an imbalanced regression and MultiMNIST.
+
+- :func:`landscape_losses` — the two-task landscape of CAGrad, Nash-MTL and FAMO, with its Pareto set.
+- :class:`ImbalancedRegression` and :func:`regression_model` — GradNorm's regressions of unequal scale.
+- :func:`load_multimnist` and :func:`multimnist_model` — overlaid real MNIST digits, with tasks of
+  different nature (classification, regression, dense reconstruction).
+
+Every model is a :class:`MultiTaskNet`: a shared ``trunk`` and one head per task.
+"""
+
+from ._landscape import (
+    LANDSCAPE_EPS,
+    LANDSCAPE_STARTS,
+    PARETO_X1_RANGE,
+    PARETO_X2,
+    landscape_grid,
+    landscape_losses,
+    pareto_distance,
+    pareto_front,
+    reaches_pareto_set,
+)
+from ._model import MultiTaskNet, seeded_init
+from ._multimnist import (
+    DEFAULT_MULTIMNIST_PATH,
+    MULTIMNIST_TASKS,
+    MultiMNIST,
+    MultiMNISTTask,
+    TaskMetric,
+    build_multimnist,
+    evaluate_multimnist,
+    load_multimnist,
+    multimnist_model,
+    overlay_digits,
+    place_left_digit,
+    task_losses,
+    task_metrics,
+)
+from ._regression import ImbalancedRegression, geometric_sigmas, regression_model
+
+__all__ = [
+    "DEFAULT_MULTIMNIST_PATH",
+    "ImbalancedRegression",
+    "LANDSCAPE_EPS",
+    "LANDSCAPE_STARTS",
+    "MULTIMNIST_TASKS",
+    "MultiMNIST",
+    "MultiMNISTTask",
+    "MultiTaskNet",
+    "PARETO_X1_RANGE",
+    "PARETO_X2",
+    "TaskMetric",
+    "build_multimnist",
+    "evaluate_multimnist",
+    "geometric_sigmas",
+    "landscape_grid",
+    "landscape_losses",
+    "load_multimnist",
+    "multimnist_model",
+    "overlay_digits",
+    "pareto_distance",
+    "pareto_front",
+    "place_left_digit",
+    "reaches_pareto_set",
+    "regression_model",
+    "seeded_init",
+    "task_losses",
+    "task_metrics",
+]

@@ -1,0 +1,65 @@
+"""Every notebook runs headlessly under papermill in its smoke setting, and rejects bad parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mao_lab.runner import NOTEBOOK_DIR, NotebookRunError, execute_notebook, find_notebooks
+
+pytestmark = pytest.mark.notebook
+
+NOTEBOOKS = find_notebooks()
+
+# What each notebook must leave in its output folder (besides the executed copy and its HTML).
+EXPECTED_FILES = {
+    "00_quickstart": ["test_curves.parquet", "test_curves.html", "summary.json", "plotly.min.js"],
+}
+
+
+def test_the_collection_is_found_and_committed_clean() -> None:
+    assert [p.stem for p in NOTEBOOKS][:1] == ["00_quickstart"]
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and "smoke" in tagged[0].source, f"{path.name}: one `parameters` cell with `smoke`"
+        assert code.index(tagged[0]) == 0, f"{path.name}: the parameters cell comes first"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_in_its_smoke_setting(path: Path, tmp_path: Path) -> None:
+    executed = execute_notebook(path, tmp_path, {"smoke": True})
+    for name in EXPECTED_FILES.get(path.stem, []):
+        assert (tmp_path / name).is_file(), f"{path.stem} did not write {name}"
+    html = (tmp_path / f"{path.stem}.html").read_text(encoding="utf-8")
+    notebook = nbformat.read(executed, as_version=4)
+    mimetypes = {key for c in notebook.cells if c.cell_type == "code" for o in c.outputs for key in o.get("data", {})}
+    assert "application/vnd.plotly.v1+json" in mimetypes, "no plotly figure in the executed notebook"
+    # The HTML export carries plotly.js itself, so the figures show offline.
+    assert "Plotly.newPlot" in html and "cdn.plot.ly" not in html.split("Plotly.newPlot")[0][-20000:]
+    summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
+    assert all(isinstance(k, str) for k in summary)
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [({"lr": -1.0}, "bad notebook parameter `lr` = -1.0"), ({"steps": 0}, "bad notebook parameter `steps` = 0")],
+)
+def test_bad_parameter_fails_with_the_notebooks_message_and_keeps_results(tmp_path: Path, parameters: dict, message: str) -> None:
+    path = NOTEBOOK_DIR / "00_quickstart.ipynb"
+    (tmp_path / "summary.json").write_text('{"earlier": "result"}')
+    with pytest.raises(NotebookRunError, match=message.replace("`", ".")):
+        execute_notebook(path, tmp_path, {"smoke": True, **parameters}, html=False)
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"earlier": "result"}
+    assert (tmp_path / "00_quickstart.failed.ipynb").exists()
+    assert not (tmp_path / "00_quickstart.ipynb").exists()
+
+
+def test_runner_rejects_unknown_notebooks() -> None:
+    with pytest.raises(ValueError, match="no notebook matches 'nope'"):
+        find_notebooks(["nope"])
