@@ -24,7 +24,7 @@ def test_grid_expansion_and_bad_grids() -> None:
 def test_sweep_on_a_dask_cluster_collects_summaries_and_failures(tmp_path: Path) -> None:
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         table = run_sweep(QUICKSTART, {"lr": [0.003, -1.0]}, tmp_path, fixed={"smoke": True, "steps": 5}, client=client, progress=False)
     assert list(table["status"]) == ["ok", "failed"]
     assert "bad notebook parameter `lr`" in table.loc[1, "error"]
