@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -46,14 +47,14 @@ class StepObserver(Protocol):
 class ObservableMixin:
     """Gives a method or optimizer a list of observers, and builds records only when one wants them."""
 
-    _observers: dict[int, StepObserver]
+    _observers: OrderedDict[int, StepObserver]
 
     def add_observer(self, observer: StepObserver) -> RemovableHandle:
         """Attach an observer; ``handle.remove()`` detaches it."""
         if not isinstance(observer, StepObserver):
             raise TypeError("an observer needs wants_record() and __call__(record)")
         if not hasattr(self, "_observers"):
-            self._observers = {}
+            self._observers = OrderedDict()  # RemovableHandle keeps a weak reference: a plain dict has none
         handle = RemovableHandle(self._observers)
         self._observers[handle.id] = observer
         return handle

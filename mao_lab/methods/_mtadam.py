@@ -1,0 +1,170 @@
+"""MTAdam — Multi-Term Adam (Malkiel & Wolf, EMNLP 2021), written here (TorchJD has no MTAdam).
+
+For every parameter tensor ("layer") ``p`` and every task ``k`` reaching it, with ``g_k = dL_k/dp``::
+
+    n_k <- b3 n_k + (1 - b3) ||g_k||          (n_k starts at the first ||g_k||)
+    ĝ_k  = g_k * n_a / n_k                    (a: the first task with n_a > 1e-10, the "first loss")
+    m_k <- b1 m_k + (1 - b1) ĝ_k               v_k <- b2 v_k + (1 - b2) ĝ_k^2
+    p   <- p - lr / (1 - b1^t) * sum_k m_k / (max_k sqrt(v_k / (1 - b2^t)) + eps)
+
+So every task's gradient is rescaled, layer by layer, to the running gradient norm of the first task,
+and one shared step divides by the element-wise maximum of the per-task Adam denominators.  With one
+task it is exactly Adam.  Unlike the public code, the state lives in ``state_dict``, any device works,
+a task that does not reach ``p`` at a step leaves ``n_k`` alone and feeds zeros to its moments, and
+weight decay is decoupled (AdamW-style), once per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .._observe import StepRecord
+from .._task_gradients import TaskGradients, compute_task_gradients
+from ._base import LossClosure, Method
+from ._common import check_adam_hyperparameters, check_in_range
+from ._registry import register
+
+__all__ = ["MTAdam", "MTAdamMethod"]
+
+_TINY = 1e-10  # below this a running norm counts as zero, as in the public code
+
+
+class MTAdam(Optimizer):
+    """The MTAdam update from per-task gradients (:class:`~mao_lab.TaskGradients`).
+
+    >>> w = torch.tensor([1.0, -1.0], requires_grad=True)
+    >>> opt = MTAdam([w], lr=0.1)
+    >>> from mao_lab import compute_task_gradients
+    >>> g = compute_task_gradients([w.pow(2).sum(), 100 * w.sum()], [w])
+    >>> parts = opt.apply_task_gradients(g, keep_task_updates=True)
+    >>> w.detach()  # task 1 is rescaled to task 0's gradient norm before its Adam moments
+    tensor([ 0.8000, -1.0000])
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        beta3: float = 0.9,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        check_adam_hyperparameters(lr, betas, eps, weight_decay)
+        check_in_range("beta3", beta3, 0.0, 1.0, high_open=True)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskGradients | None:
+        """One MTAdam step; with ``keep_task_updates`` return each task's part ``lr/(1-b1^t) m_k / max denom``."""
+        where = task_grads.index()
+        params, tasks, kept = [], [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                i = where.get(id(p))
+                if i is None or not task_grads.tasks[i]:
+                    continue
+                part = self._update(p, group, task_grads.tasks[i], task_grads.grads[i], keep_task_updates)
+                if keep_task_updates:
+                    params.append(p)
+                    tasks.append(self.state[p]["tasks"])
+                    kept.append(part)
+        if not keep_task_updates:
+            return None
+        return TaskGradients(task_grads.task_names, tuple(params), tuple(tasks), tuple(kept))
+
+    def _update(self, p: Tensor, group: dict[str, Any], reaching: tuple[int, ...], grads: Tensor, keep: bool) -> Tensor | None:
+        beta1, beta2 = group["betas"]
+        state = self._prepared_state(p, reaching)
+        rows = [state["tasks"].index(k) for k in reaching]
+        state["step"] += 1
+        t = float(state["step"])
+
+        norms = state["norms"]
+        current = torch.linalg.vector_norm(grads.reshape(len(reaching), -1), dim=1).to(norms)
+        seen = state["seen"][rows] > 0
+        norms[rows] = torch.where(seen, group["beta3"] * norms[rows] + (1 - group["beta3"]) * current, current)
+        state["seen"][rows] = 1.0
+
+        anchors = (norms > _TINY).nonzero()
+        anchor = norms[int(anchors[0])] if len(anchors) else None
+        scaled = torch.zeros((len(state["tasks"]), *p.shape), dtype=p.dtype, device=p.device)
+        for row, g in zip(rows, grads):
+            own = norms[row]
+            scaled[row] = g * (anchor / own).to(g) if anchor is not None and own > _TINY else g
+
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(scaled, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(scaled, scaled, value=1 - beta2)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t) + group["eps"]).amax(dim=0)
+        parts = exp_avg / denom * (group["lr"] / (1 - beta1**t))
+        if group["weight_decay"] != 0:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.sub_(parts.sum(0))
+        return parts if keep else None
+
+    def _prepared_state(self, p: Tensor, reaching: tuple[int, ...]) -> dict[str, Any]:
+        """The state of ``p``, created or widened to hold every task that has reached it (zeros for newcomers)."""
+        state = self.state[p]
+        if not state:
+            n = len(reaching)
+            state["step"] = torch.tensor(0.0)
+            state["tasks"] = tuple(reaching)
+            # In the parameter's dtype, which load_state_dict casts state to: "seen" is a 0/1 flag.
+            state["norms"] = p.new_zeros(n)
+            state["seen"] = p.new_zeros(n)
+            state["exp_avg"] = p.new_zeros((n, *p.shape))
+            state["exp_avg_sq"] = p.new_zeros((n, *p.shape))
+            return state
+        new = sorted(set(reaching) - set(state["tasks"]))
+        if new:
+            tasks = tuple(sorted(set(state["tasks"]) | set(new)))
+            old = [tasks.index(k) for k in state["tasks"]]
+            for key in ("norms", "seen", "exp_avg", "exp_avg_sq"):
+                widened = state[key].new_zeros((len(tasks), *state[key].shape[1:]))
+                widened[old] = state[key]
+                state[key] = widened
+            state["tasks"] = tasks
+        return state
+
+
+@register("mtadam", "MTAdam: per-task Adam moments of layer-rescaled gradients, max denominator (Malkiel & Wolf 2021)")
+class MTAdamMethod(Method):
+    """MTAdam behind the method interface; see :class:`MTAdam`."""
+
+    name = "mtadam"
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        beta3: float = 0.9,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        num_tasks: int | None = None,
+    ) -> None:
+        super().__init__(params, num_tasks=num_tasks)
+        self.optimizer = MTAdam(self.params, lr, betas, beta3, eps, weight_decay)
+
+    def _step(self, closure: LossClosure, record: bool) -> StepRecord:
+        names, losses = self._losses(closure)
+        with torch.enable_grad():
+            task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
+        task_grads.check_finite()
+        task_updates = self.optimizer.apply_task_gradients(task_grads, keep_task_updates=record)
+        values = torch.stack([loss.detach().reshape(()) for loss in losses])
+        return StepRecord(names, values, task_grads if record else None, task_updates)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,254 @@
+"""Scalarizations: one step of a base optimizer on ``sum_k w_k L_k``, with the weights from a subclass.
+
+:class:`WeightedLossMethod` is the shared machinery (validation, the cheap single backward, the
+recorded path built from per-task gradients, state and roll-back); subclasses only say how the weights
+``w`` of a step are found.  :class:`ScalarizerMethod` fills that in for any TorchJD ``Scalarizer``
+``S``: the weights are ``w_k = dS/dL_k`` at this step's losses, so stepping on ``sum_k w_k L_k`` moves
+the model exactly as stepping on ``S(L)`` would, whatever ``S`` is.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchjd.scalarization import Scalarizer
+
+from .._observe import StepRecord
+from .._task_gradients import TaskGradients, TaskInputError, compute_task_gradients
+from ._base import LossClosure, Method
+from ._base_optimizer import BaseOptimizer, OptimizerName
+from ._common import check_finite_gradients, private_rng
+from ._contributions import preconditioned_parts, weighted_parts
+
+__all__ = ["ScalarizerMethod", "WeightedLossMethod"]
+
+
+class WeightedLossMethod(Method):
+    """Step a base optimizer on ``sum_k w_k L_k``; subclasses supply the weights ``w`` of each step.
+
+    Without a recorder the gradient comes from a single backward pass of the weighted sum.  With one,
+    the per-task gradients ``g_k`` are computed instead (``T`` backward passes, no extra one) and
+    combined as ``sum_k w_k g_k``; the record's contributions are ``D ⊙ w_k g_k`` (see
+    :mod:`mao_lab.methods._contributions`).
+
+    Per-task state that needs the number of tasks is created by :meth:`_build`, at construction when
+    ``num_tasks`` is given, else at the first step.  Everything a subclass keeps goes through
+    :meth:`_weighting_state` / :meth:`_load_weighting_state`: that is what ``state_dict`` saves and what
+    a failed step is rolled back to.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        optimizer: OptimizerName,
+        num_tasks: int | None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(params, num_tasks=num_tasks)
+        self.base = BaseOptimizer(self.params, optimizer, lr, betas, eps, weight_decay)
+        self._generator = generator
+        self._built_for: int | None = None
+        if num_tasks is not None:
+            self._ensure_built(num_tasks)
+
+    # -- what subclasses supply ----------------------------------------------------------------------
+
+    @abstractmethod
+    def _weights(
+        self, losses: Tensor, graph_losses: list[Tensor], names: tuple[str, ...], task_grads: TaskGradients | None
+    ) -> Tensor:
+        """The weights ``w`` (shape ``(T,)``) of this step, from the detached ``losses``.
+
+        May update the weighting's own state (rolled back if the step fails later).  ``graph_losses``
+        (with their graphs), the task ``names`` and ``task_grads`` (only when recording) are there for
+        weightings that look at gradients, like GradNorm.
+        """
+
+    def _build(self, num_tasks: int) -> None:
+        """Create the state that depends on the number of tasks."""
+
+    def _unbuild(self) -> None:
+        """Forget what :meth:`_build` created."""
+
+    def _weighting_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_weighting_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- the step ------------------------------------------------------------------------------------
+
+    def _ensure_built(self, num_tasks: int) -> None:
+        if self._built_for is None:
+            self._build(num_tasks)
+            self._built_for = num_tasks
+
+    def _snapshot(self) -> tuple[int | None, dict[str, Any] | None, Tensor | None]:
+        state = copy.deepcopy(self._weighting_state()) if self._built_for is not None else None
+        return self._built_for, state, self._generator.get_state() if self._generator is not None else None
+
+    def _restore(self, snapshot: tuple[int | None, dict[str, Any] | None, Tensor | None]) -> None:
+        built_for, state, generator_state = snapshot
+        if generator_state is not None and self._generator is not None:
+            self._generator.set_state(generator_state)
+        if built_for is None:
+            if self._built_for is not None:
+                self._unbuild()
+                self._built_for = None
+        else:
+            self._load_weighting_state(state or {})
+
+    def _step(self, closure: LossClosure, record: bool) -> StepRecord:
+        names, losses = self._losses(closure)
+        values = torch.stack([loss.detach().reshape(()) for loss in losses])
+        task_grads = None
+        if record:
+            with torch.enable_grad():
+                task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
+            task_grads.check_finite()
+        snapshot = self._snapshot()
+        try:
+            self._ensure_built(len(names))
+            weights = self._weights(values, losses, names, task_grads).detach()
+            if not bool(torch.isfinite(weights).all()):
+                raise TaskInputError(f"method {self.name!r}: the task weights are not finite: {weights.tolist()}")
+            if task_grads is not None:
+                parts = weighted_parts(task_grads, weights)
+                grads: list[Tensor | None] = [d.sum(0) if ks else None for ks, d in zip(parts.tasks, parts.grads)]
+            else:
+                with torch.enable_grad():
+                    total = weights[0] * losses[0]
+                    for k in range(1, len(losses)):
+                        total = total + weights[k] * losses[k]
+                    grads = list(torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True))
+                check_finite_gradients(grads, losses, names, self.params)
+        except BaseException:
+            self._restore(snapshot)
+            raise
+        self.base.step(self.params, grads)
+        task_updates = None
+        if task_grads is not None:
+            task_updates = preconditioned_parts(parts, self.base, [g is not None for g in grads])
+        return StepRecord(names, values, task_grads, task_updates)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"optimizer": self.base.state_dict()}
+        if self._built_for is not None:
+            state["weighting"] = self._weighting_state()
+        if self._generator is not None:
+            state["generator"] = self._generator.get_state()
+        return state
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state["optimizer"])
+        if self._generator is not None:
+            self._generator.set_state(state["generator"])
+        if "weighting" in state:
+            self._unbuild()
+            self._built_for = None
+            self._ensure_built(state["num_tasks"])
+            self._load_weighting_state(state["weighting"])
+        elif self._built_for is not None and self.num_tasks is None:
+            self._unbuild()
+            self._built_for = None
+
+
+class ScalarizerMethod(WeightedLossMethod):
+    """A TorchJD ``Scalarizer`` ``S`` as a method: ``w_k = dS/dL_k`` at this step's losses.
+
+    Subclasses make the scalarizer (:meth:`_make_scalarizer`); scalarizers with learnable parameters
+    (UW's log-variances, IMTL-L's log-scales) name them in :meth:`_learned`, and they are trained
+    jointly with the model by an optimizer of the same kind and hyperparameters (no weight decay),
+    from the gradient ``dS/dθ``.  A scalarizer that draws random numbers draws them from the method's
+    own generator (``seed``), never from the global RNG.
+    """
+
+    scalarizer: Scalarizer | None
+    weighting_optimizer: BaseOptimizer | None
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        optimizer: OptimizerName,
+        num_tasks: int | None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self._base_hyperparameters = dict(kind=optimizer, lr=lr, betas=betas, eps=eps)
+        self.scalarizer = None
+        self.weighting_optimizer = None
+        super().__init__(
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
+            num_tasks=num_tasks, generator=generator,
+        )
+
+    @abstractmethod
+    def _make_scalarizer(self, num_tasks: int) -> Scalarizer:
+        """The TorchJD scalarizer for ``num_tasks`` tasks."""
+
+    def _learned(self) -> list[Tensor]:
+        """The scalarizer's parameters learned with the model (none by default)."""
+        return []
+
+    def _build(self, num_tasks: int) -> None:
+        self.scalarizer = self._make_scalarizer(num_tasks)
+        learned = self._learned()
+        if learned:
+            self.weighting_optimizer = BaseOptimizer(learned, weight_decay=0.0, **self._base_hyperparameters)
+
+    def _unbuild(self) -> None:
+        self.scalarizer = None
+        self.weighting_optimizer = None
+
+    def _scalarize(self, values: Tensor) -> Tensor:
+        assert self.scalarizer is not None
+        if self._generator is None:
+            return self.scalarizer(values)
+        with private_rng(self._generator):
+            return self.scalarizer(values)
+
+    def _weights(
+        self, losses: Tensor, graph_losses: list[Tensor], names: tuple[str, ...], task_grads: TaskGradients | None
+    ) -> Tensor:
+        ell = losses.detach().clone().requires_grad_(True)
+        learned = self._learned()
+        with torch.enable_grad():
+            scalar = self._scalarize(ell)
+            grads = torch.autograd.grad(scalar, [ell, *learned], allow_unused=True)
+        weights = grads[0] if grads[0] is not None else torch.zeros_like(ell)
+        if learned:
+            learned_grads = [g if g is not None else torch.zeros_like(p) for p, g in zip(learned, grads[1:])]
+            check_finite_gradients(learned_grads)
+            assert self.weighting_optimizer is not None
+            self.weighting_optimizer.step(learned, learned_grads)
+        return weights
+
+    def _weighting_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.scalarizer is not None:
+            state["scalarizer"] = self.scalarizer.state_dict()
+        if self.weighting_optimizer is not None:
+            state["optimizer"] = self.weighting_optimizer.state_dict()
+        return state
+
+    def _load_weighting_state(self, state: dict[str, Any]) -> None:
+        if self.scalarizer is not None and "scalarizer" in state:
+            self.scalarizer.load_state_dict(state["scalarizer"])
+        if self.weighting_optimizer is not None and "optimizer" in state:
+            self.weighting_optimizer.load_state_dict(state["optimizer"])
