@@ -1,0 +1,89 @@
+"""Instruments: who trains what — per-task, per-layer gradient and update magnitudes.
+
+Attach a :class:`Recorder` to a model and a method (any :class:`mao_lab.methods.Method`, or the
+:class:`mao_lab.MAO` optimizer) with one line; it records every ``every``-th step from the per-task
+gradients and updates the method computed anyway — it never runs a backward pass of its own::
+
+    recorder = Recorder(model, method, every=1, run_dir="runs/mao", params={"method": "mao"}, flush_every=100)
+    ...                                   # the unchanged training loop
+    recorder.close()                      # detach and save runs/mao/metrics.parquet + params.json
+    frame, params = load_run("runs/mao")
+
+**Layers.** A layer is a named parameter tensor (``model.named_parameters()``); ``level="module"`` (or
+:func:`by_module`) merges a module's parameters.  A layer reached by more than one task's loss is
+``shared``; one reached by a single task is ``task``-specific and owned by that task
+(:meth:`Recorder.layers`).
+
+**A task's contribution to the update.**  Every method's step record holds ``task_updates``: per task
+and parameter, the part of the change actually applied, with ``p <- p - sum_k task_updates[k]`` (plus
+weight decay, which belongs to no task):
+
+* MAO: ``lr * w_k * u_k`` (divided by ``T`` for ``reduction="mean"``), ``u_k`` task ``k``'s
+  Adam-normalised step — exactly the applied update split by task.
+* Loss weightings and gradient aggregators stepping a base optimizer with a diagonal preconditioner
+  ``D`` (for Adam, ``D = lr / (1 - b1^t) / (sqrt(v_hat) + eps)`` after its step): ``D * d_k``, where
+  ``d_k`` is task ``k``'s part of the combined direction (``w_k g_k`` for weightings, ``alpha_k g_k``
+  or the projected per-task gradient for aggregators).  This is momentum-free: the contributions
+  add up to ``D`` times the step's combined direction (the definition of :mod:`mao_lab.methods`).
+* Independent steps (IUS, IO): the change each task's sub-step actually applied.
+
+**Metrics** (the ``metric`` column):
+
+================ ============================================================================
+``grad_norm``    L2 norm of task ``k``'s gradient of the layer, ``|g_k|``
+``update_norm``  L2 norm of task ``k``'s contribution to the update, ``|c_k|`` (see above)
+``update_share`` ``|c_k| / sum_j |c_j|`` over the tasks that contribute to the layer; sums to 1
+                 per layer and step (NaN if no task moved the layer)
+``imbalance``    one per layer reached by >= 2 tasks: ``1 - H(s) / log(n)``, ``H`` the Shannon
+                 entropy of the ``n`` shares ``s``; 0 = perfectly balanced, 1 = one task owns it
+                 (:func:`imbalance_index`)
+``cosine``       cosine between the gradients of ``task`` and ``other_task`` on the layer
+``loss``         task ``k``'s loss at the step (no layer)
+================ ============================================================================
+
+**Columns** of the tidy table (one row per step x layer x task or task pair x metric):
+
+============== ===================================================================================
+``run``        only in combined tables (:func:`load_runs`): the run (method) the row belongs to
+``step``       the step's index (int): the method's own count (``Method.steps_taken``, from 0), or
+               for the ``MAO`` optimizer, which keeps none, counted from when the recorder attached
+``layer``      parameter name (``trunk.0.weight``), or module name at module level; empty for loss
+``module``     the module owning the parameter (``trunk.0``)
+``kind``       ``shared`` or ``task``
+``task``       the task (the first of the pair for ``cosine``; empty for ``imbalance``)
+``other_task`` the second task of a ``cosine`` pair, else empty
+``metric``     one of :data:`METRICS`
+``value``      the number (float)
+============== ===================================================================================
+
+Figures (plotly): :func:`share_heatmap`, :func:`share_areas`, :func:`layer_bars`,
+:func:`grad_norm_ratios`, :func:`metric_lines`; the interactive :class:`BalanceExplorer` (ipywidgets).
+"""
+
+from ._explorer import BalanceExplorer
+from ._figures import grad_norm_ratios, layer_bars, metric_lines, share_areas, share_heatmap
+from ._frame import COLUMNS, METRICS, by_module, imbalance_index, module_of
+from ._recorder import Observable, Recorder, RecorderError, record
+from ._storage import combine_runs, load_run, load_runs, save_run
+
+__all__ = [
+    "COLUMNS",
+    "METRICS",
+    "BalanceExplorer",
+    "Observable",
+    "Recorder",
+    "RecorderError",
+    "by_module",
+    "combine_runs",
+    "grad_norm_ratios",
+    "imbalance_index",
+    "layer_bars",
+    "load_run",
+    "load_runs",
+    "metric_lines",
+    "module_of",
+    "record",
+    "save_run",
+    "share_areas",
+    "share_heatmap",
+]
