@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -17,6 +18,20 @@ NOTEBOOKS = find_notebooks()
 # What each notebook must leave in its output folder (besides the executed copy and its HTML).
 EXPECTED_FILES = {
     "00_quickstart": ["test_curves.parquet", "test_curves.html", "summary.json", "plotly.min.js"],
+    "01_toy_landscape": [
+        "trajectories.parquet", "pareto.parquet", "reach.parquet", "rescaling.parquet", "rescaled_trajectories.parquet",
+        "parameter_space.html", "loss_space.html", "distance.html", "rescaling.html", "summary.json", "plotly.min.js",
+    ],
+    "02_imbalanced_regression": [
+        "balance.parquet", "losses.parquet", "ownership.parquet", "final_losses.parquet", "ownership.html",
+        "grad_norms.html", "update_norms.html", "test_curves.html", "summary.json", "plotly.min.js",
+        "runs/sum/metrics.parquet", "runs/sum/params.json", "runs/mao/metrics.parquet", "runs/mao/params.json",
+    ],
+    "04_balance_explorer": [
+        "balance.parquet", "runs.parquet", "balance_summary.parquet", "ownership.parquet", "imbalance_over_steps.html",
+        "imbalance_by_layer.html", "ownership.html", "explorer.html", "share_heatmap.html", "summary.json",
+        "plotly.min.js", "demo_runs/sum/metrics.parquet", "demo_runs/mao/metrics.parquet",
+    ],
 }
 
 
@@ -63,3 +78,31 @@ def test_bad_parameter_fails_with_the_notebooks_message_and_keeps_results(tmp_pa
 def test_runner_rejects_unknown_notebooks() -> None:
     with pytest.raises(ValueError, match="no notebook matches 'nope'"):
         find_notebooks(["nope"])
+
+
+@pytest.mark.parametrize(
+    "notebook, parameters, message",
+    [
+        ("01_toy_landscape", {"methods": ["mean", "adamm"]}, "bad notebook parameter `methods` = ['mean', 'adamm']"),
+        ("01_toy_landscape", {"lr": -1.0}, "bad notebook parameter `lr` = -1.0"),
+        ("02_imbalanced_regression", {"methods": ["sum", "nope"]}, "bad notebook parameter `methods`"),
+        ("04_balance_explorer", {"run_dirs": ["no/such/folder"]}, "bad notebook parameter `run_dirs`"),
+    ],
+    ids=["01-unknown-method", "01-negative-lr", "02-unknown-method", "04-missing-runs"],
+)
+def test_bad_parameter_stops_the_toy_notebooks_with_their_message(tmp_path: Path, notebook: str, parameters: dict, message: str) -> None:
+    path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    with pytest.raises(NotebookRunError, match=re.escape(message).replace("`", ".")):
+        execute_notebook(path, tmp_path, {"smoke": True, **parameters}, html=False)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_the_balance_explorer_opens_the_runs_of_the_regression_notebook(tmp_path: Path) -> None:
+    regression = execute_notebook(NOTEBOOK_DIR / "02_imbalanced_regression.ipynb", tmp_path / "02",
+                                  {"smoke": True, "methods": ["sum", "mao"], "num_tasks": 3}, html=False)
+    assert regression.is_file()
+    execute_notebook(NOTEBOOK_DIR / "04_balance_explorer.ipynb", tmp_path / "04",
+                     {"smoke": True, "run_dirs": [str(tmp_path / "02")]}, html=False)
+    summary = json.loads((tmp_path / "04" / "summary.json").read_text())
+    assert sorted(summary["runs"]) == ["mao", "sum"] and summary["most_imbalanced_run"] == "sum"
+    assert not (tmp_path / "04" / "demo_runs").exists()

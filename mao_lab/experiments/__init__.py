@@ -1,5 +1,71 @@
 """The experiments the notebooks run, as library functions, so that their claims can be tested."""
 
-from ._landscape import landscape_trajectories, pareto_table
+from ._landscape import (
+    ELEMENTWISE_METHODS,
+    arc_distance,
+    conflict_band,
+    landscape_trajectories,
+    pareto_stationary_arc,
+    pareto_table,
+    reach_matrix,
+    rescaling_gap,
+    task_gradients,
+)
+from ._landscape_figures import distance_figure, loss_space_figure, parameter_space_figure, rescaling_figure
+from ._regression import (
+    METHOD_LABELS,
+    compare_methods,
+    final_losses,
+    layer_ownership,
+    magnitude_figure,
+    module_level,
+    ownership_figure,
+    shared_layers,
+    train_with_recorder,
+)
+from ._runs import (
+    balance_summary,
+    find_run_dirs,
+    imbalance_by_layer_figure,
+    imbalance_over_steps,
+    imbalance_over_steps_figure,
+    is_run_dir,
+    load_balance_runs,
+)
+from ._widgets import HeatmapExplorer, LandscapePlayground, RegressionPlayground, show_figure
 
-__all__ = ["landscape_trajectories", "pareto_table"]
+__all__ = [
+    "ELEMENTWISE_METHODS",
+    "HeatmapExplorer",
+    "LandscapePlayground",
+    "METHOD_LABELS",
+    "RegressionPlayground",
+    "arc_distance",
+    "balance_summary",
+    "compare_methods",
+    "conflict_band",
+    "distance_figure",
+    "final_losses",
+    "find_run_dirs",
+    "imbalance_by_layer_figure",
+    "imbalance_over_steps",
+    "imbalance_over_steps_figure",
+    "is_run_dir",
+    "landscape_trajectories",
+    "layer_ownership",
+    "load_balance_runs",
+    "loss_space_figure",
+    "magnitude_figure",
+    "module_level",
+    "ownership_figure",
+    "parameter_space_figure",
+    "pareto_stationary_arc",
+    "pareto_table",
+    "reach_matrix",
+    "rescaling_figure",
+    "rescaling_gap",
+    "shared_layers",
+    "show_figure",
+    "task_gradients",
+    "train_with_recorder",
+]

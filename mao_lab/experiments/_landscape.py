@@ -1,17 +1,68 @@
-"""Trajectories of any method on the two-task toy landscape, and which of them reach the Pareto set."""
+r"""Trajectories of any method on the two-task toy landscape, and which of them reach the Pareto set.
+
+The landscape is that of CAGrad, Nash-MTL and FAMO (:mod:`mao_lab.problems`); the notebook
+``01_toy_landscape`` draws what these functions compute, and ``tests/test_experiments.py`` asserts
+what it claims.
+
+**Where the Pareto set is.**  The papers give the segment ``x1 in [-7, 7]`` at ``x2 = -8.3552``.  The
+exact Pareto-stationary set (the two task gradients anti-parallel) is a shallow arc through
+``(0, -8.3552)`` that bows down to ``x2 = -8.4345`` at ``x1 = +-7`` (:func:`pareto_stationary_arc`).
+:func:`pareto_table` measures the distance of a final point to both, and counts it as *reached* when
+it lies within ``tol`` of either.
+
+**Where per-coordinate methods stop.**  Adam-style normalisation per task (MAO, IO) moves each
+coordinate by roughly ``lr * sum_k sign(g_k)``; with exact (noise-free) gradients its resting points
+are where, on *every* coordinate, the tasks' gradients have opposite signs — a band around the
+Pareto arc, up to ~0.4 above it near the segment's ends (:func:`conflict_band`).  Inside it the
+update cancels even though a common descent direction still exists (the points are not
+Pareto-stationary), so such a method stalls there.  Adam on the mean has no such band: it converges
+to the mean loss's minimiser, which is Pareto-stationary.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..methods import make
-from ..problems import LANDSCAPE_STARTS, landscape_losses, pareto_distance, reaches_pareto_set
+from ..methods import available, make
+from ..problems import LANDSCAPE_STARTS, PARETO_X1_RANGE, landscape_losses, pareto_distance
 
-__all__ = ["landscape_trajectories", "pareto_table"]
+__all__ = [
+    "ELEMENTWISE_METHODS",
+    "arc_distance",
+    "conflict_band",
+    "landscape_trajectories",
+    "pareto_stationary_arc",
+    "pareto_table",
+    "reach_matrix",
+    "rescaling_gap",
+    "task_gradients",
+]
+
+ELEMENTWISE_METHODS: frozenset[str] = frozenset({"sum", "mean", "sus", "mao", "io", "ius"})
+"""Methods whose update of a coordinate depends only on that coordinate's gradients.
+
+For them, running the five starts as one ``(5, 2)`` parameter on the summed losses is exactly five
+independent runs (the gradient of ``sum_s L(x_s)`` with respect to ``x_s`` is ``dL/dx(x_s)``), and
+about five times faster.  Gradient aggregators (MGDA, PCGrad, ...) and learned weightings couple the
+coordinates, so they run start by start.
+"""
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods:
+        raise ValueError("methods must name at least one method")
+    known = available()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(known)}")
+    return methods
 
 
 def landscape_trajectories(
@@ -19,58 +70,264 @@ def landscape_trajectories(
     *,
     starts: Iterable[Sequence[float]] = LANDSCAPE_STARTS,
     l1_scale: float = 1.0,
-    steps: int = 3000,
-    lr: float = 1e-2,
+    steps: int = 2000,
+    lr: float = 3e-2,
     record_every: int = 10,
+    batch_starts: bool | None = None,
     progress: bool = True,
     **hyperparameters: object,
 ) -> pd.DataFrame:
     """Run every method from every start on the landscape; return the tidy trajectories.
 
-    Each run optimises one point ``x`` (a shared parameter of both tasks) with
+    Each run optimises one point ``x`` (a parameter shared by both tasks) with
     ``mao_lab.methods.make(method, [x], lr=lr, **hyperparameters)`` on the losses
-    ``[l1_scale * L1, L2]`` of :func:`~mao_lab.problems.landscape_losses`.
+    ``[l1_scale * L1, L2]`` of :func:`~mao_lab.problems.landscape_losses`, in float64.
+
+    Args:
+        methods: registry names (:func:`mao_lab.methods.available`).
+        starts: starting points ``(x1, x2)``; the papers' five by default.
+        l1_scale: factor on task 1's loss (0.1 in Nash-MTL and FAMO).
+        steps: optimisation steps per run.
+        lr: learning rate.
+        record_every: keep every this many steps (and always the last).
+        batch_starts: run all starts as one batched parameter; ``None`` does so for the methods in
+            :data:`ELEMENTWISE_METHODS` (where it is exact), ``False`` never.  ``True`` for another
+            method raises, since its coordinates interact.
+        progress: show a progress bar over all steps.
+        hyperparameters: passed to every method (e.g. ``eps=1e-16``).
 
     Returns:
-        One row per (method, start, recorded step) with columns ``method, start, step, x1, x2,
-        L1, L2`` where ``L1`` is the *unscaled* loss of task 1, so runs with different ``l1_scale``
+        One row per (method, start, recorded step) with columns ``method, start, step, x1, x2, L1,
+        L2, l1_scale``; ``L1`` is the *unscaled* loss of task 1, so runs with different ``l1_scale``
         compare on the same axes.
 
     >>> frame = landscape_trajectories(["mao"], starts=[(0.0, 0.0)], steps=20, record_every=10, progress=False)
     >>> frame[["method", "start", "step"]].values.tolist()
     [['mao', 0, 0], ['mao', 0, 10], ['mao', 0, 20]]
     """
+    methods = _check_methods(methods)
     starts = [tuple(float(v) for v in s) for s in starts]
-    runs = [(method, k, start) for method in methods for k, start in enumerate(starts)]
-    rows = []
-    for method, k, start in tqdm(runs, desc="landscape runs", disable=not progress):
-        x = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        optimizer = make(method, [x], lr=lr, **hyperparameters)
+    if not starts or any(len(s) != 2 for s in starts):
+        raise ValueError(f"starts must be a non-empty list of (x1, x2) pairs, got {starts!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
+        raise ValueError(f"record_every must be a positive int, got {record_every!r}")
+    if not (isinstance(l1_scale, (int, float)) and math.isfinite(l1_scale) and l1_scale > 0):
+        raise ValueError(f"l1_scale must be a finite positive number, got {l1_scale!r}")
+    if batch_starts and any(m not in ELEMENTWISE_METHODS for m in methods):
+        coupled = [m for m in methods if m not in ELEMENTWISE_METHODS]
+        raise ValueError(f"batch_starts=True is exact only for {sorted(ELEMENTWISE_METHODS)}; not for {coupled}")
 
-        def closure() -> list[torch.Tensor]:
-            losses = landscape_losses(x, l1_scale)
-            return [losses[0], losses[1]]
+    plan = []  # (method, start indices run together)
+    for method in methods:
+        batched = method in ELEMENTWISE_METHODS if batch_starts is None else bool(batch_starts)
+        plan += [(method, list(range(len(starts))))] if batched else [(method, [k]) for k in range(len(starts))]
+    recorded = sorted(set(range(0, steps + 1, record_every)) | {steps})
+    parts = []
+    with tqdm(total=len(plan) * steps, desc="landscape steps", disable=not progress, mininterval=0.5) as bar:
+        for method, indices in plan:
+            x = torch.tensor([starts[k] for k in indices], dtype=torch.float64, requires_grad=True)
+            optimizer = make(method, [x], lr=lr, **hyperparameters)
 
-        for step in range(steps + 1):
-            if step % record_every == 0 or step == steps:
-                with torch.no_grad():
-                    l1, l2 = landscape_losses(x).tolist()
-                rows.append({"method": method, "start": k, "step": step, "x1": x[0].item(), "x2": x[1].item(), "L1": l1, "L2": l2})
-            if step < steps:
-                optimizer.step(closure)
-    return pd.DataFrame(rows)
+            def closure() -> list[torch.Tensor]:
+                losses = landscape_losses(x, l1_scale).sum(0)  # runs are independent: sum over starts
+                return [losses[0], losses[1]]
+
+            points = np.empty((len(recorded), len(indices), 2))
+            position = 0
+            for step in range(steps + 1):
+                if step == recorded[position]:
+                    points[position] = x.detach().numpy()
+                    position += 1
+                if step < steps:
+                    optimizer.step(closure)
+                    if step % 50 == 49 or step == steps - 1:
+                        bar.update(50 if step % 50 == 49 else steps % 50)
+            with torch.no_grad():
+                losses = landscape_losses(torch.from_numpy(points)).numpy()
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "method": method,
+                        "start": np.tile(indices, len(recorded)),
+                        "step": np.repeat(recorded, len(indices)),
+                        "x1": points[..., 0].ravel(),
+                        "x2": points[..., 1].ravel(),
+                        "L1": losses[..., 0].ravel(),
+                        "L2": losses[..., 1].ravel(),
+                    }
+                )
+            )
+    order = {m: i for i, m in enumerate(methods)}
+    frame = pd.concat(parts, ignore_index=True).sort_values(
+        ["method", "start", "step"], key=lambda c: c.map(order) if c.name == "method" else c, kind="stable"
+    )
+    return frame.assign(l1_scale=float(l1_scale)).reset_index(drop=True)
+
+
+def task_gradients(points: np.ndarray | Sequence[float] | torch.Tensor, l1_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The two tasks' gradients ``(g1, g2)`` at ``points`` (shape ``(..., 2)``), as float64 arrays."""
+    if isinstance(points, torch.Tensor):
+        x = points.detach().to(torch.float64).clone().requires_grad_(True)
+    else:
+        x = torch.tensor(np.array(points, dtype=np.float64), dtype=torch.float64, requires_grad=True)
+    losses = landscape_losses(x, l1_scale)
+    g1 = torch.autograd.grad(losses[..., 0].sum(), x, retain_graph=True)[0]
+    g2 = torch.autograd.grad(losses[..., 1].sum(), x)[0]
+    return g1.numpy(), g2.numpy()
+
+
+def _cross(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    g1, g2 = task_gradients(torch.stack([x1, x2], dim=-1))
+    return torch.from_numpy(g1[..., 0] * g2[..., 1] - g1[..., 1] * g2[..., 0])
+
+
+def pareto_stationary_arc(n: int = 141) -> pd.DataFrame:
+    """The exact Pareto-stationary set: for ``n`` values of ``x1`` in ``[-7, 7]``, the ``x2`` where the
+    two task gradients are anti-parallel (found by bisection of their cross product in ``[-9.5, -7.5]``).
+
+    Rescaling a task's loss does not move it.
+
+    >>> arc = pareto_stationary_arc(3)
+    >>> arc.round(4).values.tolist()
+    [[-7.0, -8.4345], [0.0, -8.3551], [7.0, -8.4345]]
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    x1 = torch.linspace(*PARETO_X1_RANGE, n, dtype=torch.float64)
+    low, high = torch.full_like(x1, -9.5), torch.full_like(x1, -7.5)
+    f_low = _cross(x1, low)
+    for _ in range(60):
+        middle = (low + high) / 2
+        f_middle = _cross(x1, middle)
+        same = torch.sign(f_middle) == torch.sign(f_low)
+        low, f_low = torch.where(same, middle, low), torch.where(same, f_middle, f_low)
+        high = torch.where(same, high, middle)
+    return pd.DataFrame({"x1": x1.numpy(), "x2": ((low + high) / 2).numpy()})
+
+
+_ARC: np.ndarray | None = None
+
+
+def arc_distance(points: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Euclidean distance from ``points`` (shape ``(..., 2)``) to the exact Pareto-stationary arc.
+
+    >>> float(arc_distance([0.0, -8.3551]).round(3)), float(arc_distance([10.0, -8.4345]).round(3))
+    (0.0, 3.0)
+    """
+    global _ARC
+    if _ARC is None:
+        _ARC = pareto_stationary_arc(2801)[["x1", "x2"]].to_numpy()
+    points = np.asarray(points, dtype=np.float64)
+    differences = points[..., None, :] - _ARC
+    return np.sqrt((differences**2).sum(-1)).min(-1)
+
+
+def conflict_band(points: np.ndarray | Sequence[float], l1_scale: float = 1.0) -> np.ndarray:
+    """Whether, at ``points``, the two tasks' gradients have opposite signs on *every* coordinate.
+
+    That is where per-task sign-like steps (MAO, IO) cancel: their resting set with exact gradients.
+
+    >>> conflict_band([[0.0, -8.3551], [-6.6, -8.2], [-6.6, -7.0]]).tolist()
+    [False, True, False]
+    """
+    g1, g2 = task_gradients(points, l1_scale)
+    return np.all(g1 * g2 < 0, axis=-1)
 
 
 def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1) -> pd.DataFrame:
-    """For each method and start: the final point, its distance to the Pareto set and whether it got there.
+    """For each method and start: the final point, how far it is from the Pareto set, whether it got there.
 
-    >>> frame = pd.DataFrame({"method": ["a"], "start": [0], "step": [5], "x1": [1.0], "x2": [-8.3552], "L1": [0.0], "L2": [0.0]})
-    >>> pareto_table(frame)[["method", "start", "reached"]].values.tolist()
-    [['a', 0, True]]
+    Columns: ``method, start, x1_start, x2_start, x1, x2, L1, L2`` and
+
+    - ``distance``: to the papers' Pareto segment (``x1 in [-7, 7]``, ``x2 = -8.3552``);
+    - ``arc_distance``: to the exact Pareto-stationary arc (:func:`pareto_stationary_arc`);
+    - ``cosine``: between the two task gradients at the final point (-1 on the Pareto set);
+    - ``conflict_band``: the tasks' gradients disagree in sign on every coordinate (:func:`conflict_band`);
+    - ``reached``: within ``tol`` of the segment or of the arc.
+
+    >>> frame = pd.DataFrame({"method": ["a", "a"], "start": [0, 0], "step": [0, 5], "x1": [9.0, 1.0],
+    ...                       "x2": [9.0, -8.3552], "L1": [0.0, 0.0], "L2": [0.0, 0.0]})
+    >>> pareto_table(frame)[["method", "start", "x1_start", "reached"]].values.tolist()
+    [['a', 0, 9.0, True]]
     """
-    final = trajectories.sort_values("step").groupby(["method", "start"], sort=False).tail(1)
-    points = torch.tensor(final[["x1", "x2"]].to_numpy(), dtype=torch.float64)
-    table = final[["method", "start", "x1", "x2"]].copy()
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
+    ordered = trajectories.sort_values("step", kind="stable").groupby(["method", "start"], sort=False)
+    first, final = ordered.head(1).set_index(["method", "start"]), ordered.tail(1).set_index(["method", "start"])
+    table = final[["x1", "x2", "L1", "L2"]].copy()
+    table.insert(0, "x2_start", first["x2"].reindex(table.index))
+    table.insert(0, "x1_start", first["x1"].reindex(table.index))
+    points = table[["x1", "x2"]].to_numpy(copy=True)
+    g1, g2 = task_gradients(points)
+    norms = np.linalg.norm(g1, axis=-1) * np.linalg.norm(g2, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table["cosine"] = np.where(norms > 0, (g1 * g2).sum(-1) / np.where(norms > 0, norms, 1.0), np.nan)
     table["distance"] = pareto_distance(points).numpy()
-    table["reached"] = reaches_pareto_set(points, tol=tol).numpy()
-    return table.sort_values(["method", "start"]).reset_index(drop=True)
+    table["arc_distance"] = arc_distance(points)
+    table["conflict_band"] = np.all(g1 * g2 < 0, axis=-1)
+    table["reached"] = np.minimum(table["distance"], table["arc_distance"]) <= tol
+    table = table.reset_index()
+    order = {m: i for i, m in enumerate(pd.unique(trajectories["method"]))}
+    return table.sort_values(["method", "start"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+
+
+def reach_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """Methods x starts: ``"yes"`` where the run reached the Pareto set, else the final distance to it.
+
+    >>> table = pd.DataFrame({"method": ["m", "m"], "start": [0, 1], "x1_start": [0.0, 9.0], "x2_start": [0.0, 9.0],
+    ...                       "reached": [True, False], "distance": [0.0, 2.5], "arc_distance": [0.0, 2.4]})
+    >>> reach_matrix(table).to_dict("records")
+    [{'method': 'm', '(0, 0)': 'yes', '(9, 9)': 'no (2.40 away)', 'reached': '1 of 2'}]
+    """
+    table = table.copy()
+    table["start_label"] = [f"({a:g}, {b:g})" for a, b in zip(table["x1_start"], table["x2_start"])]
+    away = np.minimum(table["distance"], table["arc_distance"])
+    table["cell"] = np.where(table["reached"], "yes", [f"no ({d:.2f} away)" for d in away])
+    labels = list(pd.unique(table["start_label"]))
+    methods = list(pd.unique(table["method"]))
+    matrix = table.pivot(index="method", columns="start_label", values="cell").reindex(index=methods, columns=labels)
+    counts = table.groupby("method", sort=False)["reached"].agg(["sum", "size"]).reindex(methods)
+    matrix["reached"] = [f"{int(s)} of {int(n)}" for s, n in zip(counts["sum"], counts["size"])]
+    matrix.columns.name = None
+    return matrix.reset_index()
+
+
+def rescaling_gap(
+    methods: Sequence[str] = ("mao", "mean"),
+    scales: tuple[float, float] = (1.0, 0.1),
+    *,
+    progress: bool = True,
+    **options: object,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run each method with task 1's loss scaled by each of ``scales``; how far apart are the trajectories?
+
+    ``options`` go to :func:`landscape_trajectories` (``steps``, ``lr``, ``eps``, ...).  MAO gives
+    every task its own normalisation, so rescaling a loss leaves its trajectory unchanged up to
+    ``eps`` (exactly unchanged once ``eps`` is far below the gradients, e.g. ``1e-16`` here); Adam on
+    the mean follows the larger loss, so its trajectory — and where it lands — moves.
+
+    Returns:
+        ``(trajectories, gaps)``: the trajectories of both scales (column ``l1_scale``), and one row
+        per method with ``max_gap`` (largest distance between the two runs from the same start at the
+        same step), ``final_gap`` (the largest over starts at the last step) and the final ``x1`` of
+        each scale averaged over the starts.
+    """
+    if len(scales) != 2:
+        raise ValueError(f"scales must hold two factors, got {scales!r}")
+    frames = [landscape_trajectories(methods, l1_scale=s, progress=progress, **options) for s in scales]
+    both = pd.concat(frames, ignore_index=True)
+    keys = ["method", "start", "step"]
+    paired = frames[0].merge(frames[1], on=keys, suffixes=("_a", "_b"))
+    paired["gap"] = np.hypot(paired["x1_a"] - paired["x1_b"], paired["x2_a"] - paired["x2_b"])
+    last = paired[paired["step"] == paired["step"].max()]
+    gaps = pd.DataFrame(
+        {
+            "max_gap": paired.groupby("method", sort=False)["gap"].max(),
+            "final_gap": last.groupby("method", sort=False)["gap"].max(),
+            f"final_x1_mean_scale_{scales[0]:g}": last.groupby("method", sort=False)["x1_a"].mean(),
+            f"final_x1_mean_scale_{scales[1]:g}": last.groupby("method", sort=False)["x1_b"].mean(),
+        }
+    ).reset_index()
+    return both, gaps

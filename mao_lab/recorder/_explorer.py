@@ -1,9 +1,10 @@
 """An ipywidgets explorer of recorded runs: pick run, layer, metric and step range; the figure follows.
 
-The figure is a live ``plotly.graph_objects.FigureWidget`` where plotly's widget support (the
-``anywidget`` package) is installed, and otherwise a plain figure shown in an ``ipywidgets.Output``.
-Either way the explorer is built and driven without a browser (set ``explorer.metric.value`` and the
-figure changes), and :meth:`BalanceExplorer.static_figure` gives the current view for HTML export.
+The figure is a plain plotly figure shown in an ``ipywidgets.Output`` and replaced on every change, not a
+``go.FigureWidget``: a FigureWidget's saved widget state carries plotly.js itself (about 5 MB, through
+``anywidget``), so every executed notebook and its HTML export would carry a copy.  The explorer is built
+and driven without a browser (set ``explorer.metric.value`` and the figure changes), and
+:meth:`BalanceExplorer.static_figure` gives the current view for HTML export.
 """
 
 from __future__ import annotations
@@ -28,14 +29,6 @@ Source = Union[pd.DataFrame, Recorder, RunPath]
 Sources = Union[Source, Sequence[Source], Mapping[str, Source]]
 
 _ALL_LAYERS_METRICS = ("loss",)
-
-
-def _figure_widget_available() -> bool:
-    try:
-        go.FigureWidget()
-    except ImportError:  # plotly's FigureWidget needs the anywidget package
-        return False
-    return True
 
 
 def _as_frame(source: Source) -> pd.DataFrame:
@@ -107,9 +100,8 @@ class BalanceExplorer:
         self.metric = widgets.Dropdown(description="metric")
         self.layer = widgets.Dropdown(description="layer")
         self.steps = widgets.IntRangeSlider(description="steps", continuous_update=False)
-        self._live = _figure_widget_available()
-        self._figure: go.Figure = go.FigureWidget() if self._live else go.Figure()
-        self._output = None if self._live else widgets.Output()
+        self._figure = go.Figure()
+        self._output = widgets.Output()
         self._updating = False
 
         self._refresh_choices()
@@ -118,15 +110,14 @@ class BalanceExplorer:
         self.layer.observe(self._on_change, names="value")
         self.steps.observe(self._on_change, names="value")
         controls = widgets.HBox([self.run, self.metric, self.layer])
-        view = self._figure if self._live else self._output
-        self.widget = widgets.VBox([controls, self.steps, view])
+        self.widget = widgets.VBox([controls, self.steps, self._output])
         self._redraw()
 
     # -- the current view ----------------------------------------------------------------------------
 
     @property
     def figure(self) -> go.Figure:
-        """The figure shown (a ``FigureWidget`` when live, else a ``Figure`` rebuilt on each change)."""
+        """The figure shown, rebuilt on each change."""
         return self._figure
 
     def static_figure(self) -> go.Figure:
@@ -198,15 +189,7 @@ class BalanceExplorer:
             self._redraw()
 
     def _redraw(self) -> None:
-        figure = self.static_figure()
-        if self._live:
-            with self._figure.batch_update():
-                self._figure.data = ()
-                self._figure.add_traces(list(figure.data))
-                self._figure.layout = figure.layout
-            return
-        self._figure = figure
-        assert self._output is not None
+        figure = self._figure = self.static_figure()
         # Setting the output directly needs no kernel: a notebook renders the plotly bundle, and a
         # front-end without plotly's renderer falls back to the HTML.
         self._output.outputs = (
