@@ -17,11 +17,12 @@ from torch.optim import Optimizer
 
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
+    GradientReserve,
     TaskGradients,
     TaskInputError,
     TaskLosses,
+    _compute_task_gradients,
     as_task_losses,
-    compute_task_gradients,
 )
 
 __all__ = ["MAO"]
@@ -140,6 +141,7 @@ class MAO(ObservableMixin, Optimizer):
         """
         if (losses is None) == (task_grads is None):
             raise TypeError("MAO.step needs exactly one of `losses` or `task_grads`")
+        observers = self._observers_wanting_record()
         loss_values: Tensor | None = None
         if losses is not None:
             with torch.enable_grad():
@@ -147,12 +149,16 @@ class MAO(ObservableMixin, Optimizer):
                     losses = losses()
                 names, loss_list = as_task_losses(losses)
                 self._check_num_tasks(len(names))
-                task_grads = compute_task_gradients(
-                    dict(zip(names, loss_list)), self.trainable_params(), features=features, batched=batched
+                task_grads = _compute_task_gradients(
+                    dict(zip(names, loss_list)),
+                    self.trainable_params(),
+                    features=features,
+                    batched=batched,
+                    reserve=None if batched else self._gradient_reserve(),
+                    check_finite=self.check_finite,
                 )
             loss_values = torch.stack([loss.detach().reshape(()) for loss in loss_list])
         assert task_grads is not None
-        observers = self._observers_wanting_record()
         task_updates = self.apply_task_gradients(task_grads, keep_task_updates=bool(observers))
         if loss_values is None:
             loss_values = torch.full((task_grads.num_tasks,), float("nan"))
@@ -176,6 +182,13 @@ class MAO(ObservableMixin, Optimizer):
         for group in self.param_groups:
             group["num_tasks"] = task_grads.num_tasks
         return task_updates
+
+    def _gradient_reserve(self) -> GradientReserve:
+        # Not in __init__: Optimizer pickling and deepcopy keep only defaults, state and param_groups.
+        reserve = self.__dict__.get("_task_gradient_reserve")
+        if reserve is None:
+            reserve = self._task_gradient_reserve = GradientReserve()
+        return reserve
 
     # -- checks (before anything is modified) ------------------------------------------------------
 
@@ -220,18 +233,86 @@ class MAO(ObservableMixin, Optimizer):
         task_grads: TaskGradients,
         keep_task_updates: bool,
     ) -> dict[int, Tensor]:
+        lr = float(group["lr"])
+        weights = group["task_weights"]
+        params, states = [], []
+        for p, i in members:
+            params.append(p)
+            states.append(self._prepared_state(p, task_grads.tasks[i]))
+        torch._foreach_add_([state["step"] for state in states], 1.0)
+        if group["weight_decay"] != 0:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+
+        # Where several tasks meet (or tasks are weighted), each task's Adam step is one pass of the
+        # fused CPU Adam kernel that subtracts it from p directly: no stacked copy of the gradients, no
+        # per-task temporaries.  Parameters one task reaches keep Adam's own foreach arithmetic (their
+        # update is bit-for-bit Adam's), and so does everything when per-task updates must be returned.
+        fused: list[int] = []
+        rest: list[int] = []
+        for j, (p, state) in enumerate(zip(params, states)):
+            several = len(state["tasks"]) > 1 or weights is not None
+            (fused if several and not keep_task_updates and _fusable(p, state) else rest).append(j)
+        if fused:
+            self._fused_update(group, [members[j] for j in fused], [states[j] for j in fused], task_grads)
+        if not rest:
+            return {}
+        return self._foreach_update(group, [members[j] for j in rest], [states[j] for j in rest], task_grads, keep_task_updates)
+
+    def _fused_update(
+        self,
+        group: dict[str, Any],
+        members: list[tuple[Tensor, int]],
+        states: list[dict[str, Any]],
+        task_grads: TaskGradients,
+    ) -> None:
+        """``p -= lr_k * u_k`` for every task ``k`` in turn, one fused-Adam pass per (parameter, task).
+
+        The CPU kernel handles the tensors of its lists one after the other, so listing ``p`` once per
+        task accumulates the tasks' steps into ``p`` in place; the step counter is shared by the tasks.
+        """
+        beta1, beta2 = group["betas"]
+        scale = 1.0 / task_grads.num_tasks if group["reduction"] == "mean" else 1.0
+        weights = group["task_weights"]
+        lr = float(group["lr"]) * scale
+        calls: dict[float, tuple[list[Tensor], ...]] = {}
+        for (p, i), state in zip(members, states):
+            state_tasks = state["tasks"]
+            rows = _aligned_rows(task_grads.rows(i), task_grads.tasks[i], state_tasks, p)
+            for k, g, m, v in zip(state_tasks, rows, state["exp_avg"].unbind(0), state["exp_avg_sq"].unbind(0)):
+                task_lr = lr if weights is None else lr * weights[k]
+                lists = calls.get(task_lr)
+                if lists is None:
+                    lists = calls[task_lr] = ([], [], [], [], [])
+                lists[0].append(p)
+                lists[1].append(g if g.is_contiguous() else g.contiguous())
+                lists[2].append(m)
+                lists[3].append(v)
+                lists[4].append(state["step"])
+        for task_lr, (ps, gs, ms, vs, steps) in calls.items():
+            torch._fused_adam_(
+                ps, gs, ms, vs, [], steps,
+                lr=task_lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False,
+            )  # fmt: skip
+
+    def _foreach_update(
+        self,
+        group: dict[str, Any],
+        members: list[tuple[Tensor, int]],
+        states: list[dict[str, Any]],
+        task_grads: TaskGradients,
+        keep_task_updates: bool,
+    ) -> dict[int, Tensor]:
+        """The update with stacked per-task moments and foreach ops (step counts already advanced)."""
         beta1, beta2 = group["betas"]
         lr = float(group["lr"])
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-        for p, i in members:
-            state = self._prepared_state(p, task_grads.tasks[i])
+        for (p, i), state in zip(members, states):
             params.append(p)
             grads.append(_aligned(task_grads.grads[i], task_grads.tasks[i], state["tasks"]))
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
 
-        torch._foreach_add_(steps, 1.0)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
@@ -243,11 +324,8 @@ class MAO(ObservableMixin, Optimizer):
         torch._foreach_div_(denoms, [math.sqrt(1 - beta2**t) for t in counts])
         torch._foreach_add_(denoms, group["eps"])
 
-        if group["weight_decay"] != 0:
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-
         weights = group["task_weights"]
-        single = [j for j, p in enumerate(params) if len(self.state[p]["tasks"]) == 1 and weights is None]
+        single = [j for j, state in enumerate(states) if len(state["tasks"]) == 1 and weights is None]
         if single and not keep_task_updates:
             # One task reaches these parameters: exactly Adam's fused update, no per-task buffer.
             torch._foreach_addcdiv_(
@@ -256,7 +334,8 @@ class MAO(ObservableMixin, Optimizer):
                 [denoms[j][0] for j in single],
                 [-step_sizes[j] for j in single],
             )
-            rest = [j for j in range(len(params)) if j not in set(single)]
+            in_single = set(single)
+            rest = [j for j in range(len(params)) if j not in in_single]
         else:
             rest = list(range(len(params)))
         if not rest:
@@ -268,7 +347,7 @@ class MAO(ObservableMixin, Optimizer):
         if weights is not None:
             w = torch.tensor(weights)
             for j, u in zip(rest, task_steps):
-                tasks = list(self.state[params[j]]["tasks"])
+                tasks = list(states[j]["tasks"])
                 u.mul_(w[tasks].to(u).view(-1, *([1] * (u.dim() - 1))))
         torch._foreach_sub_([params[j] for j in rest], [u.sum(0) for u in task_steps])
         if not keep_task_updates:
@@ -298,6 +377,36 @@ class MAO(ObservableMixin, Optimizer):
                 state[key] = widened
             state["tasks"] = tasks
         return state
+
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _fusable(p: Tensor, state: dict[str, Any]) -> bool:
+    """Can the fused CPU Adam kernel update ``p`` in place?  It reads every tensor as one flat array.
+
+    Half precision is left to the foreach path: accumulating ``T`` steps into ``p`` one by one would
+    round ``T`` times at ``p``'s precision.
+    """
+    return (
+        p.device.type == "cpu"
+        and p.dtype in _FUSED_DTYPES
+        and p.is_contiguous()
+        and state["exp_avg"].is_contiguous()
+        and state["exp_avg_sq"].is_contiguous()
+        and state["exp_avg"].dtype == p.dtype
+        and state["exp_avg_sq"].dtype == p.dtype
+    )
+
+
+def _aligned_rows(
+    rows: tuple[Tensor, ...], grad_tasks: tuple[int, ...], state_tasks: tuple[int, ...], like: Tensor
+) -> tuple[Tensor, ...]:
+    """Per-task gradients in the order of the state's tasks, zero for tasks that did not reach this step."""
+    if grad_tasks == state_tasks:
+        return rows
+    by_task = dict(zip(grad_tasks, rows))
+    return tuple(by_task[k] if k in by_task else torch.zeros_like(like, memory_format=torch.contiguous_format) for k in state_tasks)
 
 
 def _aligned(grads: Tensor, grad_tasks: tuple[int, ...], state_tasks: tuple[int, ...]) -> Tensor:

@@ -7,9 +7,9 @@ gradient aggregator and the recorder can all use the same tensors without a seco
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Union, overload
 
 import torch
 from torch import Tensor
@@ -85,7 +85,10 @@ class TaskGradients:
         task_names: one name per task; ``len(task_names)`` is the number of tasks ``T``.
         params: the parameters, in a fixed order.
         tasks: for each parameter, the indices (increasing) of the tasks whose gradient is stacked.
-        grads: for each parameter, a tensor of shape ``(len(tasks[i]), *params[i].shape)``.
+        grads: for each parameter, a tensor of shape ``(len(tasks[i]), *params[i].shape)``.  Built by
+            :meth:`from_per_task` (so by :func:`compute_task_gradients`), it is a sequence that stacks
+            a parameter's rows only when that entry is first read: the optimizers read the rows
+            (:meth:`rows`) and never pay for the copy.
 
     >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
     >>> head = torch.tensor(3.0, requires_grad=True)
@@ -103,18 +106,21 @@ class TaskGradients:
     task_names: tuple[str, ...]
     params: tuple[Tensor, ...]
     tasks: tuple[tuple[int, ...], ...]
-    grads: tuple[Tensor, ...]
+    grads: Sequence[Tensor]
 
     def __post_init__(self) -> None:
         if not (len(self.params) == len(self.tasks) == len(self.grads)):
             raise ValueError("params, tasks and grads must have one entry per parameter")
-        for i, (p, ks, g) in enumerate(zip(self.params, self.tasks, self.grads)):
-            if tuple(g.shape) != (len(ks), *p.shape):
+        lazy = isinstance(self.grads, _LazyStacks)
+        num_tasks = self.num_tasks
+        for i, (p, ks) in enumerate(zip(self.params, self.tasks)):
+            shape = self.grads.shape(i) if lazy else tuple(self.grads[i].shape)
+            if shape != (len(ks), *p.shape):
                 raise ValueError(
-                    f"parameter {i}: stacked gradients have shape {tuple(g.shape)}, expected "
+                    f"parameter {i}: stacked gradients have shape {shape}, expected "
                     f"{(len(ks), *p.shape)} (tasks {ks}, parameter shape {tuple(p.shape)})"
                 )
-            if any(not 0 <= k < self.num_tasks for k in ks) or list(ks) != sorted(set(ks)):
+            if ks and (ks[0] < 0 or ks[-1] >= num_tasks or any(a >= b for a, b in zip(ks, ks[1:]))):
                 raise ValueError(f"parameter {i}: task indices {ks} must increase within [0, {self.num_tasks})")
 
     @property
@@ -124,6 +130,12 @@ class TaskGradients:
     def index(self) -> dict[int, int]:
         """Map ``id(param)`` to its position in :attr:`params`."""
         return {id(p): i for i, p in enumerate(self.params)}
+
+    def rows(self, i: int) -> tuple[Tensor, ...]:
+        """The gradients of parameter ``i``, one tensor per task in ``tasks[i]``, without stacking them."""
+        if isinstance(self.grads, _LazyStacks):
+            return self.grads.rows(i)
+        return tuple(self.grads[i].unbind(0))
 
     def dense(self, i: int) -> Tensor:
         """Gradients of parameter ``i`` for all ``T`` tasks, zeros where a task does not reach it."""
@@ -135,7 +147,7 @@ class TaskGradients:
 
     def for_task(self, k: int) -> list[Tensor | None]:
         """Task ``k``'s gradient for every parameter (``None`` where it does not reach it)."""
-        return [g[ks.index(k)] if k in ks else None for ks, g in zip(self.tasks, self.grads)]
+        return [self.rows(i)[ks.index(k)] if k in ks else None for i, ks in enumerate(self.tasks)]
 
     def norms(self) -> Tensor:
         """L2 norms, shape ``(T, number of parameters)``; zero where a task does not reach a parameter."""
@@ -150,14 +162,26 @@ class TaskGradients:
 
         One fused reduction on the happy path; the culprit is searched for only when there is one.
         """
-        stacked = [g for g in self.grads if g.numel()]
-        if not stacked:
+        # Reductions that are NaN or Inf if a gradient is: taken while the gradients were computed
+        # (when an optimizer computed them), or the norms of the stacked gradients.
+        probes = self.grads.finite_probes if isinstance(self.grads, _LazyStacks) else None
+        if probes is None:
+            if isinstance(self.grads, _LazyStacks):
+                tensors = [r for i in range(len(self.params)) for r in self.grads.rows(i) if r.numel()]
+            else:
+                tensors = [g for g in self.grads if g.numel()]
+            probes = torch._foreach_norm(tensors) if tensors else []
+        if not probes:
             return
-        if bool(torch.stack([s.float() for s in torch._foreach_norm(stacked)]).isfinite().all()):
+        if len({t.dtype for t in probes}) > 1:
+            finite = torch.stack([t.isfinite() for t in probes]).all()
+        else:
+            finite = torch.stack(list(probes)).isfinite().all()
+        if bool(finite):
             return
-        for i, (ks, g) in enumerate(zip(self.tasks, self.grads)):
+        for i, ks in enumerate(self.tasks):
             for row, k in enumerate(ks):
-                if not bool(torch.isfinite(g[row]).all()):
+                if not bool(torch.isfinite(self.rows(i)[row]).all()):
                     raise TaskInputError(
                         f"task {self.task_names[k]!r} (index {k}): the gradient of parameter {i} "
                         f"(shape {tuple(self.params[i].shape)}) contains NaN or Inf"
@@ -172,23 +196,32 @@ class TaskGradients:
     ) -> TaskGradients:
         """Build from ``per_task[k][i]``: task ``k``'s gradient of parameter ``i`` (or ``None``).
 
-        Use it to feed gradients computed elsewhere (e.g. by ``torch.autograd.grad``) to MAO.
+        Use it to feed gradients computed elsewhere (e.g. by ``torch.autograd.grad``) to MAO.  The
+        tensors are kept as they are: ``grads[i]`` stacks them when it is first read.
         """
         names = tuple(task_names) if task_names is not None else tuple(f"task{k}" for k in range(len(per_task)))
         if len(names) != len(per_task):
             raise TaskInputError(f"{len(per_task)} tasks of gradients but {len(names)} task names")
-        tasks, grads = [], []
-        for i, p in enumerate(params):
-            reached = [k for k in range(len(per_task)) if per_task[k][i] is not None]
+        params = tuple(params)
+        columns: Iterable[Sequence[Tensor | None]]
+        if not per_task:
+            columns = [()] * len(params)
+        elif all(len(grads) == len(params) for grads in per_task):
+            columns = zip(*per_task)  # column i: every task's gradient of parameter i
+        else:
+            columns = ([grads[i] for grads in per_task] for i in range(len(params)))
+        tasks, rows = [], []
+        for i, (p, column) in enumerate(zip(params, columns)):
+            reached = tuple(k for k, g in enumerate(column) if g is not None)
             for k in reached:
-                if per_task[k][i].shape != p.shape:
+                if column[k].shape != p.shape:
                     raise TaskInputError(
                         f"task {names[k]!r} (index {k}): gradient of parameter {i} has shape "
-                        f"{tuple(per_task[k][i].shape)}, expected {tuple(p.shape)}"
+                        f"{tuple(column[k].shape)}, expected {tuple(p.shape)}"
                     )
-            tasks.append(tuple(reached))
-            grads.append(_stack([per_task[k][i] for k in reached], p))
-        return cls(names, tuple(params), tuple(tasks), tuple(grads))
+            tasks.append(reached)
+            rows.append(tuple(column[k] for k in reached))
+        return cls(names, params, tuple(tasks), _LazyStacks(rows, params))
 
     @classmethod
     def from_jacobians(cls, params: Sequence[Tensor], task_names: Sequence[str] | None = None) -> TaskGradients:
@@ -206,6 +239,53 @@ class TaskGradients:
                 raise TaskInputError(f"a .jac field has shape {tuple(p.jac.shape)}, expected {(num_tasks, *p.shape)}")
         all_tasks = tuple(range(num_tasks))
         return cls(names, tuple(with_jac), tuple(all_tasks for _ in with_jac), tuple(p.jac for p in with_jac))
+
+
+class _LazyStacks(Sequence[Tensor]):
+    """Per-parameter stacked gradients that are stacked only when read.
+
+    ``rows[i]`` holds parameter ``i``'s gradients, one tensor per task; ``self[i]`` is their stack
+    (shape ``(len(rows[i]), *like[i].shape)``), built on first access and kept.  Stacking ``T`` copies of
+    every shared parameter costs a fresh buffer and a full copy, which the MAO update does not need.
+    """
+
+    __slots__ = ("_rows", "_like", "_stacked", "finite_probes")
+
+    def __init__(self, rows: Sequence[tuple[Tensor, ...]], like: Sequence[Tensor]) -> None:
+        self._rows = tuple(rows)
+        self._like = tuple(like)
+        self._stacked: list[Tensor | None] = [None] * len(self._rows)
+        # Reductions of every non-empty row (in any order) that are finite if the row is, when they
+        # were taken as the rows were made: check_finite reads them instead of the rows.
+        self.finite_probes: list[Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> Tensor: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Tensor, ...]: ...
+    def __getitem__(self, i: int | slice) -> Tensor | tuple[Tensor, ...]:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(len(self))[i])
+        i = range(len(self))[i]  # negative indices, IndexError
+        stacked = self._stacked[i]
+        if stacked is None:
+            stacked = self._stacked[i] = _stack(list(self._rows[i]), self._like[i])
+        return stacked
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (self[i] for i in range(len(self)))
+
+    def rows(self, i: int) -> tuple[Tensor, ...]:
+        return self._rows[i]
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return (len(self._rows[i]), *self._like[i].shape)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
 
 
 def _stack(grads: list[Tensor], like: Tensor) -> Tensor:
@@ -257,26 +337,125 @@ def compute_task_gradients(
     autograd only visits the nodes a task reaches, so this is the physical limit of one trunk backward
     and one head backward per task, the same work as TorchJD's ``mtl_backward(parallel_chunk_size=1)``.
     """
+    return _compute_task_gradients(losses, params, features=features, batched=batched, retain_graph=retain_graph)
+
+
+class GradientReserve:
+    """The last step's per-task gradients, held by an optimizer and let go one task at a time.
+
+    Holding every task's gradient at once takes ``T`` times the shared parameters in fresh memory at
+    every step.  Freed all together at the end of a step, that memory goes back to the system (the C
+    allocator trims it), and the next step pays page faults on all of it again.  Kept until the next
+    step, and released task by task right before that task's backward pass allocates the same shapes,
+    it is reused instead: no copy, no fault.  Nothing is overwritten: a record an observer keeps stays
+    intact (its tensors are then simply not reused).  Between steps it holds what a step holds anyway,
+    as ``.grad`` does for other optimizers.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[list[Tensor | None] | None] = []
+
+    def release(self, task: int) -> None:
+        """Let go of task ``task``'s gradients from the last step."""
+        if task < len(self._held):
+            self._held[task] = None
+
+    def hold(self, per_task: list[list[Tensor | None]]) -> None:
+        """Keep this step's CPU gradients (references only) until the next step releases them.
+
+        CUDA's caching allocator reuses freed memory by itself: nothing is held there.
+        """
+        self._held = [[g if g is not None and g.is_cpu else None for g in grads] for grads in per_task]
+
+    def nbytes(self) -> int:
+        """Bytes of the gradients held."""
+        return sum(g.numel() * g.element_size() for grads in self._held if grads for g in grads if g is not None)
+
+
+class _TaskHooks:
+    """What the per-task loops do around each task's backward pass."""
+
+    __slots__ = ("reserve", "probes")
+
+    def __init__(self, reserve: GradientReserve | None, check_finite: bool) -> None:
+        self.reserve = reserve
+        self.probes: list[Tensor] | None = [] if check_finite else None
+
+    def before(self, task: int) -> None:
+        if self.reserve is not None:
+            self.reserve.release(task)  # the same shapes are about to be allocated: reuse that memory
+
+    def after(self, grads: Sequence[Tensor | None]) -> None:
+        # For check_finite, read while the fresh gradients are still in cache: a sum is NaN or Inf
+        # whenever an entry is (and, extremely rarely, when finite entries overflow: then
+        # check_finite looks at the entries and finds nothing to raise about).
+        if self.probes is not None:
+            small = []
+            for g in grads:
+                if g is not None and g.numel():
+                    if g.numel() >= 1 << 15:
+                        self.probes.append(g.sum())  # a plain sum streams faster than a norm
+                    else:
+                        small.append(g)
+            if small:  # one call for the small ones
+                self.probes.extend(torch._foreach_norm(small))
+
+
+def _compute_task_gradients(
+    losses: TaskLosses,
+    params: Iterable[Tensor],
+    *,
+    features: Tensor | Sequence[Tensor] | None = None,
+    batched: bool = False,
+    retain_graph: bool = False,
+    reserve: GradientReserve | None = None,
+    check_finite: bool = False,
+) -> TaskGradients:
+    """:func:`compute_task_gradients`, for an optimizer.
+
+    With ``reserve``, the memory of the last step's gradients is reused (looped forms).  With
+    ``check_finite``, what :meth:`TaskGradients.check_finite` reads is read as each task's gradients
+    come out of its backward pass, while they are still in cache.
+    """
     names, loss_list = as_task_losses(losses)
     params = [p for p in params if p.requires_grad]
+    hooks = _TaskHooks(reserve, check_finite) if reserve is not None or check_finite else None
     if features is None:
-        per_task = _looped_gradients(loss_list, params, retain_graph)
+        per_task = _looped_gradients(loss_list, params, retain_graph, hooks)
     else:
         feats = [features] if isinstance(features, Tensor) else list(features)
-        per_task = _gradients_through_features(loss_list, params, feats, batched, retain_graph)
-    return TaskGradients.from_per_task(per_task, params, names)
+        per_task = _gradients_through_features(loss_list, params, feats, batched, retain_graph, hooks)
+    if reserve is not None:
+        reserve.hold(per_task)
+    task_grads = TaskGradients.from_per_task(per_task, params, names)
+    if hooks is not None and hooks.probes is not None:
+        assert isinstance(task_grads.grads, _LazyStacks)
+        task_grads.grads.finite_probes = hooks.probes
+    return task_grads
 
 
-def _looped_gradients(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[list[Tensor | None]]:
+def _looped_gradients(
+    losses: list[Tensor], params: list[Tensor], retain_graph: bool, hooks: _TaskHooks | None = None
+) -> list[list[Tensor | None]]:
     last = len(losses) - 1
-    return [
-        list(torch.autograd.grad(loss, params, retain_graph=retain_graph or k < last, allow_unused=True))
-        for k, loss in enumerate(losses)
-    ]
+    per_task: list[list[Tensor | None]] = []
+    for k, loss in enumerate(losses):
+        if hooks is not None:
+            hooks.before(k)
+        grads = list(torch.autograd.grad(loss, params, retain_graph=retain_graph or k < last, allow_unused=True))
+        if hooks is not None:
+            hooks.after(grads)
+        per_task.append(grads)
+    return per_task
 
 
 def _gradients_through_features(
-    losses: list[Tensor], params: list[Tensor], feats: list[Tensor], batched: bool, retain_graph: bool
+    losses: list[Tensor],
+    params: list[Tensor],
+    feats: list[Tensor],
+    batched: bool,
+    retain_graph: bool,
+    hooks: _TaskHooks | None = None,
 ) -> list[list[Tensor | None]]:
     below = _leaves_reachable_from(feats)
     shared = [p for p in params if id(p) in below]
@@ -287,7 +466,9 @@ def _gradients_through_features(
         out = torch.autograd.grad(loss, feats + heads, retain_graph=True, allow_unused=True)
         per_task_feat_grads.append(list(out[:num_feats]))
         per_task_heads.append(out[num_feats:])
-    per_task_shared = _trunk_gradients(feats, shared, per_task_feat_grads, batched, retain_graph)
+        if hooks is not None:
+            hooks.after(out[num_feats:])
+    per_task_shared = _trunk_gradients(feats, shared, per_task_feat_grads, batched, retain_graph, hooks)
     position = {id(p): i for i, p in enumerate(shared)}
     head_position = {id(p): i for i, p in enumerate(heads)}
     return [
@@ -305,6 +486,7 @@ def _trunk_gradients(
     feat_grads: list[list[Tensor | None]],
     batched: bool,
     retain_graph: bool,
+    hooks: _TaskHooks | None = None,
 ) -> list[list[Tensor | None]]:
     num_tasks = len(feat_grads)
     reaching = [k for k in range(num_tasks) if any(g is not None for g in feat_grads[k])]
@@ -319,11 +501,15 @@ def _trunk_gradients(
         grads = torch.autograd.grad(
             feats, shared, grad_outputs=outputs, retain_graph=retain_graph, allow_unused=True, is_grads_batched=True
         )
+        if hooks is not None:
+            hooks.after(grads)
         for row, k in enumerate(reaching):
             result[k] = [g[row] if g is not None else None for g in grads]
         return result
     last = reaching[-1]
     for k in reaching:
+        if hooks is not None:
+            hooks.before(k)
         used = [(f, g) for f, g in zip(feats, feat_grads[k]) if g is not None]
         result[k] = list(
             torch.autograd.grad(
@@ -334,4 +520,6 @@ def _trunk_gradients(
                 allow_unused=True,
             )
         )
+        if hooks is not None:
+            hooks.after(result[k])
     return result

@@ -1,0 +1,82 @@
+"""The command line of the benchmarks: ``python -m mao_lab.bench --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quick", action="store_true", help="a run of seconds: few repetitions, rough ratios")
+    common.add_argument("--seed", type=int, default=0, help="seed of the models and batches (default 0)")
+    common.add_argument("--output", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE")
+    parser = argparse.ArgumentParser(
+        prog="python -m mao_lab.bench",
+        description="Benchmarks of mao_lab. Each prints one JSON line on stdout; progress goes to stderr.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder}")
+    step = sub.add_parser(
+        "step",
+        parents=[common],
+        help="MAO's training step vs TorchJD + Adam, vs the physical limit; update vs Adam; state memory",
+    )
+    step.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    step.add_argument("--threads", type=_positive_int, default=2, help="torch.set_num_threads (default 2)")
+    step.add_argument(
+        "--vmap", action="store_true", help="also time the vmapped trunk backward (always on with --device cuda)"
+    )
+    step.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    sub.add_parser("recorder", parents=[common], help="the cost of the gradient recorder")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "step":
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+        from ._step_bench import run_step_benchmark
+
+        result = run_step_benchmark(
+            quick=args.quick,
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+            progress=not args.no_progress,
+            vmap=True if args.vmap else None,
+        )
+    else:
+        try:
+            from ._recorder_bench import run_recorder_benchmark
+        except ImportError as exc:
+            print(
+                f"python -m mao_lab.bench recorder: the recorder benchmark is not available ({exc}); "
+                "it lives in mao_lab/bench/_recorder_bench.py as run_recorder_benchmark(quick, seed)",
+                file=sys.stderr,
+            )
+            return 2
+        result = run_recorder_benchmark(quick=args.quick, seed=args.seed)
+    line = json.dumps(result, allow_nan=False)
+    print(line, flush=True)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
