@@ -235,6 +235,9 @@ RATIOS = {
     "update_vs_adam": ("mao_update", "adam_update", True),  # divided by T
     "mao_features_vs_torchjd": ("mao_features", "torchjd", False),
     "torchjd_vs_limit": ("torchjd", "limit", False),
+    # The part of MAO's step that is its update: reading and writing 2*T moments per shared parameter
+    # is memory traffic that no gradient computation can hide, and the limit above does not include it.
+    "update_share_of_step": ("mao_update", "mao", False),
 }
 VMAP_RATIOS = {
     "mao_vmap_vs_torchjd_vmap": ("mao_vmap", "torchjd_vmap", False),
