@@ -396,3 +396,48 @@ def test_bad_precomputed_gradients_and_hyperparameters() -> None:
     with pytest.raises(TaskInputError, match="task_weights has 2 entries but there are 3 tasks"):
         weighted.step(net.losses(*batch(3, 0)))
     assert not weighted.state
+
+
+# -- on a CUDA device (skipped without one; CI has none) -----------------------------------------------
+# On CUDA every parameter takes the foreach path with stacked per-task moments (on the CPU, parameters
+# several tasks reach take fused per-task Adam passes), so it is checked against the same reference rule,
+# computed on the CPU.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("num_tasks", [1, 3, 8])
+@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.05}, {"reduction": "mean"}, {"weights": True}])
+def test_cuda_matches_the_reference_rule(num_tasks: int, options: dict) -> None:
+    weights = [0.5 + k for k in range(num_tasks)] if options.get("weights") else None
+    kwargs = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=options.get("weight_decay", 0.0))
+    ref_net = Net(num_tasks)
+    net = copy.deepcopy(ref_net).cuda()
+    opt = MAO(net.parameters(), reduction=options.get("reduction", "sum"), task_weights=weights, **kwargs)
+    ref_state: dict = {}
+    ref_params = list(ref_net.parameters())
+    for s in range(20):
+        x, y = batch(num_tasks, s)
+        opt.step(net.losses(x.cuda(), y.cuda()))
+        grads = per_task_grads(ref_net.losses(x, y), ref_params)
+        reference_mao_step(ref_params, grads, ref_state, weights=weights, mean=options.get("reduction") == "mean", **kwargs)
+    for p, q in zip(net.parameters(), ref_params):
+        torch.testing.assert_close(p.cpu(), q, rtol=1e-9, atol=1e-11)
+    assert all(state["step"].device.type == "cpu" for state in opt.state.values())  # as Adam keeps it
+
+
+@needs_cuda
+def test_cuda_one_task_float32_equals_adam() -> None:
+    net = Net(1, dtype=torch.float32).cuda()
+    adam_net = copy.deepcopy(net)
+    opt = MAO(net.parameters(), lr=1e-2)
+    adam = torch.optim.Adam(adam_net.parameters(), lr=1e-2)
+    for s in range(50):
+        x, y = batch(1, s, torch.float32)
+        opt.step(net.losses(x.cuda(), y.cuda()))
+        adam.zero_grad()
+        adam_net.losses(x.cuda(), y.cuda())[0].backward()
+        adam.step()
+    for p, q in zip(net.parameters(), adam_net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
