@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ._files import write_atomically
 
 __all__ = [
     "NotebookParameterError",
@@ -72,24 +73,6 @@ def check_choices(name: str, values: object, valid: Iterable[str]) -> list[str]:
     unknown = [v for v in items if v not in valid]  # type: ignore[union-attr]
     check(not unknown, name, values, f"a list drawn from {', '.join(map(repr, valid))} (unknown: {unknown})")
     return list(items)  # type: ignore[arg-type]
-
-
-def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place in one step.
-
-    If ``write`` fails the old file (if any) is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 class ResultsFolder:

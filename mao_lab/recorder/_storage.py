@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import pandas as pd
 
+from .._files import write_atomically
 from ._frame import empty_frame, normalise_dtypes
 
 __all__ = ["RunPath", "load_run", "load_runs", "save_run"]
@@ -45,28 +45,12 @@ def _suffix(use_parquet: bool | None) -> str:
     return ".parquet" if use_parquet else ".csv"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as written:  # on disk before the rename, so a power cut cannot lose it
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` atomically as Parquet or CSV, according to ``path``'s suffix."""
     if path.suffix == ".parquet":
-        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        write_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
     else:
-        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+        write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -77,7 +61,7 @@ def read_table(path: Path) -> pd.DataFrame:
 def write_params(run_dir: Path, params: Mapping[str, Any]) -> None:
     """Write the run's parameters as JSON (anything JSON cannot hold is written as its ``repr``)."""
     text = json.dumps(dict(params), indent=2, sort_keys=True, default=repr)
-    atomic_write(run_dir / PARAMS_FILE, lambda tmp: tmp.write_text(text + "\n"))
+    write_atomically(run_dir / PARAMS_FILE, lambda tmp: tmp.write_text(text + "\n"))
 
 
 def part_path(run_dir: Path, number: int, use_parquet: bool | None = None) -> Path:
