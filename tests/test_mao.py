@@ -266,6 +266,46 @@ def test_precomputed_gradients_and_features_paths_give_the_same_step() -> None:
             torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
+class KeepEveryRecord:
+    """An observer that keeps every step's record, as a recorder holding them in memory would."""
+
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def wants_record(self) -> bool:
+        return True
+
+    def __call__(self, record) -> None:
+        self.records.append(record)
+
+
+def test_kept_records_are_not_overwritten_by_later_steps() -> None:
+    # MAO keeps the last step's gradient buffers to reuse their memory; a record someone keeps must not
+    # be among the reused ones.  Compare each kept record, after all steps, with gradients computed
+    # independently at that step's parameters.
+    net, ref = Net(3), Net(3)
+    opt = MAO(net.parameters(), lr=1e-2)
+    ref_opt = MAO(ref.parameters(), lr=1e-2)
+    observer = KeepEveryRecord()
+    opt.add_observer(observer)
+    expected = []
+    for s in range(4):
+        x, y = batch(3, s)
+        params = list(ref.parameters())
+        grads = per_task_grads(ref.losses(x, y), params)
+        expected.append(grads)
+        ref_opt.step(task_grads=TaskGradients.from_per_task(grads, params))
+        opt.step(net.losses(x, y))
+    assert len(observer.records) == 4
+    for record, grads in zip(observer.records, expected):
+        for k in range(3):
+            for got, want in zip(record.task_grads.for_task(k), grads[k]):
+                if want is None:
+                    assert got is None
+                else:
+                    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_gradients_from_torchjd_mtl_backward() -> None:
     from torchjd.autojac import mtl_backward
 
