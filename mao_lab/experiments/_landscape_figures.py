@@ -35,6 +35,33 @@ def _cell(index: int, columns: int) -> dict[str, int]:
     return {"row": index // columns + 1, "col": index % columns + 1}
 
 
+def _add_runs(
+    figure: go.Figure, rows: pd.DataFrame, x: str, y: str, showlegend: bool, cell: dict[str, int]
+) -> None:
+    """Each start's run in ``rows``, column ``x`` against ``y``: a line with markers at its start
+    (circle) and end (cross), coloured by start.  Parameter and loss space plot runs the same way."""
+    for start, part in rows.groupby("start", sort=True):
+        part = part.sort_values("step")
+        color = _COLORS[int(start) % len(_COLORS)]
+        label = _start_label(part)
+        figure.add_trace(
+            go.Scatter(
+                x=part[x], y=part[y], mode="lines", line={"color": color, "width": 2}, name=label,
+                legendgroup=label, showlegend=showlegend, customdata=part["step"],
+                hovertemplate=f"step %{{customdata}}<br>{x} %{{x:.3f}}<br>{y} %{{y:.3f}}<extra>{label}</extra>",
+            ),
+            **cell,
+        )
+        ends = part.iloc[[0, -1]]
+        figure.add_trace(
+            go.Scatter(
+                x=ends[x], y=ends[y], mode="markers", marker={"color": color, "size": [9, 11], "symbol": ["circle", "x"]},
+                legendgroup=label, showlegend=False, hoverinfo="skip",
+            ),
+            **cell,
+        )
+
+
 def parameter_space_figure(
     trajectories: pd.DataFrame, l1_scale: float = 1.0, *, lim: float = 10.0, n: int = 100, title: str | None = None
 ) -> go.Figure:
@@ -72,27 +99,7 @@ def parameter_space_figure(
             ),
             **cell,
         )
-        rows = trajectories[trajectories["method"] == method]
-        for k, (start, part) in enumerate(rows.groupby("start", sort=True)):
-            part = part.sort_values("step")
-            color = _COLORS[int(start) % len(_COLORS)]
-            label = _start_label(part)
-            figure.add_trace(
-                go.Scatter(
-                    x=part["x1"], y=part["x2"], mode="lines", line={"color": color, "width": 2}, name=label,
-                    legendgroup=label, showlegend=i == 0, customdata=part["step"],
-                    hovertemplate="step %{customdata}<br>x1 %{x:.3f}<br>x2 %{y:.3f}<extra>" + label + "</extra>",
-                ),
-                **cell,
-            )
-            ends = part.iloc[[0, -1]]
-            figure.add_trace(
-                go.Scatter(
-                    x=ends["x1"], y=ends["x2"], mode="markers", marker={"color": color, "size": [9, 11], "symbol": ["circle", "x"]},
-                    legendgroup=label, showlegend=False, hoverinfo="skip",
-                ),
-                **cell,
-            )
+        _add_runs(figure, trajectories[trajectories["method"] == method], "x1", "x2", i == 0, cell)
     figure.update_xaxes(range=[-lim, lim], title_text="x1")
     figure.update_yaxes(range=[-lim, lim], title_text="x2")
     return figure
@@ -119,27 +126,7 @@ def loss_space_figure(trajectories: pd.DataFrame, *, title: str | None = None) -
             ),
             **cell,
         )
-        rows = trajectories[trajectories["method"] == method]
-        for start, part in rows.groupby("start", sort=True):
-            part = part.sort_values("step")
-            color = _COLORS[int(start) % len(_COLORS)]
-            label = _start_label(part)
-            figure.add_trace(
-                go.Scatter(
-                    x=part["L1"], y=part["L2"], mode="lines", line={"color": color, "width": 2}, name=label,
-                    legendgroup=label, showlegend=i == 0, customdata=part["step"],
-                    hovertemplate="step %{customdata}<br>L1 %{x:.3f}<br>L2 %{y:.3f}<extra>" + label + "</extra>",
-                ),
-                **cell,
-            )
-            ends = part.iloc[[0, -1]]
-            figure.add_trace(
-                go.Scatter(
-                    x=ends["L1"], y=ends["L2"], mode="markers", marker={"color": color, "size": [9, 11], "symbol": ["circle", "x"]},
-                    legendgroup=label, showlegend=False, hoverinfo="skip",
-                ),
-                **cell,
-            )
+        _add_runs(figure, trajectories[trajectories["method"] == method], "L1", "L2", i == 0, cell)
     figure.update_xaxes(title_text="L1 (unscaled)")
     figure.update_yaxes(title_text="L2")
     return figure

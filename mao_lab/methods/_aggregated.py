@@ -35,27 +35,31 @@ class AggregatorMethod(Method):
     Subclasses make the aggregator (:meth:`_make_aggregator`, given the number of tasks), and, for
     aggregators that keep state between steps, save it (:meth:`_aggregator_state`).  Aggregators
     built from a TorchJD ``Weighting`` split the direction by task as ``alpha_k g_k`` out of the box;
-    others override :meth:`_task_rows`.  With a ``generator`` the aggregator's random draws come from
-    it, never from the global RNG.
+    others override :meth:`_task_rows`.  With a generator (``self._generator``) the aggregator's random
+    draws come from it, never from the global RNG.
+
+    ``__init__`` is the public signature every aggregator shares (the registry reads hyperparameters
+    from it), so a subclass with no hyperparameters of its own needs no ``__init__``.  One with more
+    repeats it, fully typed, sets them, then calls this one; a random one sets ``self._generator``
+    (from its ``seed``) first, so that ``generator`` stays out of the others' signatures.
     """
 
     aggregator: Aggregator | None
+    _generator: torch.Generator | None = None
 
     def __init__(
         self,
         params: Iterable[Tensor],
         *,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        optimizer: OptimizerName,
-        num_tasks: int | None,
-        generator: torch.Generator | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        optimizer: OptimizerName = "adam",
+        num_tasks: int | None = None,
     ) -> None:
         super().__init__(params, num_tasks=num_tasks)
         self.base = BaseOptimizer(self.params, optimizer, lr, betas, eps, weight_decay)
-        self._generator = generator
         self.aggregator = None
         if num_tasks is not None:
             self.aggregator = self._make_aggregator(num_tasks)

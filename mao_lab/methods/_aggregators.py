@@ -63,20 +63,6 @@ class MGDAMethod(AggregatorMethod):
 
     name = "mgda"
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
-
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.MGDA()
 
@@ -87,20 +73,6 @@ class IMTLGMethod(AggregatorMethod):
 
     name = "imtl_g"
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
-
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.IMTLG()
 
@@ -110,20 +82,6 @@ class UPGradMethod(AggregatorMethod):
     """UPGrad with uniform preference (quadprog projector)."""
 
     name = "upgrad"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.UPGrad()
@@ -257,8 +215,9 @@ class PCGradMethod(AggregatorMethod):
         seed: int = 0,
         num_tasks: int | None = None,
     ) -> None:
+        self._generator = new_generator(seed)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, generator=new_generator(seed))
+                         num_tasks=num_tasks)
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.PCGrad()
@@ -292,8 +251,9 @@ class GradVacMethod(AggregatorMethod):
     ) -> None:
         check_in_range("beta", beta, 0.0, 1.0)
         self.beta = float(beta)
+        self._generator = new_generator(seed)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, generator=new_generator(seed))
+                         num_tasks=num_tasks)
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.GradVac(beta=self.beta)
@@ -340,8 +300,9 @@ class GradDropMethod(AggregatorMethod):
         seed: int = 0,
         num_tasks: int | None = None,
     ) -> None:
+        self._generator = new_generator(seed)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, generator=new_generator(seed))
+                         num_tasks=num_tasks)
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.GradDrop()

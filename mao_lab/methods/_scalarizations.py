@@ -51,20 +51,6 @@ class SumMethod(ScalarizerMethod):
 
     name = "sum"
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
-
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.Sum()
 
@@ -75,20 +61,6 @@ class MeanMethod(ScalarizerMethod):
 
     name = "mean"
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
-
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.Mean()
 
@@ -98,20 +70,6 @@ class UWMethod(ScalarizerMethod):
     """``sum_k (exp(-s_k) L_k + s_k) / 2`` with the log-variances ``s`` (init 0) learned with the model."""
 
     name = "uw"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.UW(num_tasks)
@@ -125,20 +83,6 @@ class IMTLLMethod(ScalarizerMethod):
     """``sum_k (exp(s_k) L_k - s_k)`` with the log-scales ``s`` (init 0) learned with the model."""
 
     name = "imtl_l"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.IMTLL(num_tasks)
@@ -165,8 +109,9 @@ class RLWMethod(ScalarizerMethod):
         seed: int = 0,
         num_tasks: int | None = None,
     ) -> None:
+        self._generator = new_generator(seed)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, generator=new_generator(seed))
+                         num_tasks=num_tasks)
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.Random()

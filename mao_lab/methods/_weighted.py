@@ -40,23 +40,30 @@ class WeightedLossMethod(Method):
     ``num_tasks`` is given, else at the first step.  Everything a subclass keeps goes through
     :meth:`_weighting_state` / :meth:`_load_weighting_state`: that is what ``state_dict`` saves and what
     a failed step is rolled back to.
+
+    ``__init__`` is the public signature every weighting shares (the registry reads hyperparameters
+    from it), so a subclass with no hyperparameters of its own needs no ``__init__``.  One with more
+    repeats it, fully typed, sets them, then calls this one; a random one sets ``self._generator``
+    (from its ``seed``) first, so that ``generator`` stays out of the others' signatures.
     """
+
+    _generator: torch.Generator | None = None
 
     def __init__(
         self,
         params: Iterable[Tensor],
         *,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        optimizer: OptimizerName,
-        num_tasks: int | None,
-        generator: torch.Generator | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        optimizer: OptimizerName = "adam",
+        num_tasks: int | None = None,
     ) -> None:
         super().__init__(params, num_tasks=num_tasks)
+        # Kept for optimizers that subclasses build later next to ``base`` (ScalarizerMethod's).
+        self._base_hyperparameters = dict(kind=optimizer, lr=lr, betas=betas, eps=eps)
         self.base = BaseOptimizer(self.params, optimizer, lr, betas, eps, weight_decay)
-        self._generator = generator
         self._built_for: int | None = None
         if num_tasks is not None:
             self._ensure_built(num_tasks)
@@ -175,28 +182,9 @@ class ScalarizerMethod(WeightedLossMethod):
     own generator (``seed``), never from the global RNG.
     """
 
-    scalarizer: Scalarizer | None
-    weighting_optimizer: BaseOptimizer | None
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        optimizer: OptimizerName,
-        num_tasks: int | None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self._base_hyperparameters = dict(kind=optimizer, lr=lr, betas=betas, eps=eps)
-        self.scalarizer = None
-        self.weighting_optimizer = None
-        super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-            num_tasks=num_tasks, generator=generator,
-        )
+    # Class-level defaults instead of an ``__init__``: both exist only once :meth:`_build` has run.
+    scalarizer: Scalarizer | None = None
+    weighting_optimizer: BaseOptimizer | None = None
 
     @abstractmethod
     def _make_scalarizer(self, num_tasks: int) -> Scalarizer:
