@@ -27,6 +27,12 @@ EXPECTED_FILES = {
         "grad_norms.html", "update_norms.html", "test_curves.html", "summary.json", "plotly.min.js",
         "runs/sum/metrics.parquet", "runs/sum/params.json", "runs/mao/metrics.parquet", "runs/mao/params.json",
     ],
+    "03_multimnist": [
+        "balance.parquet", "scores.parquet", "results.parquet", "delta_m.parquet", "ownership.parquet",
+        "ownership_by_method.parquet", "imbalance_over_steps.parquet", "samples.html", "task_metrics.html", "delta_m.html",
+        "ownership.html", "imbalance_over_steps.html", "explorer.html", "summary.json", "plotly.min.js",
+        "runs/sum-seed0/metrics.parquet", "runs/sum-seed0/params.json", "runs/mao-seed1/metrics.parquet", "runs/mao-seed1/params.json",
+    ],
     "04_balance_explorer": [
         "balance.parquet", "runs.parquet", "balance_summary.parquet", "ownership.parquet", "imbalance_over_steps.html",
         "imbalance_by_layer.html", "ownership.html", "explorer.html", "share_heatmap.html", "summary.json",
@@ -86,9 +92,10 @@ def test_runner_rejects_unknown_notebooks() -> None:
         ("01_toy_landscape", {"methods": ["mean", "adamm"]}, "bad notebook parameter `methods` = ['mean', 'adamm']"),
         ("01_toy_landscape", {"lr": -1.0}, "bad notebook parameter `lr` = -1.0"),
         ("02_imbalanced_regression", {"methods": ["sum", "nope"]}, "bad notebook parameter `methods`"),
+        ("03_multimnist", {"tasks": ["left", "colour"]}, "bad notebook parameter `tasks` = ['left', 'colour']"),
         ("04_balance_explorer", {"run_dirs": ["no/such/folder"]}, "bad notebook parameter `run_dirs`"),
     ],
-    ids=["01-unknown-method", "01-negative-lr", "02-unknown-method", "04-missing-runs"],
+    ids=["01-unknown-method", "01-negative-lr", "02-unknown-method", "03-unknown-task", "04-missing-runs"],
 )
 def test_bad_parameter_stops_the_toy_notebooks_with_their_message(tmp_path: Path, notebook: str, parameters: dict, message: str) -> None:
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
