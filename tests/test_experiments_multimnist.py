@@ -1,6 +1,6 @@
 """What notebook 03 computes on MultiMNIST: Delta_m, repeatable training that learns, readable run folders.
 
-Delta_m is checked against computations written here from the formula (``REFERENCES.md`` §6), not
+Delta_m is checked against computations written here from the formula (``docs/references.md`` §6), not
 against its own output.  Sizes are small so that the file runs in well under a minute on two cores.
 """
 
@@ -56,7 +56,7 @@ def one_thread():
 
 
 def _reference_delta_m(results: dict[str, dict[str, tuple[float, float, bool]]]) -> float:
-    """The formula of REFERENCES.md §6 written out: 100/T sum_t 1/M_t sum_m (-1)^s (M - B) / B, s = 1 if higher is better."""
+    """The formula of docs/references.md §6 written out: 100/T sum_t 1/M_t sum_m (-1)^s (M - B) / B, s = 1 if higher is better."""
     per_task = []
     for metrics in results.values():
         terms = [(-1) ** int(higher) * (m - b) / b for m, b, higher in metrics.values()]

@@ -39,7 +39,7 @@ def batch(num_tasks: int, step: int, dtype: torch.dtype = torch.float64) -> tupl
 
 
 def reference_mao_step(params, per_task_grads, state, lr, betas, eps, weight_decay=0.0, weights=None, mean=False):
-    """MAO exactly as REFERENCES.md §1 writes it: a Python loop over parameters and tasks, zeros for
+    """MAO exactly as docs/references.md §1 writes it: a Python loop over parameters and tasks, zeros for
     tasks that do not reach a parameter, one step counter."""
     b1, b2 = betas
     state["t"] = state.get("t", 0) + 1

@@ -2,11 +2,11 @@ r"""Real data: MultiMNIST with four tasks of different nature, every method agai
 
 The notebook ``03_multimnist`` draws what these functions compute, and
 ``tests/test_experiments_multimnist.py`` checks them.  The analysis follows the MAO paper (Hervella et
-al., *Neural Networks* 170, 2024; ``REFERENCES.md`` §1): task performance relative to single-task
+al., *Neural Networks* 170, 2024; ``docs/references.md`` §1): task performance relative to single-task
 training of the same budget, and the learning balance across tasks, layers and training steps recorded
 by :class:`mao_lab.recorder.Recorder`.
 
-The comparison measure is Delta_m (``REFERENCES.md`` §6), with ``B`` the single-task baseline:
+The comparison measure is Delta_m (``docs/references.md`` §6), with ``B`` the single-task baseline:
 
 .. math::
 
@@ -118,7 +118,7 @@ def _as_key(key: Key) -> tuple[str, str]:
 
 
 def delta_m(values: Mapping[Key, float], baseline: Mapping[Key, float], higher_is_better: Mapping[Key, bool]) -> float:
-    """Delta_m in percent (``REFERENCES.md`` §6): the mean relative change against the baseline, signed so that
+    """Delta_m in percent (``docs/references.md`` §6): the mean relative change against the baseline, signed so that
     *lower is better* (a negative value beats the baseline).
 
     Keys are task names (one metric per task) or ``(task, metric)`` pairs; the relative changes are averaged
