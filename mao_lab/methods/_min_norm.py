@@ -1,0 +1,286 @@
+"""The exact min-norm point of the convex hull of the task gradients (MGDA), for any number of tasks.
+
+MGDA (Désidéri 2012; Sener & Koltun 2018, see ``docs/references.md`` §3) steps along
+``d = J^T w``, where ``J`` holds the task gradients as rows and ``w`` solves the quadratic programme
+
+    minimise  w^T G w   subject to  w >= 0,  sum(w) = 1,      with the Gram matrix  G = J J^T.
+
+``d`` is the point of the hull of the gradients nearest to the origin; it is unique even where ``w``
+is not.  It is optimal exactly when every task gradient's projection on it is at least its squared
+norm, ``g_k . d >= |d|^2``, with equality for every task that has weight (the KKT conditions).
+
+TorchJD's ``MGDA`` runs Sener & Koltun's Frank-Wolfe solver with a stopping tolerance of 1e-3 on the
+step size and at most 100 iterations: exact for two tasks, but with three or more on ill-conditioned
+gradients it can stop far from the min-norm point (``python -m mao_lab.bench mgda`` measures how far).
+Here the programme is solved exactly by Wolfe's nearest-point algorithm (Wolfe 1976, "Finding the
+nearest point in a polytope"), an active-set method that works on the Gram matrix alone, keeps its
+working set affinely independent (so rank-deficient and duplicated gradients need no ridge), and ends
+after finitely many steps on the optimal face.  Everything runs in float64 on the CPU: the programme has
+only ``T`` variables.
+
+Where several weightings give the same direction (duplicated or linearly dependent gradients), the
+weights returned are the least-norm ones among the optimal weightings when that choice is nonnegative,
+so that tasks with identical gradients get identical weights and permuting the tasks permutes the
+weights.
+
+>>> import torch
+>>> min_norm_weights(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))  # |g_1| = 1, |g_2| = 2, orthogonal
+tensor([0.8000, 0.2000])
+>>> min_norm_direction(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # orthogonal, equal norms: the mean
+tensor([0.5000, 0.5000])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchjd.aggregation import Weighting, WeightedAggregator
+
+__all__ = ["ExactMGDA", "MinNormWeighting", "gramian_float64", "min_norm_direction", "min_norm_weights"]
+
+# Tolerances on the Gram matrix scaled so that its largest diagonal entry is 1.
+_STOP = 1e-14  # "no gradient improves on d": |d|^2 - min_k g_k.d below this (round-off of G's entries)
+_ZERO_WEIGHT = 1e-14  # a working-set weight this small has left the set
+_FACE = 1e-10  # tasks whose g_k.d is within this of |d|^2 lie on the optimal face (for the weights' choice)
+_GRAM_CHUNK_ELEMENTS = 1 << 22  # float64 copies of the Jacobian made at a time: 32 MiB
+
+
+def min_norm_weights(gramian: Tensor) -> Tensor:
+    """The weights ``w`` of the min-norm point of the hull of ``T`` vectors, from their Gram matrix.
+
+    Args:
+        gramian: ``G = J J^T``, shape ``(T, T)``, symmetric positive semi-definite, finite.  Any
+            floating dtype and device; the solve is in float64 on the CPU.
+
+    Returns:
+        ``w`` with ``w >= 0``, ``sum(w) = 1``, minimising ``w^T G w``; same dtype and device as
+        ``gramian``.
+
+    Raises:
+        ValueError: if ``gramian`` is not a finite square matrix of a floating dtype, is not symmetric,
+            or has a negative diagonal entry.
+
+    >>> import torch
+    >>> g = torch.tensor([[1.0, 0.0], [1.0, 2.0]])  # g_2 projects on g_1 with |g_1|^2: g_1 is optimal
+    >>> min_norm_weights(g @ g.T)
+    tensor([1., 0.])
+    >>> min_norm_weights(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))  # opposite gradients: d = 0
+    tensor([0.5000, 0.5000])
+    """
+    gram = _checked_gramian(gramian)
+    weights = _solve(gram)
+    return torch.from_numpy(weights).to(device=gramian.device, dtype=gramian.dtype)
+
+
+def min_norm_direction(matrix: Tensor) -> Tensor:
+    """MGDA's direction: the point of the convex hull of the rows of ``matrix`` nearest to the origin.
+
+    The Gram matrix is formed in float64 (in chunks of columns); the direction is ``w @ matrix`` in the
+    matrix's own dtype.
+
+    >>> import torch
+    >>> min_norm_direction(torch.tensor([[2.0, 0.0], [-1.0, 1.0]]))  # the foot of the perpendicular
+    tensor([0.2000, 0.6000])
+    """
+    weights = min_norm_weights(gramian_float64(_checked_matrix(matrix)))
+    return weights.to(matrix.dtype) @ matrix
+
+
+def gramian_float64(matrix: Tensor) -> Tensor:
+    """``matrix @ matrix.T`` accumulated in float64, a bounded block of columns at a time.
+
+    The Gram matrix of float32 gradients formed in float32 carries errors of about 1e-7 of the squared
+    norms, far above the squared norm of the min-norm point when the gradients nearly cancel.
+
+    >>> import torch
+    >>> gramian_float64(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    tensor([[ 5., 11.],
+            [11., 25.]], dtype=torch.float64)
+    """
+    rows, columns = matrix.shape
+    gram = torch.zeros(rows, rows, dtype=torch.float64, device=matrix.device)
+    step = max(1, _GRAM_CHUNK_ELEMENTS // max(rows, 1))
+    for start in range(0, columns, step):
+        block = matrix[:, start:start + step].detach().to(torch.float64)
+        gram += block @ block.T
+    return gram
+
+
+class MinNormWeighting(Weighting[Tensor]):
+    """TorchJD ``Weighting`` of a Gram matrix: the exact min-norm weights (:func:`min_norm_weights`).
+
+    A drop-in for ``torchjd.aggregation.MGDAWeighting`` wherever TorchJD takes a Gramian weighting;
+    not differentiable (the weights are computed without a graph).
+
+    >>> import torch
+    >>> MinNormWeighting()(torch.eye(3))
+    tensor([0.3333, 0.3333, 0.3333])
+    """
+
+    def forward(self, gramian: Tensor, /) -> Tensor:
+        return min_norm_weights(gramian.detach())
+
+
+class _MatrixMinNormWeighting(Weighting[Tensor]):
+    """The min-norm weights of a matrix's rows, from their Gram matrix formed in float64."""
+
+    def forward(self, matrix: Tensor, /) -> Tensor:
+        return min_norm_weights(gramian_float64(_checked_matrix(matrix))).to(matrix.dtype)
+
+
+class ExactMGDA(WeightedAggregator):
+    """TorchJD ``Aggregator``: MGDA's exact min-norm direction for any number of rows.
+
+    A drop-in for ``torchjd.aggregation.MGDA`` (same weighting interface: ``weighting(matrix)`` gives
+    the weights, ``gramian_weighting`` works on a Gram matrix), but solved exactly and with the Gram
+    matrix formed in float64.
+
+    >>> import torch
+    >>> ExactMGDA()(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    tensor([0.3333, 0.3333, 0.3333])
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_MatrixMinNormWeighting())
+        self.gramian_weighting = MinNormWeighting()
+
+    def forward(self, matrix: Tensor, /) -> Tensor:
+        return super().forward(matrix.detach())
+
+
+# -- checks ---------------------------------------------------------------------------------------------
+
+
+def _checked_matrix(matrix: Tensor) -> Tensor:
+    if not isinstance(matrix, Tensor) or matrix.dim() != 2:
+        shape = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+        raise ValueError(f"the task gradients must be a matrix (T, n), got {shape}")
+    if matrix.shape[0] == 0:
+        raise ValueError("the task gradient matrix has no rows (no tasks)")
+    if not matrix.dtype.is_floating_point:
+        raise ValueError(f"the task gradient matrix must have a floating dtype, got {matrix.dtype}")
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError("the task gradient matrix contains NaN or Inf")
+    return matrix
+
+
+def _checked_gramian(gramian: Tensor) -> np.ndarray:
+    if not isinstance(gramian, Tensor) or gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
+        shape = tuple(gramian.shape) if isinstance(gramian, Tensor) else type(gramian).__name__
+        raise ValueError(f"the Gram matrix must be square (T, T), got {shape}")
+    if gramian.shape[0] == 0:
+        raise ValueError("the Gram matrix is empty (no tasks)")
+    if not gramian.dtype.is_floating_point:
+        raise ValueError(f"the Gram matrix must have a floating dtype, got {gramian.dtype}")
+    gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if not np.isfinite(gram).all():
+        raise ValueError("the Gram matrix contains NaN or Inf")
+    diagonal = np.diag(gram)
+    if (diagonal < 0).any():
+        k = int(np.argmin(diagonal))
+        raise ValueError(f"the Gram matrix has a negative diagonal entry G[{k}, {k}] = {diagonal[k]}: not J J^T")
+    scale = max(float(diagonal.max()), np.finfo(np.float64).tiny)
+    if np.abs(gram - gram.T).max() > 1e-6 * scale:
+        raise ValueError("the Gram matrix is not symmetric (|G - G^T| > 1e-6 of its largest diagonal entry)")
+    return (gram + gram.T) / 2
+
+
+# -- the solver -----------------------------------------------------------------------------------------
+
+
+def _solve(gram: np.ndarray) -> np.ndarray:
+    """Wolfe's nearest-point algorithm on the Gram matrix, then the canonical choice among optimal weights."""
+    size = gram.shape[0]
+    scale = float(np.diag(gram).max())
+    if size == 1 or scale == 0.0:  # one task, or every gradient is zero: every weighting is optimal
+        return np.full(size, 1.0 / size)
+    gram = gram / scale
+    weights = _wolfe(gram)
+    return _least_norm_optimal(gram, weights)
+
+
+def _wolfe(gram: np.ndarray) -> np.ndarray:
+    """Wolfe (1976): grow a corral (affinely independent working set) with the most violating gradient,
+    move to the corral's affine minimum, shrink it while that minimum leaves the simplex."""
+    size = gram.shape[0]
+    start = int(np.argmin(np.diag(gram)))
+    corral = [start]
+    weights = np.zeros(size)
+    weights[start] = 1.0
+    for _ in range(50 * size + 100):  # finite in exact arithmetic; the bound only guards round-off cycles
+        products = gram @ weights  # g_k . d for every task
+        norm2 = float(weights @ products)
+        entering = int(np.argmin(products))
+        if norm2 - products[entering] <= _STOP or entering in corral:
+            break
+        corral.append(entering)
+        weights = _minor_cycle(gram, corral, weights)
+    return weights
+
+
+def _minor_cycle(gram: np.ndarray, corral: list[int], weights: np.ndarray) -> np.ndarray:
+    """Move to the affine minimum of the corral, dropping members until it has positive weights."""
+    while True:
+        affine = _affine_minimum(gram, corral)
+        if (affine > _ZERO_WEIGHT).all():
+            weights = np.zeros_like(weights)
+            weights[corral] = affine
+            return weights
+        current = weights[corral]
+        # The largest step from the current weights towards the affine minimum that stays feasible.
+        leaving = affine <= _ZERO_WEIGHT
+        ratios = current[leaving] / np.maximum(current[leaving] - affine[leaving], np.finfo(np.float64).tiny)
+        theta = float(np.clip(ratios.min(), 0.0, 1.0))
+        moved = (1.0 - theta) * current + theta * affine
+        exhausted = moved <= _ZERO_WEIGHT
+        exhausted[np.flatnonzero(leaving)[np.argmin(ratios)]] = True  # at least the blocking one leaves
+        weights = np.zeros_like(weights)
+        weights[corral] = np.where(exhausted, 0.0, moved)
+        weights /= weights.sum()
+        corral[:] = [k for k, gone in zip(corral, exhausted) if not gone]
+
+
+def _affine_minimum(gram: np.ndarray, corral: list[int]) -> np.ndarray:
+    """The weights (summing to 1, any sign) of the point of minimum norm in the corral's affine hull."""
+    size = len(corral)
+    if size == 1:
+        return np.ones(1)
+    # KKT of  min a^T G_S a  s.t. 1^T a = 1:  [[G_S, 1], [1^T, 0]] [a; -mu] = [0; 1].
+    system = np.zeros((size + 1, size + 1))
+    system[:size, :size] = gram[np.ix_(corral, corral)]
+    system[:size, size] = 1.0
+    system[size, :size] = 1.0
+    rhs = np.zeros(size + 1)
+    rhs[size] = 1.0
+    try:
+        solution = np.linalg.solve(system, rhs)
+    except np.linalg.LinAlgError:  # round-off made the corral affinely dependent: the least-norm solution
+        solution = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    return solution[:size]
+
+
+def _least_norm_optimal(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Among the weightings with the same direction as ``weights``, the least-norm one, when nonnegative.
+
+    Every optimal weighting lives on the tasks whose gradients touch the supporting hyperplane
+    (``g_k . d = |d|^2``) and differs from ``weights`` by a vector of G's null space, so it solves
+    ``G[:, F] v = G w``, ``sum(v) = 1``; the least-norm solution of that system is symmetric in tasks
+    with identical gradients.  It is kept only if it is nonnegative and no worse than ``weights``.
+    """
+    products = gram @ weights
+    norm2 = float(weights @ products)
+    face = np.flatnonzero(products - norm2 <= _FACE)
+    if len(face) == np.count_nonzero(weights):
+        return weights  # no other task touches the face: the weights are already the only candidates
+    system = np.vstack([gram[:, face], np.ones((1, len(face)))])
+    rhs = np.concatenate([products, [1.0]])
+    candidate_on_face = np.linalg.lstsq(system, rhs, rcond=1e-10)[0]
+    if (candidate_on_face < -1e-12).any():
+        return weights
+    candidate = np.zeros_like(weights)
+    candidate[face] = np.where(candidate_on_face > _ZERO_WEIGHT, candidate_on_face, 0.0)  # round-off to 0
+    candidate /= candidate.sum()
+    if candidate @ gram @ candidate > norm2 + 1e-14:
+        return weights
+    return candidate
