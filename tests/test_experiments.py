@@ -35,7 +35,7 @@ from mao_lab.experiments import (
     pareto_table,
     reach_matrix,
     rescaling_gap,
-    task_gradients,
+    landscape_gradients,
     train_with_recorder,
 )
 from mao_lab.experiments import distance_figure, loss_space_figure, parameter_space_figure, rescaling_figure
@@ -77,11 +77,11 @@ def test_the_exact_pareto_arc_has_anti_parallel_gradients_and_bows_below_the_seg
     arc = pareto_stationary_arc(29)
     assert abs(arc.loc[arc["x1"].abs().idxmin(), "x2"] - PARETO_X2) < 2e-4
     assert arc["x2"].min() == pytest.approx(-8.4345, abs=1e-3)
-    g1, g2 = task_gradients(arc[["x1", "x2"]].to_numpy()[1:-1])  # the ends: one gradient has no x1 part
+    g1, g2 = landscape_gradients(arc[["x1", "x2"]].to_numpy()[1:-1])  # the ends: one gradient has no x1 part
     cosine = (g1 * g2).sum(-1) / np.linalg.norm(g1, axis=-1) / np.linalg.norm(g2, axis=-1)
     assert np.all(cosine < -0.99999)
     # Rescaling a loss does not move the Pareto-stationary set.
-    h1, h2 = task_gradients(arc[["x1", "x2"]].to_numpy()[1:-1], l1_scale=0.1)
+    h1, h2 = landscape_gradients(arc[["x1", "x2"]].to_numpy()[1:-1], l1_scale=0.1)
     np.testing.assert_allclose(h1, 0.1 * g1, rtol=1e-12, atol=1e-15)
     assert float(arc_distance([0.0, PARETO_X2])) < 2e-4
 

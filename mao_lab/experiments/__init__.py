@@ -1,71 +1,69 @@
-"""The experiments the notebooks run, as library functions, so that their claims can be tested."""
+"""The experiments the notebooks run, as library functions, so that their claims can be tested.
 
+By job:
+
+- :mod:`._training` — :func:`train`, the one training loop every experiment uses (any method, a seed that
+  fixes the initial network and the batch order, optional recorder and periodic evaluation);
+- per problem, training and scoring only: :mod:`._landscape` (the two-task toy), :mod:`._regression`
+  (GradNorm's imbalanced regression), :mod:`._multimnist` (real data, with single-task baselines);
+- :mod:`._analysis` — the shared analyses: layer ownership, imbalance over steps and layers, Delta_m and
+  result tables; :mod:`._summaries` — the notebooks' ``summary.json`` and the prose written from it;
+- :mod:`._figures` and :mod:`._landscape_figures` — plotly figures; :mod:`._widgets` — ipywidgets;
+- :mod:`._labels` — the methods' readable names and run names; :mod:`._runs` — finding saved runs.
+"""
+
+from ._analysis import (
+    balance_summary,
+    delta_m,
+    delta_m_table,
+    imbalance_by_method,
+    imbalance_over_steps,
+    largest_shares,
+    layer_ownership,
+    method_ownership,
+    module_level,
+    multimnist_results,
+    results_wide,
+    shared_layers,
+)
+from ._figures import (
+    delta_m_figure,
+    imbalance_by_layer_figure,
+    imbalance_by_method_figure,
+    imbalance_over_steps_figure,
+    magnitude_figure,
+    ownership_figure,
+    task_metric_figure,
+)
+from ._labels import METHOD_LABELS, SINGLE_TASK, method_label, parse_run_name, run_name
 from ._landscape import (
     ELEMENTWISE_METHODS,
     arc_distance,
     conflict_band,
+    landscape_gradients,
     landscape_trajectories,
     pareto_stationary_arc,
     pareto_table,
     reach_matrix,
     rescaling_gap,
-    task_gradients,
 )
 from ._landscape_figures import distance_figure, loss_space_figure, parameter_space_figure, rescaling_figure
-from ._multimnist import (
-    MULTIMNIST_LABELS,
-    MULTIMNIST_TASK_NAMES,
-    SINGLE_TASK,
-    MultiMNISTExplorer,
-    compare_on_multimnist,
-    delta_m,
-    delta_m_figure,
-    delta_m_table,
-    imbalance_by_method,
-    imbalance_by_method_figure,
-    largest_shares,
-    method_label,
-    method_ownership,
-    multimnist_results,
-    parse_run_name,
-    results_wide,
-    run_name,
-    task_metric_figure,
-    train_multimnist,
-    train_single_task,
-)
-from ._regression import (
-    METHOD_LABELS,
-    compare_methods,
-    final_losses,
-    layer_ownership,
-    magnitude_figure,
-    module_level,
-    ownership_figure,
-    shared_layers,
-    train_with_recorder,
-)
-from ._runs import (
-    balance_summary,
-    find_run_dirs,
-    imbalance_by_layer_figure,
-    imbalance_over_steps,
-    imbalance_over_steps_figure,
-    is_run_dir,
-    load_balance_runs,
-)
-from ._widgets import HeatmapExplorer, LandscapePlayground, RegressionPlayground, show_figure
+from ._multimnist import MULTIMNIST_TASK_NAMES, compare_on_multimnist, train_multimnist, train_single_task
+from ._regression import compare_methods, final_losses, train_with_recorder
+from ._runs import find_run_dirs, is_run_dir, load_balance_runs
+from ._training import TrainingRun, index_batches, tensor_batches, train
+from ._widgets import HeatmapExplorer, LandscapePlayground, MultiMNISTExplorer, RegressionPlayground, show_figure
 
 __all__ = [
     "ELEMENTWISE_METHODS",
     "HeatmapExplorer",
     "LandscapePlayground",
     "METHOD_LABELS",
-    "MULTIMNIST_LABELS",
     "MULTIMNIST_TASK_NAMES",
     "MultiMNISTExplorer",
     "RegressionPlayground",
     "SINGLE_TASK",
+    "TrainingRun",
     "arc_distance",
     "balance_summary",
     "compare_methods",
@@ -82,7 +80,9 @@ __all__ = [
     "imbalance_by_method_figure",
     "imbalance_over_steps",
     "imbalance_over_steps_figure",
+    "index_batches",
     "is_run_dir",
+    "landscape_gradients",
     "landscape_trajectories",
     "largest_shares",
     "layer_ownership",
@@ -105,8 +105,9 @@ __all__ = [
     "run_name",
     "shared_layers",
     "show_figure",
-    "task_gradients",
     "task_metric_figure",
+    "tensor_batches",
+    "train",
     "train_multimnist",
     "train_single_task",
     "train_with_recorder",

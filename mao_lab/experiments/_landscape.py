@@ -21,27 +21,29 @@ to the mean loss's minimiser, which is Pareto-stationary.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..methods import available, make
+from .._validate import Int, Number, require
+from ..methods import available
 from ..problems import LANDSCAPE_STARTS, PARETO_X1_RANGE, landscape_losses, pareto_distance
+from ._training import train
 
 __all__ = [
     "ELEMENTWISE_METHODS",
     "arc_distance",
     "conflict_band",
+    "landscape_gradients",
     "landscape_trajectories",
     "pareto_stationary_arc",
     "pareto_table",
     "reach_matrix",
     "rescaling_gap",
-    "task_gradients",
 ]
 
 ELEMENTWISE_METHODS: frozenset[str] = frozenset({"sum", "mean", "sus", "mao", "io", "ius"})
@@ -79,9 +81,9 @@ def landscape_trajectories(
 ) -> pd.DataFrame:
     """Run every method from every start on the landscape; return the tidy trajectories.
 
-    Each run optimises one point ``x`` (a parameter shared by both tasks) with
-    ``mao_lab.methods.make(method, [x], lr=lr, **hyperparameters)`` on the losses
-    ``[l1_scale * L1, L2]`` of :func:`~mao_lab.problems.landscape_losses`, in float64.
+    Each run optimises one point ``x`` (a parameter shared by both tasks) with the experiments' training
+    loop (:func:`~mao_lab.experiments.train`: ``make(method, [x], lr=lr, **hyperparameters)``) on the
+    losses ``[l1_scale * L1, L2]`` of :func:`~mao_lab.problems.landscape_losses`, in float64.
 
     Args:
         methods: registry names (:func:`mao_lab.methods.available`).
@@ -93,7 +95,7 @@ def landscape_trajectories(
         batch_starts: run all starts as one batched parameter; ``None`` does so for the methods in
             :data:`ELEMENTWISE_METHODS` (where it is exact), ``False`` never.  ``True`` for another
             method raises, since its coordinates interact.
-        progress: show a progress bar over all steps.
+        progress: show a progress bar over the runs.
         hyperparameters: passed to every method (e.g. ``eps=1e-16``).
 
     Returns:
@@ -109,12 +111,9 @@ def landscape_trajectories(
     starts = [tuple(float(v) for v in s) for s in starts]
     if not starts or any(len(s) != 2 for s in starts):
         raise ValueError(f"starts must be a non-empty list of (x1, x2) pairs, got {starts!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
-        raise ValueError(f"record_every must be a positive int, got {record_every!r}")
-    if not (isinstance(l1_scale, (int, float)) and math.isfinite(l1_scale) and l1_scale > 0):
-        raise ValueError(f"l1_scale must be a finite positive number, got {l1_scale!r}")
+    require("steps", steps, Int(min=0))
+    require("record_every", record_every, Int(min=1))
+    require("l1_scale", l1_scale, Number(positive=True))
     if batch_starts and any(m not in ELEMENTWISE_METHODS for m in methods):
         coupled = [m for m in methods if m not in ELEMENTWISE_METHODS]
         raise ValueError(f"batch_starts=True is exact only for {sorted(ELEMENTWISE_METHODS)}; not for {coupled}")
@@ -123,42 +122,10 @@ def landscape_trajectories(
     for method in methods:
         batched = method in ELEMENTWISE_METHODS if batch_starts is None else bool(batch_starts)
         plan += [(method, list(range(len(starts))))] if batched else [(method, [k]) for k in range(len(starts))]
-    recorded = sorted(set(range(0, steps + 1, record_every)) | {steps})
-    parts = []
-    with tqdm(total=len(plan) * steps, desc="landscape steps", disable=not progress, mininterval=0.5) as bar:
-        for method, indices in plan:
-            x = torch.tensor([starts[k] for k in indices], dtype=torch.float64, requires_grad=True)
-            optimizer = make(method, [x], lr=lr, **hyperparameters)
-
-            def closure() -> list[torch.Tensor]:
-                losses = landscape_losses(x, l1_scale).sum(0)  # runs are independent: sum over starts
-                return [losses[0], losses[1]]
-
-            points = np.empty((len(recorded), len(indices), 2))
-            position = 0
-            for step in range(steps + 1):
-                if step == recorded[position]:
-                    points[position] = x.detach().numpy()
-                    position += 1
-                if step < steps:
-                    optimizer.step(closure)
-                    if step % 50 == 49 or step == steps - 1:
-                        bar.update(50 if step % 50 == 49 else steps % 50)
-            with torch.no_grad():
-                losses = landscape_losses(torch.from_numpy(points)).numpy()
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "method": method,
-                        "start": np.tile(indices, len(recorded)),
-                        "step": np.repeat(recorded, len(indices)),
-                        "x1": points[..., 0].ravel(),
-                        "x2": points[..., 1].ravel(),
-                        "L1": losses[..., 0].ravel(),
-                        "L2": losses[..., 1].ravel(),
-                    }
-                )
-            )
+    parts = [
+        _trajectory(method, [starts[k] for k in indices], indices, l1_scale, steps, lr, record_every, hyperparameters)
+        for method, indices in tqdm(plan, desc="landscape runs", disable=not progress)
+    ]
     order = {m: i for i, m in enumerate(methods)}
     frame = pd.concat(parts, ignore_index=True).sort_values(
         ["method", "start", "step"], key=lambda c: c.map(order) if c.name == "method" else c, kind="stable"
@@ -166,8 +133,42 @@ def landscape_trajectories(
     return frame.assign(l1_scale=float(l1_scale)).reset_index(drop=True)
 
 
-def task_gradients(points: np.ndarray | Sequence[float] | torch.Tensor, l1_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """The two tasks' gradients ``(g1, g2)`` at ``points`` (shape ``(..., 2)``), as float64 arrays."""
+class _Points(torch.nn.Module):
+    """The model of the landscape: the points themselves, one row per start, in float64."""
+
+    def __init__(self, starts: Sequence[tuple[float, float]]) -> None:
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.tensor(starts, dtype=torch.float64))
+
+
+def _trajectory(
+    method: str, starts: Sequence[tuple[float, float]], indices: list[int], l1_scale: float, steps: int, lr: float,
+    record_every: int, hyperparameters: dict[str, object],
+) -> pd.DataFrame:
+    """One run of :func:`~mao_lab.experiments.train` from the given starts (together), positions every ``record_every``."""
+
+    def task_losses(points: torch.nn.Module, _: None) -> list[torch.Tensor]:
+        losses = landscape_losses(points.x, l1_scale).sum(0)  # the starts are independent runs: sum over them
+        return [losses[0], losses[1]]
+
+    def position(points: torch.nn.Module) -> list[dict[str, Any]]:
+        unscaled = landscape_losses(points.x)
+        return [{"start": k, "x1": float(x[0]), "x2": float(x[1]), "L1": float(loss[0]), "L2": float(loss[1])}
+                for k, x, loss in zip(indices, points.x, unscaled)]
+
+    run = train(lambda: _Points(starts), method, task_losses, steps=steps, lr=lr, hyperparameters=hyperparameters,
+                evaluate=position, eval_every=record_every)
+    return run.evaluations.assign(method=method)[["method", "start", "step", "x1", "x2", "L1", "L2"]]
+
+
+def landscape_gradients(points: np.ndarray | Sequence[float] | torch.Tensor, l1_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The landscape's two task gradients ``(dL1/dx * l1_scale, dL2/dx)`` at ``points`` (shape ``(..., 2)``),
+    as float64 arrays.
+
+    >>> g1, g2 = landscape_gradients([[0.0, -8.3552]])
+    >>> bool((g1 * g2).sum() < 0)  # on the Pareto set the tasks pull in opposite directions
+    True
+    """
     if isinstance(points, torch.Tensor):
         x = points.detach().to(torch.float64).clone().requires_grad_(True)
     else:
@@ -179,7 +180,7 @@ def task_gradients(points: np.ndarray | Sequence[float] | torch.Tensor, l1_scale
 
 
 def _cross(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    g1, g2 = task_gradients(torch.stack([x1, x2], dim=-1))
+    g1, g2 = landscape_gradients(torch.stack([x1, x2], dim=-1))
     return torch.from_numpy(g1[..., 0] * g2[..., 1] - g1[..., 1] * g2[..., 0])
 
 
@@ -193,8 +194,7 @@ def pareto_stationary_arc(n: int = 141) -> pd.DataFrame:
     >>> arc.round(4).values.tolist()
     [[-7.0, -8.4345], [0.0, -8.3551], [7.0, -8.4345]]
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    require("n", n, Int(min=2))
     x1 = torch.linspace(*PARETO_X1_RANGE, n, dtype=torch.float64)
     low, high = torch.full_like(x1, -9.5), torch.full_like(x1, -7.5)
     f_low = _cross(x1, low)
@@ -232,7 +232,7 @@ def conflict_band(points: np.ndarray | Sequence[float], l1_scale: float = 1.0) -
     >>> conflict_band([[0.0, -8.3551], [-6.6, -8.2], [-6.6, -7.0]]).tolist()
     [False, True, False]
     """
-    g1, g2 = task_gradients(points, l1_scale)
+    g1, g2 = landscape_gradients(points, l1_scale)
     return np.all(g1 * g2 < 0, axis=-1)
 
 
@@ -252,15 +252,14 @@ def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1) -> pd.DataFrame:
     >>> pareto_table(frame)[["method", "start", "x1_start", "reached"]].values.tolist()
     [['a', 0, 9.0, True]]
     """
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
+    require("tol", tol, Number(min=0))
     ordered = trajectories.sort_values("step", kind="stable").groupby(["method", "start"], sort=False)
     first, final = ordered.head(1).set_index(["method", "start"]), ordered.tail(1).set_index(["method", "start"])
     table = final[["x1", "x2", "L1", "L2"]].copy()
     table.insert(0, "x2_start", first["x2"].reindex(table.index))
     table.insert(0, "x1_start", first["x1"].reindex(table.index))
     points = table[["x1", "x2"]].to_numpy(copy=True)
-    g1, g2 = task_gradients(points)
+    g1, g2 = landscape_gradients(points)
     norms = np.linalg.norm(g1, axis=-1) * np.linalg.norm(g2, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         table["cosine"] = np.where(norms > 0, (g1 * g2).sum(-1) / np.where(norms > 0, norms, 1.0), np.nan)

@@ -22,13 +22,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..methods import available
-from ..problems import LANDSCAPE_STARTS
 from ..recorder import by_module, metric_lines, share_areas, share_heatmap
+from ._analysis import module_level, shared_layers
+from ._labels import method_label, parse_run_name, run_name
 from ._landscape import landscape_trajectories, pareto_table, reach_matrix
 from ._landscape_figures import loss_space_figure, parameter_space_figure
-from ._regression import METHOD_LABELS, compare_methods, shared_layers
+from ._regression import compare_methods
 
-__all__ = ["HeatmapExplorer", "LandscapePlayground", "RegressionPlayground", "show_figure"]
+__all__ = ["HeatmapExplorer", "LandscapePlayground", "MultiMNISTExplorer", "RegressionPlayground", "show_figure"]
 
 
 def show_figure(output: widgets.Output, figure: go.Figure) -> None:
@@ -188,7 +189,7 @@ class RegressionPlayground(_Playground):
         self.sigma_max = widgets.FloatLogSlider(
             value=sigma_max, base=10, min=low, max=max(low + 4, math.log10(sigma_max)), description="σ max", readout_format=".3g"
         )
-        self.method = widgets.Dropdown(options=[(METHOD_LABELS.get(m, m), m) for m in methods], value=method, description="method")
+        self.method = widgets.Dropdown(options=[(method_label(m), m) for m in methods], value=method, description="method")
         self.layer = widgets.Dropdown(options=[layer], value=layer, description="layer")
         self.button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.status = widgets.Label()
@@ -246,7 +247,7 @@ class RegressionPlayground(_Playground):
             self.layer.options = layers
             self.layer.value = keep
         t, sigma_max, method = self._key()
-        where = f"{METHOD_LABELS.get(method, method)}, T={t}, σ in [{self.sigma_min:.3g}, {sigma_max:.3g}]"
+        where = f"{method_label(method)}, T={t}, σ in [{self.sigma_min:.3g}, {sigma_max:.3g}]"
         share = share_areas(frame, self.layer.value)
         share.update_layout(title=f"Tasks' shares of the update of {self.layer.value} — {where}")
         show_figure(self.share_view, share)
@@ -264,7 +265,7 @@ class RegressionPlayground(_Playground):
             raise ValueError("the current setting has not been trained: call run()")
         t, sigma_max, method = self._key()
         figure = share_areas(frame, self.layer.value)
-        figure.update_layout(title=f"Playground: shares of {self.layer.value} — {METHOD_LABELS.get(method, method)}, T={t}, σ max {sigma_max:.3g}")
+        figure.update_layout(title=f"Playground: shares of {self.layer.value} — {method_label(method)}, T={t}, σ max {sigma_max:.3g}")
         return figure
 
 
@@ -300,3 +301,48 @@ class HeatmapExplorer(_Playground):
     def _redraw(self) -> None:
         if self.task.value is not None:
             show_figure(self.view, self.static_figure())
+
+
+class MultiMNISTExplorer(_Playground):
+    """Pick a method, a seed and a shared layer: the tasks' shares of that layer's update over the steps,
+    and each task's gradient norm there.
+
+    Built and driven without a browser (set a control's ``.value``); :meth:`static_figure` is the current
+    share view, for exports where widgets are inert.
+
+    Args:
+        frame: a recorder table of ``<method>-seed<k>`` runs with a ``run`` column (module level is used).
+        method, seed, layer: the starting choices.
+    """
+
+    def __init__(self, frame: pd.DataFrame, *, method: str | None = None, seed: int | None = None, layer: str | None = None) -> None:
+        self.frame = module_level(frame)
+        runs = [parse_run_name(r) for r in pd.unique(self.frame["run"].astype(str))]
+        methods = list(dict.fromkeys(m for m, _ in runs))
+        seeds = sorted({s for _, s in runs})
+        layers = shared_layers(self.frame)
+        self.method = widgets.Dropdown(options=[(method_label(m), m) for m in methods], value=method if method in methods else methods[0], description="method")
+        self.seed = widgets.Dropdown(options=seeds, value=seed if seed in seeds else seeds[0], description="seed")
+        self.layer = widgets.Dropdown(options=layers, value=layer if layer in layers else layers[0], description="layer")
+        self.share_view, self.grad_view = widgets.Output(), widgets.Output()
+        for control in (self.method, self.seed, self.layer):
+            control.observe(lambda _: self._redraw(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.method, self.seed, self.layer]), self.share_view, self.grad_view])
+        self._redraw()
+
+    @property
+    def run(self) -> str:
+        """The run shown now."""
+        return run_name(str(self.method.value), int(self.seed.value))
+
+    def static_figure(self) -> go.Figure:
+        """The share view shown now."""
+        figure = share_areas(self.frame, str(self.layer.value), run=self.run)
+        figure.update_layout(title=f"Tasks' shares of the update of {self.layer.value} — {method_label(str(self.method.value))}, seed {self.seed.value}")
+        return figure
+
+    def _redraw(self) -> None:
+        show_figure(self.share_view, self.static_figure())
+        grads = metric_lines(self.frame, "grad_norm", str(self.layer.value), run=self.run)
+        grads.update_layout(yaxis_type="log", title=f"Per-task gradient norm of {self.layer.value} — {method_label(str(self.method.value))}, seed {self.seed.value}")
+        show_figure(self.grad_view, grads)

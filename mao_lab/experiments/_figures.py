@@ -1,0 +1,241 @@
+"""Plotly figures of the shared analyses (:mod:`mao_lab.experiments`): ownership, magnitudes, imbalance, Delta_m.
+
+Methods are shown by their readable names (:func:`~mao_lab.experiments.method_label`) and keep one colour
+across a figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .._validate import Choice, require
+from ._analysis import _final, _with_run, balance_summary, imbalance_over_steps, module_level
+from ._labels import SINGLE_TASK, method_label
+
+__all__ = [
+    "delta_m_figure",
+    "imbalance_by_layer_figure",
+    "imbalance_by_method_figure",
+    "imbalance_over_steps_figure",
+    "magnitude_figure",
+    "ownership_figure",
+    "task_metric_figure",
+]
+
+
+def _label(run: str, labels: Mapping[str, str] | None) -> str:
+    return method_label(run) if labels is None else labels.get(run, run)
+
+
+PALETTE: list[str] = qualitative.Plotly + qualitative.D3
+
+
+def _colors(methods: Sequence[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+
+
+def _run_panels(runs: list[str], labels: Mapping[str, str] | None) -> tuple[go.Figure, int, int]:
+    """One panel per run (five to a row, y axes shared), titled by the runs' readable names."""
+    columns = min(len(runs), 5)
+    rows = math.ceil(len(runs) / columns)
+    figure = make_subplots(rows=rows, cols=columns, shared_yaxes=True, subplot_titles=[_label(r, labels) for r in runs],
+                           horizontal_spacing=0.03, vertical_spacing=0.18)
+    return figure, rows, columns
+
+
+def ownership_figure(ownership: pd.DataFrame, *, labels: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
+    """Stacked bars: for each run (a panel) and shared layer (a bar), each task's share of the update.
+
+    A bar filled by one colour is a layer that one task trains alone; equal slices are a balanced layer.
+    """
+    runs = [str(r) for r in pd.unique(ownership["run"])]
+    tasks = [str(t) for t in pd.unique(ownership["task"])]
+    figure, rows, columns = _run_panels(runs, labels)
+    colors = PALETTE
+    for i, run in enumerate(runs):
+        part = ownership[ownership["run"] == run]
+        layers = list(pd.unique(part["layer"]))
+        for k, task in enumerate(tasks):
+            values = part[part["task"] == task].set_index("layer")["share"].reindex(layers)
+            figure.add_trace(
+                go.Bar(x=layers, y=values.to_numpy(), name=task, legendgroup=task, showlegend=i == 0,
+                       marker_color=colors[k % len(colors)],
+                       hovertemplate="%{x}<br>" + task + ": %{y:.3f}<extra>" + _label(run, labels) + "</extra>"),
+                row=i // columns + 1, col=i % columns + 1,
+            )
+    figure.update_layout(
+        barmode="stack", title=title or "Who trains each shared layer: the tasks' shares of its update",
+        legend_title_text="task", height=360 * rows + 60,
+    )
+    figure.update_yaxes(range=[0, 1])
+    figure.update_yaxes(title_text="share of the update", col=1)
+    return figure
+
+
+def magnitude_figure(
+    frame: pd.DataFrame,
+    layer: str,
+    metric: str = "update_norm",
+    *,
+    labels: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """One panel per run: a line per task of ``metric`` (``grad_norm`` or ``update_norm``) of ``layer`` over the steps.
+
+    ``layer`` is a parameter (``trunk.0.weight``) or a module (``trunk.0``), in which case the module's
+    parameters are combined (:func:`mao_lab.recorder.by_module`).  Log scale.
+    """
+    require("metric", metric, Choice(("grad_norm", "update_norm", "update_share")))
+    frame = _with_run(frame)
+    if layer not in set(frame["layer"].astype(str)):
+        frame = module_level(frame)
+        if layer not in set(frame["layer"].astype(str)):
+            raise ValueError(f"no layer or module {layer!r} in the table")
+    rows_all = frame[(frame["metric"] == metric) & (frame["layer"].astype(str) == layer)]
+    runs = [str(r) for r in pd.unique(frame["run"])]
+    figure, rows, columns = _run_panels(runs, labels)
+    colors = PALETTE
+    tasks = [str(t) for t in pd.unique(rows_all["task"].dropna())]
+    for i, run in enumerate(runs):
+        part = rows_all[rows_all["run"] == run]
+        for k, task in enumerate(tasks):
+            series = part[part["task"] == task].sort_values("step")
+            figure.add_trace(
+                go.Scatter(x=series["step"], y=series["value"], mode="lines", name=task, legendgroup=task,
+                           showlegend=i == 0, line={"color": colors[k % len(colors)]}),
+                row=i // columns + 1, col=i % columns + 1,
+            )
+    names = {"grad_norm": "gradient norm", "update_norm": "update norm", "update_share": "share of the update"}
+    figure.update_layout(
+        title=title or f"Per-task {names[metric]} of {layer} over the steps",
+        legend_title_text="task", height=330 * rows + 60,
+    )
+    figure.update_xaxes(title_text="step")
+    figure.update_yaxes(type="log" if metric != "update_share" else "linear")  # every panel: the axes are shared
+    figure.update_yaxes(title_text=names[metric], col=1)
+    return figure
+
+
+def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """One panel per task: each method's final test metric (bar: mean over seeds, whisker: std, dots: seeds);
+    the single-task baseline's mean as a dashed line."""
+    final = _final(scores)
+    tasks = [str(t) for t in pd.unique(final["task"])]
+    methods = [str(m) for m in pd.unique(final["method"]) if m != SINGLE_TASK]
+    colors = _colors(methods)
+    titles = []
+    for task in tasks:
+        row = final[final["task"] == task].iloc[0]
+        titles.append(f"{task}: {row['metric']} ({'higher' if row['higher_is_better'] else 'lower'} is better)")
+    figure = make_subplots(rows=1, cols=len(tasks), subplot_titles=titles, horizontal_spacing=0.06)
+    for i, task in enumerate(tasks):
+        part = final[final["task"] == task]
+        for method in methods:
+            values = part[part["method"] == method]["value"]
+            figure.add_trace(go.Bar(
+                x=[method_label(method)], y=[values.mean()], error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
+                marker_color=colors[method], name=method_label(method), legendgroup=method, showlegend=i == 0,
+                hovertemplate=f"{method_label(method)}<br>{task}: %{{y:.4f}} (mean of {len(values)})<extra></extra>"), row=1, col=i + 1)
+            figure.add_trace(go.Scatter(
+                x=[method_label(method)] * len(values), y=values.to_numpy(), mode="markers", marker={"color": "black", "size": 5},
+                name="seeds", legendgroup="seeds", showlegend=i == 0 and method == methods[0],
+                hovertemplate=f"{method_label(method)}<br>one seed: %{{y:.4f}}<extra></extra>"), row=1, col=i + 1)
+        base = part[part["method"] == SINGLE_TASK]["value"]
+        if len(base):
+            figure.add_hline(y=float(base.mean()), line_dash="dash", line_color="gray", row=1, col=i + 1,
+                             annotation_text="single task", annotation_position="top left")
+    figure.update_layout(title=title or "Test metric of every task, by method (bar: mean over seeds; whisker: std; dots: seeds)",
+                         barmode="overlay", height=430, legend_title_text="method")
+    figure.update_xaxes(showticklabels=False)
+    return figure
+
+
+def delta_m_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Bars of :func:`delta_m_table`: each method's Delta_m (mean over seeds, std whisker, seeds as dots).
+
+    Below 0 (the dashed line) a method beats the single-task baselines on average.
+    """
+    methods = [str(m) for m in pd.unique(table["method"])]
+    colors = _colors(methods)
+    figure = go.Figure()
+    for method in methods:
+        values = table[table["method"] == method]["delta_m"]
+        figure.add_trace(go.Bar(x=[method_label(method)], y=[values.mean()], marker_color=colors[method], name=method_label(method),
+                                error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
+                                hovertemplate=f"{method_label(method)}<br>Δm %{{y:.2f}}% (mean of {len(values)})<extra></extra>"))
+        figure.add_trace(go.Scatter(x=[method_label(method)] * len(values), y=values.to_numpy(), mode="markers", showlegend=False,
+                                    marker={"color": "black", "size": 6}, hovertemplate="one seed: %{y:.2f}%<extra></extra>"))
+    figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
+    figure.update_layout(title=title or "Δm% against the single-task baselines (lower is better; below 0 beats them)",
+                         yaxis_title="Δm (%)", showlegend=False, height=420)
+    return figure
+
+
+def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Lines of :func:`imbalance_by_method`: each method's mean imbalance over the steps, with a ±std band."""
+    methods = [str(m) for m in pd.unique(table["method"])]
+    colors = _colors(methods)
+    figure = go.Figure()
+    for method in methods:
+        part = table[table["method"] == method].sort_values("step")
+        spread = part["std"].fillna(0.0).to_numpy()
+        steps, mean = part["step"].to_numpy(), part["mean"].to_numpy()
+        figure.add_trace(go.Scatter(x=np.concatenate([steps, steps[::-1]]), y=np.concatenate([mean + spread, (mean - spread)[::-1]]),
+                                    fill="toself", fillcolor=colors[method], opacity=0.2, line={"width": 0},
+                                    hoverinfo="skip", showlegend=False, legendgroup=method))
+        figure.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=method_label(method), line={"color": colors[method]}, legendgroup=method))
+    figure.update_layout(
+        title=title or "Across steps: imbalance of the shared layers' updates (mean over layers; band: ±std over seeds)",
+        xaxis_title="step", yaxis_title="imbalance index (0 balanced, 1 one task owns them)", yaxis={"range": [0, 1]},
+        legend_title_text="method",
+    )
+    return figure
+
+
+def imbalance_over_steps_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Lines: each run's imbalance index (mean over shared layers) over the training steps."""
+    table = imbalance_over_steps(frame)
+    figure = go.Figure()
+    colors = PALETTE
+    for i, (run, part) in enumerate(table.groupby("run", sort=False)):
+        figure.add_trace(go.Scatter(x=part["step"], y=part["imbalance"], mode="lines", name=str(run),
+                                    line={"color": colors[i % len(colors)]}))
+    figure.update_layout(
+        title=title or "Across steps: imbalance of the shared layers' updates (0 = balanced, 1 = one task owns them)",
+        xaxis_title="step", yaxis_title="imbalance index (mean over shared layers)", yaxis={"range": [0, 1]},
+        legend_title_text="run",
+    )
+    return figure
+
+
+def imbalance_by_layer_figure(frame: pd.DataFrame, *, tail: float = 0.5, title: str | None = None) -> go.Figure:
+    """Heatmap: runs x shared layers, coloured by the mean imbalance index over the last ``tail`` of the steps."""
+    summary = balance_summary(frame, tail=tail)
+    summary = summary[summary["layer"] != "(all shared)"]
+    runs = list(pd.unique(summary["run"]))
+    layers = list(pd.unique(summary["layer"]))
+    grid = summary.pivot(index="run", columns="layer", values="imbalance").reindex(index=runs, columns=layers)
+    owner = summary.pivot(index="run", columns="layer", values="dominant_task").reindex(index=runs, columns=layers)
+    share = summary.pivot(index="run", columns="layer", values="dominant_share").reindex(index=runs, columns=layers)
+    text = [[f"{o} {s:.2f}" if isinstance(o, str) else "" for o, s in zip(orow, srow)]
+            for orow, srow in zip(owner.to_numpy(), share.to_numpy())]
+    figure = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(), x=layers, y=runs, zmin=0, zmax=1, colorscale="Viridis", text=text,
+            texttemplate="%{text}", colorbar={"title": {"text": "imbalance"}},
+            hovertemplate="%{y}<br>%{x}<br>imbalance %{z:.3f}<br>largest share: %{text}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=title or "Across layers: mean imbalance per shared layer (text: the task with the largest share)",
+        xaxis_title="shared layer", yaxis_title="run", yaxis={"autorange": "reversed"},
+        height=max(300, 60 * len(runs) + 160),
+    )
+    return figure

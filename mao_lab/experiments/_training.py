@@ -1,0 +1,265 @@
+r"""The one training loop every experiment uses: any method, any model, a seed that fixes everything else.
+
+:func:`train` builds the model and the method under one seed, steps the method over the batches for a
+number of steps, and can record the run (:class:`mao_lab.recorder.Recorder`) and evaluate the model every
+few steps.  The landscape, the regression, MultiMNIST and their single-task baselines all train through
+it, so runs differ only where their problems differ; a single-task baseline is the same loop with one
+task's loss.
+
+**What a seed fixes.**  Under ``seed`` the loop builds the initial network (``build_model``), asks for
+the order of the batches (``batches(seed)``) and draws any random numbers the method uses (RLW's weights,
+GradDrop's masks, ...).  Two runs with the same seed and different methods therefore start from the
+same network and see the same batches: they differ only by the method.  Evaluations run on a copy of
+the random state, so how often a run is evaluated does not change its training.  The caller's global
+random state is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._task_gradients import TaskLosses
+from .._validate import Int, require
+from ..methods import Method, available, make
+from ..recorder import Recorder
+
+__all__ = ["TrainingRun", "index_batches", "tensor_batches", "train"]
+
+Batch = Any
+"""Whatever ``batches`` yields and ``task_losses`` reads (e.g. ``(inputs, [targets per task])``)."""
+
+TaskLossFn = Callable[[nn.Module, Batch], TaskLosses]
+"""``task_losses(model, batch)``: the per-task losses of ``model`` on ``batch`` (a list or a name → loss dict)."""
+
+Evaluate = Callable[[nn.Module], Iterable[Mapping[str, Any]]]
+"""``evaluate(model)``: rows of the evaluation table, by convention with ``task``, ``metric`` and ``value``."""
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model.
+        method: the method that trained it (its state included).
+        evaluations: one row per row ``evaluate`` returned, with the ``step`` it was made at first
+            (``step`` 0 is the untrained model); empty without ``evaluate``.
+        train_losses: ``step, task, loss``: the loss of every task on the batch of every step (``step``
+            1 is the first batch), as the method saw it before it moved the parameters.
+        metrics: the recorder's tidy table (:mod:`mao_lab.recorder`), or ``None`` without ``record_every``.
+        seconds: the wall time of the training steps alone (evaluations and recording setup excluded).
+    """
+
+    model: nn.Module
+    method: Method
+    evaluations: pd.DataFrame
+    train_losses: pd.DataFrame
+    metrics: pd.DataFrame | None
+    seconds: float
+
+
+def train(
+    build_model: Callable[[], nn.Module],
+    method_name: str,
+    task_losses: TaskLossFn,
+    *,
+    steps: int,
+    batches: Callable[[int], Iterable[Batch]] | None = None,
+    seed: int = 0,
+    lr: float = 1e-3,
+    hyperparameters: Mapping[str, object] | None = None,
+    record_every: int | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    run_params: Mapping[str, Any] | None = None,
+    evaluate: Evaluate | None = None,
+    eval_every: int | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> TrainingRun:
+    """Train the model ``build_model()`` with ``mao_lab.methods.make(method_name, ...)`` for ``steps`` steps.
+
+    Every step calls ``method.step(lambda: task_losses(model, batch))`` on the next batch: the one
+    training-step contract of :class:`mao_lab.methods.Method`, the same for every method.
+
+    Args:
+        build_model: makes the initial network; called under ``seed``.
+        method_name: a registry name (:func:`mao_lab.methods.available`).
+        task_losses: ``task_losses(model, batch)`` → the per-task losses (a list, or a dict whose keys
+            name the tasks in the recorder's table).
+        steps: the number of training steps (0 evaluates the untrained model only).
+        batches: ``batches(seed)`` → an iterable of at least ``steps`` batches (:func:`tensor_batches`
+            makes one from tensors); ``None`` for full-batch problems, where ``task_losses`` gets ``None``.
+        seed: fixes the initial network, the batch order and the method's random draws (module docstring).
+        lr: the method's learning rate.
+        hyperparameters: the method's other hyperparameters (``make``'s keyword arguments).
+        record_every: attach a :class:`~mao_lab.recorder.Recorder` recording every this many steps.
+        run_dir: with ``record_every``, the folder the recorder saves the run to (``params.json`` holds
+            ``run_params``); an existing run there is replaced.
+        run_params: the run's parameters, saved with the recording.
+        evaluate: ``evaluate(model)`` → rows of the evaluation table; called without gradients, in
+            ``eval`` mode, at step 0, every ``eval_every`` steps and after the last step.
+        eval_every: how often ``evaluate`` runs; ``None``: at the start and the end only.
+        progress: show a tqdm bar over the steps (labelled ``desc``, by default the method's name).
+        desc: the bar's label.
+
+    Returns:
+        A :class:`TrainingRun`.
+
+    Raises:
+        ValueError: an unknown method or hyperparameter, a bad count, or batches that run out.
+
+    >>> from mao_lab.problems import regression_model
+    >>> x, ys = torch.randn(64, 8), [torch.randn(64, 2), 10 * torch.randn(64, 2)]
+    >>> losses = lambda model, batch: [((out - y) ** 2).mean() for out, y in zip(model(batch[0]), batch[1])]
+    >>> test = lambda model: [{"task": k, "metric": "mse", "value": float(v)} for k, v in enumerate(losses(model, (x, ys)))]
+    >>> run = train(lambda: regression_model(2, in_dim=8, hidden=4, out_dim=2), "mao", losses, steps=6,
+    ...             batches=tensor_batches(x, ys, batch_size=16), evaluate=test, eval_every=3, record_every=2)
+    >>> run.evaluations["step"].unique().tolist(), sorted(run.metrics["step"].unique().tolist())
+    ([0, 3, 6], [0, 2, 4])
+    >>> again = train(lambda: regression_model(2, in_dim=8, hidden=4, out_dim=2), "mao", losses, steps=6,
+    ...               batches=tensor_batches(x, ys, batch_size=16), evaluate=test)
+    >>> again.evaluations["value"].tolist() == run.evaluations.query("step != 3")["value"].tolist()
+    True
+    """
+    _check_arguments(method_name, steps, seed, record_every, eval_every)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model()
+        method = make(method_name, model.parameters(), lr=lr, **dict(hyperparameters or {}))
+        recorder = _recorder(model, method, record_every, run_dir, run_params)
+        stream = iter(batches(seed)) if batches is not None else None
+        rows: list[dict[str, Any]] = []
+        seen: list[Tensor] = []
+        names: list[str] = []
+
+        def closure() -> TaskLosses:
+            losses = task_losses(model, batch)
+            if isinstance(losses, Mapping) and not names:
+                names.extend(map(str, losses))
+            return losses
+
+        seconds = 0.0
+        _evaluate(model, evaluate, 0, rows)
+        with tqdm(total=steps, desc=desc or method_name, disable=not progress, leave=False) as bar:
+            for step in range(1, steps + 1):
+                batch = _next_batch(stream, step)
+                started = time.perf_counter()
+                losses = method.step(closure)
+                seconds += time.perf_counter() - started
+                seen.append(losses.detach().cpu())
+                bar.update()
+                if evaluate is not None and (step == steps or (eval_every is not None and step % eval_every == 0)):
+                    _evaluate(model, evaluate, step, rows)
+        if recorder is not None:
+            recorder.close()
+    return TrainingRun(
+        model=model,
+        method=method,
+        evaluations=pd.DataFrame(rows, columns=None if rows else ["step", "task", "metric", "value"]),
+        train_losses=_loss_table(seen, names),
+        metrics=recorder.to_frame() if recorder is not None else None,
+        seconds=seconds,
+    )
+
+
+def _check_arguments(method_name: str, steps: int, seed: int, record_every: int | None, eval_every: int | None) -> None:
+    if method_name not in available():
+        raise ValueError(f"unknown method {method_name!r}; available: {', '.join(available())}")
+    require("steps", steps, Int(min=0))
+    require("seed", seed, Int(min=0))
+    for name, value in (("record_every", record_every), ("eval_every", eval_every)):
+        if value is not None:
+            require(name, value, Int(min=1))
+
+
+def _recorder(
+    model: nn.Module, method: Method, every: int | None, run_dir: str | os.PathLike[str] | None, params: Mapping[str, Any] | None
+) -> Recorder | None:
+    if every is None:
+        return None
+    if run_dir is None:
+        return Recorder(model, method, every)
+    return Recorder(model, method, every, run_dir=run_dir, params=dict(params or {}), overwrite=True)
+
+
+def _next_batch(stream: Iterator[Batch] | None, step: int) -> Batch:
+    if stream is None:
+        return None
+    try:
+        return next(stream)
+    except StopIteration:
+        raise ValueError(f"batches ran out at step {step}: give at least `steps` batches") from None
+
+
+def _evaluate(model: nn.Module, evaluate: Evaluate | None, step: int, rows: list[dict[str, Any]]) -> None:
+    if evaluate is None:
+        return
+    was_training = model.training
+    # A copy of the random state: evaluating (even with dropout) must not change what training draws next.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model.eval()
+        try:
+            rows.extend({"step": step, **row} for row in evaluate(model))
+        finally:
+            model.train(was_training)
+
+
+def _loss_table(seen: list[Tensor], names: Sequence[str]) -> pd.DataFrame:
+    if not seen:
+        return pd.DataFrame(columns=["step", "task", "loss"])
+    losses = torch.stack(seen).double().numpy()
+    names = list(names) if len(names) == losses.shape[1] else [f"task{k}" for k in range(losses.shape[1])]
+    table = pd.DataFrame(losses, columns=names, index=pd.RangeIndex(1, len(seen) + 1, name="step"))
+    return table.reset_index().melt(id_vars="step", var_name="task", value_name="loss")
+
+
+def index_batches(num_samples: int, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Row indices of full batches of ``batch_size``, epoch after epoch, without end.
+
+    Each epoch visits the rows in an order drawn from ``seed`` and the epoch's number only, so every
+    method trained with the same seed sees the same batches.  A last, smaller batch is dropped: every
+    step sees as many samples.
+
+    >>> batches = [b.tolist() for b, _ in zip(index_batches(5, 2, seed=0), range(4))]
+    >>> [len(b) for b in batches], len(set(batches[0] + batches[1]))
+    ([2, 2, 2, 2], 4)
+    """
+    require("num_samples", num_samples, Int(min=1))
+    require("batch_size", batch_size, Int(min=1))
+    size = min(batch_size, num_samples)
+    epoch = 0
+    while True:
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for start in range(0, num_samples - size + 1, size):
+            yield order[start : start + size]
+        epoch += 1
+
+
+def tensor_batches(
+    inputs: Tensor, targets: Sequence[Tensor], batch_size: int
+) -> Callable[[int], Iterator[tuple[Tensor, list[Tensor]]]]:
+    """``batches`` for :func:`train` from tensors: ``seed`` → ``(inputs[rows], [t[rows] for t in targets])``
+    over :func:`index_batches`.
+
+    >>> x, (y,) = next(tensor_batches(torch.arange(6.0), [torch.arange(6) * 10], batch_size=3)(0))
+    >>> (y == 10 * x).all().item(), len(x)
+    (True, 3)
+    """
+    targets = list(targets)
+    if any(len(t) != len(inputs) for t in targets):
+        raise ValueError(f"every target must have one row per input ({len(inputs)}), got {[len(t) for t in targets]}")
+
+    def batches(seed: int) -> Iterator[tuple[Tensor, list[Tensor]]]:
+        for rows in index_batches(len(inputs), batch_size, seed):
+            yield inputs[rows], [t[rows] for t in targets]
+
+    return batches
