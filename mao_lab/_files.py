@@ -1,4 +1,4 @@
-"""Files written in one step: a reader sees the old file or the new one, never half of one."""
+"""Files and run folders written in one step: a reader sees the old one or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["FolderBusyError", "FolderLock", "publish_folder", "recover_folder", "staging_folder", "write_atomically"]
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -52,3 +52,107 @@ def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
     os.umask(mask)
     return mask
+
+
+class FolderBusyError(OSError):
+    """Another process holds the lock of a run folder (it is writing there right now)."""
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a run folder, held while a run writes there.
+
+    The lock is an ``flock`` on a hidden file beside the folder (``.<name>.lock``), so it outlives
+    swapping the folder itself, and the operating system releases it when the holder exits or is
+    killed: a crashed run never leaves a folder locked.  ``wait=True`` waits for the holder instead
+    (for short critical sections, such as rewriting a shared table).  A second run into the same folder gets
+    :class:`FolderBusyError` at once, naming the process that holds it, instead of interleaving its
+    files with the first run's.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp()) / "run"
+    >>> with FolderLock(folder):
+    ...     with FolderLock(folder):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    mao_lab._files.FolderBusyError: ... is in use by another run (pid ...); wait for it to finish or write elsewhere
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, wait: bool = False) -> None:
+        self.folder = Path(folder)
+        self.wait = wait
+        self.path = lock_path(self.folder)
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        import fcntl  # POSIX only, as is the rest of the lab's process handling
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderBusyError(
+                f"{self.folder} is in use by another run ({holder}); wait for it to finish or write elsewhere"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock file of a run folder: a hidden file beside it."""
+    return folder.parent / f".{folder.name}.lock"
+
+
+def staging_folder(folder: Path) -> Path:
+    """A new, empty hidden folder beside ``folder``, on the same file system (so it can be renamed into place)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes it private; the run folder it becomes should not be
+    return staged
+
+
+def publish_folder(staged: Path, folder: Path) -> Path:
+    """Replace ``folder`` by ``staged`` (a folder beside it) so that no reader sees a mix of the two.
+
+    The old folder is renamed aside, the staged one renamed into place, then the old one removed.
+    A crash between the two renames leaves the old folder as ``.<name>.old-*``; the next
+    :func:`recover_folder` (run under the folder's lock) puts it back.  Call with the lock held.
+    """
+    import shutil
+
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, old)  # replaces the empty placeholder made by mkdtemp
+    os.replace(staged, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def recover_folder(folder: Path) -> None:
+    """Undo what a killed run left beside ``folder``: staging folders, and an old folder renamed aside.
+
+    Call with the folder's lock held (then no other run is using these hidden folders).
+    """
+    import shutil
+
+    if not folder.parent.is_dir():
+        return
+    olds = sorted(folder.parent.glob(f".{folder.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not folder.exists():
+        os.replace(olds.pop(), folder)  # killed between the two renames of publish_folder
+    for leftover in [*olds, *folder.parent.glob(f".{folder.name}.partial-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -4,30 +4,82 @@ This is the lab's main job (``make demo``)::
 
     python -m mao_lab.runner                      # every notebook, full settings, into runs/<time>/
     python -m mao_lab.runner --smoke 00_quickstart  # one notebook, smoke setting
+    python -m mao_lab.runner 00_quickstart -p lr=1e-3 -p sigmas=[1,100]
 
 Each notebook runs with its own folder as the working directory (as JupyterLab and papermill's
 ``--cwd`` do) and receives ``output_dir``: the folder where it writes its tables, JSON and figures.
-A notebook that fails leaves ``<name>.failed.ipynb`` beside the earlier results, which stay intact.
+
+What a run folder guarantees:
+
+- **All or nothing.** The notebook writes into a hidden staging folder beside the run folder, which
+  replaces the run folder only once the notebook has finished (and its HTML and provenance are
+  written).  A notebook that fails, a kernel that is killed, or a runner that is killed never leaves
+  a mix of old and new files: the earlier results stay as they were, and a failure adds only
+  ``<name>.failed.ipynb`` and ``failure.json`` (the error and the provenance of the failed attempt).
+- **Provenance.** ``provenance.json`` records the parameters, the notebook's hash, the git commit,
+  package versions, host, thread settings and wall time (see :func:`provenance`).
+- **One writer.** A run holds a lock on its folder; a second run into the same folder at the same
+  time is refused (:class:`RunFolderBusyError`) rather than mixing its files with the first one's.
+- **Known parameters only.** A parameter the notebook does not declare is refused before anything
+  runs (:class:`UnknownParameterError`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .notebook import write_atomically
+from ._files import FolderBusyError, FolderLock, publish_folder, recover_folder, staging_folder, write_atomically
 
-__all__ = ["NOTEBOOK_DIR", "NotebookRunError", "execute_notebook", "find_notebooks", "main"]
+__all__ = [
+    "NOTEBOOK_DIR",
+    "NotebookRunError",
+    "RunFolderBusyError",
+    "UnknownParameterError",
+    "check_parameters",
+    "execute_notebook",
+    "find_notebooks",
+    "main",
+    "notebook_parameters",
+    "parse_value",
+    "provenance",
+]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+PROVENANCE_FILE = "provenance.json"
+FAILURE_FILE = "failure.json"
+# Parameters the runner sets itself: ``output_dir`` always, ``smoke`` from ``--smoke``.
+RESERVED_PARAMETERS = ("output_dir",)
+# Packages whose versions go into provenance.json.
+_PACKAGES = (
+    "mao_lab", "torch", "torchjd", "numpy", "pandas", "pyarrow", "scipy", "plotly",
+    "papermill", "nbclient", "ipykernel", "dask", "distributed",
+)
 
 
 class NotebookRunError(RuntimeError):
     """A notebook failed; the message carries the notebook's own error."""
+
+
+class RunFolderBusyError(NotebookRunError):
+    """Another run is writing into the same run folder right now."""
+
+
+class UnknownParameterError(ValueError):
+    """A parameter was given that the notebook's ``parameters`` cell does not declare."""
 
 
 def find_notebooks(names: Sequence[str] = (), notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -44,6 +96,29 @@ def find_notebooks(names: Sequence[str] = (), notebook_dir: Path = NOTEBOOK_DIR)
     return chosen
 
 
+def notebook_parameters(notebook: str | Path) -> dict[str, str]:
+    """The parameters a notebook declares in its ``parameters`` cell: name -> default (as source text)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook))
+    return {name: info.get("default", "") for name, info in declared.items()}
+
+
+def check_parameters(notebook: str | Path, names: Sequence[str]) -> None:
+    """Refuse parameters the notebook does not declare (papermill itself only warns and runs on).
+
+    Raises:
+        UnknownParameterError: naming the unknown parameters and listing the notebook's own.
+    """
+    declared = notebook_parameters(notebook)
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        listing = ", ".join(declared) if declared else "none (no cell tagged `parameters`)"
+        raise UnknownParameterError(
+            f"{Path(notebook).name} has no parameter {', '.join(map(repr, unknown))}; its parameters: {listing}"
+        )
+
+
 def execute_notebook(
     notebook: str | Path,
     output_dir: str | Path,
@@ -52,37 +127,211 @@ def execute_notebook(
     html: bool = True,
     progress: bool = False,
     kernel_name: str = "python3",
+    required: Sequence[str] = (),
+    record: Mapping[str, Any] | None = None,
+    cwd: str | Path | None = None,
 ) -> Path:
-    """Execute ``notebook`` with papermill; results, executed copy and HTML go to ``output_dir``.
+    """Execute ``notebook`` with papermill; results, executed copy, HTML and provenance go to ``output_dir``.
+
+    Args:
+        notebook: the ``.ipynb`` to run.
+        output_dir: the run folder; it is replaced as a whole when the run succeeds.
+        parameters: notebook parameters (``output_dir`` is set by the runner); unknown names are refused.
+        html: also write ``<name>.html``.
+        required: JSON files the notebook must leave (e.g. ``["summary.json"]``); a file missing, not
+            valid JSON or not a JSON object makes the run fail with that reason.
+        record: extra fields for ``provenance.json`` (a sweep records its point there).
+        cwd: the kernel's working directory (default: the notebook's folder).
 
     Returns the executed notebook's path.  On failure raises :class:`NotebookRunError` with the
-    notebook's own error message, keeps the executed copy as ``<name>.failed.ipynb``, and leaves
-    any earlier ``<name>.ipynb``/``.html`` untouched.
+    notebook's own error message (or the reason the kernel died), writes ``<name>.failed.ipynb``
+    and ``failure.json`` into ``output_dir``, and leaves every earlier file there untouched.
+
+    Raises:
+        UnknownParameterError: a parameter the notebook does not declare (nothing is run or written).
+        RunFolderBusyError: another run holds ``output_dir``.
+        NotebookRunError: the notebook failed, its kernel died, or a required file is missing.
     """
+    notebook = Path(notebook).resolve()
+    dest = Path(output_dir).resolve()
+    given = {k: v for k, v in dict(parameters or {}).items()}
+    reserved = [name for name in RESERVED_PARAMETERS if name in given]
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)} is set by the runner, not a parameter to pass")
+    check_parameters(notebook, [*given, "output_dir"])
+    if dest.exists() and not dest.is_dir():
+        raise NotADirectoryError(f"cannot run into {dest}: it exists and is not a folder")
+    try:
+        lock = FolderLock(dest).__enter__()
+    except FolderBusyError as error:
+        raise RunFolderBusyError(str(error)) from None
+    try:
+        recover_folder(dest)
+        staged = staging_folder(dest)
+        try:
+            return _run_staged(notebook, dest, staged, given, html, progress, kernel_name, required, record, cwd)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # gone already when published
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_staged(
+    notebook: Path,
+    dest: Path,
+    staged: Path,
+    given: dict[str, Any],
+    html: bool,
+    progress: bool,
+    kernel_name: str,
+    required: Sequence[str],
+    record: Mapping[str, Any] | None,
+    cwd: str | Path | None,
+) -> Path:
     import papermill as pm
 
-    notebook = Path(notebook).resolve()
-    output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    executed = output_dir / f"{notebook.stem}.ipynb"
-    failed = output_dir / f"{notebook.stem}.failed.ipynb"
-    params = {**dict(parameters or {}), "output_dir": str(output_dir)}
+    running = staged / f"{notebook.stem}.failed.ipynb"  # renamed once the run succeeds
+    started = time.time()
+    error: str | None = None
     try:
         pm.execute_notebook(
             str(notebook),
-            str(failed),
-            parameters=params,
-            cwd=str(notebook.parent),
+            str(running),
+            parameters={**given, "output_dir": str(staged)},
+            cwd=str(cwd or notebook.parent),
             kernel_name=kernel_name,
             progress_bar=progress,
             log_output=False,
         )
-    except pm.PapermillExecutionError as error:
-        raise NotebookRunError(f"{notebook.name} failed: {error.ename}: {error.evalue}") from error
-    failed.replace(executed)
+    except pm.PapermillExecutionError as failure:
+        error = f"{notebook.name} failed: {failure.ename}: {failure.evalue}"
+    except Exception as failure:  # noqa: BLE001 - a dead kernel, a broken notebook: the run failed, say why
+        error = f"{notebook.name} failed: {_describe(failure)}"
+    info = provenance(notebook, given, started=started, wall_s=time.time() - started, extra=record)
+    if error is None:
+        error = _missing_required(staged, required, notebook.name)
+    if error is not None:
+        _record_failure(dest, running, notebook.stem, error, {**info, "status": "failed"})
+        raise NotebookRunError(error)
+    executed = running.replace(staged / f"{notebook.stem}.ipynb")
     if html:
         export_html(executed)
-    return executed
+    _write_json(staged / PROVENANCE_FILE, {**info, "status": "ok"})
+    publish_folder(staged, dest)
+    return dest / executed.name
+
+
+def _describe(failure: BaseException) -> str:
+    name = type(failure).__name__
+    if name == "DeadKernelError" or "kernel died" in str(failure).lower():
+        return "the kernel died (killed by a signal, or out of memory) before the notebook finished"
+    message = " ".join(str(failure).split())
+    return f"{name}: {message[:500]}" if message else name
+
+
+def _missing_required(folder: Path, required: Sequence[str], name: str) -> str | None:
+    for file in required:
+        path = folder / file
+        if not path.is_file():
+            return f"{name} finished but wrote no {file}"
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            return f"{name} wrote a {file} that is not valid JSON (truncated?): {error}"
+        if not isinstance(value, dict):
+            return f"{name} wrote a {file} that is not a JSON object (got {type(value).__name__})"
+    return None
+
+
+def _record_failure(dest: Path, running: Path, stem: str, error: str, info: dict[str, Any]) -> None:
+    """Put the failed notebook and ``failure.json`` beside the earlier results, which stay as they were."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if running.exists():
+        os.replace(running, dest / f"{stem}.failed.ipynb")  # same file system: one atomic rename
+    _write_json(dest / FAILURE_FILE, {"error": error, "provenance": info})
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=True, default=repr) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def provenance(
+    notebook: str | Path,
+    parameters: Mapping[str, Any],
+    *,
+    started: float,
+    wall_s: float,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What produced a run: parameters, notebook hash, git commit, versions, host, threads, wall time.
+
+    Thread counts are those of the process that starts the kernel; the kernel inherits its
+    environment (``OMP_NUM_THREADS`` and friends), and a notebook that fixes its own thread count
+    should say so in its summary.
+
+    >>> info = provenance(NOTEBOOK_DIR / "00_quickstart.ipynb", {"lr": 0.01}, started=0.0, wall_s=1.5)
+    >>> info["parameters"], info["wall_s"], sorted(info["threads"])[:2]
+    ({'lr': 0.01}, 1.5, ['MKL_NUM_THREADS', 'OMP_NUM_THREADS'])
+    """
+    path = Path(notebook)
+    return {
+        "notebook": path.name,
+        "notebook_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None,
+        "parameters": dict(parameters),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": round(float(wall_s), 3),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "git": _git_state(),
+        "packages": _package_versions(),
+        "threads": _threads(),
+        **dict(extra or {}),
+    }
+
+
+def _threads() -> dict[str, Any]:
+    threads: dict[str, Any] = {name: os.environ.get(name) for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
+    threads["cpu_count"] = os.cpu_count()
+    try:
+        import torch
+
+        threads["torch"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a requirement
+        threads["torch"] = None
+    return threads
+
+
+@lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _git_state() -> dict[str, Any] | None:
+    """The commit of the repository holding this package, and whether tracked files differ from it."""
+    repository = Path(__file__).resolve().parents[1]
+    if not (repository / ".git").exists() or shutil.which("git") is None:
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(repository), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        status = subprocess.run(
+            ["git", "-C", str(repository), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
 
 
 def export_html(executed: Path) -> Path:
@@ -93,17 +342,95 @@ def export_html(executed: Path) -> Path:
     return write_atomically(executed.with_suffix(".html"), lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
 
+# -- values on the command line --------------------------------------------------------------------
+
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
+_INT = re.compile(r"^[-+]?[0-9]+$|^0o[0-7]+$|^0x[0-9a-fA-F]+$")
+
+
+def _yaml12_loader() -> type:
+    """A safe YAML loader with the YAML 1.2 core schema's scalars.
+
+    PyYAML implements YAML 1.1, where ``1e-3`` is a string (a float needs a dot), ``no`` is False,
+    ``1_000`` is 1000 and ``12:30`` is 750.  The 1.2 core schema reads them as people mean them.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(~|null|Null|NULL|)$"), ["~", "n", "N", ""])
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789"))
+
+    def integer(loader: Any, node: Any) -> int:
+        text = loader.construct_scalar(node)
+        if text.startswith(("0o", "0x")):
+            return int(text, 0)
+        return int(text, 10)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", integer)
+    return Loader
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as its user means it: YAML 1.2 (so also JSON), one line of error if malformed.
+
+    >>> parse_value("1e-3"), parse_value("3"), parse_value("true"), parse_value("no"), parse_value("[1, 1e2]")
+    (0.001, 3, True, 'no', [1, 100.0])
+    >>> parse_value("[1, 2")
+    Traceback (most recent call last):
+    ...
+    ValueError: malformed value '[1, 2': expected ',' or ']', but got '<stream end>' (line 1, column 6)
+    """
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml12_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"malformed value {text!r}: {problem}{where}") from None
+
+
+def parse_assignment(item: str, what: str = "parameter") -> tuple[str, str]:
+    """``NAME=VALUE`` split into a valid Python name and the raw value text."""
+    name, sep, value = item.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise ValueError(f"bad {what} {item!r}: expected NAME=VALUE with NAME a Python identifier")
+    return name, value
+
+
+def parse_parameters(items: Sequence[str]) -> dict[str, Any]:
+    """``-p NAME=VALUE`` options as a dict; a name given twice or reserved is an error."""
+    parameters: dict[str, Any] = {}
+    for item in items:
+        name, value = parse_assignment(item)
+        if name in parameters:
+            raise ValueError(f"parameter {name!r} given twice (-p {item})")
+        if name in (*RESERVED_PARAMETERS, "smoke"):
+            raise ValueError(f"parameter {name!r} is set by the runner (use --out or --smoke)")
+        parameters[name] = parse_value(value)
+    return parameters
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mao_lab.runner", description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
     parser.add_argument("--smoke", action="store_true", help="run each notebook in its smoke setting (seconds)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<date-time>)")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra notebook parameter (VALUE parsed as YAML/JSON, e.g. -p lr=0.01)")
+                        help="extra notebook parameter (VALUE read as YAML 1.2 / JSON: -p lr=1e-3 -p sigmas=[1,100])")
     args = parser.parse_args(argv)
     try:
         notebooks = find_notebooks(args.notebooks)
-        extra = dict(_parse_parameter(item) for item in args.parameter)
+        extra = parse_parameters(args.parameter)
+        for notebook in notebooks:
+            check_parameters(notebook, [*extra, "smoke", "output_dir"])
     except ValueError as error:
         parser.error(str(error))
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -118,17 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except NotebookRunError as error:
             failures.append(notebook.name)
             print(f"FAILED  {error}", file=sys.stderr)
+        except OSError as error:  # the run folder cannot be written (a file in the way, no permission, disk full)
+            failures.append(notebook.name)
+            print(f"FAILED  {notebook.name}: cannot write {target}: {error}", file=sys.stderr)
     print(f"{len(notebooks) - len(failures)} of {len(notebooks)} notebooks ran; results in {out}")
     return 1 if failures else 0
-
-
-def _parse_parameter(item: str) -> tuple[str, Any]:
-    import yaml
-
-    name, sep, value = item.partition("=")
-    if not sep or not name.isidentifier():
-        raise ValueError(f"bad parameter {item!r}: expected NAME=VALUE")
-    return name, yaml.safe_load(value)
 
 
 if __name__ == "__main__":
