@@ -1,0 +1,59 @@
+"""The claims ledger: the two papers' claims tested on real data, with intervals over seeds and verdicts.
+
+* :mod:`._stats`: t-intervals over seeds (paired where runs share a seed) and the verdict rules.
+* :mod:`._design`: the study's settings, methods, learning-rate grid, seeds and budget.
+* :mod:`._runs`: one point of the study (a configuration at some learning rates and seeds) into tidy tables.
+"""
+
+from ._design import MM4_TASKS, SINGLE_TASK_PREFIX, RunConfig, StudyDesign, full_design, smoke_design
+from ._analysis import BALANCE_THRESHOLD, CLAIMS, choose_learning_rates, claims_ledger, delta_m_runs, method_intervals, worst_balance
+from ._ledger import ledger_markdown, write_ledger
+from ._runs import RunTables, run_config, run_point
+from ._study import POINT_NOTEBOOK, StudyError, load_study, provenance, run_study, summarise
+from ._stats import (
+    DIRECTIONS,
+    VERDICTS,
+    Direction,
+    Interval,
+    Verdict,
+    combine_verdicts,
+    mean_interval,
+    paired_interval,
+    verdict,
+)
+
+__all__ = [
+    "BALANCE_THRESHOLD",
+    "CLAIMS",
+    "POINT_NOTEBOOK",
+    "StudyError",
+    "choose_learning_rates",
+    "claims_ledger",
+    "delta_m_runs",
+    "ledger_markdown",
+    "load_study",
+    "method_intervals",
+    "provenance",
+    "run_study",
+    "summarise",
+    "worst_balance",
+    "write_ledger",
+    "DIRECTIONS",
+    "MM4_TASKS",
+    "SINGLE_TASK_PREFIX",
+    "VERDICTS",
+    "Direction",
+    "Interval",
+    "RunConfig",
+    "RunTables",
+    "StudyDesign",
+    "Verdict",
+    "combine_verdicts",
+    "full_design",
+    "mean_interval",
+    "paired_interval",
+    "run_config",
+    "run_point",
+    "smoke_design",
+    "verdict",
+]

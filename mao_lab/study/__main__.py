@@ -1,0 +1,68 @@
+"""``python -m mao_lab.study``: run (or resume) the claims study and write its ledger.
+
+    python -m mao_lab.study --workers 2 --out runs/study          # the full study (make study)
+    python -m mao_lab.study --smoke --out runs/study-smoke         # the tiny CI study: its numbers mean nothing
+    python -m mao_lab.study --scheduler tcp://host:8786 --out ...  # on an existing Dask cluster
+    python -m mao_lab.study --ledger-only runs/study --out docs/claims   # rewrite the ledger files from a study
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._design import full_design, smoke_design
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mao_lab.study", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="the study folder (default runs/study, or runs/study-smoke)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny study (seconds; its numbers mean nothing)")
+    parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers (one thread each)")
+    parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per point (fixed and recorded)")
+    parser.add_argument("--ledger-only", type=Path, default=None, metavar="STUDY_DIR",
+                        help="write ledger.{csv,md,json} of a finished study into --out, and nothing else")
+    args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.ledger_only is not None:
+        from ._ledger import write_ledger
+        from ._study import load_study
+
+        if args.out is None:
+            parser.error("--ledger-only needs --out (where the ledger files go)")
+        study = load_study(args.ledger_only)
+        for path in write_ledger(args.out, study["ledger"], study["provenance"], study["design"]):
+            print(path)
+        return 0
+    from ._study import StudyError, run_study
+
+    design = smoke_design() if args.smoke else full_design()
+    out = args.out or Path("runs/study-smoke" if args.smoke else "runs/study")
+    client = None
+    if args.scheduler or args.workers:
+        from dask.distributed import Client, LocalCluster
+
+        client = Client(args.scheduler) if args.scheduler else Client(
+            LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True))
+    try:
+        ledger = run_study(out, design, client=client, threads=args.threads)
+    except StudyError as error:
+        print(f"study stopped: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if client is not None:
+            client.close()
+    claims = ledger[ledger["part"] == "(claim)"][["claim", "verdict", "seeds"]]
+    print(claims.to_string(index=False))
+    print(f"ledger in {out}/ledger.md" + ("  (smoke study: its numbers mean nothing)" if design.smoke else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The ledger as small text files: ``ledger.csv``, ``ledger.json`` and ``ledger.md`` (no HTML, no plotly.js).
+
+``python -m mao_lab.study.ledger STUDY_DIR --out docs/claims`` rewrites them from a finished study's folder;
+:func:`run_study` writes them into the study folder itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .._files import write_atomically
+from ._analysis import BALANCE_THRESHOLD, CLAIMS
+from ._design import StudyDesign
+
+__all__ = ["ledger_markdown", "write_ledger"]
+
+SMOKE_WARNING = "**Smoke study: tiny data and a few steps. Its numbers and verdicts mean nothing.**"
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _interval(row: Mapping[str, Any]) -> str:
+    if not isinstance(row.get("estimate"), float) or not math.isfinite(row["estimate"]):
+        return "—"
+    return f"{_number(row['estimate'])} [{_number(row['low'])}, {_number(row['high'])}]"
+
+
+def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign) -> str:
+    """The ledger as a Markdown page: the verdict of each claim, then every part with its interval."""
+    versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
+    lines = ["# Claims ledger", ""]
+    if design.smoke:
+        lines += [SMOKE_WARNING, ""]
+    lines += [
+        f"Study: {len(design.seeds)} seeds ({', '.join(map(str, design.seeds))}), learning rates {', '.join(f'{lr:g}' for lr in design.lrs)} "
+        f"chosen on a validation split of the training data at seed {design.tuning_seed}; {design.steps} steps of {design.batch_size} "
+        f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps.",
+        f"Machine: {provenance.get('host', '?')}, {provenance.get('processor', '?')}, {provenance.get('cpu_count', '?')} CPUs, "
+        f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, {provenance.get('workers', 0)} worker(s); "
+        f"wall time {_number(provenance.get('wall_seconds', math.nan) / 60, 3)} min.",
+        f"Commit {provenance.get('commit', '?')[:12]}{' (with uncommitted changes)' if provenance.get('uncommitted_changes') else ''}; {versions}.",
+        "Regenerate: `make study` (or `python -m mao_lab.study --workers 2 --out runs/study`).",
+        "",
+        "| claim | statement | verdict | seeds |",
+        "|---|---|---|---|",
+    ]
+    claims = ledger[ledger["part"] == "(claim)"]
+    for row in claims.to_dict("records"):
+        lines.append(f"| {row['claim']} | {CLAIMS[row['claim']]} | **{row['verdict']}** | {_number(row['seeds'])} |")
+    lines += ["", "Every part: the 95 % t-interval over seeds (paired by seed for differences) and its verdict "
+              f"(M1's bound on the worst imbalance index is {BALANCE_THRESHOLD}).", "",
+              "| claim | part | effect | estimate [95 % CI] | predicted | seeds | verdict |", "|---|---|---|---|---|---|---|"]
+    for row in ledger[ledger["part"] != "(claim)"].to_dict("records"):
+        side = "<" if row["direction"] == "less" else ">"
+        lines.append(f"| {row['claim']} | {row['part']} | {row['effect']} | {_interval(row)} | {side} {_number(row['threshold'])} "
+                     f"| {_number(row['seeds'])} | {row['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ledger(out_dir: str | os.PathLike[str], ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign) -> list[Path]:
+    """Write ``ledger.csv``, ``ledger.json`` (ledger, design, provenance) and ``ledger.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = json.loads(ledger.to_json(orient="records"))
+    document = {"smoke": design.smoke, "claims": CLAIMS, "ledger": records, "design": design.as_dict(), "provenance": dict(provenance)}
+    written = [
+        write_atomically(out / "ledger.csv", lambda tmp: ledger.to_csv(tmp, index=False, float_format="%.6g")),
+        write_atomically(out / "ledger.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")),
+        write_atomically(out / "ledger.md", lambda tmp: tmp.write_text(ledger_markdown(ledger, provenance, design))),
+    ]
+    return written

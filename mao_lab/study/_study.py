@@ -1,0 +1,190 @@
+"""Run the whole study on the lab's sweep machinery, phase after phase, and write its tables and ledger.
+
+``python -m mao_lab.study`` (``make study``) calls :func:`run_study`:
+
+1. **tuning**: every configuration at every learning rate of the grid, at the tuning seed; the rates are
+   chosen on the validation split (:func:`~mao_lab.study.choose_learning_rates`);
+2. **final**: every configuration at its chosen rate, at the other seeds (the tuning seed's run at the
+   chosen rate is the same computation, so it is reused);
+3. **ledger**: the tables, the per-method intervals and the claims ledger, written to the study folder.
+
+Each phase is one batch of papermill runs of ``notebooks/study/point.ipynb`` (:func:`mao_lab.sweep.run_sweep`,
+locally or on Dask): a finished point is skipped when the study runs again, so an interrupted study resumes.
+A point trains one configuration (the full study) or several (the smoke study, to keep the notebook
+start-ups few), one torch thread per point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..notebook import ResultsFolder
+from ._analysis import choose_learning_rates, chosen_rates, claims_ledger, delta_m_runs, method_intervals, worst_balance
+from ._design import RunConfig, StudyDesign
+from ._ledger import write_ledger
+
+__all__ = ["POINT_NOTEBOOK", "StudyError", "load_study", "provenance", "run_study"]
+
+POINT_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "study" / "point.ipynb"
+"""The notebook every point of the study runs."""
+
+TABLES = ("scores", "balance", "runs")
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (a folder made by another design, or points that failed)."""
+
+
+def provenance(threads: int) -> dict[str, Any]:
+    """Where and with what the numbers were made: commit, host, CPU, thread count, package versions."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                                    text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    versions = {}
+    for package in ("torch", "torchjd", "numpy", "pandas", "scipy", "papermill", "dask", "distributed"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "commit": commit, "uncommitted_changes": dirty, "host": socket.gethostname(), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+        "threads_per_point": threads, "versions": versions,
+    }
+
+
+def _points(design: StudyDesign, runs: Sequence[tuple[RunConfig, float, int]]) -> dict[str, dict[str, Any]]:
+    """Group the runs into points of ``configs_per_point`` configurations, the costliest first."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    costs: dict[str, float] = {}
+    for config, lr, seed in runs:
+        by_config.setdefault(config.name, []).append({"config": config.name, "lr": lr, "seed": seed})
+        costs[config.name] = costs.get(config.name, 0.0) + config.relative_cost * design.steps_of(config)
+    names = sorted(by_config, key=lambda n: -costs[n])
+    points: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(names), design.configs_per_point):
+        chunk = names[start : start + design.configs_per_point]
+        label = chunk[0] if len(chunk) == 1 else f"{chunk[0]}+{len(chunk) - 1}"
+        points[label] = {"design": design.as_dict(), "runs": [run for name in chunk for run in by_config[name]]}
+    return points
+
+
+def _run_phase(name: str, points: Mapping[str, dict[str, Any]], out: Path, client: Any, threads: int, progress: bool) -> dict[str, pd.DataFrame]:
+    from ..sweep import run_sweep
+
+    if not points:
+        return {table: pd.DataFrame() for table in TABLES}
+    sweep = run_sweep(POINT_NOTEBOOK, {"point": list(points)}, out / name, fixed={"specs": dict(points), "threads": threads},
+                      client=client, progress=progress)
+    failed = sweep[sweep["status"] != "ok"]
+    if len(failed):
+        errors = "; ".join(f"{p}: {e}" for p, e in zip(failed["point"], failed["error"]))
+        raise StudyError(f"{len(failed)} point(s) of the {name} phase failed (run the study again to retry them): {errors}")
+    tables: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES}
+    for run_dir in sweep["run_dir"]:
+        folder = ResultsFolder(run_dir)
+        for table in TABLES:
+            tables[table].append(folder.load_table(table))
+    return {table: pd.concat([p for p in parts if len(p)], ignore_index=True) for table, parts in tables.items()}
+
+
+def _check_folder(out: Path, design: StudyDesign) -> None:
+    stored = out / "design.json"
+    if stored.exists():
+        previous = json.loads(stored.read_text())
+        if previous != design.as_dict():
+            changed = sorted(k for k in set(previous) | set(design.as_dict()) if previous.get(k) != design.as_dict().get(k))
+            raise StudyError(f"{out} holds a study of another design (fields {changed} differ): choose another --out")
+
+
+def run_study(
+    out_dir: str | os.PathLike[str],
+    design: StudyDesign,
+    *,
+    client: Any = None,
+    threads: int = 1,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run (or resume) the study into ``out_dir`` and write its tables and ledger there; returns the ledger.
+
+    Args:
+        out_dir: the study folder (``design.json``, ``provenance.json``, ``tuning/``, ``final/``, the tables,
+            ``ledger.{csv,md,json}``).
+        design: what to run; a folder made by another design is refused.
+        client: a ``dask.distributed.Client`` to run the points on; ``None`` runs them one by one here.
+        threads: torch threads per point (fixed and recorded, so a rerun on the same machine gives the same numbers).
+        progress: tqdm bars over the points.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_folder(out, design)
+    results = ResultsFolder(out)
+    results.save_json(design.as_dict(), "design")
+    started = time.perf_counter()
+    tuning_runs = [(c, lr, design.tuning_seed) for c in design.configs() for lr in design.lrs]
+    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress)
+    choice = choose_learning_rates(tuning["scores"], design)
+    rates = chosen_rates(choice)
+    final_runs = [(c, rates[c.name], seed) for c in design.configs() if c.name in rates for seed in design.final_seeds]
+    final = _run_phase("final", _points(design, final_runs), out, client, threads, progress)
+    tables = {name: pd.concat([t for t in (tuning[name], final[name]) if len(t)], ignore_index=True) for name in TABLES}
+    for name, table in tables.items():
+        results.save_table(table, name)
+    results.save_table(choice, "learning_rates")
+    ledger = summarise(tables, design, choice, results)
+    wall = time.perf_counter() - started
+    results.save_json({**provenance(threads), "wall_seconds": wall, "workers": _workers(client), "smoke": design.smoke}, "provenance")
+    write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design)
+    return ledger
+
+
+def summarise(tables: Mapping[str, pd.DataFrame], design: StudyDesign, choice: pd.DataFrame, results: ResultsFolder) -> pd.DataFrame:
+    """The derived tables (Δm% per run and per configuration, worst balance per run) and the ledger, saved."""
+    dm = delta_m_runs(tables["scores"], choice, design)
+    results.save_table(dm, "delta_m")
+    results.save_table(method_intervals(dm, "delta_m", ("config", "setting", "variant")), "delta_m_intervals")
+    results.save_table(worst_balance(tables["balance"], choice), "worst_balance")
+    ledger = claims_ledger(tables["scores"], tables["balance"], tables["runs"], design, choice)
+    results.save_table(ledger, "ledger")
+    return ledger
+
+
+def _workers(client: Any) -> int:
+    if client is None:
+        return 0
+    try:
+        return len(client.scheduler_info()["workers"])
+    except Exception:  # noqa: BLE001 - only for the record
+        return -1
+
+
+def load_study(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A finished study's design, provenance and tables (``scores``, ``balance``, ``runs``, ``learning_rates``,
+    ``delta_m``, ``delta_m_intervals``, ``worst_balance``, ``ledger``).
+
+    Raises:
+        FileNotFoundError: naming the missing file and the command that makes it.
+    """
+    folder = ResultsFolder(study_dir)
+    if not (folder.path / "provenance.json").exists():
+        raise FileNotFoundError(f"{folder.path} holds no finished study (no provenance.json): run `python -m mao_lab.study --out {folder.path}`")
+    data: dict[str, Any] = {"design": StudyDesign.from_dict(folder.load_json("design")), "provenance": folder.load_json("provenance")}
+    for name in (*TABLES, "learning_rates", "delta_m", "delta_m_intervals", "worst_balance", "ledger"):
+        data[name] = folder.load_table(name)
+    return data
