@@ -3,17 +3,20 @@
 The public API is re-exported here; the modules with a leading underscore are private.
 """
 
+from ._checkpoints import CheckpointError
 from ._mao import MAO
 from ._observe import ObservableMixin, StepObserver, StepRecord
 from ._task_gradients import (
     TaskGradients,
     TaskInputError,
+    TaskUpdates,
     TaskLosses,
     as_task_losses,
     compute_task_gradients,
 )
 
 __all__ = [
+    "CheckpointError",
     "MAO",
     "ObservableMixin",
     "StepObserver",
@@ -21,6 +24,7 @@ __all__ = [
     "TaskGradients",
     "TaskInputError",
     "TaskLosses",
+    "TaskUpdates",
     "as_task_losses",
     "compute_task_gradients",
 ]

@@ -8,26 +8,39 @@ dominates any parameter, whatever the scale of its loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
+from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
     GradientReserve,
     TaskGradients,
     TaskInputError,
     TaskLosses,
+    TaskUpdates,
     _compute_task_gradients,
-    as_task_losses,
+    match_task_order,
+    ordered_task_losses,
 )
 
-__all__ = ["MAO"]
+__all__ = ["MAO", "MAO_HYPERPARAMETERS"]
 
 Reduction = Literal["sum", "mean"]
+
+MAO_HYPERPARAMETERS: Mapping[str, Hyperparameter] = {
+    "reduction": Hyperparameter("sum", choice("sum", "mean"), "add the tasks' normalised steps, or average them"),
+    "task_weights": Hyperparameter(None, optional(non_negative_floats), "w_k per task (default all 1)"),
+}
+"""What MAO adds to Adam's hyperparameters (declared once: :class:`MAO` and ``make("mao")`` read it)."""
+
+_GROUP_CHECKS = {name: h.check for name, h in {**ADAM_HYPERPARAMETERS, **MAO_HYPERPARAMETERS}.items()}
 
 
 class MAO(ObservableMixin, Optimizer):
@@ -75,7 +88,7 @@ class MAO(ObservableMixin, Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float | Tensor = 1e-3,
+        lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -84,30 +97,25 @@ class MAO(ObservableMixin, Optimizer):
         *,
         check_finite: bool = True,
     ) -> None:
-        _check_hyperparameters(lr, betas, eps, weight_decay, reduction, task_weights)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            reduction=reduction,
-            task_weights=None if task_weights is None else tuple(float(w) for w in task_weights),
-            num_tasks=None,  # fixed by the first step; kept in param_groups so state_dict carries it
-        )
+        given = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, reduction=reduction,
+                     task_weights=task_weights)
+        defaults = checked({**ADAM_HYPERPARAMETERS, **MAO_HYPERPARAMETERS}, given, "MAO")
+        # Fixed by the first step; kept in param_groups so that state_dict carries them.
+        defaults.update(num_tasks=None, task_names=None)
         super().__init__(params, defaults)
         self.check_finite = check_finite
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = dict(param_group)
-        _check_hyperparameters(
-            group.get("lr", self.defaults["lr"]),
-            group.get("betas", self.defaults["betas"]),
-            group.get("eps", self.defaults["eps"]),
-            group.get("weight_decay", self.defaults["weight_decay"]),
-            group.get("reduction", self.defaults["reduction"]),
-            group.get("task_weights", self.defaults["task_weights"]),
-        )
-        super().add_param_group(param_group)
+        for name, check in _GROUP_CHECKS.items():
+            if name in group:
+                group[name] = check(name, group[name])
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("MAO: a parameter is listed twice in a parameter group; list every parameter once")
+        group["params"] = params
+        super().add_param_group(group)
 
     @property
     def num_tasks(self) -> int | None:
@@ -115,8 +123,16 @@ class MAO(ObservableMixin, Optimizer):
         known = {g["num_tasks"] for g in self.param_groups if g.get("num_tasks") is not None}
         return known.pop() if known else None
 
+    @property
+    def task_names(self) -> tuple[str, ...] | None:
+        """The tasks' names in the order of the per-task moments, fixed by the first step."""
+        known = {tuple(g["task_names"]) for g in self.param_groups if g.get("task_names") is not None}
+        return known.pop() if known else None
+
     def trainable_params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+
+    # -- the step --------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -131,56 +147,83 @@ class MAO(ObservableMixin, Optimizer):
 
         Args:
             losses: per-task scalar losses (or a closure returning them); MAO backpropagates each task.
+                Given as a dict, tasks are matched to their moments by name (the order may change).
             task_grads: per-task gradients computed elsewhere, instead of ``losses``.
             features: the shared representation, to stop each head's backward there (see
                 :func:`compute_task_gradients`); enables ``batched``.
             batched: backpropagate all tasks through the trunk in one vmapped call (GPU).
 
-        On bad input (NaN/Inf loss or gradient, wrong task count, ...) raises :class:`TaskInputError`
-        naming the task, and leaves the parameters and the optimizer state exactly as they were.
+        On bad input (NaN/Inf loss or gradient, wrong task count or names, gradients of another
+        shape, dtype or device, ...) raises :class:`TaskInputError` naming the problem, and leaves the
+        parameters and the optimizer state exactly as they were.
         """
         if (losses is None) == (task_grads is None):
             raise TypeError("MAO.step needs exactly one of `losses` or `task_grads`")
         observers = self._observers_wanting_record()
-        loss_values: Tensor | None = None
         if losses is not None:
             with torch.enable_grad():
-                if callable(losses):
-                    losses = losses()
-                names, loss_list = as_task_losses(losses)
-                self._check_num_tasks(len(names))
-                task_grads = _compute_task_gradients(
-                    dict(zip(names, loss_list)),
-                    self.trainable_params(),
-                    features=features,
-                    batched=batched,
-                    reserve=None if batched else self._gradient_reserve(),
-                    check_finite=self.check_finite,
-                )
-            loss_values = torch.stack([loss.detach().reshape(()) for loss in loss_list])
-        assert task_grads is not None
-        task_updates = self.apply_task_gradients(task_grads, keep_task_updates=bool(observers))
-        if loss_values is None:
-            loss_values = torch.full((task_grads.num_tasks,), float("nan"))
+                names, loss_list = ordered_task_losses(losses() if callable(losses) else losses, self.task_names)
+            record = self.step_on_losses(names, loss_list, features=features, batched=batched, keep=bool(observers))
+        else:
+            assert task_grads is not None
+            task_updates = self.apply_task_gradients(task_grads, keep_task_updates=bool(observers))
+            nan = torch.full((task_grads.num_tasks,), float("nan"))
+            record = StepRecord(self.task_names or task_grads.task_names, nan, task_grads, task_updates)
         if observers:
-            self._notify(observers, StepRecord(task_grads.task_names, loss_values, task_grads, task_updates))
-        return loss_values
+            self._notify(observers, record)
+        return record.losses
 
     @torch.no_grad()
-    def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskGradients | None:
+    def step_on_losses(
+        self,
+        names: tuple[str, ...],
+        losses: list[Tensor],
+        *,
+        features: Tensor | Sequence[Tensor] | None = None,
+        batched: bool = False,
+        keep: bool = False,
+    ) -> StepRecord:
+        """The step from validated losses, in task order: what :meth:`step` and ``make("mao")`` both run.
+
+        The per-task gradients are computed with the gradient reserve (the last step's gradient
+        memory, reused task by task) and checked for NaN/Inf as they come out; with ``keep`` the
+        record holds them and each task's part of the update.
+        """
+        self._check_num_tasks(len(names))
+        with torch.enable_grad():
+            task_grads = _compute_task_gradients(
+                dict(zip(names, losses)),
+                self.trainable_params(),
+                features=features,
+                batched=batched,
+                reserve=None if batched else self._gradient_reserve(),
+                check_finite=self.check_finite,
+            )
+        task_updates = self._apply(task_grads, keep, trusted=True)
+        loss_values = torch.stack([loss.detach().reshape(()) for loss in losses])
+        return StepRecord(names, loss_values, task_grads if keep else None, task_updates)
+
+    @torch.no_grad()
+    def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskUpdates | None:
         """The update alone, from per-task gradients; the building block of :meth:`step`.
 
         With ``keep_task_updates`` it returns each task's part of the parameter change (``lr * w_k * u_k``,
         divided by ``T`` for ``reduction="mean"``), so that the step moved ``p`` by ``-sum_k`` of them
         (plus weight decay).  Checks everything before modifying anything.
         """
-        self._check_num_tasks(task_grads.num_tasks)
+        return self._apply(task_grads, keep_task_updates, trusted=False)
+
+    def _apply(self, task_grads: TaskGradients, keep: bool, trusted: bool) -> TaskUpdates | None:
+        task_grads = self._in_state_order(task_grads)
+        if not trusted:  # gradients from elsewhere: the kernels below would read any tensor given
+            task_grads.check_against(self.trainable_params())
+        self._check_groups(task_grads.num_tasks)
         if self.check_finite:
             task_grads.check_finite()
-        self._check_task_weights(task_grads.num_tasks)
-        task_updates = self._update(task_grads, keep_task_updates)
+        task_updates = self._update(task_grads, keep)
         for group in self.param_groups:
             group["num_tasks"] = task_grads.num_tasks
+            group["task_names"] = task_grads.task_names
         return task_updates
 
     def _gradient_reserve(self) -> GradientReserve:
@@ -200,159 +243,54 @@ class MAO(ObservableMixin, Optimizer):
                 "cannot change between steps (each task owns moments in the optimizer state)"
             )
 
-    def _check_task_weights(self, num_tasks: int) -> None:
-        for group in self.param_groups:
+    def _in_state_order(self, task_grads: TaskGradients) -> TaskGradients:
+        """Gradients with their tasks in the order of the moments: by name, or by position when they
+        carry the default names (``task0``, ...) of gradients built without names."""
+        self._check_num_tasks(task_grads.num_tasks)
+        expected = self.task_names
+        if expected is None or task_grads.task_names == expected:
+            return task_grads
+        positional = task_grads.task_names == tuple(f"task{k}" for k in range(task_grads.num_tasks))
+        if positional:
+            return type(task_grads)(expected, task_grads.params, task_grads.tasks, task_grads.grads)
+        match_task_order(task_grads.task_names, expected, by_name=True)  # raises on new or missing names
+        return task_grads.in_task_order(expected)
+
+    def _check_groups(self, num_tasks: int) -> None:
+        """The groups' hyperparameters (a scheduler or a user may have changed them since) and weights."""
+        for g, group in enumerate(self.param_groups):
+            for name, check in _GROUP_CHECKS.items():
+                try:
+                    check(name, group[name])
+                except ValueError as error:
+                    raise ValueError(f"MAO parameter group {g}: {error}") from None
             weights = group["task_weights"]
             if weights is not None and len(weights) != num_tasks:
                 raise TaskInputError(f"task_weights has {len(weights)} entries but there are {num_tasks} tasks")
 
     # -- the update ----------------------------------------------------------------------------------
 
-    def _update(self, task_grads: TaskGradients, keep_task_updates: bool) -> TaskGradients | None:
+    def _update(self, task_grads: TaskGradients, keep: bool) -> TaskUpdates | None:
         where = task_grads.index()
         kept: dict[int, Tensor] = {}
         for group in self.param_groups:
             # Like Adam with p.grad None, a parameter no task reached at this step is left alone.
-            members = [(p, where[id(p)]) for p in group["params"] if id(p) in where and task_grads.tasks[where[id(p)]]]
-            if members:
-                kept.update(self._update_group(group, members, task_grads, keep_task_updates))
-        if not keep_task_updates:
+            slots = [
+                _Slot(p, where[id(p)], self._prepared_state(p, task_grads.tasks[where[id(p)]]))
+                for p in group["params"]
+                if id(p) in where and task_grads.tasks[where[id(p)]]
+            ]
+            if slots:
+                kept.update(_update_group(_GroupHyper.of(group, task_grads.num_tasks), slots, task_grads, keep))
+        if not keep:
             return None
-        order = [i for i in range(len(task_grads.params)) if i in kept]
-        return TaskGradients(
+        order = sorted(kept)
+        return TaskUpdates(
             task_grads.task_names,
             tuple(task_grads.params[i] for i in order),
             tuple(self.state[task_grads.params[i]]["tasks"] for i in order),
             tuple(kept[i] for i in order),
         )
-
-    def _update_group(
-        self,
-        group: dict[str, Any],
-        members: list[tuple[Tensor, int]],
-        task_grads: TaskGradients,
-        keep_task_updates: bool,
-    ) -> dict[int, Tensor]:
-        lr = float(group["lr"])
-        weights = group["task_weights"]
-        params, states = [], []
-        for p, i in members:
-            params.append(p)
-            states.append(self._prepared_state(p, task_grads.tasks[i]))
-        torch._foreach_add_([state["step"] for state in states], 1.0)
-        if group["weight_decay"] != 0:
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-
-        # Where several tasks meet (or tasks are weighted), each task's Adam step is one pass of the
-        # fused CPU Adam kernel that subtracts it from p directly: no stacked copy of the gradients, no
-        # per-task temporaries.  Parameters one task reaches keep Adam's own foreach arithmetic (their
-        # update is bit-for-bit Adam's), and so does everything when per-task updates must be returned.
-        fused: list[int] = []
-        rest: list[int] = []
-        for j, (p, state) in enumerate(zip(params, states)):
-            several = len(state["tasks"]) > 1 or weights is not None
-            (fused if several and not keep_task_updates and _fusable(p, state) else rest).append(j)
-        if fused:
-            self._fused_update(group, [members[j] for j in fused], [states[j] for j in fused], task_grads)
-        if not rest:
-            return {}
-        return self._foreach_update(group, [members[j] for j in rest], [states[j] for j in rest], task_grads, keep_task_updates)
-
-    def _fused_update(
-        self,
-        group: dict[str, Any],
-        members: list[tuple[Tensor, int]],
-        states: list[dict[str, Any]],
-        task_grads: TaskGradients,
-    ) -> None:
-        """``p -= lr_k * u_k`` for every task ``k`` in turn, one fused-Adam pass per (parameter, task).
-
-        The CPU kernel handles the tensors of its lists one after the other, so listing ``p`` once per
-        task accumulates the tasks' steps into ``p`` in place; the step counter is shared by the tasks.
-        """
-        beta1, beta2 = group["betas"]
-        scale = 1.0 / task_grads.num_tasks if group["reduction"] == "mean" else 1.0
-        weights = group["task_weights"]
-        lr = float(group["lr"]) * scale
-        calls: dict[float, tuple[list[Tensor], ...]] = {}
-        for (p, i), state in zip(members, states):
-            state_tasks = state["tasks"]
-            rows = _aligned_rows(task_grads.rows(i), task_grads.tasks[i], state_tasks, p)
-            for k, g, m, v in zip(state_tasks, rows, state["exp_avg"].unbind(0), state["exp_avg_sq"].unbind(0)):
-                task_lr = lr if weights is None else lr * weights[k]
-                lists = calls.get(task_lr)
-                if lists is None:
-                    lists = calls[task_lr] = ([], [], [], [], [])
-                lists[0].append(p)
-                lists[1].append(g if g.is_contiguous() else g.contiguous())
-                lists[2].append(m)
-                lists[3].append(v)
-                lists[4].append(state["step"])
-        for task_lr, (ps, gs, ms, vs, steps) in calls.items():
-            torch._fused_adam_(
-                ps, gs, ms, vs, [], steps,
-                lr=task_lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False,
-            )  # fmt: skip
-
-    def _foreach_update(
-        self,
-        group: dict[str, Any],
-        members: list[tuple[Tensor, int]],
-        states: list[dict[str, Any]],
-        task_grads: TaskGradients,
-        keep_task_updates: bool,
-    ) -> dict[int, Tensor]:
-        """The update with stacked per-task moments and foreach ops (step counts already advanced)."""
-        beta1, beta2 = group["betas"]
-        lr = float(group["lr"])
-        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-        for (p, i), state in zip(members, states):
-            params.append(p)
-            grads.append(_aligned(task_grads.grads[i], task_grads.tasks[i], state["tasks"]))
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-
-        counts = [float(s) for s in steps]
-        scale = 1.0 / task_grads.num_tasks if group["reduction"] == "mean" else 1.0
-        step_sizes = [lr * scale / (1 - beta1**t) for t in counts]
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, [math.sqrt(1 - beta2**t) for t in counts])
-        torch._foreach_add_(denoms, group["eps"])
-
-        weights = group["task_weights"]
-        single = [j for j, state in enumerate(states) if len(state["tasks"]) == 1 and weights is None]
-        if single and not keep_task_updates:
-            # One task reaches these parameters: exactly Adam's fused update, no per-task buffer.
-            torch._foreach_addcdiv_(
-                [params[j] for j in single],
-                [exp_avgs[j][0] for j in single],
-                [denoms[j][0] for j in single],
-                [-step_sizes[j] for j in single],
-            )
-            in_single = set(single)
-            rest = [j for j in range(len(params)) if j not in in_single]
-        else:
-            rest = list(range(len(params)))
-        if not rest:
-            return {}
-
-        # Each task's normalised step u_k = m_k / denom_k, scaled by its step size (and weight).
-        task_steps = torch._foreach_div([exp_avgs[j] for j in rest], [denoms[j] for j in rest])
-        torch._foreach_mul_(task_steps, [step_sizes[j] for j in rest])
-        if weights is not None:
-            w = torch.tensor(weights)
-            for j, u in zip(rest, task_steps):
-                tasks = list(states[j]["tasks"])
-                u.mul_(w[tasks].to(u).view(-1, *([1] * (u.dim() - 1))))
-        torch._foreach_sub_([params[j] for j in rest], [u.sum(0) for u in task_steps])
-        if not keep_task_updates:
-            return {}
-        return {members[j][1]: u for j, u in zip(rest, task_steps)}
 
     def _prepared_state(self, p: Tensor, reaching: tuple[int, ...]) -> dict[str, Any]:
         """The state of ``p``, created or widened so that it holds moments for every task reaching ``p``.
@@ -378,65 +316,245 @@ class MAO(ObservableMixin, Optimizer):
             state["tasks"] = tasks
         return state
 
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "optimizer_class": "MAO"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`, after checking that it is MAO's and fits these parameters.
+
+        Moments of another shape (a checkpoint of another model size), another group layout, another
+        task count than the one this optimizer was stepped with, or an other optimizer's state raise
+        :class:`~mao_lab.CheckpointError` and change nothing.  Floating-point moments of another dtype
+        are cast to the parameter's, as ``torch.optim`` does.
+        """
+        self.check_state_dict(state_dict)
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "optimizer_class"})
+
+    def check_state_dict(self, state: object) -> None:
+        """Raise :class:`~mao_lab.CheckpointError` unless ``state`` can be loaded into this optimizer."""
+        if isinstance(state, Mapping) and state.get("optimizer_class", "MAO") != "MAO":
+            raise CheckpointError(f"a {state['optimizer_class']} state cannot be loaded into MAO")
+        check_optimizer_state(self, state, _check_param_state, _GROUP_CHECKS, "MAO")
+        assert isinstance(state, Mapping)
+        counts = {g.get("num_tasks") for g in state["param_groups"]} - {None}
+        names = {None if g.get("task_names") is None else tuple(g["task_names"]) for g in state["param_groups"]} - {None}
+        if len(counts) > 1 or len(names) > 1:
+            raise CheckpointError(f"MAO: the parameter groups disagree on the tasks: {sorted(counts)}, {sorted(names)}")
+        saved = counts.pop() if counts else None
+        if saved is not None and (isinstance(saved, bool) or not isinstance(saved, int) or saved < 1):
+            raise CheckpointError(f"MAO: num_tasks must be an integer >= 1, got {saved!r}")
+        if names and len(next(iter(names))) != saved:
+            raise CheckpointError(f"MAO: {saved} tasks but task names {next(iter(names))}")
+        if self.num_tasks is not None and saved is not None and saved != self.num_tasks:
+            raise CheckpointError(f"MAO: this optimizer was stepped with {self.num_tasks} tasks; the state is for {saved}")
+        for key, param_state in state["state"].items():
+            tasks = param_state["tasks"]
+            if saved is None or tasks[-1] >= saved:
+                raise CheckpointError(f"MAO: parameter {key!r} has moments for tasks {tasks}, but the state has "
+                                      f"{saved} tasks")
+
+
+def _check_param_state(p: Tensor, saved: Mapping[str, Any], where: str) -> None:
+    """One parameter's saved MAO state: a step count, the tasks, and one pair of moments per task."""
+    if set(saved) != {"step", "tasks", "exp_avg", "exp_avg_sq"}:
+        raise CheckpointError(f"{where}: state entries {sorted(saved)} are not MAO's (step, tasks, exp_avg, exp_avg_sq)")
+    tasks = saved["tasks"]
+    if not isinstance(tasks, (tuple, list)) or not tasks or \
+            not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in tasks) or \
+            any(a >= b for a, b in zip(tasks, tasks[1:])):
+        raise CheckpointError(f"{where}: tasks must be increasing task indices, got {tasks!r}")
+    check_step(saved["step"], f"{where}: step")
+    for key in ("exp_avg", "exp_avg_sq"):
+        check_tensor(saved[key], f"{where}: {key}", (len(tasks), *p.shape))
+
+
+# -- the rule, per parameter group --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GroupHyper:
+    """A parameter group's hyperparameters as the update uses them."""
+
+    lr: float  # the step size of one task's normalised step (lr, divided by T for reduction="mean")
+    beta1: float
+    beta2: float
+    eps: float
+    decay: float  # what decoupled weight decay multiplies p by, once per step
+    weights: tuple[float, ...] | None
+
+    @classmethod
+    def of(cls, group: Mapping[str, Any], num_tasks: int) -> _GroupHyper:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        scale = 1.0 / num_tasks if group["reduction"] == "mean" else 1.0
+        return cls(lr * scale, beta1, beta2, group["eps"], 1.0 - lr * group["weight_decay"], group["task_weights"])
+
+    def task_lr(self, k: int) -> float:
+        """The step size of task ``k``: ``lr * w_k``."""
+        return self.lr if self.weights is None else self.lr * self.weights[k]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A parameter updated at this step: the tensor, its position in the gradients, its state."""
+
+    param: Tensor
+    index: int
+    state: dict[str, Any]
+
+    @property
+    def tasks(self) -> tuple[int, ...]:
+        return self.state["tasks"]
+
+
+def _update_group(hyper: _GroupHyper, slots: list[_Slot], task_grads: TaskGradients, keep: bool) -> dict[int, Tensor]:
+    """Advance the step counts, decay, and update; with ``keep``, return each parameter's per-task parts.
+
+    Recorded steps take the plain rule (:func:`_plain_update`), which yields the parts; the others
+    take the fast paths, checked against it by ``tests/test_mao.py``.
+    """
+    torch._foreach_add_([slot.state["step"] for slot in slots], 1.0)
+    if hyper.decay != 1.0:
+        torch._foreach_mul_([slot.param for slot in slots], hyper.decay)
+    if keep:
+        return {slot.index: _plain_update(slot, _aligned_rows(task_grads, slot), hyper) for slot in slots}
+    fused = [slot for slot in slots if _fusable(slot, hyper)]
+    if fused:
+        _fused_update(fused, task_grads, hyper)
+    rest = [slot for slot in slots if not _fusable(slot, hyper)]
+    if rest:
+        _foreach_update(rest, task_grads, hyper)
+    return {}
+
+
+def _plain_update(slot: _Slot, grads: tuple[Tensor, ...], hyper: _GroupHyper) -> Tensor:
+    """The rule as the class docstring writes it, one task at a time; returns the parts ``lr w_k u_k``.
+
+    ``grads`` holds this step's gradient of every task of the state (zeros for a task that did not
+    reach the parameter this time).  The step count has been advanced already.
+    """
+    t = float(slot.state["step"])
+    parts = []
+    for row, (k, g) in enumerate(zip(slot.tasks, grads)):
+        m, v = slot.state["exp_avg"][row], slot.state["exp_avg_sq"][row]
+        m.mul_(hyper.beta1).add_(g, alpha=1 - hyper.beta1)  # m_k <- b1 m_k + (1 - b1) g_k
+        v.mul_(hyper.beta2).addcmul_(g, g, value=1 - hyper.beta2)  # v_k <- b2 v_k + (1 - b2) g_k^2
+        m_hat = m / (1 - hyper.beta1**t)
+        v_hat = v / (1 - hyper.beta2**t)
+        u = m_hat / (v_hat.sqrt() + hyper.eps)
+        parts.append(hyper.task_lr(k) * u)
+    stacked = torch.stack(parts)
+    slot.param.sub_(stacked.sum(0))  # p <- p - lr sum_k w_k u_k
+    return stacked
+
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _fusable(p: Tensor, state: dict[str, Any]) -> bool:
-    """Can the fused CPU Adam kernel update ``p`` in place?  It reads every tensor as one flat array.
+def _fusable(slot: _Slot, hyper: _GroupHyper) -> bool:
+    """Does ``slot`` take the fused CPU Adam kernel?  Where several tasks meet (or tasks are weighted),
+    on the CPU, in single or double precision, in contiguous memory (the kernel reads flat arrays).
 
-    Half precision is left to the foreach path: accumulating ``T`` steps into ``p`` one by one would
-    round ``T`` times at ``p``'s precision.
+    A parameter one task reaches keeps Adam's own arithmetic instead (:func:`_foreach_update`), bit for
+    bit; half precision too: accumulating ``T`` steps into ``p`` one by one would round ``T`` times.
     """
+    p, state = slot.param, slot.state
     return (
-        p.device.type == "cpu"
+        (len(slot.tasks) > 1 or hyper.weights is not None)
+        and p.device.type == "cpu"
         and p.dtype in _FUSED_DTYPES
         and p.is_contiguous()
-        and state["exp_avg"].is_contiguous()
-        and state["exp_avg_sq"].is_contiguous()
-        and state["exp_avg"].dtype == p.dtype
-        and state["exp_avg_sq"].dtype == p.dtype
+        and all(state[key].is_contiguous() and state[key].dtype == p.dtype for key in ("exp_avg", "exp_avg_sq"))
     )
 
 
-def _aligned_rows(
-    rows: tuple[Tensor, ...], grad_tasks: tuple[int, ...], state_tasks: tuple[int, ...], like: Tensor
-) -> tuple[Tensor, ...]:
-    """Per-task gradients in the order of the state's tasks, zero for tasks that did not reach this step."""
-    if grad_tasks == state_tasks:
+@dataclass
+class _AdamKernelArgs:
+    """The tensor lists of one ``torch._fused_adam_`` call (one entry per parameter and task)."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    steps: list[Tensor]
+
+
+def _fused_update(slots: list[_Slot], task_grads: TaskGradients, hyper: _GroupHyper) -> None:
+    """``p -= lr w_k u_k`` for every task ``k`` in turn, one fused-Adam pass per (parameter, task).
+
+    The CPU kernel handles the tensors of its lists one after the other, so listing ``p`` once per
+    task accumulates the tasks' steps into ``p`` in place: no stacked copy of the gradients, no
+    per-task temporaries.  The step counter is shared by the tasks; one call per distinct step size.
+    """
+    calls: dict[float, _AdamKernelArgs] = {}
+    for slot in slots:
+        rows = _aligned_rows(task_grads, slot)
+        for k, g, m, v in zip(slot.tasks, rows, slot.state["exp_avg"].unbind(0), slot.state["exp_avg_sq"].unbind(0)):
+            args = calls.setdefault(hyper.task_lr(k), _AdamKernelArgs([], [], [], [], []))
+            args.params.append(slot.param)
+            args.grads.append(g if g.is_contiguous() else g.contiguous())
+            args.exp_avgs.append(m)
+            args.exp_avg_sqs.append(v)
+            args.steps.append(slot.state["step"])
+    for task_lr, args in calls.items():
+        torch._fused_adam_(
+            args.params, args.grads, args.exp_avgs, args.exp_avg_sqs, [], args.steps,
+            lr=task_lr, beta1=hyper.beta1, beta2=hyper.beta2, weight_decay=0.0, eps=hyper.eps,
+            amsgrad=False, maximize=False,
+        )  # fmt: skip
+
+
+def _foreach_update(slots: list[_Slot], task_grads: TaskGradients, hyper: _GroupHyper) -> None:
+    """The rule on stacked per-task moments with foreach ops (CUDA, half precision, single tasks)."""
+    params = [slot.param for slot in slots]
+    grads = [_aligned_stack(task_grads, slot) for slot in slots]
+    exp_avgs = [slot.state["exp_avg"] for slot in slots]
+    exp_avg_sqs = [slot.state["exp_avg_sq"] for slot in slots]
+    torch._foreach_lerp_(exp_avgs, grads, 1 - hyper.beta1)
+    torch._foreach_mul_(exp_avg_sqs, hyper.beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - hyper.beta2)
+
+    counts = [float(slot.state["step"]) for slot in slots]
+    step_sizes = [hyper.lr / (1 - hyper.beta1**t) for t in counts]
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [math.sqrt(1 - hyper.beta2**t) for t in counts])
+    torch._foreach_add_(denoms, hyper.eps)
+
+    # A parameter one task reaches, unweighted: Adam's own update (addcdiv), so that it is Adam's bit for bit.
+    adam = [j for j, slot in enumerate(slots) if len(slot.tasks) == 1 and hyper.weights is None]
+    if adam:
+        torch._foreach_addcdiv_([params[j] for j in adam], [exp_avgs[j][0] for j in adam],
+                                [denoms[j][0] for j in adam], [-step_sizes[j] for j in adam])
+    several = [j for j in range(len(slots)) if j not in set(adam)]
+    if not several:
+        return
+    # Each task's normalised step u_k = m_k / denom_k, times its step size lr / (1 - b1^t) and weight.
+    task_steps = torch._foreach_div([exp_avgs[j] for j in several], [denoms[j] for j in several])
+    torch._foreach_mul_(task_steps, [step_sizes[j] for j in several])
+    if hyper.weights is not None:
+        for j, u in zip(several, task_steps):
+            w = torch.tensor([hyper.weights[k] for k in slots[j].tasks], dtype=u.dtype, device=u.device)
+            u.mul_(w.view(-1, *([1] * (u.dim() - 1))))
+    torch._foreach_sub_([params[j] for j in several], [u.sum(0) for u in task_steps])
+
+
+def _aligned_rows(task_grads: TaskGradients, slot: _Slot) -> tuple[Tensor, ...]:
+    """This step's gradient of every task of the slot's state, zeros for tasks that did not reach it."""
+    rows, grad_tasks = task_grads.rows(slot.index), task_grads.tasks[slot.index]
+    if grad_tasks == slot.tasks:
         return rows
     by_task = dict(zip(grad_tasks, rows))
-    return tuple(by_task[k] if k in by_task else torch.zeros_like(like, memory_format=torch.contiguous_format) for k in state_tasks)
+    zeros = torch.zeros_like(slot.param, memory_format=torch.contiguous_format)
+    return tuple(by_task.get(k, zeros) for k in slot.tasks)
 
 
-def _aligned(grads: Tensor, grad_tasks: tuple[int, ...], state_tasks: tuple[int, ...]) -> Tensor:
-    """Stacked gradients in the order of the state's tasks, zero for tasks that did not reach this step."""
-    if grad_tasks == state_tasks:
+def _aligned_stack(task_grads: TaskGradients, slot: _Slot) -> Tensor:
+    """:func:`_aligned_rows`, stacked: shape ``(len(slot.tasks), *p.shape)``."""
+    grads, grad_tasks = task_grads.grads[slot.index], task_grads.tasks[slot.index]
+    if grad_tasks == slot.tasks:
         return grads
-    out = grads.new_zeros((len(state_tasks), *grads.shape[1:]))
-    out[[state_tasks.index(k) for k in grad_tasks]] = grads
+    out = grads.new_zeros((len(slot.tasks), *grads.shape[1:]))
+    out[[slot.tasks.index(k) for k in grad_tasks]] = grads
     return out
-
-
-def _check_hyperparameters(
-    lr: float | Tensor,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
-    reduction: str,
-    task_weights: Sequence[float] | None,
-) -> None:
-    if not 0.0 <= float(lr):
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"Invalid betas: {betas} (each must be in [0, 1))")
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"Invalid reduction: {reduction!r} (valid: 'sum', 'mean')")
-    if task_weights is not None:
-        weights = list(task_weights)
-        if not weights or not all(math.isfinite(w) and w >= 0 for w in weights):
-            raise ValueError(f"Invalid task_weights: {task_weights} (non-empty, finite and >= 0)")

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from ._task_gradients import TaskGradients
+from ._task_gradients import TaskGradients, TaskUpdates
 
 __all__ = ["StepObserver", "StepRecord", "ObservableMixin"]
 
@@ -22,15 +22,16 @@ class StepRecord:
         task_names: the tasks, in order.
         losses: the per-task losses of the step, detached, shape ``(T,)``.
         task_grads: every task's gradient of the parameters (``None`` for a method that never forms them).
-        task_updates: every task's contribution to the parameter change actually applied, so that the
-            step moved each parameter by ``-sum_k task_updates[k]`` (plus decoupled weight decay, which
-            belongs to no task).  ``None`` when the method cannot split its update by task.
+        task_updates: every task's contribution to the parameter change, so that the step moved each
+            parameter by ``-sum_k task_updates[k]`` (plus decoupled weight decay, which belongs to no
+            task); what it is for each method is defined in :mod:`mao_lab.methods._contributions`.
+            ``None`` when the method cannot split its update by task.
     """
 
     task_names: tuple[str, ...]
     losses: Tensor
     task_grads: TaskGradients | None
-    task_updates: TaskGradients | None
+    task_updates: TaskUpdates | None
 
 
 @runtime_checkable

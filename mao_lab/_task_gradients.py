@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union, overload
+from typing import Self, Union, overload
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "TaskGradients",
+    "TaskUpdates",
     "TaskInputError",
     "TaskLosses",
     "as_task_losses",
     "compute_task_gradients",
+    "match_task_order",
+    "ordered_task_losses",
 ]
 
 TaskLosses = Union[Sequence[Tensor], Mapping[str, Tensor]]
@@ -74,8 +77,195 @@ def as_task_losses(losses: TaskLosses) -> tuple[tuple[str, ...], list[Tensor]]:
     return names, values
 
 
+def match_task_order(names: tuple[str, ...], expected: tuple[str, ...] | None, by_name: bool) -> list[int] | None:
+    """How to put tasks named ``names`` in the order ``expected`` (the order the per-task state has).
+
+    Tasks given by name (a dict of losses, gradients with their names) are matched by name: the
+    same names in another order are the same tasks, and the returned positions put them back in
+    ``expected``'s order; a new or missing name is a :class:`TaskInputError`.  Tasks given by
+    position (a list) are taken in order.  ``None`` means no reordering is needed.  The number of
+    tasks is the caller's to check first.
+
+    >>> match_task_order(("b", "a"), ("a", "b"), by_name=True)
+    [1, 0]
+    >>> match_task_order(("a", "c"), ("a", "b"), by_name=True)
+    Traceback (most recent call last):
+    ...
+    mao_lab._task_gradients.TaskInputError: the tasks are named ('a', 'c'), but the state was built for ('a', 'b'): new 'c', missing 'b' (a renamed task would silently take another task's state)
+    """
+    if expected is None or names == expected or not by_name:
+        return None
+    if len(set(names)) != len(names):
+        raise TaskInputError(f"task names must be distinct, got {names}")
+    if set(names) != set(expected):
+        new = [n for n in names if n not in expected]
+        missing = [n for n in expected if n not in names]
+        raise TaskInputError(
+            f"the tasks are named {names}, but the state was built for {expected}: "
+            f"new {', '.join(map(repr, new))}, missing {', '.join(map(repr, missing))} "
+            "(a renamed task would silently take another task's state)"
+        )
+    return [names.index(n) for n in expected]
+
+
+def ordered_task_losses(
+    losses: TaskLosses, expected: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], list[Tensor]]:
+    """:func:`as_task_losses`, with the tasks put in the order ``expected`` (see :func:`match_task_order`).
+
+    Losses given as a dict are matched by name; a list by position.  With another number of tasks
+    than ``expected`` they are returned as given: the caller says what the count must be.
+
+    >>> w = torch.ones(1, requires_grad=True)
+    >>> names, losses = ordered_task_losses({"b": 2 * w.sum(), "a": w.sum()}, ("a", "b"))
+    >>> names, [float(loss.detach()) for loss in losses]
+    (('a', 'b'), [1.0, 2.0])
+    """
+    names, values = as_task_losses(losses)
+    if expected is None or len(names) != len(expected):
+        return names, values
+    order = match_task_order(names, expected, by_name=isinstance(losses, Mapping))
+    if order is not None:
+        values = [values[i] for i in order]
+    return expected, values
+
+
+def _default_names(count: int) -> tuple[str, ...]:
+    return tuple(f"task{k}" for k in range(count))
+
+
+class _PerTaskStacks:
+    """What :class:`TaskGradients` and :class:`TaskUpdates` share: per parameter, one stacked tensor of
+    the tasks that reach it (``tasks[i]``, increasing), shape ``(len(tasks[i]), *params[i].shape)``."""
+
+    task_names: tuple[str, ...]
+    params: tuple[Tensor, ...]
+    tasks: tuple[tuple[int, ...], ...]
+
+    @property
+    def _stacks(self) -> Sequence[Tensor]:
+        raise NotImplementedError
+
+    def _validate(self) -> None:
+        stacks = self._stacks
+        if not (len(self.params) == len(self.tasks) == len(stacks)):
+            raise ValueError("params, tasks and the stacked tensors must have one entry per parameter")
+        lazy = isinstance(stacks, _LazyStacks)
+        num_tasks = self.num_tasks
+        for i, (p, ks) in enumerate(zip(self.params, self.tasks)):
+            shape = stacks.shape(i) if lazy else tuple(stacks[i].shape)
+            if shape != (len(ks), *p.shape):
+                raise ValueError(
+                    f"parameter {i}: the stacked tensors have shape {shape}, expected "
+                    f"{(len(ks), *p.shape)} (tasks {ks}, parameter shape {tuple(p.shape)})"
+                )
+            if ks and (ks[0] < 0 or ks[-1] >= num_tasks or any(a >= b for a, b in zip(ks, ks[1:]))):
+                raise ValueError(f"parameter {i}: task indices {ks} must increase within [0, {self.num_tasks})")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def index(self) -> dict[int, int]:
+        """Map ``id(param)`` to its position in :attr:`params`."""
+        return {id(p): i for i, p in enumerate(self.params)}
+
+    def rows(self, i: int) -> tuple[Tensor, ...]:
+        """The tensors of parameter ``i``, one per task in ``tasks[i]``, without stacking them."""
+        stacks = self._stacks
+        if isinstance(stacks, _LazyStacks):
+            return stacks.rows(i)
+        return tuple(stacks[i].unbind(0))
+
+    def dense(self, i: int) -> Tensor:
+        """The tensors of parameter ``i`` for all ``T`` tasks, zeros where a task does not reach it."""
+        stacked = self._stacks[i]
+        if len(self.tasks[i]) == self.num_tasks:
+            return stacked
+        out = stacked.new_zeros((self.num_tasks, *self.params[i].shape))
+        out[list(self.tasks[i])] = stacked
+        return out
+
+    def for_task(self, k: int) -> list[Tensor | None]:
+        """Task ``k``'s tensor for every parameter (``None`` where it does not reach it)."""
+        return [self.rows(i)[ks.index(k)] if k in ks else None for i, ks in enumerate(self.tasks)]
+
+    def norms(self) -> Tensor:
+        """L2 norms, shape ``(T, number of parameters)``; zero where a task does not reach a parameter."""
+        out = torch.zeros(self.num_tasks, len(self.params))
+        for i, (ks, g) in enumerate(zip(self.tasks, self._stacks)):
+            if ks:
+                out[list(ks), i] = torch.linalg.vector_norm(g.detach().reshape(len(ks), -1), dim=1).float().cpu()
+        return out
+
+    def _per_task(self) -> list[list[Tensor | None]]:
+        return [self.for_task(k) for k in range(self.num_tasks)]
+
+    def in_task_order(self, names: Sequence[str]) -> Self:
+        """The same tensors with the tasks in the order of ``names`` (the same names, permuted).
+
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> g = compute_task_gradients({"a": w.sum(), "b": (3 * w).sum()}, [w])
+        >>> g.in_task_order(("b", "a")).dense(0)
+        tensor([[3., 3.],
+                [1., 1.]])
+        """
+        order = match_task_order(self.task_names, tuple(names), by_name=True)
+        if order is None:
+            return self
+        per_task = self._per_task()
+        return type(self).from_per_task([per_task[k] for k in order], self.params, tuple(names))
+
+    @classmethod
+    def from_per_task(
+        cls,
+        per_task: Sequence[Sequence[Tensor | None]],
+        params: Sequence[Tensor],
+        task_names: Sequence[str] | None = None,
+    ) -> Self:
+        """Build from ``per_task[k][i]``: task ``k``'s tensor for parameter ``i`` (or ``None``).
+
+        Use it to feed gradients computed elsewhere (e.g. by ``torch.autograd.grad``) to MAO.  The
+        tensors are kept as they are: the stack of parameter ``i`` is built when it is first read.
+        """
+        names = tuple(task_names) if task_names is not None else _default_names(len(per_task))
+        if len(names) != len(per_task):
+            raise TaskInputError(f"{len(per_task)} tasks of tensors but {len(names)} task names")
+        params = tuple(params)
+        columns: Iterable[Sequence[Tensor | None]]
+        if not per_task:
+            columns = [()] * len(params)
+        elif all(len(tensors) == len(params) for tensors in per_task):
+            columns = zip(*per_task)  # column i: every task's tensor of parameter i
+        else:
+            raise TaskInputError(
+                f"every task needs one entry (a tensor or None) per parameter ({len(params)}), "
+                f"got {[len(tensors) for tensors in per_task]}"
+            )
+        tasks, rows = [], []
+        for i, (p, column) in enumerate(zip(params, columns)):
+            reached = tuple(k for k, g in enumerate(column) if g is not None)
+            for k in reached:
+                _check_like(column[k], p, f"task {names[k]!r} (index {k}): the tensor of parameter {i}")
+            tasks.append(reached)
+            rows.append(tuple(column[k] for k in reached))
+        return cls(names, params, tuple(tasks), _LazyStacks(rows, params))
+
+
+def _check_like(t: object, p: Tensor, what: str) -> None:
+    """``t`` must be a tensor of ``p``'s shape, dtype and device (what an in-place update of ``p`` reads)."""
+    if not isinstance(t, Tensor):
+        raise TaskInputError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != p.shape:
+        raise TaskInputError(f"{what} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
+    if t.dtype != p.dtype:
+        raise TaskInputError(f"{what} has dtype {t.dtype}, expected the parameter's {p.dtype}")
+    if t.device != p.device:
+        raise TaskInputError(f"{what} is on {t.device}, expected the parameter's device {p.device}")
+
+
 @dataclass(frozen=True)
-class TaskGradients:
+class TaskGradients(_PerTaskStacks):
     """The gradients of every task's loss with respect to a list of parameters.
 
     Tasks that do not reach a parameter (a head of another task, say) have no gradient there, and no
@@ -109,53 +299,11 @@ class TaskGradients:
     grads: Sequence[Tensor]
 
     def __post_init__(self) -> None:
-        if not (len(self.params) == len(self.tasks) == len(self.grads)):
-            raise ValueError("params, tasks and grads must have one entry per parameter")
-        lazy = isinstance(self.grads, _LazyStacks)
-        num_tasks = self.num_tasks
-        for i, (p, ks) in enumerate(zip(self.params, self.tasks)):
-            shape = self.grads.shape(i) if lazy else tuple(self.grads[i].shape)
-            if shape != (len(ks), *p.shape):
-                raise ValueError(
-                    f"parameter {i}: stacked gradients have shape {shape}, expected "
-                    f"{(len(ks), *p.shape)} (tasks {ks}, parameter shape {tuple(p.shape)})"
-                )
-            if ks and (ks[0] < 0 or ks[-1] >= num_tasks or any(a >= b for a, b in zip(ks, ks[1:]))):
-                raise ValueError(f"parameter {i}: task indices {ks} must increase within [0, {self.num_tasks})")
+        self._validate()
 
     @property
-    def num_tasks(self) -> int:
-        return len(self.task_names)
-
-    def index(self) -> dict[int, int]:
-        """Map ``id(param)`` to its position in :attr:`params`."""
-        return {id(p): i for i, p in enumerate(self.params)}
-
-    def rows(self, i: int) -> tuple[Tensor, ...]:
-        """The gradients of parameter ``i``, one tensor per task in ``tasks[i]``, without stacking them."""
-        if isinstance(self.grads, _LazyStacks):
-            return self.grads.rows(i)
-        return tuple(self.grads[i].unbind(0))
-
-    def dense(self, i: int) -> Tensor:
-        """Gradients of parameter ``i`` for all ``T`` tasks, zeros where a task does not reach it."""
-        if len(self.tasks[i]) == self.num_tasks:
-            return self.grads[i]
-        out = self.grads[i].new_zeros((self.num_tasks, *self.params[i].shape))
-        out[list(self.tasks[i])] = self.grads[i]
-        return out
-
-    def for_task(self, k: int) -> list[Tensor | None]:
-        """Task ``k``'s gradient for every parameter (``None`` where it does not reach it)."""
-        return [self.rows(i)[ks.index(k)] if k in ks else None for i, ks in enumerate(self.tasks)]
-
-    def norms(self) -> Tensor:
-        """L2 norms, shape ``(T, number of parameters)``; zero where a task does not reach a parameter."""
-        out = torch.zeros(self.num_tasks, len(self.params))
-        for i, (ks, g) in enumerate(zip(self.tasks, self.grads)):
-            if ks:
-                out[list(ks), i] = torch.linalg.vector_norm(g.detach().reshape(len(ks), -1), dim=1).float().cpu()
-        return out
+    def _stacks(self) -> Sequence[Tensor]:
+        return self.grads
 
     def check_finite(self) -> None:
         """Raise :class:`TaskInputError` naming the task and parameter if any gradient is NaN or Inf.
@@ -166,18 +314,15 @@ class TaskGradients:
         # (when an optimizer computed them), or the norms of the stacked gradients.
         probes = self.grads.finite_probes if isinstance(self.grads, _LazyStacks) else None
         if probes is None:
-            if isinstance(self.grads, _LazyStacks):
-                tensors = [r for i in range(len(self.params)) for r in self.grads.rows(i) if r.numel()]
-            else:
-                tensors = [g for g in self.grads if g.numel()]
+            tensors = [r for i in range(len(self.params)) for r in self.rows(i) if r.numel()]
             probes = torch._foreach_norm(tensors) if tensors else []
         if not probes:
             return
-        if len({t.dtype for t in probes}) > 1:
-            finite = torch.stack([t.isfinite() for t in probes]).all()
+        if len({(t.dtype, t.device) for t in probes}) > 1:
+            finite = all(bool(t.isfinite().all()) for t in probes)
         else:
-            finite = torch.stack(list(probes)).isfinite().all()
-        if bool(finite):
+            finite = bool(torch.stack(list(probes)).isfinite().all())
+        if finite:
             return
         for i, ks in enumerate(self.tasks):
             for row, k in enumerate(ks):
@@ -187,41 +332,21 @@ class TaskGradients:
                         f"(shape {tuple(self.params[i].shape)}) contains NaN or Inf"
                     )
 
-    @classmethod
-    def from_per_task(
-        cls,
-        per_task: Sequence[Sequence[Tensor | None]],
-        params: Sequence[Tensor],
-        task_names: Sequence[str] | None = None,
-    ) -> TaskGradients:
-        """Build from ``per_task[k][i]``: task ``k``'s gradient of parameter ``i`` (or ``None``).
-
-        Use it to feed gradients computed elsewhere (e.g. by ``torch.autograd.grad``) to MAO.  The
-        tensors are kept as they are: ``grads[i]`` stacks them when it is first read.
-        """
-        names = tuple(task_names) if task_names is not None else tuple(f"task{k}" for k in range(len(per_task)))
-        if len(names) != len(per_task):
-            raise TaskInputError(f"{len(per_task)} tasks of gradients but {len(names)} task names")
-        params = tuple(params)
-        columns: Iterable[Sequence[Tensor | None]]
-        if not per_task:
-            columns = [()] * len(params)
-        elif all(len(grads) == len(params) for grads in per_task):
-            columns = zip(*per_task)  # column i: every task's gradient of parameter i
-        else:
-            columns = ([grads[i] for grads in per_task] for i in range(len(params)))
-        tasks, rows = [], []
-        for i, (p, column) in enumerate(zip(params, columns)):
-            reached = tuple(k for k, g in enumerate(column) if g is not None)
-            for k in reached:
-                if column[k].shape != p.shape:
-                    raise TaskInputError(
-                        f"task {names[k]!r} (index {k}): gradient of parameter {i} has shape "
-                        f"{tuple(column[k].shape)}, expected {tuple(p.shape)}"
-                    )
-            tasks.append(reached)
-            rows.append(tuple(column[k] for k in reached))
-        return cls(names, params, tuple(tasks), _LazyStacks(rows, params))
+    def check_against(self, params: Sequence[Tensor]) -> None:
+        """Refuse gradients an in-place update of ``params`` could not use: a parameter listed twice, one
+        that is not in ``params``, or a gradient of another shape, dtype or device than its parameter."""
+        known = {id(p) for p in params}
+        seen: set[int] = set()
+        for i, p in enumerate(self.params):
+            if id(p) in seen:
+                raise TaskInputError(f"parameter {i} (shape {tuple(p.shape)}) is listed twice in the gradients")
+            seen.add(id(p))
+            if id(p) not in known:
+                raise TaskInputError(
+                    f"parameter {i} of the gradients (shape {tuple(p.shape)}) is not one this optimizer updates"
+                )
+            for row, k in enumerate(self.tasks[i]):
+                _check_like(self.rows(i)[row], p, f"task {self.task_names[k]!r} (index {k}): the gradient of parameter {i}")
 
     @classmethod
     def from_jacobians(cls, params: Sequence[Tensor], task_names: Sequence[str] | None = None) -> TaskGradients:
@@ -233,12 +358,43 @@ class TaskGradients:
         if not with_jac:
             raise TaskInputError("none of the parameters has a .jac field (run torchjd's mtl_backward first)")
         num_tasks = with_jac[0].jac.shape[0]
-        names = tuple(task_names) if task_names is not None else tuple(f"task{k}" for k in range(num_tasks))
+        names = tuple(task_names) if task_names is not None else _default_names(num_tasks)
         for p in with_jac:
             if p.jac.shape != (num_tasks, *p.shape):
                 raise TaskInputError(f"a .jac field has shape {tuple(p.jac.shape)}, expected {(num_tasks, *p.shape)}")
         all_tasks = tuple(range(num_tasks))
         return cls(names, tuple(with_jac), tuple(all_tasks for _ in with_jac), tuple(p.jac for p in with_jac))
+
+
+@dataclass(frozen=True)
+class TaskUpdates(_PerTaskStacks):
+    """Every task's contribution to the parameter change of a step (``StepRecord.task_updates``).
+
+    The step moved each listed parameter ``p`` by ``-sum_k updates[i][k]`` (plus decoupled weight
+    decay, which belongs to no task); what ``task k's contribution`` means for each method is defined
+    once, in :mod:`mao_lab.methods._contributions`.  Same layout as :class:`TaskGradients`.
+
+    Attributes:
+        task_names, params, tasks: as for :class:`TaskGradients`.
+        updates: for each parameter, a tensor of shape ``(len(tasks[i]), *params[i].shape)``.
+    """
+
+    task_names: tuple[str, ...]
+    params: tuple[Tensor, ...]
+    tasks: tuple[tuple[int, ...], ...]
+    updates: Sequence[Tensor]
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    @property
+    def _stacks(self) -> Sequence[Tensor]:
+        return self.updates
+
+    @property
+    def grads(self) -> Sequence[Tensor]:
+        """Deprecated alias of :attr:`updates` (from when updates were held in a ``TaskGradients``)."""
+        return self.updates
 
 
 class _LazyStacks(Sequence[Tensor]):

@@ -429,7 +429,7 @@ def test_bad_precomputed_gradients_and_hyperparameters() -> None:
     assert_unchanged(net, opt, before)
     with pytest.raises(TypeError, match="exactly one"):
         opt.step()
-    for kwargs, name in [({"lr": -1}, "learning rate"), ({"betas": (0.9, 1.0)}, "betas"), ({"reduction": "max"}, "reduction"), ({"task_weights": [1, math.nan]}, "task_weights")]:
+    for kwargs, name in [({"lr": -1}, "'lr'"), ({"betas": (0.9, 1.0)}, "betas"), ({"reduction": "max"}, "reduction"), ({"task_weights": [1, math.nan]}, "task_weights")]:
         with pytest.raises(ValueError, match=name):
             MAO(net.parameters(), **kwargs)
     weighted = MAO(net.parameters(), task_weights=[1.0, 2.0])

@@ -111,7 +111,7 @@ def saved(method: Method) -> dict[str, Any]:
 
 
 def test_every_method_of_the_issue_is_registered_with_a_one_line_description() -> None:
-    assert set(available()) == EXPECTED
+    assert EXPECTED <= set(available())
     for name, description in available().items():
         assert description and "\n" not in description, name
         assert sources()[name] in ("torchjd", "mao_lab")
@@ -121,8 +121,10 @@ def test_every_method_of_the_issue_is_registered_with_a_one_line_description() -
 def test_unknown_name_and_hyperparameter_list_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="available: .*pcgrad"):
         make("pcgard", [torch.zeros(1, requires_grad=True)])
-    with pytest.raises(ValueError, match="valid: .*group_size.*redraw.*seed"):
+    with pytest.raises(ValueError, match="unknown hyperparameter.*'groupsize'") as error:
         make("grouping", [torch.zeros(1, requires_grad=True)], groupsize=2)
+    for name in ("lr", "betas", "eps", "weight_decay", "optimizer", "group_size", "redraw", "seed"):
+        assert f" {name}" in str(error.value).split("valid:")[1], name
 
 
 OUT_OF_RANGE = [

@@ -31,19 +31,17 @@ tensor([-0.0500, -0.0500])
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor
 from torchjd import aggregation
 
+from .._hyperparameters import Hyperparameter, choice, integer, number
 from ._aggregated import AggregatorMethod
-from ._base_optimizer import OptimizerName
-from ._common import check_in_range, check_int, get_rng_states, new_generator, set_rng_states
+from ._common import Seeded, get_rng_states, set_rng_states
 from ._registry import register
 from ._task_parts import graddrop_rows, gradvac_coefficients, pcgrad_coefficients
+from ._torchjd import gradvac_phi, load_gradvac_phi, load_nash_mtl_state, nash_mtl_state
 
 __all__ = [
     "AlignedMTLMethod",
@@ -57,11 +55,10 @@ __all__ = [
     "UPGradMethod",
 ]
 
+
 @register("mgda", "MGDA: the min-norm convex combination of the task gradients (Sener & Koltun 2018)", "torchjd")
 class MGDAMethod(AggregatorMethod):
     """MGDA's min-norm direction (Frank-Wolfe, TorchJD's defaults)."""
-
-    name = "mgda"
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.MGDA()
@@ -71,8 +68,6 @@ class MGDAMethod(AggregatorMethod):
 class IMTLGMethod(AggregatorMethod):
     """IMTL-G (TorchJD's generalisation to linearly dependent gradients)."""
 
-    name = "imtl_g"
-
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.IMTLG()
 
@@ -80,8 +75,6 @@ class IMTLGMethod(AggregatorMethod):
 @register("upgrad", "UPGrad: every task gradient projected onto the dual cone, averaged (Quinton & Rey 2024)", "torchjd")
 class UPGradMethod(AggregatorMethod):
     """UPGrad with uniform preference (quadprog projector)."""
-
-    name = "upgrad"
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.UPGrad()
@@ -91,55 +84,22 @@ class UPGradMethod(AggregatorMethod):
 class CAGradMethod(AggregatorMethod):
     """CAGrad with radius scale ``c`` (the paper's 0.4; 0 gives the mean gradient)."""
 
-    name = "cagrad"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        c: float = 0.4,
-        num_tasks: int | None = None,
-    ) -> None:
-        check_in_range("c", c, 0.0)
-        self.c = float(c)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
+    hyperparameters = {"c": Hyperparameter(0.4, number(0.0), "radius of the ball around the mean gradient")}
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.CAGrad(c=self.c)
+        return aggregation.CAGrad(c=self.hparams["c"])
 
 
 @register("aligned_mtl", "Aligned-MTL: the gradient matrix aligned to a well-conditioned one (Senushkin et al. 2023)", "torchjd")
 class AlignedMTLMethod(AggregatorMethod):
     """Aligned-MTL with uniform preference; ``scale_mode`` picks the eigenvalue that sets the scale."""
 
-    name = "aligned_mtl"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        scale_mode: Literal["min", "median", "rmse"] = "min",
-        num_tasks: int | None = None,
-    ) -> None:
-        if scale_mode not in ("min", "median", "rmse"):
-            raise ValueError(f"hyperparameter 'scale_mode' must be 'min', 'median' or 'rmse', got {scale_mode!r}")
-        self.scale_mode = scale_mode
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
+    hyperparameters = {
+        "scale_mode": Hyperparameter("min", choice("min", "median", "rmse"), "the eigenvalue that sets the scale")
+    }
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.AlignedMTL(scale_mode=self.scale_mode)
+        return aggregation.AlignedMTL(scale_mode=self.hparams["scale_mode"])
 
 
 @register("nash_mtl", "Nash-MTL: the Nash bargaining solution among the tasks (Navon et al. 2022)", "torchjd")
@@ -147,31 +107,15 @@ class NashMTLMethod(AggregatorMethod):
     """Nash-MTL: ``max_norm`` clips the direction's norm (0: no clipping); the weights are solved for
     every ``update_weights_every`` steps with ``optim_niter`` iterations (the paper's defaults)."""
 
-    name = "nash_mtl"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        max_norm: float = 1.0,
-        update_weights_every: int = 1,
-        optim_niter: int = 20,
-        num_tasks: int | None = None,
-    ) -> None:
-        check_in_range("max_norm", max_norm, 0.0)
-        self.max_norm = float(max_norm)
-        self.update_weights_every = check_int("update_weights_every", update_weights_every, 1)
-        self.optim_niter = check_int("optim_niter", optim_niter, 1)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
+    hyperparameters = {
+        "max_norm": Hyperparameter(1.0, number(0.0), "clips the direction's norm (0: no clipping)"),
+        "update_weights_every": Hyperparameter(1, integer(1), "steps between two solves for the weights"),
+        "optim_niter": Hyperparameter(20, integer(1), "iterations of each solve"),
+    }
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.NashMTL(num_tasks, self.max_norm, self.update_weights_every, self.optim_niter)
+        hp = self.hparams
+        return aggregation.NashMTL(num_tasks, hp["max_norm"], hp["update_weights_every"], hp["optim_niter"])
 
     def _aggregate(self, matrix: Tensor, record: bool) -> tuple[Tensor, Tensor | None]:
         with warnings.catch_warnings():
@@ -180,50 +124,27 @@ class NashMTLMethod(AggregatorMethod):
             return super()._aggregate(matrix, record)
 
     def _aggregator_state(self) -> dict[str, Any]:
-        weighting = self.aggregator.weighting  # type: ignore[union-attr]
-        return {
-            "step": float(weighting.step),
-            "prvs_alpha": torch.from_numpy(np.array(weighting.prvs_alpha, copy=True)),
-            "normalization_factor": torch.from_numpy(np.array(weighting.normalization_factor, copy=True)),
-        }
+        assert isinstance(self.aggregator, aggregation.NashMTL)
+        return nash_mtl_state(self.aggregator)
 
     def _load_aggregator_state(self, state: dict[str, Any]) -> None:
-        weighting = self.aggregator.weighting  # type: ignore[union-attr]
-        weighting.reset()
-        weighting.step = float(state["step"])
-        weighting.prvs_alpha = state["prvs_alpha"].numpy().copy()
-        weighting.normalization_factor = state["normalization_factor"].numpy().copy()
-        if weighting.step > 0:  # the solver's problem is built at step 0; build it for the resumed run
-            weighting._init_optim_problem()
+        assert isinstance(self.aggregator, aggregation.NashMTL)
+        load_nash_mtl_state(self.aggregator, state)
 
 
-@register("pcgrad", "PCGrad: each conflicting gradient projected off the others, summed (Yu et al. 2020)", "torchjd")
-class PCGradMethod(AggregatorMethod):
-    """PCGrad; the order in which each task visits the others is drawn from the method's ``seed``."""
-
-    name = "pcgrad"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        seed: int = 0,
-        num_tasks: int | None = None,
-    ) -> None:
-        self._generator = new_generator(seed)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
-
-    def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.PCGrad()
+class _ReplayedDraws(Seeded, AggregatorMethod):
+    """An aggregator that draws random numbers: the record replays its draws from the same RNG state."""
 
     def _before_aggregate(self, matrix: Tensor) -> Any:
         return get_rng_states(matrix.device)
+
+
+@register("pcgrad", "PCGrad: each conflicting gradient projected off the others, summed (Yu et al. 2020)", "torchjd")
+class PCGradMethod(_ReplayedDraws):
+    """PCGrad; the order in which each task visits the others is drawn from the method's ``seed``."""
+
+    def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
+        return aggregation.PCGrad()
 
     def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
         set_rng_states(replay, matrix.device)
@@ -231,84 +152,40 @@ class PCGradMethod(AggregatorMethod):
 
 
 @register("gradvac", "GradVac: gradients pulled toward target similarities kept as EMAs (Wang et al. 2021)", "torchjd")
-class GradVacMethod(AggregatorMethod):
+class GradVacMethod(_ReplayedDraws):
     """GradVac with EMA rate ``beta`` (TorchJD's default 0.5); task orders drawn from ``seed``."""
 
-    name = "gradvac"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        beta: float = 0.5,
-        seed: int = 0,
-        num_tasks: int | None = None,
-    ) -> None:
-        check_in_range("beta", beta, 0.0, 1.0)
-        self.beta = float(beta)
-        self._generator = new_generator(seed)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
+    hyperparameters = {"beta": Hyperparameter(0.5, number(0.0, 1.0), "EMA rate of the target similarities")}
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.GradVac(beta=self.beta)
+        return aggregation.GradVac(beta=self.hparams["beta"])
 
     def _before_aggregate(self, matrix: Tensor) -> Any:
-        phi = self.aggregator.gramian_weighting._phi_t  # type: ignore[union-attr]
-        return get_rng_states(matrix.device), None if phi is None else phi.clone()
+        assert isinstance(self.aggregator, aggregation.GradVac)
+        phi = gradvac_phi(self.aggregator)
+        return super()._before_aggregate(matrix), None if phi is None else phi.clone()
 
     def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
         rng, phi = replay
         set_rng_states(rng, matrix.device)
-        vac = self.aggregator.gramian_weighting  # type: ignore[union-attr]
-        return gradvac_coefficients(matrix @ matrix.T, phi, vac.beta, vac.eps) @ matrix
+        assert isinstance(self.aggregator, aggregation.GradVac)
+        return gradvac_coefficients(matrix @ matrix.T, phi, self.aggregator.beta, self.aggregator.eps) @ matrix
 
     def _aggregator_state(self) -> dict[str, Any]:
-        phi = self.aggregator.gramian_weighting._phi_t  # type: ignore[union-attr]
-        return {"phi": phi}
+        assert isinstance(self.aggregator, aggregation.GradVac)
+        return {"phi": gradvac_phi(self.aggregator)}
 
     def _load_aggregator_state(self, state: dict[str, Any]) -> None:
-        vac = self.aggregator.gramian_weighting  # type: ignore[union-attr]
-        phi = state["phi"]
-        if phi is None:
-            vac.reset()
-        else:
-            vac._phi_t = phi.clone()
-            vac._state_key = (phi.shape[0], phi.dtype)
+        assert isinstance(self.aggregator, aggregation.GradVac)
+        load_gradvac_phi(self.aggregator, state["phi"])
 
 
 @register("graddrop", "GradDrop: per-coordinate sign dropout by gradient sign purity (Chen et al. 2020)", "torchjd")
-class GradDropMethod(AggregatorMethod):
+class GradDropMethod(_ReplayedDraws):
     """GradDrop (identity purity function, no leak); the random masks are drawn from ``seed``."""
-
-    name = "graddrop"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        seed: int = 0,
-        num_tasks: int | None = None,
-    ) -> None:
-        self._generator = new_generator(seed)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
         return aggregation.GradDrop()
-
-    def _before_aggregate(self, matrix: Tensor) -> Any:
-        return get_rng_states(matrix.device)
 
     def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
         set_rng_states(replay, matrix.device)

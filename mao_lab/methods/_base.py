@@ -7,61 +7,116 @@ independent-steps family calls it once per task (group).  The training loop is t
     method = mao_lab.methods.make("pcgrad", model.parameters(), lr=1e-3)
     for x, y in loader:
         losses = method.step(lambda: task_losses(model(x), y))
+
+A new method is one class (see ``docs/adding-a-method.md``): it declares the hyperparameters it adds
+(``hyperparameters``), implements :meth:`Method._step`, and is registered with
+:func:`mao_lab.methods.register`; everything else (checks, task identity, roll-back, checkpoints)
+is here.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from .._checkpoints import CheckpointError
+from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
 from .._observe import ObservableMixin, StepRecord
-from .._task_gradients import TaskInputError, TaskLosses, as_task_losses
+from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
+from ._transaction import all_or_nothing
 
-__all__ = ["LossClosure", "Method"]
+__all__ = ["LossClosure", "Method", "trainable_parameters"]
 
 LossClosure = Callable[[], TaskLosses]
 """Runs the forward pass on the current batch and returns the per-task losses."""
 
 
+def trainable_parameters(params: Iterable[Tensor], owner: str) -> list[Tensor]:
+    """The tensors of ``params`` that require gradients, in order; a tensor listed twice is refused
+    (it would be stepped twice per step).
+
+    >>> w = torch.zeros(2, requires_grad=True)
+    >>> trainable_parameters([w, w], "sum")
+    Traceback (most recent call last):
+    ...
+    ValueError: sum: parameter 1 (shape (2,)) is listed twice (it is parameter 0); list every parameter once
+    """
+    if isinstance(params, Tensor):
+        raise TypeError(f"{owner}: params must be an iterable of tensors (e.g. model.parameters()), got one tensor")
+    kept: list[Tensor] = []
+    first_at: dict[int, int] = {}
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, not a tensor (parameter groups "
+                            "are for mao_lab.MAO; a method takes one flat list)")
+        if id(p) in first_at:
+            raise ValueError(f"{owner}: parameter {i} (shape {tuple(p.shape)}) is listed twice (it is parameter "
+                             f"{first_at[id(p)]}); list every parameter once")
+        first_at[id(p)] = i
+        if p.requires_grad:
+            kept.append(p)
+    if not kept:
+        raise ValueError(f"{owner}: no trainable parameters (all have requires_grad=False?)")
+    return kept
+
+
 class Method(ObservableMixin, ABC):
     """A task-balancing method behind the lab's single training-step interface.
 
-    Subclasses implement :meth:`_step`.  The base class validates the closure's losses, fixes the
-    number of tasks at the first step (``num_tasks``), and hands observers (the recorder) a
-    :class:`~mao_lab.StepRecord` when they ask for one.
+    Subclasses declare the hyperparameters they add (``hyperparameters``, merged with their bases';
+    the values are in :attr:`hparams`) and implement :meth:`_step`.  The base class checks the
+    hyperparameters, validates the closure's losses, fixes the tasks at the first step (their
+    number and, for losses given as a dict, their names: later steps match tasks by name), rolls a
+    failed step back (:func:`~mao_lab.methods._transaction.all_or_nothing`), saves and loads state,
+    and hands observers (the recorder) a :class:`~mao_lab.StepRecord` when they ask for one.
 
     Attributes:
-        name: the registry name (see :func:`mao_lab.methods.available`).
+        name: the registry name (set by :func:`mao_lab.methods.register`).
+        hparams: the hyperparameters, checked (read-only mapping).
         params: the trainable parameters, in a fixed order.
         num_tasks: the number of tasks, given or fixed by the first step.
+        task_names: the tasks' names in the order of the per-task state, fixed by the first step.
+        steps_taken: steps that succeeded.
     """
 
     name: ClassVar[str] = ""
+    hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = ADAM_HYPERPARAMETERS
+    #: Methods that move the parameters more than once per step (IUS, IO, grouping, FAMO): a failure
+    #: after a move must put them back, so every step first copies them and the whole state.
+    moves_parameters_during_step: ClassVar[bool] = False
 
-    def __init__(self, params: Iterable[Tensor], *, num_tasks: int | None = None) -> None:
-        self.params: list[Tensor] = [p for p in params if p.requires_grad]
-        if not self.params:
-            raise ValueError(f"{type(self).__name__}: no trainable parameters (all have requires_grad=False?)")
-        if num_tasks is not None and num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        self.num_tasks = num_tasks
+    def __init__(self, params: Iterable[Tensor], *, num_tasks: int | None = None, **hyperparameters: Any) -> None:
+        owner = self.name or type(self).__name__
+        self.hparams: Mapping[str, Any] = MappingProxyType(checked(merged_spec(type(self)), hyperparameters, owner))
+        self.params: list[Tensor] = trainable_parameters(params, owner)
+        self.num_tasks = None if num_tasks is None else integer(1)("num_tasks", num_tasks)
+        self.task_names: tuple[str, ...] | None = None
         self.steps_taken = 0
+
+    @classmethod
+    def hyperparameter_spec(cls) -> dict[str, Hyperparameter]:
+        """Every hyperparameter this method takes: its own and its bases', in declaration order."""
+        return merged_spec(cls)
 
     def step(self, closure: LossClosure) -> Tensor:
         """Run one training step on the current batch; return the per-task losses seen (detached, ``(T,)``).
 
-        For methods that take several sub-steps per batch, the returned losses are those of the
-        first forward pass, before any parameter moved.
+        The losses come back in the order of :attr:`task_names`.  For methods that take several
+        sub-steps per batch, they are those of the first forward pass, before any parameter moved.
+        If the step raises, the parameters and the method's state are as they were before it.
         """
         if not callable(closure):
             raise TypeError("Method.step needs a closure that returns the per-task losses of the batch")
         observers = self._observers_wanting_record()
-        record = self._step(closure, record=bool(observers))
-        self.num_tasks = len(record.task_names)  # fixed only once a step has succeeded
+        with all_or_nothing(self):
+            record = self._step(closure, record=bool(observers))
+        self.task_names = record.task_names  # fixed only once a step has succeeded
+        self.num_tasks = len(record.task_names)
         self.steps_taken += 1
         if observers:
             self._notify(observers, record)
@@ -69,14 +124,18 @@ class Method(ObservableMixin, ABC):
 
     @abstractmethod
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
-        """Update the parameters; return a record (``task_grads``/``task_updates`` only when ``record``)."""
+        """Update the parameters; return a record (``task_grads``/``task_updates`` only when ``record``).
+
+        Update the optimizer state last, once every check has passed: a step that raises is rolled
+        back, but only :attr:`moves_parameters_during_step` methods have their optimizer state copied.
+        """
 
     # -- helpers for subclasses ------------------------------------------------------------------------
 
     def _losses(self, closure: LossClosure) -> tuple[tuple[str, ...], list[Tensor]]:
-        """Call the closure (with autograd on) and validate its losses and their count."""
+        """Call the closure (with autograd on), validate its losses, and put the tasks in state order."""
         with torch.enable_grad():
-            names, losses = as_task_losses(closure())
+            names, losses = ordered_task_losses(closure(), self.task_names)
         self._check_num_tasks(len(names))
         return names, losses
 
@@ -89,19 +148,81 @@ class Method(ObservableMixin, ABC):
     # -- state ------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: subclasses extend :meth:`_extra_state` and optimizer states."""
-        return {"num_tasks": self.num_tasks, "steps_taken": self.steps_taken, **self._extra_state()}
+        """Everything needed to resume; ``"method"`` says which method it came from."""
+        return {**self._small_state(), "optimizer": self._optimizer_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`.  Everything is checked first (the method it came from, the
+        tasks, the moments' shapes against the parameters); a state that does not fit raises
+        :class:`~mao_lab.CheckpointError` and leaves the method exactly as it was."""
+        self._check_state(state)
+        with all_or_nothing(self, everything=True):
+            self._apply_state(state)
+
+    def _small_state(self) -> dict[str, Any]:
+        """The state without the optimizer's: what a step changes before its final update."""
+        return {
+            "method": self.name,
+            "task_names": None if self.task_names is None else list(self.task_names),
+            "num_tasks": self.num_tasks,
+            "steps_taken": self.steps_taken,
+            **self._extra_state(),
+        }
+
+    def _apply_state(self, state: Mapping[str, Any], *, with_optimizer: bool = True) -> None:
+        """Load a state already checked (a checkpoint, or a snapshot to roll back to)."""
+        self.task_names = None if state["task_names"] is None else tuple(state["task_names"])
         self.num_tasks = state["num_tasks"]
         self.steps_taken = state["steps_taken"]
+        if with_optimizer:
+            self._load_optimizer_state(state["optimizer"])
         self._load_extra_state(state)
 
+    def _check_state(self, state: object) -> None:
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"method {self.name!r}: a state_dict is a dict, got {type(state).__name__}")
+        missing = [k for k in ("method", "task_names", "num_tasks", "steps_taken", "optimizer") if k not in state]
+        if missing:
+            raise CheckpointError(f"method {self.name!r}: not a method state_dict (missing {', '.join(missing)})")
+        if state["method"] != self.name:
+            raise CheckpointError(f"a state of method {state['method']!r} cannot be loaded into method {self.name!r}")
+        num_tasks, names = state["num_tasks"], state["task_names"]
+        if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1):
+            raise CheckpointError(f"method {self.name!r}: num_tasks must be None or an integer >= 1, got {num_tasks!r}")
+        if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_tasks
+                                  or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+            raise CheckpointError(f"method {self.name!r}: task_names must be {num_tasks} distinct names, got {names!r}")
+        steps = state["steps_taken"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise CheckpointError(f"method {self.name!r}: steps_taken must be an integer >= 0, got {steps!r}")
+        if self.num_tasks is not None and num_tasks is not None and num_tasks != self.num_tasks:
+            raise CheckpointError(f"method {self.name!r} is set up for {self.num_tasks} tasks; the state is for {num_tasks}")
+        if self.task_names is not None and names is not None and set(names) != set(self.task_names):
+            raise CheckpointError(f"method {self.name!r} trains the tasks {self.task_names}; the state is for {tuple(names)}")
+        self._check_optimizer_state(state["optimizer"])
+        self._check_extra_state(state)
+
+    # What subclasses with state of their own override.
+
+    def _optimizer_state(self) -> Any:
+        """The optimizer's state (the large part, updated last in a step)."""
+        return None
+
+    def _load_optimizer_state(self, state: Any) -> None:
+        pass
+
+    def _check_optimizer_state(self, state: Any) -> None:
+        """Raise :class:`~mao_lab.CheckpointError` unless ``state`` fits this method's parameters."""
+
     def _extra_state(self) -> dict[str, Any]:
+        """Small state of the method's own (weights, counters, generators), saved beside the optimizer's."""
         return {}
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         pass
+
+    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Raise :class:`~mao_lab.CheckpointError` unless the entries of :meth:`_extra_state` fit."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, num_tasks={self.num_tasks})"

@@ -9,15 +9,17 @@ the step by task (see :mod:`mao_lab.methods._contributions`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ._common import check_adam_hyperparameters
+from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
+from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, choice
+from ._base import Method
 
-__all__ = ["BaseOptimizer", "OptimizerName"]
+__all__ = ["BaseOptimizer", "OptimizerName", "SteppedMethod"]
 
 OptimizerName = Literal["adam", "sgd"]
 
@@ -46,7 +48,8 @@ class BaseOptimizer:
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        check_adam_hyperparameters(lr, betas, eps, weight_decay)
+        given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        lr, betas, eps, weight_decay = (ADAM_HYPERPARAMETERS[k].check(k, v) for k, v in given.items())
         self.kind = kind
         if kind == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
@@ -98,8 +101,57 @@ class BaseOptimizer:
         denom = state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t) + group["eps"]
         return lr / denom
 
+    @classmethod
+    def from_hparams(cls, params: Sequence[Tensor], hparams: Mapping[str, Any], **overrides: Any) -> BaseOptimizer:
+        """The optimizer a method's hyperparameters describe (``optimizer``, ``lr``, ``betas``, ...)."""
+        given = {k: hparams[k] for k in ("lr", "betas", "eps", "weight_decay")}
+        given.update(overrides)
+        return cls(params, hparams["optimizer"], **given)
+
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
+    def check_state_dict(self, state: object, what: str) -> None:
+        """Raise :class:`~mao_lab.CheckpointError` unless ``state`` is a state of this optimizer's kind
+        whose moments fit its parameters."""
+        expected = {"adam": {"step", "exp_avg", "exp_avg_sq"}, "sgd": {"momentum_buffer"}}[self.kind]
+
+        def check_param(p: Tensor, saved: Mapping[str, Any], where: str) -> None:
+            unknown = set(saved) - expected
+            if unknown:
+                raise CheckpointError(f"{where}: state entries {sorted(unknown)} are not {self.kind}'s")
+            for key in expected & set(saved) - {"step"}:
+                if saved[key] is not None:
+                    check_tensor(saved[key], f"{where}: {key}", tuple(p.shape))
+            if "step" in saved:
+                check_step(saved["step"], f"{where}: step")
+
+        checks = {k: ADAM_HYPERPARAMETERS[k].check for k in ("lr", "eps", "weight_decay")}
+        if self.kind == "adam":
+            checks["betas"] = ADAM_HYPERPARAMETERS["betas"].check
+        check_optimizer_state(self.optimizer, state, check_param, checks, what)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state)
+
+
+class SteppedMethod(Method):
+    """A method whose step ends with one step of a :class:`BaseOptimizer` (``self.base``) on a direction
+    it computed: the weightings and the aggregators."""
+
+    hyperparameters = {
+        "optimizer": Hyperparameter("adam", choice("adam", "sgd"), "the base optimizer: Adam (AdamW decay) or SGD")
+    }
+
+    def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.base = BaseOptimizer.from_hparams(self.params, self.hparams)
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def _check_optimizer_state(self, state: Any) -> None:
+        self.base.check_state_dict(state, f"method {self.name!r}: the optimizer state")
+
+    def _load_optimizer_state(self, state: Any) -> None:
+        self.base.load_state_dict(state)

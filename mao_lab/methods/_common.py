@@ -1,4 +1,4 @@
-"""Small pieces every method family shares: hyperparameter checks, a private random stream, gradient checks.
+"""Small pieces every method family shares: a private random stream, gradient checks.
 
 Nothing here knows about a particular method.
 """
@@ -6,70 +6,44 @@ Nothing here knows about a particular method.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._checkpoints import check_tensor
+from .._hyperparameters import Hyperparameter, integer
 from .._task_gradients import TaskInputError, compute_task_gradients
+from ._base import Method
 
-__all__ = [
-    "check_adam_hyperparameters",
-    "check_finite_gradients",
-    "check_in_range",
-    "check_int",
-    "get_rng_states",
-    "new_generator",
-    "private_rng",
-    "set_rng_states",
-]
+__all__ = ["Seeded", "check_finite_gradients", "get_rng_states", "private_rng", "set_rng_states"]
 
 
-def check_in_range(name: str, value: float, low: float | None = None, high: float | None = None, *,
-                   low_open: bool = False, high_open: bool = False) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the given interval.
+class Seeded(Method):
+    """Mixin for a method that draws random numbers: a ``seed`` hyperparameter and a generator of its own.
 
-    >>> check_in_range("lr", 0.1, 0.0)
-    >>> check_in_range("lr", -1.0, 0.0)
-    Traceback (most recent call last):
-    ...
-    ValueError: hyperparameter 'lr' must be >= 0.0, got -1.0
+    The draws never touch (or depend on) the global RNG; the generator's state is saved with the method
+    and put back when a step fails.
     """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"hyperparameter {name!r} must be a number, got {value!r}") from None
-    if math.isnan(number):
-        raise ValueError(f"hyperparameter {name!r} must be a number, got nan")
-    if low is not None and (number <= low if low_open else number < low):
-        raise ValueError(f"hyperparameter {name!r} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (number >= high if high_open else number > high):
-        raise ValueError(f"hyperparameter {name!r} must be {'<' if high_open else '<='} {high}, got {value}")
 
+    hyperparameters = {"seed": Hyperparameter(0, integer(0), "seeds the method's own random generator")}
 
-def check_adam_hyperparameters(lr: float, betas: Sequence[float], eps: float, weight_decay: float) -> None:
-    """The checks ``torch.optim.Adam`` makes, with messages that name the hyperparameter."""
-    check_in_range("lr", lr, 0.0)
-    if len(betas) != 2:
-        raise ValueError(f"hyperparameter 'betas' must be a pair (beta1, beta2), got {betas!r}")
-    for b in betas:
-        check_in_range("betas", b, 0.0, 1.0, high_open=True)
-    check_in_range("eps", eps, 0.0)
-    check_in_range("weight_decay", weight_decay, 0.0)
+    def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._generator = torch.Generator().manual_seed(self.hparams["seed"])
 
+    def _extra_state(self) -> dict[str, Any]:
+        return {**super()._extra_state(), "generator": self._generator.get_state()}
 
-def check_int(name: str, value: object, low: int) -> int:
-    """``value`` as an ``int`` >= ``low``, or a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"hyperparameter {name!r} must be an integer >= {low}, got {value!r}")
-    return value
+    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
+        super()._check_extra_state(state)
+        check_tensor(state.get("generator"), f"method {self.name!r}: the generator state",
+                     tuple(self._generator.get_state().shape), floating=False)
 
-
-def new_generator(seed: int) -> torch.Generator:
-    """A CPU generator of its own, so a method's randomness never touches (or depends on) the global RNG."""
-    check_int("seed", seed, 0)
-    return torch.Generator().manual_seed(seed)
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_extra_state(state)
+        self._generator.set_state(state["generator"])
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._task_gradients import TaskGradients
+from .._task_gradients import TaskGradients, TaskUpdates
 from ._base_optimizer import BaseOptimizer
 
 __all__ = ["preconditioned_parts", "weighted_parts"]
@@ -81,7 +81,7 @@ def weighted_parts(task_grads: TaskGradients, weights: Tensor) -> TaskGradients:
 
 
 @torch.no_grad()
-def preconditioned_parts(parts: TaskGradients, base: BaseOptimizer, stepped: Sequence[bool] | None = None) -> TaskGradients:
+def preconditioned_parts(parts: TaskGradients, base: BaseOptimizer, stepped: Sequence[bool] | None = None) -> TaskUpdates:
     """``c_k = D ⊙ d_k``: each task's part of the direction through the base optimizer's preconditioner.
 
     Parameters the optimizer did not step (``stepped[i]`` false, or no task part) get no entries.
@@ -94,4 +94,4 @@ def preconditioned_parts(parts: TaskGradients, base: BaseOptimizer, stepped: Seq
             continue
         tasks.append(ks)
         grads.append(d * base.preconditioner(p))
-    return TaskGradients(parts.task_names, parts.params, tuple(tasks), tuple(grads))
+    return TaskUpdates(parts.task_names, parts.params, tuple(tasks), tuple(grads))

@@ -19,9 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._hyperparameters import Hyperparameter, integer, number, optional
 from .._task_gradients import TaskGradients, TaskInputError, _leaves_reachable_from
-from ._base_optimizer import OptimizerName
-from ._common import check_in_range, check_int
 from ._registry import register
 from ._weighted import WeightedLossMethod
 
@@ -53,58 +52,43 @@ def last_shared_parameter(losses: list[Tensor], params: list[Tensor]) -> int:
 class GradNormMethod(WeightedLossMethod):
     """GradNorm with asymmetry ``alpha`` on the last shared layer, found from the graph.
 
-    Args:
-        alpha: the asymmetry (the paper's default 1.5; 0 equalises the gradient norms).
-        weights_lr: learning rate of the Adam that learns the loss weights.
-        shared_param: index in ``params`` of the layer to balance at, instead of the one found.
+    Hyperparameters (besides the base optimizer's): ``alpha``, the asymmetry (the paper's default
+    1.5; 0 equalises the gradient norms); ``weights_lr``, the learning rate of the Adam that learns
+    the loss weights; ``shared_param``, the index in ``params`` of the layer to balance at, instead
+    of the one found.
     """
 
-    name = "gradnorm"
+    hyperparameters = {
+        "alpha": Hyperparameter(1.5, number(0.0), "asymmetry: how strongly slow tasks are favoured"),
+        "weights_lr": Hyperparameter(0.025, number(0.0), "learning rate of the Adam that learns the loss weights"),
+        "shared_param": Hyperparameter(None, optional(integer(0)), "index in params of the layer to balance at"),
+    }
+    loss_weights: Tensor | None = None
+    initial_losses: Tensor | None = None
+    _weights_optimizer: torch.optim.Adam | None = None
+    _found_shared: int | None = None
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        alpha: float = 1.5,
-        weights_lr: float = 0.025,
-        shared_param: int | None = None,
-        num_tasks: int | None = None,
-    ) -> None:
-        check_in_range("alpha", alpha, 0.0)
-        check_in_range("weights_lr", weights_lr, 0.0)
-        self.alpha = float(alpha)
-        self.weights_lr = float(weights_lr)
-        self.loss_weights: Tensor | None = None
-        self.initial_losses: Tensor | None = None
-        self._weights_optimizer: torch.optim.Adam | None = None
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
-        if shared_param is not None:
-            check_int("shared_param", shared_param, 0)
-            if shared_param >= len(self.params):
-                raise ValueError(f"hyperparameter 'shared_param' must be < {len(self.params)} (the number of params), "
-                                 f"got {shared_param}")
-        self.shared_param = shared_param
-        self._found_shared: int | None = None
+    def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        shared = self.hparams["shared_param"]
+        if shared is not None and shared >= len(self.params):
+            raise ValueError(f"hyperparameter 'shared_param' must be < {len(self.params)} (the number of params), "
+                             f"got {shared}")
 
     def _build(self, num_tasks: int) -> None:
         self.loss_weights = torch.ones(num_tasks, requires_grad=True)
-        self._weights_optimizer = torch.optim.Adam([self.loss_weights], lr=self.weights_lr)
+        self._weights_optimizer = torch.optim.Adam([self.loss_weights], lr=self.hparams["weights_lr"])
         self.initial_losses = None
 
     def _unbuild(self) -> None:
         self.loss_weights = None
         self._weights_optimizer = None
         self.initial_losses = None
+        self._found_shared = None
 
     def _shared_index(self, graph_losses: list[Tensor]) -> int:
-        if self.shared_param is not None:
-            return self.shared_param
+        if self.hparams["shared_param"] is not None:
+            return self.hparams["shared_param"]
         if self._found_shared is None:
             self._found_shared = last_shared_parameter(graph_losses, self.params)
         return self._found_shared
@@ -138,7 +122,7 @@ class GradNormMethod(WeightedLossMethod):
         ratios = values / self.initial_losses
         rates = ratios / ratios.mean()
         norm_per_task = weights * norms
-        target = norm_per_task.mean() * rates.pow(self.alpha)
+        target = norm_per_task.mean() * rates.pow(self.hparams["alpha"])
         grad = torch.sign(norm_per_task - target) * norms
         self._weights_optimizer.zero_grad(set_to_none=True)
         self.loss_weights.grad = grad

@@ -38,70 +38,46 @@ tensor([1., 1.])
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._checkpoints import CheckpointError
+from .._hyperparameters import Hyperparameter, boolean, integer
 from .._observe import StepRecord
-from .._task_gradients import TaskGradients, TaskInputError, compute_task_gradients
-from ._base import LossClosure, Method
-from ._base_optimizer import BaseOptimizer, OptimizerName
-from ._common import check_adam_hyperparameters, check_finite_gradients, check_int, new_generator
+from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates, compute_task_gradients
+from ._base import LossClosure
+from ._base_optimizer import BaseOptimizer, SteppedMethod
+from ._common import Seeded, check_finite_gradients
 from ._registry import register
-from ._transaction import all_or_nothing
 
 __all__ = ["GroupingMethod", "IndependentStepsMethod", "IOMethod", "IUSMethod", "SUSMethod"]
 
 
-class IndependentStepsMethod(Method):
+class IndependentStepsMethod(SteppedMethod):
     """One optimizer step per group of tasks, with a forward pass per step.
 
-    Args:
-        group_size: tasks per group (the last group may be smaller); ``None`` puts all in one group.
-        random_groups: draw the partition at random (from ``seed``) instead of taking tasks in order.
-        redraw: with ``random_groups``, draw a new partition at every step instead of once.
-        per_group_optimizers: give every group its own optimizer (own moments and step counts).
+    Subclasses set the policy with class attributes: ``group_size`` comes from the hyperparameter of
+    that name (absent: all tasks in one group); ``random_groups`` draws the partition at random
+    (from the method's ``seed``), anew at every step when the ``redraw`` hyperparameter is true;
+    ``per_group_optimizers`` gives every group its own optimizer (own moments and step counts).
     """
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        optimizer: OptimizerName,
-        num_tasks: int | None,
-        group_size: int | None,
-        random_groups: bool = False,
-        redraw: bool = False,
-        per_group_optimizers: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(params, num_tasks=num_tasks)
-        check_adam_hyperparameters(lr, betas, eps, weight_decay)
-        if group_size is not None:
-            check_int("group_size", group_size, 1)
-        if not isinstance(redraw, bool):
-            raise ValueError(f"hyperparameter 'redraw' must be True or False, got {redraw!r}")
-        if per_group_optimizers and random_groups:
-            raise ValueError("per-group optimizers need a fixed partition: use them with groups in task order")
-        self.group_size = group_size
-        self.random_groups = random_groups
-        self.redraw = redraw
-        self.per_group_optimizers = per_group_optimizers
-        self._optimizer_args = dict(kind=optimizer, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self._generator = new_generator(seed if seed is not None else 0) if random_groups else None
+    random_groups: bool = False
+    per_group_optimizers: bool = False
+    moves_parameters_during_step = True  # every group after the first sees the parameters moved
+
+    def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.group_size: int | None = self.hparams.get("group_size")
+        self.redraw: bool = self.hparams.get("redraw", False)
         self.partition: list[tuple[int, ...]] | None = None
-        self.optimizers: list[BaseOptimizer] = []
-        if not per_group_optimizers:
-            self.optimizers = [BaseOptimizer(self.params, **self._optimizer_args)]
-        elif num_tasks is not None:
-            self._build_optimizers(self._num_groups(num_tasks))
+        # The shared optimizer is the one SteppedMethod made; per-group ones are made at the first step.
+        self.optimizers: list[BaseOptimizer] = [] if self.per_group_optimizers else [self.base]
+        if self.per_group_optimizers and self.num_tasks is not None:
+            self._build_optimizers(self._num_groups(self.num_tasks))
 
     # -- groups and optimizers -----------------------------------------------------------------------
 
@@ -110,7 +86,7 @@ class IndependentStepsMethod(Method):
         return -(-num_tasks // size)
 
     def _build_optimizers(self, count: int) -> None:
-        self.optimizers = [BaseOptimizer(self.params, **self._optimizer_args) for _ in range(count)]
+        self.optimizers = [BaseOptimizer.from_hparams(self.params, self.hparams) for _ in range(count)]
 
     def _groups(self, num_tasks: int) -> list[tuple[int, ...]]:
         """This step's groups (each sorted), drawing a partition if the policy says so."""
@@ -118,7 +94,7 @@ class IndependentStepsMethod(Method):
         if not self.random_groups:
             return [tuple(range(start, min(start + size, num_tasks))) for start in range(0, num_tasks, size)]
         if self.partition is None or self.redraw:
-            order = torch.randperm(num_tasks, generator=self._generator).tolist()
+            order = torch.randperm(num_tasks, generator=self._generator).tolist()  # type: ignore[attr-defined]
             self.partition = [tuple(sorted(order[start:start + size])) for start in range(0, num_tasks, size)]
         return list(self.partition)
 
@@ -131,24 +107,21 @@ class IndependentStepsMethod(Method):
         names, losses = self._losses(closure)
         values = torch.stack([loss.detach().reshape(()) for loss in losses])
         num_tasks = len(names)
-        first_step = self.per_group_optimizers and not self.optimizers
-        single = self._num_groups(num_tasks) == 1 and not first_step and not self.random_groups
-        guard = contextlib.nullcontext() if single else all_or_nothing(self)
-        with guard:
-            if first_step:
-                self._build_optimizers(self._num_groups(num_tasks))
-            groups = self._groups(num_tasks)
-            per_task_grads: dict[int, list[Tensor | None]] = {}
-            per_task_updates: dict[int, list[Tensor | None]] = {}
-            for j, group in enumerate(groups):
-                if j > 0:
-                    again, losses = self._losses(closure)
-                    if again != names:
-                        raise TaskInputError(f"the closure returned tasks {again} at sub-step {j}, {names} at the first")
-                self._sub_step(j, group, names, losses, record, per_task_grads, per_task_updates)
+        if self.per_group_optimizers and not self.optimizers:
+            self._build_optimizers(self._num_groups(num_tasks))
+        per_task_grads: dict[int, list[Tensor | None]] = {}
+        per_task_updates: dict[int, list[Tensor | None]] = {}
+        for j, group in enumerate(self._groups(num_tasks)):
+            if j > 0:
+                again, losses = self._losses(closure)
+                if again != names:
+                    raise TaskInputError(f"the closure returned tasks {again} at sub-step {j}, {names} at the first")
+            self._sub_step(j, group, names, losses, record, per_task_grads, per_task_updates)
         if not record:
             return StepRecord(names, values, None, None)
-        return StepRecord(names, values, self._assemble(names, per_task_grads), self._assemble(names, per_task_updates))
+        grads = TaskGradients.from_per_task(self._in_task_order(names, per_task_grads), self.params, names)
+        updates = TaskUpdates.from_per_task(self._in_task_order(names, per_task_updates), self.params, names)
+        return StepRecord(names, values, grads, updates)
 
     def _sub_step(
         self,
@@ -193,29 +166,38 @@ class IndependentStepsMethod(Method):
                 for k, g_k in reaching:
                     per_task_updates[k][i] = D * g_k + history
 
-    def _assemble(self, names: tuple[str, ...], per_task: dict[int, list[Tensor | None]]) -> TaskGradients:
-        ordered = [per_task.get(k, [None] * len(self.params)) for k in range(len(names))]
-        return TaskGradients.from_per_task(ordered, self.params, names)
+    def _in_task_order(self, names: tuple[str, ...], per_task: dict[int, list[Tensor | None]]) -> list[list[Tensor | None]]:
+        return [per_task.get(k, [None] * len(self.params)) for k in range(len(names))]
 
     # -- state ---------------------------------------------------------------------------------------
 
-    def _extra_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "partition": None if self.partition is None else [list(g) for g in self.partition],
-        }
-        if self._generator is not None:
-            state["generator"] = self._generator.get_state()
-        return state
+    def _optimizer_state(self) -> list[dict[str, Any]]:
+        return [o.state_dict() for o in self.optimizers]
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        if len(state["optimizers"]) != len(self.optimizers):
-            self._build_optimizers(len(state["optimizers"]))
-        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+    def _check_optimizer_state(self, state: Any) -> None:
+        if not isinstance(state, list) or not all(isinstance(s, dict) for s in state):
+            raise CheckpointError(f"method {self.name!r}: the optimizer state must be a list of optimizer states")
+        if not self.per_group_optimizers and len(state) != 1:
+            raise CheckpointError(f"method {self.name!r} has one optimizer; the state has {len(state)}")
+        probe = self.optimizers[0] if self.optimizers else BaseOptimizer.from_hparams(self.params, self.hparams)
+        for j, saved in enumerate(state):
+            probe.check_state_dict(saved, f"method {self.name!r}: optimizer {j}")
+
+    def _load_optimizer_state(self, state: Any) -> None:
+        if len(state) != len(self.optimizers):
+            self._build_optimizers(len(state))
+        for optimizer, saved in zip(self.optimizers, state):
             optimizer.load_state_dict(saved)
+        if not self.per_group_optimizers:
+            self.base = self.optimizers[0]
+
+    def _extra_state(self) -> dict[str, Any]:
+        partition = None if self.partition is None else [list(g) for g in self.partition]
+        return {**super()._extra_state(), "partition": partition}
+
+    def _load_extra_state(self, state: Any) -> None:
+        super()._load_extra_state(state)
         self.partition = None if state["partition"] is None else [tuple(g) for g in state["partition"]]
-        if self._generator is not None:
-            self._generator.set_state(state["generator"])
 
 
 def _sum_present(tensors: list[Tensor | None]) -> Tensor | None:
@@ -228,25 +210,14 @@ def _sum_present(tensors: list[Tensor | None]) -> Tensor | None:
     return total
 
 
+_GROUP_SIZE = Hyperparameter(1, integer(1), "tasks per group (the last group may be smaller)")
+
+
 @register("sus", "SUS: one Adam step on the summed loss per batch (Pascal et al. 2021's baseline)")
 class SUSMethod(IndependentStepsMethod):
     """Simultaneous update steps: all tasks in one group, one optimizer step on ``sum_k L_k``."""
 
-    name = "sus"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, group_size=None)
+    moves_parameters_during_step = False  # one group: one step, last
 
 
 @register("ius", "IUS: one shared Adam stepped once per task (group), a forward pass each (Pascal et al. 2021)")
@@ -254,68 +225,26 @@ class IUSMethod(IndependentStepsMethod):
     """Independent update steps: for each task (group of ``group_size`` consecutive tasks) in turn,
     forward, backward and a step of one shared optimizer."""
 
-    name = "ius"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        group_size: int = 1,
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, group_size=group_size)
+    hyperparameters = {"group_size": _GROUP_SIZE}
 
 
 @register("io", "IO: one Adam per task (group), stepped in turn, a forward pass each (Pascal et al. 2021)")
 class IOMethod(IndependentStepsMethod):
     """Independent optimizers: as IUS, but every task (group) has its own optimizer over all parameters."""
 
-    name = "io"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        group_size: int = 1,
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, group_size=group_size, per_group_optimizers=True)
+    hyperparameters = {"group_size": _GROUP_SIZE}
+    per_group_optimizers = True
 
 
 @register("grouping", "Random task grouping: a shared Adam stepped per random group of size s (Pascal et al. 2021)")
-class GroupingMethod(IndependentStepsMethod):
+class GroupingMethod(IndependentStepsMethod, Seeded):
     """Random groups of ``group_size`` tasks (the last may be smaller), each group's summed loss stepped
     in turn with one shared optimizer.  ``redraw=False`` draws the partition once, at the first step
     (as the public code); ``redraw=True`` draws a new one at every step.  ``group_size >= T`` is SUS,
     ``group_size = 1`` is IUS in a random task order."""
 
-    name = "grouping"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        group_size: int = 2,
-        redraw: bool = False,
-        seed: int = 0,
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks, group_size=group_size, random_groups=True, redraw=redraw, seed=seed)
+    hyperparameters = {
+        "group_size": Hyperparameter(2, integer(1), "tasks per group (the last group may be smaller)"),
+        "redraw": Hyperparameter(False, boolean, "draw a new partition at every step instead of once"),
+    }
+    random_groups = True

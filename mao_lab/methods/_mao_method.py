@@ -1,16 +1,18 @@
-"""MAO as a method of the registry (the optimizer itself lives in :mod:`mao_lab._mao`)."""
+"""MAO as a method of the registry: the optimizer :class:`mao_lab.MAO` behind the method interface.
+
+``make("mao")`` runs exactly :meth:`MAO.step`'s step (:meth:`MAO.step_on_losses`: the gradient
+reserve, the finiteness probes and the update), so the notebooks train the MAO the benchmark measures.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .._mao import MAO, Reduction
+from .._mao import MAO, MAO_HYPERPARAMETERS
 from .._observe import StepRecord
-from .._task_gradients import compute_task_gradients
 from ._base import LossClosure, Method
 from ._registry import register
 
@@ -21,33 +23,23 @@ __all__ = ["MAOMethod"]
 class MAOMethod(Method):
     """Multi-Adaptive Optimization behind the method interface; see :class:`mao_lab.MAO`."""
 
-    name = "mao"
+    hyperparameters = MAO_HYPERPARAMETERS
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        reduction: Reduction = "sum",
-        task_weights: Sequence[float] | None = None,
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, num_tasks=num_tasks)
-        self.optimizer = MAO(self.params, lr, betas, eps, weight_decay, reduction, task_weights)
+    def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        hp = self.hparams
+        self.optimizer = MAO(self.params, hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"], hp["reduction"],
+                             hp["task_weights"])
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
-        with torch.enable_grad():
-            task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
-        task_updates = self.optimizer.apply_task_gradients(task_grads, keep_task_updates=record)
-        loss_values = torch.stack([loss.detach().reshape(()) for loss in losses])
-        return StepRecord(names, loss_values, task_grads if record else None, task_updates)
+        return self.optimizer.step_on_losses(names, losses, keep=record)
 
-    def _extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+    def _optimizer_state(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _check_optimizer_state(self, state: Any) -> None:
+        self.optimizer.check_state_dict(state)
+
+    def _load_optimizer_state(self, state: Any) -> None:
+        self.optimizer.load_state_dict(state)

@@ -17,22 +17,24 @@ weight decay is decoupled (AdamW-style), once per step.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
+from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, number
 from .._observe import StepRecord
-from .._task_gradients import TaskGradients, compute_task_gradients
+from .._task_gradients import TaskGradients, TaskUpdates, compute_task_gradients
 from ._base import LossClosure, Method
-from ._common import check_adam_hyperparameters, check_in_range
 from ._registry import register
 
 __all__ = ["MTAdam", "MTAdamMethod"]
 
 _TINY = 1e-10  # below this a running norm counts as zero, as in the public code
+_BETA3 = Hyperparameter(0.9, number(0.0, 1.0, high_open=True), "decay of the running gradient norms")
 
 
 class MTAdam(Optimizer):
@@ -56,13 +58,42 @@ class MTAdam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        check_adam_hyperparameters(lr, betas, eps, weight_decay)
-        check_in_range("beta3", beta3, 0.0, 1.0, high_open=True)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay))
+        given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        defaults = {k: ADAM_HYPERPARAMETERS[k].check(k, v) for k, v in given.items()}
+        defaults["beta3"] = _BETA3.check("beta3", beta3)
+        super().__init__(params, defaults)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "optimizer_class": "MTAdam"}
+
+    def check_state_dict(self, state: object) -> None:
+        """Raise :class:`~mao_lab.CheckpointError` unless ``state`` is an MTAdam state that fits the parameters."""
+        if isinstance(state, Mapping) and state.get("optimizer_class", "MTAdam") != "MTAdam":
+            raise CheckpointError(f"a {state['optimizer_class']} state cannot be loaded into MTAdam")
+
+        def check_param(p: Tensor, saved: Mapping[str, Any], where: str) -> None:
+            if set(saved) != {"step", "tasks", "norms", "seen", "exp_avg", "exp_avg_sq"}:
+                raise CheckpointError(f"{where}: state entries {sorted(saved)} are not MTAdam's")
+            tasks = saved["tasks"]
+            if not isinstance(tasks, (tuple, list)) or not all(isinstance(k, int) and k >= 0 for k in tasks):
+                raise CheckpointError(f"{where}: tasks must be task indices, got {tasks!r}")
+            check_step(saved["step"], f"{where}: step")
+            for key in ("norms", "seen"):
+                check_tensor(saved[key], f"{where}: {key}", (len(tasks),))
+            for key in ("exp_avg", "exp_avg_sq"):
+                check_tensor(saved[key], f"{where}: {key}", (len(tasks), *p.shape))
+
+        checks = {k: h.check for k, h in ADAM_HYPERPARAMETERS.items()} | {"beta3": _BETA3.check}
+        check_optimizer_state(self, state, check_param, checks, "MTAdam")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.check_state_dict(state_dict)
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "optimizer_class"})
 
     @torch.no_grad()
-    def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskGradients | None:
+    def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskUpdates | None:
         """One MTAdam step; with ``keep_task_updates`` return each task's part ``lr/(1-b1^t) m_k / max denom``."""
+        task_grads.check_against([p for group in self.param_groups for p in group["params"]])
         where = task_grads.index()
         params, tasks, kept = [], [], []
         for group in self.param_groups:
@@ -77,7 +108,7 @@ class MTAdam(Optimizer):
                     kept.append(part)
         if not keep_task_updates:
             return None
-        return TaskGradients(task_grads.task_names, tuple(params), tuple(tasks), tuple(kept))
+        return TaskUpdates(task_grads.task_names, tuple(params), tuple(tasks), tuple(kept))
 
     def _update(self, p: Tensor, group: dict[str, Any], reaching: tuple[int, ...], grads: Tensor, keep: bool) -> Tensor | None:
         beta1, beta2 = group["betas"]
@@ -138,21 +169,12 @@ class MTAdam(Optimizer):
 class MTAdamMethod(Method):
     """MTAdam behind the method interface; see :class:`MTAdam`."""
 
-    name = "mtadam"
+    hyperparameters = {"beta3": _BETA3}
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        beta3: float = 0.9,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, num_tasks=num_tasks)
-        self.optimizer = MTAdam(self.params, lr, betas, beta3, eps, weight_decay)
+    def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        hp = self.hparams
+        self.optimizer = MTAdam(self.params, hp["lr"], hp["betas"], hp["beta3"], hp["eps"], hp["weight_decay"])
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
@@ -163,8 +185,11 @@ class MTAdamMethod(Method):
         values = torch.stack([loss.detach().reshape(()) for loss in losses])
         return StepRecord(names, values, task_grads if record else None, task_updates)
 
-    def _extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+    def _optimizer_state(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _check_optimizer_state(self, state: Any) -> None:
+        self.optimizer.check_state_dict(state)
+
+    def _load_optimizer_state(self, state: Any) -> None:
+        self.optimizer.load_state_dict(state)

@@ -1,36 +1,63 @@
-"""Make any method by name: ``make("pcgrad", params, lr=1e-3)``; list them with ``available()``."""
+"""Make any method by name: ``make("pcgrad", params, lr=1e-3)``; list them with ``available()``.
+
+A method is registered once, by decorating its class with :func:`register`; the name is written
+there only (the decorator sets the class's ``name``).  The hyperparameters are read from the class's
+merged spec (:meth:`Method.hyperparameter_spec`), never from a retyped signature.
+"""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from torch import Tensor
 
 from ._base import Method
 
-__all__ = ["available", "make", "register"]
+__all__ = ["available", "hyperparameter_names", "make", "method_class", "register", "sources"]
+
+M = TypeVar("M", bound=type[Method])
 
 
 @dataclass(frozen=True)
 class _Entry:
-    factory: Callable[..., Method]
+    cls: type[Method]
     description: str
     source: str  # where the algorithm's implementation comes from: "mao_lab" or "torchjd"
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_SOURCES = ("mao_lab", "torchjd")
 
 
-def register(name: str, description: str, source: str = "mao_lab") -> Callable[[Callable[..., Method]], Callable[..., Method]]:
-    """Class or factory decorator adding a method to the registry under ``name``."""
+def register(name: str, description: str, source: str = "mao_lab", *, replace: bool = False) -> Callable[[M], M]:
+    """Class decorator: add a :class:`Method` subclass to the registry under ``name`` (and set its ``name``).
 
-    def decorator(factory: Callable[..., Method]) -> Callable[..., Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = _Entry(factory, description, source)
-        return factory
+    Args:
+        name: the registry name (a Python identifier, lower case by convention).
+        description: one line: what the method does, and the paper (see ``docs/references.md`` §3).
+        source: ``"torchjd"`` when the algorithm is TorchJD's own class, else ``"mao_lab"``.
+        replace: let this class take over a name already registered (the earlier class stays
+            importable); without it a second registration of a name is an error.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"method name {name!r} must be a Python identifier (e.g. 'my_method')")
+    if not description or "\n" in description:
+        raise ValueError(f"method {name!r}: the description must be one non-empty line")
+    if source not in _SOURCES:
+        raise ValueError(f"method {name!r}: source must be one of {_SOURCES}, got {source!r}")
+
+    def decorator(cls: M) -> M:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"register({name!r}) decorates a subclass of mao_lab.methods.Method, got {cls!r}")
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"method {name!r} is already registered (by {_REGISTRY[name].cls.__qualname__})")
+        if "name" in vars(cls) and vars(cls)["name"] != name:
+            raise ValueError(f"{cls.__qualname__} is already registered as {vars(cls)['name']!r}")
+        cls.name = name
+        _REGISTRY[name] = _Entry(cls, description, source)
+        return cls
 
     return decorator
 
@@ -49,38 +76,30 @@ def sources() -> dict[str, str]:
     return {name: entry.source for name, entry in sorted(_REGISTRY.items())}
 
 
-def make(name: str, params: Iterable[Tensor], **hyperparameters: object) -> Method:
-    """Build the method ``name`` over ``params`` with the given hyperparameters.
+def method_class(name: str) -> type[Method]:
+    """The class registered under ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name].cls
+
+
+def make(name: str, params: Iterable[Tensor], **hyperparameters: Any) -> Method:
+    """Build the method ``name`` over ``params`` with the given hyperparameters (and ``num_tasks``).
 
     Unknown names and unknown hyperparameters raise a ``ValueError`` that lists the valid ones.
 
     >>> import torch
     >>> method = make("mao", [torch.zeros(3, requires_grad=True)], lr=1e-2)
-    >>> method.name
-    'mao'
+    >>> method.name, method.hparams["lr"]
+    ('mao', 0.01)
     >>> make("adamm", [])
     Traceback (most recent call last):
     ...
     ValueError: unknown method 'adamm'; available: ...
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    factory = _REGISTRY[name].factory
-    valid = hyperparameter_names(name)
-    unknown = sorted(set(hyperparameters) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for method {name!r}; "
-            f"valid: {', '.join(valid) if valid else '(none)'}"
-        )
-    return factory(params, **hyperparameters)
+    return method_class(name)(params, **hyperparameters)
 
 
 def hyperparameter_names(name: str) -> list[str]:
-    """The keyword arguments that method ``name`` accepts (its hyperparameters)."""
-    signature = inspect.signature(_REGISTRY[name].factory)
-    return [
-        p.name
-        for p in list(signature.parameters.values())[1:]
-        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
+    """The hyperparameters that method ``name`` accepts, in declaration order (``num_tasks`` aside)."""
+    return list(method_class(name).hyperparameter_spec())

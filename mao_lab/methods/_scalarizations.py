@@ -26,20 +26,20 @@ tensor([0.1000, 0.1000])
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchjd import scalarization
 
+from .._hyperparameters import Hyperparameter, integer, non_negative_floats, number, optional
 from .._observe import StepRecord
-from .._task_gradients import TaskGradients, TaskInputError
+from .._task_gradients import TaskGradients, TaskInputError, match_task_order
 from ._base import LossClosure
-from ._base_optimizer import OptimizerName
-from ._common import check_in_range, check_int, new_generator
+from ._common import Seeded
 from ._registry import register
-from ._transaction import all_or_nothing
+from ._torchjd import dwa_state, famo_dtype, famo_state, load_dwa_state, load_famo_state
 from ._weighted import ScalarizerMethod
 
 __all__ = ["DWAMethod", "FAMOMethod", "IMTLLMethod", "MeanMethod", "RLWMethod", "SumMethod", "UWMethod"]
@@ -49,8 +49,6 @@ __all__ = ["DWAMethod", "FAMOMethod", "IMTLLMethod", "MeanMethod", "RLWMethod", 
 class SumMethod(ScalarizerMethod):
     """The usual practice: one step of the base optimizer on ``sum_k L_k``."""
 
-    name = "sum"
-
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.Sum()
 
@@ -59,8 +57,6 @@ class SumMethod(ScalarizerMethod):
 class MeanMethod(ScalarizerMethod):
     """One step of the base optimizer on ``(1/T) sum_k L_k``."""
 
-    name = "mean"
-
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.Mean()
 
@@ -68,8 +64,6 @@ class MeanMethod(ScalarizerMethod):
 @register("uw", "Uncertainty weighting: learned log-variances (Kendall et al. 2018)", "torchjd")
 class UWMethod(ScalarizerMethod):
     """``sum_k (exp(-s_k) L_k + s_k) / 2`` with the log-variances ``s`` (init 0) learned with the model."""
-
-    name = "uw"
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.UW(num_tasks)
@@ -82,8 +76,6 @@ class UWMethod(ScalarizerMethod):
 class IMTLLMethod(ScalarizerMethod):
     """``sum_k (exp(s_k) L_k - s_k)`` with the log-scales ``s`` (init 0) learned with the model."""
 
-    name = "imtl_l"
-
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.IMTLL(num_tasks)
 
@@ -92,26 +84,8 @@ class IMTLLMethod(ScalarizerMethod):
 
 
 @register("rlw", "Random loss weighting: softmax of Gaussian weights drawn every step (Lin et al. 2022)", "torchjd")
-class RLWMethod(ScalarizerMethod):
+class RLWMethod(Seeded, ScalarizerMethod):
     """Weights ``softmax(n)``, ``n ~ N(0, I)``, drawn anew at every step from the method's own generator."""
-
-    name = "rlw"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        seed: int = 0,
-        num_tasks: int | None = None,
-    ) -> None:
-        self._generator = new_generator(seed)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         return scalarization.Random()
@@ -127,59 +101,34 @@ class DWAMethod(ScalarizerMethod):
     The weights are 1 until two epochs have been closed.
     """
 
-    name = "dwa"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        temperature: float = 2.0,
-        steps_per_epoch: int = 1,
-        num_tasks: int | None = None,
-    ) -> None:
-        check_in_range("temperature", temperature, 0.0, low_open=True)
-        self.temperature = float(temperature)
-        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
-        self._steps_in_epoch = 0
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
+    hyperparameters = {
+        "temperature": Hyperparameter(2.0, number(0.0, low_open=True), "softmax temperature (the paper's 2)"),
+        "steps_per_epoch": Hyperparameter(1, integer(1), "steps per DWA epoch (batches per epoch for the paper's)"),
+    }
+    _steps_in_epoch = 0
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
         self._steps_in_epoch = 0
-        return scalarization.DWA(self.temperature)
+        return scalarization.DWA(self.hparams["temperature"])
 
     def _weights(
         self, losses: Tensor, graph_losses: list[Tensor], names: tuple[str, ...], task_grads: TaskGradients | None
     ) -> Tensor:
         weights = super()._weights(losses, graph_losses, names, task_grads)
         self._steps_in_epoch += 1
-        if self._steps_in_epoch == self.steps_per_epoch:
+        if self._steps_in_epoch == self.hparams["steps_per_epoch"]:
             assert isinstance(self.scalarizer, scalarization.DWA)
             self.scalarizer.step()
             self._steps_in_epoch = 0
         return weights
 
     def _weighting_state(self) -> dict[str, Any]:
-        dwa = self.scalarizer
-        assert isinstance(dwa, scalarization.DWA)
-        return {
-            "loss_sum": dwa._loss_sum,
-            "n_batches": dwa._n_batches,
-            "previous_averages": list(dwa._previous_averages),
-            "steps_in_epoch": self._steps_in_epoch,
-        }
+        assert isinstance(self.scalarizer, scalarization.DWA)
+        return {**dwa_state(self.scalarizer), "steps_in_epoch": self._steps_in_epoch}
 
     def _load_weighting_state(self, state: dict[str, Any]) -> None:
-        dwa = self.scalarizer
-        assert isinstance(dwa, scalarization.DWA)
-        dwa._loss_sum = None if state["loss_sum"] is None else state["loss_sum"].clone()
-        dwa._n_batches = int(state["n_batches"])
-        dwa._previous_averages = [a.clone() for a in state["previous_averages"]]
+        assert isinstance(self.scalarizer, scalarization.DWA)
+        load_dwa_state(self.scalarizer, state)
         self._steps_in_epoch = int(state["steps_in_epoch"])
 
 
@@ -193,54 +142,44 @@ class FAMOMethod(ScalarizerMethod):
     The losses must stay above ``min_losses`` (default 0).
     """
 
-    name = "famo"
+    hyperparameters = {
+        "weights_lr": Hyperparameter(0.025, number(0.0), "learning rate of the Adam that learns the logits"),
+        "weights_decay": Hyperparameter(1e-3, number(0.0), "weight decay of that Adam"),
+        "min_losses": Hyperparameter(None, optional(non_negative_floats), "lower bound b_k of each loss (default 0)"),
+    }
+    moves_parameters_during_step = True  # the second forward pass comes after the model step
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        weights_lr: float = 0.025,
-        weights_decay: float = 1e-3,
-        min_losses: Sequence[float] | None = None,
-        num_tasks: int | None = None,
-    ) -> None:
-        check_in_range("weights_lr", weights_lr, 0.0)
-        check_in_range("weights_decay", weights_decay, 0.0)
-        self.weights_lr = float(weights_lr)
-        self.weights_decay = float(weights_decay)
-        self.min_losses = None if min_losses is None else tuple(float(b) for b in min_losses)
-        if num_tasks is not None and self.min_losses is not None and len(self.min_losses) != num_tasks:
-            raise ValueError(f"hyperparameter 'min_losses' has {len(self.min_losses)} entries for {num_tasks} tasks")
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optimizer=optimizer,
-                         num_tasks=num_tasks)
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        bounds = self.hparams["min_losses"]
+        if self.num_tasks is not None and bounds is not None and len(bounds) != self.num_tasks:
+            raise ValueError(f"hyperparameter 'min_losses' has {len(bounds)} entries for {self.num_tasks} tasks")
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
-        if self.min_losses is not None and len(self.min_losses) != num_tasks:
-            raise TaskInputError(f"famo: 'min_losses' has {len(self.min_losses)} entries but there are {num_tasks} tasks")
-        bounds = None if self.min_losses is None else torch.tensor(self.min_losses)
-        return scalarization.FAMO(num_tasks, bounds, lr=self.weights_lr, weight_decay=self.weights_decay)
+        bounds = self.hparams["min_losses"]
+        if bounds is not None and len(bounds) != num_tasks:
+            raise TaskInputError(f"famo: 'min_losses' has {len(bounds)} entries but there are {num_tasks} tasks")
+        hp = self.hparams
+        return scalarization.FAMO(num_tasks, None if bounds is None else torch.tensor(bounds),
+                                  lr=hp["weights_lr"], weight_decay=hp["weights_decay"])
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
-        with all_or_nothing(self):
-            record_ = super()._step(closure, record)
-            after = self._values_without_graph(closure, record_.task_names)
-            famo = self.scalarizer
-            assert isinstance(famo, scalarization.FAMO)
-            famo.update(after.to(famo._w.dtype))
-        return record_
+        step_record = super()._step(closure, record)
+        after = self._values_without_graph(closure, step_record.task_names)
+        assert isinstance(self.scalarizer, scalarization.FAMO)
+        self.scalarizer.update(after.to(famo_dtype(self.scalarizer)))
+        return step_record
 
     def _values_without_graph(self, closure: LossClosure, names: tuple[str, ...]) -> Tensor:
         with torch.no_grad():
             out = closure()
         values = list(out.values()) if isinstance(out, Mapping) else list(out)
-        got = tuple(str(k) for k in out) if isinstance(out, Mapping) else tuple(f"task{k}" for k in range(len(values)))
-        if got != names:
-            raise TaskInputError(f"famo: the closure returned tasks {got} after the step, {names} before")
+        got = tuple(str(k) for k in out) if isinstance(out, Mapping) else names
+        if len(values) != len(names):
+            raise TaskInputError(f"famo: the closure returned {len(values)} tasks after the step, {len(names)} before")
+        order = match_task_order(got, names, by_name=isinstance(out, Mapping))
+        if order is not None:
+            values = [values[i] for i in order]
         stacked = torch.stack([torch.as_tensor(v).detach().reshape(()) for v in values])
         if not bool(torch.isfinite(stacked).all()):
             k = int((~torch.isfinite(stacked)).nonzero()[0])
@@ -248,21 +187,9 @@ class FAMOMethod(ScalarizerMethod):
         return stacked
 
     def _weighting_state(self) -> dict[str, Any]:
-        famo = self.scalarizer
-        assert isinstance(famo, scalarization.FAMO)
-        return {
-            "scalarizer": famo.state_dict(),
-            "optimizer": None if famo._optimizer is None else famo._optimizer.state_dict(),
-            "prev_losses": famo._prev_losses,
-        }
+        assert isinstance(self.scalarizer, scalarization.FAMO)
+        return famo_state(self.scalarizer)
 
     def _load_weighting_state(self, state: dict[str, Any]) -> None:
-        famo = self.scalarizer
-        assert isinstance(famo, scalarization.FAMO)
-        famo.load_state_dict(state["scalarizer"])
-        if state["optimizer"] is None:
-            famo._optimizer = None
-        else:
-            famo._optimizer = torch.optim.Adam([famo._w], lr=famo.lr, weight_decay=famo.weight_decay)
-            famo._optimizer.load_state_dict(state["optimizer"])
-        famo._prev_losses = None if state["prev_losses"] is None else state["prev_losses"].clone()
+        assert isinstance(self.scalarizer, scalarization.FAMO)
+        load_famo_state(self.scalarizer, state)

@@ -1,8 +1,15 @@
-"""All-or-nothing steps for methods that move the parameters more than once per batch.
+"""The one roll-back mechanism of every method: a step (or a load) that raises changes nothing.
 
-IUS, IO, grouping and FAMO change the parameters (and optimizer state) before they know whether a
-later forward pass will fail.  :func:`all_or_nothing` snapshots both first and puts them back if the
-block raises, so a failed step leaves the method exactly as it was.
+Before a step, :func:`all_or_nothing` saves what the step may change before it is sure to succeed,
+and puts it back if the block raises:
+
+- every method: its small state, i.e. its ``state_dict`` without the ``"optimizer"`` entry (task
+  names, counters, a weighting's or aggregator's state, random generators).  Methods update their
+  optimizer last, once every check has passed, so its (large) state needs no copy;
+- methods that move the parameters more than once in a step (``Method.moves_parameters_during_step``:
+  IUS, IO, grouping, FAMO): the parameters and the whole state, optimizer included.
+
+Restoring goes through the method's own ``_apply_state``, the same code that loads a checkpoint.
 """
 
 from __future__ import annotations
@@ -10,23 +17,29 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._base import Method
+if TYPE_CHECKING:
+    from ._base import Method
 
 __all__ = ["all_or_nothing"]
 
 
 @contextlib.contextmanager
-def all_or_nothing(method: Method) -> Iterator[None]:
-    """Restore ``method``'s parameters and state (its ``state_dict``) if the block raises, then re-raise.
+def all_or_nothing(method: Method, *, everything: bool | None = None) -> Iterator[None]:
+    """Restore ``method``'s state (and parameters, if it moves them mid-step) if the block raises.
+
+    Args:
+        everything: save the parameters and the whole state, optimizer included (default: what
+            ``method.moves_parameters_during_step`` says).
 
     >>> from mao_lab.methods import make
     >>> p = torch.zeros(2, requires_grad=True)
     >>> sus = make("sus", [p], lr=0.1)
     >>> try:
-    ...     with all_or_nothing(sus):
+    ...     with all_or_nothing(sus, everything=True):
     ...         _ = sus.step(lambda: [(p - 1).pow(2).sum()])
     ...         raise RuntimeError("a later sub-step failed")
     ... except RuntimeError:
@@ -34,13 +47,16 @@ def all_or_nothing(method: Method) -> Iterator[None]:
     >>> p.detach(), sus.steps_taken
     (tensor([0., 0.]), 0)
     """
-    params = [p.detach().clone() for p in method.params]
-    state = copy.deepcopy(method.state_dict())
+    if everything is None:
+        everything = method.moves_parameters_during_step
+    params = [p.detach().clone() for p in method.params] if everything else None
+    saved: dict[str, Any] = copy.deepcopy(method.state_dict() if everything else method._small_state())
     try:
         yield
     except BaseException:
-        with torch.no_grad():
-            for p, saved in zip(method.params, params):
-                p.copy_(saved)
-        method.load_state_dict(state)
+        if params is not None:
+            with torch.no_grad():
+                for p, before in zip(method.params, params):
+                    p.copy_(before)
+        method._apply_state(saved, with_optimizer=everything)
         raise

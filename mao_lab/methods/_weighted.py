@@ -9,26 +9,26 @@ the model exactly as stepping on ``S(L)`` would, whatever ``S`` is.
 
 from __future__ import annotations
 
-import copy
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchjd.scalarization import Scalarizer
 
+from .._checkpoints import CheckpointError
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, compute_task_gradients
-from ._base import LossClosure, Method
-from ._base_optimizer import BaseOptimizer, OptimizerName
+from ._base import LossClosure
+from ._base_optimizer import BaseOptimizer, SteppedMethod
 from ._common import check_finite_gradients, private_rng
 from ._contributions import preconditioned_parts, weighted_parts
 
 __all__ = ["ScalarizerMethod", "WeightedLossMethod"]
 
 
-class WeightedLossMethod(Method):
+class WeightedLossMethod(SteppedMethod):
     """Step a base optimizer on ``sum_k w_k L_k``; subclasses supply the weights ``w`` of each step.
 
     Without a recorder the gradient comes from a single backward pass of the weighted sum.  With one,
@@ -36,37 +36,13 @@ class WeightedLossMethod(Method):
     combined as ``sum_k w_k g_k``; the record's contributions are ``D ⊙ w_k g_k`` (see
     :mod:`mao_lab.methods._contributions`).
 
-    Per-task state that needs the number of tasks is created by :meth:`_build`, at construction when
-    ``num_tasks`` is given, else at the first step.  Everything a subclass keeps goes through
-    :meth:`_weighting_state` / :meth:`_load_weighting_state`: that is what ``state_dict`` saves and what
-    a failed step is rolled back to.
-
-    ``__init__`` is the public signature every weighting shares (the registry reads hyperparameters
-    from it), so a subclass with no hyperparameters of its own needs no ``__init__``.  One with more
-    repeats it, fully typed, sets them, then calls this one; a random one sets ``self._generator``
-    (from its ``seed``) first, so that ``generator`` stays out of the others' signatures.
+    Per-task state that needs the number of tasks is created by :meth:`_build` at the first step (or
+    when a state is loaded).  Everything a subclass keeps goes through :meth:`_weighting_state` /
+    :meth:`_load_weighting_state`: that is what ``state_dict`` saves and what a failed step is
+    rolled back to.
     """
 
-    _generator: torch.Generator | None = None
-
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        num_tasks: int | None = None,
-    ) -> None:
-        super().__init__(params, num_tasks=num_tasks)
-        # Kept for optimizers that subclasses build later next to ``base`` (ScalarizerMethod's).
-        self._base_hyperparameters = dict(kind=optimizer, lr=lr, betas=betas, eps=eps)
-        self.base = BaseOptimizer(self.params, optimizer, lr, betas, eps, weight_decay)
-        self._built_for: int | None = None
-        if num_tasks is not None:
-            self._ensure_built(num_tasks)
+    _built_for: int | None = None
 
     # -- what subclasses supply ----------------------------------------------------------------------
 
@@ -100,21 +76,6 @@ class WeightedLossMethod(Method):
             self._build(num_tasks)
             self._built_for = num_tasks
 
-    def _snapshot(self) -> tuple[int | None, dict[str, Any] | None, Tensor | None]:
-        state = copy.deepcopy(self._weighting_state()) if self._built_for is not None else None
-        return self._built_for, state, self._generator.get_state() if self._generator is not None else None
-
-    def _restore(self, snapshot: tuple[int | None, dict[str, Any] | None, Tensor | None]) -> None:
-        built_for, state, generator_state = snapshot
-        if generator_state is not None and self._generator is not None:
-            self._generator.set_state(generator_state)
-        if built_for is None:
-            if self._built_for is not None:
-                self._unbuild()
-                self._built_for = None
-        else:
-            self._load_weighting_state(state or {})
-
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
         values = torch.stack([loss.detach().reshape(()) for loss in losses])
@@ -123,25 +84,20 @@ class WeightedLossMethod(Method):
             with torch.enable_grad():
                 task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
             task_grads.check_finite()
-        snapshot = self._snapshot()
-        try:
-            self._ensure_built(len(names))
-            weights = self._weights(values, losses, names, task_grads).detach()
-            if not bool(torch.isfinite(weights).all()):
-                raise TaskInputError(f"method {self.name!r}: the task weights are not finite: {weights.tolist()}")
-            if task_grads is not None:
-                parts = weighted_parts(task_grads, weights)
-                grads: list[Tensor | None] = [d.sum(0) if ks else None for ks, d in zip(parts.tasks, parts.grads)]
-            else:
-                with torch.enable_grad():
-                    total = weights[0] * losses[0]
-                    for k in range(1, len(losses)):
-                        total = total + weights[k] * losses[k]
-                    grads = list(torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True))
-                check_finite_gradients(grads, losses, names, self.params)
-        except BaseException:
-            self._restore(snapshot)
-            raise
+        self._ensure_built(len(names))
+        weights = self._weights(values, losses, names, task_grads).detach()
+        if not bool(torch.isfinite(weights).all()):
+            raise TaskInputError(f"method {self.name!r}: the task weights are not finite: {weights.tolist()}")
+        if task_grads is not None:
+            parts = weighted_parts(task_grads, weights)
+            grads: list[Tensor | None] = [d.sum(0) if ks else None for ks, d in zip(parts.tasks, parts.grads)]
+        else:
+            with torch.enable_grad():
+                total = weights[0] * losses[0]
+                for k in range(1, len(losses)):
+                    total = total + weights[k] * losses[k]
+                grads = list(torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True))
+            check_finite_gradients(grads, losses, names, self.params)
         self.base.step(self.params, grads)
         task_updates = None
         if task_grads is not None:
@@ -151,25 +107,24 @@ class WeightedLossMethod(Method):
     # -- state ---------------------------------------------------------------------------------------
 
     def _extra_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"optimizer": self.base.state_dict()}
+        state = super()._extra_state()
         if self._built_for is not None:
             state["weighting"] = self._weighting_state()
-        if self._generator is not None:
-            state["generator"] = self._generator.get_state()
         return state
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state["optimizer"])
-        if self._generator is not None:
-            self._generator.set_state(state["generator"])
-        if "weighting" in state:
+    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
+        super()._check_extra_state(state)
+        if "weighting" in state and state["num_tasks"] is None:
+            raise CheckpointError(f"method {self.name!r}: a weighting state without a task count")
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_extra_state(state)
+        if self._built_for is not None:
             self._unbuild()
             self._built_for = None
+        if "weighting" in state:
             self._ensure_built(state["num_tasks"])
             self._load_weighting_state(state["weighting"])
-        elif self._built_for is not None and self.num_tasks is None:
-            self._unbuild()
-            self._built_for = None
 
 
 class ScalarizerMethod(WeightedLossMethod):
@@ -198,7 +153,7 @@ class ScalarizerMethod(WeightedLossMethod):
         self.scalarizer = self._make_scalarizer(num_tasks)
         learned = self._learned()
         if learned:
-            self.weighting_optimizer = BaseOptimizer(learned, weight_decay=0.0, **self._base_hyperparameters)
+            self.weighting_optimizer = BaseOptimizer.from_hparams(learned, self.hparams, weight_decay=0.0)
 
     def _unbuild(self) -> None:
         self.scalarizer = None
@@ -206,9 +161,10 @@ class ScalarizerMethod(WeightedLossMethod):
 
     def _scalarize(self, values: Tensor) -> Tensor:
         assert self.scalarizer is not None
-        if self._generator is None:
+        generator = getattr(self, "_generator", None)  # a Seeded method's own random stream
+        if generator is None:
             return self.scalarizer(values)
-        with private_rng(self._generator):
+        with private_rng(generator):
             return self.scalarizer(values)
 
     def _weights(
