@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python data/build_multimnist.py            # writes data/multimnist.npz
+    python data/build_multimnist.py            # writes data/multimnist.npz and its .sha256
     python data/build_multimnist.py --help     # sizes, seed, output path
 
 Everything is offline and deterministic: the same arguments give a byte-identical file (the arrays come
@@ -13,6 +13,7 @@ from seeded generators and the zip entries carry a fixed timestamp).  The constr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import sys
 import zipfile
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         seed=args.seed,
     )
     write_npz(args.out, arrays)
+    # The loader checks the file against this checksum (mao_lab.problems.load_multimnist).
+    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    args.out.with_name(args.out.name + ".sha256").write_text(f"{digest}  {args.out.name}\n")
     size_mb = args.out.stat().st_size / 1e6
     print(
         f"wrote {args.out} ({size_mb:.2f} MB): {len(arrays['train_images'])} train images from "

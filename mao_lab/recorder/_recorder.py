@@ -9,6 +9,9 @@ numbers stay in one flat tensor per step until a table is asked for.
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -24,8 +27,9 @@ from .._observe import StepObserver, StepRecord
 from .._task_gradients import TaskGradients
 from ._frame import Layout, Level, by_module, decode, empty_frame, module_of, normalise_dtypes
 from ._storage import (
-    METRICS_STEM,
+    PARAMS_FILE,
     RunPath,
+    full_tables,
     part_path,
     part_paths,
     save_run,
@@ -33,7 +37,7 @@ from ._storage import (
     write_table,
 )
 
-__all__ = ["Observable", "Recorder", "RecorderError", "record"]
+__all__ = ["Observable", "Recorder", "RecorderError", "RecorderWriteWarning", "record"]
 
 # Raw step vectors on an accelerator are moved to the CPU in batches of this many steps, so that
 # recording does not force a device synchronisation at every step.
@@ -42,6 +46,16 @@ _TRANSFER_BATCH = 64
 
 class RecorderError(RuntimeError):
     """The recorder cannot measure this method (it hands over no per-task gradients or updates)."""
+
+
+class RecorderWriteWarning(UserWarning):
+    """A periodic write of the recorder failed after a training step was applied.
+
+    The step itself completed (the method's parameters and state moved): the failure is not raised,
+    because a caller would take it for a failed step and repeat it.  The recorder keeps the unwritten
+    steps in memory, lists the error in :attr:`Recorder.errors`, and writes them at the next flush or
+    :meth:`Recorder.save`.
+    """
 
 
 class Observable(Protocol):
@@ -77,10 +91,19 @@ class Recorder:
             own count (:attr:`mao_lab.methods.Method.steps_taken`); for the :class:`mao_lab.MAO`
             optimizer, which keeps none, from when the recorder attached.
         run_dir: where :meth:`save` and periodic flushes write; ``None`` keeps everything in memory.
+            It is created at once, and a path that cannot be a writable folder is refused here.
         params: the run's parameters, written to ``run_dir/params.json`` at once and on :meth:`save`.
         flush_every: with ``run_dir``, write the steps recorded since the last flush every this many
             recorded steps, so that an interrupted run leaves a readable table.
-        overwrite: allow a ``run_dir`` that already holds metrics (they are replaced on save).
+        overwrite: allow a ``run_dir`` that already holds metrics.  The earlier run stays whole until
+            this one first writes (a flush or :meth:`save`); then its metrics are removed *before* the
+            new ``params.json`` is written, so a crash never pairs new parameters with old metrics.
+
+    A flush that fails during a training step (a full disk, a folder removed) does not raise: the
+    step was applied, and raising would make the caller repeat it.  The recorder warns
+    (:class:`RecorderWriteWarning`), appends the error to :attr:`errors`, keeps the steps in memory and
+    writes them with the next flush or :meth:`save`.  :meth:`flush` and :meth:`save` called directly
+    raise as usual.
 
     A method that hands over no per-task gradients or updates (``task_grads``/``task_updates`` of its
     :class:`~mao_lab.StepRecord` is ``None``) makes the first recorded step raise :class:`RecorderError`.
@@ -133,20 +156,24 @@ class Recorder:
             )
         self.every = every
         self.method = method
-        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.run_dir = None if run_dir is None else _usable_folder(run_dir)
         self.params: dict[str, Any] = dict(params or {})
         self.flush_every = flush_every
+        self.errors: list[Exception] = []
+        """Writes that failed during training steps (see :class:`RecorderWriteWarning`), oldest first."""
         self._names, self._order = _parameter_names(model)
+        self._params_given = params is not None
+        # An earlier run's files in run_dir, kept whole until this run first writes there.
+        self._stale = False
         if self.run_dir is not None:
-            stale = [p for p in self.run_dir.glob(f"{METRICS_STEM}*") if p.suffix in (".parquet", ".csv")]
+            stale = full_tables(self.run_dir) + part_paths(self.run_dir)
             if stale and not overwrite:
                 raise FileExistsError(
                     f"{self.run_dir} already holds recorded metrics ({stale[0].name}); pick another run_dir "
                     "or pass overwrite=True"
                 )
-            for part in part_paths(self.run_dir):
-                part.unlink()
-            if params is not None:
+            self._stale = bool(stale)
+            if not self._stale and params is not None:
                 write_params(self.run_dir, self.params)
 
         self._layouts: dict[tuple[object, ...], int] = {}
@@ -250,7 +277,22 @@ class Recorder:
             if len(self._pending) >= _TRANSFER_BATCH:
                 self._transfer()
         if self.flush_every is not None and len(self._steps) - self._flushed >= self.flush_every:
+            self._flush_during_step()
+
+    def _flush_during_step(self) -> None:
+        """Flush from inside a step that was already applied: report a failure, never raise it."""
+        try:
             self.flush()
+        except Exception as error:  # noqa: BLE001 - whatever broke the write, the step stands
+            self.errors.append(error)
+            warnings.warn(
+                RecorderWriteWarning(
+                    f"the recorder could not write step {self._steps[-1]} to {self.run_dir} ({type(error).__name__}: "
+                    f"{error}); the training step itself was applied; the {len(self._steps) - self._flushed} unwritten "
+                    "step(s) stay in memory and are written by the next flush or save()"
+                ),
+                stacklevel=4,
+            )
 
     def _measure(self, layout_index: int, record: StepRecord, grads: TaskGradients, updates: TaskGradients) -> Tensor:
         """The step's raw numbers as one flat vector, in the order of its layout (see :class:`Layout`)."""
@@ -379,11 +421,28 @@ class Recorder:
         if self._flushed == len(self._steps):
             return None
         frame = self.to_frame(start=self._flushed)
-        self._parts_written += 1
-        path = part_path(self.run_dir, self._parts_written)
+        self._claim_run_dir()
+        path = part_path(self.run_dir, self._parts_written + 1)
         write_table(frame, path)
+        self._parts_written += 1
         self._flushed = len(self._steps)
         return path
+
+    def _claim_run_dir(self) -> None:
+        """Before this run's first write: remove an earlier run's metrics, then its parameters.
+
+        In that order, so that at no moment does the folder hold this run's ``params.json`` beside
+        the earlier run's metrics.
+        """
+        if not self._stale or self.run_dir is None:
+            return
+        for path in full_tables(self.run_dir) + part_paths(self.run_dir):
+            path.unlink(missing_ok=True)
+        if self._params_given:
+            write_params(self.run_dir, self.params)
+        else:
+            (self.run_dir / PARAMS_FILE).unlink(missing_ok=True)
+        self._stale = False
 
     def save(self, run_dir: RunPath | None = None, params: Mapping[str, Any] | None = None) -> Path:
         """Write the whole table and the run's parameters to a run folder; returns the table's path.
@@ -397,8 +456,13 @@ class Recorder:
             raise ValueError("save needs a run_dir (give one here or to the Recorder)")
         if params is not None:
             self.params = dict(params)
-        path = save_run(folder, self.to_frame(), self.params)
-        if folder == self.run_dir:
+        own = folder == self.run_dir
+        if own:
+            self._claim_run_dir()
+        # In its own run_dir the part files are this run's flushes: save_run keeps them until the full
+        # table is in place.  Elsewhere, parts belong to another run and go before the new params.json.
+        path = save_run(folder, self.to_frame(), self.params, parts_of_this_run=own)
+        if own:
             self._flushed = len(self._steps)
         return path
 
@@ -430,6 +494,24 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _usable_folder(run_dir: RunPath) -> Path:
+    """``run_dir`` as a folder this process can write, created if missing; a clear error otherwise."""
+    try:
+        folder = Path(run_dir)
+    except TypeError:
+        raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}") from None
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"run_dir {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except (OSError, ValueError) as error:  # ValueError: a NUL character in the path
+        raise type(error)(f"run_dir {folder} cannot be used as a writable folder: {error}") from error
+    return folder
 
 
 def _flat(stacked: Tensor) -> Tensor:

@@ -60,8 +60,24 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def write_params(run_dir: Path, params: Mapping[str, Any]) -> None:
     """Write the run's parameters as JSON (anything JSON cannot hold is written as its ``repr``)."""
-    text = json.dumps(dict(params), indent=2, sort_keys=True, default=repr)
-    write_atomically(run_dir / PARAMS_FILE, lambda tmp: tmp.write_text(text + "\n"))
+    text = _params_text(params)
+    write_atomically(run_dir / PARAMS_FILE, lambda tmp: tmp.write_text(text))
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return json.dumps(dict(params), indent=2, sort_keys=True, default=repr) + "\n"
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def full_tables(run_dir: Path) -> list[Path]:
+    """The whole-run tables in a folder (``metrics.parquet``, ``metrics.csv``)."""
+    return [p for p in (run_dir / f"{METRICS_STEM}.parquet", run_dir / f"{METRICS_STEM}.csv") if p.is_file()]
 
 
 def part_path(run_dir: Path, number: int, use_parquet: bool | None = None) -> Path:
@@ -79,10 +95,17 @@ def save_run(
     params: Mapping[str, Any] | None = None,
     *,
     use_parquet: bool | None = None,
+    parts_of_this_run: bool = False,
 ) -> Path:
     """Write a run folder: the whole table as ``metrics.parquet`` (or ``.csv``) and ``params.json``.
 
     Part files of earlier flushes are removed once the full table is in place.  Returns the table's path.
+
+    The folder never pairs parameters with metrics of another run, whenever the process dies: the new
+    table is first written completely under a hidden name; if ``params`` differ from the folder's
+    ``params.json``, the metrics there (and its part files, unless ``parts_of_this_run``: the
+    flushes of the run being saved) are removed before the new ``params.json`` is written; only then
+    is the table moved into place.
 
     >>> import tempfile
     >>> from mao_lab.recorder._frame import empty_frame
@@ -94,10 +117,17 @@ def save_run(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if params is not None:
-        write_params(run_dir, params)
     path = run_dir / f"{METRICS_STEM}{_suffix(use_parquet)}"
-    write_table(frame, path)
+    pending = run_dir / f".{METRICS_STEM}.new{path.suffix}"  # complete and on disk, but invisible to load_run
+    write_table(frame, pending)
+    try:
+        if params is not None and _params_text(params) != _read_text(run_dir / PARAMS_FILE):
+            for old in full_tables(run_dir) + ([] if parts_of_this_run else part_paths(run_dir)):
+                old.unlink()
+            write_params(run_dir, params)
+        os.replace(pending, path)
+    finally:
+        pending.unlink(missing_ok=True)
     # Only now are the parts redundant; a crash before this line leaves both, and load_run then
     # trusts the full table.
     for part in part_paths(run_dir):
