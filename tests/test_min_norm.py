@@ -8,6 +8,10 @@ float64 here, never from the solver's own intermediate quantities.
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cvxpy as cp
 import numpy as np
@@ -296,3 +300,24 @@ def test_bad_matrices_raise_a_clear_error_and_are_left_intact() -> None:
     assert torch.equal(matrix, kept)
     with pytest.raises(ValueError, match="matrix \\(T, n\\)"):
         min_norm_direction(torch.ones(2, 2, 2))
+
+
+# -- the accuracy and cost command -------------------------------------------------------------------------------
+
+
+def test_mgda_bench_quick_prints_accuracy_and_cost(tmp_path: Path) -> None:
+    output = tmp_path / "mgda.json"
+    done = subprocess.run([sys.executable, "-m", "mao_lab.bench", "mgda", "--quick", "--output", str(output)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert json.loads(output.read_text()) == result
+    assert [a["tasks"] for a in result["accuracy"]] == [2, 3, 5, 8, 16]
+    assert [c["tasks"] for c in result["cost"]] == [2, 4, 8, 16]
+    for entry in result["accuracy"]:
+        assert entry["exact_kkt_residual_max"] < KKT_TOLERANCE
+        assert entry["fw_norm_ratio_p90"] >= 1.0 - 1e-9  # nothing is shorter than the min-norm point
+    for entry in result["cost"]:
+        assert entry["exact_vs_torchjd"] > 0 and entry["weights_exact_vs_torchjd"] > 0

@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mao_lab.bench",
         description="Benchmarks of mao_lab. Each prints one JSON line on stdout; progress goes to stderr.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda}")
     step = sub.add_parser(
         "step",
         parents=[common],
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     step.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     sub.add_parser("recorder", parents=[common], help="the cost of the gradient recorder")
+    sub.add_parser("mgda", parents=[common], help="exact min-norm MGDA vs TorchJD's Frank-Wolfe: accuracy and cost")
     return parser
 
 
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             vmap=True if args.vmap else None,
         )
+    elif args.command == "mgda":
+        from ._mgda_bench import run_mgda_benchmark
+
+        result = run_mgda_benchmark(quick=args.quick, seed=args.seed)
     else:
         try:
             from ._recorder_bench import run_recorder_benchmark
