@@ -25,7 +25,7 @@ from ._task_gradients import (
     TaskInputError,
     TaskLosses,
     TaskUpdates,
-    _compute_task_gradients,
+    compute_task_gradients,
     match_task_order,
     ordered_task_losses,
 )
@@ -191,7 +191,7 @@ class MAO(ObservableMixin, Optimizer):
         """
         self._check_num_tasks(len(names))
         with torch.enable_grad():
-            task_grads = _compute_task_gradients(
+            task_grads = compute_task_gradients(
                 dict(zip(names, losses)),
                 self.trainable_params(),
                 features=features,

@@ -134,6 +134,7 @@ def _default_names(count: int) -> tuple[str, ...]:
     return tuple(f"task{k}" for k in range(count))
 
 
+@dataclass(frozen=True)
 class _PerTaskStacks:
     """What :class:`TaskGradients` and :class:`TaskUpdates` share: per parameter, one stacked tensor of
     the tasks that reach it (``tasks[i]``, increasing), shape ``(len(tasks[i]), *params[i].shape)``."""
@@ -146,7 +147,7 @@ class _PerTaskStacks:
     def _stacks(self) -> Sequence[Tensor]:
         raise NotImplementedError
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         stacks = self._stacks
         if not (len(self.params) == len(self.tasks) == len(stacks)):
             raise ValueError("params, tasks and the stacked tensors must have one entry per parameter")
@@ -293,13 +294,7 @@ class TaskGradients(_PerTaskStacks):
             [4.2426, 3.0000]])
     """
 
-    task_names: tuple[str, ...]
-    params: tuple[Tensor, ...]
-    tasks: tuple[tuple[int, ...], ...]
     grads: Sequence[Tensor]
-
-    def __post_init__(self) -> None:
-        self._validate()
 
     @property
     def _stacks(self) -> Sequence[Tensor]:
@@ -379,13 +374,7 @@ class TaskUpdates(_PerTaskStacks):
         updates: for each parameter, a tensor of shape ``(len(tasks[i]), *params[i].shape)``.
     """
 
-    task_names: tuple[str, ...]
-    params: tuple[Tensor, ...]
-    tasks: tuple[tuple[int, ...], ...]
     updates: Sequence[Tensor]
-
-    def __post_init__(self) -> None:
-        self._validate()
 
     @property
     def _stacks(self) -> Sequence[Tensor]:
@@ -470,32 +459,6 @@ def _leaves_reachable_from(roots: Sequence[Tensor]) -> set[int]:
     return leaves
 
 
-def compute_task_gradients(
-    losses: TaskLosses,
-    params: Iterable[Tensor],
-    *,
-    features: Tensor | Sequence[Tensor] | None = None,
-    batched: bool = False,
-    retain_graph: bool = False,
-) -> TaskGradients:
-    """Compute every task's gradient with respect to ``params``, at the cost of ``T`` backward passes.
-
-    Args:
-        losses: one scalar loss per task (see :func:`as_task_losses`).
-        params: the parameters to differentiate; those with ``requires_grad=False`` are skipped.
-        features: optionally, the shared representation (the trunk's output) that every head reads.
-            It enables the ``batched`` form and makes each head backward run exactly once per task.
-        batched: with ``features``, backpropagate all tasks through the trunk in one vmapped call
-            (``is_grads_batched``); faster on a GPU, usually slower on a few CPU cores.
-        retain_graph: keep the graph after the last backward pass.
-
-    Without ``features`` each task is backpropagated on its own through its head and the trunk:
-    autograd only visits the nodes a task reaches, so this is the physical limit of one trunk backward
-    and one head backward per task, the same work as TorchJD's ``mtl_backward(parallel_chunk_size=1)``.
-    """
-    return _compute_task_gradients(losses, params, features=features, batched=batched, retain_graph=retain_graph)
-
-
 class GradientReserve:
     """The last step's per-task gradients, held by an optimizer and let go one task at a time.
 
@@ -557,7 +520,7 @@ class _TaskHooks:
                 self.probes.extend(torch._foreach_norm(small))
 
 
-def _compute_task_gradients(
+def compute_task_gradients(
     losses: TaskLosses,
     params: Iterable[Tensor],
     *,
@@ -567,11 +530,23 @@ def _compute_task_gradients(
     reserve: GradientReserve | None = None,
     check_finite: bool = False,
 ) -> TaskGradients:
-    """:func:`compute_task_gradients`, for an optimizer.
+    """Compute every task's gradient with respect to ``params``, at the cost of ``T`` backward passes.
 
-    With ``reserve``, the memory of the last step's gradients is reused (looped forms).  With
-    ``check_finite``, what :meth:`TaskGradients.check_finite` reads is read as each task's gradients
-    come out of its backward pass, while they are still in cache.
+    Args:
+        losses: one scalar loss per task (see :func:`as_task_losses`).
+        params: the parameters to differentiate; those with ``requires_grad=False`` are skipped.
+        features: optionally, the shared representation (the trunk's output) that every head reads.
+            It enables the ``batched`` form and makes each head backward run exactly once per task.
+        batched: with ``features``, backpropagate all tasks through the trunk in one vmapped call
+            (``is_grads_batched``); faster on a GPU, usually slower on a few CPU cores.
+        retain_graph: keep the graph after the last backward pass.
+        reserve: for an optimizer: reuse the memory of the last step's gradients (looped forms).
+        check_finite: for an optimizer: read what :meth:`TaskGradients.check_finite` needs as each
+            task's gradients come out of its backward pass, while they are still in cache.
+
+    Without ``features`` each task is backpropagated on its own through its head and the trunk:
+    autograd only visits the nodes a task reaches, so this is the physical limit of one trunk backward
+    and one head backward per task, the same work as TorchJD's ``mtl_backward(parallel_chunk_size=1)``.
     """
     names, loss_list = as_task_losses(losses)
     params = [p for p in params if p.requires_grad]

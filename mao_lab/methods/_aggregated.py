@@ -10,15 +10,12 @@ TorchJD's ``mtl_backward``.  Then the base optimizer steps.
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchjd.aggregation import Aggregator, WeightedAggregator
 
-from .._checkpoints import CheckpointError
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, compute_task_gradients
 from ._base import LossClosure
@@ -33,7 +30,7 @@ class AggregatorMethod(SteppedMethod):
     """A TorchJD aggregator of the shared parameters' Jacobian, applied through a base optimizer.
 
     Subclasses make the aggregator (:meth:`_make_aggregator`, given the number of tasks), and, for
-    aggregators that keep state between steps, save it (:meth:`_aggregator_state`).  Aggregators
+    aggregators that keep state between steps, save it (:meth:`_balancer_state`).  Aggregators
     built from a TorchJD ``Weighting`` split the direction by task as ``alpha_k g_k`` out of the box;
     others override :meth:`_task_rows`.  A :class:`~mao_lab.methods._common.Seeded` one draws its
     random numbers from its own generator, never from the global RNG.
@@ -43,16 +40,17 @@ class AggregatorMethod(SteppedMethod):
 
     # -- what subclasses supply ----------------------------------------------------------------------
 
-    @abstractmethod
     def _make_aggregator(self, num_tasks: int) -> Aggregator:
-        """The TorchJD aggregator for ``num_tasks`` tasks."""
+        """The TorchJD aggregator for ``num_tasks`` tasks (default: ``torchjd_class()``); an aggregator
+        with state between steps also overrides :meth:`_balancer_state` / :meth:`_load_balancer_state`."""
+        assert self.torchjd_class is not None, f"{type(self).__name__} sets torchjd_class or makes its aggregator"
+        return self.torchjd_class()
 
-    def _aggregator_state(self) -> dict[str, Any]:
-        """The aggregator's own state between steps (none by default)."""
-        return {}
+    def _build(self, num_tasks: int) -> None:
+        self.aggregator = self._make_aggregator(num_tasks)
 
-    def _load_aggregator_state(self, state: dict[str, Any]) -> None:
-        pass
+    def _unbuild(self) -> None:
+        self.aggregator = None
 
     def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
         """Row ``k``: task ``k``'s part of the aggregate (they sum to it).  ``weights`` are the
@@ -103,8 +101,7 @@ class AggregatorMethod(SteppedMethod):
         with torch.enable_grad():
             task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
         task_grads.check_finite()
-        if self.aggregator is None:
-            self.aggregator = self._make_aggregator(len(names))
+        self._ensure_built(len(names))
         shared = [i for i, ks in enumerate(task_grads.tasks) if len(ks) > 1]
         direction, rows = None, None
         if shared:
@@ -116,26 +113,6 @@ class AggregatorMethod(SteppedMethod):
         if record:
             task_updates = preconditioned_parts(split, self.base, [g is not None for g in grads])
         return StepRecord(names, values, task_grads if record else None, task_updates)
-
-    # -- state ---------------------------------------------------------------------------------------
-
-    def _extra_state(self) -> dict[str, Any]:
-        state = super()._extra_state()
-        if self.aggregator is not None:
-            state["aggregator"] = self._aggregator_state()
-        return state
-
-    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._check_extra_state(state)
-        if "aggregator" in state and state["num_tasks"] is None:
-            raise CheckpointError(f"method {self.name!r}: an aggregator state without a task count")
-
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._load_extra_state(state)
-        self.aggregator = None
-        if "aggregator" in state:
-            self.aggregator = self._make_aggregator(state["num_tasks"])
-            self._load_aggregator_state(state["aggregator"])
 
 
 def _per_parameter(

@@ -56,28 +56,29 @@ __all__ = [
 ]
 
 
+class _ReplayedDraws(Seeded, AggregatorMethod):
+    """An aggregator that draws random numbers: the record replays its draws from the same RNG state."""
+
+    def _before_aggregate(self, matrix: Tensor) -> Any:
+        return get_rng_states(matrix.device)
+
+
 @register("mgda", "MGDA: the min-norm convex combination of the task gradients (Sener & Koltun 2018)", "torchjd")
 class MGDAMethod(AggregatorMethod):
     """MGDA's min-norm direction (Frank-Wolfe, TorchJD's defaults)."""
 
-    def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.MGDA()
+    torchjd_class = aggregation.MGDA
 
 
-@register("imtl_g", "IMTL-G: the direction with equal projections on every task gradient (Liu et al. 2021)", "torchjd")
-class IMTLGMethod(AggregatorMethod):
-    """IMTL-G (TorchJD's generalisation to linearly dependent gradients)."""
+@register("pcgrad", "PCGrad: each conflicting gradient projected off the others, summed (Yu et al. 2020)", "torchjd")
+class PCGradMethod(_ReplayedDraws):
+    """PCGrad; the order in which each task visits the others is drawn from the method's ``seed``."""
 
-    def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.IMTLG()
+    torchjd_class = aggregation.PCGrad
 
-
-@register("upgrad", "UPGrad: every task gradient projected onto the dual cone, averaged (Quinton & Rey 2024)", "torchjd")
-class UPGradMethod(AggregatorMethod):
-    """UPGrad with uniform preference (quadprog projector)."""
-
-    def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.UPGrad()
+    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
+        set_rng_states(replay, matrix.device)
+        return pcgrad_coefficients(matrix @ matrix.T) @ matrix
 
 
 @register("cagrad", "CAGrad: the best worst-case improvement near the mean gradient (Liu et al. 2021)", "torchjd")
@@ -90,16 +91,11 @@ class CAGradMethod(AggregatorMethod):
         return aggregation.CAGrad(c=self.hparams["c"])
 
 
-@register("aligned_mtl", "Aligned-MTL: the gradient matrix aligned to a well-conditioned one (Senushkin et al. 2023)", "torchjd")
-class AlignedMTLMethod(AggregatorMethod):
-    """Aligned-MTL with uniform preference; ``scale_mode`` picks the eigenvalue that sets the scale."""
+@register("imtl_g", "IMTL-G: the direction with equal projections on every task gradient (Liu et al. 2021)", "torchjd")
+class IMTLGMethod(AggregatorMethod):
+    """IMTL-G (TorchJD's generalisation to linearly dependent gradients)."""
 
-    hyperparameters = {
-        "scale_mode": Hyperparameter("min", choice("min", "median", "rmse"), "the eigenvalue that sets the scale")
-    }
-
-    def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.AlignedMTL(scale_mode=self.hparams["scale_mode"])
+    torchjd_class = aggregation.IMTLG
 
 
 @register("nash_mtl", "Nash-MTL: the Nash bargaining solution among the tasks (Navon et al. 2022)", "torchjd")
@@ -123,32 +119,43 @@ class NashMTLMethod(AggregatorMethod):
             warnings.filterwarnings("ignore", message=".*not DPP.*")
             return super()._aggregate(matrix, record)
 
-    def _aggregator_state(self) -> dict[str, Any]:
+    def _balancer_state(self) -> dict[str, Any]:
         assert isinstance(self.aggregator, aggregation.NashMTL)
         return nash_mtl_state(self.aggregator)
 
-    def _load_aggregator_state(self, state: dict[str, Any]) -> None:
+    def _load_balancer_state(self, state: dict[str, Any]) -> None:
         assert isinstance(self.aggregator, aggregation.NashMTL)
         load_nash_mtl_state(self.aggregator, state)
 
 
-class _ReplayedDraws(Seeded, AggregatorMethod):
-    """An aggregator that draws random numbers: the record replays its draws from the same RNG state."""
+@register("aligned_mtl", "Aligned-MTL: the gradient matrix aligned to a well-conditioned one (Senushkin et al. 2023)", "torchjd")
+class AlignedMTLMethod(AggregatorMethod):
+    """Aligned-MTL with uniform preference; ``scale_mode`` picks the eigenvalue that sets the scale."""
 
-    def _before_aggregate(self, matrix: Tensor) -> Any:
-        return get_rng_states(matrix.device)
-
-
-@register("pcgrad", "PCGrad: each conflicting gradient projected off the others, summed (Yu et al. 2020)", "torchjd")
-class PCGradMethod(_ReplayedDraws):
-    """PCGrad; the order in which each task visits the others is drawn from the method's ``seed``."""
+    hyperparameters = {
+        "scale_mode": Hyperparameter("min", choice("min", "median", "rmse"), "the eigenvalue that sets the scale")
+    }
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.PCGrad()
+        return aggregation.AlignedMTL(scale_mode=self.hparams["scale_mode"])
+
+
+@register("upgrad", "UPGrad: every task gradient projected onto the dual cone, averaged (Quinton & Rey 2024)", "torchjd")
+class UPGradMethod(AggregatorMethod):
+    """UPGrad with uniform preference (quadprog projector)."""
+
+    torchjd_class = aggregation.UPGrad
+
+
+@register("graddrop", "GradDrop: per-coordinate sign dropout by gradient sign purity (Chen et al. 2020)", "torchjd")
+class GradDropMethod(_ReplayedDraws):
+    """GradDrop (identity purity function, no leak); the random masks are drawn from ``seed``."""
+
+    torchjd_class = aggregation.GradDrop
 
     def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
         set_rng_states(replay, matrix.device)
-        return pcgrad_coefficients(matrix @ matrix.T) @ matrix
+        return graddrop_rows(matrix)
 
 
 @register("gradvac", "GradVac: gradients pulled toward target similarities kept as EMAs (Wang et al. 2021)", "torchjd")
@@ -171,22 +178,10 @@ class GradVacMethod(_ReplayedDraws):
         assert isinstance(self.aggregator, aggregation.GradVac)
         return gradvac_coefficients(matrix @ matrix.T, phi, self.aggregator.beta, self.aggregator.eps) @ matrix
 
-    def _aggregator_state(self) -> dict[str, Any]:
+    def _balancer_state(self) -> dict[str, Any]:
         assert isinstance(self.aggregator, aggregation.GradVac)
         return {"phi": gradvac_phi(self.aggregator)}
 
-    def _load_aggregator_state(self, state: dict[str, Any]) -> None:
+    def _load_balancer_state(self, state: dict[str, Any]) -> None:
         assert isinstance(self.aggregator, aggregation.GradVac)
         load_gradvac_phi(self.aggregator, state["phi"])
-
-
-@register("graddrop", "GradDrop: per-coordinate sign dropout by gradient sign purity (Chen et al. 2020)", "torchjd")
-class GradDropMethod(_ReplayedDraws):
-    """GradDrop (identity purity function, no leak); the random masks are drawn from ``seed``."""
-
-    def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.GradDrop()
-
-    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
-        set_rng_states(replay, matrix.device)
-        return graddrop_rows(matrix)

@@ -30,7 +30,7 @@ from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
 from ._transaction import all_or_nothing
 
-__all__ = ["LossClosure", "Method", "trainable_parameters"]
+__all__ = ["LossClosure", "Method", "OptimizerMethod", "trainable_parameters"]
 
 LossClosure = Callable[[], TaskLosses]
 """Runs the forward pass on the current batch and returns the per-task losses."""
@@ -226,3 +226,19 @@ class Method(ObservableMixin, ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, num_tasks={self.num_tasks})"
+
+
+class OptimizerMethod(Method):
+    """A method whose optimizer state is all in ``self.optimizer``, an optimizer with ``state_dict``,
+    ``check_state_dict`` and ``load_state_dict`` (:class:`mao_lab.MAO`, MTAdam)."""
+
+    optimizer: Any
+
+    def _optimizer_state(self) -> Any:
+        return self.optimizer.state_dict()
+
+    def _check_optimizer_state(self, state: Any) -> None:
+        self.optimizer.check_state_dict(state)
+
+    def _load_optimizer_state(self, state: Any) -> None:
+        self.optimizer.load_state_dict(state)

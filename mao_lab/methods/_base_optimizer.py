@@ -9,8 +9,8 @@ the step by task (see :mod:`mao_lab.methods._contributions`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -137,15 +137,65 @@ class BaseOptimizer:
 
 class SteppedMethod(Method):
     """A method whose step ends with one step of a :class:`BaseOptimizer` (``self.base``) on a direction
-    it computed: the weightings and the aggregators."""
+    it computed: the weightings, the aggregators and the independent steps.
+
+    What balances the tasks (a TorchJD scalarizer or aggregator, GradNorm's weights) usually depends
+    on the number of tasks: it is made by :meth:`_build` at the first step (or when a state is
+    loaded), and its state between steps goes through :meth:`_balancer_state` /
+    :meth:`_load_balancer_state`, which is what ``state_dict`` saves and a failed step is rolled back to.
+    """
 
     hyperparameters = {
         "optimizer": Hyperparameter("adam", choice("adam", "sgd"), "the base optimizer: Adam (AdamW decay) or SGD")
     }
+    #: The TorchJD class a method wraps, when it needs no argument (read by the families' default builders).
+    torchjd_class: ClassVar[Callable[[], Any] | None] = None
+    _built_for: int | None = None
 
     def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.base = BaseOptimizer.from_hparams(self.params, self.hparams)
+
+    # -- the balancer, built for a number of tasks ------------------------------------------------------
+
+    def _build(self, num_tasks: int) -> None:
+        """Create what depends on the number of tasks."""
+
+    def _unbuild(self) -> None:
+        """Forget what :meth:`_build` created."""
+
+    def _balancer_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_balancer_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _ensure_built(self, num_tasks: int) -> None:
+        if self._built_for is None:
+            self._build(num_tasks)
+            self._built_for = num_tasks
+
+    def _extra_state(self) -> dict[str, Any]:
+        state = super()._extra_state()
+        if self._built_for is not None:
+            state["balancer"] = self._balancer_state()
+        return state
+
+    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
+        super()._check_extra_state(state)
+        if "balancer" in state and state["num_tasks"] is None:
+            raise CheckpointError(f"method {self.name!r}: a balancer state without a task count")
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_extra_state(state)
+        if self._built_for is not None:
+            self._unbuild()
+            self._built_for = None
+        if "balancer" in state:
+            self._ensure_built(state["num_tasks"])
+            self._load_balancer_state(state["balancer"])
+
+    # -- the optimizer ------------------------------------------------------------------------------------
 
     def _optimizer_state(self) -> dict[str, Any]:
         return self.base.state_dict()

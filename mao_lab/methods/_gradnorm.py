@@ -132,7 +132,7 @@ class GradNormMethod(WeightedLossMethod):
             self.loss_weights.mul_(len(weights) / self.loss_weights.sum())
         return weights.to(losses.dtype)
 
-    def _weighting_state(self) -> dict[str, Any]:
+    def _balancer_state(self) -> dict[str, Any]:
         assert self.loss_weights is not None and self._weights_optimizer is not None
         return {
             "loss_weights": self.loss_weights.detach(),
@@ -141,7 +141,7 @@ class GradNormMethod(WeightedLossMethod):
             "shared_param": self._found_shared,
         }
 
-    def _load_weighting_state(self, state: dict[str, Any]) -> None:
+    def _load_balancer_state(self, state: dict[str, Any]) -> None:
         assert self.loss_weights is not None and self._weights_optimizer is not None
         with torch.no_grad():
             self.loss_weights.copy_(state["loss_weights"])

@@ -13,14 +13,14 @@ from torch import Tensor
 
 from .._mao import MAO, MAO_HYPERPARAMETERS
 from .._observe import StepRecord
-from ._base import LossClosure, Method
+from ._base import LossClosure, OptimizerMethod
 from ._registry import register
 
 __all__ = ["MAOMethod"]
 
 
 @register("mao", "MAO: per-task Adam normalisation of every parameter, then sum (Hervella et al. 2024)")
-class MAOMethod(Method):
+class MAOMethod(OptimizerMethod):
     """Multi-Adaptive Optimization behind the method interface; see :class:`mao_lab.MAO`."""
 
     hyperparameters = MAO_HYPERPARAMETERS
@@ -34,12 +34,3 @@ class MAOMethod(Method):
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
         return self.optimizer.step_on_losses(names, losses, keep=record)
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def _check_optimizer_state(self, state: Any) -> None:
-        self.optimizer.check_state_dict(state)
-
-    def _load_optimizer_state(self, state: Any) -> None:
-        self.optimizer.load_state_dict(state)

@@ -28,7 +28,7 @@ from .._checkpoints import CheckpointError, check_optimizer_state, check_step, c
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, number
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskUpdates, compute_task_gradients
-from ._base import LossClosure, Method
+from ._base import LossClosure, OptimizerMethod
 from ._registry import register
 
 __all__ = ["MTAdam", "MTAdamMethod"]
@@ -166,7 +166,7 @@ class MTAdam(Optimizer):
 
 
 @register("mtadam", "MTAdam: per-task Adam moments of layer-rescaled gradients, max denominator (Malkiel & Wolf 2021)")
-class MTAdamMethod(Method):
+class MTAdamMethod(OptimizerMethod):
     """MTAdam behind the method interface; see :class:`MTAdam`."""
 
     hyperparameters = {"beta3": _BETA3}
@@ -184,12 +184,3 @@ class MTAdamMethod(Method):
         task_updates = self.optimizer.apply_task_gradients(task_grads, keep_task_updates=record)
         values = torch.stack([loss.detach().reshape(()) for loss in losses])
         return StepRecord(names, values, task_grads if record else None, task_updates)
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def _check_optimizer_state(self, state: Any) -> None:
-        self.optimizer.check_state_dict(state)
-
-    def _load_optimizer_state(self, state: Any) -> None:
-        self.optimizer.load_state_dict(state)

@@ -49,46 +49,39 @@ __all__ = ["DWAMethod", "FAMOMethod", "IMTLLMethod", "MeanMethod", "RLWMethod", 
 class SumMethod(ScalarizerMethod):
     """The usual practice: one step of the base optimizer on ``sum_k L_k``."""
 
-    def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
-        return scalarization.Sum()
+    torchjd_class = scalarization.Sum
 
 
 @register("mean", "Equal weights: Adam on the mean of the task losses", "torchjd")
 class MeanMethod(ScalarizerMethod):
     """One step of the base optimizer on ``(1/T) sum_k L_k``."""
 
-    def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
-        return scalarization.Mean()
+    torchjd_class = scalarization.Mean
 
 
 @register("uw", "Uncertainty weighting: learned log-variances (Kendall et al. 2018)", "torchjd")
 class UWMethod(ScalarizerMethod):
     """``sum_k (exp(-s_k) L_k + s_k) / 2`` with the log-variances ``s`` (init 0) learned with the model."""
 
-    def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
-        return scalarization.UW(num_tasks)
-
-    def _learned(self) -> list[Tensor]:
-        return [self.scalarizer.log_var] if self.scalarizer is not None else []
+    torchjd_class = scalarization.UW
+    takes_num_tasks = True
+    learned_attributes = ("log_var",)
 
 
 @register("imtl_l", "IMTL-L: learned loss scales exp(s_k), regularised by -s_k (Liu et al. 2021)", "torchjd")
 class IMTLLMethod(ScalarizerMethod):
     """``sum_k (exp(s_k) L_k - s_k)`` with the log-scales ``s`` (init 0) learned with the model."""
 
-    def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
-        return scalarization.IMTLL(num_tasks)
-
-    def _learned(self) -> list[Tensor]:
-        return [self.scalarizer.log_scale] if self.scalarizer is not None else []
+    torchjd_class = scalarization.IMTLL
+    takes_num_tasks = True
+    learned_attributes = ("log_scale",)
 
 
 @register("rlw", "Random loss weighting: softmax of Gaussian weights drawn every step (Lin et al. 2022)", "torchjd")
 class RLWMethod(Seeded, ScalarizerMethod):
     """Weights ``softmax(n)``, ``n ~ N(0, I)``, drawn anew at every step from the method's own generator."""
 
-    def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
-        return scalarization.Random()
+    torchjd_class = scalarization.Random
 
 
 @register("dwa", "Dynamic weight average: weights from the losses' descent rates (Liu et al. 2019)", "torchjd")
@@ -122,11 +115,11 @@ class DWAMethod(ScalarizerMethod):
             self._steps_in_epoch = 0
         return weights
 
-    def _weighting_state(self) -> dict[str, Any]:
+    def _balancer_state(self) -> dict[str, Any]:
         assert isinstance(self.scalarizer, scalarization.DWA)
         return {**dwa_state(self.scalarizer), "steps_in_epoch": self._steps_in_epoch}
 
-    def _load_weighting_state(self, state: dict[str, Any]) -> None:
+    def _load_balancer_state(self, state: dict[str, Any]) -> None:
         assert isinstance(self.scalarizer, scalarization.DWA)
         load_dwa_state(self.scalarizer, state)
         self._steps_in_epoch = int(state["steps_in_epoch"])
@@ -186,10 +179,10 @@ class FAMOMethod(ScalarizerMethod):
             raise TaskInputError(f"task {names[k]!r} (index {k}): the loss after the step is {stacked[k].item()}")
         return stacked
 
-    def _weighting_state(self) -> dict[str, Any]:
+    def _balancer_state(self) -> dict[str, Any]:
         assert isinstance(self.scalarizer, scalarization.FAMO)
         return famo_state(self.scalarizer)
 
-    def _load_weighting_state(self, state: dict[str, Any]) -> None:
+    def _load_balancer_state(self, state: dict[str, Any]) -> None:
         assert isinstance(self.scalarizer, scalarization.FAMO)
         load_famo_state(self.scalarizer, state)

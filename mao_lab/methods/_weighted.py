@@ -10,14 +10,12 @@ the model exactly as stepping on ``S(L)`` would, whatever ``S`` is.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torchjd.scalarization import Scalarizer
 
-from .._checkpoints import CheckpointError
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, compute_task_gradients
 from ._base import LossClosure
@@ -36,13 +34,8 @@ class WeightedLossMethod(SteppedMethod):
     combined as ``sum_k w_k g_k``; the record's contributions are ``D ⊙ w_k g_k`` (see
     :mod:`mao_lab.methods._contributions`).
 
-    Per-task state that needs the number of tasks is created by :meth:`_build` at the first step (or
-    when a state is loaded).  Everything a subclass keeps goes through :meth:`_weighting_state` /
-    :meth:`_load_weighting_state`: that is what ``state_dict`` saves and what a failed step is
-    rolled back to.
+    Per-task state (the weighting) is built and saved as :class:`SteppedMethod` says.
     """
-
-    _built_for: int | None = None
 
     # -- what subclasses supply ----------------------------------------------------------------------
 
@@ -57,24 +50,7 @@ class WeightedLossMethod(SteppedMethod):
         weightings that look at gradients, like GradNorm.
         """
 
-    def _build(self, num_tasks: int) -> None:
-        """Create the state that depends on the number of tasks."""
-
-    def _unbuild(self) -> None:
-        """Forget what :meth:`_build` created."""
-
-    def _weighting_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_weighting_state(self, state: dict[str, Any]) -> None:
-        pass
-
     # -- the step ------------------------------------------------------------------------------------
-
-    def _ensure_built(self, num_tasks: int) -> None:
-        if self._built_for is None:
-            self._build(num_tasks)
-            self._built_for = num_tasks
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
@@ -104,28 +80,6 @@ class WeightedLossMethod(SteppedMethod):
             task_updates = preconditioned_parts(parts, self.base, [g is not None for g in grads])
         return StepRecord(names, values, task_grads, task_updates)
 
-    # -- state ---------------------------------------------------------------------------------------
-
-    def _extra_state(self) -> dict[str, Any]:
-        state = super()._extra_state()
-        if self._built_for is not None:
-            state["weighting"] = self._weighting_state()
-        return state
-
-    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._check_extra_state(state)
-        if "weighting" in state and state["num_tasks"] is None:
-            raise CheckpointError(f"method {self.name!r}: a weighting state without a task count")
-
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._load_extra_state(state)
-        if self._built_for is not None:
-            self._unbuild()
-            self._built_for = None
-        if "weighting" in state:
-            self._ensure_built(state["num_tasks"])
-            self._load_weighting_state(state["weighting"])
-
 
 class ScalarizerMethod(WeightedLossMethod):
     """A TorchJD ``Scalarizer`` ``S`` as a method: ``w_k = dS/dL_k`` at this step's losses.
@@ -137,17 +91,25 @@ class ScalarizerMethod(WeightedLossMethod):
     own generator (``seed``), never from the global RNG.
     """
 
+    #: ``torchjd_class`` is made for the number of tasks: ``torchjd_class(num_tasks)``.
+    takes_num_tasks: ClassVar[bool] = False
+    #: The scalarizer's attributes learned with the model (UW's log-variances, IMTL-L's log-scales).
+    learned_attributes: ClassVar[tuple[str, ...]] = ()
     # Class-level defaults instead of an ``__init__``: both exist only once :meth:`_build` has run.
     scalarizer: Scalarizer | None = None
     weighting_optimizer: BaseOptimizer | None = None
 
-    @abstractmethod
     def _make_scalarizer(self, num_tasks: int) -> Scalarizer:
-        """The TorchJD scalarizer for ``num_tasks`` tasks."""
+        """The TorchJD scalarizer for ``num_tasks`` tasks: ``torchjd_class()`` by default, or
+        ``torchjd_class(num_tasks)`` with ``takes_num_tasks``."""
+        assert self.torchjd_class is not None, f"{type(self).__name__} sets torchjd_class or makes its scalarizer"
+        return self.torchjd_class(num_tasks) if self.takes_num_tasks else self.torchjd_class()
 
     def _learned(self) -> list[Tensor]:
-        """The scalarizer's parameters learned with the model (none by default)."""
-        return []
+        """The scalarizer's parameters learned with the model (its ``learned_attributes``)."""
+        if self.scalarizer is None:
+            return []
+        return [getattr(self.scalarizer, name) for name in self.learned_attributes]
 
     def _build(self, num_tasks: int) -> None:
         self.scalarizer = self._make_scalarizer(num_tasks)
@@ -183,7 +145,7 @@ class ScalarizerMethod(WeightedLossMethod):
             self.weighting_optimizer.step(learned, learned_grads)
         return weights
 
-    def _weighting_state(self) -> dict[str, Any]:
+    def _balancer_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
         if self.scalarizer is not None:
             state["scalarizer"] = self.scalarizer.state_dict()
@@ -191,7 +153,7 @@ class ScalarizerMethod(WeightedLossMethod):
             state["optimizer"] = self.weighting_optimizer.state_dict()
         return state
 
-    def _load_weighting_state(self, state: dict[str, Any]) -> None:
+    def _load_balancer_state(self, state: dict[str, Any]) -> None:
         if self.scalarizer is not None and "scalarizer" in state:
             self.scalarizer.load_state_dict(state["scalarizer"])
         if self.weighting_optimizer is not None and "optimizer" in state:
