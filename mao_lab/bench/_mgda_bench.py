@@ -63,7 +63,7 @@ def kkt_residual(jacobian: np.ndarray, weights: np.ndarray) -> float:
     >>> kkt_residual(np.eye(2), np.array([0.5, 0.5]))
     0.0
     >>> round(kkt_residual(np.eye(2), np.array([0.9, 0.1])), 3)  # g_2 . d = 0.1 < |d|^2 = 0.82
-    0.797
+    0.795
     """
     d = weights @ jacobian
     norm2 = float(d @ d)
