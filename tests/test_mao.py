@@ -118,6 +118,38 @@ def test_matches_reference_rule_for_any_number_of_tasks(num_tasks: int, options:
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.05}, {"reduction": "mean"}, {"weights": True}])
+def test_the_readable_rule_and_the_fast_paths_agree(options: dict, dtype: torch.dtype) -> None:
+    # The library keeps MAO's rule twice: a plain per-tensor loop (taken when per-task updates are kept,
+    # as for a recorder) and the fused/foreach fast paths.  Both run here on the same gradients, with a
+    # task that misses some steps (zeros in its moments) and one that joins late (widened state).
+    num_tasks = 3
+    weights = [0.5, 2.0, 1.5] if options.get("weights") else None
+    kwargs = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=options.get("weight_decay", 0.0),
+                  reduction=options.get("reduction", "sum"), task_weights=weights)
+    plain_net, fast_net = Net(num_tasks, dtype=dtype), Net(num_tasks, dtype=dtype)
+    plain, fast = MAO(plain_net.parameters(), **kwargs), MAO(fast_net.parameters(), **kwargs)
+    for s in range(12):
+        x, y = batch(num_tasks, s, dtype)
+        for net, opt, keep in ((plain_net, plain, True), (fast_net, fast, False)):
+            params = list(net.parameters())
+            grads = per_task_grads(net.losses(x, y), params)
+            if s % 3 == 1:
+                grads[1] = [None] * len(params)  # task 1 reaches nothing at this step
+            if s < 4:
+                grads[2] = [None] * len(params)  # task 2 joins at step 4
+            parts = opt.apply_task_gradients(TaskGradients.from_per_task(grads, params), keep_task_updates=keep)
+            assert (parts is not None) == keep
+    tolerance = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-7)
+    for p, q in zip(plain_net.parameters(), fast_net.parameters()):
+        torch.testing.assert_close(p, q, **tolerance)
+    for p, q in zip(plain_net.parameters(), fast_net.parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(plain.state[p][key], fast.state[q][key], **tolerance)
+    assert not torch.equal(next(plain_net.parameters()), next(Net(num_tasks, dtype=dtype).parameters()))
+
+
 # -- invariances -------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ as soon as they exist).  The other candidates take a full training step on their
 model, on the same batch:
 
 - ``mao``: forward, then ``MAO.step(losses)`` (per-task gradients, checks and update);
+- ``mao_registry``: the same step through the registry, ``make("mao", ...).step(closure)``, as the
+  notebooks and experiments run it (it shares ``MAO.step``'s step: ``registry_vs_mao`` should be ~1);
 - ``mao_features``: the same with ``step(losses, features=...)`` (head backward, then trunk backward);
 - ``torchjd``: forward, TorchJD's ``mtl_backward(..., parallel_chunk_size=1)``,
   ``jac_to_grad(shared, Mean())`` and ``torch.optim.Adam(foreach=True).step()``;
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import MAO, compute_task_gradients
+from ..methods import make
 from ..problems import MultiTaskNet, multimnist_model, seeded_init, task_losses
 from ._timing import Timings, fix_threads, interleaved_timings, synchronizer
 
@@ -152,6 +155,12 @@ def _candidates(
     def mao() -> None:
         mao_opt.step(loss_fn(mao_model(x)))
 
+    registry_model = copy.deepcopy(model)
+    registry_method = make("mao", registry_model.parameters(), lr=LR)
+
+    def mao_registry() -> None:
+        registry_method.step(lambda: loss_fn(registry_model(x)))
+
     def mao_with_features(m: MultiTaskNet, opt: MAO, batched: bool) -> None:
         features = m.features(x)
         opt.step(loss_fn([head(features) for head in m.heads]), features=features, batched=batched)
@@ -184,6 +193,7 @@ def _candidates(
     candidates: dict[str, Callable[[], object]] = {
         "limit": limit,
         "mao": mao,
+        "mao_registry": mao_registry,
         "mao_features": lambda: mao_with_features(features_model, features_opt, False),
         "torchjd": lambda: torchjd_step(torchjd_model, adam, 1),
         "mao_update": lambda: mao_update_opt.apply_task_gradients(task_grads),
@@ -232,6 +242,7 @@ def _memory(inspect: dict[str, object], num_tasks: int) -> dict[str, float]:
 RATIOS = {
     "mao_vs_torchjd": ("mao", "torchjd", False),
     "mao_vs_limit": ("mao", "limit", False),
+    "registry_vs_mao": ("mao_registry", "mao", False),  # make("mao") against MAO itself: the same step
     "update_vs_adam": ("mao_update", "adam_update", True),  # divided by T
     "mao_features_vs_torchjd": ("mao_features", "torchjd", False),
     "torchjd_vs_limit": ("torchjd", "limit", False),
