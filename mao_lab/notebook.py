@@ -1,34 +1,60 @@
 """Helpers every lab notebook uses: parameter checks, a results folder, figures that survive export.
 
-A notebook's second cell validates the papermill parameters with :func:`check` so that a bad value
-stops the run with a message naming the parameter; results go to a :class:`ResultsFolder`, written
-atomically so that an interrupted run never leaves a half-written file.
+A notebook declares its parameters once, as a spec of requirements (:mod:`mao_lab._validate`: ``Int``,
+``Number``, ``Choices``, ...), and its second cell checks them all with :func:`validate_parameters`, so
+that a bad value stops the run with one short message naming the parameter and what is allowed.
+:func:`check` states a condition across parameters in the same words.  Results go to a
+:class:`ResultsFolder`, written atomically so that an interrupted run never leaves a half-written file;
+:func:`smoke_note` says plainly when a run's numbers mean nothing.
+
+>>> spec = {"steps": Int(min=1), "lr": Number(positive=True), "level": Choice(("module", "parameter"))}
+>>> validate_parameters({"steps": 10, "lr": 1e-3, "level": "module", "other": 1}, spec)
+{'steps': 10, 'lr': 0.001, 'level': 'module'}
+>>> validate_parameters({"steps": 0, "lr": 1e-3, "level": "module"}, spec)
+Traceback (most recent call last):
+...
+mao_lab.notebook.NotebookParameterError: bad notebook parameter `steps` = 0: it must be a positive integer
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ._files import write_atomically
+from ._validate import Bool, Choice, Choices, Int, IntList, Number, NumberList, Requirement, Text
 
 __all__ = [
+    "Bool",
+    "Choice",
+    "Choices",
+    "Int",
+    "IntList",
     "NotebookParameterError",
+    "Number",
+    "NumberList",
+    "Requirement",
     "ResultsFolder",
+    "SMOKE_NOTE",
+    "Text",
     "check",
     "check_choice",
     "check_choices",
     "check_positive",
     "check_positive_int",
     "setup_plotly",
+    "smoke_note",
+    "validate_parameters",
     "write_atomically",
 ]
+
+SMOKE_NOTE = "smoke setting: these numbers mean nothing (a few steps on a little data, to check that the notebook runs)"
+"""What a notebook prints, and writes above its results, when it ran in its smoke setting."""
 
 
 class NotebookParameterError(ValueError):
@@ -48,31 +74,56 @@ def check(condition: bool, name: str, value: object, requirement: str) -> None:
         raise NotebookParameterError(f"bad notebook parameter `{name}` = {value!r}: it must be {requirement}")
 
 
+def _require(name: str, value: Any, requirement: Requirement) -> Any:
+    check(requirement.allows(value), name, value, requirement.describe())
+    return value
+
+
+def validate_parameters(namespace: Mapping[str, Any], spec: Mapping[str, Requirement]) -> dict[str, Any]:
+    """Check every parameter of ``spec`` in ``namespace`` (a notebook's ``globals()``), in the spec's order.
+
+    Returns the checked values (lists and tuples as lists), for ``globals().update(...)``.
+
+    Raises:
+        NotebookParameterError: at the first bad or missing parameter, naming it and what is allowed.
+    """
+    checked = {}
+    for name, requirement in spec.items():
+        if name not in namespace:
+            raise NotebookParameterError(f"notebook parameter `{name}` is missing: it must be {requirement.describe()}")
+        value = _require(name, namespace[name], requirement)
+        checked[name] = list(value) if isinstance(value, tuple) else value
+    return checked
+
+
+def smoke_note(smoke: bool) -> str:
+    """:data:`SMOKE_NOTE` in a smoke run, else an empty string.
+
+    >>> smoke_note(True).startswith("smoke setting: these numbers mean nothing"), smoke_note(False)
+    (True, '')
+    """
+    return SMOKE_NOTE if smoke else ""
+
+
 def check_positive(name: str, value: object) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    check(ok, name, value, "a positive, finite number")
-    return float(value)  # type: ignore[arg-type]
+    """``value`` if it is a positive, finite number (:func:`validate_parameters` checks a whole spec)."""
+    return float(_require(name, value, Number(positive=True)))
 
 
 def check_positive_int(name: str, value: object) -> int:
-    check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, value, "a positive integer")
-    return int(value)  # type: ignore[arg-type]
+    """``value`` if it is a positive integer."""
+    return int(_require(name, value, Int(min=1)))
 
 
 def check_choice(name: str, value: object, valid: Iterable[str]) -> str:
-    valid = list(valid)
-    check(value in valid, name, value, f"one of {', '.join(map(repr, valid))}")
-    return str(value)
+    """``value`` if it is one of ``valid``."""
+    return str(_require(name, value, Choice(tuple(valid))))
 
 
 def check_choices(name: str, values: object, valid: Iterable[str]) -> list[str]:
-    """A non-empty list whose items are all in ``valid``."""
-    valid = list(valid)
+    """A non-empty list whose items are all in ``valid`` (a single string counts as a list of one)."""
     items = [values] if isinstance(values, str) else values
-    check(isinstance(items, (list, tuple)) and len(items) > 0, name, values, "a non-empty list")
-    unknown = [v for v in items if v not in valid]  # type: ignore[union-attr]
-    check(not unknown, name, values, f"a list drawn from {', '.join(map(repr, valid))} (unknown: {unknown})")
-    return list(items)  # type: ignore[arg-type]
+    return list(_require(name, items, Choices(tuple(valid))))
 
 
 class ResultsFolder:

@@ -51,6 +51,7 @@ from ._landscape_figures import distance_figure, loss_space_figure, parameter_sp
 from ._multimnist import MULTIMNIST_TASK_NAMES, compare_on_multimnist, train_multimnist, train_single_task
 from ._regression import compare_methods, final_losses, train_with_recorder
 from ._runs import find_run_dirs, is_run_dir, load_balance_runs
+from ._summaries import explorer_summary, findings_markdown, landscape_summary, multimnist_summary, regression_summary
 from ._training import TrainingRun, index_batches, tensor_batches, train
 from ._widgets import HeatmapExplorer, LandscapePlayground, MultiMNISTExplorer, RegressionPlayground, show_figure
 
@@ -73,8 +74,10 @@ __all__ = [
     "delta_m_figure",
     "delta_m_table",
     "distance_figure",
+    "explorer_summary",
     "final_losses",
     "find_run_dirs",
+    "findings_markdown",
     "imbalance_by_layer_figure",
     "imbalance_by_method",
     "imbalance_by_method_figure",
@@ -83,6 +86,7 @@ __all__ = [
     "index_batches",
     "is_run_dir",
     "landscape_gradients",
+    "landscape_summary",
     "landscape_trajectories",
     "largest_shares",
     "layer_ownership",
@@ -93,12 +97,14 @@ __all__ = [
     "method_ownership",
     "module_level",
     "multimnist_results",
+    "multimnist_summary",
     "ownership_figure",
     "parameter_space_figure",
     "pareto_stationary_arc",
     "pareto_table",
     "parse_run_name",
     "reach_matrix",
+    "regression_summary",
     "rescaling_figure",
     "rescaling_gap",
     "results_wide",

@@ -16,6 +16,7 @@ random state is left as it was.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -126,8 +127,8 @@ def train(
     >>> run.evaluations["step"].unique().tolist(), sorted(run.metrics["step"].unique().tolist())
     ([0, 3, 6], [0, 2, 4])
     >>> again = train(lambda: regression_model(2, in_dim=8, hidden=4, out_dim=2), "mao", losses, steps=6,
-    ...               batches=tensor_batches(x, ys, batch_size=16), evaluate=test)
-    >>> again.evaluations["value"].tolist() == run.evaluations.query("step != 3")["value"].tolist()
+    ...               batches=tensor_batches(x, ys, batch_size=16), evaluate=test, record_every=2)
+    >>> again.evaluations["value"].tolist() == run.evaluations.query("step != 3")["value"].tolist()  # the same run
     True
     """
     _check_arguments(method_name, steps, seed, record_every, eval_every)
@@ -136,39 +137,66 @@ def train(
         model = build_model()
         method = make(method_name, model.parameters(), lr=lr, **dict(hyperparameters or {}))
         recorder = _recorder(model, method, record_every, run_dir, run_params)
-        stream = iter(batches(seed)) if batches is not None else None
         rows: list[dict[str, Any]] = []
-        seen: list[Tensor] = []
-        names: list[str] = []
-
-        def closure() -> TaskLosses:
-            losses = task_losses(model, batch)
-            if isinstance(losses, Mapping) and not names:
-                names.extend(map(str, losses))
-            return losses
-
-        seconds = 0.0
         _evaluate(model, evaluate, 0, rows)
+        losses = _Losses()
         with tqdm(total=steps, desc=desc or method_name, disable=not progress, leave=False) as bar:
-            for step in range(1, steps + 1):
-                batch = _next_batch(stream, step)
-                started = time.perf_counter()
-                losses = method.step(closure)
-                seconds += time.perf_counter() - started
-                seen.append(losses.detach().cpu())
+            for step, batch in zip(range(1, steps + 1), _batches(batches, seed)):
+                losses.add(method, lambda: task_losses(model, batch))
                 bar.update()
                 if evaluate is not None and (step == steps or (eval_every is not None and step % eval_every == 0)):
                     _evaluate(model, evaluate, step, rows)
+        if losses.count < steps:
+            raise ValueError(f"batches ran out at step {losses.count + 1}: give at least `steps` batches")
         if recorder is not None:
             recorder.close()
     return TrainingRun(
         model=model,
         method=method,
         evaluations=pd.DataFrame(rows, columns=None if rows else ["step", "task", "metric", "value"]),
-        train_losses=_loss_table(seen, names),
+        train_losses=losses.table(),
         metrics=recorder.to_frame() if recorder is not None else None,
-        seconds=seconds,
+        seconds=losses.seconds,
     )
+
+
+class _Losses:
+    """Steps a method and keeps what each step saw: the per-task losses, the task names, the time taken."""
+
+    def __init__(self) -> None:
+        self.seen: list[Tensor] = []
+        self.names: list[str] = []
+        self.seconds = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.seen)
+
+    def add(self, method: Method, closure: Callable[[], TaskLosses]) -> None:
+        def named() -> TaskLosses:
+            losses = closure()
+            if isinstance(losses, Mapping) and not self.names:
+                self.names.extend(map(str, losses))
+            return losses
+
+        started = time.perf_counter()
+        losses = method.step(named)
+        self.seconds += time.perf_counter() - started
+        self.seen.append(losses.detach().cpu())
+
+    def table(self) -> pd.DataFrame:
+        """``step, task, loss``, steps from 1."""
+        if not self.seen:
+            return pd.DataFrame(columns=["step", "task", "loss"])
+        values = torch.stack(self.seen).double().numpy()
+        names = self.names if len(self.names) == values.shape[1] else [f"task{k}" for k in range(values.shape[1])]
+        table = pd.DataFrame(values, columns=names, index=pd.RangeIndex(1, len(self.seen) + 1, name="step"))
+        return table.reset_index().melt(id_vars="step", var_name="task", value_name="loss")
+
+
+def _batches(batches: Callable[[int], Iterable[Batch]] | None, seed: int) -> Iterable[Batch]:
+    """The batches of ``seed``; without ``batches``, ``None`` for ever (full-batch problems)."""
+    return batches(seed) if batches is not None else itertools.repeat(None)
 
 
 def _check_arguments(method_name: str, steps: int, seed: int, record_every: int | None, eval_every: int | None) -> None:
@@ -191,15 +219,6 @@ def _recorder(
     return Recorder(model, method, every, run_dir=run_dir, params=dict(params or {}), overwrite=True)
 
 
-def _next_batch(stream: Iterator[Batch] | None, step: int) -> Batch:
-    if stream is None:
-        return None
-    try:
-        return next(stream)
-    except StopIteration:
-        raise ValueError(f"batches ran out at step {step}: give at least `steps` batches") from None
-
-
 def _evaluate(model: nn.Module, evaluate: Evaluate | None, step: int, rows: list[dict[str, Any]]) -> None:
     if evaluate is None:
         return
@@ -211,15 +230,6 @@ def _evaluate(model: nn.Module, evaluate: Evaluate | None, step: int, rows: list
             rows.extend({"step": step, **row} for row in evaluate(model))
         finally:
             model.train(was_training)
-
-
-def _loss_table(seen: list[Tensor], names: Sequence[str]) -> pd.DataFrame:
-    if not seen:
-        return pd.DataFrame(columns=["step", "task", "loss"])
-    losses = torch.stack(seen).double().numpy()
-    names = list(names) if len(names) == losses.shape[1] else [f"task{k}" for k in range(losses.shape[1])]
-    table = pd.DataFrame(losses, columns=names, index=pd.RangeIndex(1, len(seen) + 1, name="step"))
-    return table.reset_index().melt(id_vars="step", var_name="task", value_name="loss")
 
 
 def index_batches(num_samples: int, batch_size: int, seed: int) -> Iterator[Tensor]:

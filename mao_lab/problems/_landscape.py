@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validate import Int, require
+
 __all__ = [
     "LANDSCAPE_EPS",
     "LANDSCAPE_STARTS",
@@ -152,8 +154,7 @@ def landscape_grid(
     """
     if not (isinstance(lim, (int, float)) and math.isfinite(lim) and lim > 0):
         raise ValueError(f"lim must be a finite positive number, got {lim!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    require("n", n, Int(min=2))
     axis = np.linspace(-lim, lim, n)
     grid_x1, grid_x2 = np.meshgrid(axis, axis)
     points = torch.from_numpy(np.stack([grid_x1, grid_x2], axis=-1))
@@ -171,8 +172,7 @@ def pareto_front(n: int = 100, l1_scale: float = 1.0) -> tuple[np.ndarray, np.nd
     >>> np.round(front_l1, 3), np.round(front_l2, 3)
     (array([ -0.399, -15.092, -19.989]), array([-19.989, -15.092,  -0.399]))
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    require("n", n, Int(min=2))
     x1 = np.linspace(*PARETO_X1_RANGE, n)
     points = torch.from_numpy(np.stack([x1, np.full(n, PARETO_X2)], axis=-1))
     with torch.no_grad():

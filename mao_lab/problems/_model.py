@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from .._validate import Int, require
+
 __all__ = ["MultiTaskNet", "seeded_init"]
 
 
@@ -66,8 +68,7 @@ class MultiTaskNet(nn.Module):
 
     def task_parameters(self, k: int) -> Iterator[nn.Parameter]:
         """The parameters of task ``k``'s head: only task ``k``'s loss reaches them."""
-        if isinstance(k, bool) or not isinstance(k, int) or not -self.num_tasks <= k < self.num_tasks:
-            raise ValueError(f"k must be a task index in [0, {self.num_tasks}), got {k!r}")
+        require("k", k, Int(min=-self.num_tasks, max=self.num_tasks - 1))
         return self.heads[k].parameters()
 
 
@@ -88,8 +89,7 @@ def seeded_init(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    require("seed", seed, Int())
     # fork_rng restores the global state afterwards, so seeding a model does not change
     # what the caller's later random draws are.
     with torch.random.fork_rng(devices=[]):

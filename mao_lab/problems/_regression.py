@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._validate import Int, require
+
 from ._model import MultiTaskNet, seeded_init
 
 __all__ = ["ImbalancedRegression", "geometric_sigmas", "regression_model"]
@@ -37,8 +39,7 @@ def geometric_sigmas(num_tasks: int, sigma_range: tuple[float, float] = (1.0, 10
     >>> geometric_sigmas(3)
     tensor([  1.,  10., 100.])
     """
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-        raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
+    require("num_tasks", num_tasks, Int(min=1))
     if (
         len(sigma_range) != 2
         or not all(math.isfinite(s) and s > 0 for s in sigma_range)
@@ -108,8 +109,7 @@ class ImbalancedRegression:
             ("out_dim", out_dim, 1),
             ("num_samples", num_samples, 2),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            require(name, value, Int(min=minimum))
         if sigmas is None:
             sigma_tensor = geometric_sigmas(num_tasks, sigma_range)
         else:
@@ -140,8 +140,7 @@ class ImbalancedRegression:
             raise ValueError(
                 f"preactivation_scale must be a finite positive number or None, got {preactivation_scale!r}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        require("seed", seed, Int())
 
         self.num_tasks = num_tasks
         self.in_dim = in_dim
@@ -184,8 +183,7 @@ class ImbalancedRegression:
                 epochs differ while staying reproducible under ``torch.manual_seed``.
             drop_last: skip a last, smaller batch.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        require("batch_size", batch_size, Int(min=1))
         inputs, targets = self.split(split)
         count = inputs.shape[0]
         if shuffle:
@@ -255,8 +253,7 @@ def regression_model(
     """
     sizes = {"num_tasks": num_tasks, "in_dim": in_dim, "hidden": hidden, "out_dim": out_dim, "depth": depth}
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        require(name, value, Int(min=1))
     with seeded_init(seed):
         layers: list[nn.Module] = []
         width = in_dim

@@ -1,0 +1,136 @@
+"""The notebooks' logic in the library: the parameter validator, the summaries and the prose written from them.
+
+Summaries are checked against the tables they come from, recomputed here with plain pandas.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mao_lab._validate import Bool, Choice, Choices, Int, IntList, Number, NumberList, Text, require
+from mao_lab.experiments import (
+    explorer_summary,
+    findings_markdown,
+    landscape_summary,
+    multimnist_summary,
+    regression_summary,
+)
+from mao_lab.notebook import SMOKE_NOTE, NotebookParameterError, validate_parameters
+
+# -- the validator ------------------------------------------------------------------------------------
+
+CASES = [  # requirement, allowed values, refused values
+    (Bool(), [True, False], [1, 0, "yes", None]),
+    (Int(min=1), [1, 10**9], [0, -3, 1.0, True, "2"]),
+    (Int(min=2, max=10), [2, 10], [1, 11, 5.5]),
+    (Number(positive=True), [1e-9, 3, 2.5], [0, -1.0, float("nan"), float("inf"), True]),
+    (Number(positive=True, max=1), [1, 0.5], [0, 1.01]),
+    (Number(min=0), [0, 7.5], [-1e-12]),
+    (Text(), ["runs"], ["", None, 3]),
+    (Choice(("module", "parameter")), ["module"], ["modules", None, ["module"]]),
+    (Choices(("a", "b")), [["a"], ("a", "b"), ["b", "b"]], [[], "a", ["a", "c"], None]),
+    (Choices(("a", "b", "c"), min_length=2, unique=True), [["a", "c"]], [["a"], ["a", "a"]]),
+    (NumberList(length=2, positive=True, ascending=True), [[1, 100.0], (2, 2)], [[100, 1], [1], [0, 1], [1, True]]),
+    (NumberList(min_length=2, positive=True), [[1, 2, 3]], [[1], [1, -2]]),
+    (IntList(min=0), [[0, 1, 2]], [[], [1, 1], [-1], [0.5], "0"]),
+]
+
+
+@pytest.mark.parametrize("requirement, allowed, refused", CASES, ids=[type(c[0]).__name__ for c in CASES])
+def test_each_requirement_allows_and_refuses_what_it_says(requirement, allowed, refused) -> None:
+    for value in allowed:
+        assert requirement.allows(value), value
+        assert require("x", value, requirement) is value
+    for value in refused:
+        assert not requirement.allows(value), value
+        with pytest.raises(ValueError, match=re.escape(f"x must be {requirement.describe()}, got {value!r}")):
+            require("x", value, requirement)
+
+
+def test_validate_parameters_names_the_first_bad_parameter_and_what_is_allowed() -> None:
+    spec = {"steps": Int(min=1), "lr": Number(positive=True), "methods": Choices(("sum", "mao"))}
+    good = {"steps": 5, "lr": 0.1, "methods": ("sum",), "unrelated": object()}
+    assert validate_parameters(good, spec) == {"steps": 5, "lr": 0.1, "methods": ["sum"]}
+    with pytest.raises(NotebookParameterError) as error:
+        validate_parameters({**good, "lr": -1.0, "methods": ["nope"]}, spec)
+    assert str(error.value) == "bad notebook parameter `lr` = -1.0: it must be a positive, finite number"
+    with pytest.raises(NotebookParameterError, match="notebook parameter `methods` is missing"):
+        validate_parameters({"steps": 5, "lr": 0.1}, spec)
+
+
+# -- summaries -----------------------------------------------------------------------------------------
+
+
+def test_regression_summary_against_the_ownership_table() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for run in ("sum", "mao"):
+        for layer in ("trunk.0", "trunk.2", "trunk.4"):
+            shares = rng.dirichlet(np.ones(3))
+            for k, share in enumerate(shares):
+                rows.append({"run": run, "layer": layer, "task": f"task{k}", "share": share,
+                             "owner": f"task{int(shares.argmax())}", "imbalance": float(rng.uniform())})
+    # imbalance is a property of the layer: the same on each of its task rows
+    ownership = pd.DataFrame(rows)
+    ownership["imbalance"] = ownership.groupby(["run", "layer"])["imbalance"].transform("first")
+    final = pd.DataFrame({"method": ["sum", "mao"], "worst": [0.9, 0.3]})
+    summary = regression_summary(ownership, final, "task2", steps=7)
+    for run in ("sum", "mao"):
+        part = ownership[ownership["run"] == run]
+        largest = part[part["task"] == "task2"]["share"]
+        assert summary["largest_sigma_task_min_share"][run] == pytest.approx(largest.min())
+        assert summary["largest_sigma_task_max_share"][run] == pytest.approx(largest.max())
+        assert summary["mean_imbalance"][run] == pytest.approx(part.drop_duplicates("layer")["imbalance"].mean())
+    assert summary["worst_normalised_test_mse"] == {"sum": 0.9, "mao": 0.3} and summary["steps"] == 7
+
+
+def test_landscape_summary_counts_reached_starts_and_misses_in_the_band() -> None:
+    pareto = pd.DataFrame({
+        "method": ["mean"] * 3 + ["mao"] * 3, "x1_start": [0.0, 9.0, -8.5] * 2, "x2_start": [0.0, 9.0, 7.5] * 2,
+        "reached": [True, True, True, True, False, False], "distance": [0.0, 0.01, 0.02, 0.0, 0.5, 0.9],
+        "arc_distance": [0.0, 0.02, 0.01, 0.0, 0.2, 1.1], "conflict_band": [False, False, False, True, True, False],
+    })
+    gaps = pd.DataFrame({"method": ["mao", "mean"], "max_gap": [1e-13, 2.5]})
+    summary = landscape_summary(pareto, gaps, gaps.assign(max_gap=[1e-3, 2.4]))
+    assert summary["reached_count"] == {"mean": 3, "mao": 1}
+    assert summary["reached_from"]["mao"] == ["(0, 0)"]
+    assert summary["unreached_in_conflict_band"] == {"mean": 0, "mao": 1}
+    assert summary["final_distance"]["mao"] == {"(0, 0)": 0.0, "(9, 9)": 0.2, "(-8.5, 7.5)": 0.9}  # the nearer of the two
+
+
+def test_multimnist_and_explorer_summaries_pick_the_extremes() -> None:
+    results = pd.DataFrame({
+        "method": ["sum", "mao", "io"], "task": "(all)", "metric": "delta_m", "mean": [4.0, -2.0, 1.0],
+        "std": [1.0, 0.5, np.nan], "seeds": [3, 3, 1], "higher_is_better": False,
+    })
+    by_method = pd.DataFrame({"run": ["sum", "sum"], "layer": ["a", "b"], "task": "left", "share": [0.7, 0.6],
+                              "owner": "left", "owner_share": [0.7, 0.6], "imbalance": [0.2, 0.4]})
+    summary = multimnist_summary(results, by_method, {"sum": 2.0})
+    assert summary["best_delta_m_method"] == "mao" and summary["delta_m_percent"]["sum"]["seeds"] == 3
+    assert summary["mean_imbalance"] == {"sum": pytest.approx(0.3)}
+    balance = pd.DataFrame({"run": ["x", "x", "y", "y"], "layer": ["l", "(all shared)"] * 2,
+                            "imbalance": [0.1, 0.1, 0.8, 0.8], "dominant_task": ["t0", "t0", "t1", "t1"]})
+    explorer = explorer_summary(["x", "y"], balance)
+    assert (explorer["most_imbalanced_run"], explorer["least_imbalanced_run"]) == ("y", "x")
+    assert explorer["dominant_task"] == {"x": "t0", "y": "t1"}
+
+
+# -- prose written from the run --------------------------------------------------------------------------
+
+
+def test_findings_state_the_summarys_numbers_and_no_others() -> None:
+    summary = {"mean_imbalance": {"sum": 0.417, "mao": 0.0213}, "largest_sigma_task_min_share": {"sum": 0.871, "mao": 0.262},
+               "worst_normalised_test_mse": {"sum": 0.593, "mao": 0.148}}
+    text = findings_markdown(summary, "regression")
+    numbers = {float(n) for n in re.findall(r"(?<![\w.])\d+\.\d+", text)}
+    assert numbers == {v for values in summary.values() for v in values.values()}
+    assert text.index("MAO 0.0213") < text.index("Adam on the sum 0.417")  # ranked, lowest first
+    assert SMOKE_NOTE not in text and findings_markdown(summary, "regression", smoke=True).startswith(f"**{SMOKE_NOTE}**")
+    changed = findings_markdown({**summary, "mean_imbalance": {"sum": 0.5, "mao": 0.0213}}, "regression")
+    assert "0.417" not in changed and "0.5" in changed
+    with pytest.raises(ValueError, match="notebook must be one of"):
+        findings_markdown(summary, "nope")
