@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import linprog
 from torchjd.aggregation import MGDA
 
-from mao_lab.methods._min_norm import ExactMGDA, MinNormWeighting, gramian_float64, min_norm_direction, min_norm_weights
+from mao_lab.methods._min_norm import ExactMGDA, MinNormWeighting, gramian, min_norm_direction, min_norm_weights
 
 KKT_TOLERANCE = 1e-6  # the issue's bar, relative (see kkt_residual)
 
@@ -246,16 +246,24 @@ def test_aggregator_direction_is_the_weighted_rows_and_keeps_dtype_and_device() 
     assert kkt_residual(matrix.double().numpy(), weights.double().numpy() / weights.double().sum().item()) < 1e-5
 
 
-def test_float32_gradients_are_solved_on_a_float64_gram_matrix() -> None:
-    """Nearly cancelling float32 gradients: the float32 Gram matrix loses the min-norm point, the float64
-    one does not."""
+def test_float32_gradients_can_be_solved_on_a_float64_gram_matrix() -> None:
+    """A million float32 coordinates, gradients a thousand times longer than their min-norm point: formed in
+    float32 (as TorchJD does) the Gram matrix can put the direction off by about 1e-3; formed in float64
+    (``gramian_dtype=torch.float64``) it stays within the float32 weights' own rounding."""
     rng = np.random.default_rng(0)
-    base = rng.standard_normal((3, 200)).astype(np.float32)
-    common = rng.standard_normal(200).astype(np.float32)
-    matrix = torch.from_numpy(np.vstack([base + 1e3 * common, -base + 1e3 * common, 1e3 * common]))
-    exact = weights_of(matrix.double().numpy())
-    torch.testing.assert_close(ExactMGDA().weighting(matrix).double(), torch.from_numpy(exact), atol=1e-6, rtol=0)
-    torch.testing.assert_close(gramian_float64(matrix), matrix.double() @ matrix.double().T)
+    size = 1 << 20
+    basis = np.linalg.qr(rng.standard_normal((size, 3)))[0] * np.sqrt(size)  # entries of order 1
+    angles = np.array([0.3, 2.4, 4.1])  # the hull of the in-plane parts contains the origin
+    in_plane = np.cos(angles)[:, None] * basis[:, 0] + np.sin(angles)[:, None] * basis[:, 1]
+    matrix = torch.from_numpy(1e3 * in_plane * np.array([[1.0], [1.5], [0.7]]) + basis[:, 2]).float()
+    wide = ExactMGDA(gramian_dtype=torch.float64).weighting(matrix)
+    assert wide.dtype == torch.float32
+    rows = matrix.double().numpy()
+    exact = weights_of(rows) @ rows
+    relative_error = np.linalg.norm(wide.double().numpy() @ rows - exact) / np.linalg.norm(exact)
+    assert relative_error < 1e-4
+    torch.testing.assert_close(gramian(matrix, torch.float64), matrix.double() @ matrix.double().T)
+    torch.testing.assert_close(gramian(matrix), matrix @ matrix.T)
 
 
 def test_aggregator_does_not_build_a_graph() -> None:

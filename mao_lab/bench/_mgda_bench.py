@@ -11,7 +11,9 @@ Two parts, both on ill-conditioned, conflicting task gradients (:func:`conflicti
 - ``cost``: one aggregation (matrix to direction) by each, on a float32 Jacobian of ``T`` rows and
   ``columns`` shared parameters (1,001,216, the step benchmark's MLP, in a full run), timed
   interleaved (:mod:`._timing`), with the ratio of medians ``exact_vs_torchjd`` and the median of the
-  per-repetition ratios (``paired``); the same for the weights alone, from a given Gram matrix.
+  per-repetition ratios (``paired``); ``exact_float64_gram_vs_torchjd`` for the exact solver on a Gram
+  matrix formed in float64 (``ExactMGDA(gramian_dtype=torch.float64)``); and the same for the weights
+  alone, from a given Gram matrix.
 """
 
 from __future__ import annotations
@@ -158,8 +160,10 @@ def _cost(tasks: int, columns: int, quick: bool, rng: np.random.Generator) -> di
     matrix = (torch.from_numpy(small).float() @ spread).contiguous()
     gramian = matrix.double() @ matrix.double().T
     frank_wolfe, exact, exact_weighting = MGDA(), ExactMGDA(), MinNormWeighting()
+    exact_wide = ExactMGDA(gramian_dtype=torch.float64)
     candidates = {
         "exact": lambda: exact(matrix),
+        "exact_float64_gram": lambda: exact_wide(matrix),
         "torchjd": lambda: frank_wolfe(matrix),
         "exact_weights": lambda: exact_weighting(gramian),
         "torchjd_weights": lambda: frank_wolfe.gramian_weighting(gramian),
@@ -181,6 +185,7 @@ def _cost(tasks: int, columns: int, quick: bool, rng: np.random.Generator) -> di
         "columns": columns,
         "exact_vs_torchjd": _round(timings.median("exact") / timings.median("torchjd")),
         "paired": _round(paired("exact", "torchjd")),
+        "exact_float64_gram_vs_torchjd": _round(timings.median("exact_float64_gram") / timings.median("torchjd")),
         "weights_exact_vs_torchjd": _round(timings.median("exact_weights") / timings.median("torchjd_weights")),
         "weights_paired": _round(paired("exact_weights", "torchjd_weights")),
         "median_ms": {name: _round(timings.median(name) * 1e3) for name in candidates},

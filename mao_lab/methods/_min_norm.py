@@ -15,8 +15,11 @@ gradients it can stop far from the min-norm point (``python -m mao_lab.bench mgd
 Here the programme is solved exactly by Wolfe's nearest-point algorithm (Wolfe 1976, "Finding the
 nearest point in a polytope"), an active-set method that works on the Gram matrix alone, keeps its
 working set affinely independent (so rank-deficient and duplicated gradients need no ridge), and ends
-after finitely many steps on the optimal face.  Everything runs in float64 on the CPU: the programme has
-only ``T`` variables.
+after finitely many steps on the optimal face.  The solve runs in float64 on the CPU: the programme has
+only ``T`` variables.  The Gram matrix itself is formed in the gradients' dtype by default, as TorchJD
+does (forming it is the costly part: ``T^2 n`` multiply-adds); ``gramian_dtype=torch.float64`` forms it
+in float64 instead, which matters when the gradients nearly cancel (a float32 Gram matrix carries errors
+of about 1e-7 of the squared norms) at several times the cost on CPUs.
 
 Where several weightings give the same direction (duplicated or linearly dependent gradients), the
 weights returned are the least-norm ones among the optimal weightings when that choice is nonnegative,
@@ -37,7 +40,7 @@ import torch
 from torch import Tensor
 from torchjd.aggregation import Weighting, WeightedAggregator
 
-__all__ = ["ExactMGDA", "MinNormWeighting", "gramian_float64", "min_norm_direction", "min_norm_weights"]
+__all__ = ["ExactMGDA", "MinNormWeighting", "gramian", "min_norm_direction", "min_norm_weights"]
 
 # Tolerances on the Gram matrix scaled so that its largest diagonal entry is 1.
 _STOP = 1e-14  # "no gradient improves on d": |d|^2 - min_k g_k.d below this (round-off of G's entries)
@@ -73,36 +76,37 @@ def min_norm_weights(gramian: Tensor) -> Tensor:
     return torch.from_numpy(weights).to(device=gramian.device, dtype=gramian.dtype)
 
 
-def min_norm_direction(matrix: Tensor) -> Tensor:
+def min_norm_direction(matrix: Tensor, gramian_dtype: torch.dtype | None = None) -> Tensor:
     """MGDA's direction: the point of the convex hull of the rows of ``matrix`` nearest to the origin.
 
-    The Gram matrix is formed in float64 (in chunks of columns); the direction is ``w @ matrix`` in the
-    matrix's own dtype.
+    The Gram matrix is formed in ``gramian_dtype`` (default: the matrix's own, see :func:`gramian`);
+    the direction is ``w @ matrix`` in the matrix's dtype.
 
     >>> import torch
     >>> min_norm_direction(torch.tensor([[2.0, 0.0], [-1.0, 1.0]]))  # the foot of the perpendicular
     tensor([0.2000, 0.6000])
     """
-    weights = min_norm_weights(gramian_float64(_checked_matrix(matrix)))
+    weights = min_norm_weights(gramian(_checked_matrix(matrix), gramian_dtype))
     return weights.to(matrix.dtype) @ matrix
 
 
-def gramian_float64(matrix: Tensor) -> Tensor:
-    """``matrix @ matrix.T`` accumulated in float64, a bounded block of columns at a time.
-
-    The Gram matrix of float32 gradients formed in float32 carries errors of about 1e-7 of the squared
-    norms, far above the squared norm of the min-norm point when the gradients nearly cancel.
+def gramian(matrix: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``matrix @ matrix.T`` in ``dtype`` (default: the matrix's); a wider dtype than the matrix's is
+    formed a bounded block of columns at a time, so that no full widened copy of the matrix is made.
 
     >>> import torch
-    >>> gramian_float64(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    >>> gramian(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.float64)
     tensor([[ 5., 11.],
             [11., 25.]], dtype=torch.float64)
     """
+    matrix = matrix.detach()
+    if dtype is None or dtype == matrix.dtype:
+        return matrix @ matrix.T
     rows, columns = matrix.shape
-    gram = torch.zeros(rows, rows, dtype=torch.float64, device=matrix.device)
+    gram = torch.zeros(rows, rows, dtype=dtype, device=matrix.device)
     step = max(1, _GRAM_CHUNK_ELEMENTS // max(rows, 1))
     for start in range(0, columns, step):
-        block = matrix[:, start:start + step].detach().to(torch.float64)
+        block = matrix[:, start:start + step].to(dtype)
         gram += block @ block.T
     return gram
 
@@ -123,27 +127,37 @@ class MinNormWeighting(Weighting[Tensor]):
 
 
 class _MatrixMinNormWeighting(Weighting[Tensor]):
-    """The min-norm weights of a matrix's rows, from their Gram matrix formed in float64."""
+    """The min-norm weights of a matrix's rows, from their Gram matrix formed in ``gramian_dtype``."""
+
+    def __init__(self, gramian_dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.gramian_dtype = gramian_dtype
 
     def forward(self, matrix: Tensor, /) -> Tensor:
-        return min_norm_weights(gramian_float64(_checked_matrix(matrix))).to(matrix.dtype)
+        return min_norm_weights(gramian(_checked_matrix(matrix), self.gramian_dtype)).to(matrix.dtype)
 
 
 class ExactMGDA(WeightedAggregator):
     """TorchJD ``Aggregator``: MGDA's exact min-norm direction for any number of rows.
 
     A drop-in for ``torchjd.aggregation.MGDA`` (same weighting interface: ``weighting(matrix)`` gives
-    the weights, ``gramian_weighting`` works on a Gram matrix), but solved exactly and with the Gram
-    matrix formed in float64.
+    the weights, ``gramian_weighting`` works on a Gram matrix), but solved exactly.
+
+    Args:
+        gramian_dtype: the dtype the Gram matrix is formed in (default: the matrix's, as TorchJD);
+            ``torch.float64`` for float32 gradients that nearly cancel (see the module docstring).
 
     >>> import torch
     >>> ExactMGDA()(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
     tensor([0.3333, 0.3333, 0.3333])
     """
 
-    def __init__(self) -> None:
-        super().__init__(_MatrixMinNormWeighting())
+    def __init__(self, gramian_dtype: torch.dtype | None = None) -> None:
+        if gramian_dtype is not None and not gramian_dtype.is_floating_point:
+            raise ValueError(f"gramian_dtype must be a floating dtype or None, got {gramian_dtype}")
+        super().__init__(_MatrixMinNormWeighting(gramian_dtype))
         self.gramian_weighting = MinNormWeighting()
+        self.gramian_dtype = gramian_dtype
 
     def forward(self, matrix: Tensor, /) -> Tensor:
         return super().forward(matrix.detach())
@@ -160,8 +174,7 @@ def _checked_matrix(matrix: Tensor) -> Tensor:
         raise ValueError("the task gradient matrix has no rows (no tasks)")
     if not matrix.dtype.is_floating_point:
         raise ValueError(f"the task gradient matrix must have a floating dtype, got {matrix.dtype}")
-    if not bool(torch.isfinite(matrix).all()):
-        raise ValueError("the task gradient matrix contains NaN or Inf")
+    # NaN or Inf anywhere in the matrix makes its Gram matrix non-finite, which the solve refuses.
     return matrix
 
 
@@ -175,7 +188,7 @@ def _checked_gramian(gramian: Tensor) -> np.ndarray:
         raise ValueError(f"the Gram matrix must have a floating dtype, got {gramian.dtype}")
     gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
     if not np.isfinite(gram).all():
-        raise ValueError("the Gram matrix contains NaN or Inf")
+        raise ValueError("the Gram matrix contains NaN or Inf (so do the gradients, or they overflow)")
     diagonal = np.diag(gram)
     if (diagonal < 0).any():
         k = int(np.argmin(diagonal))
