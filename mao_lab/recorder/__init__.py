@@ -14,18 +14,10 @@ gradients and updates the method computed anyway — it never runs a backward pa
 ``shared``; one reached by a single task is ``task``-specific and owned by that task
 (:meth:`Recorder.layers`).
 
-**A task's contribution to the update.**  Every method's step record holds ``task_updates``: per task
-and parameter, the part of the change actually applied, with ``p <- p - sum_k task_updates[k]`` (plus
-weight decay, which belongs to no task):
-
-* MAO: ``lr * w_k * u_k`` (divided by ``T`` for ``reduction="mean"``), ``u_k`` task ``k``'s
-  Adam-normalised step — exactly the applied update split by task.
-* Loss weightings and gradient aggregators stepping a base optimizer with a diagonal preconditioner
-  ``D`` (for Adam, ``D = lr / (1 - b1^t) / (sqrt(v_hat) + eps)`` after its step): ``D * d_k``, where
-  ``d_k`` is task ``k``'s part of the combined direction (``w_k g_k`` for weightings, ``alpha_k g_k``
-  or the projected per-task gradient for aggregators).  This is momentum-free: the contributions
-  add up to ``D`` times the step's combined direction (the definition of :mod:`mao_lab.methods`).
-* Independent steps (IUS, IO): the change each task's sub-step actually applied.
+**A task's contribution to the update.**  Every method's step record holds ``task_updates``
+(:class:`mao_lab.TaskUpdates`): per task and parameter, the task's part ``c_k`` of the step, with
+``p <- p - sum_k c_k`` (plus weight decay, which belongs to no task).  What ``c_k`` is for each method
+is defined once, in :mod:`mao_lab.methods._contributions`.
 
 **Metrics** (the ``metric`` column):
 
