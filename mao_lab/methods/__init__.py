@@ -4,21 +4,20 @@ See :class:`Method` for the training-step contract, :func:`available` for the li
 ``docs/adding-a-method.md`` for adding one (one file in this folder: it is imported, so registered,
 with the package).
 
-Where each algorithm comes from (also :func:`sources`): "torchjd" methods run TorchJD 0.18's own
-scalarizer or aggregator (``torchjd.scalarization`` / ``torchjd.aggregation``; every touch of its
-internals is in ``_torchjd``), the rest are written here.
+Where each algorithm comes from is :func:`sources`: "torchjd" methods run TorchJD 0.18's own scalarizer
+or aggregator (``torchjd.scalarization`` / ``torchjd.aggregation``; every touch of its internals is in
+``_torchjd``), the rest are written here.  The families, each a base class a method's file builds on:
 
-=================================================  ===========  ====================================
-methods                                            source       module
-=================================================  ===========  ====================================
-sum, mean, uw, dwa, rlw, famo, imtl_l, gls         torchjd      ``_scalarizations`` (``_weighted``)
-gradnorm                                           mao_lab      ``_gradnorm`` (``_weighted``)
-mgda, pcgrad, cagrad, imtl_g, nash_mtl,            torchjd      ``_aggregators`` (``_aggregated``)
-aligned_mtl, upgrad, graddrop, gradvac
-mao                                                mao_lab      ``_mao_method`` (:class:`mao_lab.MAO`)
-mtadam                                             mao_lab      ``_mtadam``
-sus, ius, io, grouping                             mao_lab      ``_independent``
-=================================================  ===========  ====================================
+=========================  ==================  ==============================================================
+family                     base class          methods (in this package's modules)
+=========================  ==================  ==============================================================
+loss weightings            ``_weighted``       sum, mean, uw, dwa, rlw, famo, imtl_l (``_scalarizations``),
+                                               gradnorm (``_gradnorm``), gls (``_gls``)
+gradient aggregators       ``_aggregated``     mgda, pcgrad, cagrad, imtl_g, nash_mtl, aligned_mtl, upgrad,
+                                               graddrop, gradvac (``_aggregators``)
+per-task optimizers        ``OptimizerMethod``  mao (``_mao_method``, :class:`mao_lab.MAO`), mtadam (``_mtadam``)
+independent steps          ``_independent``    sus, ius, io, grouping
+=========================  ==================  ==============================================================
 
 Weightings, aggregators and the independent steps step a base optimizer, ``optimizer="adam"``
 (default; AdamW-style decoupled weight decay) or ``"sgd"``.  What a recorded step's
