@@ -10,6 +10,9 @@ interleaved (see :func:`~mao_lab.bench._timing.interleaved_timings`) and compare
 parts, reported separately: the recorder's own work on a step record (``recorder_call_ms``), and the
 method keeping each task's part of the update for the record (the rest of the difference).
 
+The live :class:`~mao_lab.recorder.BalanceMonitor`'s cost is measured too (``monitor_*``, see
+:mod:`mao_lab.bench._monitor_bench`); its goal is the same, ``monitor_overhead_ratio`` at most 1.05.
+
 Run it as ``python -m mao_lab.bench recorder [--quick]`` or ``python -m mao_lab.bench._recorder_bench``.
 """
 
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 from .._observe import StepRecord
 from ..methods import Method, make
 from ..recorder import Recorder
+from ._monitor_bench import monitor_cost
 from ._timing import fix_threads, interleaved_timings
 
 __all__ = ["run_recorder_benchmark"]
@@ -153,6 +157,7 @@ def run_recorder_benchmark(quick: bool = False, seed: int = 0, threads: int = TH
         paired = statistics.median(a / b for a, b in zip(timings.samples["on"], timings.samples["off"]))
         call_ms, record = _recorder_call_ms(model, method, losses, 30 if quick else 200)
         keep_ms = _task_updates_ms(method, record, 15 if quick else 60)
+        monitor = monitor_cost(model, method, losses, quick)  # the live BalanceMonitor, every=10, 5 % budget
         return {
             "benchmark": "recorder",
             "overhead_ratio": round(on / off, 4),
@@ -173,6 +178,7 @@ def run_recorder_benchmark(quick: bool = False, seed: int = 0, threads: int = TH
             "repetitions": repetitions,
             "quick": quick,
             "seed": seed,
+            **monitor,
         }
     finally:
         torch.set_num_threads(previous_threads)

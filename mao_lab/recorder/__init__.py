@@ -49,10 +49,12 @@ is defined once, in :mod:`mao_lab.methods._contributions`.
 ============== ===================================================================================
 
 Figures (plotly): :func:`share_heatmap`, :func:`share_areas`, :func:`layer_bars`,
-:func:`grad_norm_ratios`, :func:`metric_lines`; the interactive :class:`BalanceExplorer` (ipywidgets).
+:func:`grad_norm_ratios`, :func:`metric_lines`; the interactive :class:`BalanceExplorer` (ipywidgets) and the
+live :class:`BalanceMonitor` (shares of every shared layer while a model trains).
 """
 
 from ._explorer import BalanceExplorer
+from ._monitor import BalanceMonitor
 from ._figures import grad_norm_ratios, layer_bars, metric_lines, share_areas, share_heatmap
 from ._frame import COLUMNS, METRICS, by_module, imbalance_index, module_of
 from ._recorder import Observable, Recorder, RecorderError, record
@@ -62,6 +64,7 @@ __all__ = [
     "COLUMNS",
     "METRICS",
     "BalanceExplorer",
+    "BalanceMonitor",
     "Observable",
     "Recorder",
     "RecorderError",

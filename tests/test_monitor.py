@@ -1,0 +1,125 @@
+"""The live balance monitor: its shares against the step records, its throttle against a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mao_lab import MAO
+from mao_lab.methods import make
+from mao_lab.recorder import BalanceMonitor
+
+
+class Capture:
+    """Keeps every step record (an observer that asks for all of them)."""
+
+    def __init__(self) -> None:
+        self.records = []
+
+    def wants_record(self) -> bool:
+        return True
+
+    def __call__(self, record) -> None:
+        self.records.append(record)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def two_task_model() -> nn.ModuleDict:
+    torch.manual_seed(0)
+    return nn.ModuleDict({"trunk": nn.Linear(3, 5), "a": nn.Linear(5, 1), "b": nn.Linear(5, 1)})
+
+
+def losses(model: nn.ModuleDict, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    z = model["trunk"](x).tanh()
+    return {"a": model["a"](z).pow(2).mean(), "b": 100 * (model["b"](z) - 1).pow(2).mean()}
+
+
+def test_shares_are_the_tasks_update_norms_of_each_shared_module_normalised() -> None:
+    model = two_task_model()
+    method = make("sum", model.parameters(), lr=1e-2)
+    capture = Capture()
+    method.add_observer(capture)
+    monitor = BalanceMonitor(model, method, every=3, label="sum", clock=FakeClock())  # time stands still: no throttling
+    x = torch.randn(32, 3)
+    for _ in range(7):
+        method.step(lambda: losses(model, x))
+    history = monitor.history()
+    assert sorted(history["step"].unique()) == [0, 3, 6]
+    assert set(history["layer"]) == {"trunk"}  # the heads are reached by one task each: not shared
+    for step in (0, 3, 6):
+        record = capture.records[step]
+        trunk = [i for i, p in enumerate(record.task_updates.params) if p is model["trunk"].weight or p is model["trunk"].bias]
+        norms = {}
+        for k, name in enumerate(record.task_names):
+            parts = []
+            for i in trunk:
+                tasks = record.task_updates.tasks[i]
+                parts.append(record.task_updates.grads[i][tasks.index(k)].flatten())
+            norms[name] = torch.cat(parts).norm().item()
+        total = sum(norms.values())
+        rows = history[history["step"] == step].set_index("task")
+        for name, value in norms.items():
+            assert rows.loc[name, "share"] == pytest.approx(value / total, rel=1e-6)
+        s = np.array([norms["a"], norms["b"]]) / total
+        assert rows["imbalance"].iloc[0] == pytest.approx(1 + (s * np.log(s)).sum() / math.log(2), abs=1e-6)  # float32 norms
+
+
+def test_under_the_sum_the_large_task_owns_the_trunk_and_mao_shares_it() -> None:
+    x = torch.randn(64, 3)
+    owners = {}
+    for name in ("sum", "mao"):
+        model = two_task_model()
+        method = make(name, model.parameters(), lr=1e-2)
+        with BalanceMonitor(model, method, every=5, label=name, clock=FakeClock()) as monitor:
+            for _ in range(40):
+                method.step(lambda: losses(model, x))
+        owners[name] = monitor.ownership().set_index("task")["share"]
+    assert owners["sum"]["b"] > 0.8  # the loss multiplied by 100
+    assert abs(owners["mao"]["b"] - 0.5) < 0.25
+
+
+def test_the_throttle_keeps_the_monitor_within_its_budget() -> None:
+    model = two_task_model()
+    optimizer = MAO(model.parameters(), lr=1e-2)
+    clock = FakeClock()
+    monitor = BalanceMonitor(model, optimizer, every=1, budget=0.05, clock=clock)
+    draw = monitor._draw
+    spent = {"monitor": 0.0}
+
+    def slow_draw(*args):  # a refresh that takes 5 ms of the fake clock
+        draw(*args)
+        clock.now += 0.005
+        spent["monitor"] += 0.005
+
+    monitor._draw = slow_draw
+    x = torch.randn(8, 3)
+    for _ in range(400):
+        optimizer.step(losses(model, x))
+        clock.now += 0.010  # every step takes 10 ms
+    total = clock.now
+    assert monitor.refreshes < 400 / 5  # throttled: far fewer refreshes than steps
+    assert spent["monitor"] / total <= 0.05 + 1e-9
+    assert spent["monitor"] / total > 0.03  # and not throttled more than needed
+    assert monitor.cost_fraction == pytest.approx(spent["monitor"] / total, rel=0.1)
+
+
+def test_bad_arguments_name_the_problem() -> None:
+    model = two_task_model()
+    optimizer = MAO(model.parameters())
+    with pytest.raises(ValueError, match="every"):
+        BalanceMonitor(model, optimizer, every=0)
+    with pytest.raises(ValueError, match="budget"):
+        BalanceMonitor(model, optimizer, budget=0)
+    with pytest.raises(TypeError, match="add_observer"):
+        BalanceMonitor(model, torch.optim.Adam(model.parameters()))
