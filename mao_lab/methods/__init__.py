@@ -8,16 +8,16 @@ Where each algorithm comes from is :func:`sources`: "torchjd" methods run TorchJ
 or aggregator (``torchjd.scalarization`` / ``torchjd.aggregation``; every touch of its internals is in
 ``_torchjd``), the rest are written here.  The families, each a base class a method's file builds on:
 
-=========================  ==================  ==============================================================
-family                     base class          methods (in this package's modules)
-=========================  ==================  ==============================================================
-loss weightings            ``_weighted``       sum, mean, uw, dwa, rlw, famo, imtl_l (``_scalarizations``),
-                                               gradnorm (``_gradnorm``), gls (``_gls``)
-gradient aggregators       ``_aggregated``     mgda, pcgrad, cagrad, imtl_g, nash_mtl, aligned_mtl, upgrad,
-                                               graddrop, gradvac (``_aggregators``)
-per-task optimizers        ``OptimizerMethod``  mao (``_mao_method``, :class:`mao_lab.MAO`), mtadam (``_mtadam``)
-independent steps          ``_independent``    sus, ius, io, grouping
-=========================  ==================  ==============================================================
+====================  ===================  ==============================================================
+family                base class           methods (modules)
+====================  ===================  ==============================================================
+loss weightings       ``_weighted``        sum, mean, uw, dwa, rlw, famo, imtl_l (``_scalarizations``),
+                                           gradnorm (``_gradnorm``), gls (``_gls``)
+aggregators           ``_aggregated``      mgda, pcgrad, cagrad, imtl_g, nash_mtl, aligned_mtl, upgrad,
+                                           graddrop, gradvac (``_aggregators``)
+per-task optimizers   ``OptimizerMethod``  mao (``_mao_method``, :class:`mao_lab.MAO`), mtadam (``_mtadam``)
+independent steps     ``_independent``     sus, ius, io, grouping
+====================  ===================  ==============================================================
 
 Weightings, aggregators and the independent steps step a base optimizer, ``optimizer="adam"``
 (default; AdamW-style decoupled weight decay) or ``"sgd"``.  What a recorded step's
