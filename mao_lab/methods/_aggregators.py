@@ -3,7 +3,7 @@
 ============  ==================================  =================================================
 name          TorchJD class                       record: task ``k``'s part of the direction
 ============  ==================================  =================================================
-mgda          ``MGDA``                            ``alpha_k g_k`` (min-norm point of the hull)
+mgda_fw       ``MGDA``                            ``alpha_k g_k`` (Frank-Wolfe estimate of it)
 pcgrad        ``PCGrad``                          task ``k``'s projected gradient
 cagrad        ``CAGrad(c)``                       ``alpha_k g_k``
 imtl_g        ``IMTLG``                           ``alpha_k g_k``
@@ -13,6 +13,9 @@ upgrad        ``UPGrad``                          ``alpha_k g_k``
 graddrop      ``GradDrop``                        task ``k``'s sign-masked gradient
 gradvac       ``GradVac(beta)``                   task ``k``'s corrected gradient
 ============  ==================================  =================================================
+
+``mgda`` itself is the exact min-norm point (:mod:`._min_norm`); ``mgda_fw`` keeps TorchJD's
+Frank-Wolfe solver (exact for two tasks, approximate from three on).
 
 CAGrad and Nash-MTL need ``cvxpy`` (with ``clarabel``, ``ecos``), UPGrad ``quadprog``: the
 ``torchjd[quadprog-projector,cagrad,nash-mtl]`` extras that ``requirements.txt`` installs.  The
@@ -36,7 +39,7 @@ from typing import Any
 from torch import Tensor
 from torchjd import aggregation
 
-from .._hyperparameters import Hyperparameter, choice, integer, number
+from .._hyperparameters import Hyperparameter, boolean, choice, integer, number
 from ._aggregated import AggregatorMethod
 from ._common import Seeded, get_rng_states, set_rng_states
 from ._registry import register
@@ -63,9 +66,12 @@ class _ReplayedDraws(Seeded, AggregatorMethod):
         return get_rng_states(matrix.device)
 
 
-@register("mgda", "MGDA: the min-norm convex combination of the task gradients (Sener & Koltun 2018)", "torchjd")
+@register("mgda_fw", "MGDA by TorchJD's Frank-Wolfe (eps 1e-3, 100 iterations): approximate for 3+ tasks (Sener & Koltun 2018)", "torchjd")
 class MGDAMethod(AggregatorMethod):
-    """MGDA's min-norm direction (Frank-Wolfe, TorchJD's defaults)."""
+    """MGDA's min-norm direction estimated by Sener & Koltun's Frank-Wolfe solver with TorchJD's
+    defaults (stops when the step falls below 1e-3, at most 100 iterations).  Exact for two tasks; with
+    three or more, on ill-conditioned gradients it can stop far from the min-norm point
+    (``python -m mao_lab.bench mgda``).  ``mgda`` is the exact solver."""
 
     torchjd_class = aggregation.MGDA
 
@@ -83,12 +89,36 @@ class PCGradMethod(_ReplayedDraws):
 
 @register("cagrad", "CAGrad: the best worst-case improvement near the mean gradient (Liu et al. 2021)", "torchjd")
 class CAGradMethod(AggregatorMethod):
-    """CAGrad with radius scale ``c`` (the paper's 0.4; 0 gives the mean gradient)."""
+    """CAGrad with radius scale ``c`` (the paper's 0.4; 0 gives the mean gradient).
 
-    hyperparameters = {"c": Hyperparameter(0.4, number(0.0), "radius of the ball around the mean gradient")}
+    The direction is ``d = g_0 + c |g_0| g_w / |g_w|``, the best worst-case improvement in the ball of
+    radius ``c |g_0|`` around the mean gradient ``g_0``, as TorchJD returns it.  The authors' code then
+    divides it by ``1 + c^2`` (so that its length stays near ``|g_0|``); ``rescale=True`` does the same.
+    Under Adam the two differ by a constant factor only; under SGD it is a smaller step.
+    """
+
+    hyperparameters = {
+        "c": Hyperparameter(0.4, number(0.0), "radius of the ball around the mean gradient"),
+        "rescale": Hyperparameter(False, boolean, "divide the direction by 1 + c^2, as the authors' code does"),
+    }
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
-        return aggregation.CAGrad(c=self.hparams["c"])
+        cagrad = aggregation.CAGrad(c=self.hparams["c"])
+        if not self.hparams["rescale"]:
+            return cagrad
+        return aggregation.WeightedAggregator(_Scaled(cagrad.weighting, 1.0 / (1.0 + self.hparams["c"] ** 2)))
+
+
+class _Scaled(aggregation.Weighting):
+    """A weighting's weights times a constant factor."""
+
+    def __init__(self, weighting: aggregation.Weighting, factor: float) -> None:
+        super().__init__()
+        self.weighting = weighting
+        self.factor = factor
+
+    def forward(self, stat: Tensor, /) -> Tensor:
+        return self.factor * self.weighting(stat)
 
 
 @register("imtl_g", "IMTL-G: the direction with equal projections on every task gradient (Liu et al. 2021)", "torchjd")
