@@ -13,8 +13,8 @@ family                base class           methods (modules)
 ====================  ===================  ==============================================================
 loss weightings       ``_weighted``        sum, mean, uw, dwa, rlw, famo, imtl_l (``_scalarizations``),
                                            gradnorm (``_gradnorm``), gls (``_gls``)
-aggregators           ``_aggregated``      mgda, pcgrad, cagrad, imtl_g, nash_mtl, aligned_mtl, upgrad,
-                                           graddrop, gradvac (``_aggregators``)
+aggregators           ``_aggregated``      mgda_fw, pcgrad, cagrad, imtl_g, nash_mtl, aligned_mtl, upgrad,
+                                           graddrop, gradvac (``_aggregators``), mgda (``_min_norm``)
 per-task optimizers   ``OptimizerMethod``  mao (``_mao_method``, :class:`mao_lab.MAO`), mtadam (``_mtadam``)
 independent steps     ``_independent``     sus, ius, io, grouping
 ====================  ===================  ==============================================================
