@@ -6,9 +6,10 @@ into its share of every shared layer, and redraws one stacked-bar figure.  Steps
 cost nothing: the method then builds no record at all.
 
 **Throttling.**  A refresh costs the monitor's own work (norms, the figure sent to the front-end) plus
-the method keeping each task's part of that step's update.  The monitor times both and widens its
-interval so that, on average, it costs at most ``budget`` (default 5 %) of the training time:
-``interval = max(every, ceil(refresh_cost / (budget * step_time)))``.  The cost it measured is shown
+the method keeping each task's part of that step's update.  The monitor times both and keeps an
+account: after the first refresh (shown at once), it refreshes once ``every`` steps have passed *and*
+its time so far plus one more refresh stays within ``budget`` (default 5 %) of the training time so far.
+So over a run its share of the time stays at most ``budget`` once the first refresh is paid off.  The cost it measured is shown
 under the figure and kept in :attr:`BalanceMonitor.cost_fraction`; ``python -m mao_lab.bench recorder``
 measures it from outside, side by side with the monitor off.
 """
@@ -23,6 +24,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 from torch.utils.hooks import RemovableHandle
 
@@ -66,7 +68,7 @@ class BalanceMonitor:
     ...     _ = optimizer.step({"a": model["a"](z).pow(2).mean(), "b": 1e3 * model["b"](z).abs().mean()})
     >>> monitor.refreshes >= 1, sorted(monitor.ownership()["layer"].unique())  # the throttle may skip refreshes
     (True, ['trunk'])
-    >>> float(monitor.ownership()["share"].sum())  # two tasks' shares of one layer
+    >>> round(float(monitor.ownership()["share"].sum()), 9)  # two tasks' shares of one layer
     1.0
     >>> monitor.close()
     """
@@ -94,7 +96,7 @@ class BalanceMonitor:
         self.method = method
         self._clock = clock
         self._names, _ = _parameter_names(model)
-        self.interval = every
+        self.interval = every  # steps between the last two refreshes
         self.steps_seen = 0
         self.refreshes = 0
         self._since_refresh = every  # refresh at the first step
@@ -105,6 +107,7 @@ class BalanceMonitor:
         self._refreshing_step = False
         self._rows: list[tuple[int, str, str, float]] = []  # (step, layer, task, share)
         self._imbalance: list[tuple[int, str, float]] = []
+        self._latest: dict[str, Any] | None = None
         self.status = widgets.HTML("waiting for the first step…")
         self.output = widgets.Output()
         self.widget = widgets.VBox([self.output, self.status])
@@ -128,7 +131,13 @@ class BalanceMonitor:
         self._last_call = now
         self.steps_seen += 1
         self._since_refresh += 1
-        self._refreshing_step = self._since_refresh >= self.interval
+        if self.refreshes == 0:
+            self._refreshing_step = True
+        else:
+            next_refresh = self._monitor_time / self.refreshes  # the mean cost of one, all included
+            self._refreshing_step = (
+                self._since_refresh >= self.every and self._monitor_time + next_refresh <= self.budget * self._elapsed
+            )
         return self._refreshing_step
 
     @torch.no_grad()
@@ -142,13 +151,14 @@ class BalanceMonitor:
             values = np.array(list(by_task.values()))
             self._imbalance.append((step, layer, float(imbalance_index(values))))
             self._rows += [(step, layer, task, float(share)) for task, share in by_task.items()]
+        if self.refreshes:
+            self.interval = self._since_refresh
         self.refreshes += 1
         self._since_refresh = 0
         self._draw(step, shares)
         cost = self._clock() - started
         self._monitor_time += cost
         self._last_call = (self._last_call or started) + cost  # the monitor's time is not a step's
-        self._throttle(cost)
 
     # -- measuring --------------------------------------------------------------------------------------
 
@@ -174,12 +184,6 @@ class BalanceMonitor:
             if total > 0:
                 shares[layer] = {task: value / total for task, value in root.items()}
         return shares
-
-    def _throttle(self, refresh_cost: float) -> None:
-        if self._step_time is None or self._step_time <= 0:
-            return
-        spent = self._monitor_time / max(self.refreshes, 1)  # mean cost of one refresh, all included
-        self.interval = max(self.every, math.ceil(max(spent, refresh_cost) / (self.budget * self._step_time)))
 
     @property
     def cost_fraction(self) -> float:
@@ -212,6 +216,7 @@ class BalanceMonitor:
                 "legend": {"orientation": "h", "y": -0.25},
             },
         }  # fmt: skip
+        self._latest = figure
         self.output.outputs = (
             {
                 "output_type": "display_data",
@@ -222,9 +227,15 @@ class BalanceMonitor:
         cost = self.cost_fraction
         cost_text = "" if math.isnan(cost) else f"; monitor cost so far {cost:.1%} of the training time"
         self.status.value = (
-            f"<span class='mao-monitor-status'>step {step}: refreshed every {self.interval} steps "
-            f"(at least {self.every}; at most {self.budget:.0%} of the time){cost_text}</span>"
+            f"<span class='mao-monitor-status'>step {step}: last refresh after {self.interval} steps "
+            f"(at least {self.every}; the monitor keeps to {self.budget:.0%} of the time){cost_text}</span>"
         )
+
+    def figure(self) -> go.Figure:
+        """The latest view as a plain plotly figure (for ``write_html`` or a notebook's HTML export)."""
+        if self._latest is None:
+            raise ValueError("nothing shown yet: the monitor refreshes at the first step it sees")
+        return go.Figure(self._latest)
 
     def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
         from IPython.display import display
