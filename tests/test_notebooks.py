@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mao_lab.notebook import SMOKE_NOTE
 from mao_lab.runner import NOTEBOOK_DIR, NotebookRunError, execute_notebook, find_notebooks
 
 pytestmark = pytest.mark.notebook
@@ -41,6 +42,28 @@ EXPECTED_FILES = {
 }
 
 
+# The headline numbers each notebook's summary.json must hold (its prose is written from them).
+SUMMARY_KEYS = {
+    "00_quickstart": {"worst_normalised_test_mse", "worst_task_ratio_adam_over_mao"},
+    "01_toy_landscape": {"reached_count", "final_distance", "unreached_in_conflict_band", "rescaling_max_gap"},
+    "02_imbalanced_regression": {"largest_sigma_task_min_share", "mean_imbalance", "layer_owner", "worst_normalised_test_mse"},
+    "03_multimnist": {"delta_m_percent", "best_delta_m_method", "largest_share_per_shared_layer", "mean_imbalance"},
+    "04_balance_explorer": {"runs", "mean_imbalance", "most_imbalanced_run", "least_imbalanced_run"},
+}
+
+
+def _outputs(notebook: nbformat.NotebookNode, kind: str) -> list[str]:
+    """The text of every output of ``kind`` (``stream`` or a mimetype such as ``text/markdown``)."""
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if kind == "stream" and output.get("output_type") == "stream":
+                texts.append(output["text"])
+            elif kind in output.get("data", {}):
+                texts.append(output["data"][kind])
+    return texts
+
+
 def test_the_collection_is_found_and_committed_clean() -> None:
     assert [p.stem for p in NOTEBOOKS][:1] == ["00_quickstart"]
     for path in NOTEBOOKS:
@@ -63,8 +86,12 @@ def test_notebook_runs_in_its_smoke_setting(path: Path, tmp_path: Path) -> None:
     assert "application/vnd.plotly.v1+json" in mimetypes, "no plotly figure in the executed notebook"
     # The HTML export carries plotly.js itself, so the figures show offline.
     assert "Plotly.newPlot" in html and "cdn.plot.ly" not in html.split("Plotly.newPlot")[0][-20000:]
-    summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
-    assert all(isinstance(k, str) for k in summary)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert SUMMARY_KEYS[path.stem] <= set(summary), sorted(SUMMARY_KEYS[path.stem] - set(summary))
+    # A smoke run says that its numbers mean nothing, where it starts and above the findings written from summary.json.
+    assert any(SMOKE_NOTE in text for text in _outputs(notebook, "stream")), "no smoke note printed"
+    findings = [text for text in _outputs(notebook, "text/markdown") if "**This run:**" in text]
+    assert len(findings) == 1 and findings[0].startswith(f"**{SMOKE_NOTE}**"), findings
 
 
 @pytest.mark.parametrize(
