@@ -70,11 +70,13 @@ def check(condition: bool, name: str, value: object, requirement: str) -> None:
     ...
     mao_lab.notebook.NotebookParameterError: bad notebook parameter `lr` = -1: it must be a positive number
     """
+    __tracebackhide__ = True  # IPython shows the notebook's cell and the message, not this helper's frame
     if not condition:
         raise NotebookParameterError(f"bad notebook parameter `{name}` = {value!r}: it must be {requirement}")
 
 
 def _require(name: str, value: Any, requirement: Requirement) -> Any:
+    __tracebackhide__ = True
     check(requirement.allows(value), name, value, requirement.describe())
     return value
 
@@ -87,6 +89,7 @@ def validate_parameters(namespace: Mapping[str, Any], spec: Mapping[str, Require
     Raises:
         NotebookParameterError: at the first bad or missing parameter, naming it and what is allowed.
     """
+    __tracebackhide__ = True
     checked = {}
     for name, requirement in spec.items():
         if name not in namespace:
