@@ -83,12 +83,18 @@ class UnknownParameterError(ValueError):
 
 
 def find_notebooks(names: Sequence[str] = (), notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The notebooks to run: all ``NN_*.ipynb`` in order, or those whose name starts with one of ``names``."""
+    """The notebooks to run: all ``NN_*.ipynb`` in order, or those whose name starts with one of ``names``.
+
+    A name that is the path of an existing ``.ipynb`` file (e.g. ``notebooks/study/point.ipynb``) is taken as is.
+    """
     every = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
     if not names:
         return every
     chosen = []
     for name in names:
+        if name.endswith(".ipynb") and Path(name).is_file():
+            chosen.append(Path(name).resolve())
+            continue
         matches = [p for p in every if p.stem == name or p.stem.startswith(name) or p.name == name]
         if not matches:
             raise ValueError(f"no notebook matches {name!r}; available: {', '.join(p.stem for p in every)}")

@@ -583,16 +583,19 @@ def local_cluster(workers: int, *, dashboard: bool = False) -> Any:
 
     Dask's default dashboard listens on all interfaces (``0.0.0.0:8787``) without authentication;
     here it is off, or with ``dashboard=True`` on ``127.0.0.1:8787`` (reach it from elsewhere through
-    an SSH tunnel, see the README).
+    an SSH tunnel, see the README).  With the dashboard off the scheduler still serves its health
+    routes over HTTP: on a free port of 127.0.0.1.
     """
     from dask.distributed import LocalCluster
 
+    http = {"dashboard": True, "dashboard_address": "127.0.0.1:8787"} if dashboard else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
     return LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address="127.0.0.1:8787" if dashboard else None,
+        dashboard_address=http["dashboard_address"],
+        scheduler_kwargs=http,
     )
 
 

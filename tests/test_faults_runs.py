@@ -1,0 +1,735 @@
+"""Fault injection for runs: the recorder, the runner, the sweep, the data and the network (issue 10, classes 4-8).
+
+Every case compares the files it must not touch byte for byte (a SHA-256 of every file of the folder)
+before and after the fault.  Where the fault is a process dying, a real process is killed: a kernel
+(``os.kill(os.getpid(), SIGKILL)`` from a tiny notebook, what the out-of-memory killer does), a Dask
+worker, a runner or a training script.  A full disk is an ``OSError(ENOSPC)`` raised by the writer.
+The tiny notebooks are written into ``tmp_path``: each case costs a kernel start, not a training run.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from nbformat.v4 import new_code_cell, new_notebook
+from torch import nn
+
+from mao_lab.methods import make
+from mao_lab.recorder import Recorder, load_run
+from mao_lab.recorder import _storage
+from mao_lab.recorder._recorder import RecorderWriteWarning
+from mao_lab.runner import main as runner_main
+from mao_lab.runner import parse_value
+from mao_lab.sweep import expand_grid, local_cluster, run_sweep
+
+pytestmark = pytest.mark.notebook
+REPOSITORY = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` by relative path (lock files excepted: they exist by design)."""
+    if not folder.exists():
+        return {}
+    if folder.is_file():
+        return {".": hashlib.sha256(folder.read_bytes()).hexdigest()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+TINY_BODY = """\
+import json, os, pathlib, time
+import pandas as pd
+out = pathlib.Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+if faults and pathlib.Path(faults).exists():           # the test changes a point's fault between runs
+    mode = json.loads(pathlib.Path(faults).read_text()).get(str(x), mode)
+if log:
+    with open(log, "a") as stream:
+        stream.write(f"{x}\\n")
+time.sleep(sleep)
+if mode == "die":
+    os.kill(os.getpid(), 9)                             # what the out-of-memory killer does
+if mode == "kill_worker":
+    os.kill(os.getppid(), 9)                            # the process that runs the point
+    os.kill(os.getpid(), 9)
+if mode == "raise":
+    raise ValueError(f"bad x = {x}")
+pd.DataFrame({"x": [x, 2 * x]}).to_parquet(out / "table.parquet")
+summary = {"x": x, "seed": seed}
+if mode == "sockets":
+    import psutil
+    summary["listening"] = sorted({c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == "LISTEN"})
+text = json.dumps(summary)
+if mode == "truncated":
+    text = text[:5]
+if mode == "notobject":
+    text = "[1, 2]"
+if mode != "nosummary":
+    (out / "summary.json").write_text(text)
+"""
+
+
+def tiny_notebook(folder: Path, name: str = "tiny") -> Path:
+    """A notebook with the lab's contract (``smoke``, ``output_dir``); ``mode`` picks its fault."""
+    params = new_code_cell(
+        "smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'\nseed = 0\nsleep = 0.0\nfaults = ''\nlog = ''",
+        metadata={"tags": ["parameters"]},
+    )
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{name}.ipynb"
+    nbformat.write(new_notebook(cells=[params, new_code_cell(TINY_BODY)], metadata={"kernelspec": kernelspec}), path)
+    return path
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
+    return subprocess.run([PYTHON, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- class 4: the recorder never hides an applied step ------------------------------------------------
+
+
+class Net(nn.Module):
+    def __init__(self, tasks: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Linear(3, 4)
+        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(tasks))
+
+    def losses(self, x: torch.Tensor) -> list[torch.Tensor]:
+        z = self.trunk(x).relu()
+        return [(head(z) - k).pow(2).mean() for k, head in enumerate(self.heads)]
+
+
+def train(method, net: Net, steps: int) -> None:  # noqa: ANN001
+    x = torch.linspace(-1, 1, 24).reshape(8, 3)
+    for _ in range(steps):
+        method.step(lambda: net.losses(x))
+
+
+def state_bytes(net: nn.Module) -> bytes:
+    return b"".join(p.detach().numpy().tobytes() for p in net.parameters())
+
+
+def old_run(folder: Path, tasks: int = 3) -> dict[str, str]:
+    """A finished earlier run (3 tasks, params {'run': 'old'}) in ``folder``; returns its snapshot."""
+    net = Net(tasks)
+    method = make("mao", net.parameters(), lr=1e-2)
+    with Recorder(net, method, run_dir=folder, params={"run": "old"}):
+        train(method, net, 3)
+    return snapshot(folder)
+
+
+@pytest.mark.parametrize(
+    "make_bad, error",
+    [
+        (lambda tmp: tmp / "a-file", NotADirectoryError),
+        (lambda tmp: tmp / "a-file" / "below", OSError),
+        (lambda tmp: str(tmp / "nul\x00byte"), ValueError),
+        (lambda tmp: 3, TypeError),
+    ],
+    ids=["run_dir-is-a-file", "run_dir-below-a-file", "run_dir-with-NUL", "run_dir-not-a-path"],
+)
+def test_an_unusable_run_dir_is_refused_when_the_recorder_is_made(tmp_path: Path, make_bad, error) -> None:  # noqa: ANN001
+    (tmp_path / "a-file").write_bytes(b"precious")
+    before = snapshot(tmp_path)
+    net = Net(2)
+    method = make("mao", net.parameters(), lr=1e-2)
+    with pytest.raises(error, match="run_dir"):
+        Recorder(net, method, run_dir=make_bad(tmp_path), params={"a": 1})
+    assert snapshot(tmp_path) == before
+    assert not getattr(method, "_observers", {}), "a refused recorder must not stay attached"
+
+
+def test_a_run_dir_that_cannot_be_written_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # what a read-only folder does (the tests may run as root)
+    net = Net(2)
+    with pytest.raises(PermissionError, match="run_dir .* cannot be used as a writable folder"):
+        Recorder(net, make("mao", net.parameters(), lr=1e-2), run_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EIO, errno.EROFS], ids=["ENOSPC", "EACCES", "EIO", "EROFS"])
+def test_a_failed_write_during_a_step_never_fails_the_applied_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    run = tmp_path / "run"
+    reference, recorded = Net(2), Net(2)
+    ref_method = make("mao", reference.parameters(), lr=1e-2)
+    Recorder(reference, ref_method)  # the same steps, recorded in memory: a recorder whose writes cannot fail
+    method = make("mao", recorded.parameters(), lr=1e-2)
+    recorder = Recorder(recorded, method, run_dir=run, params={"run": "new"}, flush_every=1)
+    train(method, recorded, 1)
+    train(ref_method, reference, 1)
+    before = snapshot(run)
+
+    def full(path: object, write: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(_storage, "write_atomically", full)
+    with pytest.warns(RecorderWriteWarning, match="the training step itself was applied"):
+        train(method, recorded, 2)  # two steps, each flush fails: neither raises
+    train(ref_method, reference, 2)
+    assert state_bytes(recorded) == state_bytes(reference), "the steps were applied exactly as with a recorder that writes nothing"
+    assert method.steps_taken == 3 and len(recorder) == 3
+    assert [e.errno for e in recorder.errors] == [code, code]
+    assert snapshot(run) == before, "a failed write leaves the folder as it was"
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(method, recorded, 1)  # the disk is back: the next flush writes the pending steps too
+    frame, params = load_run(run)
+    assert sorted(frame["step"].unique()) == [0, 1, 2, 3] and params == {"run": "new"}
+    pd.testing.assert_frame_equal(frame, recorder.to_frame())
+
+
+def test_overwrite_keeps_the_earlier_run_whole_until_the_first_write(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    before = old_run(run)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        Recorder(Net(2), make("mao", Net(2).parameters(), lr=1e-2), run_dir=run, params={"run": "new"})
+    assert snapshot(run) == before
+    net = Net(2)
+    method = make("mao", net.parameters(), lr=1e-2)
+    recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=5, overwrite=True)
+    train(method, net, 2)  # no flush yet: a crash now leaves the earlier run exactly as it was
+    assert snapshot(run) == before
+    train(method, net, 3)  # the first flush: the earlier run's files go, then the new params arrive
+    frame, params = load_run(run)
+    assert params == {"run": "new"} and set(frame["task"].dropna()) == {"task0", "task1"} and len(recorder.errors) == 0
+
+
+class Crash(BaseException):
+    """A simulated process death at one file-system operation (not an Exception: nothing may catch it)."""
+
+
+def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash before each file-system change of an overwriting run, in turn; check the folder after each."""
+    import mao_lab._files as files
+
+    template = tmp_path / "template"
+    old_run(template)
+    old_tasks = {"task0", "task1", "task2"}
+    crash_points = 0
+    for k in range(100):
+        run = tmp_path / f"run{k}"
+        subprocess.run(["cp", "-r", str(template), str(run)], check=True)
+        calls = {"n": 0}
+        real_replace, real_unlink = os.replace, Path.unlink
+
+        def counted(real):  # noqa: ANN001, ANN202
+            def operation(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                calls["n"] += 1
+                if calls["n"] == k + 1:
+                    raise Crash
+                return real(*args, **kwargs)
+            return operation
+
+        monkeypatch.setattr(files.os, "replace", counted(real_replace))
+        monkeypatch.setattr(Path, "unlink", counted(real_unlink))
+        finished = False
+        try:
+            net = Net(2)
+            method = make("mao", net.parameters(), lr=1e-2)
+            recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2, overwrite=True)
+            train(method, net, 4)
+            recorder.save()
+            finished = True
+        except Crash:
+            crash_points += 1
+        finally:
+            monkeypatch.undo()
+        params = json.loads((run / "params.json").read_text()) if (run / "params.json").exists() else None
+        tables = _storage.full_tables(run) + _storage.part_paths(run)
+        if tables:
+            frame, _ = load_run(run)
+            tasks = set(frame["task"].dropna())
+            expected = {"run": "old"} if tasks == old_tasks else {"run": "new"}
+            assert params == expected, f"crash at operation {k + 1}: params {params} beside metrics of tasks {tasks}"
+        if finished:
+            assert params == {"run": "new"} and set(load_run(run)[0]["step"].unique()) == {0, 1, 2, 3}
+            break
+    assert crash_points >= 5, "every file-system operation of the overwrite was a crash point"
+
+
+def test_a_training_process_killed_during_an_overwrite_leaves_a_consistent_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    old_run(run)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        from torch import nn
+        sys.path.insert(0, {str(REPOSITORY)!r})
+        from mao_lab.methods import make
+        from mao_lab.recorder import Recorder
+        torch.manual_seed(0)
+        net = nn.ModuleDict({{"trunk": nn.Linear(3, 4), "a": nn.Linear(4, 1), "b": nn.Linear(4, 1)}})
+        method = make("mao", net.parameters(), lr=1e-2)
+        recorder = Recorder(net, method, run_dir={str(run)!r}, params={{"run": "new"}}, flush_every=1, overwrite=True)
+        x = torch.randn(8, 3)
+        step = 0
+        while True:
+            method.step(lambda: [net["a"](net["trunk"](x)).pow(2).mean(), net["b"](net["trunk"](x)).abs().mean()])
+            step += 1
+            if step == 3:
+                print("flushing", flush=True)
+    """))
+    process = subprocess.Popen([PYTHON, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert process.stdout is not None and process.stdout.readline().strip() == "flushing"
+    time.sleep(0.3)  # somewhere in the middle of the flushes
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    frame, params = load_run(run)
+    assert params == {"run": "new"} and set(frame["task"].dropna()) == {"task0", "task1"} and frame["step"].min() == 0
+
+
+# -- class 5: the runner ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1e-3", 1e-3), ("1E3", 1000.0), ("-2.5e-4", -2.5e-4), (".5", 0.5), ("3", 3), ("017", 17), ("0x1f", 31),
+        ("true", True), ("no", "no"), ("on", "on"), ("1_000", "1_000"), ("12:30", "12:30"), ("null", None),
+        ("[1, 1e2]", [1, 100.0]), ('"1e-3"', "1e-3"), ("inf", "inf"),
+    ],
+)
+def test_values_parse_as_their_user_means_them(text: str, expected: object) -> None:
+    value = parse_value(text)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["-p", "nope=1"], "has no parameter 'nope'"),
+        (["-p", "x=[1,2"], "malformed value '[1,2'"),
+        (["-p", "x={a: 1"], "malformed value"),
+        (["-p", 'x="open'], "malformed value"),
+        (["-p", "x=a: b: c"], "malformed value"),
+        (["-p", "1x=3"], "expected NAME=VALUE"),
+        (["-p", "=3"], "expected NAME=VALUE"),
+        (["-p", "x"], "expected NAME=VALUE"),
+        (["-p", "x=1", "-p", "x=2"], "given twice"),
+        (["-p", "output_dir=/tmp/elsewhere"], "set by the runner"),
+        (["-p", "smoke=true"], "set by the runner"),
+        (["no_such_notebook"], "no notebook matches"),
+    ],
+    ids=["unknown", "open-list", "open-map", "open-quote", "nested-colons", "digit-name", "no-name", "no-equals",
+         "twice", "output_dir", "smoke", "unknown-notebook"],
+)
+def test_bad_command_lines_get_one_line_and_exit_2_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        runner_main([str(notebook), *arguments, "--out", str(out)])
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and last.startswith("python -m mao_lab.runner: error: ") and message in last
+    assert "Traceback" not in error
+    assert not out.exists()
+
+
+def test_a_notebook_without_a_parameters_cell_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "plain.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("print(1)")]), path)
+    with pytest.raises(SystemExit):
+        runner_main([str(path), "--out", str(tmp_path / "out")])
+    assert "has no parameter 'smoke', 'output_dir'; its parameters: none" in capsys.readouterr().err
+
+
+def test_a_number_reaches_the_notebook_as_a_number_and_provenance_is_recorded(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    result = run_cli("-m", "mao_lab.runner", str(notebook), "-p", "x=1e-3", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "out" / "tiny"
+    assert json.loads((folder / "summary.json").read_text())["x"] == 0.001
+    info = json.loads((folder / "provenance.json").read_text())
+    assert info["parameters"] == {"smoke": False, "x": 0.001} and info["status"] == "ok"
+    assert info["notebook_sha256"] == hashlib.sha256(notebook.read_bytes()).hexdigest()
+    assert info["git"] is None or len(info["git"]["commit"]) == 40
+    assert info["threads"]["OMP_NUM_THREADS"] == "1" and info["wall_s"] > 0
+
+
+def test_two_runs_into_the_same_out_never_lose_a_result_silently(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
+    command = [PYTHON, "-m", "mao_lab.runner", str(notebook), "--out", str(out)]
+    first = subprocess.Popen([*command, "-p", "x=1.0", "-p", "sleep=6"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = out / ".tiny.lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    second = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=2.0", cwd=tmp_path)
+    first_out, first_err = first.communicate(timeout=240)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 1 and "is in use by another run (pid" in second.stderr
+    assert json.loads((out / "tiny" / "summary.json").read_text())["x"] == 1.0  # the first run's result, whole
+
+
+def test_a_runner_killed_mid_run_leaves_the_earlier_results_and_the_next_run_recovers(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=1.0", cwd=tmp_path).returncode == 0
+    before = snapshot(out / "tiny")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
+    process = subprocess.Popen([PYTHON, "-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=2.0", "-p", "sleep=30"],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(out.glob(".tiny.partial-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the kernel is running the notebook
+    os.killpg(process.pid, signal.SIGKILL)  # the runner and its kernel, as a machine losing power would
+    process.wait()
+    assert snapshot(out / "tiny") == before
+    again = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=3.0", cwd=tmp_path)
+    assert again.returncode == 0 and json.loads((out / "tiny" / "summary.json").read_text())["x"] == 3.0
+    assert not list(out.glob(".tiny.partial-*")), "the killed run's staging folder was cleaned up"
+
+
+@pytest.mark.parametrize("mode, reason", [("die", "the kernel died"), ("raise", "ValueError: bad x")])
+def test_a_failing_notebook_keeps_the_earlier_results_byte_for_byte(tmp_path: Path, mode: str, reason: str) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), cwd=tmp_path).returncode == 0
+    before = snapshot(out / "tiny")
+    result = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", f"mode={mode}", cwd=tmp_path)
+    after = snapshot(out / "tiny")
+    assert result.returncode == 1 and reason in result.stderr
+    assert {k: v for k, v in after.items() if k not in ("failure.json", "tiny.failed.ipynb")} == before
+    assert reason in json.loads((out / "tiny" / "failure.json").read_text())["error"]
+
+
+def test_out_that_is_a_file_is_a_clear_failure(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    (tmp_path / "out").write_bytes(b"precious")
+    result = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 1 and "FAILED  tiny.ipynb: cannot write" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "out").read_bytes() == b"precious"
+
+
+# -- class 6: the sweep -------------------------------------------------------------------------------------
+
+
+def faults_file(tmp_path: Path, faults: dict[str, str]) -> str:
+    path = tmp_path / "faults.json"
+    path.write_text(json.dumps(faults))
+    return str(path)
+
+
+def runs_of(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_dead_kernels_and_bad_summaries_fail_their_points_only_and_rerun_when_resumed(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out, log = tmp_path / "sweep", tmp_path / "log.txt"
+    fixed = {"faults": faults_file(tmp_path, {"2.0": "die", "3.0": "nosummary", "4.0": "truncated", "5.0": "notobject"}), "log": str(log)}
+    table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0, 5.0, 1.0]}, out, fixed=fixed, progress=False, html=False)
+    assert list(table["status"]) == ["ok", "failed", "failed", "failed", "failed"]  # 1.0 listed twice is one point
+    errors = dict(zip(table["x"], table["error"]))
+    assert "the kernel died" in errors[2.0] and "wrote no summary.json" in errors[3.0]
+    assert "not valid JSON (truncated?)" in errors[4.0] and "not a JSON object" in errors[5.0]
+    assert sorted(runs_of(log)) == ["1.0", "2.0", "3.0", "4.0", "5.0"]
+    ok_before = snapshot(out / "x=1.0")
+    # Resumed with the faults still there: the failed points run again, stay failed, the finished one is untouched.
+    again = run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0, 5.0]}, out, fixed=fixed, progress=False, html=False)
+    assert list(again["status"]) == ["ok", "failed", "failed", "failed", "failed"]
+    assert sorted(runs_of(log)) == sorted(["1.0", *["2.0", "3.0", "4.0", "5.0"] * 2])
+    assert snapshot(out / "x=1.0") == ok_before
+    # The faults gone, the next resume fixes them.
+    Path(fixed["faults"]).write_text("{}")
+    fixed_table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0, 5.0]}, out, fixed=fixed, progress=False, html=False)
+    assert list(fixed_table["status"]) == ["ok"] * 5 and list(fixed_table["summary.x"]) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert not any((out / rid / "failure.json").exists() for rid in fixed_table["run_id"])
+
+
+def test_a_damaged_result_on_the_clients_disk_fails_the_point_until_a_rerun_succeeds(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "sweep"
+    fixed = {"faults": faults_file(tmp_path, {}), "log": str(tmp_path / "log.txt")}
+    run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, progress=False, html=False)
+    summary = out / "x=2.0" / "summary.json"
+    summary.write_bytes(summary.read_bytes()[:4])  # truncated after the fact (a full disk, a bad copy)
+    (out / "x=1.0" / "provenance.json").unlink()
+    Path(fixed["faults"]).write_text(json.dumps({"2.0": "raise"}))
+    table = run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, progress=False, html=False)
+    assert list(table["status"]) == ["ok", "failed"] and "ValueError: bad x = 2.0" in table.loc[1, "error"]
+    saved = pd.read_parquet(out / "sweep.parquet")
+    assert list(saved["status"]) == ["ok", "failed"]
+    Path(fixed["faults"]).write_text("{}")
+    assert list(run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, progress=False, html=False)["status"]) == ["ok", "ok"]
+
+
+def test_a_smaller_grid_and_a_corrupt_table_drop_no_rows(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "sweep"
+    fixed = {"faults": faults_file(tmp_path, {"3.0": "raise"})}
+    full = run_sweep(notebook, {"x": [1.0, 2.0, 3.0]}, out, fixed=fixed, progress=False, html=False)
+    (out / "sweep.parquet").write_bytes(b"PAR1 truncated")
+    folders = snapshot(out / "x=1.0"), snapshot(out / "x=2.0")
+    smaller = run_sweep(notebook, {"x": [1.0]}, out, fixed=fixed, progress=False, html=False)
+    assert list(smaller["run_id"]) == ["x=1.0"]
+    saved = pd.read_parquet(out / "sweep.parquet")
+    pd.testing.assert_frame_equal(saved.sort_values("run_id", ignore_index=True), full.sort_values("run_id", ignore_index=True))
+    assert (snapshot(out / "x=1.0"), snapshot(out / "x=2.0")) == folders
+
+
+@pytest.mark.parametrize(
+    "grid, fixed, message",
+    [
+        ({"nope": [1]}, {}, "has no parameter 'nope'"),
+        ({"x": [1.0]}, {"x": 2.0}, "both swept and fixed"),
+        ({"output_dir": ["/tmp"]}, {}, "set by the sweep itself"),
+        ({"x": [1.0]}, {"output_dir": "/tmp"}, "set by the sweep itself"),
+        ({"mode": ["a/b", "a_b"]}, {}, "would share the folder"),
+        ({"x": [{1, 2}]}, {}, "not JSON"),
+        ({"x": []}, {}, "non-empty list"),
+        ({"x": "1.0"}, {}, "non-empty list"),
+        ({"x-y": [1]}, {}, "not a Python identifier"),
+    ],
+    ids=["unknown-name", "swept-and-fixed", "reserved-in-grid", "reserved-fixed", "folder-collision", "not-json",
+         "empty-values", "string-values", "bad-name"],
+)
+def test_bad_sweeps_are_refused_before_anything_runs(tmp_path: Path, grid: dict, fixed: dict, message: str) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=message):
+        run_sweep(notebook, grid, out, fixed=fixed, progress=False)
+    assert snapshot(out) == before
+
+
+def test_a_full_disk_on_the_client_fails_that_point_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mao_lab.sweep as sweep
+
+    notebook = tiny_notebook(tmp_path)
+    out, workers = tmp_path / "client", tmp_path / "workers"
+    real = sweep.write_atomically
+
+    def full_for_x2(path: Path, write):  # noqa: ANN001, ANN202
+        if "x=2.0" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(sweep, "write_atomically", full_for_x2)
+    table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0]}, out, outputs=workers, progress=False, html=False)
+    # the point's results came back but could not be stored: its row says so (the client's folder holds nothing of it)
+    assert list(table["status"]) == ["ok", "failed", "ok"] and "could not be saved" in table.loc[1, "error"]
+    assert snapshot(out / "x=2.0") == {}
+    monkeypatch.undo()
+    again = run_sweep(notebook, {"x": [1.0, 2.0, 3.0]}, out, outputs=workers, progress=False, html=False)
+    assert list(again["status"]) == ["ok", "ok", "ok"]
+
+
+def test_a_dead_kernel_and_a_killed_worker_on_dask_fail_their_points_only(tmp_path: Path) -> None:
+    import dask
+
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "sweep"
+    fixed = {"faults": faults_file(tmp_path, {"2.0": "die", "3.0": "kill_worker"})}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with local_cluster(2) as cluster, cluster.get_client() as client:
+            table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, client=client, progress=False, html=False)
+    assert list(table["status"]) == ["ok", "failed", "failed", "ok"]
+    assert "the kernel died" in table.loc[1, "error"]
+    assert "worker running this point died" in table.loc[2, "error"] and (out / "x=3.0" / "failure.json").exists()
+    Path(fixed["faults"]).write_text("{}")
+    assert list(run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, progress=False, html=False)["status"]) == ["ok"] * 4
+
+
+def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_points(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out, log = tmp_path / "sweep", tmp_path / "log.txt"
+    script = tmp_path / "sweep.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPOSITORY)!r})
+        from mao_lab.sweep import run_sweep
+        run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r}, fixed={{"log": {str(log)!r}, "sleep": 2.0}}, progress=False, html=False)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([PYTHON, str(script)], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while len(runs_of(log)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep, its kernel: all at once
+    process.wait()
+    finished = snapshot(out / "x=1.0")
+    table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0]}, out, fixed={"log": str(log), "sleep": 0.0}, progress=False, html=False)
+    assert list(table["status"]) == ["ok", "ok", "ok"]
+    assert runs_of(log).count("1.0") == 1 and snapshot(out / "x=1.0") == finished
+    assert not list(out.glob(".*partial-*"))
+
+
+# -- class 7: data integrity --------------------------------------------------------------------------------
+
+SHIPPED = REPOSITORY / "data" / "multimnist.npz"
+
+
+def _flip_byte(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+def _altered_labels(data: bytes) -> bytes:
+    import io
+
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    arrays["test_left_label"] = (arrays["test_left_label"] + 1) % 10
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _flip_byte,
+        lambda data: data[: len(data) // 3],
+        lambda data: b"",
+        lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 3120244\n",
+        _altered_labels,
+        lambda data: data + b"\0",
+    ],
+    ids=["flipped-byte", "truncated", "empty", "lfs-pointer", "altered-labels", "one-byte-appended"],
+)
+@pytest.mark.parametrize("where", ["shipped-path", "own-path-with-sidecar"])
+def test_a_corrupt_or_altered_data_file_names_itself_and_its_rebuild_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage, where: str  # noqa: ANN001
+) -> None:
+    from mao_lab.problems import _multimnist
+
+    file = tmp_path / "multimnist.npz"
+    file.write_bytes(damage(SHIPPED.read_bytes()))
+    if where == "shipped-path":
+        monkeypatch.setattr(_multimnist, "DEFAULT_MULTIMNIST_PATH", file)
+        path = None
+    else:
+        (tmp_path / "multimnist.npz.sha256").write_text(f"{_multimnist.MULTIMNIST_SHA256}  multimnist.npz\n")
+        path = file
+    before = snapshot(tmp_path)
+    with pytest.raises(_multimnist.DataIntegrityError, match=r"multimnist\.npz does not match its recorded checksum") as error:
+        _multimnist.load_multimnist(path, split="test", limit=2)
+    assert str(file) in str(error.value) and "python data/build_multimnist.py" in str(error.value)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a zip", b"", "missing-arrays"], ids=["garbage", "empty", "missing-arrays"]
+)
+def test_an_own_file_without_checksum_that_is_unreadable_gets_a_clear_error(tmp_path: Path, content: object) -> None:
+    from mao_lab.problems import _multimnist
+
+    file = tmp_path / "mine.npz"
+    if content == "missing-arrays":
+        np.savez(file, digits=np.zeros((1, 28, 28), np.uint8))
+    else:
+        file.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(_multimnist.DataIntegrityError, match=r"mine\.npz is not a readable MultiMNIST file.*build_multimnist\.py"):
+        _multimnist.load_multimnist(file, split="test", limit=2)
+
+
+def test_the_shipped_file_and_a_rebuilt_copy_with_its_sidecar_load(tmp_path: Path) -> None:
+    from mao_lab.problems import _multimnist
+
+    assert hashlib.sha256(SHIPPED.read_bytes()).hexdigest() == _multimnist.MULTIMNIST_SHA256
+    assert (REPOSITORY / "data" / "multimnist.npz.sha256").read_text().split()[0] == _multimnist.MULTIMNIST_SHA256
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(SHIPPED.read_bytes())
+    (tmp_path / "copy.npz.sha256").write_text(hashlib.sha256(copy.read_bytes()).hexdigest() + "  copy.npz\n")
+    assert len(_multimnist.load_multimnist(copy, split="test", limit=3)) == 3
+
+
+# -- class 8: nothing listens beyond the machine ---------------------------------------------------------
+
+
+def _listening(pids: set[int]) -> set[tuple[str, int]]:
+    import psutil
+
+    found = set()
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections("inet")
+        except psutil.NoSuchProcess:
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+@pytest.mark.parametrize("dashboard", [False, True], ids=["default", "with-dashboard"])
+def test_a_local_cluster_listens_on_loopback_only(dashboard: bool) -> None:
+    import psutil
+
+    import urllib.error
+    import urllib.request
+
+    with local_cluster(2, dashboard=dashboard) as cluster:
+        me = psutil.Process()
+        sockets = _listening({me.pid, *(c.pid for c in me.children(recursive=True))})
+        try:
+            status = urllib.request.urlopen(f"http://127.0.0.1:{cluster.scheduler.http_server.port}/status", timeout=10).status
+        except urllib.error.HTTPError as error:
+            status = error.code
+    assert status == (200 if dashboard else 404), "the dashboard is served only when asked for"
+    assert sockets, "the scheduler and workers listen somewhere"
+    assert all(ip in ("127.0.0.1", "::1") for ip, _ in sockets), sockets
+    assert any(port == 8787 for _, port in sockets) == dashboard
+
+
+def test_kernels_listen_on_loopback_only(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    table = run_sweep(notebook, {"mode": ["sockets"]}, tmp_path / "sweep", progress=False, html=False)
+    listening = json.loads((tmp_path / "sweep" / "mode=sockets" / "summary.json").read_text())["listening"]
+    assert table.loc[0, "status"] == "ok" and listening and set(listening) <= {"127.0.0.1", "::1"}
+
+
+def test_a_plain_tcp_scheduler_on_another_machine_gets_a_warning(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import dask.distributed
+
+    import mao_lab.sweep as sweep
+
+    monkeypatch.setattr(dask.distributed, "Client", lambda *a, **k: ("client", a, k))
+    with pytest.warns(UserWarning, match="plain TCP to another machine.*SSH tunnel"):
+        sweep.connect("tcp://203.0.113.5:8786")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sweep.connect("tcp://127.0.0.1:8786")
+        sweep.connect("tls://203.0.113.5:8786")
+    with pytest.raises(SystemExit):
+        sweep.main(["00_quickstart", "-g", "seed=0", "--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"])
+    assert "not both" in capsys.readouterr().err
+
+
+def test_grids_count_repeated_values_once() -> None:
+    assert expand_grid({"x": [1.0, 1.0], "y": ["a", "a", "b"]}) == [{"x": 1.0, "y": "a"}, {"x": 1.0, "y": "b"}]
