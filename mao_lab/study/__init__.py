@@ -3,10 +3,25 @@
 * :mod:`._stats`: t-intervals over seeds (paired where runs share a seed) and the verdict rules.
 * :mod:`._design`: the study's settings, methods, learning-rate grid, seeds and budget.
 * :mod:`._runs`: one point of the study (a configuration at some learning rates and seeds) into tidy tables.
+* :mod:`._analysis`: learning-rate choices, Δm% per run, the claims and their parts (the ledger).
+* :mod:`._study`: the phases on the sweep machinery; :mod:`._ledger`: the ledger's text files;
+  :mod:`._figures`: the figures behind each verdict and a widget.
 """
 
 from ._design import MM4_TASKS, SINGLE_TASK_PREFIX, RunConfig, StudyDesign, full_design, smoke_design
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, choose_learning_rates, claims_ledger, delta_m_runs, method_intervals, worst_balance
+from ._figures import (
+    ClaimsExplorer,
+    balance_figure,
+    claim_figure,
+    compute_figure,
+    delta_m_figure,
+    final_table,
+    learning_rate_figure,
+    spread_figure,
+    validation_curve,
+    validation_curve_figure,
+)
 from ._ledger import ledger_markdown, write_ledger
 from ._runs import RunTables, run_config, run_point
 from ._study import POINT_NOTEBOOK, StudyError, load_study, provenance, run_study, summarise
@@ -23,6 +38,16 @@ from ._stats import (
 )
 
 __all__ = [
+    "ClaimsExplorer",
+    "balance_figure",
+    "claim_figure",
+    "compute_figure",
+    "delta_m_figure",
+    "final_table",
+    "learning_rate_figure",
+    "spread_figure",
+    "validation_curve",
+    "validation_curve_figure",
     "BALANCE_THRESHOLD",
     "CLAIMS",
     "POINT_NOTEBOOK",

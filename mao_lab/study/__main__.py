@@ -22,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="the tiny study (seconds; its numbers mean nothing)")
     parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers (one thread each)")
     parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    parser.add_argument("--outputs", default=None, help="where workers write the points' full folders (a folder or an fsspec URL; "
+                        "default: inside --out); small tables always come back through the Dask futures")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point (fixed and recorded)")
     parser.add_argument("--ledger-only", type=Path, default=None, metavar="STUDY_DIR",
                         help="write ledger.{csv,md,json} of a finished study into --out, and nothing else")
@@ -46,12 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs/study-smoke" if args.smoke else "runs/study")
     client = None
     if args.scheduler or args.workers:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
 
-        client = Client(args.scheduler) if args.scheduler else Client(
-            LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True))
+        from ..sweep import local_cluster
+
+        client = Client(args.scheduler) if args.scheduler else Client(local_cluster(args.workers))
     try:
-        ledger = run_study(out, design, client=client, threads=args.threads)
+        ledger = run_study(out, design, client=client, threads=args.threads, outputs=args.outputs)
     except StudyError as error:
         print(f"study stopped: {error}", file=sys.stderr)
         return 1

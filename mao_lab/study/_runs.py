@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._task_gradients import TaskInputError
-from ..experiments._training import tensor_batches, train
+from ..experiments import tensor_batches, train
 from ..problems import ImbalancedRegression, MultiMNIST, load_multimnist, multimnist_model, regression_model, task_metrics
 from ..problems import task_losses as multimnist_losses
 from ._design import RunConfig, StudyDesign

@@ -85,19 +85,21 @@ def _points(design: StudyDesign, runs: Sequence[tuple[RunConfig, float, int]]) -
     return points
 
 
-def _run_phase(name: str, points: Mapping[str, dict[str, Any]], out: Path, client: Any, threads: int, progress: bool) -> dict[str, pd.DataFrame]:
+def _run_phase(
+    name: str, points: Mapping[str, dict[str, Any]], out: Path, client: Any, threads: int, progress: bool, outputs: str | None
+) -> dict[str, pd.DataFrame]:
     from ..sweep import run_sweep
 
     if not points:
         return {table: pd.DataFrame() for table in TABLES}
     sweep = run_sweep(POINT_NOTEBOOK, {"point": list(points)}, out / name, fixed={"specs": dict(points), "threads": threads},
-                      client=client, progress=progress)
+                      client=client, progress=progress, outputs=None if outputs is None else f"{str(outputs).rstrip('/')}/{name}")
     failed = sweep[sweep["status"] != "ok"]
     if len(failed):
         errors = "; ".join(f"{p}: {e}" for p, e in zip(failed["point"], failed["error"]))
         raise StudyError(f"{len(failed)} point(s) of the {name} phase failed (run the study again to retry them): {errors}")
     tables: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES}
-    for run_dir in sweep["run_dir"]:
+    for run_dir in sweep["run_dir"]:  # the client's copy of each point's small tables
         folder = ResultsFolder(run_dir)
         for table in TABLES:
             tables[table].append(folder.load_table(table))
@@ -120,6 +122,7 @@ def run_study(
     client: Any = None,
     threads: int = 1,
     progress: bool = True,
+    outputs: str | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) the study into ``out_dir`` and write its tables and ledger there; returns the ledger.
 
@@ -130,6 +133,8 @@ def run_study(
         client: a ``dask.distributed.Client`` to run the points on; ``None`` runs them one by one here.
         threads: torch threads per point (fixed and recorded, so a rerun on the same machine gives the same numbers).
         progress: tqdm bars over the points.
+        outputs: where the workers write each point's full folder (a folder or an fsspec URL, see
+            :func:`mao_lab.sweep.run_sweep`); the small tables the study reads come back through the futures.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,11 +143,11 @@ def run_study(
     results.save_json(design.as_dict(), "design")
     started = time.perf_counter()
     tuning_runs = [(c, lr, design.tuning_seed) for c in design.configs() for lr in design.lrs]
-    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress)
+    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress, outputs)
     choice = choose_learning_rates(tuning["scores"], design)
     rates = chosen_rates(choice)
     final_runs = [(c, rates[c.name], seed) for c in design.configs() if c.name in rates for seed in design.final_seeds]
-    final = _run_phase("final", _points(design, final_runs), out, client, threads, progress)
+    final = _run_phase("final", _points(design, final_runs), out, client, threads, progress, outputs)
     tables = {name: pd.concat([t for t in (tuning[name], final[name]) if len(t)], ignore_index=True) for name in TABLES}
     for name, table in tables.items():
         results.save_table(table, name)

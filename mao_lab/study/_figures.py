@@ -1,0 +1,256 @@
+"""The figures behind the ledger's verdicts, and a widget to look at any claim, configuration or task.
+
+Every function takes the tables of :func:`~mao_lab.study.load_study` and returns a plotly figure:
+the validation criterion against the learning rate (how each rate was chosen), the intervals of every
+part of a claim (the verdict), Δm% per method, balance over the training steps (M1), distance and path
+length (P3), Δm% against seconds per epoch (P4) and the best method's validation curve (did it level off?).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from ..experiments import delta_m, show_figure
+from ._analysis import BALANCE_THRESHOLD, CLAIMS, final_runs, grouping_points
+from ._design import SINGLE_TASK_PREFIX, StudyDesign
+from ._stats import mean_interval
+
+__all__ = [
+    "ClaimsExplorer",
+    "balance_figure",
+    "claim_figure",
+    "compute_figure",
+    "delta_m_figure",
+    "final_table",
+    "learning_rate_figure",
+    "spread_figure",
+    "validation_curve",
+    "validation_curve_figure",
+]
+
+_PALETTE = qualitative.Plotly + qualitative.D3
+
+
+def learning_rate_figure(choice: pd.DataFrame, setting: str) -> go.Figure:
+    """Each configuration's validation criterion (lower is better) against the learning rate; a ring marks the choice."""
+    part = choice[choice["config"].str.startswith(f"{setting}.")]
+    figure = go.Figure()
+    for i, (config, rows) in enumerate(part.groupby("config", sort=False)):
+        rows = rows.sort_values("lr")
+        color = _PALETTE[i % len(_PALETTE)]
+        figure.add_trace(go.Scatter(x=rows["lr"], y=rows["criterion"], mode="lines+markers", name=config.split(".", 1)[1],
+                                    line={"color": color}, legendgroup=config))
+        picked = rows[rows["chosen"]]
+        figure.add_trace(go.Scatter(x=picked["lr"], y=picked["criterion"], mode="markers", showlegend=False, legendgroup=config,
+                                    marker={"size": 14, "symbol": "circle-open", "color": color, "line": {"width": 2}},
+                                    hovertemplate="chosen: lr %{x:g}<extra></extra>"))
+    criterion = "mean normalised validation MSE" if setting.startswith("reg") else "validation Δm% (single-task baselines: their own metric, signed)"
+    figure.update_layout(title=f"{setting}: validation criterion against the learning rate (ring: the chosen rate)",
+                         xaxis={"type": "log", "title": "learning rate"}, yaxis_title=f"{criterion}; lower is better",
+                         legend_title_text="method")
+    return figure
+
+
+def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
+    """Every part of ``claim``: its estimate and 95 % interval, the threshold (dashed) and the verdict (colour)."""
+    if claim not in CLAIMS:
+        raise ValueError(f"unknown claim {claim!r}; claims: {list(CLAIMS)}")
+    parts = ledger[(ledger["claim"] == claim) & (ledger["part"] != "(claim)")].iloc[::-1]
+    colors = {"supported": "#2ca02c", "not supported": "#d62728", "inconclusive": "#7f7f7f"}
+    figure = go.Figure()
+    for verdict, rows in parts.groupby("verdict", sort=False):
+        figure.add_trace(go.Scatter(
+            x=rows["estimate"], y=rows["part"], mode="markers", name=str(verdict), marker={"color": colors[str(verdict)], "size": 9},
+            error_x={"type": "data", "symmetric": False, "array": (rows["high"] - rows["estimate"]).to_numpy(),
+                     "arrayminus": (rows["estimate"] - rows["low"]).to_numpy()},
+            customdata=np.stack([rows["low"], rows["high"], rows["seeds"]], axis=1),
+            hovertemplate="%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], %{customdata[2]} seeds<extra></extra>"))
+    for threshold in pd.unique(parts["threshold"]):
+        figure.add_vline(x=float(threshold), line_dash="dash", line_color="gray")
+    verdict = ledger[(ledger["claim"] == claim) & (ledger["part"] == "(claim)")]["verdict"]
+    figure.update_layout(title=f"{claim}: {CLAIMS[claim]} — {verdict.iloc[0] if len(verdict) else '?'}",
+                         xaxis_title="effect: estimate and 95 % interval over seeds", height=max(320, 34 * len(parts) + 160),
+                         legend_title_text="part verdict")
+    return figure
+
+
+def delta_m_figure(intervals: pd.DataFrame, setting: str = "mm4") -> go.Figure:
+    """Δm% of every method of ``setting``: mean and 95 % interval over the seeds (lower is better)."""
+    part = intervals[intervals["setting"] == setting].sort_values("estimate")
+    figure = go.Figure(go.Scatter(
+        x=part["variant"], y=part["estimate"], mode="markers", marker={"size": 10},
+        error_y={"type": "data", "symmetric": False, "array": (part["high"] - part["estimate"]).to_numpy(),
+                 "arrayminus": (part["estimate"] - part["low"]).to_numpy()},
+        hovertemplate="%{x}: Δm %{y:.2f}%<extra></extra>"))
+    figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
+    figure.update_layout(title=f"{setting}: Δm% against the single-task baselines (mean, 95 % interval over seeds; lower is better)",
+                         yaxis_title="Δm (%)", xaxis_title="method")
+    return figure
+
+
+def balance_figure(balance: pd.DataFrame, choice: pd.DataFrame, setting: str, *, statistic: str = "imbalance") -> go.Figure:
+    """Per method of ``setting``: the worst shared layer's ``imbalance`` (or ``largest_share``) at every recorded
+    step, mean over the final seeds with a min–max band; the dashed line is M1's bound."""
+    picked = choice[choice["chosen"]][["config", "lr"]]
+    rows = balance.merge(picked, on=["config", "lr"])
+    rows = rows[rows["config"].str.startswith(f"{setting}.")]
+    worst = rows.groupby(["config", "seed", "step"])[statistic].max().reset_index()
+    figure = go.Figure()
+    for i, (config, part) in enumerate(worst.groupby("config", sort=False)):
+        stats = part.groupby("step")[statistic].agg(["mean", "min", "max"]).reset_index()
+        color = _PALETTE[i % len(_PALETTE)]
+        figure.add_trace(go.Scatter(x=np.concatenate([stats["step"], stats["step"][::-1]]),
+                                    y=np.concatenate([stats["max"], stats["min"][::-1]]), fill="toself", fillcolor=color,
+                                    opacity=0.15, line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=config))
+        figure.add_trace(go.Scatter(x=stats["step"], y=stats["mean"], mode="lines", name=config.split(".", 1)[1],
+                                    line={"color": color}, legendgroup=config))
+    if statistic == "imbalance":
+        figure.add_hline(y=BALANCE_THRESHOLD, line_dash="dash", line_color="gray")
+    label = "imbalance index" if statistic == "imbalance" else "largest task share"
+    figure.update_layout(title=f"{setting}: the worst shared layer's {label} at every recorded step (mean over seeds; band: min–max)",
+                         xaxis_title="step", yaxis_title=f"{label} (max over shared layers)", yaxis={"range": [0, 1]},
+                         legend_title_text="method")
+    return figure
+
+
+def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4") -> go.Figure:
+    """P3: each method's distance of the shared parameters from their start and path length (mean, 95 % interval)."""
+    picked = choice[choice["chosen"]][["config", "lr"]]
+    final = runs[(runs["status"] == "ok") & runs["config"].str.startswith(f"{setting}.") & ~runs["variant"].str.startswith(SINGLE_TASK_PREFIX)]
+    final = final.merge(picked, on=["config", "lr"])
+    figure = go.Figure()
+    for quantity, color in (("distance", "#1f77b4"), ("path_length", "#ff7f0e")):
+        rows = []
+        for variant, part in final.groupby("variant", sort=False):
+            interval = mean_interval(part[quantity].to_numpy())
+            rows.append((variant, interval.estimate, interval.low, interval.high))
+        table = pd.DataFrame(rows, columns=["variant", "estimate", "low", "high"])
+        figure.add_trace(go.Scatter(x=table["variant"], y=table["estimate"], mode="markers", name=quantity.replace("_", " "),
+                                    marker={"color": color, "size": 9},
+                                    error_y={"type": "data", "symmetric": False, "array": (table["high"] - table["estimate"]).to_numpy(),
+                                             "arrayminus": (table["estimate"] - table["low"]).to_numpy()}))
+    figure.update_layout(title=f"{setting}: how far the shared parameters went (mean, 95 % interval over seeds; each at its chosen rate)",
+                         yaxis={"type": "log", "title": "Euclidean norm"}, xaxis_title="method")
+    return figure
+
+
+def compute_figure(delta_m_runs: pd.DataFrame, runs: pd.DataFrame, choice: pd.DataFrame, design: StudyDesign) -> go.Figure:
+    """P4: Δm% against seconds per epoch for group sizes 1 (IUS) … T (Adam on the sum), one dot per seed."""
+    points = grouping_points(design)
+    picked = choice[choice["chosen"]][["config", "lr"]]
+    final = runs[runs["status"] == "ok"].merge(picked, on=["config", "lr"])
+    merged = delta_m_runs.merge(final[["config", "seed", "seconds_per_epoch"]], on=["config", "seed"])
+    figure = go.Figure()
+    for i, (config, size) in enumerate(sorted(points.items(), key=lambda kv: kv[1])):
+        part = merged[merged["config"] == config]
+        figure.add_trace(go.Scatter(x=part["seconds_per_epoch"], y=part["delta_m"], mode="markers", name=f"s = {size} ({config.split('.', 1)[1]})",
+                                    marker={"size": 9, "color": _PALETTE[i % len(_PALETTE)]},
+                                    hovertemplate="seed %{text}<br>%{x:.2f} s/epoch, Δm %{y:.2f}%<extra></extra>", text=part["seed"]))
+    figure.update_layout(title="P4: Δm% against compute for group sizes s (one dot per seed; lower and left is better)",
+                         xaxis_title="seconds per epoch (training steps only)", yaxis_title="Δm (%)", legend_title_text="group size")
+    return figure
+
+
+def validation_curve(scores: pd.DataFrame, choice: pd.DataFrame, config: str, design: StudyDesign) -> pd.DataFrame:
+    """Per seed and evaluation step: ``config``'s validation Δm% against the baselines' final validation metrics
+    (at their chosen rates, mean over seeds) — or, for the regression, its mean normalised validation MSE."""
+    picked = choice[choice["chosen"]][["config", "lr"]]
+    val = scores[scores["split"] == "val"].merge(picked, on=["config", "lr"])
+    rows = val[val["config"] == config]
+    if config.startswith("reg"):
+        return rows.groupby(["seed", "step"])["value"].mean().rename("criterion").reset_index()
+    last = val.groupby(["config", "seed"])["step"].transform("max")
+    final = val[(val["step"] == last) & val["config"].str.contains(f".{SINGLE_TASK_PREFIX}", regex=False)]
+    reference = final.groupby("task").agg(value=("value", "mean"), higher=("higher_is_better", "first"))
+    out = []
+    for (seed, step), part in rows.groupby(["seed", "step"]):
+        values = dict(zip(part["task"], part["value"]))
+        out.append({"seed": seed, "step": step, "criterion": delta_m(values, {t: float(reference.loc[t, "value"]) for t in values},
+                                                                     {t: bool(reference.loc[t, "higher"]) for t in values})})
+    return pd.DataFrame(out, columns=["seed", "step", "criterion"])
+
+
+def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
+    """One line per seed of :func:`validation_curve`, and their mean."""
+    figure = go.Figure()
+    for seed, part in curve.groupby("seed"):
+        figure.add_trace(go.Scatter(x=part["step"], y=part["criterion"], mode="lines", name=f"seed {seed}", opacity=0.5))
+    mean = curve.groupby("step")["criterion"].mean()
+    figure.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name="mean", line={"color": "black", "width": 3}))
+    label = "mean normalised validation MSE" if config.startswith("reg") else "validation Δm% (lower is better)"
+    figure.update_layout(title=f"{config}: the validation curve at its chosen learning rate", xaxis_title="step", yaxis_title=label)
+    return figure
+
+
+class ClaimsExplorer:
+    """Pick a claim (its parts' intervals), a configuration (its validation curve and balance over steps) and a
+    task (every method's validation metric of that task over the steps).
+
+    Built and driven without a browser (set a control's ``.value``); ``figures`` holds the current views.
+    """
+
+    def __init__(self, study: Mapping[str, Any]) -> None:
+        self.study = study
+        design: StudyDesign = study["design"]
+        choice = study["learning_rates"]
+        configs = [str(c) for c in pd.unique(choice["config"])]
+        tasks = sorted({t for c in design.configs() for t in c.tasks})
+        self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
+        self.config = widgets.Dropdown(options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method")
+        self.task = widgets.Dropdown(options=tasks, value=tasks[0], description="task")
+        self.views = {name: widgets.Output() for name in ("claim", "curve", "balance", "task")}
+        self.figures: dict[str, go.Figure] = {}
+        self.claim.observe(lambda _: self._draw_claim(), names="value")
+        self.config.observe(lambda _: self._draw_config(), names="value")
+        self.task.observe(lambda _: self._draw_task(), names="value")
+        self.widget = widgets.VBox([self.claim, self.views["claim"], self.config, self.views["curve"], self.views["balance"],
+                                    self.task, self.views["task"]])
+        self._draw_claim()
+        self._draw_config()
+        self._draw_task()
+
+    def _draw_claim(self) -> None:
+        self.figures["claim"] = claim_figure(self.study["ledger"], str(self.claim.value))
+        show_figure(self.views["claim"], self.figures["claim"])
+
+    def _draw_config(self) -> None:
+        config = str(self.config.value)
+        curve = validation_curve(self.study["scores"], self.study["learning_rates"], config, self.study["design"])
+        self.figures["curve"] = validation_curve_figure(curve, config)
+        show_figure(self.views["curve"], self.figures["curve"])
+        setting = config.split(".", 1)[0]
+        balance = self.study["balance"][self.study["balance"]["config"] == config]
+        self.figures["balance"] = balance_figure(balance, self.study["learning_rates"], setting)
+        show_figure(self.views["balance"], self.figures["balance"])
+
+    def _draw_task(self) -> None:
+        task = str(self.task.value)
+        picked = self.study["learning_rates"][self.study["learning_rates"]["chosen"]][["config", "lr"]]
+        val = self.study["scores"][(self.study["scores"]["split"] == "val") & (self.study["scores"]["task"] == task)].merge(picked, on=["config", "lr"])
+        figure = go.Figure()
+        for i, (config, part) in enumerate(val.groupby("config", sort=False)):
+            mean = part.groupby("step")["value"].mean()
+            figure.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name=config, line={"color": _PALETTE[i % len(_PALETTE)]}))
+        metric = str(val["metric"].iloc[0]) if len(val) else ""
+        figure.update_layout(title=f"{task}: validation {metric} over the steps (mean over seeds, each method at its chosen rate)",
+                             xaxis_title="step", yaxis_title=metric)
+        self.figures["task"] = figure
+        show_figure(self.views["task"], figure)
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def final_table(study: Mapping[str, Any]) -> pd.DataFrame:
+    """Final test metrics per configuration and task: mean over seeds (each at its chosen rate)."""
+    final = final_runs(study["scores"], study["learning_rates"])
+    return final.groupby(["config", "task", "metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()

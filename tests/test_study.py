@@ -1,0 +1,120 @@
+"""The claims study: its runs are paired and repeatable, validation comes from the training data, and the smoke
+study runs end to end on the sweep machinery (then ``05_claims`` reads it under papermill)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mao_lab.problems import load_multimnist
+from mao_lab.runner import NOTEBOOK_DIR, NotebookRunError, execute_notebook
+from mao_lab.study import CLAIMS, VERDICTS, StudyError, run_config, run_study, smoke_design
+from mao_lab.study.__main__ import main
+from mao_lab.study._runs import _multimnist, _PathMeter
+from mao_lab.study._study import POINT_NOTEBOOK
+
+
+def test_runs_with_one_seed_start_from_one_network_and_are_repeatable() -> None:
+    design = smoke_design()
+    first = run_config(design.config("reg2.sum"), design, 1e-3, 0)["scores"]
+    again = run_config(design.config("reg2.sum"), design, 1e-3, 0)["scores"]
+    pd.testing.assert_frame_equal(first, again)  # same command, same numbers
+    other_method = run_config(design.config("reg2.mao"), design, 1e-3, 0)["scores"]
+    other_seed = run_config(design.config("reg2.sum"), design, 1e-3, 1)["scores"]
+
+    def untrained(scores: pd.DataFrame) -> list[float]:
+        return scores[(scores["step"] == 0) & (scores["split"] == "val")]["value"].tolist()
+
+    assert untrained(other_method) == untrained(first)  # paired: the same initial network
+    assert untrained(other_seed) != untrained(first)
+    final = first[first["split"] == "test"]["value"].to_numpy()
+    assert not (other_method[other_method["split"] == "test"]["value"].to_numpy() == final).all()
+
+
+def test_validation_images_are_carved_from_the_training_file_and_kept_apart() -> None:
+    tasks = ("left", "sum")
+    train, val, test = _multimnist(tasks, 300, 200, 50)
+    whole = load_multimnist(split="train", tasks=tasks)
+    assert torch.equal(val.images, whole.images[-200:])  # the end of the training file, never the test file
+    assert torch.equal(train.images, whole.images[:300])
+    assert len(train) + len(val) <= len(whole)
+    assert torch.equal(test.images, load_multimnist(split="test", tasks=tasks, limit=50).images)
+
+
+def test_path_length_is_at_least_the_distance_and_adds_every_move() -> None:
+    model = torch.nn.Module()
+    model.trunk = torch.nn.Linear(2, 1, bias=False)
+    meter = _PathMeter()
+    positions = [[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [0.0, 1.0]]
+    with torch.no_grad():
+        for position in positions[:-1]:
+            model.trunk.weight.copy_(torch.tensor([position]))
+            meter.observe(model)
+        model.trunk.weight.copy_(torch.tensor([positions[-1]]))
+    distance, length = meter.finish(model)
+    assert distance == pytest.approx(1.0)
+    assert length == pytest.approx(5.0 + 5.0 + 1.0)
+
+
+def test_a_study_folder_of_another_design_is_refused(tmp_path: Path) -> None:
+    other = smoke_design().as_dict() | {"steps": 5}
+    (tmp_path / "design.json").write_text(json.dumps(other))
+    with pytest.raises(StudyError, match=r"another design \(fields \['steps'\]"):
+        run_study(tmp_path, smoke_design(), progress=False)
+    assert json.loads((tmp_path / "design.json").read_text()) == other  # left intact
+
+
+def test_bad_command_lines_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        main(["--workers", "-1"])
+    with pytest.raises(SystemExit):
+        main(["--ledger-only", "somewhere"])  # needs --out
+
+
+@pytest.mark.notebook
+def test_the_point_notebook_names_a_bad_parameter(tmp_path: Path) -> None:
+    with pytest.raises(NotebookRunError, match="bad notebook parameter `point`"):
+        execute_notebook(POINT_NOTEBOOK, tmp_path, {"point": "nowhere", "specs": {"somewhere": {}}}, html=False)
+
+
+@pytest.mark.notebook
+def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = tmp_path / "study"
+    assert main(["--smoke", "--out", str(study)]) == 0
+    for name in ("ledger.csv", "ledger.md", "ledger.json", "design.json", "provenance.json", "scores.parquet",
+                 "balance.parquet", "runs.parquet", "learning_rates.parquet", "delta_m.parquet"):
+        assert (study / name).is_file(), name
+    ledger = pd.read_csv(study / "ledger.csv")
+    claims = ledger[ledger["part"] == "(claim)"]
+    assert list(claims["claim"]) == list(CLAIMS)
+    assert set(ledger["verdict"]) <= set(VERDICTS)
+    assert "mean nothing" in (study / "ledger.md").read_text()
+    document = json.loads((study / "ledger.json").read_text())
+    assert document["smoke"] is True and document["provenance"]["threads_per_point"] == 1
+    design = smoke_design()
+    choice = pd.read_parquet(study / "learning_rates.parquet")
+    assert choice.groupby("config")["chosen"].sum().eq(1).all()  # one rate per configuration
+    runs = pd.read_parquet(study / "runs.parquet")
+    final = runs.merge(choice[choice["chosen"]][["config", "lr"]], on=["config", "lr"])
+    assert (final.groupby("config")["seed"].nunique() == len(design.seeds)).all()  # every seed, paired
+    assert set(runs["lr"]) == set(design.lrs)
+    tuned = runs.merge(choice[~choice["chosen"]][["config", "lr"]], on=["config", "lr"])
+    assert set(tuned["seed"]) == {design.tuning_seed}  # the other rates ran at the tuning seed only
+    executed = sorted(p.name for p in study.glob("*/*/point.ipynb"))
+    capsys.readouterr()
+    assert main(["--smoke", "--out", str(study)]) == 0  # resumes: nothing runs again, the same ledger
+    assert sorted(p.name for p in study.glob("*/*/point.ipynb")) == executed
+    pd.testing.assert_frame_equal(pd.read_csv(study / "ledger.csv"), ledger)
+
+    out = tmp_path / "claims"
+    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(study), "claim": "P4"})
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["smoke"] is True
+    assert summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
+    for figure in ("claim_M1", "claim_P4", "balance_reg8", "learning_rate_mm4", "validation_curve", "compute", "spread"):
+        assert (out / f"{figure}.html").is_file(), figure
+    assert "mean nothing" in (out / "05_claims.html").read_text()
