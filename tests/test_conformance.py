@@ -469,3 +469,96 @@ def test_imtl_l_weights_follow_the_learned_log_scales() -> None:
     for w, loss in zip(weights, losses):
         np.testing.assert_allclose(w, np.exp(s), rtol=1e-6)  # the log-scales are float32
         s = s - 1.0 * (np.exp(s) * loss - 1)
+
+
+# -- IUS and grouping (Pascal et al. 2021): what a parameter the group does not reach gets -------------------
+
+
+def two_head_problem(seed: int = 0) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]]]:
+    generator = torch.Generator().manual_seed(seed)
+    trunk = torch.randn(4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    heads = [torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    x = torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    targets = torch.randn(3, 8, generator=generator, dtype=torch.float64)
+
+    def losses() -> list[torch.Tensor]:
+        features = torch.tanh(x @ trunk.T)
+        return [(features @ head - target).pow(2).mean() for head, target in zip(heads, targets)]
+
+    return [trunk, *heads], losses
+
+
+def authors_loop(params: list[torch.Tensor], losses: Callable[[], list[torch.Tensor]], groups: list[list[int]],
+                 steps: int, set_to_none: bool) -> None:
+    """The public code's loop: for each group, zero_grad, forward, backward of the group's summed loss, one
+    step of a single torch.optim.Adam.  Its torch 1.2 zero_grad zeroed existing gradients
+    (``set_to_none=False`` here); today's default sets them to None."""
+    adam = torch.optim.Adam(params, lr=0.05)
+    for _ in range(steps):
+        for group in groups:
+            adam.zero_grad(set_to_none=set_to_none)
+            values = losses()
+            sum(values[k] for k in group).backward()
+            adam.step()
+
+
+@pytest.mark.parametrize("unreached, set_to_none", [("none", True), ("zero", False)])
+def test_ius_follows_the_authors_loop_with_none_or_zero_gradients(unreached: str, set_to_none: bool) -> None:
+    reference, reference_losses = two_head_problem()
+    authors_loop(reference, reference_losses, [[0], [1], [2]], steps=4, set_to_none=set_to_none)
+    params, losses = two_head_problem()
+    method = make("ius", params, lr=0.05, unreached_grad=unreached)
+    for _ in range(4):
+        method.step(losses)
+    for got, expected in zip(params, reference):
+        torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_zero_gradients_change_more_than_a_scale() -> None:
+    """With zeros, the shared Adam moves every head at every sub-step on its stale momentum."""
+    finals = {}
+    for unreached in ("none", "zero"):
+        params, losses = two_head_problem()
+        method = make("ius", params, lr=0.05, unreached_grad=unreached)
+        for _ in range(4):
+            method.step(losses)
+        finals[unreached] = [p.detach().clone() for p in params]
+    for none, zero in zip(finals["none"][1:], finals["zero"][1:]):
+        cosine = torch.nn.functional.cosine_similarity(none - zero, none, dim=0)
+        assert (none - zero).norm() > 1e-2 * none.norm() and abs(cosine) < 0.999
+
+
+def test_grouping_with_zero_gradients_follows_the_authors_loop() -> None:
+    params, losses = two_head_problem(1)
+    method = make("grouping", params, lr=0.05, group_size=2, seed=4, unreached_grad="zero")
+    for _ in range(3):
+        method.step(losses)
+    reference, reference_losses = two_head_problem(1)
+    authors_loop(reference, reference_losses, [list(g) for g in method.partition], steps=3, set_to_none=False)
+    for got, expected in zip(params, reference):
+        torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_zero_gradient_records_still_add_up_to_the_change() -> None:
+    class Keep:
+        def __init__(self) -> None:
+            self.records: list = []
+
+        def wants_record(self) -> bool:
+            return True
+
+        def __call__(self, record: object) -> None:
+            self.records.append(record)
+
+    params, losses = two_head_problem()
+    method = make("ius", params, lr=0.05, unreached_grad="zero")
+    keep = Keep()
+    method.add_observer(keep)
+    for _ in range(3):
+        before = [p.detach().clone() for p in params]
+        method.step(losses)
+    updates = keep.records[-1].task_updates
+    position = {id(p): i for i, p in enumerate(params)}
+    for p, contributions in zip(updates.params, updates.grads):
+        i = position[id(p)]
+        torch.testing.assert_close(contributions.sum(0), before[i] - p.detach(), rtol=1e-9, atol=1e-12)

@@ -78,6 +78,10 @@ class BaseOptimizer:
             for p in params:
                 p.grad = None
 
+    def has_state(self, p: Tensor) -> bool:
+        """Whether the optimizer keeps state for ``p``: Adam once it has stepped ``p``; SGD never."""
+        return bool(self.optimizer.state.get(p))
+
     def decay_factor(self, p: Tensor) -> float:
         """What the decoupled weight decay multiplied ``p`` by in a step: ``1 - lr * weight_decay``."""
         group = self._group(p)

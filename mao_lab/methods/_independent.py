@@ -17,6 +17,13 @@ io           ``group_size``  in task order         one per group
 grouping     ``group_size``  random, once or anew  one, shared
 ===========  ==============  ====================  =====================
 
+A parameter that a group's loss does not reach (another task's head) gets no gradient at that group's
+sub-step (``None``: Adam leaves it and its moments alone), as ``zero_grad(set_to_none=True)`` does in
+today's PyTorch.  The authors' code ran on torch 1.2, whose ``zero_grad`` zeroed the gradients instead,
+so the shared Adam decayed the moments of the parameters the group does not reach and moved them on
+their stale momentum; ``unreached_grad="zero"`` reproduces that (it changes the trajectories, not only
+a scale).
+
 A step costs one forward and one backward pass per group.  The losses it returns are those of the
 first forward pass, before any parameter moved.  If any sub-step fails (a NaN loss at the third
 forward pass, say), the parameters and every optimizer are put back as they were before the step.
@@ -45,7 +52,7 @@ import torch
 from torch import Tensor
 
 from .._checkpoints import CheckpointError
-from .._hyperparameters import Hyperparameter, boolean, integer
+from .._hyperparameters import Hyperparameter, boolean, choice, integer
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates, compute_task_gradients
 from ._base import LossClosure
@@ -65,6 +72,12 @@ class IndependentStepsMethod(SteppedMethod):
     ``per_group_optimizers`` gives every group its own optimizer (own moments and step counts).
     """
 
+    hyperparameters = {
+        "unreached_grad": Hyperparameter(
+            "none", choice("none", "zero"),
+            "what a parameter the group's loss does not reach gets: 'none' (skipped) or 'zero' (torch 1.2's zero_grad)",
+        )
+    }
     random_groups: bool = False
     per_group_optimizers: bool = False
     moves_parameters_during_step = True  # every group after the first sees the parameters moved
@@ -73,6 +86,7 @@ class IndependentStepsMethod(SteppedMethod):
         super().__init__(params, **kwargs)
         self.group_size: int | None = self.hparams.get("group_size")
         self.redraw: bool = self.hparams.get("redraw", False)
+        self.zero_unreached: bool = self.hparams["unreached_grad"] == "zero"
         self.partition: list[tuple[int, ...]] | None = None
         # The shared optimizer is the one SteppedMethod made; per-group ones are made at the first step.
         self.optimizers: list[BaseOptimizer] = [] if self.per_group_optimizers else [self.base]
@@ -111,14 +125,16 @@ class IndependentStepsMethod(SteppedMethod):
             self._build_optimizers(self._num_groups(num_tasks))
         per_task_grads: dict[int, list[Tensor | None]] = {}
         per_task_updates: dict[int, list[Tensor | None]] = {}
+        stale_moves: list[tuple[int, Tensor]] = []
         for j, group in enumerate(self._groups(num_tasks)):
             if j > 0:
                 again, losses = self._losses(closure)
                 if again != names:
                     raise TaskInputError(f"the closure returned tasks {again} at sub-step {j}, {names} at the first")
-            self._sub_step(j, group, names, losses, record, per_task_grads, per_task_updates)
+            self._sub_step(j, group, names, losses, record, per_task_grads, per_task_updates, stale_moves)
         if not record:
             return StepRecord(names, values, None, None)
+        _share_stale_moves(stale_moves, per_task_grads, per_task_updates)
         grads = TaskGradients.from_per_task(self._in_task_order(names, per_task_grads), self.params, names)
         updates = TaskUpdates.from_per_task(self._in_task_order(names, per_task_updates), self.params, names)
         return StepRecord(names, values, grads, updates)
@@ -132,8 +148,10 @@ class IndependentStepsMethod(SteppedMethod):
         record: bool,
         per_task_grads: dict[int, list[Tensor | None]],
         per_task_updates: dict[int, list[Tensor | None]],
+        stale_moves: list[tuple[int, Tensor]],
     ) -> None:
-        """Backpropagate group ``j``'s summed loss and step its optimizer; record what each task did."""
+        """Backpropagate group ``j``'s summed loss and step its optimizer; record what each task did
+        (a parameter the group does not reach but moves on stale momentum goes to ``stale_moves``)."""
         optimizer = self._optimizer_for(j)
         task_rows: list[list[Tensor | None]] = []
         with torch.enable_grad():
@@ -148,6 +166,8 @@ class IndependentStepsMethod(SteppedMethod):
                     total = total + losses[k]
                 grads = list(torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True))
                 check_finite_gradients(grads, [losses[k] for k in group], [names[k] for k in group], self.params)
+        if self.zero_unreached:
+            grads = [torch.zeros_like(p) if g is None and optimizer.has_state(p) else g for p, g in zip(self.params, grads)]
         before = [p.detach().clone() if record and g is not None else None for p, g in zip(self.params, grads)]
         optimizer.step(self.params, grads)
         if not record:
@@ -162,6 +182,9 @@ class IndependentStepsMethod(SteppedMethod):
                 D = optimizer.preconditioner(p)
                 change = old * optimizer.decay_factor(p) - p.detach()
                 reaching = [(k, task_rows[row][i]) for row, k in enumerate(group) if task_rows[row][i] is not None]
+                if not reaching:  # unreached_grad="zero": moved by the momentum of other tasks' sub-steps
+                    stale_moves.append((i, change))
+                    continue
                 history = (change - D * g) / len(reaching)
                 for k, g_k in reaching:
                     per_task_updates[k][i] = D * g_k + history
@@ -198,6 +221,22 @@ class IndependentStepsMethod(SteppedMethod):
     def _load_extra_state(self, state: Any) -> None:
         super()._load_extra_state(state)
         self.partition = None if state["partition"] is None else [tuple(g) for g in state["partition"]]
+
+
+def _share_stale_moves(
+    stale_moves: list[tuple[int, Tensor]],
+    per_task_grads: dict[int, list[Tensor | None]],
+    per_task_updates: dict[int, list[Tensor | None]],
+) -> None:
+    """Give a move made on stale momentum (``unreached_grad="zero"``) in equal parts to the tasks that
+    reach that parameter in this step, so that the tasks' updates still add up to the change.  A
+    parameter no task reaches in this step has no one to credit: its move is left out of the record."""
+    for i, change in stale_moves:
+        owners = [k for k, grads in per_task_grads.items() if grads[i] is not None]
+        for k in owners:
+            update = per_task_updates[k][i]
+            assert update is not None
+            per_task_updates[k][i] = update + change / len(owners)
 
 
 def _sum_present(tensors: list[Tensor | None]) -> Tensor | None:
