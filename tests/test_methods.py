@@ -127,6 +127,57 @@ def test_unknown_name_and_hyperparameter_list_the_valid_ones() -> None:
         assert f" {name}" in str(error.value).split("valid:")[1], name
 
 
+def test_every_declared_default_passes_its_own_check_and_the_base_options_are_declared_once() -> None:
+    from mao_lab._hyperparameters import ADAM_HYPERPARAMETERS
+    from mao_lab.methods import method_class
+
+    for name in available():
+        spec = method_class(name).hyperparameter_spec()
+        for setting, hyper in spec.items():
+            if hyper.default is not None:
+                assert hyper.check(setting, hyper.default) == hyper.default, (name, setting)
+        # lr, betas, eps, weight_decay come from the one declaration, never from a copy in the method
+        for setting in ADAM_HYPERPARAMETERS:
+            assert spec[setting] is ADAM_HYPERPARAMETERS[setting], (name, setting)
+        assert make(name, Net().parameters()).hparams == {k: h.default for k, h in spec.items()}
+
+
+def test_a_class_registered_anywhere_is_made_by_name_and_its_name_is_written_once() -> None:
+    from mao_lab.methods import register
+    from mao_lab.methods._registry import _REGISTRY
+    from mao_lab.methods._weighted import ScalarizerMethod
+    from torchjd import scalarization
+
+    try:
+        @register("probe_sum", "a test's own copy of sum", "torchjd")
+        class ProbeSum(ScalarizerMethod):
+            torchjd_class = scalarization.Sum
+
+        assert ProbeSum.name == "probe_sum" and "probe_sum" in available()
+        net, method = Net(), None
+        method = make("probe_sum", net.parameters(), lr=1e-2)
+        assert isinstance(method, ProbeSum) and hyperparameter_names("probe_sum") == hyperparameter_names("sum")
+        with pytest.raises(ValueError, match="already registered"):
+            register("probe_sum", "again")(type("Other", (ScalarizerMethod,), {}))
+        with pytest.raises(TypeError, match="subclass of mao_lab.methods.Method"):
+            register("probe_function", "not a class")(lambda params: None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="identifier"):
+            register("probe sum", "a space in the name")
+    finally:
+        _REGISTRY.pop("probe_sum", None)
+    assert "probe_sum" not in available()
+
+
+def test_another_torchjd_version_is_refused_with_the_pinned_one_named() -> None:
+    from mao_lab.methods._torchjd import check_torchjd_version
+
+    check_torchjd_version("0.18.0")
+    check_torchjd_version("0.18.3+local")
+    for other in ("0.17.1", "0.19.0", "1.18.0"):
+        with pytest.raises(ImportError, match=f"found torchjd {other}.*torchjd==0.18.0"):
+            check_torchjd_version(other)
+
+
 OUT_OF_RANGE = [
     ("sum", {"lr": -1.0}, "lr"),
     ("pcgrad", {"betas": (0.9, 1.0)}, "betas"),
