@@ -264,14 +264,14 @@ def test_cagrad_paper_rescale_divides_the_direction_by_one_plus_c_squared() -> N
 @pytest.mark.parametrize("seed", range(4))
 def test_nash_mtl_satisfies_the_bargaining_condition(seed: int) -> None:
     """Navon et al., Claim 3.1: d = sum_k a_k g_k with a > 0 and (G a)_k = 1 / a_k, i.e. a_k g_k . d = 1.
-    Their solver (kept by TorchJD) is 20 steps of a sequence of convex problems, so the condition holds
-    to the solver's accuracy (checked to 1%); without clipping (max_norm = 0)."""
+    Their solver (kept by TorchJD) is up to 20 steps of a sequence of convex problems, so the condition
+    holds to the solver's accuracy (3e-7 on 20 such cases; checked to 1e-5); without clipping (max_norm = 0)."""
     jacobian = conflicting(seed, tasks=3, dim=6)
     probe = Probe("nash_mtl", jacobian, max_norm=0.0)
     d = probe.step()
     alpha = probe.weights(d)
     assert (alpha > 0).all()
-    np.testing.assert_allclose(alpha * (jacobian @ d), 1.0, rtol=1e-2)
+    np.testing.assert_allclose(alpha * (jacobian @ d), 1.0, rtol=1e-5)
 
 
 def test_nash_mtl_clips_the_direction_norm() -> None:
@@ -293,12 +293,13 @@ def dual_cone_projection(jacobian: np.ndarray, vector: np.ndarray) -> np.ndarray
 @pytest.mark.parametrize("seed", range(4))
 def test_upgrad_averages_the_projections_onto_the_dual_cone(seed: int) -> None:
     """UPGrad: d = (1/T) sum_k pi_J(g_k). TorchJD normalises the Gram matrix by its trace and adds 1e-4
-    to its diagonal before solving, so agreement is to about 1e-3 of the gradients' scale."""
+    to its diagonal before solving, so agreement is to about 1e-4 of the gradients' scale (4e-4 at worst on
+    20 such cases; checked to 1e-3)."""
     jacobian = conflicting(seed, tasks=3, dim=6)
     d = direction("upgrad", jacobian)
     reference = np.mean([dual_cone_projection(jacobian, g) for g in jacobian], axis=0)
     scale = np.linalg.norm(jacobian, axis=1).max()
-    np.testing.assert_allclose(d, reference, atol=2e-3 * scale)
+    np.testing.assert_allclose(d, reference, atol=1e-3 * scale)
     assert (jacobian @ d).min() > -1e-3 * scale**2  # no task gets worse, to first order
 
 
