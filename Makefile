@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo smoke test bench lab clean
+.PHONY: setup demo smoke test bench lab explorer test-browser clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,19 @@ bench: $(STAMP)           ## speed and memory ratios, measured side by side
 	$(PY) -m mao_lab.bench step
 	$(PY) -m mao_lab.bench recorder
 
+# JupyterLab refuses to start as root (common in containers) unless told: pass --allow-root only when uid is 0.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+RUNS ?= runs
+
 lab: $(STAMP)             ## JupyterLab on 127.0.0.1 with a generated token (printed in the log)
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=notebooks $(ALLOW_ROOT)
+
+explorer: $(STAMP)        ## the balance explorer as a web page (Voilà) on 127.0.0.1 with a token; RUNS=folder
+	cd apps && MAO_LAB_RUNS="$(abspath $(RUNS))" $(abspath $(VENV))/bin/voila balance_explorer.ipynb \
+		--no-browser --Voila.ip=127.0.0.1 --Voila.auto_token=True
+
+test-browser: $(STAMP)    ## every notebook and the explorer app driven in headless Chromium (Playwright)
+	$(PY) tests/browser/browser_test.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -53,7 +53,7 @@ Figures (plotly): :func:`share_heatmap`, :func:`share_areas`, :func:`layer_bars`
 live :class:`BalanceMonitor` (shares of every shared layer while a model trains).
 """
 
-from ._explorer import BalanceExplorer
+from ._explorer import BalanceExplorer, ExplorerApp, find_runs
 from ._monitor import BalanceMonitor
 from ._figures import grad_norm_ratios, layer_bars, metric_lines, share_areas, share_heatmap
 from ._frame import COLUMNS, METRICS, by_module, imbalance_index, module_of
@@ -65,11 +65,13 @@ __all__ = [
     "METRICS",
     "BalanceExplorer",
     "BalanceMonitor",
+    "ExplorerApp",
     "Observable",
     "Recorder",
     "RecorderError",
     "by_module",
     "combine_runs",
+    "find_runs",
     "grad_norm_ratios",
     "imbalance_index",
     "layer_bars",

@@ -21,9 +21,9 @@ import plotly.graph_objects as go
 from ._figures import metric_lines
 from ._frame import METRICS, Level, by_module, normalise_dtypes
 from ._recorder import Recorder
-from ._storage import RunPath, combine_runs, load_run
+from ._storage import RunPath, combine_runs, full_tables, load_run, part_paths
 
-__all__ = ["BalanceExplorer"]
+__all__ = ["BalanceExplorer", "ExplorerApp", "find_runs"]
 
 Source = Union[pd.DataFrame, Recorder, RunPath]
 Sources = Union[Source, Sequence[Source], Mapping[str, Source]]
@@ -203,3 +203,105 @@ class BalanceExplorer:
                 "metadata": {},
             },
         )
+
+
+def find_runs(root: RunPath) -> dict[str, Path]:
+    """Every run folder at or under ``root`` (a folder holding ``metrics.parquet``/``.csv`` or part files).
+
+    Named by their path below ``root`` (``"."`` when ``root`` is itself a run), in sorted order.
+
+    >>> import tempfile
+    >>> from mao_lab.recorder import save_run
+    >>> from mao_lab.recorder._frame import empty_frame
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("b/runs/mao", "a/runs/sum"):
+    ...     _ = save_run(root / name, empty_frame(), {})
+    >>> list(find_runs(root))
+    ['a/runs/sum', 'b/runs/mao']
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no folder at {root}")
+    found = {}
+    for folder in sorted({p.parent for pattern in ("metrics.parquet", "metrics.csv", "metrics.part-*") for p in root.rglob(pattern)}):
+        if full_tables(folder) or part_paths(folder):
+            name = folder.relative_to(root).as_posix()
+            found[name] = folder
+    return dict(sorted(found.items()))
+
+
+class ExplorerApp:
+    """The balance explorer as a page for a class: type a folder, pick runs, explore; no code to touch.
+
+    ``make explorer`` serves it with Voilà (``apps/balance_explorer.ipynb``).  Bad input (a folder that
+    does not exist or holds no run, a run that cannot be read) is reported in the page's status line.
+
+    Args:
+        root: the folder searched for runs at start (recursively).
+        level: ``"module"`` or ``"parameter"`` for the explorer.
+        preselect: how many runs are ticked after a search.
+
+    >>> import tempfile
+    >>> app = ExplorerApp(tempfile.mkdtemp())
+    >>> app.status.value
+    'no run folders under that folder (a run folder holds metrics.parquet, metrics.csv or metrics.part-* files)'
+    """
+
+    def __init__(self, root: RunPath = "runs", *, level: Level = "module", preselect: int = 6) -> None:
+        self.level: Level = level
+        self.preselect = preselect
+        self.root = widgets.Text(value=str(root), description="folder", layout=widgets.Layout(width="60%"))
+        self.find = widgets.Button(description="Find runs", icon="search")
+        self.runs = widgets.SelectMultiple(options=[], description="runs", rows=8, layout=widgets.Layout(width="60%"))
+        self.open = widgets.Button(description="Open", button_style="primary", icon="folder-open")
+        self.status = widgets.HTML()
+        self.view = widgets.VBox()  # holds the explorer once runs are opened
+        self.explorer: BalanceExplorer | None = None
+        self._found: dict[str, Path] = {}
+        self.find.on_click(lambda _: self.search())
+        self.open.on_click(lambda _: self.show())
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.root, self.find]), widgets.HBox([self.runs, self.open]), self.status, self.view]
+        )
+        self.search()
+
+    def search(self) -> list[str]:
+        """Look for run folders under the typed folder; tick the first ``preselect``."""
+        try:
+            self._found = find_runs(Path(self.root.value).expanduser())
+        except FileNotFoundError as error:
+            self._found = {}
+            self.status.value = str(error)
+        else:
+            if self._found:
+                self.status.value = f"{len(self._found)} run folders found: pick some and press Open"
+            else:
+                self.status.value = (
+                    "no run folders under that folder (a run folder holds metrics.parquet, metrics.csv or "
+                    "metrics.part-* files)"
+                )
+        names = list(self._found)
+        self.runs.options = names
+        self.runs.value = tuple(names[: self.preselect])
+        return names
+
+    def show(self) -> BalanceExplorer | None:
+        """Open the ticked runs in a :class:`BalanceExplorer` under the controls."""
+        chosen = list(self.runs.value)
+        if not chosen:
+            self.status.value = "tick at least one run first"
+            return None
+        try:
+            explorer = BalanceExplorer({name: self._found[name] for name in chosen}, level=self.level)
+        except (OSError, ValueError, KeyError) as error:
+            self.status.value = f"could not open the runs: {error}"
+            return None
+        self.explorer = explorer
+        self.view.children = (explorer.widget,)
+        self.status.value = f"opened {len(chosen)} runs: {', '.join(chosen)}"
+        return explorer
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
+        from IPython.display import display
+
+        display(self.widget)
