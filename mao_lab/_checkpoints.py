@@ -53,7 +53,8 @@ def check_optimizer_state(
     """Raise :class:`CheckpointError` unless ``state`` (a ``state_dict``) fits ``optimizer``.
 
     Checks the layout (groups, parameters per group), each group's hyperparameters named in
-    ``group_checks``, and, with ``check_param_state(p, saved, where)``, the saved state of each
+    ``group_checks`` (all of them must be there: a group saved by another kind of optimizer lacks
+    some), and, with ``check_param_state(p, saved, where)``, the saved state of each
     parameter against the parameter it will belong to.
     """
     if not isinstance(state, Mapping) or not isinstance(state.get("state"), Mapping) \
@@ -71,12 +72,14 @@ def check_optimizer_state(
                 f"{what}: parameter group {g} has {len(saved['params'])} parameters saved, "
                 f"{len(group['params'])} in the optimizer"
             )
+        missing = sorted(set(group_checks) - set(saved))
+        if missing:
+            raise CheckpointError(f"{what}: parameter group {g} has no {', '.join(missing)}: saved by another optimizer?")
         for name, check in group_checks.items():
-            if name in saved:
-                try:
-                    check(name, saved[name])
-                except ValueError as error:
-                    raise CheckpointError(f"{what}: parameter group {g}: {error}") from None
+            try:
+                check(name, saved[name])
+            except ValueError as error:
+                raise CheckpointError(f"{what}: parameter group {g}: {error}") from None
         params_by_id.update(zip(saved["params"], group["params"]))
     for key, saved in state["state"].items():
         if key not in params_by_id:

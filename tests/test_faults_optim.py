@@ -218,6 +218,21 @@ def test_checkpoint_with_one_bad_moment_late_in_the_state_changes_nothing(name: 
     guard.check()
 
 
+STEPPED = [name for name in ALL if "optimizer" in make(name, Net().parameters()).hparams]
+
+
+@pytest.mark.parametrize("donor_kind", ["sgd", "adam"])
+@pytest.mark.parametrize("name", STEPPED)
+def test_checkpoint_of_another_base_optimizer_is_refused(name: str, donor_kind: str) -> None:
+    _, donor = trained(name, optimizer=donor_kind)
+    net, method = trained(name, optimizer="adam" if donor_kind == "sgd" else "sgd")
+    guard = unchanged(net, method)
+    with pytest.raises(CheckpointError, match="saved by another optimizer|not sgd's"):
+        method.load_state_dict(saved(donor.state_dict()))
+    guard.check()
+    still_steps(net, method)
+
+
 MALFORMED: list[tuple[str, Callable[[dict], Any]]] = [
     ("not a dict", lambda s: [s]),
     ("empty dict", lambda s: {}),
@@ -292,7 +307,7 @@ def _with_group(state: dict, **changes: Any) -> dict:
 
 
 MAO_CHECKPOINTS: list[tuple[str, Callable[[Net, MAO], Any], str]] = [
-    ("torch Adam's state", lambda net, opt: _adam_state(Net()), "not MAO's"),
+    ("torch Adam's state", lambda net, opt: _adam_state(Net()), "saved by another optimizer"),
     ("MTAdam's state", lambda net, opt: _mtadam_state(Net()), "MTAdam state cannot be loaded into MAO"),
     ("one group for two", lambda net, opt: mao_trained()[1].state_dict(), "1 parameter groups saved, the optimizer has 2"),
     ("2 tasks for 3", lambda net, opt: _two_task_mao_state(), "stepped with 3 tasks; the state is for 2"),

@@ -130,9 +130,8 @@ class BaseOptimizer:
             if "step" in saved:
                 check_step(saved["step"], f"{where}: step")
 
-        checks = {k: ADAM_HYPERPARAMETERS[k].check for k in ("lr", "eps", "weight_decay")}
-        if self.kind == "adam":
-            checks["betas"] = ADAM_HYPERPARAMETERS["betas"].check
+        names = ("lr", "betas", "eps", "weight_decay") if self.kind == "adam" else ("lr", "weight_decay")
+        checks = {k: ADAM_HYPERPARAMETERS[k].check for k in names}
         check_optimizer_state(self.optimizer, state, check_param, checks, what)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
