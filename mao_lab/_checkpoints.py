@@ -60,7 +60,20 @@ def check_optimizer_state(
     if not isinstance(state, Mapping) or not isinstance(state.get("state"), Mapping) \
             or not isinstance(state.get("param_groups"), list):
         raise CheckpointError(f"{what}: not an optimizer state_dict (needs 'state' and 'param_groups')")
-    saved_groups, groups = state["param_groups"], optimizer.param_groups
+    params_by_id = _check_groups(state["param_groups"], optimizer.param_groups, group_checks, what)
+    for key, saved in state["state"].items():
+        if key not in params_by_id:
+            raise CheckpointError(f"{what}: state saved for parameter id {key!r}, which no parameter group lists")
+        if not isinstance(saved, Mapping):
+            raise CheckpointError(f"{what}: the state of parameter {key!r} is not a dict")
+        p = params_by_id[key]
+        check_param_state(p, saved, f"{what}: parameter {key!r} (shape {tuple(p.shape)})")
+
+
+def _check_groups(
+    saved_groups: list, groups: list[dict[str, Any]], group_checks: Mapping[str, Check], what: str
+) -> dict[object, Tensor]:
+    """The saved groups' layout and hyperparameters; returns saved parameter id -> parameter."""
     if len(saved_groups) != len(groups):
         raise CheckpointError(f"{what}: {len(saved_groups)} parameter groups saved, the optimizer has {len(groups)}")
     params_by_id: dict[object, Tensor] = {}
@@ -81,10 +94,4 @@ def check_optimizer_state(
             except ValueError as error:
                 raise CheckpointError(f"{what}: parameter group {g}: {error}") from None
         params_by_id.update(zip(saved["params"], group["params"]))
-    for key, saved in state["state"].items():
-        if key not in params_by_id:
-            raise CheckpointError(f"{what}: state saved for parameter id {key!r}, which no parameter group lists")
-        if not isinstance(saved, Mapping):
-            raise CheckpointError(f"{what}: the state of parameter {key!r} is not a dict")
-        p = params_by_id[key]
-        check_param_state(p, saved, f"{what}: parameter {key!r} (shape {tuple(p.shape)})")
+    return params_by_id
