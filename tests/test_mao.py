@@ -118,12 +118,20 @@ def test_matches_reference_rule_for_any_number_of_tasks(num_tasks: int, options:
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("fast_path", ["fused", "foreach"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("options", [{}, {"weight_decay": 0.05}, {"reduction": "mean"}, {"weights": True}])
-def test_the_readable_rule_and_the_fast_paths_agree(options: dict, dtype: torch.dtype) -> None:
+def test_the_readable_rule_and_the_fast_paths_agree(
+    options: dict, dtype: torch.dtype, fast_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The library keeps MAO's rule twice: a plain per-tensor loop (taken when per-task updates are kept,
-    # as for a recorder) and the fused/foreach fast paths.  Both run here on the same gradients, with a
-    # task that misses some steps (zeros in its moments) and one that joins late (widened state).
+    # as for a recorder) and the fast paths: fused Adam passes on the CPU, stacked foreach ops elsewhere
+    # (CUDA), forced here on the CPU.  Both run on the same gradients, with a task that misses some steps
+    # (zeros in its moments) and one that joins late (widened state).
+    if fast_path == "foreach":
+        import mao_lab._mao
+
+        monkeypatch.setattr(mao_lab._mao, "_fusable", lambda slot, hyper: False)
     num_tasks = 3
     weights = [0.5, 2.0, 1.5] if options.get("weights") else None
     kwargs = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=options.get("weight_decay", 0.0),
