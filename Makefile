@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo smoke test bench lab explorer test-browser clean
+.PHONY: setup demo smoke test bench lab explorer test-browser clean study
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ smoke: $(STAMP)           ## the same, in the notebooks' smoke settings (seconds
 
 test: $(STAMP)            ## the whole test suite, notebooks included
 	$(PY) -m pytest
+
+STUDY ?= runs/study
+study: $(STAMP)           ## the claims study (2 workers, one thread each; <= 45 min on 2 quiet cores) and its ledger; STUDY=folder
+	OMP_NUM_THREADS=1 $(PY) -m mao_lab.study --workers 2 --out $(STUDY)
 
 bench: $(STAMP)           ## speed and memory ratios, measured side by side
 	$(PY) -m mao_lab.bench step

@@ -4,6 +4,7 @@
     python -m mao_lab.study --smoke --out runs/study-smoke         # the tiny CI study: its numbers mean nothing
     python -m mao_lab.study --scheduler tcp://host:8786 --out ...  # on an existing Dask cluster
     python -m mao_lab.study --ledger-only runs/study --out docs/claims   # rewrite the ledger files from a study
+    python -m mao_lab.study --estimate --workers 2                  # time every configuration, predict the wall time
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outputs", default=None, help="where workers write the points' full folders (a folder or an fsspec URL; "
                         "default: inside --out); small tables always come back through the Dask futures")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point (fixed and recorded)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="time a few steps of every configuration here and predict the study's wall time; run nothing else")
     parser.add_argument("--ledger-only", type=Path, default=None, metavar="STUDY_DIR",
                         help="write ledger.{csv,md,json} of a finished study into --out, and nothing else")
     args = parser.parse_args(argv)
@@ -32,6 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.estimate:
+        from ._estimate import estimate_study
+
+        table, totals = estimate_study(smoke_design() if args.smoke else full_design(), max(args.workers, 1), threads=args.threads)
+        print(table.round(2).to_string(index=False))
+        print({k: round(v, 1) for k, v in totals.items()})
+        print(f"predicted wall time with {max(args.workers, 1)} worker(s): {totals['total_s'] / 60:.1f} min")
+        return 0
     if args.ledger_only is not None:
         from ._ledger import write_ledger
         from ._study import load_study

@@ -138,10 +138,10 @@ class StudyDesign:
         smoke: whether this is a smoke study (its numbers mean nothing).
     """
 
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     tuning_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    steps: int = 1000
+    steps: int = 800
     regression_steps: int = 1000
     batch_size: int = 64
     num_train: int = 9000
@@ -213,7 +213,12 @@ class StudyDesign:
 
 
 def full_design() -> StudyDesign:
-    """The full study that ``make study`` runs (sized to finish in about 45 minutes on 2 cores, 2 workers)."""
+    """The full study that ``make study`` runs, sized for at most 45 minutes on 2 quiet cores with 2 workers.
+
+    800 MultiMNIST steps of 64 images (5.7 epochs of the 9000 training images): in a trial at the middle
+    rate, Adam on the sum's validation accuracies rose by under 0.01 after step 800 of 1400.  The budget cut
+    steps (from 1000) and kept the minimal grid of three rates, never the five seeds.
+    """
     return StudyDesign()
 
 
