@@ -27,21 +27,14 @@ from typing import Any
 import pandas as pd
 
 from ._files import write_atomically
-from ._validate import Bool, Choice, Choices, Int, IntList, Number, NumberList, Requirement, Text
+from ._validate import __all__ as _REQUIREMENTS  # the requirements a spec is made of, re-exported for the notebooks
+from ._validate import Bool, Choice, Choices, Int, IntList, Number, NumberList, Requirement, Text, require  # noqa: F401
 
 __all__ = [
-    "Bool",
-    "Choice",
-    "Choices",
-    "Int",
-    "IntList",
+    *_REQUIREMENTS,
     "NotebookParameterError",
-    "Number",
-    "NumberList",
-    "Requirement",
     "ResultsFolder",
     "SMOKE_NOTE",
-    "Text",
     "check",
     "check_choice",
     "check_choices",

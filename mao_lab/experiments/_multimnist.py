@@ -43,7 +43,6 @@ def _train(
     label: str, **options: Any,
 ) -> TrainingRun:
     """The one loop on MultiMNIST: the network of ``train_data``'s tasks, scored on ``test`` at the start and end."""
-    require("batch_size", batch_size, Int(min=1))
     tasks = tuple(train_data.tasks)
 
     def losses(model: torch.nn.Module, batch: tuple[torch.Tensor, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
