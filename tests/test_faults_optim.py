@@ -233,6 +233,26 @@ def test_checkpoint_of_another_base_optimizer_is_refused(name: str, donor_kind: 
     still_steps(net, method)
 
 
+@pytest.mark.parametrize("name, path", [
+    ("uw", ("scalarizer", "log_var")),
+    ("imtl_l", ("scalarizer", "log_scale")),
+    ("gradnorm", ("loss_weights",)),
+    ("famo", ("scalarizer", "_w")),
+])
+def test_checkpoint_with_a_balancer_state_that_does_not_fit_is_refused(name: str, path: tuple[str, ...]) -> None:
+    net, method = trained(name)
+    state = saved(method.state_dict())
+    holder = state["balancer"]
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = torch.zeros(7)
+    guard = unchanged(net, method)
+    with pytest.raises(CheckpointError, match="balancer state does not fit"):
+        method.load_state_dict(state)
+    guard.check()
+    still_steps(net, method)
+
+
 MALFORMED: list[tuple[str, Callable[[dict], Any]]] = [
     ("not a dict", lambda s: [s]),
     ("empty dict", lambda s: {}),

@@ -8,6 +8,7 @@ the step by task (see :mod:`mao_lab.methods._contributions`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -186,8 +187,18 @@ class SteppedMethod(Method):
 
     def _check_extra_state(self, state: Mapping[str, Any]) -> None:
         super()._check_extra_state(state)
-        if "balancer" in state and state["num_tasks"] is None:
+        if "balancer" not in state:
+            return
+        if state["num_tasks"] is None:
             raise CheckpointError(f"method {self.name!r}: a balancer state without a task count")
+        # Loaded first into a scratch copy's own fresh balancer: what does not fit raises here, not in us.
+        scratch = copy.copy(self)
+        scratch._built_for = None
+        try:
+            scratch._ensure_built(state["num_tasks"])
+            scratch._load_balancer_state(copy.deepcopy(state["balancer"]))
+        except Exception as error:  # any failure of the trial load: the state does not fit
+            raise CheckpointError(f"method {self.name!r}: the balancer state does not fit: {error}") from None
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         super()._load_extra_state(state)
