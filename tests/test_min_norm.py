@@ -162,6 +162,17 @@ def test_kkt_with_duplicated_dependent_and_zero_gradients() -> None:
     np.testing.assert_allclose(weights_of(with_zero) @ with_zero, 0.0, atol=1e-14)  # 0 is in the hull
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1e-7, 1e-10, 1e-13, 1e-15])
+def test_kkt_with_gradients_of_very_different_lengths(scale: float) -> None:
+    """One task's gradient 1/scale times longer than the others': its weight can rightly be ~scale, and
+    the min-norm point ~scale long, so every tolerance must be relative, never absolute."""
+    rng = np.random.default_rng(int(-np.log10(scale)))
+    for _ in range(20):
+        jacobian = rng.standard_normal((4, 6))
+        jacobian[1:] *= scale * rng.uniform(0.5, 2.0, size=(3, 1))
+        assert kkt_residual(jacobian, weights_of(jacobian)) < KKT_TOLERANCE
+
+
 @pytest.mark.parametrize("tasks", [3, 5, 8, 16])
 def test_never_worse_than_an_independent_qp_solver(tasks: int) -> None:
     rng = np.random.default_rng(tasks)

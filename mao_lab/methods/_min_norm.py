@@ -46,10 +46,12 @@ from ._registry import register
 
 __all__ = ["ExactMGDA", "ExactMGDAMethod", "MinNormWeighting", "gramian", "min_norm_direction", "min_norm_weights"]
 
-# Tolerances on the Gram matrix scaled so that its largest diagonal entry is 1.
-_STOP = 1e-14  # "no gradient improves on d": |d|^2 - min_k g_k.d below this (round-off of G's entries)
-_ZERO_WEIGHT = 1e-14  # a working-set weight this small has left the set
-_FACE = 1e-10  # tasks whose g_k.d is within this of |d|^2 lie on the optimal face (for the weights' choice)
+# Tolerances, relative to |d| max_k |g_k| like the KKT residual, plus the round-off of an inner product
+# g_k . d, about eps |g_k| sum_j w_j |g_j| (it does not shrink with |d| when large gradients cancel).
+_STOP = 1e-12  # Wolfe stops when no gradient falls below |d|^2 by more than this
+_FACE = 1e-9  # tasks this close to the supporting hyperplane lie on the optimal face (the weights' choice)
+_ROUND_OFF = 64 * float(np.finfo(np.float64).eps)
+_ZERO_WEIGHT = 1e-14  # in the least-norm choice, a weight this small is round-off of a zero one
 _GRAM_CHUNK_ELEMENTS = 1 << 22  # float64 copies of the Jacobian made at a time: 32 MiB
 
 
@@ -225,11 +227,12 @@ def _wolfe(gram: np.ndarray) -> np.ndarray:
     corral = [start]
     weights = np.zeros(size)
     weights[start] = 1.0
+    norms = np.sqrt(np.diag(gram))
     for _ in range(50 * size + 100):  # finite in exact arithmetic; the bound only guards round-off cycles
         products = gram @ weights  # g_k . d for every task
         norm2 = float(weights @ products)
         entering = int(np.argmin(products))
-        if norm2 - products[entering] <= _STOP or entering in corral:
+        if norm2 - products[entering] <= _tolerance(_STOP, norm2, norms, weights)[entering] or entering in corral:
             break
         corral.append(entering)
         weights = _minor_cycle(gram, corral, weights)
@@ -240,17 +243,19 @@ def _minor_cycle(gram: np.ndarray, corral: list[int], weights: np.ndarray) -> np
     """Move to the affine minimum of the corral, dropping members until it has positive weights."""
     while True:
         affine = _affine_minimum(gram, corral)
-        if (affine > _ZERO_WEIGHT).all():
+        # Strictly positive, not above a threshold: a gradient 1e12 times longer than the others can
+        # rightly have a weight of 1e-13.
+        if (affine > 0.0).all():
             weights = np.zeros_like(weights)
             weights[corral] = affine
             return weights
         current = weights[corral]
         # The largest step from the current weights towards the affine minimum that stays feasible.
-        leaving = affine <= _ZERO_WEIGHT
+        leaving = affine <= 0.0
         ratios = current[leaving] / np.maximum(current[leaving] - affine[leaving], np.finfo(np.float64).tiny)
         theta = float(np.clip(ratios.min(), 0.0, 1.0))
         moved = (1.0 - theta) * current + theta * affine
-        exhausted = moved <= _ZERO_WEIGHT
+        exhausted = moved <= 0.0
         exhausted[np.flatnonzero(leaving)[np.argmin(ratios)]] = True  # at least the blocking one leaves
         weights = np.zeros_like(weights)
         weights[corral] = np.where(exhausted, 0.0, moved)
@@ -263,9 +268,11 @@ def _affine_minimum(gram: np.ndarray, corral: list[int]) -> np.ndarray:
     size = len(corral)
     if size == 1:
         return np.ones(1)
-    # KKT of  min a^T G_S a  s.t. 1^T a = 1:  [[G_S, 1], [1^T, 0]] [a; -mu] = [0; 1].
+    # KKT of  min a^T G_S a  s.t. 1^T a = 1:  [[G_S, 1], [1^T, 0]] [a; -mu] = [0; 1], with G_S scaled to
+    # a largest diagonal entry of 1 (a does not depend on the scale; the ones and G_S then compare).
+    sub = gram[np.ix_(corral, corral)]
     system = np.zeros((size + 1, size + 1))
-    system[:size, :size] = gram[np.ix_(corral, corral)]
+    system[:size, :size] = sub / max(float(sub.diagonal().max()), np.finfo(np.float64).tiny)
     system[:size, size] = 1.0
     system[size, :size] = 1.0
     rhs = np.zeros(size + 1)
@@ -283,11 +290,12 @@ def _least_norm_optimal(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
     Every optimal weighting lives on the tasks whose gradients touch the supporting hyperplane
     (``g_k . d = |d|^2``) and differs from ``weights`` by a vector of G's null space, so it solves
     ``G[:, F] v = G w``, ``sum(v) = 1``; the least-norm solution of that system is symmetric in tasks
-    with identical gradients.  It is kept only if it is nonnegative and no worse than ``weights``.
+    with identical gradients.  It is kept only if it is nonnegative and gives the same direction.
     """
+    norms = np.sqrt(np.diag(gram))
     products = gram @ weights
     norm2 = float(weights @ products)
-    face = np.flatnonzero(products - norm2 <= _FACE)
+    face = np.flatnonzero(products - norm2 <= _tolerance(_FACE, norm2, norms, weights))
     if len(face) == np.count_nonzero(weights):
         return weights  # no other task touches the face: the weights are already the only candidates
     system = np.vstack([gram[:, face], np.ones((1, len(face)))])
@@ -298,9 +306,15 @@ def _least_norm_optimal(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
     candidate = np.zeros_like(weights)
     candidate[face] = np.where(candidate_on_face > _ZERO_WEIGHT, candidate_on_face, 0.0)  # round-off to 0
     candidate /= candidate.sum()
-    if candidate @ gram @ candidate > norm2 + 1e-14:
+    change = candidate - weights  # |J^T change| must vanish: the same direction, to the tolerances above
+    if change @ gram @ change > _FACE**2 * norm2 + _ROUND_OFF * float(np.abs(change) @ norms) ** 2:
         return weights
     return candidate
+
+
+def _tolerance(relative: float, norm2: float, norms: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per task: ``relative |d| max_k |g_k|`` (here max_k |g_k| = 1) plus the round-off of ``g_k . d``."""
+    return relative * np.sqrt(max(norm2, 0.0)) + _ROUND_OFF * norms * float(weights @ norms)
 
 
 # -- the method ------------------------------------------------------------------------------------------
