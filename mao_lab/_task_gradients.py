@@ -54,6 +54,8 @@ def as_task_losses(losses: TaskLosses) -> tuple[tuple[str, ...], list[Tensor]]:
     if isinstance(losses, Mapping):
         names = tuple(str(k) for k in losses)
         values = list(losses.values())
+        if len(set(names)) != len(names):
+            raise TaskInputError(f"task names must be distinct as strings, got {tuple(losses)}")
     else:
         values = list(losses)
         names = tuple(f"task{k}" for k in range(len(values)))

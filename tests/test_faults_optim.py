@@ -418,6 +418,33 @@ def test_renamed_new_or_missing_task_is_refused(name: str, change: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_task_names_that_collide_as_strings_are_refused(name: str) -> None:
+    net = Net()
+    method = make(name, net.parameters(), lr=1e-2)
+    guard = unchanged(net, method)
+    losses = net.losses(*data())
+    with pytest.raises(TaskInputError, match="distinct"):
+        method.step(lambda: {1: losses[0], "1": losses[1], "sum": losses[2]})
+    guard.check()
+    assert method.task_names is None
+
+
+def test_mao_refuses_task_names_that_collide_and_a_closure_that_raises_changes_nothing() -> None:
+    net, opt = mao_trained()
+    guard = unchanged(net, opt)
+    losses = net.losses(*data())
+    with pytest.raises(TaskInputError, match="distinct"):
+        opt.step({1: losses[0], "1": losses[1], "sum": losses[2]})
+
+    def failing() -> dict:
+        raise RuntimeError("the data loader broke")
+
+    with pytest.raises(RuntimeError, match="data loader"):
+        opt.step(failing)
+    guard.check()
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_a_resumed_method_matches_tasks_by_name(name: str) -> None:
     net, method = trained(name)
     state, weights = saved(method.state_dict()), [p.detach().clone() for p in net.parameters()]
