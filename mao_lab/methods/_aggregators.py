@@ -25,7 +25,7 @@ generator (``seed``).
 >>> import torch
 >>> from mao_lab.methods import make
 >>> p = torch.zeros(2, requires_grad=True)
->>> method = make("mgda", [p], lr=0.1, optimizer="sgd")
+>>> method = make("mgda_fw", [p], lr=0.1, optimizer="sgd")
 >>> _ = method.step(lambda: [p @ torch.tensor([1.0, 0.0]), p @ torch.tensor([0.0, 1.0])])
 >>> p.detach()  # the mean of two orthogonal gradients of equal norm, times -lr
 tensor([-0.0500, -0.0500])
