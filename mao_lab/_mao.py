@@ -430,7 +430,8 @@ def _update_group(hyper: _GroupHyper, slots: list[_Slot], task_grads: TaskGradie
 
 
 def _plain_update(slot: _Slot, grads: tuple[Tensor, ...], hyper: _GroupHyper) -> Tensor:
-    """The rule as the class docstring writes it, one task at a time; returns the parts ``lr w_k u_k``.
+    """The rule as the class docstring (and ``docs/references.md`` §1) writes it, one task at a time;
+    returns the parts ``lr w_k u_k``.
 
     ``grads`` holds this step's gradient of every task of the state (zeros for a task that did not
     reach the parameter this time).  The step count has been advanced already.
