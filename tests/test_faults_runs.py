@@ -227,7 +227,10 @@ class Crash(BaseException):
     """A simulated process death at one file-system operation (not an Exception: nothing may catch it)."""
 
 
-def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("how", ["overwrite-with-flushes", "save-into-another-runs-folder"])
+def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
     """Crash before each file-system change of an overwriting run, in turn; check the folder after each."""
     import mao_lab._files as files
 
@@ -255,9 +258,14 @@ def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_me
         try:
             net = Net(2)
             method = make("mao", net.parameters(), lr=1e-2)
-            recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2, overwrite=True)
-            train(method, net, 4)
-            recorder.save()
+            if how == "overwrite-with-flushes":
+                recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2, overwrite=True)
+                train(method, net, 4)
+                recorder.save()
+            else:
+                recorder = Recorder(net, method)
+                train(method, net, 4)
+                recorder.save(run, {"run": "new"})
             finished = True
         except Crash:
             crash_points += 1
@@ -273,7 +281,7 @@ def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_me
         if finished:
             assert params == {"run": "new"} and set(load_run(run)[0]["step"].unique()) == {0, 1, 2, 3}
             break
-    assert crash_points >= 5, "every file-system operation of the overwrite was a crash point"
+    assert crash_points >= (5 if how == "overwrite-with-flushes" else 3), "every file-system operation was a crash point"
 
 
 def test_a_training_process_killed_during_an_overwrite_leaves_a_consistent_folder(tmp_path: Path) -> None:
@@ -486,6 +494,19 @@ def test_a_damaged_result_on_the_clients_disk_fails_the_point_until_a_rerun_succ
     assert list(saved["status"]) == ["ok", "failed"]
     Path(fixed["faults"]).write_text("{}")
     assert list(run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, progress=False, html=False)["status"]) == ["ok", "ok"]
+
+
+def test_a_failure_stays_in_the_clients_folder_until_a_rerun_succeeds_when_workers_write_elsewhere(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out, workers = tmp_path / "client", tmp_path / "workers"
+    fixed = {"faults": faults_file(tmp_path, {"2.0": "raise"})}
+    table = run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, outputs=workers, progress=False, html=False)
+    assert list(table["status"]) == ["ok", "failed"] and (out / "x=2.0" / "failure.json").exists()
+    assert list(pd.read_parquet(out / "sweep.parquet")["status"]) == ["ok", "failed"]
+    Path(fixed["faults"]).write_text("{}")
+    table = run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, outputs=workers, progress=False, html=False)
+    assert list(table["status"]) == ["ok", "ok"] and not (out / "x=2.0" / "failure.json").exists()
+    assert json.loads((out / "x=2.0" / "summary.json").read_text())["x"] == 2.0
 
 
 def test_a_smaller_grid_and_a_corrupt_table_drop_no_rows(tmp_path: Path) -> None:
