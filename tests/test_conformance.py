@@ -563,3 +563,21 @@ def test_zero_gradient_records_still_add_up_to_the_change() -> None:
     for p, contributions in zip(updates.params, updates.grads):
         i = position[id(p)]
         torch.testing.assert_close(contributions.sum(0), before[i] - p.detach(), rtol=1e-9, atol=1e-12)
+
+
+# -- equal weights and GLS -------------------------------------------------------------------------------------
+
+
+def test_sum_mean_and_gls_weights() -> None:
+    """Sum: w = 1; mean: w = 1/T; GLS (Chennupati et al. 2019): the geometric mean S = (prod_k L_k)^(1/T),
+    so w_k = dS/dL_k = S / (T L_k)."""
+    jacobian = conflicting(4, tasks=3, dim=5) * 0.01
+    offsets = [0.5, 2.0, 6.0]
+    for name, rule in [
+        ("sum", lambda loss: np.ones(3)),
+        ("mean", lambda loss: np.full(3, 1 / 3)),
+        ("gls", lambda loss: np.prod(loss) ** (1 / 3) / (3 * loss)),
+    ]:
+        weights, losses = weights_over_steps(name, jacobian, offsets, steps=3)
+        for w, loss in zip(weights, losses):
+            np.testing.assert_allclose(w, rule(loss), rtol=1e-9, err_msg=name)
