@@ -86,6 +86,8 @@ def test_notebook_runs_in_its_smoke_setting(path: Path, tmp_path: Path) -> None:
     assert "application/vnd.plotly.v1+json" in mimetypes, "no plotly figure in the executed notebook"
     # The HTML export carries plotly.js itself, so the figures show offline.
     assert "Plotly.newPlot" in html and "cdn.plot.ly" not in html.split("Plotly.newPlot")[0][-20000:]
+    if path.stem not in SUMMARY_KEYS:  # a notebook joins the checks below by listing its headline keys there
+        return
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert SUMMARY_KEYS[path.stem] <= set(summary), sorted(SUMMARY_KEYS[path.stem] - set(summary))
     # A smoke run says that its numbers mean nothing, where it starts and above the findings written from summary.json.
