@@ -34,6 +34,7 @@ tensor([-0.0500, -0.0500])
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
@@ -43,7 +44,7 @@ from .._hyperparameters import Hyperparameter, boolean, choice, integer, number
 from ._aggregated import AggregatorMethod
 from ._common import Seeded, get_rng_states, set_rng_states
 from ._registry import register
-from ._task_parts import graddrop_rows, gradvac_coefficients, pcgrad_coefficients
+from ._task_parts import graddrop_rows, gradvac_coefficients, pcgrad_rows
 from ._torchjd import gradvac_phi, load_gradvac_phi, load_nash_mtl_state, nash_mtl_state
 
 __all__ = [
@@ -60,10 +61,17 @@ __all__ = [
 
 
 class _ReplayedDraws(Seeded, AggregatorMethod):
-    """An aggregator that draws random numbers: the record replays its draws from the same RNG state."""
+    """An aggregator that draws random numbers: the record replays its draws from the same RNG state,
+    with ``rows_replaying_draws(matrix)``, which draws them in TorchJD's order (:mod:`._task_parts`)."""
+
+    rows_replaying_draws: Callable[[Tensor], Tensor]
 
     def _before_aggregate(self, matrix: Tensor) -> Any:
         return get_rng_states(matrix.device)
+
+    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
+        set_rng_states(replay, matrix.device)
+        return self.rows_replaying_draws(matrix)
 
 
 @register("mgda_fw", "MGDA by TorchJD's Frank-Wolfe (eps 1e-3, 100 iterations): approximate for 3+ tasks (Sener & Koltun 2018)", "torchjd")
@@ -81,10 +89,7 @@ class PCGradMethod(_ReplayedDraws):
     """PCGrad; the order in which each task visits the others is drawn from the method's ``seed``."""
 
     torchjd_class = aggregation.PCGrad
-
-    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
-        set_rng_states(replay, matrix.device)
-        return pcgrad_coefficients(matrix @ matrix.T) @ matrix
+    rows_replaying_draws = staticmethod(pcgrad_rows)
 
 
 @register("cagrad", "CAGrad: the best worst-case improvement near the mean gradient (Liu et al. 2021)", "torchjd")
@@ -182,10 +187,7 @@ class GradDropMethod(_ReplayedDraws):
     """GradDrop (identity purity function, no leak); the random masks are drawn from ``seed``."""
 
     torchjd_class = aggregation.GradDrop
-
-    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
-        set_rng_states(replay, matrix.device)
-        return graddrop_rows(matrix)
+    rows_replaying_draws = staticmethod(graddrop_rows)
 
 
 @register("gradvac", "GradVac: gradients pulled toward target similarities kept as EMAs (Wang et al. 2021)", "torchjd")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["graddrop_rows", "gradvac_coefficients", "pcgrad_coefficients"]
+__all__ = ["graddrop_rows", "gradvac_coefficients", "pcgrad_coefficients", "pcgrad_rows"]
 
 
 def pcgrad_coefficients(gramian: Tensor) -> Tensor:
@@ -43,6 +43,11 @@ def pcgrad_coefficients(gramian: Tensor) -> Tensor:
                 current[j] -= inner / G[j, j]
         rows[i] = current
     return rows.to(gramian.device)
+
+
+def pcgrad_rows(matrix: Tensor) -> Tensor:
+    """Each row of ``matrix`` (task ``k``'s gradient) after PCGrad's projections: ``C J``."""
+    return pcgrad_coefficients(matrix @ matrix.T) @ matrix
 
 
 def gradvac_coefficients(gramian: Tensor, phi: Tensor | None, beta: float, eps: float) -> Tensor:
