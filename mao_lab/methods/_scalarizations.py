@@ -61,7 +61,10 @@ class MeanMethod(ScalarizerMethod):
 
 @register("uw", "Uncertainty weighting: learned log-variances (Kendall et al. 2018)", "torchjd")
 class UWMethod(ScalarizerMethod):
-    """``sum_k (exp(-s_k) L_k + s_k) / 2`` with the log-variances ``s`` (init 0) learned with the model."""
+    """``sum_k (exp(-s_k) L_k + s_k) / 2`` with the log-variances ``s`` (init 0) learned with the model.
+
+    This is Kendall et al.'s regression form, ``L_k / (2 sigma_k^2) + log sigma_k``, used for every task;
+    their classification form, ``L_k / sigma_k^2 + log sigma_k``, is not offered."""
 
     torchjd_class = scalarization.UW
     takes_num_tasks = True
