@@ -128,7 +128,10 @@ class _Scaled(aggregation.Weighting):
 
 @register("imtl_g", "IMTL-G: the direction with equal projections on every task gradient (Liu et al. 2021)", "torchjd")
 class IMTLGMethod(AggregatorMethod):
-    """IMTL-G (TorchJD's generalisation to linearly dependent gradients)."""
+    """IMTL-G: ``d = sum_k a_k g_k``, ``sum_k a_k = 1``, with equal projections ``d . g_k / |g_k|``.
+
+    TorchJD's pseudo-inverse form: the paper's closed form when the gradients are linearly independent,
+    and still defined when they are not."""
 
     torchjd_class = aggregation.IMTLG
 
@@ -165,7 +168,9 @@ class NashMTLMethod(AggregatorMethod):
 
 @register("aligned_mtl", "Aligned-MTL: the gradient matrix aligned to a well-conditioned one (Senushkin et al. 2023)", "torchjd")
 class AlignedMTLMethod(AggregatorMethod):
-    """Aligned-MTL with uniform preference; ``scale_mode`` picks the eigenvalue that sets the scale."""
+    """Aligned-MTL with uniform preference; ``scale_mode`` picks the eigenvalue that sets the scale.
+
+    The preference weights are ``1/T`` (the paper's are 1): the direction is the paper's divided by ``T``."""
 
     hyperparameters = {
         "scale_mode": Hyperparameter("min", choice("min", "median", "rmse"), "the eigenvalue that sets the scale")
@@ -177,14 +182,20 @@ class AlignedMTLMethod(AggregatorMethod):
 
 @register("upgrad", "UPGrad: every task gradient projected onto the dual cone, averaged (Quinton & Rey 2024)", "torchjd")
 class UPGradMethod(AggregatorMethod):
-    """UPGrad with uniform preference (quadprog projector)."""
+    """UPGrad with uniform preference (quadprog projector): each task gradient projected onto the dual
+    cone of all of them, averaged.  TorchJD solves the projections' dual on the trace-normalised Gram
+    matrix with ``1e-4`` added to its diagonal, so they are off by up to about 1e-4 to 1e-3 of the largest
+    gradient (``tests/test_conformance.py``)."""
 
     torchjd_class = aggregation.UPGrad
 
 
 @register("graddrop", "GradDrop: per-coordinate sign dropout by gradient sign purity (Chen et al. 2020)", "torchjd")
 class GradDropMethod(_ReplayedDraws):
-    """GradDrop (identity purity function, no leak); the random masks are drawn from ``seed``."""
+    """GradDrop (identity purity function, no leak); the random masks are drawn from ``seed``.
+
+    The signs are dropped in the shared parameters' gradients; the paper drops them in the gradients of
+    the activations at the layer before the heads."""
 
     torchjd_class = aggregation.GradDrop
     rows_replaying_draws = staticmethod(graddrop_rows)
@@ -192,7 +203,10 @@ class GradDropMethod(_ReplayedDraws):
 
 @register("gradvac", "GradVac: gradients pulled toward target similarities kept as EMAs (Wang et al. 2021)", "torchjd")
 class GradVacMethod(_ReplayedDraws):
-    """GradVac with EMA rate ``beta`` (TorchJD's default 0.5); task orders drawn from ``seed``."""
+    """GradVac with EMA rate ``beta`` (TorchJD's default 0.5); task orders drawn from ``seed``.
+
+    Over the whole shared Jacobian, one target similarity per task pair; the paper also applies it per
+    layer."""
 
     hyperparameters = {"beta": Hyperparameter(0.5, number(0.0, 1.0), "EMA rate of the target similarities")}
 
