@@ -574,6 +574,7 @@ def test_a_full_disk_on_the_client_fails_that_point_only(tmp_path: Path, monkeyp
 
 def test_a_dead_kernel_and_a_killed_worker_on_dask_fail_their_points_only(tmp_path: Path) -> None:
     import dask
+    import distributed  # noqa: F401 - loads its config defaults first: leaving config.set would otherwise drop them
 
     notebook = tiny_notebook(tmp_path)
     out = tmp_path / "sweep"
