@@ -110,6 +110,11 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     assert sorted(p.name for p in study.glob("*/*/point.ipynb")) == executed
     pd.testing.assert_frame_equal(pd.read_csv(study / "ledger.csv"), ledger)
 
+    docs = tmp_path / "docs"
+    assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with
+    for name in ("ledger.csv", "ledger.md", "ledger.json"):
+        assert (docs / name).read_text() == (study / name).read_text(), name
+
     out = tmp_path / "claims"
     execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(study), "claim": "P4"})
     summary = json.loads((out / "summary.json").read_text())
