@@ -135,11 +135,28 @@ def publish_folder(staged: Path, folder: Path) -> Path:
     old = None
     if folder.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, old)  # replaces the empty placeholder made by mkdtemp
+        try:
+            os.replace(folder, old)  # replaces the empty placeholder made by mkdtemp
+        except OSError:  # a mount point or a folder in use cannot be renamed: move the entries instead
+            old.rmdir()
+            _move_entries(staged, folder)
+            return folder
     os.replace(staged, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _move_entries(staged: Path, folder: Path) -> None:
+    """Fallback of :func:`publish_folder`: each entry of ``staged`` replaces its namesake, one rename each."""
+    import shutil
+
+    for entry in staged.iterdir():
+        target = folder / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staged.rmdir()
 
 
 def recover_folder(folder: Path) -> None:

@@ -243,6 +243,9 @@ def _run_local(
     html: bool, max_file_bytes: int, max_total_bytes: int,
 ) -> PointResult:
     record = {"sweep": {"run_id": rid, "point": point, "outputs": str(shown)}}
+    done = _collect(folder, rid, point, str(shown), max_file_bytes, max_total_bytes)
+    if done.ok and _same_parameters((done.provenance or {}).get("parameters"), {**fixed, **point}):
+        return done  # finished meanwhile (another sweep into the same folder): not run twice
     try:
         execute_notebook(notebook, folder, {**fixed, **point}, html=html, required=[SUMMARY_FILE], record=record)
     except RunFolderBusyError as error:
@@ -421,6 +424,7 @@ def run_sweep(
     ids = [run_id(p) for p in points]
     rows = _scan_rows(out)
     todo = []
+    _refuse_other_parameters(out, ids, points, fixed, rows)
     for rid, point in zip(ids, points):
         existing = rows.get(rid)
         if existing is not None and existing["status"] == "ok":
@@ -472,6 +476,9 @@ def run_sweep(
 
 
 def _check_sweep_parameters(notebook: Path, points: list[dict[str, Any]], grid: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+    clash = sorted(set(grid) & set(_STATUS_COLUMNS))
+    if clash:
+        raise ValueError(f"grid name {', '.join(map(repr, clash))} would hide the sweep table's column of that name")
     both = sorted(set(grid) & set(fixed))
     if both:
         raise ValueError(f"{', '.join(both)} is both swept and fixed; give it once")
@@ -483,6 +490,29 @@ def _check_sweep_parameters(notebook: Path, points: list[dict[str, Any]], grid: 
     check_parameters(notebook, [*fixed, *grid])
 
 
+def _same_parameters(stored: Any, wanted: Mapping[str, Any]) -> bool:
+    """Whether parameters read back from JSON are ``wanted`` (compared as JSON: tuples are lists there)."""
+    return _canonical(stored) == _canonical(json.loads(json.dumps(dict(wanted), default=repr)))
+
+
+def _refuse_other_parameters(
+    out: Path, ids: Sequence[str], points: Sequence[Mapping[str, Any]], fixed: Mapping[str, Any], rows: Mapping[str, Any]
+) -> None:
+    """A finished point run with other fixed parameters would be skipped as done: refuse instead."""
+    for rid, point in zip(ids, points):
+        if rows.get(rid, {}).get("status") != "ok":
+            continue
+        stored = json.loads((out / rid / PROVENANCE_FILE).read_text()).get("parameters")
+        wanted = {**fixed, **point}
+        if not _same_parameters(stored, wanted):
+            stored = stored if isinstance(stored, dict) else {}
+            changed = sorted(k for k in set(stored) | set(wanted) if _canonical(stored.get(k)) != _canonical(wanted.get(k)))
+            raise ValueError(
+                f"{out / rid} holds a finished run with other parameters ({', '.join(changed)} differ), which this "
+                "sweep would take as done: choose another out_dir, or remove that folder to run it again"
+            )
+
+
 def _is_url(target: str | Path) -> bool:
     return isinstance(target, str) and "://" in target
 
@@ -492,6 +522,10 @@ def _store(folder: Path, result: PointResult, target: str) -> PointResult:
     if result.status == "busy":
         return result
     files = dict(result.files)
+    unsafe = [n for n in files if Path(n).is_absolute() or ".." in Path(n).parts or not n]
+    if unsafe:
+        return PointResult(result.run_id, result.point, "failed", f"the worker sent files outside the point's folder: {unsafe}",
+                           outputs=result.outputs)
     if not files:  # the worker died before it could report: the client records the failure itself
         failure = {"error": result.error, "provenance": {"sweep": {"run_id": result.run_id, "point": result.point, "outputs": result.outputs}}}
         files[FAILURE_FILE] = (json.dumps(failure, indent=2, sort_keys=True, default=repr) + "\n").encode()
@@ -633,7 +667,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             raise ValueError(f"bad grid entry {item!r}: expected NAME=V1,V2,...")
         if name in grid:
             raise ValueError(f"grid name {name!r} given twice")
-        grid[name] = [parse_value(v) for v in _split_values(values)]
+        items = _split_values(values)
+        if any(not item.strip() for item in items):
+            raise ValueError(f"bad grid entry {item!r}: an empty value (write null for None)")
+        grid[name] = [parse_value(v) for v in items]
     return grid
 
 

@@ -535,9 +535,10 @@ def test_a_smaller_grid_and_a_corrupt_table_drop_no_rows(tmp_path: Path) -> None
         ({"x": []}, {}, "non-empty list"),
         ({"x": "1.0"}, {}, "non-empty list"),
         ({"x-y": [1]}, {}, "not a Python identifier"),
+        ({"status": ["a"]}, {}, "would hide the sweep table's column"),
     ],
     ids=["unknown-name", "swept-and-fixed", "reserved-in-grid", "reserved-fixed", "folder-collision", "not-json",
-         "empty-values", "string-values", "bad-name"],
+         "empty-values", "string-values", "bad-name", "status-column"],
 )
 def test_bad_sweeps_are_refused_before_anything_runs(tmp_path: Path, grid: dict, fixed: dict, message: str) -> None:
     notebook = tiny_notebook(tmp_path)
@@ -548,6 +549,77 @@ def test_bad_sweeps_are_refused_before_anything_runs(tmp_path: Path, grid: dict,
     with pytest.raises(ValueError, match=message):
         run_sweep(notebook, grid, out, fixed=fixed, progress=False)
     assert snapshot(out) == before
+
+
+def test_a_finished_point_of_other_fixed_parameters_is_not_taken_as_done(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "sweep"
+    run_sweep(notebook, {"x": [1.0]}, out, fixed={"seed": 0}, progress=False, html=False)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"x=1\.0 holds a finished run with other parameters \(seed differ\)"):
+        run_sweep(notebook, {"x": [1.0]}, out, fixed={"seed": 1}, progress=False, html=False)
+    assert snapshot(out) == before
+
+
+def test_two_sweeps_into_one_folder_at_once_lose_nothing_and_run_each_point_once(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out, log = tmp_path / "sweep", tmp_path / "log.txt"
+    script = tmp_path / "sweep.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPOSITORY)!r})
+        from mao_lab.sweep import run_sweep
+        table = run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r}, fixed={{"log": {str(log)!r}, "sleep": 1.0}},
+                          progress=False, html=False)
+        print(",".join(table["status"]))
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([PYTHON, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    assert sorted(runs_of(log)) == ["1.0", "2.0", "3.0"], "each point ran once"
+    saved = pd.read_parquet(out / "sweep.parquet")
+    assert list(saved["status"]) == ["ok", "ok", "ok"] and list(saved["summary.x"]) == [1.0, 2.0, 3.0]
+    # each sweep reports every point: done by itself, or by the other one ("busy" while the other was running it)
+    for stdout, _ in outputs:
+        assert set(stdout.strip().split(",")) <= {"ok", "busy"}
+
+
+def test_a_run_folder_that_cannot_be_renamed_is_filled_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mao_lab._files as files
+
+    folder, staged = tmp_path / "run", tmp_path / ".run.partial-x"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "old.txt").write_text("old")
+    (folder / "keep.txt").write_text("old")
+    (staged / "sub").mkdir(parents=True)
+    (staged / "sub" / "new.txt").write_text("new")
+    (staged / "keep.txt").write_text("new")
+    real = os.replace
+
+    def busy_for_the_folder(source: object, target: object) -> None:
+        if Path(str(source)) == folder:
+            raise OSError(errno.EBUSY, "Device or resource busy")  # a mount point
+        real(source, target)
+
+    monkeypatch.setattr(files.os, "replace", busy_for_the_folder)
+    files.publish_folder(staged, folder)
+    monkeypatch.undo()
+    assert snapshot(folder) == snapshot_of({"sub/new.txt": "new", "keep.txt": "new"}) and not staged.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def snapshot_of(files: dict[str, str]) -> dict[str, str]:
+    return {name: hashlib.sha256(text.encode()).hexdigest() for name, text in sorted(files.items())}
+
+
+def test_a_worker_cannot_write_outside_the_points_folder(tmp_path: Path) -> None:
+    from mao_lab.sweep import PointResult, _store
+
+    for name in ("../evil.json", "/tmp/evil.json", "a/../../evil.json"):
+        result = _store(tmp_path / "client" / "x=1", PointResult("x=1", {"x": 1}, "ok", files={name: b"{}"}), str(tmp_path))
+        assert result.status == "failed" and "outside the point's folder" in result.error
+    assert snapshot(tmp_path) == {}
 
 
 def test_a_full_disk_on_the_client_fails_that_point_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -751,6 +823,29 @@ def test_a_plain_tcp_scheduler_on_another_machine_gets_a_warning(monkeypatch: py
     with pytest.raises(SystemExit):
         sweep.main(["00_quickstart", "-g", "seed=0", "--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"])
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["-g", "x=1.0,,2.0"], "an empty value"),
+        (["-g", "x="], "expected NAME=V1,V2"),
+        (["-g", "x=[1,2"], "malformed value"),
+        (["-g", "x=1", "-g", "x=2"], "given twice"),
+        (["-g", "smoke=true,false"], "smoke is set by --smoke"),
+        (["-g", "x=1", "--workers", "-1"], "--workers must be >= 0"),
+    ],
+    ids=["empty-item", "no-values", "malformed", "twice", "smoke-swept", "negative-workers"],
+)
+def test_bad_sweep_command_lines_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str) -> None:
+    from mao_lab.sweep import main as sweep_main
+
+    notebook = tiny_notebook(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main([str(notebook), *arguments, "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error.strip().splitlines()[-1] and "Traceback" not in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_grids_count_repeated_values_once() -> None:
