@@ -285,10 +285,16 @@ def test_the_table_is_tidy_and_tells_shared_from_task_specific_layers() -> None:
 def test_a_method_without_per_task_gradients_raises_a_clear_error() -> None:
     net = Net(2)
     method = NoTaskGradients(net.parameters())
-    Recorder(net, method)
+    recorder = Recorder(net, method)
     x, y = batch(2)
-    with pytest.raises(RecorderError, match=r"'blind_sum' \(NoTaskGradients\).*task_grads"):
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(RecorderError, match=r"'blind_sum' \(NoTaskGradients\).*task_grads.*This step itself was applied"):
         method.step(lambda: net.losses(x, y, [1.0, 1.0]))
+    # The error says what happened: the step moved the parameters, and the recorder let go of the method.
+    assert method.steps_taken == 1 and any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+    assert not recorder.attached
+    method.step(lambda: net.losses(x, y, [1.0, 1.0]))  # training goes on
+    assert method.steps_taken == 2
     with pytest.raises(TypeError, match="add_observer"):
         Recorder(net, torch.optim.Adam(net.parameters()))  # type: ignore[arg-type]
 

@@ -253,11 +253,13 @@ class Recorder:
         """Measure one step from its record (called by the method after the update)."""
         grads, updates = record.task_grads, record.task_updates
         if grads is None or updates is None:
+            self.detach()  # a retry of the (applied) step must not meet the same error again
             missing = "task_grads (per-task gradients)" if grads is None else "task_updates (per-task updates)"
             raise RecorderError(
                 f"method {_method_label(self.method)} handed the recorder a step record without {missing}: "
                 "the recorder measures balance from what the method computed and never runs extra backward "
-                "passes, so it cannot record a method that does not split its step by task"
+                "passes, so it cannot record a method that does not split its step by task. This step itself was "
+                "applied; the recorder has detached, so training can go on without it"
             )
         step = self._coming_step
         if step is None:  # called directly, without wants_record()
