@@ -123,3 +123,10 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     for figure in ("claim_M1", "claim_P4", "balance_reg8", "learning_rate_mm4", "validation_curve", "compute", "spread"):
         assert (out / f"{figure}.html").is_file(), figure
     assert "mean nothing" in (out / "05_claims.html").read_text()
+
+    ledger_only = tmp_path / "ledger-only"  # a folder like the committed docs/claims: ledger.json, no tables
+    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", ledger_only, {"smoke": True, "study_dir": str(docs)}, html=False)
+    summary = json.loads((ledger_only / "summary.json").read_text())
+    assert summary["tables"] is False and summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
+    assert (ledger_only / "claim_M2.html").is_file() and not (ledger_only / "compute.html").exists()
+    assert not (docs / "provenance.json").exists()  # it made no study of its own there

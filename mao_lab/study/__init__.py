@@ -22,7 +22,7 @@ from ._figures import (
     validation_curve,
     validation_curve_figure,
 )
-from ._ledger import ledger_markdown, write_ledger
+from ._ledger import ledger_markdown, load_ledger, write_ledger
 from ._runs import RunTables, run_config, run_point
 from ._study import POINT_NOTEBOOK, StudyError, load_study, provenance, run_study, summarise
 from ._stats import (
@@ -56,6 +56,7 @@ __all__ = [
     "claims_ledger",
     "delta_m_runs",
     "ledger_markdown",
+    "load_ledger",
     "load_study",
     "method_intervals",
     "provenance",

@@ -16,10 +16,10 @@ from typing import Any
 import pandas as pd
 
 from .._files import write_atomically
-from ._analysis import BALANCE_THRESHOLD, CLAIMS
+from ._analysis import BALANCE_THRESHOLD, CLAIMS, LEDGER_COLUMNS
 from ._design import StudyDesign
 
-__all__ = ["ledger_markdown", "write_ledger"]
+__all__ = ["ledger_markdown", "load_ledger", "write_ledger"]
 
 SMOKE_WARNING = "**Smoke study: tiny data and a few steps. Its numbers and verdicts mean nothing.**"
 
@@ -80,3 +80,17 @@ def write_ledger(out_dir: str | os.PathLike[str], ledger: pd.DataFrame, provenan
         write_atomically(out / "ledger.md", lambda tmp: tmp.write_text(ledger_markdown(ledger, provenance, design))),
     ]
     return written
+
+
+def load_ledger(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ledger, design and provenance kept in a folder's ``ledger.json`` (e.g. the committed ``docs/claims``).
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    path = Path(folder) / "ledger.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no ledger at {path}: write one with `python -m mao_lab.study --ledger-only STUDY_DIR --out {folder}`")
+    document = json.loads(path.read_text())
+    ledger = pd.DataFrame(document["ledger"]).reindex(columns=LEDGER_COLUMNS)
+    return {"design": StudyDesign.from_dict(document["design"]), "provenance": document["provenance"], "ledger": ledger}
