@@ -106,7 +106,13 @@ def notebook_parameters(notebook: str | Path) -> dict[str, str]:
     """The parameters a notebook declares in its ``parameters`` cell: name -> default (as source text)."""
     import papermill as pm
 
-    declared = pm.inspect_notebook(str(notebook))
+    if not Path(notebook).is_file():
+        raise FileNotFoundError(f"no notebook at {notebook}")
+    try:
+        declared = pm.inspect_notebook(str(notebook))
+    except Exception as error:  # noqa: BLE001 - nbformat raises several kinds for a damaged file
+        message = " ".join(str(error).split())[:300]
+        raise ValueError(f"{Path(notebook).name} is not a readable notebook ({type(error).__name__}: {message})") from None
     return {name: info.get("default", "") for name, info in declared.items()}
 
 

@@ -207,6 +207,38 @@ def test_a_failed_write_during_a_step_never_fails_the_applied_step(tmp_path: Pat
     pd.testing.assert_frame_equal(frame, recorder.to_frame())
 
 
+def test_a_run_dir_removed_mid_run_is_written_again_whole(tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    net = Net(2)
+    method = make("mao", net.parameters(), lr=1e-2)
+    recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2)
+    train(method, net, 4)
+    shutil.rmtree(run)  # someone cleans the runs folder while training goes on
+    with pytest.warns(RecorderWriteWarning, match="disappeared"):
+        train(method, net, 2)
+    frame, params = load_run(run)
+    assert params == {"run": "new"} and sorted(frame["step"].unique()) == [0, 1, 2, 3, 4, 5]
+    pd.testing.assert_frame_equal(frame, recorder.to_frame())
+
+
+def test_save_on_a_full_disk_raises_and_leaves_the_folder_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    net = Net(2)
+    method = make("mao", net.parameters(), lr=1e-2)
+    recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2)
+    train(method, net, 3)
+    before = snapshot(run)
+    monkeypatch.setattr("mao_lab._files.os.fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError, match="No space left"):
+        recorder.save()  # called by the user, after training: an ordinary error
+    monkeypatch.undo()
+    assert snapshot(run) == before and not [p for p in run.iterdir() if p.name.startswith(".")]
+    recorder.save()
+    assert sorted(load_run(run)[0]["step"].unique()) == [0, 1, 2]
+
+
 def test_overwrite_keeps_the_earlier_run_whole_until_the_first_write(tmp_path: Path) -> None:
     run = tmp_path / "run"
     before = old_run(run)
@@ -362,6 +394,17 @@ def test_bad_command_lines_get_one_line_and_exit_2_before_anything_runs(
     assert exit_info.value.code == 2 and last.startswith("python -m mao_lab.runner: error: ") and message in last
     assert "Traceback" not in error
     assert not out.exists()
+
+
+@pytest.mark.parametrize("content", ['{"cells": [', "{}", ""], ids=["truncated-json", "no-cells", "empty-file"])
+def test_a_damaged_notebook_file_is_one_line_of_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str) -> None:
+    path = tmp_path / "broken.ipynb"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        runner_main([str(path), "--out", str(tmp_path / "out")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "broken.ipynb is not a readable notebook" in last
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_notebook_without_a_parameters_cell_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

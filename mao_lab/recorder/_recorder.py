@@ -422,13 +422,30 @@ class Recorder:
             raise ValueError("flush needs a run_dir (give one to the Recorder)")
         if self._flushed == len(self._steps):
             return None
-        frame = self.to_frame(start=self._flushed)
         self._claim_run_dir()
+        self._repair_run_dir()
+        frame = self.to_frame(start=self._flushed)
         path = part_path(self.run_dir, self._parts_written + 1)
         write_table(frame, path)
         self._parts_written += 1
         self._flushed = len(self._steps)
         return path
+
+    def _repair_run_dir(self) -> None:
+        """If files this run wrote were removed (the folder cleaned mid-run), write them again from memory."""
+        assert self.run_dir is not None
+        ours = [part_path(self.run_dir, i) for i in range(1, self._parts_written + 1)]
+        if self._params_given and not (self.run_dir / PARAMS_FILE).is_file():
+            write_params(self.run_dir, self.params)
+        if all(p.is_file() for p in ours):
+            return
+        for path in ours:  # the survivors go too: the next part holds every recorded step, once
+            path.unlink(missing_ok=True)
+        self._flushed = 0
+        warnings.warn(
+            RecorderWriteWarning(f"files of this run disappeared from {self.run_dir}; every recorded step is written again"),
+            stacklevel=3,
+        )
 
     def _claim_run_dir(self) -> None:
         """Before this run's first write: remove an earlier run's metrics, then its parameters.
