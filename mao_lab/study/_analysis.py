@@ -47,8 +47,11 @@ __all__ = [
     "CLAIMS",
     "LEDGER_COLUMNS",
     "choose_learning_rates",
+    "chosen_rates",
     "claims_ledger",
     "delta_m_runs",
+    "final_runs",
+    "grouping_points",
     "method_intervals",
     "worst_balance",
 ]

@@ -93,7 +93,8 @@ def _run_phase(
     if not points:
         return {table: pd.DataFrame() for table in TABLES}
     sweep = run_sweep(POINT_NOTEBOOK, {"point": list(points)}, out / name, fixed={"specs": dict(points), "threads": threads},
-                      client=client, progress=progress, outputs=None if outputs is None else f"{str(outputs).rstrip('/')}/{name}")
+                      client=client, progress=progress, html=False,  # a point's notebook has no figures: skip its HTML copy
+                      outputs=None if outputs is None else f"{str(outputs).rstrip('/')}/{name}")
     failed = sweep[sweep["status"] != "ok"]
     if len(failed):
         errors = "; ".join(f"{p}: {e}" for p, e in zip(failed["point"], failed["error"]))
