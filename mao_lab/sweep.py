@@ -417,8 +417,13 @@ def run_sweep(
     fixed = dict(fixed or {})
     points = expand_grid(grid)
     _check_sweep_parameters(notebook, points, grid, fixed)
-    out.mkdir(parents=True, exist_ok=True)
+    for name, value in (("max_file_bytes", max_file_bytes), ("max_total_bytes", max_total_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     target = str(outputs) if outputs is not None else str(out)
+    if _is_url(target):
+        _check_url(target)
+    out.mkdir(parents=True, exist_ok=True)
     if not _is_url(target):
         target = str(Path(target).resolve())
     ids = [run_id(p) for p in points]
@@ -511,6 +516,15 @@ def _refuse_other_parameters(
                 f"{out / rid} holds a finished run with other parameters ({', '.join(changed)} differ), which this "
                 "sweep would take as done: choose another out_dir, or remove that folder to run it again"
             )
+
+
+def _check_url(url: str) -> None:
+    """Refuse an fsspec URL whose protocol fsspec does not know (a typo would fail every point)."""
+    from fsspec.registry import known_implementations, registry
+
+    protocol = url.split("://", 1)[0]
+    if protocol not in known_implementations and protocol not in registry:
+        raise ValueError(f"outputs {url!r}: fsspec knows no protocol {protocol!r} (file, memory, s3, gcs, ...)")
 
 
 def _is_url(target: str | Path) -> bool:

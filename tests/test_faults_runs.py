@@ -665,6 +665,22 @@ def test_a_worker_cannot_write_outside_the_points_folder(tmp_path: Path) -> None
     assert snapshot(tmp_path) == {}
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"outputs": "nope://bucket/sweep"}, "fsspec knows no protocol 'nope'"),
+        ({"max_file_bytes": -1}, "max_file_bytes must be a non-negative int"),
+        ({"max_total_bytes": 1.5}, "max_total_bytes must be a non-negative int"),
+    ],
+    ids=["unknown-url-protocol", "negative-size-limit", "float-size-limit"],
+)
+def test_bad_sweep_options_are_refused_before_anything_runs(tmp_path: Path, options: dict, message: str) -> None:
+    notebook = tiny_notebook(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        run_sweep(notebook, {"x": [1.0]}, tmp_path / "sweep", progress=False, **options)
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_a_full_disk_on_the_client_fails_that_point_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mao_lab.sweep as sweep
 
