@@ -1,0 +1,464 @@
+"""The browser test (``make test-browser``): every notebook and the explorer app, driven in headless Chromium.
+
+It starts JupyterLab and the Voilà explorer app on 127.0.0.1 with a random token, drives Debian's Chromium
+(``/usr/bin/chromium``; installed with apt-get when missing and running as root) through Playwright from
+PyPI — no browser download — and for every notebook, run in its smoke setting:
+
+* runs all cells and asserts that no cell has an error output;
+* asserts that every plotly figure and every widget the notebook displays is rendered on the page;
+* for every control (dropdown, slider, toggle, multiple choice, text, button) in a widget that shows a
+  figure: changes it (pressing the widget's Run button when the figure waits for it) and asserts that
+  the figure changes.
+
+A failure saves a screenshot under ``runs/browser-test/``.  It prints a table: notebook × figures,
+widgets, widgets that redraw.  Exit status 0 only when everything passed.  Not collected by ``pytest``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+ARTIFACTS = ROOT / "runs" / "browser-test"
+RUN_TIMEOUT_S = 240  # one notebook's smoke run
+REDRAW_TIMEOUT_S = 60  # a control's change (a Run included) until its figure changes
+
+
+@dataclass
+class Result:
+    """What the browser test saw on one page."""
+
+    name: str
+    figures: int = 0
+    widgets: int = 0
+    controls: int = 0
+    redrew: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+# -- the browser and the servers ---------------------------------------------------------------------------
+
+
+def ensure_chromium() -> Path:
+    """Debian's Chromium, installed with apt-get when missing (CI runs as root)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.geteuid() != 0:
+        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium) as root")
+    print("installing Debian's chromium with apt-get", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(command: list[str], url: str, log: Path, cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """Start a server, wait until ``url`` answers, and stop it (its process group) afterwards."""
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited with {process.returncode}; its log: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within 120 s; log: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
+    """Copies of the notebooks with their smoke parameters injected (as papermill does), outputs under ``work``."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    from mao_lab.runner import find_notebooks
+
+    folder = work / "notebooks"
+    folder.mkdir(parents=True)
+    copies = []
+    for path in find_notebooks(names):
+        notebook = load_notebook_node(str(path))  # papermill's reader: the metadata it expects
+        notebook = parameterize_notebook(notebook, {"smoke": True, "output_dir": str(work / "out" / path.stem)})
+        copy = folder / path.name
+        nbformat.write(notebook, copy)
+        copies.append(copy)
+    # Lab settings for the test only: every cell attached to the page, so every output renders.
+    settings = work / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    news = work / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    return copies
+
+
+# -- the page ----------------------------------------------------------------------------------------------
+
+# The notebook panel's state, from JupyterLab's own model (exposed with expose_app_in_browser).
+STATE_JS = """() => {
+  const panel = window.__panel;
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  const cells = panel.content.widgets.filter(c => c.model.type === 'code');
+  let errors = [], plotly = 0, views = 0, pending = 0, viewText = [];
+  for (const [i, cell] of cells.entries()) {
+    if (cell.model.executionCount === null || (cell.promptNode && cell.promptNode.textContent.includes('*'))) pending++;
+    for (const out of cell.model.outputs.toJSON()) {
+      if (out.output_type === 'error') errors.push(`cell ${i}: ${out.ename}: ${out.evalue}`);
+      const data = out.data || {};
+      if (data['application/vnd.plotly.v1+json']) plotly++;
+      // tqdm's progress bars are widgets too, and a finished inner bar is closed: they are not counted.
+      const text = String(data['text/plain'] || '');
+      if (data['application/vnd.jupyter.widget-view+json'] && !/\d+\/\d+ \[/.test(text)) { views++; viewText.push(text.slice(0, 80)); }
+    }
+  }
+  return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText};
+}"""
+
+# A signature of every plotly figure inside an element: changes when any trace or the title changes.
+SIGNATURE_JS = """(root) => Array.from(root.querySelectorAll('.js-plotly-plot')).map(gd => {
+  const strip = v => (v && v.constructor && v.constructor.name.endsWith('Array') && !Array.isArray(v)) ? Array.from(v) : v;
+  const traces = (gd.data || []).map(t => JSON.stringify([t.name, strip(t.x), strip(t.y), strip(t.z), t.visible]));
+  const title = gd.layout && gd.layout.title ? JSON.stringify(gd.layout.title.text || gd.layout.title) : '';
+  return title + '|' + traces.join(';');
+}).join('||')"""
+
+
+def controls_of(area):  # noqa: ANN001 - a Playwright locator
+    """The controls in a widget area, as (kind, locator) pairs, buttons last (Run presses come after changes)."""
+    found = []
+    for kind, selector in (
+        ("dropdown", ".widget-dropdown select"),
+        ("multiple", ".widget-select-multiple select"),
+        ("toggle", ".widget-toggle-buttons"),
+        ("slider", ".widget-slider, .widget-hslider"),
+        ("text", ".widget-text input, .widget-inline-hbox input[type=number]"),
+        ("button", "button.widget-button"),
+    ):
+        locator = area.locator(selector)
+        found += [(kind, locator.nth(i)) for i in range(locator.count())]
+    return found
+
+
+def change(kind: str, control, page) -> str:  # noqa: ANN001
+    """Change one control as a person would; returns what was done (empty when nothing could change)."""
+    if control.is_disabled() if kind in ("dropdown", "multiple", "text", "button") else False:
+        return ""
+    if kind == "dropdown":
+        options = control.locator("option")
+        current = control.evaluate("s => s.selectedIndex")
+        if options.count() < 2:
+            return ""
+        index = 1 if current == 0 else 0
+        control.select_option(index=index)
+        return f"option {index}"
+    if kind == "multiple":
+        values = [options.get_attribute("value") for options in control.locator("option").all()]
+        chosen = control.evaluate("s => Array.from(s.selectedOptions).map(o => o.value)")
+        pick = [v for v in values if v not in chosen][:1] + chosen[:1]
+        if set(pick) == set(chosen) or not pick:
+            return ""
+        control.select_option(pick)
+        return f"options {pick}"
+    if kind == "toggle":
+        buttons = control.locator("button")
+        for i in range(buttons.count()):
+            if "mod-active" not in (buttons.nth(i).get_attribute("class") or ""):
+                buttons.nth(i).click()
+                return f"toggle {buttons.nth(i).inner_text()}"
+        return ""
+    if kind == "slider":
+        handles = control.locator(".noUi-handle")
+        if handles.count() == 0:
+            return ""
+        handle = handles.nth(0)
+        handle.focus()
+        before = control.locator(".widget-readout").inner_text() if control.locator(".widget-readout").count() else ""
+        for key in ("ArrowRight", "ArrowLeft", "ArrowLeft"):
+            handle.press(key)
+            page.wait_for_timeout(150)
+            after = control.locator(".widget-readout").inner_text() if control.locator(".widget-readout").count() else ""
+            if after != before:
+                return f"{key} ({before} -> {after})"
+        return ""
+    if kind == "text":
+        value = control.input_value()
+        try:
+            new = str(float(value) * 2)
+        except ValueError:
+            new = value + "x"
+        control.fill(new)
+        control.press("Enter")
+        return f"text {value} -> {new}"
+    if kind == "button":
+        control.click()
+        return "click"
+    return ""
+
+
+def signature(area) -> str:  # noqa: ANN001
+    return area.evaluate(SIGNATURE_JS)
+
+
+def wait_for_change(area, before: str, seconds: float, page) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now = signature(area)
+        if now and now != before:
+            return True
+        page.wait_for_timeout(250)
+    return False
+
+
+def run_button(area):  # noqa: ANN001
+    button = area.locator("button.widget-button", has_text="Run")
+    return button.first if button.count() else None
+
+
+def exercise_widgets(page, areas, result: Result, label: str) -> None:  # noqa: ANN001
+    """For every control of every widget area showing a figure: change it and expect the figure to change."""
+    for a, area in enumerate(areas):
+        if area.locator(".js-plotly-plot").count() == 0:
+            continue
+        run = run_button(area)
+        for kind, control in controls_of(area):
+            if kind == "button" and run is not None and control.inner_text().strip() == "Run":
+                continue  # pressed after each change below; counted with the control it serves
+            if kind == "button" and control.inner_text().strip() in ("Find runs",):
+                continue
+            result.controls += 1
+            before = signature(area)
+            done = change(kind, control, page)
+            if not done:
+                result.problems.append(f"{label} area {a}: could not change the {kind} control")
+                continue
+            redrew = wait_for_change(area, before, 2, page)  # a figure that follows its control at once
+            if not redrew and run is not None:
+                run.click()
+                redrew = wait_for_change(area, before, REDRAW_TIMEOUT_S, page)
+            if redrew:
+                result.redrew += 1
+            else:
+                result.problems.append(f"{label} area {a}: changing the {kind} control ({done}) did not change its figure")
+                page.screenshot(path=str(ARTIFACTS / f"{label}-area{a}-{kind}.png"), full_page=True)
+
+
+def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
+    result = Result(path.stem)
+    started = time.monotonic()
+    if not page.url.startswith(f"{base}/lab"):
+        page.goto(f"{base}/lab?token={token}", timeout=120_000)
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand('docmanager:open')", timeout=120_000)
+    # Opened in the running page (no reload of JupyterLab for each notebook).
+    page.evaluate(
+        "async (path) => { const panel = await window.jupyterapp.commands.execute('docmanager:open', {path});"
+        " window.__panel = panel; await panel.context.ready; await panel.sessionContext.ready; return true; }",
+        f"notebooks/{path.name}",
+    )
+    page.wait_for_function(
+        "() => { const k = window.__panel.sessionContext.session && window.__panel.sessionContext.session.kernel;"
+        " return k && k.status === 'idle'; }",
+        timeout=120_000,
+    )
+    page.evaluate("() => { window.jupyterapp.shell.activateById(window.__panel.id);"
+                  " window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    state = page.evaluate(STATE_JS)
+    while time.monotonic() < deadline:
+        state = page.evaluate(STATE_JS)
+        if state["errors"] or (state["pending"] == 0 and state["kernel"] == "idle"):
+            break
+        page.wait_for_timeout(500)
+    else:
+        result.problems.append(f"did not finish within {RUN_TIMEOUT_S} s ({state['pending']} cells pending)")
+    result.problems += [f"error output: {e}" for e in state["errors"]]
+    page.wait_for_timeout(1500)  # let the last outputs render
+    notebook = page.locator(".jp-NotebookPanel:visible").first
+    result.figures = notebook.locator(".js-plotly-plot").count()
+    rendered = notebook.locator(".jp-OutputArea-output:has(> .jupyter-widgets)")
+    views = [rendered.nth(i) for i in range(rendered.count()) if not rendered.nth(i).locator(".widget-hprogress").count()]
+    result.widgets = len(views)
+    if result.figures < state["plotly"] or result.figures == 0:
+        result.problems.append(f"{state['plotly']} plotly outputs in the notebook but {result.figures} figures rendered")
+    if result.widgets < state["views"]:
+        result.problems.append(f"{state['views']} widget outputs in the notebook but {result.widgets} rendered")
+    broken = notebook.get_by_text("Error displaying widget").count() + notebook.get_by_text("Model not found").count()
+    if broken:
+        result.problems.append(f"{broken} widgets failed to display")
+    if not result.problems:
+        exercise_widgets(page, views, result, path.stem)
+    if result.problems:
+        page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"), full_page=True)
+        (ARTIFACTS / f"{path.stem}.html").write_text(notebook.inner_html())
+        (ARTIFACTS / f"{path.stem}.state.json").write_text(json.dumps(state, indent=1))
+    # Free the cores for the next notebook: shut the kernel down, drop the tab (no save dialog).
+    page.evaluate("async () => { const p = window.__panel; await p.sessionContext.shutdown(); p.dispose(); }")
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def check_app(page, url: str) -> Result:  # noqa: ANN001
+    """The Voilà explorer app: find the runs, open them, then every control of the explorer."""
+    result = Result("explorer app (Voilà)")
+    started = time.monotonic()
+    page.goto(url, timeout=120_000)
+    page.wait_for_selector("button.widget-button:has-text('Open')", timeout=120_000)
+    page.locator("button.widget-button", has_text="Open").click()
+    try:
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    except Exception:  # noqa: BLE001 - reported, with a screenshot
+        result.problems.append("pressing Open showed no figure")
+    result.figures = page.locator(".js-plotly-plot").count()
+    app = page.locator(".widget-vbox").first
+    result.widgets = 1 if app.count() else 0
+    if page.get_by_text("Traceback").count() or page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count():
+        result.problems.append("an error is shown on the page")
+    if not result.problems:
+        explorer = page.locator(".widget-vbox:has(.js-plotly-plot)").last
+        exercise_widgets(page, [explorer], result, "explorer-app")
+    if result.problems:
+        page.screenshot(path=str(ARTIFACTS / "explorer-app.png"), full_page=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def make_demo_runs(folder: Path) -> None:
+    """Two small recorded runs (Adam on the sum and MAO) for the explorer app to open."""
+    code = (
+        "import sys, torch\n"
+        "from mao_lab.methods import make\n"
+        "from mao_lab.problems import ImbalancedRegression, regression_model\n"
+        "from mao_lab.recorder import Recorder\n"
+        "torch.set_num_threads(1)\n"
+        "data = ImbalancedRegression(num_tasks=3, sigma_range=(1.0, 100.0), num_samples=400, seed=0)\n"
+        "for name in ('sum', 'mao'):\n"
+        "    model = regression_model(3, seed=0)\n"
+        "    method = make(name, model.parameters(), lr=1e-3)\n"
+        "    with Recorder(model, method, every=1, run_dir=sys.argv[1] + '/' + name, params={'method': name}):\n"
+        "        for step, (x, y) in zip(range(12), data.batches(40)):\n"
+        "            method.step(lambda: data.task_losses(model(x), y))\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def print_table(results: list[Result]) -> None:
+    header = f"{'page':<32} {'figures':>7} {'widgets':>7} {'controls':>8} {'redraw':>6} {'seconds':>7}  status"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        status = "ok" if not r.problems else f"FAILED ({len(r.problems)})"
+        print(f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.seconds:>7.1f}  {status}")
+    for r in results:
+        for problem in r.problems:
+            print(f"  {r.name}: {problem}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
+    parser.add_argument("--no-app", action="store_true", help="skip the Voilà explorer app")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    chromium = ensure_chromium()
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    started = time.monotonic()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="mao-browser-") as tmp:
+        work = Path(tmp)
+        copies = prepare_workspace(work, args.notebooks)
+        token = secrets.token_hex(24)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces"),
+            "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
+        }
+        lab_port, app_port = free_port(), free_port()
+        lab = [
+            str(VENV_BIN / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={lab_port}",
+            f"--ServerApp.token={token}", f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
+            "--ServerApp.disable_check_xsrf=False", *(["--allow-root"] if os.geteuid() == 0 else []),
+        ]  # fmt: skip
+        base = f"http://127.0.0.1:{lab_port}"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            with server(lab, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab.log", work, env):
+                for copy in copies:
+                    print(f"{copy.stem} …", flush=True)
+                    try:
+                        results.append(check_notebook(page, base, token, copy))
+                        print(f"  {results[-1]}", flush=True)
+                    except Exception as error:  # noqa: BLE001 - one notebook's failure must not hide the others
+                        page.screenshot(path=str(ARTIFACTS / f"{copy.stem}-crash.png"), full_page=True)
+                        results.append(Result(copy.stem, problems=[f"{type(error).__name__}: {error}"]))
+            if not args.no_app:
+                runs = work / "app-runs"
+                make_demo_runs(runs)
+                voila = [
+                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--no-browser", "--Voila.ip=127.0.0.1",
+                    f"--port={app_port}", f"--Voila.token={token}",
+                ]  # fmt: skip
+                url = f"http://127.0.0.1:{app_port}/?token={token}"
+                with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", {**env, "MAO_LAB_RUNS": str(runs)}):
+                    try:
+                        results.append(check_app(page, url))
+                    except Exception as error:  # noqa: BLE001
+                        page.screenshot(path=str(ARTIFACTS / "explorer-app-crash.png"), full_page=True)
+                        results.append(Result("explorer app (Voilà)", problems=[f"{type(error).__name__}: {error}"]))
+            browser.close()
+    print_table(results)
+    elapsed = time.monotonic() - started
+    failed = sum(1 for r in results if r.problems)
+    (ARTIFACTS / "table.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    print(f"browser test: {len(results) - failed} passed, {failed} failed in {elapsed:.0f} s; screenshots of failures in {ARTIFACTS}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
