@@ -456,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     failed = sum(1 for r in results if r.problems)
     (ARTIFACTS / "table.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
-    print(f"browser test: {len(results) - failed} passed, {failed} failed in {elapsed:.0f} s; screenshots of failures in {ARTIFACTS}")
+    print(f"browser test took {elapsed:.0f} s; screenshots of failures and the logs in {ARTIFACTS}")
+    print(f"browser: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 
