@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     parser.add_argument("--outputs", default=None, help="where workers write the points' full folders (a folder or an fsspec URL; "
                         "default: inside --out); small tables always come back through the Dask futures")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="MultiMNIST training steps of every run (default: the design's; fewer if the machine is busy)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point (fixed and recorded)")
     parser.add_argument("--estimate", action="store_true",
                         help="time a few steps of every configuration here and predict the study's wall time; run nothing else")
@@ -35,10 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    design = smoke_design() if args.smoke else full_design()
+    if args.steps is not None:
+        design = dataclasses.replace(design, steps=args.steps)
     if args.estimate:
         from ._estimate import estimate_study
 
-        table, totals = estimate_study(smoke_design() if args.smoke else full_design(), max(args.workers, 1), threads=args.threads)
+        table, totals = estimate_study(design, max(args.workers, 1), threads=args.threads)
         print(table.round(2).to_string(index=False))
         print({k: round(v, 1) for k, v in totals.items()})
         print(f"predicted wall time with {max(args.workers, 1)} worker(s): {totals['total_s'] / 60:.1f} min")
@@ -55,7 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from ._study import StudyError, run_study
 
-    design = smoke_design() if args.smoke else full_design()
     out = args.out or Path("runs/study-smoke" if args.smoke else "runs/study")
     client = None
     if args.scheduler or args.workers:
