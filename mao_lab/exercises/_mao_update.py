@@ -233,7 +233,7 @@ def _scenario_grads(seed: int = 0) -> list[Tensor]:
 
 def _mao_updates(grads: list[Tensor]) -> list[Tensor]:
     """The updates ``mao_lab.MAO`` applies to a parameter that every task reaches (``p_before - p_after``)."""
-    p = torch.zeros(SHAPE, dtype=torch.float64)
+    p = torch.zeros(SHAPE, dtype=torch.float64, requires_grad=True)  # MAO updates trainable parameters only
     optimizer = MAO([p], lr=LR, betas=BETAS, eps=EPS)
     updates = []
     for g in grads:
