@@ -405,6 +405,12 @@ def run_sweep(
 
     A point that failed stays failed in the table until a rerun succeeds.
 
+    Raises:
+        ValueError: before anything runs: a name the notebook does not declare, a name both swept and
+            fixed, a value that is not JSON, two points that would share a folder, an unknown ``outputs``
+            protocol, or a finished point in ``out_dir`` that was run with other parameters (it would
+            otherwise be taken as done).
+
     What comes back through each future is a :class:`PointResult`: ``summary`` (a dict),
     ``provenance`` (parameters, git commit, package versions, host, threads, wall time),
     ``files`` (exact bytes of the small files, relative path -> bytes), ``table(name)`` (one of them as a
