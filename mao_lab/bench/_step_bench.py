@@ -27,14 +27,16 @@ a shared machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -289,65 +291,18 @@ def run_step_benchmark(
             repetitions (between 7 and 60) is what fits.
         vmap: also time the vmapped trunk backward (default: on CUDA only).
     """
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but torch.cuda.is_available() is False on this machine")
+    dev = _checked_device(device)
     threads = fix_threads(threads)
     vmap = dev.type == "cuda" if vmap is None else vmap
-    sync = synchronizer(dev)
     batch = QUICK_BATCH if quick else BATCH
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(configs), desc="bench step", file=sys.stderr, unit="config")
     started = time.perf_counter()
     load_before = _load_average()
-    cores = os.cpu_count() or 1
-    if dev.type == "cpu" and load_before is not None and load_before + threads > cores + 0.5:
-        print(
-            f"bench step: the machine is busy (load average {load_before} on {cores} cores, {threads} threads "
-            "asked for): threads that wait for each other on shared cores make every ratio unreliable",
-            file=sys.stderr,
-        )
+    _warn_if_busy(dev, threads, load_before)
     results = []
-    try:
+    with _progress(len(configs), progress) as bar:
         for config in configs:
-            label = f"{config.model} T={config.tasks}"
-            if bar is not None:
-                bar.set_postfix_str(f"{label}: warm-up")
-            candidates, inspect = _candidates(config, seed, dev, vmap, batch)
-
-            def plan(reps: int, label: str = label) -> None:
-                if bar is not None:
-                    bar.set_postfix_str(f"{label}: {reps} repetitions")
-
-            timings = interleaved_timings(
-                candidates,
-                repetitions=QUICK_REPETITIONS if quick else MAX_REPETITIONS,
-                warmup=1 if quick else 3,
-                min_sample_s=0.002 if quick else 0.02,
-                budget_s=None if quick else (BUDGET_S if budget_s is None else budget_s),
-                min_repetitions=MIN_REPETITIONS,
-                sync=sync,
-                on_plan=plan,
-            )
-            ratios, paired = _ratios(timings, config.tasks, vmap)
-            entry: dict[str, object] = {"model": config.model, "tasks": config.tasks, "batch": batch, **ratios}
-            entry.update(_memory(inspect, config.tasks))
-            entry["repetitions"] = len(timings.samples["mao"])
-            entry["paired"] = {k: round(v, 4) for k, v in paired.items()}
-            entry["median_ms"] = {name: round(timings.median(name) * 1e3, 4) for name in candidates}
-            entry["spread"] = {name: round(timings.spread(name), 4) for name in candidates}
-            results.append(_rounded(entry))
-            del candidates, inspect
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            results.append(_run_config(config, seed, dev, vmap, batch, quick, budget_s, bar))
+            bar.update(1)
     import torchjd
 
     return {
@@ -363,6 +318,83 @@ def run_step_benchmark(
         "seconds": round(time.perf_counter() - started, 1),
         "configs": results,
     }
+
+
+def _run_config(
+    config: BenchConfig, seed: int, dev: torch.device, vmap: bool, batch: int, quick: bool,
+    budget_s: float | None, bar: _Bar,
+) -> dict:
+    """Time every candidate of one configuration, interleaved; its ratios, memory and medians."""
+    label = f"{config.model} T={config.tasks}"
+    bar.set_postfix_str(f"{label}: warm-up")
+    candidates, inspect = _candidates(config, seed, dev, vmap, batch)
+    timings = interleaved_timings(
+        candidates,
+        repetitions=QUICK_REPETITIONS if quick else MAX_REPETITIONS,
+        warmup=1 if quick else 3,
+        min_sample_s=0.002 if quick else 0.02,
+        budget_s=None if quick else (BUDGET_S if budget_s is None else budget_s),
+        min_repetitions=MIN_REPETITIONS,
+        sync=synchronizer(dev),
+        on_plan=lambda reps: bar.set_postfix_str(f"{label}: {reps} repetitions"),
+    )
+    ratios, paired = _ratios(timings, config.tasks, vmap)
+    entry: dict[str, object] = {"model": config.model, "tasks": config.tasks, "batch": batch, **ratios}
+    entry.update(_memory(inspect, config.tasks))
+    entry["repetitions"] = len(timings.samples["mao"])
+    entry["paired"] = {k: round(v, 4) for k, v in paired.items()}
+    entry["median_ms"] = {name: round(timings.median(name) * 1e3, 4) for name in candidates}
+    entry["spread"] = {name: round(timings.spread(name), 4) for name in candidates}
+    return _rounded(entry)
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch.cuda.is_available() is False on this machine")
+    return dev
+
+
+def _warn_if_busy(dev: torch.device, threads: int, load: float | None) -> None:
+    cores = os.cpu_count() or 1
+    if dev.type == "cpu" and load is not None and load + threads > cores + 0.5:
+        print(
+            f"bench step: the machine is busy (load average {load} on {cores} cores, {threads} threads "
+            "asked for): threads that wait for each other on shared cores make every ratio unreliable",
+            file=sys.stderr,
+        )
+
+
+class _Bar(Protocol):
+    def set_postfix_str(self, text: str) -> None: ...
+    def update(self, n: int) -> None: ...
+
+
+class _NoBar:
+    """Stands in for the tqdm bar when ``progress`` is off."""
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[_Bar]:
+    """A tqdm bar over the configurations on stderr (closed however the run ends), or nothing."""
+    if not enabled:
+        yield _NoBar()
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="bench step", file=sys.stderr, unit="config")
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _load_average() -> float | None:
