@@ -213,7 +213,7 @@ class BalanceMonitor:
                 "barmode": "stack", "height": 120 + 40 * len(layers), "margin": {"l": 10, "r": 10, "t": 50, "b": 30},
                 "title": {"text": f"{self.label}: each task's share of every shared layer's update, step {step}"},
                 "xaxis": {"range": [0, 1], "tickformat": ".0%"}, "yaxis": {"autorange": "reversed", "automargin": True},
-                "legend": {"orientation": "h", "y": -0.25},
+                "legend": {"orientation": "h", "y": -0.25, "traceorder": "normal"},
             },
         }  # fmt: skip
         self._latest = figure
