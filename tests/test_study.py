@@ -112,8 +112,10 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
 
     docs = tmp_path / "docs"
     assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with
-    for name in ("ledger.csv", "ledger.md", "ledger.json"):
+    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv"):
         assert (docs / name).read_text() == (study / name).read_text(), name
+    methods = pd.read_csv(docs / "methods.csv")
+    assert set(methods["config"]) == {c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"}
 
     out = tmp_path / "claims"
     execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(study), "claim": "P4"})

@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out is None:
             parser.error("--ledger-only needs --out (where the ledger files go)")
         study = load_study(args.ledger_only)
-        for path in write_ledger(args.out, study["ledger"], study["provenance"], study["design"]):
+        for path in write_ledger(args.out, study["ledger"], study["provenance"], study["design"],
+                                 delta_m_intervals=study["delta_m_intervals"], learning_rates=study["learning_rates"]):
             print(path)
         return 0
     from ._study import StudyError, run_study

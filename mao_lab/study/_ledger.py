@@ -1,4 +1,4 @@
-"""The ledger as small text files: ``ledger.csv``, ``ledger.json`` and ``ledger.md`` (no HTML, no plotly.js).
+"""The ledger as small text files: ``ledger.csv``, ``ledger.json``, ``ledger.md`` and ``methods.csv`` (no HTML, no plotly.js).
 
 ``python -m mao_lab.study.ledger STUDY_DIR --out docs/claims`` rewrites them from a finished study's folder;
 :func:`run_study` writes them into the study folder itself.
@@ -68,16 +68,37 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
     return "\n".join(lines) + "\n"
 
 
-def write_ledger(out_dir: str | os.PathLike[str], ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign) -> list[Path]:
-    """Write ``ledger.csv``, ``ledger.json`` (ledger, design, provenance) and ``ledger.md`` into ``out_dir``."""
+def _methods_markdown(intervals: pd.DataFrame, rates: pd.DataFrame) -> str:
+    chosen = dict(zip(rates[rates["chosen"]]["config"], rates[rates["chosen"]]["lr"]))
+    lines = ["", "## Δm% of every method (test metrics against the single-task baselines; lower is better)", "",
+             "| setting | method | Δm% [95 % CI] | seeds | chosen learning rate |", "|---|---|---|---|---|"]
+    for row in intervals.to_dict("records"):
+        lines.append(f"| {row['setting']} | {row['variant']} | {_interval(row)} | {row['n']} | {_number(chosen.get(row['config']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ledger(
+    out_dir: str | os.PathLike[str], ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign,
+    *, delta_m_intervals: pd.DataFrame | None = None, learning_rates: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Write ``ledger.csv``, ``ledger.json`` (ledger, design, provenance) and ``ledger.md`` into ``out_dir``; with
+    the study's ``delta_m_intervals`` and ``learning_rates`` tables also ``methods.csv`` (each method's Δm% interval
+    and chosen rate), and a section of ``ledger.md`` showing it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(ledger.to_json(orient="records"))
     document = {"smoke": design.smoke, "claims": CLAIMS, "ledger": records, "design": design.as_dict(), "provenance": dict(provenance)}
-    written = [
+    text = ledger_markdown(ledger, provenance, design)
+    written = []
+    if delta_m_intervals is not None and learning_rates is not None:
+        picked = learning_rates[learning_rates["chosen"]][["config", "lr"]].rename(columns={"lr": "chosen_lr"})
+        methods = delta_m_intervals.merge(picked, on="config", how="left")
+        text += _methods_markdown(delta_m_intervals, learning_rates)
+        written.append(write_atomically(out / "methods.csv", lambda tmp: methods.to_csv(tmp, index=False, float_format="%.6g")))
+    written += [
         write_atomically(out / "ledger.csv", lambda tmp: ledger.to_csv(tmp, index=False, float_format="%.6g")),
         write_atomically(out / "ledger.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")),
-        write_atomically(out / "ledger.md", lambda tmp: tmp.write_text(ledger_markdown(ledger, provenance, design))),
+        write_atomically(out / "ledger.md", lambda tmp: tmp.write_text(text)),
     ]
     return written
 

@@ -156,7 +156,8 @@ def run_study(
     ledger = summarise(tables, design, choice, results)
     wall = time.perf_counter() - started
     results.save_json({**provenance(threads), "wall_seconds": wall, "workers": _workers(client), "smoke": design.smoke}, "provenance")
-    write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design)
+    write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
+                 delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice)
     return ledger
 
 
