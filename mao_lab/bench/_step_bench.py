@@ -41,6 +41,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchjd.aggregation import Mean
 
 from .. import MAO, compute_task_gradients
 from ..methods import make
@@ -136,54 +137,65 @@ def _candidates(
     config: BenchConfig, seed: int, device: torch.device, vmap: bool, batch: int
 ) -> tuple[dict[str, Callable[[], object]], dict[str, object]]:
     """The timed callables, each with its own copy of the model, and the objects to inspect afterwards."""
-    from torchjd.aggregation import Mean
-    from torchjd.autojac import jac_to_grad, mtl_backward
-
     model, x, loss_fn = _problem(config, seed, device, batch)
-    num_tasks = config.tasks
-    mean = Mean()
+    mao_opt = MAO((mao_model := copy.deepcopy(model)).parameters(), lr=LR)
+    registry_method = make("mao", (registry_model := copy.deepcopy(model)).parameters(), lr=LR)
+    features_opt = MAO((features_model := copy.deepcopy(model)).parameters(), lr=LR)
+    adam = torch.optim.Adam((torchjd_model := copy.deepcopy(model)).parameters(), lr=LR, foreach=True)
+    candidates: dict[str, Callable[[], object]] = {
+        "limit": _limit_step(copy.deepcopy(model), x, loss_fn),
+        "mao": lambda: mao_opt.step(loss_fn(mao_model(x))),
+        "mao_registry": lambda: registry_method.step(lambda: loss_fn(registry_model(x))),
+        "mao_features": lambda: _mao_features_step(features_model, features_opt, x, loss_fn, False),
+        "torchjd": lambda: _torchjd_step(torchjd_model, adam, x, loss_fn, 1),
+        **_update_candidates(model, x, loss_fn),
+    }
+    if vmap:
+        vmap_mao_opt = MAO((vmap_mao_model := copy.deepcopy(model)).parameters(), lr=LR)
+        vmap_adam = torch.optim.Adam((vmap_torchjd_model := copy.deepcopy(model)).parameters(), lr=LR, foreach=True)
+        candidates["mao_vmap"] = lambda: _mao_features_step(vmap_mao_model, vmap_mao_opt, x, loss_fn, True)
+        candidates["torchjd_vmap"] = lambda: _torchjd_step(vmap_torchjd_model, vmap_adam, x, loss_fn, None)
+    return candidates, {"model": model, "mao_opt": mao_opt, "adam": adam}
 
-    limit_model = copy.deepcopy(model)
-    limit_shared, limit_heads = _split(limit_model)
+
+_MEAN = Mean()  # TorchJD's mean of the Jacobian's rows, made once (not inside the timed step)
+
+
+def _limit_step(model: MultiTaskNet, x: Tensor, loss_fn: LossFn) -> Callable[[], None]:
+    """The physical limit: a forward pass, then one backward pass per task through its head and the trunk."""
+    shared, heads = _split(model)
 
     def limit() -> None:
-        losses = loss_fn(limit_model(x))
+        losses = loss_fn(model(x))
         for k, loss in enumerate(losses):
-            torch.autograd.grad(loss, limit_shared + limit_heads[k], retain_graph=k < num_tasks - 1)
+            torch.autograd.grad(loss, shared + heads[k], retain_graph=k < len(losses) - 1)
 
-    mao_model = copy.deepcopy(model)
-    mao_opt = MAO(mao_model.parameters(), lr=LR)
+    return limit
 
-    def mao() -> None:
-        mao_opt.step(loss_fn(mao_model(x)))
 
-    registry_model = copy.deepcopy(model)
-    registry_method = make("mao", registry_model.parameters(), lr=LR)
+def _mao_features_step(model: MultiTaskNet, opt: MAO, x: Tensor, loss_fn: LossFn, batched: bool) -> None:
+    features = model.features(x)
+    opt.step(loss_fn([head(features) for head in model.heads]), features=features, batched=batched)
 
-    def mao_registry() -> None:
-        registry_method.step(lambda: loss_fn(registry_model(x)))
 
-    def mao_with_features(m: MultiTaskNet, opt: MAO, batched: bool) -> None:
-        features = m.features(x)
-        opt.step(loss_fn([head(features) for head in m.heads]), features=features, batched=batched)
+def _torchjd_step(
+    model: MultiTaskNet, opt: torch.optim.Optimizer, x: Tensor, loss_fn: LossFn, parallel_chunk_size: int | None
+) -> None:
+    """TorchJD's multi-task step: ``mtl_backward``, the mean of the Jacobian's rows, then Adam."""
+    from torchjd.autojac import jac_to_grad, mtl_backward
 
-    def torchjd_step(m: MultiTaskNet, opt: torch.optim.Optimizer, parallel_chunk_size: int | None) -> None:
-        features = m.features(x)
-        losses = loss_fn([head(features) for head in m.heads])
-        shared, heads = _split(m)
-        mtl_backward(
-            losses, features=features, tasks_params=heads, shared_params=shared, parallel_chunk_size=parallel_chunk_size
-        )
-        jac_to_grad(shared, mean)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    features = model.features(x)
+    losses = loss_fn([head(features) for head in model.heads])
+    shared, heads = _split(model)
+    mtl_backward(losses, features=features, tasks_params=heads, shared_params=shared,
+                 parallel_chunk_size=parallel_chunk_size)
+    jac_to_grad(shared, _MEAN)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
-    features_model = copy.deepcopy(model)
-    features_opt = MAO(features_model.parameters(), lr=LR)
-    torchjd_model = copy.deepcopy(model)
-    adam = torch.optim.Adam(torchjd_model.parameters(), lr=LR, foreach=True)
 
-    # The update alone, on fixed gradients: MAO's per-task gradients, Adam's of the summed loss.
+def _update_candidates(model: MultiTaskNet, x: Tensor, loss_fn: LossFn) -> dict[str, Callable[[], object]]:
+    """The update alone, on fixed gradients: MAO's per-task gradients, Adam's of the summed loss."""
     update_model = copy.deepcopy(model)
     update_params = list(update_model.parameters())
     task_grads = compute_task_gradients(loss_fn(update_model(x)), update_params)
@@ -191,23 +203,7 @@ def _candidates(
     adam_model = copy.deepcopy(model)
     sum(loss_fn(adam_model(x))).backward()
     adam_update_opt = torch.optim.Adam(adam_model.parameters(), lr=LR, foreach=True)
-
-    candidates: dict[str, Callable[[], object]] = {
-        "limit": limit,
-        "mao": mao,
-        "mao_registry": mao_registry,
-        "mao_features": lambda: mao_with_features(features_model, features_opt, False),
-        "torchjd": lambda: torchjd_step(torchjd_model, adam, 1),
-        "mao_update": lambda: mao_update_opt.apply_task_gradients(task_grads),
-        "adam_update": adam_update_opt.step,
-    }
-    if vmap:
-        vmap_mao_model, vmap_torchjd_model = copy.deepcopy(model), copy.deepcopy(model)
-        vmap_mao_opt = MAO(vmap_mao_model.parameters(), lr=LR)
-        vmap_adam = torch.optim.Adam(vmap_torchjd_model.parameters(), lr=LR, foreach=True)
-        candidates["mao_vmap"] = lambda: mao_with_features(vmap_mao_model, vmap_mao_opt, True)
-        candidates["torchjd_vmap"] = lambda: torchjd_step(vmap_torchjd_model, vmap_adam, None)
-    return candidates, {"model": model, "mao_opt": mao_opt, "adam": adam}
+    return {"mao_update": lambda: mao_update_opt.apply_task_gradients(task_grads), "adam_update": adam_update_opt.step}
 
 
 def _state_bytes(opt: torch.optim.Optimizer, keys: Sequence[str]) -> int:
