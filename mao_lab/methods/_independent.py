@@ -170,24 +170,38 @@ class IndependentStepsMethod(SteppedMethod):
             grads = [torch.zeros_like(p) if g is None and optimizer.has_state(p) else g for p, g in zip(self.params, grads)]
         before = [p.detach().clone() if record and g is not None else None for p, g in zip(self.params, grads)]
         optimizer.step(self.params, grads)
-        if not record:
-            return
-        with torch.no_grad():
+        if record:
             for row, k in enumerate(group):
                 per_task_grads[k] = task_rows[row]
-                per_task_updates[k] = [None] * len(self.params)
-            for i, (p, g, old) in enumerate(zip(self.params, grads, before)):
-                if g is None or old is None:
-                    continue
-                D = optimizer.preconditioner(p)
-                change = old * optimizer.decay_factor(p) - p.detach()
-                reaching = [(k, task_rows[row][i]) for row, k in enumerate(group) if task_rows[row][i] is not None]
-                if not reaching:  # unreached_grad="zero": moved by the momentum of other tasks' sub-steps
-                    stale_moves.append((i, change))
-                    continue
-                history = (change - D * g) / len(reaching)
-                for k, g_k in reaching:
-                    per_task_updates[k][i] = D * g_k + history
+            self._split_sub_step(optimizer, group, task_rows, grads, before, per_task_updates, stale_moves)
+
+    @torch.no_grad()
+    def _split_sub_step(
+        self,
+        optimizer: BaseOptimizer,
+        group: tuple[int, ...],
+        task_rows: list[list[Tensor | None]],
+        grads: list[Tensor | None],
+        before: list[Tensor | None],
+        per_task_updates: dict[int, list[Tensor | None]],
+        stale_moves: list[tuple[int, Tensor]],
+    ) -> None:
+        """Each task's part of the change the sub-step made (see :mod:`._contributions`): ``D g_k`` plus an
+        equal share of what the optimizer's history added."""
+        for k in group:
+            per_task_updates[k] = [None] * len(self.params)
+        for i, (p, g, old) in enumerate(zip(self.params, grads, before)):
+            if g is None or old is None:
+                continue
+            D = optimizer.preconditioner(p)
+            change = old * optimizer.decay_factor(p) - p.detach()
+            reaching = [(k, task_rows[row][i]) for row, k in enumerate(group) if task_rows[row][i] is not None]
+            if not reaching:  # unreached_grad="zero": moved by the momentum of other tasks' sub-steps
+                stale_moves.append((i, change))
+                continue
+            history = (change - D * g) / len(reaching)
+            for k, g_k in reaching:
+                per_task_updates[k][i] = D * g_k + history
 
     def _in_task_order(self, names: tuple[str, ...], per_task: dict[int, list[Tensor | None]]) -> list[list[Tensor | None]]:
         return [per_task.get(k, [None] * len(self.params)) for k in range(len(names))]
