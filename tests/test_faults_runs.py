@@ -738,7 +738,7 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_points(tmp_pa
     os.killpg(process.pid, signal.SIGKILL)  # the sweep, its kernel: all at once
     process.wait()
     finished = snapshot(out / "x=1.0")
-    table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0]}, out, fixed={"log": str(log), "sleep": 0.0}, progress=False, html=False)
+    table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0]}, out, fixed={"log": str(log), "sleep": 2.0}, progress=False, html=False)
     assert list(table["status"]) == ["ok", "ok", "ok"]
     assert runs_of(log).count("1.0") == 1 and snapshot(out / "x=1.0") == finished
     assert not list(out.glob(".*partial-*"))
