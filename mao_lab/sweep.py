@@ -445,7 +445,7 @@ def run_sweep(
         if existing is None:
             rows[rid] = _pending_row(rid, point, out)
         todo.append((rid, point))
-    _save_table(out, rows, ids)
+    _save_table(out, rows, ids, list(grid))
 
     text = notebook.read_text(encoding="utf-8")
     options = {"html": html, "max_file_bytes": max_file_bytes, "max_total_bytes": max_total_bytes}
@@ -454,7 +454,7 @@ def run_sweep(
         result = _store(out / result.run_id, result, target)
         row = _row_from_disk(out / result.run_id) if result.status != "busy" else None
         rows[result.run_id] = row or {**rows[result.run_id], "status": result.status, "error": result.error}
-        _save_table(out, rows, ids)
+        _save_table(out, rows, ids, list(grid))
         if on_result is not None:
             on_result(result)
 
@@ -482,7 +482,7 @@ def run_sweep(
                 bar.update()
     finally:
         bar.close()
-    table = _save_table(out, _scan_rows(out, rows), ids)
+    table = _save_table(out, _scan_rows(out, rows), ids, list(grid))
     return table[table["run_id"].isin(set(ids))].reset_index(drop=True)
 
 
@@ -600,11 +600,12 @@ def _scan_rows(out: Path, known: Mapping[str, dict[str, Any]] | None = None) -> 
     return rows
 
 
-def _save_table(out: Path, rows: Mapping[str, dict[str, Any]], first: Sequence[str]) -> pd.DataFrame:
+def _save_table(out: Path, rows: Mapping[str, dict[str, Any]], first: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
     """Write the sweep table: this grid's points first, in grid order, then the folder's other points."""
     order = [r for r in first if r in rows] + sorted(r for r in rows if r not in set(first))
     table = pd.DataFrame([rows[r] for r in order])
-    leading = [c for c in table.columns if c not in _STATUS_COLUMNS and not c.startswith("summary.")]
+    others = [c for c in table.columns if c not in _STATUS_COLUMNS and not c.startswith("summary.") and c not in names]
+    leading = [*[n for n in names if n in table.columns], *others]
     table = table[[*leading, *[c for c in _STATUS_COLUMNS if c in table.columns], *[c for c in table.columns if c.startswith("summary.")]]]
     with FolderLock(out / f"{TABLE_NAME}.table", wait=True):  # two sweeps into one folder write the table in turn
         try:
