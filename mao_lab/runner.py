@@ -142,6 +142,7 @@ def execute_notebook(
     required: Sequence[str] = (),
     record: Mapping[str, Any] | None = None,
     cwd: str | Path | None = None,
+    cell_timeout: float | None = None,
 ) -> Path:
     """Execute ``notebook`` with papermill; results, executed copy, HTML and provenance go to ``output_dir``.
 
@@ -154,6 +155,8 @@ def execute_notebook(
             valid JSON or not a JSON object makes the run fail with that reason.
         record: extra fields for ``provenance.json`` (a sweep records its point there).
         cwd: the kernel's working directory (default: the notebook's folder).
+        cell_timeout: seconds one cell may run before the run fails (``None``: no limit), so that a
+            hanging notebook cannot hold a sweep point forever.
 
     Returns the executed notebook's path.  On failure raises :class:`NotebookRunError` with the
     notebook's own error message (or the reason the kernel died), writes ``<name>.failed.ipynb``
@@ -173,6 +176,8 @@ def execute_notebook(
     check_parameters(notebook, [*given, "output_dir"])
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"cannot run into {dest}: it exists and is not a folder")
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0):
+        raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
     try:
         lock = FolderLock(dest).__enter__()
     except FolderBusyError as error:
@@ -181,7 +186,7 @@ def execute_notebook(
         recover_folder(dest)
         staged = staging_folder(dest)
         try:
-            return _run_staged(notebook, dest, staged, given, html, progress, kernel_name, required, record, cwd)
+            return _run_staged(notebook, dest, staged, given, html, progress, kernel_name, required, record, cwd, cell_timeout)
         finally:
             shutil.rmtree(staged, ignore_errors=True)  # gone already when published
     finally:
@@ -199,6 +204,7 @@ def _run_staged(
     required: Sequence[str],
     record: Mapping[str, Any] | None,
     cwd: str | Path | None,
+    cell_timeout: float | None = None,
 ) -> Path:
     import papermill as pm
 
@@ -214,6 +220,7 @@ def _run_staged(
             kernel_name=kernel_name,
             progress_bar=progress,
             log_output=False,
+            execution_timeout=cell_timeout,
         )
     except pm.PapermillExecutionError as failure:
         error = f"{notebook.name} failed: {failure.ename}: {failure.evalue}"
@@ -237,6 +244,8 @@ def _describe(failure: BaseException) -> str:
     name = type(failure).__name__
     if name == "DeadKernelError" or "kernel died" in str(failure).lower():
         return "the kernel died (killed by a signal, or out of memory) before the notebook finished"
+    if name == "CellTimeoutError":
+        return f"a cell ran past the time limit ({' '.join(str(failure).split())[:200]})"
     message = " ".join(str(failure).split())
     return f"{name}: {message[:500]}" if message else name
 

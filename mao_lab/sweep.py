@@ -216,6 +216,7 @@ def run_point(
     html: bool = True,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    cell_timeout: float | None = None,
 ) -> PointResult:
     """Run one grid point and return what the client needs; never raises for a failed run.
 
@@ -230,24 +231,25 @@ def run_point(
     destination = f"{str(outputs).rstrip('/')}/{run_id}"
     try:
         with _notebook_here(notebook, notebook_text) as local_notebook:
+            options = {"html": html, "cell_timeout": cell_timeout}
             if _is_url(outputs):
-                return _run_to_url(local_notebook, run_id, point, fixed, destination, html, max_file_bytes, max_total_bytes)
+                return _run_to_url(local_notebook, run_id, point, fixed, destination, options, max_file_bytes, max_total_bytes)
             folder = Path(destination)
-            return _run_local(local_notebook, run_id, point, fixed, folder, folder, html, max_file_bytes, max_total_bytes)
+            return _run_local(local_notebook, run_id, point, fixed, folder, folder, options, max_file_bytes, max_total_bytes)
     except Exception as error:  # noqa: BLE001 - one broken point must not stop the sweep
         return PointResult(run_id, point, "failed", f"{type(error).__name__}: {error}", outputs=destination)
 
 
 def _run_local(
     notebook: Path, rid: str, point: dict[str, Any], fixed: Mapping[str, Any], folder: Path, shown: Any,
-    html: bool, max_file_bytes: int, max_total_bytes: int,
+    options: Mapping[str, Any], max_file_bytes: int, max_total_bytes: int,
 ) -> PointResult:
     record = {"sweep": {"run_id": rid, "point": point, "outputs": str(shown)}}
     done = _collect(folder, rid, point, str(shown), max_file_bytes, max_total_bytes)
     if done.ok and _same_parameters((done.provenance or {}).get("parameters"), {**fixed, **point}):
         return done  # finished meanwhile (another sweep into the same folder): not run twice
     try:
-        execute_notebook(notebook, folder, {**fixed, **point}, html=html, required=[SUMMARY_FILE], record=record)
+        execute_notebook(notebook, folder, {**fixed, **point}, required=[SUMMARY_FILE], record=record, **options)
     except RunFolderBusyError as error:
         return PointResult(rid, point, "busy", str(error), outputs=str(shown))
     except NotebookRunError:
@@ -257,14 +259,14 @@ def _run_local(
 
 def _run_to_url(
     notebook: Path, rid: str, point: dict[str, Any], fixed: Mapping[str, Any], url: str,
-    html: bool, max_file_bytes: int, max_total_bytes: int,
+    options: Mapping[str, Any], max_file_bytes: int, max_total_bytes: int,
 ) -> PointResult:
     import fsspec
 
     scratch = Path(tempfile.mkdtemp(prefix="mao_lab-point-"))
     try:
         folder = scratch / rid
-        result = _run_local(notebook, rid, point, fixed, folder, url, html, max_file_bytes, max_total_bytes)
+        result = _run_local(notebook, rid, point, fixed, folder, url, options, max_file_bytes, max_total_bytes)
         if result.status != "busy":
             fs, remote = fsspec.core.url_to_fs(url)
             fs.makedirs(remote, exist_ok=True)
@@ -374,6 +376,7 @@ def run_sweep(
     on_result: Callable[[PointResult], None] | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    cell_timeout: float | None = None,
 ) -> pd.DataFrame:
     """Run ``notebook`` at every point of ``grid`` (plus the ``fixed`` parameters) and tabulate the results.
 
@@ -391,6 +394,8 @@ def run_sweep(
             points already finished, read from ``out_dir``); a study can gather tables from it.
         max_file_bytes, max_total_bytes: the small files that come back through the future: JSON,
             Parquet and CSV files up to ``max_file_bytes`` each and ``max_total_bytes`` per point.
+        cell_timeout: seconds one notebook cell may run; a point past it fails with that reason
+            (``None``: no limit).
 
     Returns one row per point of this ``grid``, in grid order, and saves the folder's whole table as
     ``out_dir/sweep.parquet`` (the same rows, then those of points from earlier calls with other grids,
@@ -429,6 +434,8 @@ def run_sweep(
     target = str(outputs) if outputs is not None else str(out)
     if _is_url(target):
         _check_url(target)
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0):
+        raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
     out.mkdir(parents=True, exist_ok=True)
     if not _is_url(target):
         target = str(Path(target).resolve())
@@ -448,7 +455,7 @@ def run_sweep(
     _save_table(out, rows, ids, list(grid))
 
     text = notebook.read_text(encoding="utf-8")
-    options = {"html": html, "max_file_bytes": max_file_bytes, "max_total_bytes": max_total_bytes}
+    options = {"html": html, "max_file_bytes": max_file_bytes, "max_total_bytes": max_total_bytes, "cell_timeout": cell_timeout}
 
     def finish(result: PointResult) -> None:
         result = _store(out / result.run_id, result, target)
@@ -719,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers")
     parser.add_argument("--dashboard", action="store_true", help="with --workers: serve Dask's dashboard on 127.0.0.1:8787")
     parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tls://... or an SSH-tunnelled tcp://127.0.0.1:...)")
+    parser.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS", help="fail a point whose notebook cell runs longer")
     parser.add_argument("--tls", nargs=3, default=None, metavar=("CA", "CERT", "KEY"), help="files for a tls:// scheduler")
     args = parser.parse_args(argv)
     try:
@@ -729,6 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
         if args.workers and args.scheduler:
             raise ValueError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+        if args.cell_timeout is not None and not args.cell_timeout > 0:
+            raise ValueError(f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout}")
         if "smoke" in grid:
             raise ValueError("smoke is set by --smoke, not swept")
         fixed["smoke"] = args.smoke
@@ -744,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         client = Client(local_cluster(args.workers, dashboard=args.dashboard))
     try:
-        table = run_sweep(notebook, grid, args.out, fixed=fixed, client=client, outputs=args.outputs)
+        table = run_sweep(notebook, grid, args.out, fixed=fixed, client=client, outputs=args.outputs, cell_timeout=args.cell_timeout)
     finally:
         if client is not None:
             cluster = client.cluster

@@ -671,14 +671,25 @@ def test_a_worker_cannot_write_outside_the_points_folder(tmp_path: Path) -> None
         ({"outputs": "nope://bucket/sweep"}, "fsspec knows no protocol 'nope'"),
         ({"max_file_bytes": -1}, "max_file_bytes must be a non-negative int"),
         ({"max_total_bytes": 1.5}, "max_total_bytes must be a non-negative int"),
+        ({"cell_timeout": 0}, "cell_timeout must be a positive number"),
     ],
-    ids=["unknown-url-protocol", "negative-size-limit", "float-size-limit"],
+    ids=["unknown-url-protocol", "negative-size-limit", "float-size-limit", "zero-timeout"],
 )
 def test_bad_sweep_options_are_refused_before_anything_runs(tmp_path: Path, options: dict, message: str) -> None:
     notebook = tiny_notebook(tmp_path)
     with pytest.raises(ValueError, match=message):
         run_sweep(notebook, {"x": [1.0]}, tmp_path / "sweep", progress=False, **options)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_hanging_notebook_fails_its_point_at_the_cell_time_limit(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    fixed = {"faults": faults_file(tmp_path, {"2.0": "ok"})}
+    started = time.time()
+    table = run_sweep(notebook, {"x": [1.0], "sleep": [0.0, 600.0]}, tmp_path / "sweep", fixed=fixed, cell_timeout=5,
+                      progress=False, html=False)
+    assert list(table["status"]) == ["ok", "failed"] and "ran past the time limit" in table.loc[1, "error"]
+    assert time.time() - started < 300
 
 
 def test_a_full_disk_on_the_client_fails_that_point_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
