@@ -239,6 +239,10 @@ def test_worst_final_task_uses_the_last_step() -> None:
     })
     assert quickstart.q1.check("task0", curves).correct
     assert quickstart.q1.check("task1", curves).mistake == "wrong_choice"
+    renamed = curves.rename(columns={"normalised_test_mse": "normalised_test_loss"})  # the notebook's newer name
+    assert quickstart.q1.check("task0", renamed).correct
+    with pytest.raises(ValueError, match="lacks the column"):
+        quickstart.q1.check("task0", curves.drop(columns="normalised_test_mse"))
 
 
 def test_steadiest_method_and_most_imbalanced() -> None:

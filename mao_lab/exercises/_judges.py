@@ -39,16 +39,17 @@ def _task_prefix(label: object) -> str:
 
 def worst_final_task(answer: Any, curves: pd.DataFrame, method: str = "Adam on the sum") -> Feedback:
     """Which task has the largest normalised test error at the last step under ``method`` (notebook 00)."""
-    require_columns(curves, ["method", "step", "task", "normalised_test_mse"], "curves")
+    value = next((c for c in ("normalised_test_loss", "normalised_test_mse") if c in curves.columns), "normalised_test_loss")
+    require_columns(curves, ["method", "step", "task", value], "curves")
     rows = curves[curves["method"] == method]
     if rows.empty:
         raise ValueError(f"curves has no rows for method {method!r}; it has {sorted(curves['method'].unique())}")
     last = rows[rows["step"] == rows["step"].max()]
-    worst = last.loc[last["normalised_test_mse"].idxmax()]
+    worst = last.loc[last[value].idxmax()]
     tasks = sorted({_task_prefix(t) for t in rows["task"]})
     return choice_feedback(
         answer, _task_prefix(worst["task"]), tasks,
-        f"Its normalised test error at the last step is {worst['normalised_test_mse']:.3g}, the largest under {method}.",
+        f"Its normalised test error at the last step is {worst[value]:.3g}, the largest under {method}.",
         "Adam normalises the summed gradient, which the task with the largest σ dominates. Which task does that leave?",
     )
 
