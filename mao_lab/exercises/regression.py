@@ -16,7 +16,7 @@ q1 = Exercise(
 )
 
 q2 = Exercise(
-    "Change and check: keep `before = ownership`, set `sigma_range = [1.0, 1.0]`, run the notebook again, then "
+    "Change and check: keep `before = ownership.copy()`, set `sigma_range = [1.0, 1.0]`, run the notebook again, then "
     "predict whether the owner's share of trunk.0 under the sum got \"smaller\" or \"larger\": "
     "`q2.check(\"smaller\", before, ownership)`",
     owner_share_direction,
