@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,6 +109,19 @@ def server(command: list[str], url: str, log: Path, cwd: Path, env: dict[str, st
             os.killpg(process.pid, 9)
 
 
+def refuses_without_token(url: str) -> bool:
+    """Does the server refuse ``url`` (no token) — an error status or a redirect to its login page?"""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            return None
+
+    try:
+        with urllib.request.build_opener(NoRedirect).open(url, timeout=10) as response:
+            return response.status >= 300
+    except urllib.error.HTTPError as error:
+        return error.code in (301, 302, 303, 307, 401, 403)
+
+
 def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
     """Copies of the notebooks with their smoke parameters injected (as papermill does), outputs under ``work``."""
     import nbformat
@@ -184,7 +198,7 @@ def controls_of(area):  # noqa: ANN001 - a Playwright locator
 
 def change(kind: str, control, page) -> str:  # noqa: ANN001
     """Change one control as a person would; returns what was done (empty when nothing could change)."""
-    if control.is_disabled() if kind in ("dropdown", "multiple", "text", "button") else False:
+    if kind in ("dropdown", "multiple", "text", "button") and control.is_disabled():
         return ""
     if kind == "dropdown":
         options = control.locator("option")
@@ -266,8 +280,6 @@ def exercise_widgets(page, areas, result: Result, label: str) -> None:  # noqa: 
         for kind, control in controls_of(area):
             if kind == "button" and run is not None and control.inner_text().strip() == "Run":
                 continue  # pressed after each change below; counted with the control it serves
-            if kind == "button" and control.inner_text().strip() in ("Find runs",):
-                continue
             result.controls += 1
             before = signature(area)
             done = change(kind, control, page)
@@ -429,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             with server(lab, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab.log", work, env):
+                if not refuses_without_token(f"{base}/api/contents"):
+                    results.append(Result("JupyterLab token", problems=["JupyterLab answers without the token"]))
                 for copy in copies:
                     print(f"{copy.stem} …", flush=True)
                     try:
@@ -446,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                 ]  # fmt: skip
                 url = f"http://127.0.0.1:{app_port}/?token={token}"
                 with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", {**env, "MAO_LAB_RUNS": str(runs)}):
+                    if not refuses_without_token(f"http://127.0.0.1:{app_port}/"):
+                        results.append(Result("Voilà token", problems=["the explorer app answers without the token"]))
                     try:
                         results.append(check_app(page, url))
                     except Exception as error:  # noqa: BLE001
