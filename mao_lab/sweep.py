@@ -483,14 +483,31 @@ def run_sweep(
                 try:
                     result = future.result()
                 except Exception as error:  # noqa: BLE001 - a killed worker (KilledWorker), a lost connection
-                    result = PointResult(rid, point, "failed", f"the Dask worker running this point died or was lost: {type(error).__name__}: {error}",
-                                         outputs=f"{target}/{rid}")
+                    result = _lost_point(out / rid, rid, point, fixed, target, error, max_file_bytes, max_total_bytes)
                 finish(result)
                 bar.update()
     finally:
         bar.close()
     table = _save_table(out, _scan_rows(out, rows), ids, list(grid))
     return table[table["run_id"].isin(set(ids))].reset_index(drop=True)
+
+
+def _lost_point(
+    folder: Path, rid: str, point: dict[str, Any], fixed: Mapping[str, Any], target: str, error: BaseException,
+    max_file_bytes: int, max_total_bytes: int,
+) -> PointResult:
+    """What to record when a point's Dask future raised instead of returning.
+
+    A worker writes a local target's folder itself, so the run may well have finished there and only its
+    reply been lost (the worker that held the result died before the client fetched it). The folder is the
+    truth: a finished run of these parameters is kept as it is, never overwritten by a failure.
+    """
+    if not _is_url(target):
+        done = _collect(folder, rid, point, str(folder), max_file_bytes, max_total_bytes)
+        if done.ok and _same_parameters((done.provenance or {}).get("parameters"), {**fixed, **point}):
+            return done
+    return PointResult(rid, point, "failed", f"the Dask worker running this point died or was lost: {type(error).__name__}: {error}",
+                       outputs=f"{target}/{rid}")
 
 
 def _check_sweep_parameters(notebook: Path, points: list[dict[str, Any]], grid: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:

@@ -731,6 +731,48 @@ def test_a_dead_kernel_and_a_killed_worker_on_dask_fail_their_points_only(tmp_pa
     assert list(run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, progress=False, html=False)["status"]) == ["ok"] * 4
 
 
+class _ReplyLost:
+    """A Dask future whose point ran to the end on the worker, but whose reply never reached the client."""
+
+    def __init__(self, result: object, lost: bool) -> None:
+        self._result, self._lost = result, lost
+
+    def result(self) -> object:
+        if self._lost:
+            raise RuntimeError("the worker holding this result died before the client fetched it")
+        return self._result
+
+
+class _ClientLosingReplies:
+    """Runs each point at once, in this process, then loses the replies of the points in ``lost``."""
+
+    def __init__(self, lost: set[float]) -> None:
+        self.lost = lost
+
+    def submit(self, function, *args, **kwargs) -> _ReplyLost:  # noqa: ANN001
+        kwargs.pop("pure", None)
+        result = function(*args, **kwargs)
+        return _ReplyLost(result, args[2]["x"] in self.lost)
+
+
+def test_a_finished_point_whose_reply_was_lost_stays_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen on CI: the worker that held x=1.0's result was killed by another point before the client fetched
+    # it. The point's folder was complete, yet the sweep recorded a failure and wrote failure.json into it.
+    import dask.distributed
+
+    monkeypatch.setattr(dask.distributed, "as_completed", lambda futures: iter(list(futures)))
+    notebook = tiny_notebook(tmp_path)
+    out = tmp_path / "sweep"
+    fixed = {"faults": faults_file(tmp_path, {"2.0": "raise"})}
+    table = run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, client=_ClientLosingReplies({1.0, 2.0}), progress=False, html=False)
+    assert list(table["status"]) == ["ok", "failed"]
+    assert not (out / "x=1.0" / "failure.json").exists() and (out / "x=1.0" / "summary.json").exists()
+    assert "worker running this point died or was lost" in table.loc[1, "error"]  # nothing finished there: a failure
+    finished = snapshot(out / "x=1.0")
+    rerun = run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, client=_ClientLosingReplies({1.0}), progress=False, html=False)
+    assert list(rerun["status"]) == ["ok", "failed"] and snapshot(out / "x=1.0") == finished
+
+
 def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_points(tmp_path: Path) -> None:
     notebook = tiny_notebook(tmp_path)
     out, log = tmp_path / "sweep", tmp_path / "log.txt"
