@@ -164,6 +164,20 @@ def test_landscape_playground_runs_without_a_front_end() -> None:
     assert "0.5" in playground.static_figure().layout.title.text
 
 
+def test_typing_a_free_scale_uses_it_and_changed_settings_say_the_figures_are_old() -> None:
+    # Found by the browser test: with the "0.1" preset chosen, a typed scale changed nothing on Run.
+    frame = landscape_trajectories(["mean"], steps=10, record_every=5, progress=False)
+    playground = LandscapePlayground(["mean"], steps=50, trajectories=frame)
+    assert playground.status.value == ""
+    playground.scale.value = "0.1"
+    assert "press Run" in playground.status.value
+    playground.free_scale.value = 2.0
+    assert playground.scale.value == "free" and playground.l1_scale == 2.0
+    playground.steps.value = 50
+    assert playground.run()["l1_scale"].unique().tolist() == [2.0]
+    assert playground.status.value.startswith("done")
+
+
 # -- 02 · imbalanced regression ----------------------------------------------------------------------
 
 

@@ -103,6 +103,10 @@ class LandscapePlayground(_Playground):
         self.parameter_view, self.loss_view, self.table_view = widgets.Output(), widgets.Output(), widgets.Output()
         self.tol, self.record_every = tol, record_every
         self.button.on_click(lambda _: self.run())
+        # Typing a scale means "use this scale": a value typed while a preset is chosen would otherwise do nothing.
+        self.free_scale.observe(lambda _: setattr(self.scale, "value", "free"), names="value")
+        for control in (self.methods, self.scale, self.free_scale, self.eps, self.lr, self.steps):
+            control.observe(lambda _: self._mark_out_of_date(), names="value")
         controls = widgets.VBox([
             widgets.HBox([self.methods, widgets.VBox([self.scale, self.free_scale, self.eps])]),
             widgets.HBox([self.lr, self.steps, self.button, self.status]),
@@ -135,6 +139,11 @@ class LandscapePlayground(_Playground):
         self._show(frame)
         self.status.value = f"done in {time.perf_counter() - started:.1f} s"
         return frame
+
+    def _mark_out_of_date(self) -> None:
+        """Runs take seconds, so they wait for *Run*; say meanwhile that the figures show older settings."""
+        if self.trajectories is not None:
+            self.status.value = "settings changed: the figures show the last run; press Run to redraw"
 
     def _show(self, frame: pd.DataFrame) -> None:
         self.trajectories = frame
