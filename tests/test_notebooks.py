@@ -49,6 +49,7 @@ SUMMARY_KEYS = {
     "02_imbalanced_regression": {"largest_sigma_task_min_share", "mean_imbalance", "layer_owner", "worst_normalised_test_mse"},
     "03_multimnist": {"delta_m_percent", "best_delta_m_method", "largest_share_per_shared_layer", "mean_imbalance"},
     "04_balance_explorer": {"runs", "mean_imbalance", "most_imbalanced_run", "least_imbalanced_run"},
+    "05_claims": {"verdicts", "smoke", "seeds", "tables", "parts"},
 }
 
 

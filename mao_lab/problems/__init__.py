@@ -22,7 +22,9 @@ from ._landscape import (
 from ._model import MultiTaskNet, seeded_init
 from ._multimnist import (
     DEFAULT_MULTIMNIST_PATH,
+    MULTIMNIST_SHA256,
     MULTIMNIST_TASKS,
+    DataIntegrityError,
     MultiMNIST,
     MultiMNISTTask,
     TaskMetric,
@@ -39,9 +41,11 @@ from ._regression import ImbalancedRegression, geometric_sigmas, regression_mode
 
 __all__ = [
     "DEFAULT_MULTIMNIST_PATH",
+    "DataIntegrityError",
     "ImbalancedRegression",
     "LANDSCAPE_EPS",
     "LANDSCAPE_STARTS",
+    "MULTIMNIST_SHA256",
     "MULTIMNIST_TASKS",
     "MultiMNIST",
     "MultiMNISTTask",
