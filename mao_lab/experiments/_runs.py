@@ -48,10 +48,9 @@ def find_run_dirs(patterns: str | os.PathLike[str] | Iterable[str | os.PathLike[
     >>> from mao_lab.recorder import save_run
     >>> from mao_lab.recorder._frame import empty_frame
     >>> root = Path(tempfile.mkdtemp())
-    >>> for name in ("a/runs/mao", "b/runs/mao"):
-    ...     _ = save_run(root / name, empty_frame(), {})
-    >>> sorted(find_run_dirs([root]))
-    ['a/mao', 'b/mao']
+    >>> runs = [save_run(root / name, empty_frame(), {}) for name in ("a/runs/mao", "b/runs/mao")]
+    >>> sorted(find_run_dirs([root])), list(find_run_dirs([root / "a" / "runs" / "mao"]))
+    (['a/mao', 'b/mao'], ['mao'])
     """
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]

@@ -30,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._observe import StepRecord
 from ._frame import imbalance_index, module_of
-from ._recorder import NamedParameters, Observable, _parameter_names
+from ._recorder import NamedParameters, Observable, _parameter_names, _Watcher
 
 __all__ = ["BalanceMonitor"]
 
@@ -40,7 +40,7 @@ _PALETTE = (
 )  # fmt: skip
 
 
-class BalanceMonitor:
+class BalanceMonitor(_Watcher):
     """Show each shared layer's task shares and imbalance index live, refreshed every ``every`` steps or more.
 
     Args:
@@ -262,18 +262,12 @@ class BalanceMonitor:
         mean = kept.groupby(["layer", "task"], sort=False)[["share", "imbalance"]].mean().reset_index()
         return mean.assign(run=self.label)[["run", "layer", "task", "share", "imbalance"]]
 
-    def attach(self) -> BalanceMonitor:
-        """Start (again) watching the method; a no-op when attached.  Time detached is not counted."""
-        if self._handle is None:
-            self._last_call = None
-            self._handle = self.method.add_observer(self)
-        return self
+    def _started(self) -> None:
+        self._last_call = None  # time spent detached is not the steps' time
 
     def close(self) -> None:
         """Stop watching (the figure and the numbers stay); :meth:`attach` resumes."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        self.detach()
 
     def __enter__(self) -> BalanceMonitor:
         return self

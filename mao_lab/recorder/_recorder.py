@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, Self, Union
 
 import numpy as np
 import pandas as pd
@@ -67,13 +67,43 @@ class Observable(Protocol):
 NamedParameters = Union[nn.Module, Mapping[str, Tensor], Iterable[tuple[str, Tensor]]]
 
 
+class _Watcher:
+    """What every observer of a method shares: it is added to the method at most once, and can be removed.
+
+    Subclasses set ``self.method`` and ``self._handle = None``; :meth:`_started` runs on each new attach.
+    """
+
+    method: Observable
+    _handle: RemovableHandle | None
+
+    def _started(self) -> None:
+        """Called each time watching (re)starts; nothing to do by default."""
+
+    def attach(self) -> Self:
+        """Start (again) watching the method; a no-op when already attached."""
+        if self._handle is None:
+            self._started()
+            self._handle = self.method.add_observer(self)  # type: ignore[arg-type] - subclasses are StepObservers
+        return self
+
+    def detach(self) -> None:
+        """Stop watching the method; what was seen so far is kept."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
+
 def _method_label(method: object) -> str:
     name = getattr(method, "name", "")
     kind = type(method).__name__
     return f"{name!r} ({kind})" if isinstance(name, str) and name else kind
 
 
-class Recorder:
+class Recorder(_Watcher):
     """Record per-task, per-layer gradient and update magnitudes of every ``every``-th training step.
 
     One line attaches it; the training loop does not change::
@@ -190,23 +220,7 @@ class Recorder:
         self._handle: RemovableHandle | None = None
         self.attach()
 
-    # -- attaching ---------------------------------------------------------------------------------
-
-    def attach(self) -> Recorder:
-        """Start (again) watching the method; a no-op when already attached."""
-        if self._handle is None:
-            self._handle = self.method.add_observer(self)
-        return self
-
-    def detach(self) -> None:
-        """Stop watching the method; what was recorded is kept."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    @property
-    def attached(self) -> bool:
-        return self._handle is not None
+    # -- attaching (attach, detach, attached: from _Watcher) ---------------------------------------
 
     def close(self) -> None:
         """Detach, and with a ``run_dir``, save everything recorded there."""

@@ -22,6 +22,7 @@ from ._figures import (
     validation_curve,
     validation_curve_figure,
 )
+from . import _figures
 from ._ledger import ledger_markdown, load_ledger, write_ledger
 from ._runs import RunTables, run_config, run_point
 from ._study import POINT_NOTEBOOK, StudyError, load_study, provenance, run_study, summarise
@@ -38,16 +39,7 @@ from ._stats import (
 )
 
 __all__ = [
-    "ClaimsExplorer",
-    "balance_figure",
-    "claim_figure",
-    "compute_figure",
-    "delta_m_figure",
-    "final_table",
-    "learning_rate_figure",
-    "spread_figure",
-    "validation_curve",
-    "validation_curve_figure",
+    *_figures.__all__,  # the figures and the explorer, listed once where they are defined
     "BALANCE_THRESHOLD",
     "CLAIMS",
     "POINT_NOTEBOOK",
