@@ -16,6 +16,7 @@ METHOD_LABELS: dict[str, str] = {
     "ius": "IUS",
     "mao": "MAO",
     "mgda": "MGDA",
+    "mgda_fw": "MGDA (Frank-Wolfe)",
     "pcgrad": "PCGrad",
     "upgrad": "UPGrad",
     "cagrad": "CAGrad",
@@ -30,8 +31,8 @@ METHOD_LABELS: dict[str, str] = {
 def method_label(method: str) -> str:
     """The readable name of a method (:data:`METHOD_LABELS`), or its registry name.
 
-    >>> method_label("mgda"), method_label("single-task"), method_label("rlw")
-    ('MGDA', 'single task (Adam)', 'rlw')
+    >>> method_label("mgda"), method_label("mgda_fw"), method_label("single-task"), method_label("rlw")
+    ('MGDA', 'MGDA (Frank-Wolfe)', 'single task (Adam)', 'rlw')
     """
     return METHOD_LABELS.get(method, method)
 
