@@ -125,6 +125,68 @@ def test_two_tasks_closed_form() -> None:
         np.testing.assert_allclose(weights_of(np.stack([g1, g2])), [t, 1 - t], atol=1e-12)
 
 
+def _two_task_cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(6)
+    h = rng.standard_normal(6)
+    h -= (h @ g) / (g @ g) * g  # orthogonal to g
+    return {
+        "identical": np.stack([g, g]),
+        "opposite, equal norms": np.stack([g, -g]),
+        "opposite, norms 1:7": np.stack([g, -7.0 * g]),
+        "same direction, norms 1:3": np.stack([3.0 * g, g]),  # the shorter one alone is optimal
+        "one zero": np.stack([np.zeros(6), g]),
+        "orthogonal, norms 1:100": np.stack([g, 100.0 * h / np.linalg.norm(h) * np.linalg.norm(g)]),
+        "nearly identical": np.stack([g, g + 1e-6 * h]),
+        "obtuse, very different norms": np.stack([1e-4 * g, -g + 2.0 * h]),
+        "random ill-conditioned": conflicting_ill_conditioned(rng, 2, 6, 1e5),
+    }
+
+
+@pytest.mark.parametrize("case", list(_two_task_cases()))
+def test_two_task_fast_path_matches_brute_force_over_a_fine_grid(case: str) -> None:
+    """Two tasks take a closed form (no Wolfe loop): on the cases where a formula's division, clamp or
+    round-off could go wrong, the direction is as short as the best of 2,000,001 evenly spaced weightings
+    (and within the distance that bound implies), and the weights are those of the exact optimum."""
+    jacobian = _two_task_cases()[case]
+    weights = weights_of(jacobian)
+    assert weights.min() >= 0.0 and abs(weights.sum() - 1.0) < 1e-15
+    d = weights @ jacobian
+    gamma = np.linspace(0.0, 1.0, 2_000_001)[:, None]
+    grid = gamma * jacobian[0] + (1.0 - gamma) * jacobian[1]
+    values = np.square(grid).sum(axis=1)
+    best = int(np.argmin(values))
+    scale = np.square(jacobian).sum(axis=1).max()
+    assert d @ d <= values[best] + 1e-13 * scale
+    assert np.square(grid[best] - d).sum() <= values[best] - d @ d + 1e-13 * scale
+    if case == "identical":
+        np.testing.assert_array_equal(weights, [0.5, 0.5])  # every weighting is optimal: the least-norm one
+    if case.startswith("opposite"):
+        ratio = np.linalg.norm(jacobian[1]) / np.linalg.norm(jacobian[0])  # w1 |g1| = w2 |g2| puts d at 0
+        np.testing.assert_allclose(weights, [ratio / (1 + ratio), 1 / (1 + ratio)], atol=1e-14)
+        np.testing.assert_allclose(d, 0.0, atol=1e-14 * np.sqrt(scale))
+    if case == "same direction, norms 1:3":
+        np.testing.assert_allclose(weights, [0.0, 1.0], atol=1e-15)
+
+
+def test_two_task_fast_path_agrees_with_wolfe_and_on_gram_matrices_of_float32_gradients() -> None:
+    """The closed form and the general active-set solver (run here on the same Gram matrix) give the same
+    weights, and a float32 Gram matrix of identical gradients still gives the least-norm (1/2, 1/2)."""
+    from mao_lab.methods._min_norm import _least_norm_optimal, _wolfe
+
+    rng = np.random.default_rng(21)
+    for _ in range(100):
+        jacobian = conflicting_ill_conditioned(rng, 2, 8, 10.0 ** rng.uniform(0, 6))
+        gram = jacobian @ jacobian.T
+        gram = gram / np.diag(gram).max()
+        np.testing.assert_allclose(weights_of(jacobian), _least_norm_optimal(gram, _wolfe(gram)), atol=1e-10)
+    same = torch.randn(2, 1000, generator=torch.Generator().manual_seed(0))[:1].expand(2, -1)
+    assert min_norm_weights(same @ same.T).tolist() == [0.5, 0.5]
+    # Identical gradients whose Gram matrix carries round-off (a diagonal entry one ulp off): still (1/2, 1/2).
+    rounded = torch.tensor([[1.0 + 2.0**-52, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    assert min_norm_weights(rounded).tolist() == [0.5, 0.5]
+
+
 # -- KKT conditions up to 16 tasks ----------------------------------------------------------------------
 
 

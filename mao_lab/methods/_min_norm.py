@@ -15,7 +15,8 @@ gradients it can stop far from the min-norm point (``python -m mao_lab.bench mgd
 Here the programme is solved exactly by Wolfe's nearest-point algorithm (Wolfe 1976, "Finding the
 nearest point in a polytope"), an active-set method that works on the Gram matrix alone, keeps its
 working set affinely independent (so rank-deficient and duplicated gradients need no ridge), and ends
-after finitely many steps on the optimal face.  The solve runs in float64 on the CPU: the programme has
+after finitely many steps on the optimal face; two tasks take the closed form
+``gamma = clamp(<g2, g2 - g1> / |g1 - g2|^2, 0, 1)`` instead.  The solve runs in float64 on the CPU: the programme has
 only ``T`` variables.  The Gram matrix itself is formed in the gradients' dtype by default, as TorchJD
 does (forming it is the costly part: ``T^2 n`` multiply-adds); ``gramian_dtype=torch.float64`` forms it
 in float64 instead, which matters when the gradients nearly cancel (a float32 Gram matrix carries errors
@@ -209,14 +210,33 @@ def _checked_gramian(gramian: Tensor) -> np.ndarray:
 
 
 def _solve(gram: np.ndarray) -> np.ndarray:
-    """Wolfe's nearest-point algorithm on the Gram matrix, then the canonical choice among optimal weights."""
+    """Wolfe's nearest-point algorithm on the Gram matrix, then the canonical choice among optimal weights
+    (two tasks in closed form)."""
     size = gram.shape[0]
     scale = float(np.diag(gram).max())
     if size == 1 or scale == 0.0:  # one task, or every gradient is zero: every weighting is optimal
         return np.full(size, 1.0 / size)
     gram = gram / scale
+    if size == 2:
+        return _two_tasks(gram)
     weights = _wolfe(gram)
     return _least_norm_optimal(gram, weights)
+
+
+def _two_tasks(gram: np.ndarray) -> np.ndarray:
+    """Two tasks in closed form: ``w = (gamma, 1 - gamma)`` with ``gamma = clamp(<g2, g2 - g1> / |g1 - g2|^2, 0, 1)``.
+
+    The minimum of ``|gamma g1 + (1 - gamma) g2|^2``, a parabola in ``gamma``, clamped to the segment;
+    read off the Gram matrix (``|g1 - g2|^2 = G11 + G22 - 2 G12``).  It skips Wolfe's loop, whose
+    overhead is most of a two-task step's solve.  Where ``|g1 - g2|^2`` is round-off (identical
+    gradients) every weighting gives the same direction, and ``(1/2, 1/2)`` is the least-norm one.
+    """
+    toward_first = gram[1, 1] - gram[0, 1]  # <g2, g2 - g1>
+    gap = gram[0, 0] + gram[1, 1] - 2.0 * gram[0, 1]  # |g1 - g2|^2
+    if gap <= _ROUND_OFF * (gram[0, 0] + gram[1, 1]):
+        return np.full(2, 0.5)
+    gamma = float(np.clip(toward_first / gap, 0.0, 1.0))
+    return np.array([gamma, 1.0 - gamma])
 
 
 def _wolfe(gram: np.ndarray) -> np.ndarray:
