@@ -18,11 +18,12 @@ mao_lab.notebook.NotebookParameterError: bad notebook parameter `steps` = 0: it 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -40,6 +41,7 @@ __all__ = [
     "check_choices",
     "check_positive",
     "check_positive_int",
+    "display_live",
     "setup_plotly",
     "smoke_note",
     "validate_parameters",
@@ -51,7 +53,18 @@ SMOKE_NOTE = "smoke setting: these numbers mean nothing (a few steps on a little
 
 
 class NotebookParameterError(ValueError):
-    """A notebook parameter has a bad value; the message names it."""
+    """A notebook parameter has a bad value; the message names it.
+
+    In a notebook it shows as that one line: a traceback would show only the checks' own code, and its
+    examples of other parameters would send a reader after a parameter that is fine.  (IPython calls an
+    exception's ``_render_traceback_`` for the lines it shows; papermill still fails the run with the message.)
+
+    >>> NotebookParameterError("bad notebook parameter `steps` = -5: it must be a positive integer")._render_traceback_()
+    ['\\x1b[0;31mNotebookParameterError\\x1b[0m: bad notebook parameter `steps` = -5: it must be a positive integer']
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
 def check(condition: bool, name: str, value: object, requirement: str) -> None:
@@ -177,6 +190,60 @@ def setup_plotly() -> None:
     import plotly.io as pio
 
     pio.renderers.default = "plotly_mimetype+notebook"
+
+
+class LiveView(Protocol):
+    """A live widget with a static copy of its current view: the lab's playgrounds and explorers."""
+
+    widget: Any
+
+    def static_figure(self) -> Any: ...
+
+
+def display_live(live: LiveView) -> Any:
+    """Display ``live.widget`` and, under it, a static copy of its first view for the notebook's HTML export.
+
+    Widgets are inert in an HTML export, so the copy is what a reader of the export sees.  In a browser
+    with a live kernel the copy would stay on screen beside the live figure and disagree with it after
+    the first change; so the widget carries a tiny signal that a browser sets when it draws the widget,
+    and the copy is then removed.  A headless run (papermill) draws nothing: the copy stays for the export.
+
+    Returns the static figure (to save it with :meth:`ResultsFolder.save_figure`).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    figure = live.static_figure()
+    signal = _render_signal_class()()
+    display(widgets.VBox([live.widget, signal]))
+    # The figure's bundle rather than the figure: a plotly figure displays itself and would drop the display id.
+    copy = display(figure._repr_mimebundle_(), raw=True, display_id=True)
+    signal.observe(lambda change: copy.update({"text/plain": ""}, raw=True) if change["new"] else None, names="rendered")
+    return figure
+
+
+_RENDER_SIGNAL_JS = """
+export default {
+  render({ model }) {
+    // Drawn in a browser: the kernel removes the static copy that was displayed for the HTML export.
+    model.set("rendered", true);
+    model.save_changes();
+  }
+};
+"""
+
+
+@functools.cache
+def _render_signal_class() -> type:
+    """A widget that draws nothing and whose ``rendered`` becomes true when a browser draws it."""
+    import anywidget
+    import traitlets
+
+    class RenderSignal(anywidget.AnyWidget):
+        _esm = _RENDER_SIGNAL_JS
+        rendered = traitlets.Bool(False).tag(sync=True)
+
+    return RenderSignal
 
 
 def _has_pyarrow() -> bool:

@@ -50,6 +50,7 @@ from ._landscape import (
 from ._landscape_figures import distance_figure, loss_space_figure, parameter_space_figure, rescaling_figure
 from ._multimnist import MULTIMNIST_TASK_NAMES, compare_on_multimnist, train_multimnist, train_single_task
 from ._regression import compare_methods, final_losses, train_with_recorder
+from ._run_origins import origin_names
 from ._runs import find_run_dirs, is_run_dir, load_balance_runs
 from ._summaries import explorer_summary, findings_markdown, landscape_summary, multimnist_summary, regression_summary
 from ._training import TrainingRun, index_batches, tensor_batches, train
@@ -98,6 +99,7 @@ __all__ = [
     "module_level",
     "multimnist_results",
     "multimnist_summary",
+    "origin_names",
     "ownership_figure",
     "parameter_space_figure",
     "pareto_stationary_arc",

@@ -1,12 +1,15 @@
 """Plotly figures of the shared analyses (:mod:`mao_lab.experiments`): ownership, magnitudes, imbalance, Delta_m.
 
 Methods are shown by their readable names (:func:`~mao_lab.experiments.method_label`) and keep one colour
-across a figure.
+across a figure.  Figures with a line per run or method give each one its own colour and dash
+(:func:`line_styles`), so that no two lines look alike however many runs are open.  Titles are written to fit
+a figure as wide as JupyterLab's notebook (long ones on two lines).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -35,18 +38,70 @@ def _label(run: str, labels: Mapping[str, str] | None) -> str:
 
 
 PALETTE: list[str] = qualitative.Plotly + qualitative.D3
+"""Twenty distinct colours: plotly's ten, then D3's ten."""
+
+DASHES: tuple[str, ...] = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+"""Line dashes, combined with :data:`PALETTE` once its colours are used up."""
+
+
+def line_styles(count: int) -> list[dict[str, str]]:
+    """``count`` line styles (``color`` and ``dash``), no two alike for up to ``len(PALETTE) * len(DASHES)`` lines.
+
+    The first twenty lines get twenty colours, solid; then the colours come round again, dashed, and so on.
+
+    >>> [(style["color"], style["dash"]) for style in line_styles(22)[19:]]
+    [('#17BECF', 'solid'), ('#636EFA', 'dash'), ('#EF553B', 'dash')]
+    """
+    return [{"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]} for i in range(count)]
 
 
 def _colors(methods: Sequence[str]) -> dict[str, str]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
 
 
+# A line at 0 (a balanced run, MAO's) would lie on the x axis and vanish under it: the range starts a little
+# below 0, without plotly's white zero line, and the lines are thick enough to see beside each other.
+IMBALANCE_RANGE = [-0.05, 1.05]
+LINE_WIDTH = 3
+
+
+def _lowest_on_top(means: Sequence[float]) -> list[int]:
+    """The drawing order: the lines with the highest mean first, so that lines near 0 are drawn last, on top."""
+    return sorted(range(len(means)), key=lambda i: -means[i])
+
+
+def wrap_title(text: str, width: int) -> str:
+    """``text`` on lines of at most ``width`` characters (``<br>`` between them), broken after `` /_-``.
+
+    A single word longer than ``width`` keeps its own line.
+
+    >>> wrap_title("uncertainty weighting", 16)
+    'uncertainty<br>weighting'
+    >>> wrap_title("02_imbalanced_regression/sum", 16)
+    '02_imbalanced_<br>regression/sum'
+    """
+    lines: list[str] = []
+    for token in re.split(r"(?<=[ /_-])", text):
+        if lines and len(lines[-1]) + len(token.rstrip()) <= width:
+            lines[-1] += token
+        else:
+            lines.append(token)
+    return "<br>".join(line.rstrip() for line in lines)
+
+
 def _run_panels(runs: list[str], labels: Mapping[str, str] | None) -> tuple[go.Figure, int, int]:
-    """One panel per run (five to a row, y axes shared), titled by the runs' readable names."""
+    """One panel per run (five to a row, y axes shared), titled by the runs' readable names.
+
+    The titles are wrapped to their panel's width at JupyterLab's (about 16 characters of 12 px for 5 panels).
+    """
     columns = min(len(runs), 5)
     rows = math.ceil(len(runs) / columns)
-    figure = make_subplots(rows=rows, cols=columns, shared_yaxes=True, subplot_titles=[_label(r, labels) for r in runs],
-                           horizontal_spacing=0.03, vertical_spacing=0.18)
+    titles = [wrap_title(_label(r, labels), 80 // columns) for r in runs]
+    lines = max(title.count("<br>") + 1 for title in titles)
+    figure = make_subplots(rows=rows, cols=columns, shared_yaxes=True, subplot_titles=titles,
+                           horizontal_spacing=0.03, vertical_spacing=0.12 + 0.04 * lines)
+    figure.update_annotations(font_size=12)
+    figure.update_layout(margin={"t": 80 + 16 * lines})
     return figure, rows, columns
 
 
@@ -133,8 +188,10 @@ def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.
     titles = []
     for task in tasks:
         row = final[final["task"] == task].iloc[0]
-        titles.append(f"{task}: {row['metric']} ({'higher' if row['higher_is_better'] else 'lower'} is better)")
+        # Two short lines: one long line per panel runs into its neighbour's at JupyterLab's width.
+        titles.append(f"{task}: {row['metric']}<br>({'higher' if row['higher_is_better'] else 'lower'} is better)")
     figure = make_subplots(rows=1, cols=len(tasks), subplot_titles=titles, horizontal_spacing=0.06)
+    figure.update_annotations(font_size=13)
     for i, task in enumerate(tasks):
         part = final[final["task"] == task]
         for method in methods:
@@ -151,8 +208,9 @@ def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.
         if len(base):
             figure.add_hline(y=float(base.mean()), line_dash="dash", line_color="gray", row=1, col=i + 1,
                              annotation_text="single task", annotation_position="top left")
-    figure.update_layout(title=title or "Test metric of every task, by method (bar: mean over seeds; whisker: std; dots: seeds)",
-                         barmode="overlay", height=430, legend_title_text="method")
+    figure.update_layout(title=title or "Test metric of every task, by method<br><sup>bar: mean over seeds; whisker: std; dots: seeds</sup>",
+                         barmode="overlay", height=480, margin={"t": 120}, legend_title_text="method",
+                         legend={"orientation": "h", "yanchor": "top", "y": -0.04})  # below: the panels get the width
     figure.update_xaxes(showticklabels=False)
     return figure
 
@@ -181,20 +239,23 @@ def delta_m_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figur
 def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Lines of :func:`imbalance_by_method`: each method's mean imbalance over the steps, with a ±std band."""
     methods = [str(m) for m in pd.unique(table["method"])]
-    colors = _colors(methods)
+    styles = dict(zip(methods, line_styles(len(methods))))
+    parts = {m: table[table["method"] == m].sort_values("step") for m in methods}
     figure = go.Figure()
-    for method in methods:
-        part = table[table["method"] == method].sort_values("step")
+    for i in _lowest_on_top([float(parts[m]["mean"].mean()) for m in methods]):
+        method = methods[i]
+        part = parts[method]
         spread = part["std"].fillna(0.0).to_numpy()
         steps, mean = part["step"].to_numpy(), part["mean"].to_numpy()
         figure.add_trace(go.Scatter(x=np.concatenate([steps, steps[::-1]]), y=np.concatenate([mean + spread, (mean - spread)[::-1]]),
-                                    fill="toself", fillcolor=colors[method], opacity=0.2, line={"width": 0},
+                                    fill="toself", fillcolor=styles[method]["color"], opacity=0.2, line={"width": 0},
                                     hoverinfo="skip", showlegend=False, legendgroup=method))
-        figure.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=method_label(method), line={"color": colors[method]}, legendgroup=method))
+        figure.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=method_label(method), legendgroup=method, legendrank=i + 1,
+                                    line={**styles[method], "width": LINE_WIDTH}))
     figure.update_layout(
-        title=title or "Across steps: imbalance of the shared layers' updates (mean over layers; band: ±std over seeds)",
-        xaxis_title="step", yaxis_title="imbalance index (0 balanced, 1 one task owns them)", yaxis={"range": [0, 1]},
-        legend_title_text="method",
+        title=title or "Across steps: imbalance of the shared layers' updates<br><sup>mean over the layers; band: ±std over seeds; 0 balanced, 1 one task owns them</sup>",
+        xaxis_title="step", yaxis_title="imbalance index", yaxis={"range": IMBALANCE_RANGE, "zeroline": False},
+        legend_title_text="method", margin={"t": 100},
     )
     return figure
 
@@ -202,15 +263,17 @@ def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None)
 def imbalance_over_steps_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Lines: each run's imbalance index (mean over shared layers) over the training steps."""
     table = imbalance_over_steps(frame)
+    parts = [(str(run), part) for run, part in table.groupby("run", sort=False)]
+    styles = line_styles(len(parts))
     figure = go.Figure()
-    colors = PALETTE
-    for i, (run, part) in enumerate(table.groupby("run", sort=False)):
-        figure.add_trace(go.Scatter(x=part["step"], y=part["imbalance"], mode="lines", name=str(run),
-                                    line={"color": colors[i % len(colors)]}))
+    for i in _lowest_on_top([float(part["imbalance"].mean()) for _, part in parts]):
+        run, part = parts[i]
+        figure.add_trace(go.Scatter(x=part["step"], y=part["imbalance"], mode="lines", name=run, legendrank=i + 1,
+                                    line={**styles[i], "width": LINE_WIDTH}))
     figure.update_layout(
-        title=title or "Across steps: imbalance of the shared layers' updates (0 = balanced, 1 = one task owns them)",
-        xaxis_title="step", yaxis_title="imbalance index (mean over shared layers)", yaxis={"range": [0, 1]},
-        legend_title_text="run",
+        title=title or "Across steps: imbalance of the shared layers' updates<br><sup>mean over the shared layers; 0 balanced, 1 one task owns them</sup>",
+        xaxis_title="step", yaxis_title="imbalance index", yaxis={"range": IMBALANCE_RANGE, "zeroline": False},
+        legend_title_text="run", margin={"t": 100},
     )
     return figure
 
@@ -234,7 +297,7 @@ def imbalance_by_layer_figure(frame: pd.DataFrame, *, tail: float = 0.5, title: 
         )
     )
     figure.update_layout(
-        title=title or "Across layers: mean imbalance per shared layer (text: the task with the largest share)",
+        title=title or "Across layers: mean imbalance per shared layer<br><sup>text: the task with the largest share</sup>",
         xaxis_title="shared layer", yaxis_title="run", yaxis={"autorange": "reversed"},
         height=max(300, 60 * len(runs) + 160),
     )

@@ -6,7 +6,7 @@ Every playground is built and driven without a browser (set a control's ``.value
 They are deliberately not ``go.FigureWidget``s: a FigureWidget's saved state carries plotly.js itself
 (about 5 MB, through ``anywidget``), so every executed notebook would hold one copy per figure.
 ``static_figure()`` returns the current view as a plain figure for the notebook's HTML export, where
-widgets are inert.
+widgets are inert; :func:`mao_lab.notebook.display_live` shows it only there, not beside the live widget.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class LandscapePlayground(_Playground):
         self.scale = widgets.ToggleButtons(options=self.SCALES, value=preset, description="L1 scale")
         self.free_scale = widgets.BoundedFloatText(value=float(l1_scale), min=1e-6, max=1e6, description="free scale")
         self.lr = widgets.FloatLogSlider(value=lr, base=10, min=-4, max=-0.5, description="lr", readout_format=".1e")
-        self.steps = widgets.IntSlider(value=steps, min=50, max=max(5000, steps), step=50, description="steps")
+        # Steps of 1: the slider must be able to show whatever the notebook ran with (a smoke run's 30 as well).
+        self.steps = widgets.IntSlider(value=steps, min=1, max=max(5000, steps), step=1, description="steps")
         self.eps = widgets.Dropdown(options=[("1e-16", 1e-16), ("1e-8 (Adam's default)", 1e-8)], value=eps if eps in (1e-16, 1e-8) else 1e-16, description="eps")
         self.button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.status = widgets.Label()
