@@ -4,8 +4,9 @@ train and score.
 The notebook ``03_multimnist`` draws what these functions compute (with the shared analysis of
 :mod:`mao_lab.experiments`: Delta_m, ownership, imbalance), and ``tests/test_experiments_multimnist.py``
 checks them.  The analysis follows the MAO paper (Hervella et al., *Neural Networks* 170, 2024;
-``docs/references.md`` §1): task performance relative to single-task training of the same budget, and
-the learning balance across tasks, layers and training steps recorded by :class:`mao_lab.recorder.Recorder`.
+``docs/references.md`` §1) with the measures defined in ``docs/references.md`` §6: task performance
+relative to single-task training of the same budget (Δm), and the learning balance across tasks, layers
+and training steps recorded by :class:`mao_lab.recorder.Recorder`.
 
 Runs are named ``<method>-seed<k>`` (:func:`~mao_lab.experiments.run_name`); with ``run_root`` each
 multi-task run's recorder log goes to ``run_root/<method>-seed<k>/``, which ``04_balance_explorer`` opens.

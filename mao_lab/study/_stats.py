@@ -1,7 +1,7 @@
 """Confidence intervals over seeds, and the verdict rules of the claims ledger.
 
-The rules are fixed here, in code, before any result exists (``docs/references.md`` §6 for how results
-are compared); the README's "Claims ledger" section states the same rules in words.
+The rules are fixed here, in code, before any result exists; ``docs/references.md`` §6 ("Intervals and
+verdicts") and the README's "Claims ledger" section state the same rules in words.
 
 * An **effect** is a number per seed: a method's value, or the difference of two methods' values at the
   same seed (runs with one seed share the initial network and the batch order, so they are *paired*).
