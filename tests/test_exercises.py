@@ -256,6 +256,13 @@ def test_steadiest_method_and_most_imbalanced() -> None:
     assert explorer.q2.check("sum", balance).correct and not explorer.q2.check("mao", balance).correct
     assert explorer.q3.check("trunk.2", balance, "sum").correct
     assert explorer.q3.check("trunk.0", balance, "sum").mistake == "wrong_choice"
+    # 04 names runs by where they came from: a run's own name is enough when only one run has it.
+    named = balance.assign(run="demo_runs/" + balance["run"])
+    assert explorer.q2.check("sum", named).correct and explorer.q2.check("demo_runs/sum", named).correct
+    assert explorer.q2.check("mao", named).mistake == "wrong_choice"
+    assert explorer.q3.check("trunk.2", named, "sum").correct and not explorer.q3.check("trunk.0", named, "sum").correct
+    two = pd.concat([named, balance.assign(run="other/" + balance["run"])], ignore_index=True)
+    assert explorer.q2.check("sum", two).mistake == "not_a_choice"  # ambiguous: which folder's sum?
 
 
 def test_imbalance_by_hand_recognises_the_usual_slips() -> None:

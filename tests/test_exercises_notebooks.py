@@ -10,6 +10,7 @@ import ast
 import builtins
 import importlib
 import re
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -118,7 +119,9 @@ def test_the_static_copy_of_a_live_widget_stays_headless_and_goes_once_a_browser
         assert len(shown) == 2
         live, copy = shown
         view = live["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
-        box = widgets.Widget.widgets[view]
+        with warnings.catch_warnings():  # the registry of live widgets, deprecated but the only way from a model id
+            warnings.simplefilter("ignore", DeprecationWarning)
+            box = widgets.Widget.widgets[view]
         signal = next(child for child in box.children if child is not Live.widget)
         assert Live.widget in box.children
         assert copy["data"]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"] == "first view"

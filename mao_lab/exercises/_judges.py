@@ -138,11 +138,14 @@ def most_imbalanced(answer: Any, balance: pd.DataFrame, *, by: str = "run", run:
     """The most imbalanced run (``by="run"``) or shared layer of ``run`` (``by="layer"``) in notebook 04's summary."""
     require_columns(balance, ["run", "layer", "imbalance"], "balance")
     table = balance.assign(run=balance["run"].astype(str), layer=balance["layer"].astype(str))
+    runs = list(pd.unique(table["run"]))
     if by == "run":
         rows = table[table["layer"] == "(all shared)"].set_index("run")["imbalance"]
+        answer = _full_run_name(answer, runs)
     elif by == "layer":
         if run is None:
             raise ValueError("by='layer' needs the run whose layers to compare")
+        run = _full_run_name(run, runs)
         rows = table[(table["run"] == run) & (table["layer"] != "(all shared)")].set_index("layer")["imbalance"]
     else:
         raise ValueError(f"by must be 'run' or 'layer', got {by!r}")
@@ -154,6 +157,19 @@ def most_imbalanced(answer: Any, balance: pd.DataFrame, *, by: str = "run", run:
         f"Its imbalance index is {rows[top]:.2f} (1 = one task owns it).",
         "The index is 0 when every task has an equal share and 1 when one task has all of it.",
     )
+
+
+def _full_run_name(name: Any, runs: Sequence[str]) -> Any:
+    """``name``, or the one run whose name ends with ``/name`` (04 names runs by where they came from,
+    ``demo_runs/sum``; a participant may just say ``sum``).
+
+    >>> _full_run_name("sum", ["demo_runs/sum", "demo_runs/mao"]), _full_run_name("sum", ["a/sum", "b/sum"])
+    ('demo_runs/sum', 'sum')
+    """
+    if not isinstance(name, str) or name in runs:
+        return name
+    matches = [run for run in runs if run.endswith("/" + name.strip())]
+    return matches[0] if len(matches) == 1 else name
 
 
 def imbalance_by_hand(answer: Any, shares: Sequence[float] = (0.7, 0.2, 0.1)) -> Feedback:
