@@ -6,12 +6,20 @@ PyPI — no browser download — and for every notebook, run in its smoke settin
 
 * runs all cells and asserts that no cell has an error output;
 * asserts that every plotly figure and every widget the notebook displays is rendered on the page;
+* asserts that no static copy of a live widget's view (meant for the HTML export) stays on the page beside
+  the live widget, and that widgets listing the same runs list them in the same order;
+* asserts that every figure's titles fit: no annotation (subplot title) overlaps another, no title runs
+  out of the figure, no y-axis title is longer than its axis;
+* asserts that each exercise cell (``qN.check(None ...)``) says "not answered yet" rather than failing;
 * for every control (dropdown, slider, toggle, multiple choice, text, button) in a widget that shows a
   figure: changes it (pressing the widget's Run button when the figure waits for it) and asserts that
   the figure changes.
 
+Then it runs ``00_quickstart`` with a bad parameter (``steps = -5``) and asserts that the error shown is the
+message alone, one or two lines naming ``steps`` and no other parameter.
+
 A failure saves a screenshot under ``runs/browser-test/``.  It prints a table: notebook × figures,
-widgets, widgets that redraw.  Exit status 0 only when everything passed.  Not collected by ``pytest``.
+widgets, controls, controls that redrew their figure, exercises, seconds.  Exit status 0 only when everything passed.  Not collected by ``pytest``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "runs" / "browser-test"
 RUN_TIMEOUT_S = 240  # one notebook's smoke run
 REDRAW_TIMEOUT_S = 60  # a control's change (a Run included) until its figure changes
+STATIC_COPY_TIMEOUT_S = 20  # a live widget drawn until the kernel has removed its static copy
+BAD_PARAMETER = {"steps": -5}  # given to 00_quickstart: its error must name `steps` only
+BAD_SUFFIX = "-bad-parameter"  # the name of that copy
 
 
 @dataclass
@@ -54,6 +65,7 @@ class Result:
     widgets: int = 0
     controls: int = 0
     redrew: int = 0
+    exercises: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -139,6 +151,10 @@ def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
         copy = folder / path.name
         nbformat.write(notebook, copy)
         copies.append(copy)
+        if path.stem == "00_quickstart":
+            bad = parameterize_notebook(load_notebook_node(str(path)), {"smoke": True, **BAD_PARAMETER, "output_dir": str(work / "out" / "bad")})
+            nbformat.write(bad, folder / f"{path.stem}{BAD_SUFFIX}.ipynb")
+            copies.append(folder / f"{path.stem}{BAD_SUFFIX}.ipynb")
     # Lab settings for the test only: every cell attached to the page, so every output renders.
     settings = work / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
@@ -156,7 +172,7 @@ STATE_JS = """() => {
   const panel = window.__panel;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   const cells = panel.content.widgets.filter(c => c.model.type === 'code');
-  let errors = [], plotly = 0, views = 0, pending = 0, viewText = [];
+  let errors = [], plotly = 0, views = 0, pending = 0, viewText = [], unanswered = 0;
   for (const [i, cell] of cells.entries()) {
     if (cell.model.executionCount === null || (cell.promptNode && cell.promptNode.textContent.includes('*'))) pending++;
     for (const out of cell.model.outputs.toJSON()) {
@@ -165,11 +181,58 @@ STATE_JS = """() => {
       if (data['application/vnd.plotly.v1+json']) plotly++;
       // tqdm's progress bars are widgets too, and a finished inner bar is closed: they are not counted.
       const text = String(data['text/plain'] || '');
+      if (text.includes('set your answer first')) unanswered++;  // an exercise's checker, not answered yet
       if (data['application/vnd.jupyter.widget-view+json'] && !/\d+\/\d+ \[/.test(text)) { views++; viewText.push(text.slice(0, 80)); }
     }
   }
-  return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText};
+  return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText, unanswered};
 }"""
+
+# Visible figures outside every widget whose traces equal a figure's inside a widget: a static copy of a
+# live widget's view left on the page (it disagrees with the widget after the first change).
+STATIC_COPIES_JS = """(root) => {
+  const strip = v => (v && v.constructor && v.constructor.name.endsWith('Array') && !Array.isArray(v)) ? Array.from(v) : v;
+  const traces = gd => JSON.stringify((gd.data || []).map(t => [t.type, t.name, strip(t.x), strip(t.y), strip(t.z)]));
+  const title = gd => String((gd.layout && gd.layout.title && gd.layout.title.text) || 'untitled').slice(0, 80);
+  const shown = Array.from(root.querySelectorAll('.js-plotly-plot')).filter(gd => gd.offsetParent !== null);
+  const live = new Set(shown.filter(gd => gd.closest('.jupyter-widgets')).map(traces));
+  return shown.filter(gd => !gd.closest('.jupyter-widgets') && live.has(traces(gd))).map(title);
+}"""
+
+# Titles that do not fit, in every visible figure: annotations (subplot titles) overlapping each other, a
+# title or axis title running out of the figure (clipped), a y-axis title longer than its axis.
+LAYOUT_JS = """(root) => {
+  const problems = [];
+  const inside = (a, b) => a.left >= b.left - 1 && a.right <= b.right + 1 && a.top >= b.top - 1 && a.bottom <= b.bottom + 1;
+  const overlap = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const shown = Array.from(root.querySelectorAll('.js-plotly-plot')).filter(gd => gd.offsetParent !== null);
+  for (const gd of shown) {
+    const name = String((gd.layout && gd.layout.title && gd.layout.title.text) || 'untitled').replace(/<[^>]+>/g, ' ').slice(0, 70);
+    const svg = gd.querySelector('.main-svg').getBoundingClientRect();
+    const notes = Array.from(gd.querySelectorAll('.infolayer g.annotation text')).filter(t => t.textContent.trim());
+    const boxes = notes.map(t => t.getBoundingClientRect());
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++)
+      if (overlap(boxes[i], boxes[j])) problems.push(`${name}: "${notes[i].textContent}" overlaps "${notes[j].textContent}"`);
+    const titles = Array.from(gd.querySelectorAll('.infolayer [class*="title"] text, .infolayer g.annotation text'));
+    for (const t of titles) {
+      if (!t.textContent.trim()) continue;
+      if (!inside(t.getBoundingClientRect(), svg)) problems.push(`${name}: "${t.textContent.slice(0, 60)}" runs out of the figure`);
+    }
+    const full = gd._fullLayout || {};
+    for (const g of gd.querySelectorAll('.infolayer [class^="g-y"][class$="title"]')) {
+      const axis = full[g.getAttribute('class').slice(2, -5).replace(/^y$/, 'yaxis').replace(/^y(\\d+)$/, 'yaxis$1')];
+      const text = g.querySelector('text');
+      if (axis && text && text.textContent.trim() && text.getBoundingClientRect().height > axis._length + 2)
+        problems.push(`${name}: the y-axis title "${text.textContent.slice(0, 60)}" is longer than its axis`);
+    }
+  }
+  return problems;
+}"""
+
+# The options of every dropdown labelled `run`, in order.
+RUN_LISTS_JS = """(root) => Array.from(root.querySelectorAll('.widget-dropdown')).filter(d => {
+  const label = d.querySelector('label'); return label && label.textContent.trim() === 'run';
+}).map(d => Array.from(d.querySelectorAll('option')).map(o => o.textContent))"""
 
 # A signature of every plotly figure inside an element: changes when any trace or the title changes.
 SIGNATURE_JS = """(root) => Array.from(root.querySelectorAll('.js-plotly-plot')).map(gd => {
@@ -297,9 +360,8 @@ def exercise_widgets(page, areas, result: Result, label: str) -> None:  # noqa: 
                 page.screenshot(path=str(ARTIFACTS / f"{label}-area{a}-{kind}.png"), full_page=True)
 
 
-def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
-    result = Result(path.stem)
-    started = time.monotonic()
+def open_and_run(page, base: str, token: str, path: Path, result: Result) -> dict:  # noqa: ANN001
+    """Open ``path`` in JupyterLab, run all its cells, and wait until they finished or one failed."""
     if not page.url.startswith(f"{base}/lab"):
         page.goto(f"{base}/lab?token={token}", timeout=120_000)
         page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand('docmanager:open')", timeout=120_000)
@@ -325,8 +387,48 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
         page.wait_for_timeout(500)
     else:
         result.problems.append(f"did not finish within {RUN_TIMEOUT_S} s ({state['pending']} cells pending)")
-    result.problems += [f"error output: {e}" for e in state["errors"]]
     page.wait_for_timeout(1500)  # let the last outputs render
+    return state
+
+
+def close_notebook(page) -> None:  # noqa: ANN001
+    """Free the cores for the next notebook: shut the kernel down, drop the tab (no save dialog)."""
+    page.evaluate("async () => { const p = window.__panel; await p.sessionContext.shutdown(); p.dispose(); }")
+
+
+def static_copies(notebook, page) -> list[str]:  # noqa: ANN001
+    """Static copies of live widgets' views still on the page once the kernel has had time to remove them."""
+    deadline = time.monotonic() + STATIC_COPY_TIMEOUT_S
+    while True:
+        copies = notebook.evaluate(STATIC_COPIES_JS)
+        if not copies or time.monotonic() > deadline:
+            return copies
+        page.wait_for_timeout(500)
+
+
+def check_page_layout(notebook, result: Result) -> None:  # noqa: ANN001
+    """Titles that fit, and widgets that list the same runs in one order."""
+    result.problems += notebook.evaluate(LAYOUT_JS)
+    lists = notebook.evaluate(RUN_LISTS_JS)
+    for i, first in enumerate(lists):
+        for second in lists[i + 1:]:
+            if set(first) == set(second) and first != second:
+                result.problems.append(f"two widgets list the runs in different orders: {first} and {second}")
+
+
+def expected_exercises(path: Path) -> int:
+    """How many exercise checks the notebook's cells call unanswered (read from the notebook file)."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    return sum(c.source.count(".check(None") for c in cells if c.cell_type == "code")
+
+
+def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
+    result = Result(path.stem)
+    started = time.monotonic()
+    state = open_and_run(page, base, token, path, result)
+    result.problems += [f"error output: {e}" for e in state["errors"]]
     notebook = page.locator(".jp-NotebookPanel:visible").first
     result.figures = notebook.locator(".js-plotly-plot").count()
     rendered = notebook.locator(".jp-OutputArea-output:has(> .jupyter-widgets)")
@@ -340,13 +442,44 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
     if broken:
         result.problems.append(f"{broken} widgets failed to display")
     if not result.problems:
+        result.exercises = state["unanswered"]
+        if result.exercises != expected_exercises(path):
+            result.problems.append(f"{expected_exercises(path)} unanswered exercise checks in the notebook, {result.exercises} said so")
+        stale = static_copies(notebook, page)
+        result.problems += [f"a static copy of a live widget's view stays on the page: {title}" for title in stale]
+        check_page_layout(notebook, result)
+    if not result.problems:
         exercise_widgets(page, views, result, path.stem)
+        stale = notebook.evaluate(STATIC_COPIES_JS)  # none may come back after the changes either
+        result.problems += [f"after the changes, a static copy of a live widget's view is on the page: {title}" for title in stale]
     if result.problems:
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"), full_page=True)
         (ARTIFACTS / f"{path.stem}.html").write_text(notebook.inner_html())
         (ARTIFACTS / f"{path.stem}.state.json").write_text(json.dumps(state, indent=1))
-    # Free the cores for the next notebook: shut the kernel down, drop the tab (no save dialog).
-    page.evaluate("async () => { const p = window.__panel; await p.sessionContext.shutdown(); p.dispose(); }")
+    close_notebook(page)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def check_bad_parameter(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
+    """A bad parameter stops the notebook with its message alone: one short error naming that parameter."""
+    (name, value), = BAD_PARAMETER.items()
+    result = Result(f"{path.stem.removesuffix(BAD_SUFFIX)} ({name} = {value})")
+    started = time.monotonic()
+    state = open_and_run(page, base, token, path, result)
+    notebook = page.locator(".jp-NotebookPanel:visible").first
+    shown = notebook.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    texts = [shown.nth(i).inner_text() for i in range(shown.count())]
+    lines = [line for text in texts for line in text.splitlines() if line.strip()]
+    if len(state["errors"]) != 1 or len(texts) != 1:
+        result.problems.append(f"expected one error output, got {len(state['errors'])} in the notebook and {len(texts)} on the page")
+    elif len(lines) > 2 or f"`{name}` = {value}" not in texts[0]:
+        result.problems.append(f"the error shown is not a short message naming `{name}`: {len(lines)} lines: {texts[0][:300]!r}")
+    elif "`lr`" in texts[0] or "Traceback" in texts[0]:
+        result.problems.append(f"the error shown mentions more than the bad parameter: {texts[0][:300]!r}")
+    if result.problems:
+        page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"), full_page=True)
+    close_notebook(page)
     result.seconds = time.monotonic() - started
     return result
 
@@ -396,12 +529,12 @@ def make_demo_runs(folder: Path) -> None:
 
 
 def print_table(results: list[Result]) -> None:
-    header = f"{'page':<32} {'figures':>7} {'widgets':>7} {'controls':>8} {'redraw':>6} {'seconds':>7}  status"
+    header = f"{'page':<32} {'figures':>7} {'widgets':>7} {'controls':>8} {'redrew':>6} {'exercises':>9} {'seconds':>7}  status"
     print(header)
     print("-" * len(header))
     for r in results:
         status = "ok" if not r.problems else f"FAILED ({len(r.problems)})"
-        print(f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.seconds:>7.1f}  {status}")
+        print(f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.exercises:>9} {r.seconds:>7.1f}  {status}")
     for r in results:
         for problem in r.problems:
             print(f"  {r.name}: {problem}")
@@ -439,14 +572,15 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{lab_port}"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1280, "height": 900})  # a laptop screen, JupyterLab as it opens
             with server(lab, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab.log", work, env):
                 if not refuses_without_token(f"{base}/api/contents"):
                     results.append(Result("JupyterLab token", problems=["JupyterLab answers without the token"]))
                 for copy in copies:
                     print(f"{copy.stem} …", flush=True)
+                    check = check_bad_parameter if copy.stem.endswith(BAD_SUFFIX) else check_notebook
                     try:
-                        results.append(check_notebook(page, base, token, copy))
+                        results.append(check(page, base, token, copy))
                         print(f"  {results[-1]}", flush=True)
                     except Exception as error:  # noqa: BLE001 - one notebook's failure must not hide the others
                         page.screenshot(path=str(ARTIFACTS / f"{copy.stem}-crash.png"), full_page=True)
