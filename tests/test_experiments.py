@@ -20,6 +20,8 @@ from mao_lab.experiments import (
     balance_summary,
     compare_methods,
     conflict_band,
+    PAPERS_SETTING,
+    papers_comparison,
     find_run_dirs,
     final_losses,
     imbalance_by_layer_figure,
@@ -34,6 +36,7 @@ from mao_lab.experiments import (
     pareto_stationary_arc,
     pareto_table,
     reach_matrix,
+    reached_counts,
     rescaling_gap,
     landscape_gradients,
     train_with_recorder,
@@ -148,6 +151,103 @@ def test_pareto_tables_and_figures() -> None:
         assert figure.layout.title.text and len(figure.data) >= 10
     both = pd.concat([frame, frame.assign(l1_scale=0.1)])
     assert len(rescaling_figure(both).data) == 2 * (1 + 2 * 5)
+
+
+def plain_landscape_losses(x: torch.Tensor, l1_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The landscape's two losses written out again from docs/references.md §4.1 (any dtype, batched)."""
+    x1, x2, floor = x[..., 0], x[..., 1], 5e-6
+    f1_steep = torch.log(torch.clamp(torch.abs(0.5 * (-x1 - 7) - torch.tanh(-x2)), min=floor)) + 6
+    f2_steep = torch.log(torch.clamp(torch.abs(0.5 * (-x1 + 3) + torch.tanh(-x2) + 2), min=floor)) + 6
+    f1_bowl = ((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
+    f2_bowl = ((-x1 - 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
+    upper, lower = torch.clamp(torch.tanh(x2 / 2), min=0), torch.clamp(torch.tanh(-x2 / 2), min=0)
+    return l1_scale * (upper * f1_steep + lower * f1_bowl), upper * f2_steep + lower * f2_bowl
+
+
+def adam_on_the_sum(dtype: torch.dtype, l1_scale: float, steps: int) -> np.ndarray:
+    """The papers' LS baseline as their code runs it: torch.optim.Adam (lr 1e-3) on the five points."""
+    x = torch.tensor(LANDSCAPE_STARTS, dtype=dtype, requires_grad=True)
+    adam = torch.optim.Adam([x], lr=1e-3, eps=1e-8)
+    for _ in range(steps):
+        adam.zero_grad()
+        loss1, loss2 = plain_landscape_losses(x, l1_scale)
+        (loss1 + loss2).sum().backward()
+        adam.step()
+    return x.detach().double().numpy()
+
+
+def test_the_papers_setting_runs_in_float32_on_l1_times_0_1() -> None:
+    steps = 300
+    papers = landscape_trajectories(["sum"], record_every=steps, progress=False, **{**PAPERS_SETTING, "steps": steps})
+    lab = landscape_trajectories(["sum"], record_every=steps, progress=False, lr=1e-3, eps=1e-8, l1_scale=0.1, steps=steps)
+    final = papers[papers["step"] == steps][["x1", "x2"]].to_numpy()
+    # Every recorded coordinate is a float32 number; the float64 run's are not.
+    assert np.array_equal(final.astype(np.float32).astype(np.float64), final)
+    lab_final = lab[lab["step"] == steps][["x1", "x2"]].to_numpy()
+    assert not np.array_equal(lab_final.astype(np.float32).astype(np.float64), lab_final)
+    # It is Adam on 0.1 L1 + L2 in float32, as a loop written here runs it, and not on L1 + L2.
+    np.testing.assert_allclose(final, adam_on_the_sum(torch.float32, 0.1, steps), rtol=0, atol=1e-5)
+    assert np.abs(final - adam_on_the_sum(torch.float32, 1.0, steps)).max() > 1e-2
+    assert (papers["l1_scale"] == 0.1).all()
+    with pytest.raises(ValueError, match="dtype"):
+        landscape_trajectories(["sum"], steps=1, progress=False, dtype=torch.float16)
+
+
+def brute_force_front(l1_scale: float) -> np.ndarray:
+    """The Pareto front in loss space without the lab's arc: the non-dominated (l1_scale L1, L2) pairs of
+    a 0.005-spaced grid around the Pareto set, in float64."""
+    x1, x2 = np.meshgrid(np.arange(-7.5, 7.5, 0.005), np.arange(-8.7, -8.0, 0.005))
+    loss1, loss2 = plain_landscape_losses(torch.from_numpy(np.stack([x1.ravel(), x2.ravel()], axis=-1)), l1_scale)
+    order = np.argsort(loss1.numpy(), kind="stable")
+    pairs = np.stack([loss1.numpy()[order], loss2.numpy()[order]], axis=1)
+    keep = pairs[:, 1] < np.minimum.accumulate(np.r_[np.inf, pairs[:-1, 1]])  # below everything cheaper in L1
+    return pairs[keep]
+
+
+def test_reaching_in_loss_space_is_read_from_each_runs_last_point() -> None:
+    """Both readings of "reached", checked on hand-made trajectories against computations written here: the
+    distance to the papers' segment in parameter space, and a brute-force Pareto front in loss space."""
+    finals = {
+        (0.0, 0.0): (0.0, -8.3552),  # on the set
+        (-8.5, 7.5): (-5.714, -5.451),  # 2.9 above the set, on the front in loss space
+        (9.0, 9.0): (5.0, 3.98),  # up in a valley: far in both
+        (-7.5, -0.5): (-8.0, -8.3552),  # beyond the set's end: near the front only with L1 x 0.1
+        (9.0, -1.0): (3.0, -8.3),  # 0.06 above the segment
+    }
+    rows = []
+    for start, (begin, end) in enumerate(finals.items()):
+        rows += [{"method": "sum", "start": start, "step": 0, "x1": begin[0], "x2": begin[1]},
+                 {"method": "sum", "start": start, "step": 50, "x1": 0.0, "x2": -8.3552},  # passes the set
+                 {"method": "sum", "start": start, "step": 100, "x1": end[0], "x2": end[1]}]
+    ends = np.array(list(finals.values()))
+    segment = np.hypot(ends[:, 0] - np.clip(ends[:, 0], -7, 7), ends[:, 1] + 8.3552)
+    assert ((segment <= 0.1) | (segment > 0.2)).all()  # no end point where the arc could change the answer
+    # The papers' reading: the run that ends 2.9 above the set is on the front in loss space at both scales;
+    # the one beyond the set's end only with L1 x 0.1, which shrinks its excess of L1 tenfold.
+    expected_in_loss_space = {0.1: [True, True, False, True, True], 1.0: [True, True, False, False, True]}
+    for scale, expected in expected_in_loss_space.items():
+        frame = pd.DataFrame(rows).assign(L1=0.0, L2=0.0, l1_scale=scale)
+        table = pareto_table(frame, tol=0.1, loss_tol=0.5)
+        front = brute_force_front(scale)
+        loss1, loss2 = plain_landscape_losses(torch.from_numpy(ends), scale)
+        in_loss_space = np.hypot(loss1.numpy()[:, None] - front[:, 0], loss2.numpy()[:, None] - front[:, 1]).min(1)
+        np.testing.assert_allclose(table["loss_distance"], in_loss_space, atol=0.02)
+        assert table["reached"].tolist() == (segment <= 0.1).tolist() == [True, False, False, False, True]
+        assert table["reached_in_loss_space"].tolist() == (in_loss_space <= 0.5).tolist() == expected
+        counts = reached_counts(table).iloc[0]
+        assert (counts["reached"], counts["reached_in_loss_space"], counts["starts"]) == (2, sum(expected), 5)
+        assert reach_matrix(table, space="loss")["reached"].tolist() == [f"{sum(expected)} of 5"]
+
+
+def test_papers_comparison_runs_each_setting_and_reports_both_readings() -> None:
+    trajectories, table = papers_comparison(["sum"], steps=20, record_every=10, progress=False)
+    settings = list(pd.unique(table["setting"]))
+    assert len(settings) == 3 and len(table) == 15
+    assert table.groupby("setting", sort=False)["dtype"].first().tolist() == ["float32", "float64", "float64"]
+    assert table.groupby("setting", sort=False)["l1_scale"].first().tolist() == [0.1, 0.1, 1.0]
+    assert trajectories.groupby("setting", sort=False)["l1_scale"].first().tolist() == [0.1, 0.1, 1.0]
+    assert {"reached", "reached_in_loss_space", "loss_distance"} <= set(table.columns)
+    assert reached_counts(table)["setting"].tolist() == settings
 
 
 def test_landscape_playground_runs_without_a_front_end() -> None:

@@ -17,11 +17,20 @@ Pareto arc, up to ~0.4 above it near the segment's ends (:func:`conflict_band`).
 update cancels even though a common descent direction still exists (the points are not
 Pareto-stationary), so such a method stalls there.  Adam on the mean has no such band: it converges
 to the mean loss's minimiser, which is Pareto-stationary.
+
+**The papers' setting and the lab's.**  Nash-MTL's and FAMO's code run the landscape with ``L1``
+scaled by 0.1, in float32 (``torch.Tensor`` points), with ``torch.optim.Adam`` at ``lr = 1e-3``
+(default ``eps = 1e-8``) for 35 000 (Nash-MTL) or 50 000 (FAMO) steps, and show the runs in loss space
+(``(0.1 L1, L2)`` against the Pareto front); :data:`PAPERS_SETTING` holds those settings.  The lab runs
+in float64 and measures reaching in parameter space; :func:`pareto_table` gives both readings
+(``reached`` and ``reached_in_loss_space``, see :func:`loss_distance`), and :func:`papers_comparison`
+runs the papers' setting next to the same runs in float64 and at ``L1 x 1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -29,20 +38,25 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .._validate import Int, Number, require
+from .._validate import Choice, Int, Number, require
 from ..methods import available
-from ..problems import LANDSCAPE_STARTS, PARETO_X1_RANGE, landscape_losses, pareto_distance
+from ..problems import LANDSCAPE_STARTS, PARETO_X1_RANGE, PARETO_X2, landscape_losses, pareto_distance
 from ._training import train
 
 __all__ = [
     "ELEMENTWISE_METHODS",
+    "PAPERS_SETTING",
+    "PAPERS_VARIANTS",
     "arc_distance",
     "conflict_band",
     "landscape_gradients",
     "landscape_trajectories",
+    "loss_distance",
+    "papers_comparison",
     "pareto_stationary_arc",
     "pareto_table",
     "reach_matrix",
+    "reached_counts",
     "rescaling_gap",
 ]
 
@@ -54,6 +68,24 @@ independent runs (the gradient of ``sum_s L(x_s)`` with respect to ``x_s`` is ``
 about five times faster.  Gradient aggregators (MGDA, PCGrad, ...) and learned weightings couple the
 coordinates, so they run start by start.
 """
+
+
+PAPERS_SETTING: Mapping[str, Any] = MappingProxyType(
+    {"l1_scale": 0.1, "dtype": torch.float32, "lr": 1e-3, "eps": 1e-8, "steps": 35_000}
+)
+"""How Nash-MTL's toy experiment runs (its code's defaults): ``L1`` times 0.1, float32 points, Adam at
+``lr = 1e-3`` with its default ``eps``, 35 000 steps (FAMO's code: 50 000).  Keyword arguments of
+:func:`landscape_trajectories`.  The papers then read the runs in loss space (:func:`loss_distance`)."""
+
+PAPERS_VARIANTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "papers (float32, L1 x 0.1)": MappingProxyType({}),
+    "float64, L1 x 0.1": MappingProxyType({"dtype": torch.float64}),
+    "float64, L1 x 1": MappingProxyType({"dtype": torch.float64, "l1_scale": 1.0}),
+})
+"""The settings :func:`papers_comparison` runs: :data:`PAPERS_SETTING`, then with the lab's precision,
+then also with the lab's scale (CAGrad's own toy), each otherwise as the papers ran it."""
+
+_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -77,13 +109,15 @@ def landscape_trajectories(
     record_every: int = 10,
     batch_starts: bool | None = None,
     progress: bool = True,
+    dtype: torch.dtype = torch.float64,
+    step_progress: bool = False,
     **hyperparameters: object,
 ) -> pd.DataFrame:
     """Run every method from every start on the landscape; return the tidy trajectories.
 
     Each run optimises one point ``x`` (a parameter shared by both tasks) with the experiments' training
     loop (:func:`~mao_lab.experiments.train`: ``make(method, [x], lr=lr, **hyperparameters)``) on the
-    losses ``[l1_scale * L1, L2]`` of :func:`~mao_lab.problems.landscape_losses`, in float64.
+    losses ``[l1_scale * L1, L2]`` of :func:`~mao_lab.problems.landscape_losses`, in ``dtype``.
 
     Args:
         methods: registry names (:func:`mao_lab.methods.available`).
@@ -96,6 +130,9 @@ def landscape_trajectories(
             :data:`ELEMENTWISE_METHODS` (where it is exact), ``False`` never.  ``True`` for another
             method raises, since its coordinates interact.
         progress: show a progress bar over the runs.
+        dtype: the points' (and so every computation's) precision: ``torch.float64`` (the lab's) or
+            ``torch.float32`` (the papers', :data:`PAPERS_SETTING`).
+        step_progress: also show a bar over each run's steps (for long runs).
         hyperparameters: passed to every method (e.g. ``eps=1e-16``).
 
     Returns:
@@ -114,6 +151,7 @@ def landscape_trajectories(
     require("steps", steps, Int(min=0))
     require("record_every", record_every, Int(min=1))
     require("l1_scale", l1_scale, Number(positive=True))
+    require("dtype", dtype, Choice(tuple(_DTYPES.values())))
     if batch_starts and any(m not in ELEMENTWISE_METHODS for m in methods):
         coupled = [m for m in methods if m not in ELEMENTWISE_METHODS]
         raise ValueError(f"batch_starts=True is exact only for {sorted(ELEMENTWISE_METHODS)}; not for {coupled}")
@@ -123,7 +161,10 @@ def landscape_trajectories(
         batched = method in ELEMENTWISE_METHODS if batch_starts is None else bool(batch_starts)
         plan += [(method, list(range(len(starts))))] if batched else [(method, [k]) for k in range(len(starts))]
     parts = [
-        _trajectory(method, [starts[k] for k in indices], indices, l1_scale, steps, lr, record_every, hyperparameters)
+        _trajectory(
+            method, [starts[k] for k in indices], indices, l1_scale, steps, lr, record_every, dtype, step_progress,
+            hyperparameters,
+        )
         for method, indices in tqdm(plan, desc="landscape runs", disable=not progress)
     ]
     order = {m: i for i, m in enumerate(methods)}
@@ -134,16 +175,16 @@ def landscape_trajectories(
 
 
 class _Points(torch.nn.Module):
-    """The model of the landscape: the points themselves, one row per start, in float64."""
+    """The model of the landscape: the points themselves, one row per start, in ``dtype``."""
 
-    def __init__(self, starts: Sequence[tuple[float, float]]) -> None:
+    def __init__(self, starts: Sequence[tuple[float, float]], dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
-        self.x = torch.nn.Parameter(torch.tensor(starts, dtype=torch.float64))
+        self.x = torch.nn.Parameter(torch.tensor(starts, dtype=dtype))
 
 
 def _trajectory(
     method: str, starts: Sequence[tuple[float, float]], indices: list[int], l1_scale: float, steps: int, lr: float,
-    record_every: int, hyperparameters: dict[str, object],
+    record_every: int, dtype: torch.dtype, step_progress: bool, hyperparameters: dict[str, object],
 ) -> pd.DataFrame:
     """One run of :func:`~mao_lab.experiments.train` from the given starts (together), positions every ``record_every``."""
 
@@ -156,8 +197,8 @@ def _trajectory(
         return [{"start": k, "x1": float(x[0]), "x2": float(x[1]), "L1": float(loss[0]), "L2": float(loss[1])}
                 for k, x, loss in zip(indices, points.x, unscaled)]
 
-    run = train(lambda: _Points(starts), method, task_losses, steps=steps, lr=lr, hyperparameters=hyperparameters,
-                evaluate=position, eval_every=record_every)
+    run = train(lambda: _Points(starts, dtype), method, task_losses, steps=steps, lr=lr, hyperparameters=hyperparameters,
+                evaluate=position, eval_every=record_every, progress=step_progress)
     return run.evaluations.assign(method=method)[["method", "start", "step", "x1", "x2", "L1", "L2"]]
 
 
@@ -224,6 +265,43 @@ def arc_distance(points: np.ndarray | Sequence[float]) -> np.ndarray:
     return np.sqrt((differences**2).sum(-1)).min(-1)
 
 
+_FRONT: np.ndarray | None = None
+
+
+def _front_losses() -> np.ndarray:
+    """The unscaled losses ``(L1, L2)`` along the Pareto set: 2801 points of the exact arc and 2801 of
+    the papers' segment (the front the papers draw), float64, shape ``(5602, 2)``."""
+    global _FRONT
+    if _FRONT is None:
+        arc = pareto_stationary_arc(2801)[["x1", "x2"]].to_numpy()
+        segment = np.stack([np.linspace(*PARETO_X1_RANGE, 2801), np.full(2801, PARETO_X2)], axis=1)
+        with torch.no_grad():
+            _FRONT = landscape_losses(torch.from_numpy(np.vstack([arc, segment]))).numpy()
+    return _FRONT
+
+
+def loss_distance(points: np.ndarray | Sequence[float], l1_scale: float | np.ndarray = 1.0) -> np.ndarray:
+    """Distance *in loss space* from the losses ``(l1_scale * L1, L2)`` at ``points`` (shape ``(..., 2)``)
+    to the Pareto front in the same axes: how the papers' loss-space figures show a run's end.
+
+    The front is the image of the Pareto set (the exact arc and the papers' segment, sampled every
+    0.005 in ``x1``).  The bowls are shallow across ``x2``, so a point well off the Pareto set in
+    parameter space can lie close to the front in loss space.  ``l1_scale`` may be one value per point.
+
+    >>> loss_distance([[0.0, -8.3552], [0.0, -7.3552]]).round(3).tolist()  # on the set; 1 above it: 0.02 in loss space
+    [0.0, 0.021]
+    >>> bool(loss_distance([9.0, 9.0], 0.1) > 5)  # the (9, 9) start, far above everything
+    True
+    """
+    points = np.asarray(points, dtype=np.float64)
+    scale = np.asarray(l1_scale, dtype=np.float64)
+    with torch.no_grad():
+        losses = landscape_losses(torch.from_numpy(np.ascontiguousarray(points))).numpy()
+    factor = np.stack([scale, np.ones_like(scale)], axis=-1)
+    scaled, front = losses * factor, _front_losses() * factor[..., None, :]
+    return np.sqrt(((scaled[..., None, :] - front) ** 2).sum(-1)).min(-1)
+
+
 def conflict_band(points: np.ndarray | Sequence[float], l1_scale: float = 1.0) -> np.ndarray:
     """Whether, at ``points``, the two tasks' gradients have opposite signs on *every* coordinate.
 
@@ -236,7 +314,7 @@ def conflict_band(points: np.ndarray | Sequence[float], l1_scale: float = 1.0) -
     return np.all(g1 * g2 < 0, axis=-1)
 
 
-def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1) -> pd.DataFrame:
+def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1, loss_tol: float = 0.5) -> pd.DataFrame:
     """For each method and start: the final point, how far it is from the Pareto set, whether it got there.
 
     Columns: ``method, start, x1_start, x2_start, x1, x2, L1, L2`` and
@@ -245,7 +323,10 @@ def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1) -> pd.DataFrame:
     - ``arc_distance``: to the exact Pareto-stationary arc (:func:`pareto_stationary_arc`);
     - ``cosine``: between the two task gradients at the final point (-1 on the Pareto set);
     - ``conflict_band``: the tasks' gradients disagree in sign on every coordinate (:func:`conflict_band`);
-    - ``reached``: within ``tol`` of the segment or of the arc.
+    - ``reached``: within ``tol`` of the segment or of the arc;
+    - ``loss_distance``: in loss space, ``(l1_scale * L1, L2)`` with the run's ``l1_scale`` (1 if the
+      frame has none), to the Pareto front (:func:`loss_distance`);
+    - ``reached_in_loss_space``: ``loss_distance <= loss_tol``, the papers' reading of their figures.
 
     >>> frame = pd.DataFrame({"method": ["a", "a"], "start": [0, 0], "step": [0, 5], "x1": [9.0, 1.0],
     ...                       "x2": [9.0, -8.3552], "L1": [0.0, 0.0], "L2": [0.0, 0.0]})
@@ -253,6 +334,7 @@ def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1) -> pd.DataFrame:
     [['a', 0, 9.0, True]]
     """
     require("tol", tol, Number(min=0))
+    require("loss_tol", loss_tol, Number(min=0))
     ordered = trajectories.sort_values("step", kind="stable").groupby(["method", "start"], sort=False)
     first, final = ordered.head(1).set_index(["method", "start"]), ordered.tail(1).set_index(["method", "start"])
     table = final[["x1", "x2", "L1", "L2"]].copy()
@@ -267,22 +349,32 @@ def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1) -> pd.DataFrame:
     table["arc_distance"] = arc_distance(points)
     table["conflict_band"] = np.all(g1 * g2 < 0, axis=-1)
     table["reached"] = np.minimum(table["distance"], table["arc_distance"]) <= tol
+    scales = final["l1_scale"].to_numpy(dtype=np.float64) if "l1_scale" in final else 1.0
+    table["loss_distance"] = loss_distance(points, scales)
+    table["reached_in_loss_space"] = table["loss_distance"] <= loss_tol
     table = table.reset_index()
     order = {m: i for i, m in enumerate(pd.unique(trajectories["method"]))}
     return table.sort_values(["method", "start"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
 
 
-def reach_matrix(table: pd.DataFrame) -> pd.DataFrame:
+def reach_matrix(table: pd.DataFrame, space: str = "parameter") -> pd.DataFrame:
     """Methods x starts: ``"yes"`` where the run reached the Pareto set, else the final distance to it.
+
+    ``space="parameter"`` reads ``reached`` and the distance to the set; ``space="loss"`` reads
+    ``reached_in_loss_space`` and ``loss_distance`` (:func:`pareto_table`).
 
     >>> table = pd.DataFrame({"method": ["m", "m"], "start": [0, 1], "x1_start": [0.0, 9.0], "x2_start": [0.0, 9.0],
     ...                       "reached": [True, False], "distance": [0.0, 2.5], "arc_distance": [0.0, 2.4]})
     >>> reach_matrix(table).to_dict("records")
     [{'method': 'm', '(0, 0)': 'yes', '(9, 9)': 'no (2.40 away)', 'reached': '1 of 2'}]
     """
+    require("space", space, Choice(("parameter", "loss")))
     table = table.copy()
     table["start_label"] = [f"({a:g}, {b:g})" for a, b in zip(table["x1_start"], table["x2_start"])]
-    away = np.minimum(table["distance"], table["arc_distance"])
+    if space == "loss":
+        table["reached"], away = table["reached_in_loss_space"], table["loss_distance"]
+    else:
+        away = np.minimum(table["distance"], table["arc_distance"])
     table["cell"] = np.where(table["reached"], "yes", [f"no ({d:.2f} away)" for d in away])
     labels = list(pd.unique(table["start_label"]))
     methods = list(pd.unique(table["method"]))
@@ -291,6 +383,56 @@ def reach_matrix(table: pd.DataFrame) -> pd.DataFrame:
     matrix["reached"] = [f"{int(s)} of {int(n)}" for s, n in zip(counts["sum"], counts["size"])]
     matrix.columns.name = None
     return matrix.reset_index()
+
+
+def reached_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """How many starts each method (per ``setting``, if the table has one) reached the Pareto set from,
+    in parameter space (``reached``) and in loss space (``reached_in_loss_space``), of ``starts``.
+
+    >>> table = pd.DataFrame({"method": ["m"] * 3, "reached": [True, False, False],
+    ...                       "reached_in_loss_space": [True, True, False]})
+    >>> reached_counts(table).to_dict("records")
+    [{'method': 'm', 'reached': 1, 'reached_in_loss_space': 2, 'starts': 3}]
+    """
+    keys = [key for key in ("setting", "method") if key in table.columns]
+    grouped = table.groupby(keys, sort=False)
+    counts = grouped[["reached", "reached_in_loss_space"]].sum().astype(int)
+    return counts.assign(starts=grouped.size()).reset_index()
+
+
+def papers_comparison(
+    methods: Sequence[str] = ("sum",),
+    *,
+    steps: int = PAPERS_SETTING["steps"],
+    record_every: int = 500,
+    tol: float = 0.1,
+    loss_tol: float = 0.5,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``methods`` in each setting of :data:`PAPERS_VARIANTS`: the papers' (:data:`PAPERS_SETTING`),
+    then in float64, then also at ``L1 x 1``; ``steps`` replaces the papers' 35 000.
+
+    The papers' baseline is "LS", Adam on the sum of the losses (``sum``; FAMO's caption calls it the
+    average, ``mean``, which under Adam differs only by how large ``eps`` is next to the gradients).
+
+    Returns:
+        ``(trajectories, table)``: the tidy trajectories with a ``setting`` and a ``dtype`` column, and
+        :func:`pareto_table` of each setting (``setting`` first), with both readings of reaching.
+    """
+    require("steps", steps, Int(min=0))
+    frames, tables = [], []
+    for name, change in tqdm(PAPERS_VARIANTS.items(), desc="settings", disable=not progress):
+        setting = {**PAPERS_SETTING, **change, "steps": steps}
+        frame = landscape_trajectories(
+            methods, record_every=record_every, progress=False, step_progress=progress, **setting
+        )
+        frame.insert(0, "setting", name)
+        frame["dtype"] = str(setting["dtype"]).removeprefix("torch.")
+        frames.append(frame)
+        table = pareto_table(frame, tol=tol, loss_tol=loss_tol)
+        table.insert(0, "setting", name)
+        tables.append(table.assign(l1_scale=setting["l1_scale"], dtype=frame["dtype"].iloc[0]))
+    return pd.concat(frames, ignore_index=True), pd.concat(tables, ignore_index=True)
 
 
 def rescaling_gap(
