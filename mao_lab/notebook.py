@@ -200,26 +200,28 @@ class LiveView(Protocol):
     def static_figure(self) -> Any: ...
 
 
-def display_live(live: LiveView) -> Any:
+def display_live(live: LiveView) -> None:
     """Display ``live.widget`` and, under it, a static copy of its first view for the notebook's HTML export.
 
     Widgets are inert in an HTML export, so the copy is what a reader of the export sees.  In a browser
     with a live kernel the copy would stay on screen beside the live figure and disagree with it after
     the first change; so the widget carries a tiny signal that a browser sets when it draws the widget,
     and the copy is then removed.  A headless run (papermill) draws nothing: the copy stays for the export.
-
-    Returns the static figure (to save it with :meth:`ResultsFolder.save_figure`).
+    (Save the view with ``results.save_figure(live.static_figure(), name)``.)
     """
     import ipywidgets as widgets
+    import plotly.io as pio
     from IPython.display import display
 
     figure = live.static_figure()
     signal = _render_signal_class()()
     display(widgets.VBox([live.widget, signal]))
-    # The figure's bundle rather than the figure: a plotly figure displays itself and would drop the display id.
-    copy = display(figure._repr_mimebundle_(), raw=True, display_id=True)
+    # The figure's bundle rather than the figure, which displays itself and would drop the display id; built by
+    # the default renderers as figure.show() builds it (the figure's own _repr_mimebundle_ would send plotly.js
+    # again, 5 MB into the notebook each time).
+    bundle = pio.renderers._build_mime_bundle(figure.to_dict())
+    copy = display(bundle, raw=True, display_id=True)
     signal.observe(lambda change: copy.update({"text/plain": ""}, raw=True) if change["new"] else None, names="rendered")
-    return figure
 
 
 _RENDER_SIGNAL_JS = """

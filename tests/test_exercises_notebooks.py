@@ -132,5 +132,9 @@ def test_the_static_copy_of_a_live_widget_stays_headless_and_goes_once_a_browser
         update = shell.display_pub.outputs[-1]
         assert update["update"] and update["transient"]["display_id"] == display_id
         assert update["data"] == {"text/plain": ""}
+        # A second live widget adds itself and its copy, not plotly.js again (5 MB in the notebook each time).
+        before = len(shell.display_pub.outputs)
+        display_live(Live())
+        assert len(shell.display_pub.outputs) == before + 2
     finally:
         shell.display_pub = publisher

@@ -428,8 +428,12 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
     result = Result(path.stem)
     started = time.monotonic()
     state = open_and_run(page, base, token, path, result)
-    result.problems += [f"error output: {e}" for e in state["errors"]]
     notebook = page.locator(".jp-NotebookPanel:visible").first
+    # The kernel removes each static copy once the browser has drawn its live widget: wait for that first.
+    stale = static_copies(notebook, page)
+    result.problems += [f"a static copy of a live widget's view stays on the page: {title}" for title in stale]
+    state = page.evaluate(STATE_JS)
+    result.problems += [f"error output: {e}" for e in state["errors"]]
     result.figures = notebook.locator(".js-plotly-plot").count()
     rendered = notebook.locator(".jp-OutputArea-output:has(> .jupyter-widgets)")
     views = [rendered.nth(i) for i in range(rendered.count()) if not rendered.nth(i).locator(".widget-hprogress").count()]
@@ -445,8 +449,6 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
         result.exercises = state["unanswered"]
         if result.exercises != expected_exercises(path):
             result.problems.append(f"{expected_exercises(path)} unanswered exercise checks in the notebook, {result.exercises} said so")
-        stale = static_copies(notebook, page)
-        result.problems += [f"a static copy of a live widget's view stays on the page: {title}" for title in stale]
         check_page_layout(notebook, result)
     if not result.problems:
         exercise_widgets(page, views, result, path.stem)
