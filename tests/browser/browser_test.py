@@ -188,19 +188,25 @@ STATE_JS = """() => {
   return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText, unanswered};
 }"""
 
-# Visible figures outside every widget whose traces equal a figure's inside a widget: a static copy of a
-# live widget's view left on the page (it disagrees with the widget after the first change).
+# Visible figures beside a live widget (in its cell, outside every widget) whose traces equal a figure's inside
+# it: a static copy of the widget's view left on the page (it disagrees with the widget after the first change).
+# (A figure of another cell may show the same runs: that is the notebook's own figure, not a copy.)
 STATIC_COPIES_JS = """(root) => {
   const strip = v => (v && v.constructor && v.constructor.name.endsWith('Array') && !Array.isArray(v)) ? Array.from(v) : v;
   const traces = gd => JSON.stringify((gd.data || []).map(t => [t.type, t.name, strip(t.x), strip(t.y), strip(t.z)]));
   const title = gd => String((gd.layout && gd.layout.title && gd.layout.title.text) || 'untitled').slice(0, 80);
-  const shown = Array.from(root.querySelectorAll('.js-plotly-plot')).filter(gd => gd.offsetParent !== null);
-  const live = new Set(shown.filter(gd => gd.closest('.jupyter-widgets')).map(traces));
-  return shown.filter(gd => !gd.closest('.jupyter-widgets') && live.has(traces(gd))).map(title);
+  const copies = [];
+  for (const cell of root.querySelectorAll('.jp-CodeCell')) {
+    const shown = Array.from(cell.querySelectorAll('.js-plotly-plot')).filter(gd => gd.offsetParent !== null);
+    const live = new Set(shown.filter(gd => gd.closest('.jupyter-widgets')).map(traces));
+    copies.push(...shown.filter(gd => !gd.closest('.jupyter-widgets') && live.has(traces(gd))).map(title));
+  }
+  return copies;
 }"""
 
 # Titles that do not fit, in every visible figure: annotations (subplot titles) overlapping each other, a
-# title or axis title running out of the figure (clipped), a y-axis title longer than its axis.
+# title or axis title running out of the figure (clipped), a y-axis title longer than its axis by more than
+# 20 px at either end (a few px into the margins is harmless; more reaches the title or the tick labels).
 LAYOUT_JS = """(root) => {
   const problems = [];
   const inside = (a, b) => a.left >= b.left - 1 && a.right <= b.right + 1 && a.top >= b.top - 1 && a.bottom <= b.bottom + 1;
@@ -222,7 +228,7 @@ LAYOUT_JS = """(root) => {
     for (const g of gd.querySelectorAll('.infolayer [class^="g-y"][class$="title"]')) {
       const axis = full[g.getAttribute('class').slice(2, -5).replace(/^y$/, 'yaxis').replace(/^y(\\d+)$/, 'yaxis$1')];
       const text = g.querySelector('text');
-      if (axis && text && text.textContent.trim() && text.getBoundingClientRect().height > axis._length + 2)
+      if (axis && text && text.textContent.trim() && text.getBoundingClientRect().height > axis._length + 40)
         problems.push(`${name}: the y-axis title "${text.textContent.slice(0, 60)}" is longer than its axis`);
     }
   }
