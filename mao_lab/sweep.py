@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -428,34 +428,23 @@ def run_sweep(
     fixed = dict(fixed or {})
     points = expand_grid(grid)
     _check_sweep_parameters(notebook, points, grid, fixed)
-    for name, value in (("max_file_bytes", max_file_bytes), ("max_total_bytes", max_total_bytes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    target = str(outputs) if outputs is not None else str(out)
-    if _is_url(target):
-        _check_url(target)
-    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0):
-        raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
+    _check_limits(max_file_bytes, max_total_bytes, cell_timeout)
+    target = _resolve_target(outputs, out)
     out.mkdir(parents=True, exist_ok=True)
-    if not _is_url(target):
-        target = str(Path(target).resolve())
     ids = [run_id(p) for p in points]
     rows = _scan_rows(out)
-    todo = []
     _refuse_other_parameters(out, ids, points, fixed, rows)
+    limits = {"max_file_bytes": max_file_bytes, "max_total_bytes": max_total_bytes}
+    todo = []
     for rid, point in zip(ids, points):
         existing = rows.get(rid)
-        if existing is not None and existing["status"] == "ok":
+        if existing is not None and existing["status"] == "ok":  # finished earlier: reported, not rerun
             if on_result is not None:
-                on_result(read_point(out / rid, max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes))
+                on_result(read_point(out / rid, **limits))
             continue
-        if existing is None:
-            rows[rid] = _pending_row(rid, point, out)
+        rows.setdefault(rid, _pending_row(rid, point, out))
         todo.append((rid, point))
     _save_table(out, rows, ids, list(grid))
-
-    text = notebook.read_text(encoding="utf-8")
-    options = {"html": html, "max_file_bytes": max_file_bytes, "max_total_bytes": max_total_bytes, "cell_timeout": cell_timeout}
 
     def finish(result: PointResult) -> None:
         result = _store(out / result.run_id, result, target)
@@ -465,31 +454,54 @@ def run_sweep(
         if on_result is not None:
             on_result(result)
 
-    bar = tqdm(total=len(todo), desc="sweep", disable=not progress, file=sys.stderr)
-    try:
-        if client is None:
-            for rid, point in todo:
-                finish(run_point(notebook, rid, point, fixed, target, **options))
-                bar.update()
-        else:
-            from dask.distributed import as_completed
-
-            futures = {
-                client.submit(run_point, str(notebook), rid, point, fixed, target, notebook_text=text, pure=False, **options): (rid, point)
-                for rid, point in todo
-            }
-            for future in as_completed(futures):
-                rid, point = futures[future]
-                try:
-                    result = future.result()
-                except Exception as error:  # noqa: BLE001 - a killed worker (KilledWorker), a lost connection
-                    result = _lost_point(out / rid, rid, point, fixed, target, error, max_file_bytes, max_total_bytes)
-                finish(result)
-                bar.update()
-    finally:
-        bar.close()
+    options = {"html": html, "cell_timeout": cell_timeout, **limits}
+    with tqdm(total=len(todo), desc="sweep", disable=not progress, file=sys.stderr) as bar:
+        for result in _results(notebook, todo, fixed, target, client, options, out):
+            finish(result)
+            bar.update()
     table = _save_table(out, _scan_rows(out, rows), ids, list(grid))
     return table[table["run_id"].isin(set(ids))].reset_index(drop=True)
+
+
+def _check_limits(max_file_bytes: int, max_total_bytes: int, cell_timeout: float | None) -> None:
+    for name, value in (("max_file_bytes", max_file_bytes), ("max_total_bytes", max_total_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0):
+        raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
+
+
+def _resolve_target(outputs: str | Path | None, out: Path) -> str:
+    """Where workers write the points: ``outputs`` (a checked URL, or a folder made absolute), else ``out``."""
+    target = str(outputs) if outputs is not None else str(out)
+    if _is_url(target):
+        _check_url(target)
+        return target
+    return str(Path(target).resolve())
+
+
+def _results(
+    notebook: Path, todo: Sequence[tuple[str, dict[str, Any]]], fixed: Mapping[str, Any], target: str,
+    client: Any, options: Mapping[str, Any], out: Path,
+) -> Iterator[PointResult]:
+    """Each point's result as it arrives: one after another here, or from a Dask client as they finish."""
+    if client is None:
+        for rid, point in todo:
+            yield run_point(notebook, rid, point, fixed, target, **options)
+        return
+    from dask.distributed import as_completed
+
+    text = notebook.read_text(encoding="utf-8")  # workers need not see the client's files
+    futures = {
+        client.submit(run_point, str(notebook), rid, point, fixed, target, notebook_text=text, pure=False, **options): (rid, point)
+        for rid, point in todo
+    }
+    for future in as_completed(futures):
+        rid, point = futures[future]
+        try:
+            yield future.result()
+        except Exception as error:  # noqa: BLE001 - a killed worker (KilledWorker), a lost connection
+            yield _lost_point(out / rid, rid, point, fixed, target, error, options["max_file_bytes"], options["max_total_bytes"])
 
 
 def _lost_point(

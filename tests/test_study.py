@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -112,8 +113,19 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
 
     docs = tmp_path / "docs"
     assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with
-    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv"):
+    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv", "validation.csv"):
         assert (docs / name).read_text() == (study / name).read_text(), name
+    # validation.csv: the regression's criterion written out by hand (mean validation value over tasks, then seeds)
+    validation = pd.read_csv(docs / "validation.csv")
+    scores = pd.read_parquet(study / "scores.parquet")
+    reg = next(c for c in choice[choice["chosen"]]["config"] if c.startswith("reg"))
+    rate = float(choice[choice["chosen"] & (choice["config"] == reg)]["lr"].iloc[0])
+    val = scores[(scores["config"] == reg) & (scores["split"] == "val") & (scores["lr"] == rate)]
+    by_hand = val.groupby(["seed", "step"])["value"].mean().groupby("step").mean()
+    mine = validation[validation["config"] == reg].set_index("step")["criterion"]
+    np.testing.assert_allclose(mine.to_numpy(), by_hand.loc[mine.index].to_numpy(), rtol=1e-5)
+    assert list(mine.index) == sorted(by_hand.index) and not validation["config"].str.contains("single").any()
+    assert "levelled off" in (docs / "ledger.md").read_text()
     methods = pd.read_csv(docs / "methods.csv")
     assert set(methods["config"]) == {c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"}
 

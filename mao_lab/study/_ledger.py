@@ -1,4 +1,5 @@
-"""The ledger as small text files: ``ledger.csv``, ``ledger.json``, ``ledger.md`` and ``methods.csv`` (no HTML, no plotly.js).
+"""The ledger as small text files: ``ledger.csv``, ``ledger.json``, ``ledger.md``, ``methods.csv`` and ``validation.csv``
+(no HTML, no plotly.js).
 
 ``python -m mao_lab.study.ledger STUDY_DIR --out docs/claims`` rewrites them from a finished study's folder;
 :func:`run_study` writes them into the study folder itself.
@@ -17,9 +18,9 @@ import pandas as pd
 
 from .._files import write_atomically
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, LEDGER_COLUMNS
-from ._design import StudyDesign
+from ._design import SINGLE_TASK_PREFIX, StudyDesign
 
-__all__ = ["ledger_markdown", "load_ledger", "write_ledger"]
+__all__ = ["ledger_markdown", "load_ledger", "validation_levels", "write_ledger"]
 
 SMOKE_WARNING = "**Smoke study: tiny data and a few steps. Its numbers and verdicts mean nothing.**"
 
@@ -77,13 +78,49 @@ def _methods_markdown(intervals: pd.DataFrame, rates: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def validation_levels(scores: pd.DataFrame, learning_rates: pd.DataFrame, design: StudyDesign) -> pd.DataFrame:
+    """Every multi-task configuration's validation criterion at its chosen rate, per evaluation step, averaged over seeds.
+
+    The criterion of :func:`~mao_lab.study.validation_curve` (validation Δm% on MultiMNIST, mean normalised
+    validation MSE on the regression; lower is better).  Columns ``config, step, criterion, seeds``: whether the
+    budget was long enough is read from the last steps.
+    """
+    from ._figures import validation_curve  # plotly and widgets only when a ledger is written
+
+    frames = []
+    for config in pd.unique(learning_rates[learning_rates["chosen"]]["config"]):
+        if f".{SINGLE_TASK_PREFIX}" in str(config):
+            continue  # measured against its own final value: zero at the end by construction
+        curve = validation_curve(scores, learning_rates, str(config), design)
+        if len(curve):
+            mean = curve.groupby("step")["criterion"].agg(criterion="mean", seeds="count").reset_index()
+            frames.append(mean.assign(config=str(config)))
+    columns = ["config", "step", "criterion", "seeds"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _validation_markdown(levels: pd.DataFrame) -> str:
+    lines = ["", "## Has the validation criterion levelled off? (chosen rate, mean over seeds; lower is better)", "",
+             "Validation Δm% on MultiMNIST, mean normalised validation MSE on the regression, at the last three "
+             "evaluation steps; the last column is the change over the last evaluation interval.", "",
+             "| configuration | last three evaluations (step: value) | last change |", "|---|---|---|"]
+    for config, part in levels.groupby("config", sort=False):
+        tail = part.sort_values("step").tail(3)
+        shown = ", ".join(f"{int(step)}: {_number(float(value))}" for step, value in zip(tail["step"], tail["criterion"]))
+        change = float(tail["criterion"].iloc[-1] - tail["criterion"].iloc[-2]) if len(tail) > 1 else math.nan
+        lines.append(f"| {config} | {shown} | {_number(change)} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_ledger(
     out_dir: str | os.PathLike[str], ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign,
     *, delta_m_intervals: pd.DataFrame | None = None, learning_rates: pd.DataFrame | None = None,
+    validation: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write ``ledger.csv``, ``ledger.json`` (ledger, design, provenance) and ``ledger.md`` into ``out_dir``; with
     the study's ``delta_m_intervals`` and ``learning_rates`` tables also ``methods.csv`` (each method's Δm% interval
-    and chosen rate), and a section of ``ledger.md`` showing it."""
+    and chosen rate), with ``validation`` (:func:`validation_levels`) also ``validation.csv``; each with a section
+    of ``ledger.md`` showing it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(ledger.to_json(orient="records"))
@@ -95,6 +132,9 @@ def write_ledger(
         methods = delta_m_intervals.merge(picked, on="config", how="left")
         text += _methods_markdown(delta_m_intervals, learning_rates)
         written.append(write_atomically(out / "methods.csv", lambda tmp: methods.to_csv(tmp, index=False, float_format="%.6g")))
+    if validation is not None and len(validation):
+        text += _validation_markdown(validation)
+        written.append(write_atomically(out / "validation.csv", lambda tmp: validation.to_csv(tmp, index=False, float_format="%.6g")))
     written += [
         write_atomically(out / "ledger.csv", lambda tmp: ledger.to_csv(tmp, index=False, float_format="%.6g")),
         write_atomically(out / "ledger.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")),
