@@ -173,27 +173,25 @@ class ExactMGDA(WeightedAggregator):
 # -- checks ---------------------------------------------------------------------------------------------
 
 
+def _checked_float_matrix(value: object, what: str, square: bool) -> Tensor:
+    """``value`` as a non-empty floating 2-D tensor (square when asked), or a ValueError naming ``what``."""
+    if not isinstance(value, Tensor) or value.dim() != 2 or (square and value.shape[0] != value.shape[1]):
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{what} must be {'square (T, T)' if square else 'a matrix (T, n)'}, got {shape}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{what} is empty (no tasks)")
+    if not value.dtype.is_floating_point:
+        raise ValueError(f"{what} must have a floating dtype, got {value.dtype}")
+    return value
+
+
 def _checked_matrix(matrix: Tensor) -> Tensor:
-    if not isinstance(matrix, Tensor) or matrix.dim() != 2:
-        shape = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
-        raise ValueError(f"the task gradients must be a matrix (T, n), got {shape}")
-    if matrix.shape[0] == 0:
-        raise ValueError("the task gradient matrix has no rows (no tasks)")
-    if not matrix.dtype.is_floating_point:
-        raise ValueError(f"the task gradient matrix must have a floating dtype, got {matrix.dtype}")
     # NaN or Inf anywhere in the matrix makes its Gram matrix non-finite, which the solve refuses.
-    return matrix
+    return _checked_float_matrix(matrix, "the task gradient matrix", square=False)
 
 
 def _checked_gramian(gramian: Tensor) -> np.ndarray:
-    if not isinstance(gramian, Tensor) or gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
-        shape = tuple(gramian.shape) if isinstance(gramian, Tensor) else type(gramian).__name__
-        raise ValueError(f"the Gram matrix must be square (T, T), got {shape}")
-    if gramian.shape[0] == 0:
-        raise ValueError("the Gram matrix is empty (no tasks)")
-    if not gramian.dtype.is_floating_point:
-        raise ValueError(f"the Gram matrix must have a floating dtype, got {gramian.dtype}")
-    gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    gram = _checked_float_matrix(gramian, "the Gram matrix", square=True).detach().to(device="cpu", dtype=torch.float64).numpy()
     if not np.isfinite(gram).all():
         raise ValueError("the Gram matrix contains NaN or Inf (so do the gradients, or they overflow)")
     diagonal = np.diag(gram)
