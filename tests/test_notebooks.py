@@ -141,5 +141,6 @@ def test_the_balance_explorer_opens_the_runs_of_the_regression_notebook(tmp_path
     execute_notebook(NOTEBOOK_DIR / "04_balance_explorer.ipynb", tmp_path / "04",
                      {"smoke": True, "run_dirs": [str(tmp_path / "02")]}, html=False)
     summary = json.loads((tmp_path / "04" / "summary.json").read_text())
-    assert sorted(summary["runs"]) == ["mao", "sum"] and summary["most_imbalanced_run"] == "sum"
+    # 04 names each run by where it came from: the folder 02 wrote (its output folder, here "02").
+    assert sorted(summary["runs"]) == ["02/mao", "02/sum"] and summary["most_imbalanced_run"] == "02/sum"
     assert not (tmp_path / "04" / "demo_runs").exists()
