@@ -244,6 +244,10 @@ class ClaimsExplorer:
         self.figures["task"] = figure
         show_figure(self.views["task"], figure)
 
+    def static_figure(self) -> go.Figure:
+        """The claim view shown now: the copy an HTML export shows (see :func:`mao_lab.notebook.display_live`)."""
+        return self.figures["claim"]
+
     def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
         from IPython.display import display
 
