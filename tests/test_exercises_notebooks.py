@@ -20,6 +20,7 @@ from mao_lab.runner import NOTEBOOK_DIR, NotebookRunError, execute_notebook
 
 EXERCISE_NOTEBOOKS = {  # notebook -> the checker module its exercises import
     "00_quickstart": "mao_lab.exercises.quickstart",
+    "01_toy_landscape": "mao_lab.exercises.landscape",
     "02_imbalanced_regression": "mao_lab.exercises.regression",
     "03_multimnist": "mao_lab.exercises.multimnist",
     "04_balance_explorer": "mao_lab.exercises.explorer",
