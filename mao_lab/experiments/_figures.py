@@ -252,12 +252,7 @@ def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None)
                                     hoverinfo="skip", showlegend=False, legendgroup=method))
         figure.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=method_label(method), legendgroup=method, legendrank=i + 1,
                                     line={**styles[method], "width": LINE_WIDTH}))
-    figure.update_layout(
-        title=title or "Across steps: imbalance of the shared layers' updates<br><sup>mean over the layers; band: ±std over seeds; 0 balanced, 1 one task owns them</sup>",
-        xaxis_title="step", yaxis_title="imbalance index", yaxis={"range": IMBALANCE_RANGE, "zeroline": False},
-        legend_title_text="method", margin={"t": 100},
-    )
-    return figure
+    return _imbalance_layout(figure, title, "mean over the layers; band: ±std over seeds", "method")
 
 
 def imbalance_over_steps_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
@@ -270,10 +265,15 @@ def imbalance_over_steps_figure(frame: pd.DataFrame, *, title: str | None = None
         run, part = parts[i]
         figure.add_trace(go.Scatter(x=part["step"], y=part["imbalance"], mode="lines", name=run, legendrank=i + 1,
                                     line={**styles[i], "width": LINE_WIDTH}))
+    return _imbalance_layout(figure, title, "mean over the shared layers", "run")
+
+
+def _imbalance_layout(figure: go.Figure, title: str | None, averaged: str, legend: str) -> go.Figure:
+    """The layout both imbalance-over-steps figures share: the axis range keeps a line at 0 off the x axis."""
     figure.update_layout(
-        title=title or "Across steps: imbalance of the shared layers' updates<br><sup>mean over the shared layers; 0 balanced, 1 one task owns them</sup>",
+        title=title or f"Across steps: imbalance of the shared layers' updates<br><sup>{averaged}; 0 balanced, 1 one task owns them</sup>",
         xaxis_title="step", yaxis_title="imbalance index", yaxis={"range": IMBALANCE_RANGE, "zeroline": False},
-        legend_title_text="run", margin={"t": 100},
+        legend_title_text=legend, margin={"t": 100},
     )
     return figure
 
