@@ -16,7 +16,7 @@ RATIOS = ("mao_vs_torchjd", "mao_vs_limit", "update_vs_adam", "mao_features_vs_t
 CANDIDATES = ("limit", "mao", "mao_features", "torchjd", "mao_update", "adam_update")
 
 
-def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:  # a hang guard, never a speed goal
     return subprocess.run(
         [sys.executable, "-m", "mao_lab.bench", *args],
         cwd=ROOT,
