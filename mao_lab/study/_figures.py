@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ..experiments import delta_m, show_figure
+from ..experiments._figures import wrap_title
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, final_runs, grouping_points
 from ._design import SINGLE_TASK_PREFIX, StudyDesign
 from ._stats import mean_interval
@@ -38,6 +39,19 @@ __all__ = [
 _PALETTE = qualitative.Plotly + qualitative.D3
 
 
+# Titles wrapped to fit a figure at JupyterLab's width (about 900 px: 70 characters of the title's font, 90 of a
+# note's); the explanation goes in the note, so that axis titles stay short enough for their axis.
+_TITLE_CHARS, _NOTE_CHARS = 70, 90
+
+
+def _titled(figure: go.Figure, title: str, note: str = "", **layout: Any) -> go.Figure:
+    """Set ``title`` (and a smaller ``note`` under it), both wrapped, with a top margin that holds them."""
+    lines = wrap_title(title, _TITLE_CHARS).split("<br>")
+    notes = [f"<sup>{line}</sup>" for line in wrap_title(note, _NOTE_CHARS).split("<br>")] if note else []
+    figure.update_layout(title="<br>".join(lines + notes), margin={"t": 40 + 24 * len(lines) + 16 * len(notes)}, **layout)
+    return figure
+
+
 def learning_rate_figure(choice: pd.DataFrame, setting: str) -> go.Figure:
     """Each configuration's validation criterion (lower is better) against the learning rate; a ring marks the choice."""
     part = choice[choice["config"].str.startswith(f"{setting}.")]
@@ -51,11 +65,11 @@ def learning_rate_figure(choice: pd.DataFrame, setting: str) -> go.Figure:
         figure.add_trace(go.Scatter(x=picked["lr"], y=picked["criterion"], mode="markers", showlegend=False, legendgroup=config,
                                     marker={"size": 14, "symbol": "circle-open", "color": color, "line": {"width": 2}},
                                     hovertemplate="chosen: lr %{x:g}<extra></extra>"))
-    criterion = "mean normalised validation MSE" if setting.startswith("reg") else "validation Δm% (single-task baselines: their own metric, signed)"
-    figure.update_layout(title=f"{setting}: validation criterion against the learning rate (ring: the chosen rate)",
-                         xaxis={"type": "log", "title": "learning rate"}, yaxis_title=f"{criterion}; lower is better",
-                         legend_title_text="method")
-    return figure
+    regression = setting.startswith("reg")
+    note = ("mean normalised validation MSE" if regression else "validation Δm% (single-task baselines: their own metric, signed)")
+    return _titled(figure, f"{setting}: validation criterion against the learning rate (ring: the chosen rate)",
+                   f"{note}; lower is better", xaxis={"type": "log", "title": "learning rate"},
+                   yaxis_title="validation MSE (norm.)" if regression else "validation Δm%", legend_title_text="method")
 
 
 def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
@@ -75,10 +89,9 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
     for threshold in pd.unique(parts["threshold"]):
         figure.add_vline(x=float(threshold), line_dash="dash", line_color="gray")
     verdict = ledger[(ledger["claim"] == claim) & (ledger["part"] == "(claim)")]["verdict"]
-    figure.update_layout(title=f"{claim}: {CLAIMS[claim]} — {verdict.iloc[0] if len(verdict) else '?'}",
-                         xaxis_title="effect: estimate and 95 % interval over seeds", height=max(320, 34 * len(parts) + 160),
-                         legend_title_text="part verdict")
-    return figure
+    return _titled(figure, f"{claim}: {CLAIMS[claim]} — {verdict.iloc[0] if len(verdict) else '?'}",
+                   xaxis_title="effect: estimate and 95 % interval over seeds", height=max(360, 34 * len(parts) + 200),
+                   legend_title_text="part verdict")
 
 
 def delta_m_figure(intervals: pd.DataFrame, setting: str = "mm4") -> go.Figure:
@@ -90,9 +103,8 @@ def delta_m_figure(intervals: pd.DataFrame, setting: str = "mm4") -> go.Figure:
                  "arrayminus": (part["estimate"] - part["low"]).to_numpy()},
         hovertemplate="%{x}: Δm %{y:.2f}%<extra></extra>"))
     figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
-    figure.update_layout(title=f"{setting}: Δm% against the single-task baselines (mean, 95 % interval over seeds; lower is better)",
-                         yaxis_title="Δm (%)", xaxis_title="method")
-    return figure
+    return _titled(figure, f"{setting}: Δm% against the single-task baselines", "mean and 95 % interval over seeds; lower is better",
+                   yaxis_title="Δm (%)", xaxis_title="method")
 
 
 def balance_figure(balance: pd.DataFrame, choice: pd.DataFrame, setting: str, *, statistic: str = "imbalance") -> go.Figure:
@@ -114,10 +126,10 @@ def balance_figure(balance: pd.DataFrame, choice: pd.DataFrame, setting: str, *,
     if statistic == "imbalance":
         figure.add_hline(y=BALANCE_THRESHOLD, line_dash="dash", line_color="gray")
     label = "imbalance index" if statistic == "imbalance" else "largest task share"
-    figure.update_layout(title=f"{setting}: the worst shared layer's {label} at every recorded step (mean over seeds; band: min–max)",
-                         xaxis_title="step", yaxis_title=f"{label} (max over shared layers)", yaxis={"range": [0, 1]},
-                         legend_title_text="method")
-    return figure
+    return _titled(figure, f"{setting}: the worst shared layer's {label} at every recorded step",
+                   "the largest over the shared layers; mean over seeds, band: min–max", xaxis_title="step",
+                   yaxis_title=f"worst {'imbalance' if statistic == 'imbalance' else 'share'}", yaxis={"range": [0, 1]},
+                   legend_title_text="method")
 
 
 def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4") -> go.Figure:
@@ -136,9 +148,8 @@ def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4"
                                     marker={"color": color, "size": 9},
                                     error_y={"type": "data", "symmetric": False, "array": (table["high"] - table["estimate"]).to_numpy(),
                                              "arrayminus": (table["estimate"] - table["low"]).to_numpy()}))
-    figure.update_layout(title=f"{setting}: how far the shared parameters went (mean, 95 % interval over seeds; each at its chosen rate)",
-                         yaxis={"type": "log", "title": "Euclidean norm"}, xaxis_title="method")
-    return figure
+    return _titled(figure, f"{setting}: how far the shared parameters went", "mean and 95 % interval over seeds; each method at its chosen rate",
+                   yaxis={"type": "log", "title": "Euclidean norm"}, xaxis_title="method")
 
 
 def compute_figure(delta_m_runs: pd.DataFrame, runs: pd.DataFrame, choice: pd.DataFrame, design: StudyDesign) -> go.Figure:
@@ -153,9 +164,8 @@ def compute_figure(delta_m_runs: pd.DataFrame, runs: pd.DataFrame, choice: pd.Da
         figure.add_trace(go.Scatter(x=part["seconds_per_epoch"], y=part["delta_m"], mode="markers", name=f"s = {size} ({config.split('.', 1)[1]})",
                                     marker={"size": 9, "color": _PALETTE[i % len(_PALETTE)]},
                                     hovertemplate="seed %{text}<br>%{x:.2f} s/epoch, Δm %{y:.2f}%<extra></extra>", text=part["seed"]))
-    figure.update_layout(title="P4: Δm% against compute for group sizes s (one dot per seed; lower and left is better)",
-                         xaxis_title="seconds per epoch (training steps only)", yaxis_title="Δm (%)", legend_title_text="group size")
-    return figure
+    return _titled(figure, "P4: Δm% against compute for group sizes s", "one dot per seed; lower and left is better",
+                   xaxis_title="seconds per epoch (training steps only)", yaxis_title="Δm (%)", legend_title_text="group size")
 
 
 def validation_curve(scores: pd.DataFrame, choice: pd.DataFrame, config: str, design: StudyDesign) -> pd.DataFrame:
@@ -184,9 +194,10 @@ def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
         figure.add_trace(go.Scatter(x=part["step"], y=part["criterion"], mode="lines", name=f"seed {seed}", opacity=0.5))
     mean = curve.groupby("step")["criterion"].mean()
     figure.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name="mean", line={"color": "black", "width": 3}))
-    label = "mean normalised validation MSE" if config.startswith("reg") else "validation Δm% (lower is better)"
-    figure.update_layout(title=f"{config}: the validation curve at its chosen learning rate", xaxis_title="step", yaxis_title=label)
-    return figure
+    label = "validation MSE (norm.)" if config.startswith("reg") else "validation Δm%"
+    note = "mean normalised validation MSE" if config.startswith("reg") else "validation Δm% against the single-task baselines"
+    return _titled(figure, f"{config}: the validation curve at its chosen learning rate", f"{note}; lower is better",
+                   xaxis_title="step", yaxis_title=label)
 
 
 class ClaimsExplorer:
@@ -239,8 +250,8 @@ class ClaimsExplorer:
             mean = part.groupby("step")["value"].mean()
             figure.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name=config, line={"color": _PALETTE[i % len(_PALETTE)]}))
         metric = str(val["metric"].iloc[0]) if len(val) else ""
-        figure.update_layout(title=f"{task}: validation {metric} over the steps (mean over seeds, each method at its chosen rate)",
-                             xaxis_title="step", yaxis_title=metric)
+        _titled(figure, f"{task}: validation {metric} over the steps", "mean over seeds; each method at its chosen rate",
+                xaxis_title="step", yaxis_title=metric)
         self.figures["task"] = figure
         show_figure(self.views["task"], figure)
 
