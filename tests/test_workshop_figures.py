@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-import torch
 
 from mao_lab.experiments import (
     HeatmapExplorer,
@@ -36,12 +35,7 @@ WIDTH = 900
 CHAR = 0.6  # of the font size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _lines(text: str) -> list[str]:
