@@ -13,7 +13,7 @@ import torch
 
 from mao_lab.problems import load_multimnist
 from mao_lab.runner import NOTEBOOK_DIR, NotebookRunError, execute_notebook
-from mao_lab.study import CLAIMS, VERDICTS, StudyError, run_config, run_study, smoke_design
+from mao_lab.study import CLAIMS, LEVELLING_STATUSES, VERDICTS, StudyError, run_config, run_study, smoke_design
 from mao_lab.study.__main__ import main
 from mao_lab.study._runs import _multimnist, _PathMeter
 from mao_lab.study._study import POINT_NOTEBOOK
@@ -113,7 +113,7 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
 
     docs = tmp_path / "docs"
     assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with
-    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv", "validation.csv"):
+    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv", "validation.csv", "levelling.csv"):
         assert (docs / name).read_text() == (study / name).read_text(), name
     # validation.csv: the regression's criterion written out by hand (mean validation value over tasks, then seeds)
     validation = pd.read_csv(docs / "validation.csv")
@@ -126,13 +126,19 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     np.testing.assert_allclose(mine.to_numpy(), by_hand.loc[mine.index].to_numpy(), rtol=1e-5)
     assert list(mine.index) == sorted(by_hand.index) and not validation["config"].str.contains("single").any()
     assert "levelled off" in (docs / "ledger.md").read_text()
+    # levelling.csv: the regression's change over the last quarter, paired by seed, by hand
+    per_seed = val.groupby(["seed", "step"])["value"].mean().unstack("step")
+    levelling = pd.read_csv(docs / "levelling.csv").set_index("config").loc[reg]
+    last, start = per_seed.columns.max(), max(s for s in per_seed.columns if s <= 0.75 * per_seed.columns.max())
+    assert (levelling["from_step"], levelling["to_step"]) == (start, last)
+    assert levelling["change"] == pytest.approx((per_seed[last] - per_seed[start]).mean(), rel=1e-5)
     methods = pd.read_csv(docs / "methods.csv")
     assert set(methods["config"]) == {c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"}
 
     out = tmp_path / "claims"
     execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(study), "claim": "P4"})
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["smoke"] is True
+    assert summary["smoke"] is True and summary["best_mm4_levelling"] in LEVELLING_STATUSES
     assert summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
     for figure in ("claim_M1", "claim_P4", "balance_reg8", "learning_rate_mm4", "validation_curve", "compute", "spread"):
         assert (out / f"{figure}.html").is_file(), figure

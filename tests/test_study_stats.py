@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mao_lab.study import combine_verdicts, mean_interval, paired_interval, verdict
+from mao_lab.study import LEVELLING_STATUSES, combine_verdicts, levelling_off, mean_interval, paired_interval, validation_levels, verdict
 from mao_lab.study._analysis import claims_ledger
 from mao_lab.study._design import MM4_TASKS, StudyDesign, smoke_design
 
@@ -172,3 +172,43 @@ def test_the_ledger_calls_no_effect_inconclusive_and_chooses_rates_on_validation
     choice = choose_learning_rates(rigged, design)
     assert set(choice[choice["chosen"]]["lr"]) == {1e-3}
     assert set(MM4_TASKS) <= set(scores["task"])
+
+
+def _curves(final_change: np.ndarray, *, steps: tuple[int, ...] = (0, 50, 100, 150, 200), config: str = "mm4.x") -> pd.DataFrame:
+    """Per-seed validation curves whose value at the last step differs from the value at 150 by ``final_change``."""
+    rows = []
+    for seed, change in enumerate(final_change):
+        for step in steps:
+            value = 100.0 - 0.1 * step + seed  # seeds differ by an offset, which pairing removes
+            if step == steps[-1]:
+                value = (100.0 - 0.1 * 150 + seed) + change
+            rows.append({"config": config, "seed": seed, "step": step, "criterion": value})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("shift, expected", [(-2.0, "still improving"), (0.0, "levelled off"), (2.0, "getting worse")])
+def test_levelling_off_reads_a_planted_last_quarter(shift: float, expected: str) -> None:
+    noise = np.random.default_rng(4).normal(0.0, 0.5, size=6)
+    change = shift + noise - noise.mean()  # the planted mean change exactly; seed noise around it
+    table = levelling_off(_curves(change))
+    row = table.iloc[0]
+    assert (row["from_step"], row["to_step"]) == (150, 200)  # the last evaluation at or before 0.75 * 200
+    low, high = stats.t.interval(0.95, len(change) - 1, loc=change.mean(), scale=stats.sem(change))
+    assert (row["change"], row["low"], row["high"]) == pytest.approx((change.mean(), low, high))
+    assert row["status"] == expected and row["status"] in LEVELLING_STATUSES
+
+
+def test_levelling_off_needs_two_seeds_and_two_evaluations() -> None:
+    assert levelling_off(_curves(np.array([-5.0]))).iloc[0]["status"] == "unknown"
+    single_step = _curves(np.array([-1.0, -2.0]), steps=(200,))
+    assert levelling_off(single_step).empty  # nothing to compare
+    with pytest.raises(ValueError, match="fraction must lie strictly between 0 and 1"):
+        levelling_off(_curves(np.array([-1.0, -2.0])), fraction=1.0)
+
+
+def test_validation_levels_is_the_mean_over_seeds() -> None:
+    curves = _curves(np.array([-1.0, -3.0, 1.0]))
+    levels = validation_levels(curves).set_index("step")
+    by_hand = curves.pivot_table(index="step", columns="seed", values="criterion").mean(axis=1)
+    np.testing.assert_allclose(levels["criterion"].to_numpy(), by_hand.loc[levels.index].to_numpy())
+    assert (levels["seeds"] == 3).all()

@@ -23,7 +23,16 @@ from ._figures import (
     validation_curve_figure,
 )
 from . import _figures
-from ._ledger import ledger_markdown, load_ledger, validation_levels, write_ledger
+from ._ledger import (
+    LEVELLING_FRACTION,
+    LEVELLING_STATUSES,
+    ledger_markdown,
+    levelling_off,
+    load_ledger,
+    validation_curves,
+    validation_levels,
+    write_ledger,
+)
 from ._runs import RunTables, run_config, run_point
 from ._study import POINT_NOTEBOOK, StudyError, load_study, provenance, run_study, summarise
 from ._stats import (
@@ -55,7 +64,11 @@ __all__ = [
     "run_study",
     "summarise",
     "worst_balance",
+    "validation_curves",
     "validation_levels",
+    "levelling_off",
+    "LEVELLING_FRACTION",
+    "LEVELLING_STATUSES",
     "write_ledger",
     "DIRECTIONS",
     "MM4_TASKS",

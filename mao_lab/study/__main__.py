@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"predicted wall time with {max(args.workers, 1)} worker(s): {totals['total_s'] / 60:.1f} min")
         return 0
     if args.ledger_only is not None:
-        from ._ledger import validation_levels, write_ledger
+        from ._ledger import validation_curves, write_ledger
         from ._study import load_study
 
         if args.out is None:
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         study = load_study(args.ledger_only)
         for path in write_ledger(args.out, study["ledger"], study["provenance"], study["design"],
                                  delta_m_intervals=study["delta_m_intervals"], learning_rates=study["learning_rates"],
-                                 validation=validation_levels(study["scores"], study["learning_rates"], study["design"])):
+                                 validation=validation_curves(study["scores"], study["learning_rates"], study["design"])):
             print(path)
         return 0
     from ._study import StudyError, run_study

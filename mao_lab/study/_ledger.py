@@ -1,5 +1,5 @@
-"""The ledger as small text files: ``ledger.csv``, ``ledger.json``, ``ledger.md``, ``methods.csv`` and ``validation.csv``
-(no HTML, no plotly.js).
+"""The ledger as small text files: ``ledger.csv``, ``ledger.json``, ``ledger.md``, ``methods.csv``, ``validation.csv``
+and ``levelling.csv`` (no HTML, no plotly.js).
 
 ``python -m mao_lab.study.ledger STUDY_DIR --out docs/claims`` rewrites them from a finished study's folder;
 :func:`run_study` writes them into the study folder itself.
@@ -19,8 +19,18 @@ import pandas as pd
 from .._files import write_atomically
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, LEDGER_COLUMNS
 from ._design import SINGLE_TASK_PREFIX, StudyDesign
+from ._stats import mean_interval
 
-__all__ = ["ledger_markdown", "load_ledger", "validation_levels", "write_ledger"]
+__all__ = [
+    "LEVELLING_FRACTION",
+    "LEVELLING_STATUSES",
+    "ledger_markdown",
+    "levelling_off",
+    "load_ledger",
+    "validation_curves",
+    "validation_levels",
+    "write_ledger",
+]
 
 SMOKE_WARNING = "**Smoke study: tiny data and a few steps. Its numbers and verdicts mean nothing.**"
 
@@ -78,12 +88,17 @@ def _methods_markdown(intervals: pd.DataFrame, rates: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def validation_levels(scores: pd.DataFrame, learning_rates: pd.DataFrame, design: StudyDesign) -> pd.DataFrame:
-    """Every multi-task configuration's validation criterion at its chosen rate, per evaluation step, averaged over seeds.
+LEVELLING_FRACTION = 0.75
+"""Where the last stretch of the budget starts, as a fraction of the final evaluation step (the last quarter)."""
+
+LEVELLING_STATUSES = ("still improving", "levelled off", "getting worse", "unknown")
+
+
+def validation_curves(scores: pd.DataFrame, learning_rates: pd.DataFrame, design: StudyDesign) -> pd.DataFrame:
+    """Every multi-task configuration's validation criterion at its chosen rate, per seed and evaluation step.
 
     The criterion of :func:`~mao_lab.study.validation_curve` (validation Δm% on MultiMNIST, mean normalised
-    validation MSE on the regression; lower is better).  Columns ``config, step, criterion, seeds``: whether the
-    budget was long enough is read from the last steps.
+    validation MSE on the regression; lower is better).  Columns ``config, seed, step, criterion``.
     """
     from ._figures import validation_curve  # plotly and widgets only when a ledger is written
 
@@ -93,22 +108,88 @@ def validation_levels(scores: pd.DataFrame, learning_rates: pd.DataFrame, design
             continue  # measured against its own final value: zero at the end by construction
         curve = validation_curve(scores, learning_rates, str(config), design)
         if len(curve):
-            mean = curve.groupby("step")["criterion"].agg(criterion="mean", seeds="count").reset_index()
-            frames.append(mean.assign(config=str(config)))
-    columns = ["config", "step", "criterion", "seeds"]
+            frames.append(curve.assign(config=str(config)))
+    columns = ["config", "seed", "step", "criterion"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-def _validation_markdown(levels: pd.DataFrame) -> str:
-    lines = ["", "## Has the validation criterion levelled off? (chosen rate, mean over seeds; lower is better)", "",
-             "Validation Δm% on MultiMNIST, mean normalised validation MSE on the regression, at the last three "
-             "evaluation steps; the last column is the change over the last evaluation interval.", "",
-             "| configuration | last three evaluations (step: value) | last change |", "|---|---|---|"]
+def validation_levels(curves: pd.DataFrame) -> pd.DataFrame:
+    """:func:`validation_curves` averaged over seeds: columns ``config, step, criterion, seeds``."""
+    levels = curves.groupby(["config", "step"], sort=False)["criterion"].agg(criterion="mean", seeds="count")
+    return levels.reset_index()[["config", "step", "criterion", "seeds"]]
+
+
+def levelling_off(curves: pd.DataFrame, fraction: float = LEVELLING_FRACTION) -> pd.DataFrame:
+    """Has each configuration's validation criterion levelled off by the end of its budget?
+
+    The rule, fixed before the study's numbers are read: take the paired-by-seed change of the criterion from
+    the last evaluation at or before ``fraction`` of the final step to the final step, with its 95 %
+    t-interval (:func:`~mao_lab.study.paired_interval`).  The configuration is ``still improving`` if the whole
+    interval lies below 0 (lower is better), ``getting worse`` if it lies above 0, ``levelled off`` if it holds
+    0 (no change over the last stretch that the seeds can detect), ``unknown`` with fewer than two seeds.
+
+    Columns ``config, from_step, to_step, change, low, high, seeds, status``.
+
+    >>> curves = pd.DataFrame({"config": "a", "seed": [0, 1, 2] * 3, "step": [0] * 3 + [75] * 3 + [100] * 3,
+    ...                        "criterion": [9.0, 9.5, 8.5, 5.0, 5.2, 4.9, 3.0, 3.1, 2.8]})
+    >>> row = levelling_off(curves).iloc[0]
+    >>> int(row["from_step"]), int(row["to_step"]), row["status"]
+    (75, 100, 'still improving')
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction}")
+    rows = []
+    for config, part in curves.groupby("config", sort=False):
+        last = part["step"].max()
+        earlier = part.loc[part["step"] <= fraction * last, "step"]
+        if earlier.empty or earlier.max() == last:
+            continue  # a single evaluation: nothing to compare
+        start = earlier.max()
+        per_seed = part.pivot_table(index="seed", columns="step", values="criterion")[[start, last]].dropna()
+        change = mean_interval((per_seed[last] - per_seed[start]).to_numpy()) if len(per_seed) else None
+        if change is None or change.n < 2:
+            status = "unknown"
+        elif change.high < 0:
+            status = "still improving"
+        elif change.low > 0:
+            status = "getting worse"
+        else:
+            status = "levelled off"
+        rows.append({"config": config, "from_step": int(start), "to_step": int(last),
+                     "change": change.estimate if change else math.nan, "low": change.low if change else math.nan,
+                     "high": change.high if change else math.nan, "seeds": change.n if change else 0, "status": status})
+    return pd.DataFrame(rows, columns=["config", "from_step", "to_step", "change", "low", "high", "seeds", "status"])
+
+
+def _best_per_setting(levels: pd.DataFrame) -> dict[str, str]:
+    """The configuration with the lowest final mean criterion in each setting (``mm4``, ``reg2`` ...)."""
+    final = levels[levels["step"] == levels.groupby("config")["step"].transform("max")]
+    final = final.assign(setting=final["config"].str.split(".").str[0])
+    return {str(s): str(part.loc[part["criterion"].idxmin(), "config"]) for s, part in final.groupby("setting", sort=False)}
+
+
+def _validation_markdown(curves: pd.DataFrame) -> str:
+    levels, levelling = validation_levels(curves), levelling_off(curves).set_index("config")
+    best = _best_per_setting(levels)
+    lines = ["", "## Has the validation criterion levelled off? (chosen rate; lower is better)", "",
+             "Validation Δm% on MultiMNIST, mean normalised validation MSE on the regression: its mean over seeds at the "
+             f"last three evaluation steps, and the change over the last quarter of the budget (from the last evaluation at "
+             f"or before {LEVELLING_FRACTION:g} of the final step) with its 95 % t-interval, paired by seed. "
+             "*still improving*: the interval lies below 0; *levelled off*: it holds 0; *getting worse*: it lies above 0.", "",
+             "Best configuration of each setting (lowest final validation criterion): "
+             + "; ".join(f"{config} ({levelling['status'].get(config, 'unknown')})" for config in best.values()) + ".", "",
+             "| configuration | last three evaluations (step: mean) | change over the last quarter [95 % CI] | status |",
+             "|---|---|---|---|"]
     for config, part in levels.groupby("config", sort=False):
         tail = part.sort_values("step").tail(3)
         shown = ", ".join(f"{int(step)}: {_number(float(value))}" for step, value in zip(tail["step"], tail["criterion"]))
-        change = float(tail["criterion"].iloc[-1] - tail["criterion"].iloc[-2]) if len(tail) > 1 else math.nan
-        lines.append(f"| {config} | {shown} | {_number(change)} |")
+        if config in levelling.index:
+            row = levelling.loc[config]
+            change = _interval({"estimate": float(row["change"]), "low": float(row["low"]), "high": float(row["high"])})
+            status = f"**{row['status']}**" if config in best.values() else str(row["status"])
+        else:
+            change, status = "—", "unknown"
+        lines.append(f"| {config} | {shown} | {change} | {status} |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,8 +200,9 @@ def write_ledger(
 ) -> list[Path]:
     """Write ``ledger.csv``, ``ledger.json`` (ledger, design, provenance) and ``ledger.md`` into ``out_dir``; with
     the study's ``delta_m_intervals`` and ``learning_rates`` tables also ``methods.csv`` (each method's Δm% interval
-    and chosen rate), with ``validation`` (:func:`validation_levels`) also ``validation.csv``; each with a section
-    of ``ledger.md`` showing it."""
+    and chosen rate), with ``validation`` (per-seed :func:`validation_curves`) also ``validation.csv`` (their mean
+    over seeds, :func:`validation_levels`) and ``levelling.csv`` (:func:`levelling_off`); each with a section of
+    ``ledger.md`` showing it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(ledger.to_json(orient="records"))
@@ -134,7 +216,9 @@ def write_ledger(
         written.append(write_atomically(out / "methods.csv", lambda tmp: methods.to_csv(tmp, index=False, float_format="%.6g")))
     if validation is not None and len(validation):
         text += _validation_markdown(validation)
-        written.append(write_atomically(out / "validation.csv", lambda tmp: validation.to_csv(tmp, index=False, float_format="%.6g")))
+        levels, levelling = validation_levels(validation), levelling_off(validation)
+        written.append(write_atomically(out / "validation.csv", lambda tmp: levels.to_csv(tmp, index=False, float_format="%.6g")))
+        written.append(write_atomically(out / "levelling.csv", lambda tmp: levelling.to_csv(tmp, index=False, float_format="%.6g")))
     written += [
         write_atomically(out / "ledger.csv", lambda tmp: ledger.to_csv(tmp, index=False, float_format="%.6g")),
         write_atomically(out / "ledger.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")),

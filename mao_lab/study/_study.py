@@ -33,7 +33,7 @@ import pandas as pd
 from ..notebook import ResultsFolder
 from ._analysis import choose_learning_rates, chosen_rates, claims_ledger, delta_m_runs, method_intervals, worst_balance
 from ._design import RunConfig, StudyDesign
-from ._ledger import validation_levels, write_ledger
+from ._ledger import validation_curves, write_ledger
 
 __all__ = ["POINT_NOTEBOOK", "StudyError", "load_study", "provenance", "run_study"]
 
@@ -158,7 +158,7 @@ def run_study(
     results.save_json({**provenance(threads), "wall_seconds": wall, "workers": _workers(client), "smoke": design.smoke}, "provenance")
     write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
                  delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice,
-                 validation=validation_levels(tables["scores"], choice, design))
+                 validation=validation_curves(tables["scores"], choice, design))
     return ledger
 
 
