@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._design import full_design, smoke_design
+from ._design import StudyDesign, full_design, smoke_design
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mao_lab.study", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="the study folder (default runs/study, or runs/study-smoke)")
     parser.add_argument("--smoke", action="store_true", help="the tiny study (seconds; its numbers mean nothing)")
@@ -32,7 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--estimate", action="store_true",
                         help="time a few steps of every configuration here and predict the study's wall time; run nothing else")
     parser.add_argument("--ledger-only", type=Path, default=None, metavar="STUDY_DIR",
-                        help="write ledger.{csv,md,json} of a finished study into --out, and nothing else")
+                        help="write the ledger files of a finished study into --out, and nothing else")
+    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, with every number checked (``SystemExit`` and a message naming the option otherwise)."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
@@ -40,29 +46,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
-    design = smoke_design() if args.smoke else full_design()
-    if args.steps is not None:
-        design = dataclasses.replace(design, steps=args.steps)
-    if args.estimate:
-        from ._estimate import estimate_study
+    if args.ledger_only is not None and args.out is None:
+        parser.error("--ledger-only needs --out (where the ledger files go)")
+    return args
 
-        table, totals = estimate_study(design, max(args.workers, 1), threads=args.threads)
-        print(table.round(2).to_string(index=False))
-        print({k: round(v, 1) for k, v in totals.items()})
-        print(f"predicted wall time with {max(args.workers, 1)} worker(s): {totals['total_s'] / 60:.1f} min")
-        return 0
-    if args.ledger_only is not None:
-        from ._ledger import validation_curves, write_ledger
-        from ._study import load_study
 
-        if args.out is None:
-            parser.error("--ledger-only needs --out (where the ledger files go)")
-        study = load_study(args.ledger_only)
-        for path in write_ledger(args.out, study["ledger"], study["provenance"], study["design"],
-                                 delta_m_intervals=study["delta_m_intervals"], learning_rates=study["learning_rates"],
-                                 validation=validation_curves(study["scores"], study["learning_rates"], study["design"])):
-            print(path)
-        return 0
+def _estimate(design: StudyDesign, args: argparse.Namespace) -> int:
+    from ._estimate import estimate_study
+
+    table, totals = estimate_study(design, max(args.workers, 1), threads=args.threads)
+    print(table.round(2).to_string(index=False))
+    print({k: round(v, 1) for k, v in totals.items()})
+    print(f"predicted wall time with {max(args.workers, 1)} worker(s): {totals['total_s'] / 60:.1f} min")
+    return 0
+
+
+def _ledger_only(study_dir: Path, out: Path) -> int:
+    from ._ledger import validation_curves, write_ledger
+    from ._study import load_study
+
+    study = load_study(study_dir)
+    for path in write_ledger(out, study["ledger"], study["provenance"], study["design"],
+                             delta_m_intervals=study["delta_m_intervals"], learning_rates=study["learning_rates"],
+                             validation=validation_curves(study["scores"], study["learning_rates"], study["design"])):
+        print(path)
+    return 0
+
+
+def _run(design: StudyDesign, args: argparse.Namespace) -> int:
     from ._study import StudyError, run_study
 
     out = args.out or Path("runs/study-smoke" if args.smoke else "runs/study")
@@ -85,6 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(claims.to_string(index=False))
     print(f"ledger in {out}/ledger.md" + ("  (smoke study: its numbers mean nothing)" if design.smoke else ""))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.ledger_only is not None:
+        return _ledger_only(args.ledger_only, args.out)
+    design = smoke_design() if args.smoke else full_design()
+    if args.steps is not None:
+        design = dataclasses.replace(design, steps=args.steps)
+    return _estimate(design, args) if args.estimate else _run(design, args)
 
 
 if __name__ == "__main__":
