@@ -26,7 +26,7 @@ test: $(STAMP)            ## the whole test suite, notebooks included
 
 STUDY ?= runs/study
 STUDY_FLAGS ?=
-study: $(STAMP)           ## the claims study (2 workers, one thread each; <= 45 min on 2 quiet cores) and its ledger; STUDY=folder, STUDY_FLAGS=--smoke
+study: $(STAMP)           ## the claims study (2 workers, one thread each; <= 90 min on 2 quiet cores) and its ledger; STUDY=folder, STUDY_FLAGS=--smoke
 	OMP_NUM_THREADS=1 $(PY) -m mao_lab.study --workers 2 --out $(STUDY) $(STUDY_FLAGS)
 
 bench: $(STAMP)           ## speed and memory ratios, measured side by side
