@@ -96,6 +96,8 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     assert "mean nothing" in (study / "ledger.md").read_text()
     document = json.loads((study / "ledger.json").read_text())
     assert document["smoke"] is True and document["provenance"]["threads_per_point"] == 1
+    phases = document["provenance"]["phases"]
+    assert set(phases) == {"tuning", "final"} and all(p["finished_before"] == 0 and p["points"] > 0 for p in phases.values())
     design = smoke_design()
     choice = pd.read_parquet(study / "learning_rates.parquet")
     assert choice.groupby("config")["chosen"].sum().eq(1).all()  # one rate per configuration
@@ -110,6 +112,9 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     assert main(["--smoke", "--out", str(study)]) == 0  # resumes: nothing runs again, the same ledger
     assert sorted(p.name for p in study.glob("*/*/point.ipynb")) == executed
     pd.testing.assert_frame_equal(pd.read_csv(study / "ledger.csv"), ledger)
+    phases = json.loads((study / "provenance.json").read_text())["phases"]
+    assert all(p["finished_before"] == p["points"] for p in phases.values())  # this invocation ran none of them
+    assert "which resumed points finished earlier" in (study / "ledger.md").read_text()
 
     docs = tmp_path / "docs"
     assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with

@@ -212,3 +212,18 @@ def test_validation_levels_is_the_mean_over_seeds() -> None:
     by_hand = curves.pivot_table(index="step", columns="seed", values="criterion").mean(axis=1)
     np.testing.assert_allclose(levels["criterion"].to_numpy(), by_hand.loc[levels.index].to_numpy())
     assert (levels["seeds"] == 3).all()
+
+
+def test_the_ledger_page_says_which_phases_a_resumed_study_did_earlier_and_how_to_regenerate_it() -> None:
+    from mao_lab.study import ledger_markdown
+    from mao_lab.study._analysis import LEDGER_COLUMNS
+
+    empty = pd.DataFrame(columns=LEDGER_COLUMNS)
+    phases = {"tuning": {"points": 30, "finished_before": 30, "wall_seconds": 6.0},
+              "final": {"points": 30, "finished_before": 2, "wall_seconds": 594.0}}
+    text = ledger_markdown(empty, {"wall_seconds": 600.0, "phases": phases}, smoke_design())
+    assert "wall time 10 min in the invocation that finished the study, which resumed points finished earlier " \
+           "(tuning 30 of 30 points, final 2 of 30 points); their time is not counted (tuning 0.1 min, final 9.9 min)" in text
+    fresh = {name: {**p, "finished_before": 0} for name, p in phases.items()}
+    assert "resumed" not in ledger_markdown(empty, {"wall_seconds": 600.0, "phases": fresh}, smoke_design())
+    assert 'Regenerate: `make study STUDY_FLAGS="--smoke"`' in text

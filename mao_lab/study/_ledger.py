@@ -7,6 +7,7 @@ and ``levelling.csv`` (no HTML, no plotly.js).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "ledger_markdown",
     "levelling_off",
     "load_ledger",
+    "regenerate_command",
     "validation_curves",
     "validation_levels",
     "write_ledger",
@@ -47,6 +49,45 @@ def _interval(row: Mapping[str, Any]) -> str:
     return f"{_number(row['estimate'])} [{_number(row['low'])}, {_number(row['high'])}]"
 
 
+def regenerate_command(design: StudyDesign) -> str:
+    """The documented command that makes a study of ``design`` (the full design, a smoke study, or other steps).
+
+    >>> from mao_lab.study import full_design
+    >>> regenerate_command(full_design())
+    '`make study` (or `python -m mao_lab.study --workers 2 --out runs/study`)'
+    >>> regenerate_command(dataclasses.replace(full_design(), steps=1600))
+    '`make study STUDY_FLAGS="--steps 1600"` (or `python -m mao_lab.study --workers 2 --steps 1600 --out runs/study`)'
+    >>> regenerate_command(dataclasses.replace(full_design(), lrs=(1e-3, 1e-2, 1e-1)))
+    'no documented command: this design differs from the full study in more than its steps (lrs)'
+    """
+    from ._design import full_design, smoke_design
+
+    if design.smoke:
+        base, flags = smoke_design(), ["--smoke"]
+    else:
+        base, flags = full_design(), []
+    if design.steps != base.steps:
+        flags.append(f"--steps {design.steps}")
+    other = sorted(k for k, v in dataclasses.replace(design, steps=base.steps).as_dict().items() if base.as_dict()[k] != v)
+    if other:
+        return f"no documented command: this design differs from the full study in more than its steps ({', '.join(other)})"
+    make = f'make study STUDY_FLAGS="{" ".join(flags)}"' if flags else "make study"
+    return f"`{make}` (or `python -m mao_lab.study --workers 2 {' '.join(flags + [''])}--out runs/study`)"
+
+
+def _wall_time(provenance: Mapping[str, Any]) -> str:
+    """The wall time, saying which phases an earlier invocation had partly done (their time is not counted)."""
+    text = f"wall time {_number(provenance.get('wall_seconds', math.nan) / 60, 3)} min"
+    phases = provenance.get("phases") or {}
+    resumed = [f"{name} {p['finished_before']} of {p['points']} points" for name, p in phases.items() if p.get("finished_before")]
+    if resumed:
+        text += (" in the invocation that finished the study, which resumed points finished earlier ("
+                 + ", ".join(resumed) + "); their time is not counted")
+    if phases:
+        text += " (" + ", ".join(f"{name} {_number(p['wall_seconds'] / 60, 3)} min" for name, p in phases.items()) + ")"
+    return text
+
+
 def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign) -> str:
     """The ledger as a Markdown page: the verdict of each claim, then every part with its interval."""
     versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
@@ -59,9 +100,9 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
         f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps.",
         f"Machine: {provenance.get('host', '?')}, {provenance.get('processor', '?')}, {provenance.get('cpu_count', '?')} CPUs, "
         f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, {provenance.get('workers', 0)} worker(s); "
-        f"wall time {_number(provenance.get('wall_seconds', math.nan) / 60, 3)} min.",
+        f"{_wall_time(provenance)}.",
         f"Commit {provenance.get('commit', '?')[:12]}{' (with uncommitted changes)' if provenance.get('uncommitted_changes') else ''}; {versions}.",
-        "Regenerate: `make study` (or `python -m mao_lab.study --workers 2 --out runs/study`).",
+        f"Regenerate: {regenerate_command(design)}.",
         "",
         "| claim | statement | verdict | seeds |",
         "|---|---|---|---|",

@@ -86,11 +86,17 @@ def _points(design: StudyDesign, runs: Sequence[tuple[RunConfig, float, int]]) -
 
 
 def _run_phase(
-    name: str, points: Mapping[str, dict[str, Any]], out: Path, client: Any, threads: int, progress: bool, outputs: str | None
+    name: str, points: Mapping[str, dict[str, Any]], out: Path, client: Any, threads: int, progress: bool, outputs: str | None,
+    timings: dict[str, dict[str, Any]],
 ) -> dict[str, pd.DataFrame]:
+    """Run one phase's points (resuming finished ones) and gather their tables; ``timings[name]`` records its wall
+    time in this invocation and how many of its points an earlier invocation had finished (their time is not in it)."""
     from ..sweep import run_sweep
 
+    started = time.perf_counter()
+    finished_before = sum(1 for _ in (out / name).glob("point=*/summary.json"))
     if not points:
+        timings[name] = {"points": 0, "finished_before": 0, "wall_seconds": 0.0}
         return {table: pd.DataFrame() for table in TABLES}
     sweep = run_sweep(POINT_NOTEBOOK, {"point": list(points)}, out / name, fixed={"specs": dict(points), "threads": threads},
                       client=client, progress=progress, html=False,  # a point's notebook has no figures: skip its HTML copy
@@ -104,6 +110,8 @@ def _run_phase(
         folder = ResultsFolder(run_dir)
         for table in TABLES:
             tables[table].append(folder.load_table(table))
+    timings[name] = {"points": len(points), "finished_before": min(finished_before, len(points)),
+                     "wall_seconds": time.perf_counter() - started}
     return {table: pd.concat([p for p in parts if len(p)], ignore_index=True) for table, parts in tables.items()}
 
 
@@ -144,18 +152,20 @@ def run_study(
     results.save_json(design.as_dict(), "design")
     started = time.perf_counter()
     tuning_runs = [(c, lr, design.tuning_seed) for c in design.configs() for lr in design.lrs]
-    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress, outputs)
+    timings: dict[str, dict[str, Any]] = {}
+    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress, outputs, timings)
     choice = choose_learning_rates(tuning["scores"], design)
     rates = chosen_rates(choice)
     final_runs = [(c, rates[c.name], seed) for c in design.configs() if c.name in rates for seed in design.final_seeds]
-    final = _run_phase("final", _points(design, final_runs), out, client, threads, progress, outputs)
+    final = _run_phase("final", _points(design, final_runs), out, client, threads, progress, outputs, timings)
     tables = {name: pd.concat([t for t in (tuning[name], final[name]) if len(t)], ignore_index=True) for name in TABLES}
     for name, table in tables.items():
         results.save_table(table, name)
     results.save_table(choice, "learning_rates")
     ledger = summarise(tables, design, choice, results)
     wall = time.perf_counter() - started
-    results.save_json({**provenance(threads), "wall_seconds": wall, "workers": _workers(client), "smoke": design.smoke}, "provenance")
+    results.save_json({**provenance(threads), "wall_seconds": wall, "phases": timings, "workers": _workers(client),
+                       "smoke": design.smoke}, "provenance")
     write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
                  delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice,
                  validation=validation_curves(tables["scores"], choice, design))
