@@ -46,13 +46,7 @@ from mao_lab.problems import LANDSCAPE_STARTS, PARETO_X2, ImbalancedRegression
 from mao_lab.recorder import by_module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: one thread is fastest and keeps timings steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread for these tiny problems
 
 
 # -- 01 · the landscape ------------------------------------------------------------------------------

@@ -43,13 +43,7 @@ from mao_lab.problems import load_multimnist, multimnist_model
 TASKS = ("left", "right", "sum", "reconstruct")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small network: one thread is fastest and keeps timings steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread for these tiny problems
 
 
 # -- Delta_m -------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ study runs end to end on the sweep machinery (then ``05_claims`` reads it under 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from mao_lab.problems import load_multimnist
 from mao_lab.runner import NOTEBOOK_DIR, NotebookRunError, execute_notebook
-from mao_lab.study import CLAIMS, LEVELLING_STATUSES, VERDICTS, StudyError, run_config, run_study, smoke_design
+from mao_lab.study import CLAIMS, LEVELLING_STATUSES, VERDICTS, StudyError, levelling_by_budget, run_config, run_study, smoke_design
 from mao_lab.study.__main__ import main
 from mao_lab.study._runs import _multimnist, _PathMeter
 from mao_lab.study._study import POINT_NOTEBOOK
@@ -34,6 +35,25 @@ def test_runs_with_one_seed_start_from_one_network_and_are_repeatable() -> None:
     assert untrained(other_seed) != untrained(first)
     final = first[first["split"] == "test"]["value"].to_numpy()
     assert not (other_method[other_method["split"] == "test"]["value"].to_numpy() == final).all()
+
+
+@pytest.mark.parametrize("config", ["mm4.mtadam", "mm4.io", "mm4.grouping2"])
+def test_a_runs_first_steps_are_a_shorter_run(config: str) -> None:
+    """What levelling_by_budget rests on: nothing in a run depends on its budget, so cutting a long run at step B
+    gives a B-step run's validation scores and balance records, bit for bit."""
+    long = dataclasses.replace(smoke_design(), steps=8, eval_every=2, record_every=2)
+    short = dataclasses.replace(long, steps=4)
+    whole = run_config(long.config(config), long, 1e-3, 1)
+    part = run_config(short.config(config), short, 1e-3, 1)
+    def val(scores: pd.DataFrame) -> pd.DataFrame:
+        return scores[scores["split"] == "val"]
+
+    cut, mine = val(whole["scores"]), val(part["scores"])
+    assert sorted(mine["step"].unique()) == [0, 2, 4] and sorted(cut["step"].unique()) == [0, 2, 4, 6, 8]
+    pd.testing.assert_frame_equal(mine.reset_index(drop=True), cut[cut["step"] <= 4].reset_index(drop=True), check_exact=True)
+    balance = whole["balance"][whole["balance"]["step"] < 4].reset_index(drop=True)  # records are taken at steps 0..3
+    assert len(balance) > 0
+    pd.testing.assert_frame_equal(part["balance"].reset_index(drop=True), balance, check_exact=True)
 
 
 def test_validation_images_are_carved_from_the_training_file_and_kept_apart() -> None:
@@ -118,7 +138,7 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
 
     docs = tmp_path / "docs"
     assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with
-    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv", "validation.csv", "levelling.csv"):
+    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv", "validation.csv", "levelling.csv", "budgets.csv"):
         assert (docs / name).read_text() == (study / name).read_text(), name
     # validation.csv: the regression's criterion written out by hand (mean validation value over tasks, then seeds)
     validation = pd.read_csv(docs / "validation.csv")
@@ -137,6 +157,15 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     last, start = per_seed.columns.max(), max(s for s in per_seed.columns if s <= 0.75 * per_seed.columns.max())
     assert (levelling["from_step"], levelling["to_step"]) == (start, last)
     assert levelling["change"] == pytest.approx((per_seed[last] - per_seed[start]).mean(), rel=1e-5)
+    # budgets.csv: at the study's own budget the rule reads exactly what levelling.csv says
+    budgets = pd.read_csv(docs / "budgets.csv")
+    assert set(budgets["budget"]) == {2, 4}  # the evaluation steps at 0.5, 0.75 and 1 of the 4 smoke steps
+    own = budgets[budgets["budget"] == design.steps].set_index("config")
+    read = pd.read_csv(docs / "levelling.csv").set_index("config").loc[own.index]
+    assert own["same_rate"].all() and (own["status"] == read["status"]).all()
+    np.testing.assert_allclose(own["change"].to_numpy(), read["change"].to_numpy(), rtol=1e-5, equal_nan=True)
+    with pytest.raises(ValueError, match=r"budgets must be step counts in 1\.\.4"):
+        levelling_by_budget(scores, design, [5])
     methods = pd.read_csv(docs / "methods.csv")
     assert set(methods["config"]) == {c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"}
 

@@ -226,4 +226,4 @@ def test_the_ledger_page_says_which_phases_a_resumed_study_did_earlier_and_how_t
            "(tuning 30 of 30 points, final 2 of 30 points); their time is not counted (tuning 0.1 min, final 9.9 min)" in text
     fresh = {name: {**p, "finished_before": 0} for name, p in phases.items()}
     assert "resumed" not in ledger_markdown(empty, {"wall_seconds": 600.0, "phases": fresh}, smoke_design())
-    assert 'Regenerate: `make study STUDY_FLAGS="--smoke"`' in text
+    assert 'Regenerate: `make study STUDY=runs/study-smoke STUDY_FLAGS="--smoke"`' in text

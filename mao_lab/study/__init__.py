@@ -24,9 +24,11 @@ from ._figures import (
 )
 from . import _figures
 from ._ledger import (
+    BUDGET_FRACTIONS,
     LEVELLING_FRACTION,
     LEVELLING_STATUSES,
     ledger_markdown,
+    levelling_by_budget,
     levelling_off,
     load_ledger,
     validation_curves,
@@ -67,6 +69,8 @@ __all__ = [
     "validation_curves",
     "validation_levels",
     "levelling_off",
+    "levelling_by_budget",
+    "BUDGET_FRACTIONS",
     "LEVELLING_FRACTION",
     "LEVELLING_STATUSES",
     "write_ledger",

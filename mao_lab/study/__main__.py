@@ -62,13 +62,14 @@ def _estimate(design: StudyDesign, args: argparse.Namespace) -> int:
 
 
 def _ledger_only(study_dir: Path, out: Path) -> int:
-    from ._ledger import validation_curves, write_ledger
+    from ._ledger import levelling_by_budget, validation_curves, write_ledger
     from ._study import load_study
 
     study = load_study(study_dir)
     for path in write_ledger(out, study["ledger"], study["provenance"], study["design"],
                              delta_m_intervals=study["delta_m_intervals"], learning_rates=study["learning_rates"],
-                             validation=validation_curves(study["scores"], study["learning_rates"], study["design"])):
+                             validation=validation_curves(study["scores"], study["learning_rates"], study["design"]),
+                             budgets=levelling_by_budget(study["scores"], study["design"])):
         print(path)
     return 0
 

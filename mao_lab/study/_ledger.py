@@ -1,5 +1,5 @@
 """The ledger as small text files: ``ledger.csv``, ``ledger.json``, ``ledger.md``, ``methods.csv``, ``validation.csv``
-and ``levelling.csv`` (no HTML, no plotly.js).
+``levelling.csv`` and ``budgets.csv`` (no HTML, no plotly.js).
 
 ``python -m mao_lab.study.ledger STUDY_DIR --out docs/claims`` rewrites them from a finished study's folder;
 :func:`run_study` writes them into the study folder itself.
@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ from ._design import SINGLE_TASK_PREFIX, StudyDesign
 from ._stats import mean_interval
 
 __all__ = [
+    "BUDGET_FRACTIONS",
     "LEVELLING_FRACTION",
     "LEVELLING_STATUSES",
     "ledger_markdown",
+    "levelling_by_budget",
     "levelling_off",
     "load_ledger",
     "regenerate_command",
@@ -56,23 +58,24 @@ def regenerate_command(design: StudyDesign) -> str:
     >>> regenerate_command(full_design())
     '`make study` (or `python -m mao_lab.study --workers 2 --out runs/study`)'
     >>> regenerate_command(dataclasses.replace(full_design(), steps=1600))
-    '`make study STUDY_FLAGS="--steps 1600"` (or `python -m mao_lab.study --workers 2 --steps 1600 --out runs/study`)'
+    '`make study STUDY=runs/study-1600 STUDY_FLAGS="--steps 1600"` (or `python -m mao_lab.study --workers 2 --steps 1600 --out runs/study-1600`)'
     >>> regenerate_command(dataclasses.replace(full_design(), lrs=(1e-3, 1e-2, 1e-1)))
     'no documented command: this design differs from the full study in more than its steps (lrs)'
     """
     from ._design import full_design, smoke_design
 
     if design.smoke:
-        base, flags = smoke_design(), ["--smoke"]
+        base, flags, out = smoke_design(), ["--smoke"], "runs/study-smoke"
     else:
-        base, flags = full_design(), []
+        base, flags, out = full_design(), [], "runs/study"
     if design.steps != base.steps:
         flags.append(f"--steps {design.steps}")
+        out += f"-{design.steps}"
     other = sorted(k for k, v in dataclasses.replace(design, steps=base.steps).as_dict().items() if base.as_dict()[k] != v)
     if other:
         return f"no documented command: this design differs from the full study in more than its steps ({', '.join(other)})"
-    make = f'make study STUDY_FLAGS="{" ".join(flags)}"' if flags else "make study"
-    return f"`{make}` (or `python -m mao_lab.study --workers 2 {' '.join(flags + [''])}--out runs/study`)"
+    make = f'make study STUDY={out} STUDY_FLAGS="{" ".join(flags)}"' if flags else "make study"
+    return f"`{make}` (or `python -m mao_lab.study --workers 2 {' '.join(flags + [''])}--out {out}`)"
 
 
 def _wall_time(provenance: Mapping[str, Any]) -> str:
@@ -202,6 +205,82 @@ def levelling_off(curves: pd.DataFrame, fraction: float = LEVELLING_FRACTION) ->
     return pd.DataFrame(rows, columns=["config", "from_step", "to_step", "change", "low", "high", "seeds", "status"])
 
 
+BUDGET_FRACTIONS = (0.5, 0.75, 1.0)
+"""The budgets :func:`levelling_by_budget` reads by default, as fractions of the study's MultiMNIST steps."""
+
+
+def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequence[int] | None = None) -> pd.DataFrame:
+    """What a study of the same design with ``budgets`` MultiMNIST steps would have chosen and read, from this
+    study's runs cut at each budget.
+
+    No learning-rate schedule or other part of a run depends on the budget, so a run's first ``B`` steps are a
+    ``B``-step run: the rates chosen on the validation split at step ``B`` (tuning seed) and the
+    :func:`levelling_off` rule on the curves cut at ``B`` are exactly those of a ``B``-step study, for every
+    configuration whose rate at ``B`` is the one this study chose (``same_rate``; the others have only the
+    tuning seed's curve, so their status is ``unknown``).  The regression's budget does not change.
+
+    Args:
+        scores: the study's ``scores`` table (every rate, every seed, every evaluation).
+        design: the study's design.
+        budgets: MultiMNIST step counts at most ``design.steps``; default: the evaluation steps at
+            :data:`BUDGET_FRACTIONS` of it.
+
+    Returns:
+        One row per (budget, MultiMNIST multi-task configuration): ``budget, config, lr, same_rate, final``
+        (mean validation criterion at step ``B``), ``best`` (lowest ``final`` of its setting) and the
+        :func:`levelling_off` columns.
+    """
+    from ._analysis import choose_learning_rates
+
+    if budgets is None:
+        budgets = sorted({max(design.eval_every, int(design.steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS})
+    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= design.steps]
+    if bad:
+        raise ValueError(f"budgets must be step counts in 1..{design.steps} (the study's MultiMNIST steps), got {bad}")
+    multimnist = {c.name for c in design.configs() if c.problem == "multimnist"}
+    val = scores[(scores["split"] == "val") & scores["config"].isin(multimnist)]
+    full = choose_learning_rates(val, design)
+    full_rates = dict(zip(full[full["chosen"]]["config"], full[full["chosen"]]["lr"]))
+    frames = []
+    for budget in budgets:
+        shorter = dataclasses.replace(design, steps=budget)
+        choice = choose_learning_rates(val[val["step"] <= budget], shorter)
+        curves = validation_curves(val[val["step"] <= budget], choice, shorter)
+        if curves.empty:
+            continue
+        levels = validation_levels(curves)
+        final = levels[levels["step"] == levels.groupby("config")["step"].transform("max")].set_index("config")["criterion"]
+        best = set(_best_per_setting(levels).values())
+        rates = dict(zip(choice[choice["chosen"]]["config"], choice[choice["chosen"]]["lr"]))
+        table = levelling_off(curves).assign(budget=budget)
+        table["lr"] = table["config"].map(rates)
+        table["same_rate"] = [rates.get(c) == full_rates.get(c) for c in table["config"]]
+        table["final"] = table["config"].map(final)
+        table["best"] = table["config"].isin(best)
+        frames.append(table)
+    columns = ["budget", "config", "lr", "same_rate", "final", "best", "from_step", "to_step", "change", "low", "high", "seeds", "status"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _budgets_markdown(budgets: pd.DataFrame) -> str:
+    lines = ["", "## The levelling rule at shorter budgets (this study's runs cut at each budget)", "",
+             "What a study of this design with fewer MultiMNIST steps would have chosen and read (`budgets.csv`; "
+             "`mao_lab.study.levelling_by_budget`): a run's first B steps are a B-step run, so this is exact for every "
+             "configuration whose rate at B is this study's.", "",
+             "| budget | rates as chosen at the full budget | best on the four tasks: final validation Δm% | its change over the "
+             "last quarter [95 % CI] | its status | configurations still improving |", "|---|---|---|---|---|---|"]
+    for budget, part in budgets.groupby("budget"):
+        best = part[part["best"] & part["config"].str.startswith("mm4.")]
+        if best.empty:
+            continue
+        row = best.iloc[0]
+        change = _interval({"estimate": float(row["change"]), "low": float(row["low"]), "high": float(row["high"])})
+        improving = int((part["status"] == "still improving").sum())
+        lines.append(f"| {int(budget)} | {int(part['same_rate'].sum())} of {len(part)} | {row['config']}: {_number(float(row['final']))} "
+                     f"| {change} | {row['status']} | {improving} of {len(part)} |")
+    return "\n".join(lines) + "\n"
+
+
 def _best_per_setting(levels: pd.DataFrame) -> dict[str, str]:
     """The configuration with the lowest final mean criterion in each setting (``mm4``, ``reg2`` ...)."""
     final = levels[levels["step"] == levels.groupby("config")["step"].transform("max")]
@@ -237,13 +316,13 @@ def _validation_markdown(curves: pd.DataFrame) -> str:
 def write_ledger(
     out_dir: str | os.PathLike[str], ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign,
     *, delta_m_intervals: pd.DataFrame | None = None, learning_rates: pd.DataFrame | None = None,
-    validation: pd.DataFrame | None = None,
+    validation: pd.DataFrame | None = None, budgets: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write ``ledger.csv``, ``ledger.json`` (ledger, design, provenance) and ``ledger.md`` into ``out_dir``; with
     the study's ``delta_m_intervals`` and ``learning_rates`` tables also ``methods.csv`` (each method's Δm% interval
     and chosen rate), with ``validation`` (per-seed :func:`validation_curves`) also ``validation.csv`` (their mean
     over seeds, :func:`validation_levels`) and ``levelling.csv`` (:func:`levelling_off`); each with a section of
-    ``ledger.md`` showing it."""
+    ``ledger.md`` showing it; with ``budgets`` (:func:`levelling_by_budget`) also ``budgets.csv`` and its section."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(ledger.to_json(orient="records"))
@@ -260,6 +339,9 @@ def write_ledger(
         levels, levelling = validation_levels(validation), levelling_off(validation)
         written.append(write_atomically(out / "validation.csv", lambda tmp: levels.to_csv(tmp, index=False, float_format="%.6g")))
         written.append(write_atomically(out / "levelling.csv", lambda tmp: levelling.to_csv(tmp, index=False, float_format="%.6g")))
+    if budgets is not None and len(budgets):
+        text += _budgets_markdown(budgets)
+        written.append(write_atomically(out / "budgets.csv", lambda tmp: budgets.to_csv(tmp, index=False, float_format="%.6g")))
     written += [
         write_atomically(out / "ledger.csv", lambda tmp: ledger.to_csv(tmp, index=False, float_format="%.6g")),
         write_atomically(out / "ledger.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")),

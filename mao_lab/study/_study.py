@@ -33,7 +33,7 @@ import pandas as pd
 from ..notebook import ResultsFolder
 from ._analysis import choose_learning_rates, chosen_rates, claims_ledger, delta_m_runs, method_intervals, worst_balance
 from ._design import RunConfig, StudyDesign
-from ._ledger import validation_curves, write_ledger
+from ._ledger import levelling_by_budget, validation_curves, write_ledger
 
 __all__ = ["POINT_NOTEBOOK", "StudyError", "load_study", "provenance", "run_study"]
 
@@ -168,7 +168,8 @@ def run_study(
                        "smoke": design.smoke}, "provenance")
     write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
                  delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice,
-                 validation=validation_curves(tables["scores"], choice, design))
+                 validation=validation_curves(tables["scores"], choice, design),
+                 budgets=levelling_by_budget(tables["scores"], design))
     return ledger
 
 
