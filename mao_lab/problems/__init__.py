@@ -19,6 +19,7 @@ from ._landscape import (
     pareto_front,
     reaches_pareto_set,
 )
+from ._interface import Problem, Split, load_problem
 from ._model import MultiTaskNet, seeded_init
 from ._multimnist import (
     DEFAULT_MULTIMNIST_PATH,
@@ -52,12 +53,15 @@ __all__ = [
     "MultiTaskNet",
     "PARETO_X1_RANGE",
     "PARETO_X2",
+    "Problem",
+    "Split",
     "TaskMetric",
     "build_multimnist",
     "evaluate_multimnist",
     "geometric_sigmas",
     "landscape_grid",
     "landscape_losses",
+    "load_problem",
     "load_multimnist",
     "multimnist_model",
     "overlay_digits",

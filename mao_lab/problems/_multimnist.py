@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
+from ._interface import TaskMetric
 from ._model import MultiTaskNet, seeded_init
 
 __all__ = [
@@ -104,15 +105,6 @@ MULTIMNIST_TASKS: Mapping[str, MultiMNISTTask] = {
     )
 }
 """The available tasks by name."""
-
-
-class TaskMetric(NamedTuple):
-    """One task's score; ``higher_is_better`` gives the sign in Delta_m."""
-
-    task: str
-    metric: str
-    value: float
-    higher_is_better: bool
 
 
 def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:

@@ -1,0 +1,172 @@
+"""The one problem interface: what the lab needs to know about a multi-task problem, yours included.
+
+A :class:`Problem` is everything the lab's training loop, recorder, study and notebooks read about a
+problem: how to build its network (a shared trunk and one head per task, :class:`MultiTaskNet`), its
+batches for each split, its per-task losses, its per-task metrics (each with its direction), and its
+task names.  Optionally it says which task sets are of one nature and which of different natures
+(claim P2 of the study) and how it describes its own scale for a ledger.
+
+Write one by subclassing :class:`Problem` (``docs/your-problem.md`` walks through it); the lab finds it
+by an import path ``"package.module:factory"`` (:func:`load_problem`), where ``factory(**options)``
+returns the problem.
+
+>>> class Toy(Problem):
+...     name = "toy"
+...     task_names = ("a", "b")
+...     def build_model(self, tasks=None):
+...         tasks = self.tasks_or_all(tasks)
+...         return MultiTaskNet(torch.nn.Linear(2, 3), [torch.nn.Linear(3, 1) for _ in tasks])
+...     def batches(self, split, *, seed=0, batch_size=None):
+...         generator = torch.Generator().manual_seed(seed)
+...         while True:
+...             x = torch.randn(4, 2, generator=generator)
+...             yield x, {"a": x.sum(1, keepdim=True), "b": 10 * x[:, :1]}
+...     def task_losses(self, model, batch, tasks=None):
+...         x, targets = batch
+...         tasks = self.tasks_or_all(tasks)
+...         return {k: (out - targets[k]).pow(2).mean() for k, out in zip(tasks, model(x))}
+...     def evaluate(self, model, split, tasks=None):
+...         losses = self.task_losses(model, next(iter(self.batches(split, seed=1))), tasks)
+...         return [TaskMetric(k, "mse", float(v), higher_is_better=False) for k, v in losses.items()]
+>>> problem = Toy()
+>>> sorted(problem.task_losses(problem.build_model(), next(iter(problem.batches("train")))))
+['a', 'b']
+>>> problem.tasks_or_all(["c"])
+Traceback (most recent call last):
+...
+ValueError: problem 'toy': unknown task 'c'; its tasks are ('a', 'b')
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._model import MultiTaskNet
+
+__all__ = ["Problem", "Split", "TaskMetric", "load_problem"]
+
+Split = Literal["train", "validation", "test"]
+"""The three splits: train on ``train``, choose learning rates on ``validation``, report on ``test``."""
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+class TaskMetric(NamedTuple):
+    """One task's score; ``higher_is_better`` gives the sign in Delta_m."""
+
+    task: str
+    metric: str
+    value: float
+    higher_is_better: bool
+
+
+class Problem(ABC):
+    """A multi-task problem: a network to build, batches, per-task losses and per-task metrics.
+
+    Class attributes (or instance attributes set in ``__init__``):
+        name: a short identifier (``"multimnist"``), used in run folders and ledgers.
+        task_names: the tasks, in the order of the network's heads.
+        description: one line on the data and the model, with their scale, for a ledger
+            (``"5 000 MNIST digits, LeNet-style CNN"``).
+
+    Every method that takes ``tasks`` works on that subset of :attr:`task_names` (in that order) or on
+    all tasks when it is ``None``: a single-task baseline is the same problem with one task.
+    """
+
+    name: str = ""
+    task_names: tuple[str, ...] = ()
+    description: str = ""
+
+    @abstractmethod
+    def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
+        """A fresh network for ``tasks``: a shared trunk (``model.features(x)``) and one head per task.
+
+        Called under the run's seed: draw initial weights from torch's global generator.
+        """
+
+    @abstractmethod
+    def batches(self, split: Split, *, seed: int = 0, batch_size: int | None = None) -> Iterable[Any]:
+        """The batches of ``split``.  For ``"train"``, an endless stream in an order fixed by ``seed``;
+        for ``"validation"`` and ``"test"``, one pass over the split."""
+
+    @abstractmethod
+    def task_losses(self, model: nn.Module, batch: Any, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """The per-task scalar losses of ``model`` on ``batch``, as a task name → loss dict."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, split: Split, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
+        """Every task's metrics on ``split`` (called without gradients, in ``eval`` mode)."""
+
+    # -- optional ---------------------------------------------------------------------------------------
+
+    def task_sets(self) -> Mapping[str, tuple[str, ...]]:
+        """Named task sets for claim P2: ``{"same_nature": (...), "different_nature": (...)}``, or ``{}``."""
+        return {}
+
+    def to_device(self, batch: Any, device: torch.device | str) -> Any:
+        """``batch`` on ``device``: tensors moved (non-blocking from pinned memory), containers kept."""
+        return _to_device(batch, torch.device(device))
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def tasks_or_all(self, tasks: Sequence[str] | None) -> tuple[str, ...]:
+        """``tasks`` checked against :attr:`task_names` (all of them when ``None``)."""
+        if tasks is None:
+            return tuple(self.task_names)
+        if isinstance(tasks, str):
+            raise ValueError(f"problem {self.name!r}: tasks must be a sequence of names, got the string {tasks!r}")
+        chosen = tuple(tasks)
+        for task in chosen:
+            if task not in self.task_names:
+                raise ValueError(f"problem {self.name!r}: unknown task {task!r}; its tasks are {tuple(self.task_names)}")
+        if len(set(chosen)) != len(chosen) or not chosen:
+            raise ValueError(f"problem {self.name!r}: tasks must be distinct and at least one, got {chosen}")
+        return chosen
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, tasks={tuple(self.task_names)})"
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=batch.is_pinned())
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def load_problem(spec: str | Problem, **options: Any) -> Problem:
+    """The problem named by an import path ``"package.module:factory"`` (``factory(**options)``).
+
+    A :class:`Problem` is returned as it is.  A path that does not import, a missing factory, or a
+    factory that returns something else raises ``ValueError`` naming the path.
+
+    >>> load_problem("mao_lab.problems:no_such_factory")
+    Traceback (most recent call last):
+    ...
+    ValueError: problem 'mao_lab.problems:no_such_factory': module 'mao_lab.problems' has no attribute 'no_such_factory'
+    """
+    if isinstance(spec, Problem):
+        return spec
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"problem {spec!r}: expected an import path 'package.module:factory'")
+    module_name, factory_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"problem {spec!r}: cannot import {module_name!r} ({error})") from None
+    factory = getattr(module, factory_name, None)
+    if factory is None:
+        raise ValueError(f"problem {spec!r}: module {module_name!r} has no attribute {factory_name!r}")
+    problem = factory(**options)
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem {spec!r}: {factory_name}(...) returned {type(problem).__name__}, not a Problem")
+    return problem
