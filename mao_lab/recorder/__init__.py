@@ -53,12 +53,38 @@ Figures (plotly): :func:`share_heatmap`, :func:`share_areas`, :func:`layer_bars`
 live :class:`BalanceMonitor` (shares of every shared layer while a model trains).
 """
 
-from ._explorer import BalanceExplorer, ExplorerApp, find_runs
-from ._monitor import BalanceMonitor
-from ._figures import grad_norm_ratios, layer_bars, metric_lines, share_areas, share_heatmap
+import importlib
+from typing import Any
+
 from ._frame import COLUMNS, METRICS, by_module, imbalance_index, module_of
 from ._recorder import Observable, Recorder, RecorderError, record
 from ._storage import combine_runs, load_run, load_runs, save_run
+
+# The display layer (plotly figures, ipywidgets) loads only when one of its names is first used, so that a
+# training job that records runs needs neither Jupyter nor plotly (tests/test_layers.py keeps it so).
+_DISPLAY = {
+    "BalanceExplorer": "._explorer",
+    "ExplorerApp": "._explorer",
+    "find_runs": "._explorer",
+    "BalanceMonitor": "._monitor",
+    "grad_norm_ratios": "._figures",
+    "layer_bars": "._figures",
+    "metric_lines": "._figures",
+    "share_areas": "._figures",
+    "share_heatmap": "._figures",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DISPLAY:
+        value = getattr(importlib.import_module(_DISPLAY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "COLUMNS",
