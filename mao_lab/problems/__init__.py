@@ -74,3 +74,16 @@ __all__ = [
     "task_losses",
     "task_metrics",
 ]
+
+# The papers' benchmarks, read from the user's own copy of each dataset (docs/datasets.md).
+from ._dataset_tools import DatasetLayoutError
+from ._mnist_idx import MNIST_IDX_LAYOUT, MnistIdxMultiMNIST, mnist_idx_multimnist, read_idx, read_mnist_idx
+
+__all__ += [
+    "MNIST_IDX_LAYOUT",
+    "DatasetLayoutError",
+    "MnistIdxMultiMNIST",
+    "mnist_idx_multimnist",
+    "read_idx",
+    "read_mnist_idx",
+]
