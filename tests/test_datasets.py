@@ -7,6 +7,7 @@ download, and every metric against a value worked out here by hand or by an inde
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -23,7 +24,16 @@ from mao_lab.problems import (
     mnist_idx_multimnist,
     read_idx,
 )
+from mao_lab.problems._dense_metrics import (
+    DepthScores,
+    NormalScores,
+    SegmentationScores,
+    depth_loss,
+    normal_loss,
+    segmentation_loss,
+)
 from mao_lab.problems._mnist_idx import build_idx_pairs
+from mao_lab.problems._nyuv2 import nyuv2 as nyuv2_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,7 +133,9 @@ def test_multimnist_idx_images_are_sener_and_koltuns_construction(tmp_path: Path
         for i, left in enumerate(pool):
             image = np.rint(images[i, 0].numpy() * 255).astype(np.uint8)
             # The right digit: the one other digit of the same pool that reproduces the image.
-            matches = [j for j in pool if j != left and np.array_equal(image, reference_overlay(digits[left], digits[j]))]
+            matches = [
+                j for j in pool if j != left and np.array_equal(image, reference_overlay(digits[left], digits[j]))
+            ]
             assert len(matches) == 1, (split, i)
             assert targets["left"][i].item() == labels[left]
             assert targets["right"][i].item() == labels[matches[0]]
@@ -198,3 +210,185 @@ def test_the_model_and_losses_fit_the_batches(tmp_path: Path) -> None:
     assert problem.task_sets() == {"same_nature": ("left", "right"), "different_nature": ("left", "sum", "reconstruct")}
     single = problem.build_model(["sum"])
     assert list(problem.task_losses(single, batch, ["sum"])) == ["sum"]
+
+
+# --- dense metrics, by hand ------------------------------------------------------------------------
+
+
+def one_hot_logits(labels: list[list[int]], classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(labels), classes).permute(2, 0, 1).float()[None]
+
+
+def test_segmentation_scores_by_hand() -> None:
+    labels = torch.tensor([[[0, 0, 1], [2, -1, 1]]])
+    predicted = [[0, 1, 1], [2, 2, 0]]
+    # Valid pixels (true, predicted): (0,0) (0,1) (1,1) (2,2) (1,0); the -1 pixel is ignored.
+    # IoU: class 0 = 1 / (2 + 2 - 1), class 1 = 1 / (2 + 2 - 1), class 2 = 1 / (1 + 1 - 1).
+    expected_miou, expected_accuracy = (1 / 3 + 1 / 3 + 1) / 3, 3 / 5
+    for classes in (3, 4):  # a class that never occurs does not count in the mean
+        scores = SegmentationScores(classes)
+        scores.update(one_hot_logits(predicted, classes)[..., :1, :], labels[:, :1, :])  # two batches,
+        scores.update(one_hot_logits(predicted, classes)[..., 1:, :], labels[:, 1:, :])  # one matrix
+        miou, accuracy = scores.scores()
+        assert miou == pytest.approx(expected_miou) and accuracy == pytest.approx(expected_accuracy)
+
+
+def test_depth_scores_by_hand() -> None:
+    scores = DepthScores()
+    scores.update(torch.tensor([[[[1.0, 5.0], [5.0, 1.0]]]]), torch.tensor([[[[2.0, 0.0], [4.0, 1.0]]]]))
+    # Valid: |1-2| = 1, |5-4| = 1, |1-1| = 0; relative 1/2, 1/4, 0.
+    assert scores.scores() == pytest.approx((2 / 3, 0.25))
+    scores.update(torch.tensor([[[[3.0]]]]), torch.tensor([[[[1.0]]]]))  # pooled over the 4 pixels
+    assert scores.scores() == pytest.approx((4 / 4, (0.75 + 2) / 4))
+    loss = depth_loss(torch.tensor([[[[1.0, 5.0], [5.0, 1.0]]]]), torch.tensor([[[[2.0, 0.0], [4.0, 1.0]]]]))
+    assert loss.item() == pytest.approx(2 / 3)
+
+
+def test_normal_scores_by_hand() -> None:
+    degrees = [10.0, 20.0, 29.0, 40.0, 90.0]
+    radians = np.deg2rad(degrees)
+    # True normals along z; predictions tilted by each angle about x, then scaled by 3 (normalised away).
+    true = torch.zeros(1, 3, 1, 6)
+    true[0, 2, 0, :5] = 1.0  # the sixth pixel has no normal
+    prediction = torch.zeros(1, 3, 1, 6)
+    prediction[0, 1, 0, :5] = torch.tensor(3 * np.sin(radians), dtype=torch.float32)
+    prediction[0, 2, 0, :5] = torch.tensor(3 * np.cos(radians), dtype=torch.float32)
+    prediction[0, :, 0, 5] = torch.tensor([1.0, 0.0, 0.0])
+    scores = NormalScores()
+    scores.update(prediction, true)
+    mean, median, within_11, within_22, within_30 = scores.scores()
+    assert mean == pytest.approx(37.8, abs=1e-4) and median == pytest.approx(29.0, abs=1e-4)
+    assert (within_11, within_22, within_30) == pytest.approx((1 / 5, 2 / 5, 3 / 5))
+    assert normal_loss(prediction, true).item() == pytest.approx(1 - np.mean(np.cos(radians)), abs=1e-6)
+
+
+def test_segmentation_loss_ignores_unlabelled_pixels() -> None:
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 5.0]]]])  # (1, 2 classes, 1, 2)
+    labels = torch.tensor([[[1, -1]]])
+    # Only the first pixel counts: -log softmax([2, 0])[1] = log(1 + e^2).
+    assert segmentation_loss(logits, labels).item() == pytest.approx(np.log(1 + np.exp(2.0)))
+    nothing = segmentation_loss(logits.requires_grad_(), torch.full((1, 1, 2), -1))
+    assert nothing.item() == 0.0
+
+
+# --- NYUv2 files -----------------------------------------------------------------------------------
+
+H, W = 8, 12
+
+
+def write_nyuv2(root: Path, sizes: dict[str, int] | None = None, channels_first: bool = False, seed: int = 0) -> dict:
+    """The preprocessed release's layout: <root>/{train,val}/{image,label,depth,normal}/<i>.npy, H x W x C."""
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[dict[str, np.ndarray]]] = {}
+    for folder, n in (sizes or {"train": 5, "val": 3}).items():
+        written[folder] = []
+        for i in range(n):
+            normal = rng.normal(size=(H, W, 3))
+            normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+            depth = rng.uniform(0.5, 10, size=(H, W, 1))
+            depth[0, :3] = 0.0
+            normal[0, :3] = 0.0
+            label = rng.integers(-1, 13, size=(H, W)).astype(np.float32)  # stored as floats, as released
+            arrays = {"image": rng.uniform(size=(H, W, 3)), "label": label, "depth": depth, "normal": normal}
+            written[folder].append(arrays)
+            for modality, array in arrays.items():
+                (root / folder / modality).mkdir(parents=True, exist_ok=True)
+                stored = np.moveaxis(array, -1, 0) if channels_first and array.ndim == 3 else array
+                np.save(root / folder / modality / f"{i}.npy", stored)
+    return written
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_nyuv2_reads_the_preprocessed_layout(tmp_path: Path, channels_first: bool) -> None:
+    written = write_nyuv2(tmp_path, channels_first=channels_first)
+    problem = load_problem("mao_lab.problems:nyuv2", root=str(tmp_path), validation_size=2, width=4, levels=2)
+    assert [len(problem.dataset(s)) for s in ("train", "validation", "test")] == [3, 2, 3]
+    for split, folder, offset in (("train", "train", 0), ("validation", "train", 3), ("test", "val", 0)):
+        image, targets = problem.dataset(split)[1]
+        source = written[folder][offset + 1]
+        np.testing.assert_allclose(image.numpy(), np.moveaxis(source["image"], -1, 0), rtol=1e-6)
+        np.testing.assert_array_equal(targets["segmentation"].numpy(), source["label"].astype(np.int64))
+        np.testing.assert_allclose(targets["depth"].numpy(), np.moveaxis(source["depth"], -1, 0), rtol=1e-6)
+        np.testing.assert_allclose(targets["normal"].numpy(), np.moveaxis(source["normal"], -1, 0), rtol=1e-6)
+    images, targets = next(iter(problem.batches("train", batch_size=2)))
+    assert images.shape == (2, 3, H, W) and targets["segmentation"].dtype == torch.int64
+    losses = problem.task_losses(problem.build_model(), (images, targets))
+    assert list(losses) == ["segmentation", "depth", "normal"] and all(torch.isfinite(v) for v in losses.values())
+
+
+def npy_problem(root: Path) -> None:
+    nyuv2_problem(root=root, validation_size=2)
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda root: __import__("shutil").rmtree(root / "val" / "normal"), r"val/normal: missing folder"),
+        (lambda root: (root / "train" / "depth" / "2.npy").unlink(), r"train/depth/2.npy: missing"),
+        (lambda root: np.save(root / "val" / "image" / "0.npy", np.zeros((H, W, 4))), r"val/image/0.npy: shape"),
+        (lambda root: (root / "val" / "label" / "0.npy").write_bytes(b"not numpy"), "not a readable .npy"),
+        (lambda root: np.save(root / "val" / "label" / "0.npy", np.full((H, W), 13.0)), "outside -1..12"),
+        (lambda root: np.save(root / "val" / "depth" / "0.npy", np.ones((H, W + 1, 1))), "different sizes"),
+    ],
+)
+def test_a_malformed_nyuv2_folder_is_one_line_naming_the_file(tmp_path: Path, damage, fragment: str) -> None:
+    write_nyuv2(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(DatasetLayoutError) as caught:
+        npy_problem(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and re.search(fragment, message) and "{train,val}/{image,label,depth,normal}" in message
+
+
+class ConstantDense(nn.Module):
+    """Class 0 everywhere, depth 1 everywhere, the normal (0, 0, 2) everywhere, whatever the image."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b, _, h, w = x.shape
+        logits = torch.zeros(b, 13, h, w)
+        logits[:, 0] = 1.0
+        normal = torch.zeros(b, 3, h, w)
+        normal[:, 2] = 2.0
+        return [logits, torch.ones(b, 1, h, w), normal]
+
+
+def test_nyuv2_evaluate_pools_the_split_as_an_independent_loop_does(tmp_path: Path) -> None:
+    written = write_nyuv2(tmp_path)
+    problem = nyuv2_problem(root=tmp_path, validation_size=2, eval_batch_size=2)
+    scores = {(m.task, m.metric): m.value for m in problem.evaluate(ConstantDense(), "test")}
+    labels, depths, angles = [], [], []
+    for arrays in written["val"]:
+        labels += [int(v) for v in arrays["label"].ravel() if v >= 0]
+        depths += [float(v) for v in arrays["depth"].ravel() if v != 0]
+        for row in arrays["normal"].reshape(-1, 3):
+            if any(row != 0):
+                angles.append(np.degrees(np.arccos(np.clip(row[2], -1, 1))))
+    # Always class 0: IoU of class 0 = (#0) / (#valid), of every other occurring class 0.
+    occurring = set(labels)
+    assert scores[("segmentation", "miou")] == pytest.approx(labels.count(0) / len(labels) / len(occurring))
+    assert scores[("segmentation", "pixel_accuracy")] == pytest.approx(labels.count(0) / len(labels))
+    assert scores[("depth", "abs_error")] == pytest.approx(np.mean([abs(1 - d) for d in depths]), rel=1e-5)
+    assert scores[("depth", "rel_error")] == pytest.approx(np.mean([abs(1 - d) / d for d in depths]), rel=1e-5)
+    assert scores[("normal", "angle_mean")] == pytest.approx(np.mean(angles), rel=1e-5)
+    assert scores[("normal", "angle_median")] == pytest.approx(np.median(angles), rel=1e-5)
+    for threshold in (11.25, 22.5, 30):
+        assert scores[("normal", f"within_{threshold:g}")] == pytest.approx(np.mean(np.array(angles) < threshold))
+    directions = {(m.task, m.metric): m.higher_is_better for m in problem.evaluate(ConstantDense(), "validation")}
+    assert directions[("segmentation", "miou")] and not directions[("depth", "abs_error")]
+    assert not directions[("normal", "angle_median")] and directions[("normal", "within_30")]
+
+
+def test_synthetic_nyuv2_has_the_real_shapes_and_trains() -> None:
+    problem = nyuv2_problem(synthetic=True, synthetic_shape=(16, 24), synthetic_sizes=(4, 2, 2), width=4, batch_size=2)
+    model = problem.build_model()
+    images, targets = next(iter(problem.batches("train")))
+    assert images.shape == (2, 3, 16, 24) and targets["depth"].shape == (2, 1, 16, 24)
+    assert targets["segmentation"].min() >= -1 and targets["segmentation"].max() <= 12
+    outputs = model(images)
+    assert [tuple(y.shape) for y in outputs] == [(2, 13, 16, 24), (2, 1, 16, 24), (2, 3, 16, 24)]
+    assert torch.allclose(outputs[2].norm(dim=1), torch.ones(2, 16, 24), atol=1e-5)  # unit normals
+    sum(problem.task_losses(model, (images, targets)).values()).backward()
+    assert all(p.grad is not None for p in model.trunk.parameters())
+    again = problem.dataset("train")[[1, 0]]
+    assert torch.equal(again[0][1], problem.dataset("train")[[0]][0][0])  # an item is fixed by its index
+    assert len(problem.evaluate(model, "test")) == 9

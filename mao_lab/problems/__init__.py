@@ -87,3 +87,21 @@ __all__ += [
     "read_idx",
     "read_mnist_idx",
 ]
+
+from ._dense_metrics import DepthScores, NormalScores, SegmentationScores, depth_loss, normal_loss, segmentation_loss
+from ._nyuv2 import NYUV2_LAYOUT, NYUV2_TASKS, NYUv2, SegNetTrunk, nyuv2, nyuv2_model
+
+__all__ += [
+    "NYUV2_LAYOUT",
+    "NYUV2_TASKS",
+    "DepthScores",
+    "NYUv2",
+    "NormalScores",
+    "SegNetTrunk",
+    "SegmentationScores",
+    "depth_loss",
+    "normal_loss",
+    "nyuv2",
+    "nyuv2_model",
+    "segmentation_loss",
+]

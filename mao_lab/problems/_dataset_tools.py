@@ -37,10 +37,8 @@ class DatasetLayoutError(DataIntegrityError):
 
     The message is one line: the file, what is wrong, and the layout the loader expects.
 
-    >>> raise DatasetLayoutError.of("/data/mnist/train-labels-idx1-ubyte", "missing", "MNIST IDX files in <root>/")
-    Traceback (most recent call last):
-    ...
-    mao_lab.problems._dataset_tools.DatasetLayoutError: /data/mnist/train-labels-idx1-ubyte: missing; expected MNIST IDX files in <root>/
+    >>> str(DatasetLayoutError.of("/data/mnist/t10k-labels-idx1-ubyte", "missing", "the IDX files in <root>/"))
+    '/data/mnist/t10k-labels-idx1-ubyte: missing; expected the IDX files in <root>/'
     """
 
     @classmethod
