@@ -18,8 +18,11 @@ from PIL import Image
 from torch import nn
 
 from mao_lab.problems import (
+    CELEBA_ATTRIBUTES,
     DatasetLayoutError,
     MultiTaskNet,
+    ResNet18Trunk,
+    celeba,
     load_problem,
     mnist_idx_multimnist,
     read_idx,
@@ -392,3 +395,119 @@ def test_synthetic_nyuv2_has_the_real_shapes_and_trains() -> None:
     again = problem.dataset("train")[[1, 0]]
     assert torch.equal(again[0][1], problem.dataset("train")[[0]][0][0])  # an item is fixed by its index
     assert len(problem.evaluate(model, "test")) == 9
+
+
+# --- CelebA ----------------------------------------------------------------------------------------
+
+FACE_COLOURS = [(200, 50, 10), (10, 200, 50), (50, 10, 200), (120, 120, 120), (250, 250, 0), (0, 0, 0),
+                (30, 90, 150), (255, 255, 255)]
+PARTITION = [0, 0, 1, 0, 2, 0, 1, 2]  # 4 train, 2 validation, 2 test, interleaved as in the release
+
+
+def write_celeba(root: Path, release_folders: bool = False, seed: int = 0) -> np.ndarray:
+    """The aligned release: 178 x 218 JPEGs, the attribute list (with its -1/1 values) and the partition."""
+    rng = np.random.default_rng(seed)
+    values = rng.choice([-1, 1], size=(len(FACE_COLOURS), len(CELEBA_ATTRIBUTES)))
+    names = [f"{k + 1:06d}.jpg" for k in range(len(FACE_COLOURS))]
+    anno, evaluation, faces = (root / "Anno", root / "Eval", root / "Img" / "img_align_celeba") if release_folders \
+        else (root, root, root / "img_align_celeba")
+    for folder in (anno, evaluation, faces):
+        folder.mkdir(parents=True, exist_ok=True)
+    for name, colour in zip(names, FACE_COLOURS):
+        Image.new("RGB", (178, 218), colour).save(faces / name, quality=95)
+    # As released: the count, the names with a trailing space, values padded to two characters.
+    lines = [str(len(names)), " ".join(CELEBA_ATTRIBUTES) + " "]
+    lines += [name + " " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, values)]
+    (anno / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (evaluation / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, PARTITION)))
+    return values
+
+
+@pytest.mark.parametrize("release_folders", [False, True])
+def test_celeba_reads_the_official_partition_and_labels(tmp_path: Path, release_folders: bool) -> None:
+    values = write_celeba(tmp_path, release_folders)
+    problem = load_problem("mao_lab.problems:celeba", root=str(tmp_path), size=64, width=2, blocks=(1, 1))
+    assert problem.task_names == CELEBA_ATTRIBUTES and len(problem.task_names) == 40
+    for split, code in (("train", 0), ("validation", 1), ("test", 2)):
+        rows = [k for k, p in enumerate(PARTITION) if p == code]
+        data = problem.dataset(split)
+        assert len(data) == len(rows)
+        for item, row in enumerate(rows):
+            image, labels = data[item]
+            assert image.shape == (3, 64, 64)
+            # A face of one colour comes back as that colour in [0, 1], red first (JPEG: within 3/255).
+            expected = torch.tensor(FACE_COLOURS[row], dtype=torch.float32)[:, None, None] / 255
+            assert (image - expected).abs().max() <= 3 / 255
+            assert labels.tolist() == [1.0 if v == 1 else 0.0 for v in values[row]]
+
+
+class ConstantLogits(nn.Module):
+    """Predicts 'present' (logit +1) for every attribute asked for."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__()
+        self.tasks = tasks
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.ones(len(x)) for _ in range(self.tasks)]
+
+
+def test_celeba_evaluate_and_losses_use_each_attributes_column(tmp_path: Path) -> None:
+    values = write_celeba(tmp_path)
+    chosen = ("Smiling", "Young", "5_o_Clock_Shadow")
+    problem = celeba(root=tmp_path, size=16, tasks=chosen, width=2, blocks=(1, 1), eval_batch_size=3)
+    train_rows = [k for k, p in enumerate(PARTITION) if p == 0]
+    for name, score in zip(chosen, problem.evaluate(ConstantLogits(3), "train")):
+        column = CELEBA_ATTRIBUTES.index(name)
+        assert score.task == name and score.metric == "accuracy" and score.higher_is_better
+        assert score.value == pytest.approx(np.mean([values[r, column] == 1 for r in train_rows]))
+    batch = next(iter(problem.batches("train", batch_size=4)))
+    losses = problem.task_losses(ConstantLogits(3), batch)
+    for name in chosen:
+        present = batch[1][:, CELEBA_ATTRIBUTES.index(name)]
+        # Binary cross-entropy of logit 1: -log sigmoid(1) where present, -log(1 - sigmoid(1)) where absent.
+        expected = np.mean([np.log1p(np.exp(-1.0)) if p == 1 else np.log1p(np.exp(1.0)) for p in present.tolist()])
+        assert losses[name].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="distinct attributes"):
+        celeba(root=tmp_path, tasks=("Smiling", "Grumpy"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda root: (root / "list_eval_partition.txt").unlink(), r"list_eval_partition.txt: missing"),
+        (lambda root: (root / "img_align_celeba" / "000001.jpg").unlink(), r"000001.jpg: missing"),
+        (lambda root: (root / "img_align_celeba" / "000001.jpg").write_bytes(b"no jpeg"), "not a readable image"),
+        (lambda root: _edit(root / "list_attr_celeba.txt", 1, lambda line: line.replace("Young", "")),
+         "line 2 names 39 attributes"),
+        (lambda root: _edit(root / "list_attr_celeba.txt", 4, lambda line: line[:-2] + " 0"), "line 5 holds a value"),
+        (lambda root: _edit(root / "list_attr_celeba.txt", 0, lambda line: "9"), "where line 1 says 9"),
+        (lambda root: _edit(root / "list_eval_partition.txt", 2, lambda line: line.replace(" 1", " 3")), "line 3 is"),
+    ],
+)
+def test_a_malformed_celeba_folder_is_one_line_naming_the_file(tmp_path: Path, damage, fragment: str) -> None:
+    write_celeba(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(DatasetLayoutError) as caught:
+        celeba(root=tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and re.search(fragment, message) and "list_attr_celeba.txt (count" in message
+
+
+def _edit(file: Path, line: int, change) -> None:
+    lines = file.read_text().splitlines()
+    lines[line] = change(lines[line])
+    file.write_text("\n".join(lines) + "\n")
+
+
+def test_synthetic_celeba_has_the_real_shapes_and_trains() -> None:
+    problem = celeba(synthetic=True, size=64, width=2, blocks=(1, 1, 1, 1), batch_size=3, synthetic_sizes=(6, 3, 3))
+    model = problem.build_model()
+    images, labels = next(iter(problem.batches("train")))
+    assert images.shape == (3, 3, 64, 64) and labels.shape == (3, 40) and set(labels.unique().tolist()) <= {0.0, 1.0}
+    losses = problem.task_losses(model, (images, labels))
+    assert len(losses) == 40 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.trunk.parameters())
+    assert len(problem.evaluate(model, "test")) == 40
+    assert sum(p.numel() for p in ResNet18Trunk().parameters()) == 11_168_832  # ResNet-18 less its 7x7 stem and fc

@@ -105,3 +105,7 @@ __all__ += [
     "nyuv2_model",
     "segmentation_loss",
 ]
+
+from ._celeba import CELEBA_ATTRIBUTES, CELEBA_LAYOUT, CelebA, ResNet18Trunk, celeba, celeba_model
+
+__all__ += ["CELEBA_ATTRIBUTES", "CELEBA_LAYOUT", "CelebA", "ResNet18Trunk", "celeba", "celeba_model"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -102,15 +102,20 @@ class DatasetProblem(Problem):
         train = split == "train"
         size = (self.batch_size if train else self.eval_batch_size) if batch_size is None else batch_size
         check_loader_options(size, self.eval_batch_size, self.num_workers, self.pin_memory)
-        data = self.dataset(split)
         if train:
-            return _endless(data, seed, size, self.num_workers, self.pin_memory)
-        return iter(_loader(data, SequentialSampler(data), size, False, self.num_workers, self.pin_memory))
+            return _endless(self.dataset(split), seed, size, self.num_workers, self.pin_memory)
+        return self._one_pass(split, size)
 
-    def _evaluation_batches(self, model: nn.Module, split: Split) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-        """One pass over ``split``, each batch already on ``model``'s device."""
+    def _one_pass(self, split: Split, batch_size: int) -> Iterator[Any]:
+        data = self.dataset(split)
+        return iter(_loader(data, SequentialSampler(data), batch_size, False, self.num_workers, self.pin_memory))
+
+    def _evaluation_batches(self, model: nn.Module, split: Split) -> Iterator[Any]:
+        """One pass over ``split`` (the training split too), each batch already on ``model``'s device."""
+        if split not in ("train", "validation", "test"):
+            raise ValueError(f"problem {self.name!r}: split must be 'train', 'validation' or 'test', got {split!r}")
         device = model_device(model)
-        for batch in self.batches(split):
+        for batch in self._one_pass(split, self.eval_batch_size):
             yield self.to_device(batch, device)
 
 
