@@ -511,3 +511,44 @@ def test_synthetic_celeba_has_the_real_shapes_and_trains() -> None:
     assert all(p.grad is not None for p in model.trunk.parameters())
     assert len(problem.evaluate(model, "test")) == 40
     assert sum(p.numel() for p in ResNet18Trunk().parameters()) == 11_168_832  # ResNet-18 less its 7x7 stem and fc
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def test_problems_benchmark_reports_times_ratios_and_state_memory() -> None:
+    from mao_lab.bench._problems_bench import ProblemBenchConfig, run_problems_benchmark
+
+    configs = [
+        ProblemBenchConfig("celeba", "mao_lab.problems:celeba",
+                           {"synthetic": True, "size": 8, "width": 2, "blocks": (1, 1), "synthetic_sizes": (2, 1, 1)}),
+        ProblemBenchConfig("nyuv2", "mao_lab.problems:nyuv2",
+                           {"synthetic": True, "synthetic_shape": (8, 12), "width": 2, "levels": 2,
+                            "synthetic_sizes": (2, 1, 1)}),
+    ]
+    result = run_problems_benchmark(threads=1, repetitions=1, batch=2, configs=configs)
+    assert result["benchmark"] == "problems" and result["device"] == "cpu"
+    by_problem = {entry["problem"]: entry for entry in result["configs"]}
+    assert by_problem["celeba"]["tasks"] == 40 and by_problem["nyuv2"]["tasks"] == 3
+    assert by_problem["celeba"]["input_shape"] == [3, 8, 8] and by_problem["nyuv2"]["input_shape"] == [3, 8, 12]
+    for entry in result["configs"]:
+        assert set(entry["median_ms"]) == {"limit", "mao", "adam_sum"}
+        assert all(value > 0 for value in entry["median_ms"].values())
+        assert entry["mao_vs_limit"] > 0 and entry["mao_vs_adam_sum"] > 0
+        # MAO keeps two float32 moments per task for every shared parameter, two for every head parameter.
+        shared, heads, tasks = entry["shared_params"], entry["task_specific_params"], entry["tasks"]
+        assert entry["mao_state_bytes"] == 4 * (2 * tasks * shared + 2 * heads)
+        assert entry["adam_state_bytes"] == 4 * (2 * shared + 2 * heads)
+    trunk = ResNet18Trunk(width=2, blocks=(1, 1))
+    assert by_problem["celeba"]["shared_params"] == sum(p.numel() for p in trunk.parameters())
+    assert by_problem["celeba"]["task_specific_params"] == 40 * (trunk.features + 1)
+
+
+def test_problems_benchmark_cli_refuses_a_missing_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    from mao_lab.bench.__main__ import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as caught:
+        main(["problems", "--device", "cuda"])
+    assert caught.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
