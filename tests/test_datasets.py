@@ -552,3 +552,16 @@ def test_problems_benchmark_cli_refuses_a_missing_gpu(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit) as caught:
         main(["problems", "--device", "cuda"])
     assert caught.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_worker_processes_load_the_same_batches(tmp_path: Path) -> None:
+    write_nyuv2(tmp_path)
+    in_process = nyuv2_problem(root=tmp_path, validation_size=2, eval_batch_size=2)
+    workers = nyuv2_problem(root=tmp_path, validation_size=2, eval_batch_size=2, num_workers=2)
+    for (a, ta), (b, tb) in zip(in_process.batches("test"), workers.batches("test"), strict=True):
+        assert torch.equal(a, b) and all(torch.equal(ta[k], tb[k]) for k in ta)
+    stream_a, stream_b = iter(in_process.batches("train", seed=4)), iter(workers.batches("train", seed=4))
+    for _ in range(3):  # across an epoch boundary (3 training images, batches of 8 -> one batch an epoch)
+        assert torch.equal(next(stream_a)[0], next(stream_b)[0])
+    with pytest.raises(ValueError, match="num_workers must be an int >= 0"):
+        nyuv2_problem(root=tmp_path, num_workers=-1)

@@ -29,7 +29,14 @@ import torch
 
 from .. import MAO
 from ..problems import MultiTaskNet, Problem, load_problem
-from ._step_bench import _checked_device, _device_name, _load_average, _rounded, _state_bytes, _warn_if_busy
+from ._step_bench import (
+    _checked_device,
+    _device_name,
+    _load_average,
+    _rounded,
+    _state_bytes,
+    _warn_if_busy,
+)
 from ._timing import fix_threads, interleaved_timings, synchronizer
 
 __all__ = ["PROBLEM_CONFIGS", "ProblemBenchConfig", "run_problems_benchmark"]
