@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mao_lab.bench",
         description="Benchmarks of mao_lab. Each prints one JSON line on stdout; progress goes to stderr.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda,problems}")
     step = sub.add_parser(
         "step",
         parents=[common],
@@ -32,6 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     sub.add_parser("recorder", parents=[common], help="the cost of the gradient recorder")
     sub.add_parser("mgda", parents=[common], help="exact min-norm MGDA vs TorchJD's Frank-Wolfe: accuracy and cost")
+    problems = sub.add_parser(
+        "problems",
+        parents=[common],
+        help="MAO vs Adam on the summed loss vs the physical limit on the CelebA (T=40) and NYUv2 (T=3) models",
+    )
+    problems.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    problems.add_argument("--threads", type=_positive_int, default=2, help="torch.set_num_threads (default 2)")
+    problems.add_argument("--batch", type=_positive_int, default=None,
+                          help="batch size of every model (default: CelebA 1 / NYUv2 1 on CPU, 256 / 8 on CUDA)")
+    problems.add_argument("--repetitions", type=_positive_int, default=None,
+                          help="timed repetitions per candidate (default 3 on CPU, 20 on CUDA; 1 with --quick)")
+    problems.add_argument("--only", choices=("celeba", "nyuv2"), default=None, help="run one model only")
     return parser
 
 
@@ -59,6 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             progress=not args.no_progress,
             vmap=True if args.vmap else None,
+        )
+    elif args.command == "problems":
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+        from ._problems_bench import PROBLEM_CONFIGS, run_problems_benchmark
+
+        result = run_problems_benchmark(
+            device=args.device,
+            threads=args.threads,
+            seed=args.seed,
+            repetitions=1 if args.quick and args.repetitions is None else args.repetitions,
+            batch=args.batch,
+            configs=[c for c in PROBLEM_CONFIGS if args.only in (None, c.label)],
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     elif args.command == "mgda":
         from ._mgda_bench import run_mgda_benchmark

@@ -74,3 +74,38 @@ __all__ = [
     "task_losses",
     "task_metrics",
 ]
+
+# The papers' benchmarks, read from the user's own copy of each dataset (docs/datasets.md).
+from ._dataset_tools import DatasetLayoutError
+from ._mnist_idx import MNIST_IDX_LAYOUT, MnistIdxMultiMNIST, mnist_idx_multimnist, read_idx, read_mnist_idx
+
+__all__ += [
+    "MNIST_IDX_LAYOUT",
+    "DatasetLayoutError",
+    "MnistIdxMultiMNIST",
+    "mnist_idx_multimnist",
+    "read_idx",
+    "read_mnist_idx",
+]
+
+from ._dense_metrics import DepthScores, NormalScores, SegmentationScores, depth_loss, normal_loss, segmentation_loss
+from ._nyuv2 import NYUV2_LAYOUT, NYUV2_TASKS, NYUv2, SegNetTrunk, nyuv2, nyuv2_model
+
+__all__ += [
+    "NYUV2_LAYOUT",
+    "NYUV2_TASKS",
+    "DepthScores",
+    "NYUv2",
+    "NormalScores",
+    "SegNetTrunk",
+    "SegmentationScores",
+    "depth_loss",
+    "normal_loss",
+    "nyuv2",
+    "nyuv2_model",
+    "segmentation_loss",
+]
+
+from ._celeba import CELEBA_ATTRIBUTES, CELEBA_LAYOUT, CelebA, ResNet18Trunk, celeba, celeba_model
+
+__all__ += ["CELEBA_ATTRIBUTES", "CELEBA_LAYOUT", "CelebA", "ResNet18Trunk", "celeba", "celeba_model"]
