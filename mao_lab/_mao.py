@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
+from ._copies import copyable_state
 from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
@@ -227,11 +228,22 @@ class MAO(ObservableMixin, Optimizer):
         return task_updates
 
     def _gradient_reserve(self) -> GradientReserve:
-        # Not in __init__: Optimizer pickling and deepcopy keep only defaults, state and param_groups.
+        # Not in __init__: a cache, left out of copies (see __getstate__) and made again here.
         reserve = self.__dict__.get("_task_gradient_reserve")
         if reserve is None:
             reserve = self._task_gradient_reserve = GradientReserve()
         return reserve
+
+    # -- copies (copy.deepcopy, pickle) --------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but observers, hooks, a scheduler's wrapper and caches (``torch.optim`` keeps only
+        ``defaults``, ``state`` and ``param_groups``: ``check_finite`` would be lost)."""
+        return copyable_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("check_finite", True)  # a copy pickled before check_finite travelled
 
     # -- checks (before anything is modified) ------------------------------------------------------
 

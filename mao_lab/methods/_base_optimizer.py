@@ -20,7 +20,7 @@ from .._checkpoints import CheckpointError, check_optimizer_state, check_step, c
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, choice
 from ._base import Method
 
-__all__ = ["BaseOptimizer", "OptimizerName", "SteppedMethod"]
+__all__ = ["BaseOptimizer", "OptimizerName", "SteppedMethod", "follow"]
 
 OptimizerName = Literal["adam", "sgd"]
 
@@ -139,6 +139,19 @@ class BaseOptimizer:
         self.optimizer.load_state_dict(state)
 
 
+def follow(lead: Mapping[str, Any], group: dict[str, Any], names: frozenset[str] | None = None) -> None:
+    """Give ``group`` the hyperparameters of ``lead``: all but ``params``, or those of ``names`` it has.
+
+    >>> group = {"params": [], "lr": 0.1, "weight_decay": 0.0}
+    >>> follow({"params": [], "lr": 0.01, "weight_decay": 0.5, "initial_lr": 0.1}, group, frozenset({"lr"}))
+    >>> group
+    {'params': [], 'lr': 0.01, 'weight_decay': 0.0}
+    """
+    for key, value in lead.items():
+        if key != "params" and (names is None or (key in names and key in group)):
+            group[key] = value
+
+
 class SteppedMethod(Method):
     """A method whose step ends with one step of a :class:`BaseOptimizer` (``self.base``) on a direction
     it computed: the weightings, the aggregators and the independent steps.
@@ -159,6 +172,23 @@ class SteppedMethod(Method):
     def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.base = BaseOptimizer.from_hparams(self.params, self.hparams)
+
+    # -- the leading optimizer and its followers ----------------------------------------------------------
+
+    def _lead_optimizer(self) -> torch.optim.Optimizer | None:
+        base = self.__dict__.get("base")
+        return None if base is None else base.optimizer
+
+    def _followers(self) -> list[tuple[BaseOptimizer, frozenset[str] | None]]:
+        """The optimizers that take the leading one's hyperparameters before every step, each with the
+        names it takes (``None``: all); the default has none."""
+        return []
+
+    def _follow_lead(self) -> None:
+        lead = self.param_groups[0]
+        for follower, names in self._followers():
+            for group in follower.optimizer.param_groups:
+                follow(lead, group, names)
 
     # -- the balancer, built for a number of tasks ------------------------------------------------------
 
