@@ -17,7 +17,7 @@ is here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from .._checkpoints import CheckpointError
 from .._copies import copyable_state
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
+from .._memory import tasks_reaching
 from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
 from ._transaction import all_or_nothing
@@ -199,6 +200,23 @@ class Method(ObservableMixin, Optimizer, ABC):
         back, but only :attr:`moves_parameters_during_step` methods have their optimizer state copied.
         """
 
+    # -- memory -----------------------------------------------------------------------------------------
+
+    def state_bytes(self, num_tasks: int | None = None, *, reach: Mapping[Tensor, Collection[int]] | None = None) -> int:
+        """The bytes of the optimizer state (``state_dict()["optimizer"]``, what grows with the model) once
+        every parameter has been stepped, for ``num_tasks`` tasks (default: the method's).  ``reach``:
+        the tasks reaching each parameter (one not listed: every task).  See :func:`mao_lab.state_bytes`."""
+        if num_tasks is None:
+            num_tasks = self.num_tasks
+        if num_tasks is None:
+            raise ValueError(f"method {self.name!r}: state_bytes needs num_tasks (the method has not stepped yet)")
+        return self._state_bytes(num_tasks, reach)
+
+    def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
+        """:meth:`state_bytes`, for a method family (the base has no optimizer state)."""
+        tasks_reaching(num_tasks, reach)  # checks the arguments
+        return 0
+
     # -- helpers for subclasses ------------------------------------------------------------------------
 
     def _losses(self, closure: LossClosure) -> tuple[tuple[str, ...], list[Tensor]]:
@@ -306,6 +324,9 @@ class OptimizerMethod(Method):
 
     def _lead_optimizer(self) -> Optimizer | None:
         return self.__dict__.get("optimizer")
+
+    def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
+        return int(self.optimizer.state_bytes(num_tasks, reach=reach))
 
     def _optimizer_state(self) -> Any:
         return self.optimizer.state_dict()

@@ -45,7 +45,7 @@ tensor([1., 1.])
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ from torch import Tensor
 
 from .._checkpoints import CheckpointError
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, boolean, choice, integer
+from .._memory import tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates, compute_task_gradients
 from ._base import LossClosure
@@ -114,6 +115,13 @@ class IndependentStepsMethod(SteppedMethod):
 
     def _optimizer_for(self, group: int) -> BaseOptimizer:
         return self.optimizers[group if self.per_group_optimizers else 0]
+
+    def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
+        """One optimizer per group: each keeps state for the parameters its group's tasks reach.  Random
+        groups: the one shared optimizer, for the parameters any task reaches."""
+        tasks_of = tasks_reaching(num_tasks, reach)
+        groups = self._groups(num_tasks) if self.per_group_optimizers else [tuple(range(num_tasks))]
+        return sum(self.base.state_bytes(p for p in self.params if set(tasks_of(p)) & set(group)) for group in groups)
 
     def _followers(self) -> list[tuple[BaseOptimizer, frozenset[str] | None]]:
         # IO: ``base`` leads (a scheduler sees it from construction on); the per-group optimizers follow.
