@@ -202,7 +202,9 @@ class Method(ObservableMixin, Optimizer, ABC):
 
     # -- memory -----------------------------------------------------------------------------------------
 
-    def state_bytes(self, num_tasks: int | None = None, *, reach: Mapping[Tensor, Collection[int]] | None = None) -> int:
+    def state_bytes(
+        self, num_tasks: int | None = None, *, reach: Mapping[Tensor, Collection[int]] | None = None
+    ) -> int:
         """The bytes of the optimizer state (``state_dict()["optimizer"]``, what grows with the model) once
         every parameter has been stepped, for ``num_tasks`` tasks (default: the method's).  ``reach``:
         the tasks reaching each parameter (one not listed: every task).  See :func:`mao_lab.state_bytes`."""

@@ -110,7 +110,8 @@ class MTAdam(Optimizer):
         if not keep_task_updates:
             return None
         return TaskUpdates(task_grads.task_names, tuple(p for p, _, _ in planned),
-                           tuple(state["tasks"] for _, state, _ in planned), tuple(plan.parts for _, _, plan in planned))
+                           tuple(state["tasks"] for _, state, _ in planned),
+                           tuple(plan.parts for _, _, plan in planned))
 
     @staticmethod
     def _planned(p: Tensor, state: dict[str, Any], group: dict[str, Any], reaching: tuple[int, ...],
@@ -122,7 +123,8 @@ class MTAdam(Optimizer):
 
         norms, seen = state["norms"].clone(), state["seen"].clone()
         current = torch.linalg.vector_norm(grads.reshape(len(reaching), -1), dim=1).to(norms)
-        norms[rows] = torch.where(seen[rows] > 0, group["beta3"] * norms[rows] + (1 - group["beta3"]) * current, current)
+        running = group["beta3"] * norms[rows] + (1 - group["beta3"]) * current
+        norms[rows] = torch.where(seen[rows] > 0, running, current)
         seen[rows] = 1.0
 
         anchors = (norms > _TINY).nonzero()
