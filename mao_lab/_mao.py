@@ -8,7 +8,7 @@ dominates any parameter, whatever the scale of its loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +17,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
+from ._copies import copyable_state
 from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
+from ._memory import check_fits, step_counter_bytes, tasks_reaching
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
     GradientReserve,
@@ -220,6 +222,7 @@ class MAO(ObservableMixin, Optimizer):
         self._check_groups(task_grads.num_tasks)
         if self.check_finite:
             task_grads.check_finite()
+        self._reserve_state(task_grads)
         task_updates = self._update(task_grads, keep)
         for group in self.param_groups:
             group["num_tasks"] = task_grads.num_tasks
@@ -227,11 +230,67 @@ class MAO(ObservableMixin, Optimizer):
         return task_updates
 
     def _gradient_reserve(self) -> GradientReserve:
-        # Not in __init__: Optimizer pickling and deepcopy keep only defaults, state and param_groups.
+        # Not in __init__: a cache, left out of copies (see __getstate__) and made again here.
         reserve = self.__dict__.get("_task_gradient_reserve")
         if reserve is None:
             reserve = self._task_gradient_reserve = GradientReserve()
         return reserve
+
+    # -- copies (copy.deepcopy, pickle) --------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but observers, hooks, a scheduler's wrapper and caches (``torch.optim`` keeps only
+        ``defaults``, ``state`` and ``param_groups``: ``check_finite`` would be lost)."""
+        return copyable_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("check_finite", True)  # a copy pickled before check_finite travelled
+
+    # -- memory ----------------------------------------------------------------------------------------
+
+    def state_bytes(self, num_tasks: int, *, reach: Mapping[Tensor, Collection[int]] | None = None) -> int:
+        """The bytes of the state once every parameter has been stepped: per parameter, a step counter and
+        two moments (in the parameter's dtype) per task that reaches it.  ``reach`` says which tasks reach
+        each parameter (one not listed: every task; without it, every parameter: an upper bound).
+        See :func:`mao_lab.state_bytes`."""
+        tasks_of = tasks_reaching(num_tasks, reach)
+        return sum(step_counter_bytes() + 2 * len(tasks_of(p)) * p.numel() * p.element_size()
+                   for p in self.trainable_params() if tasks_of(p))
+
+    def _reserve_state(self, task_grads: TaskGradients) -> None:
+        """Allocate the state this step adds (parameters stepped for the first time, tasks new to a
+        parameter) in every group before committing any of it, after checking on CUDA that it fits.
+
+        So running out of memory here leaves every group as it was; the update then allocates no state.
+        """
+        where = task_grads.index()
+        plans: list[tuple[Tensor, dict[str, Any] | None, tuple[int, ...]]] = []
+        needed: dict[torch.device, int] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                i = where.get(id(p))
+                if i is None or not task_grads.tasks[i]:
+                    continue
+                old = self.state.get(p) or None
+                tasks = tuple(sorted(set(task_grads.tasks[i]) | set(old["tasks"] if old else ())))
+                if old is None or tasks != tuple(old["tasks"]):
+                    plans.append((p, old, tasks))
+                    needed[p.device] = needed.get(p.device, 0) + 2 * len(tasks) * p.numel() * p.element_size()
+        for device, count in needed.items():
+            check_fits(count, device, f"MAO's state for {task_grads.num_tasks} tasks")
+        pending: list[tuple[Tensor, dict[str, Any]]] = []
+        for p, old, tasks in plans:
+            moments = {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = torch.zeros((len(tasks), *p.shape), dtype=p.dtype, device=p.device)
+                if old is not None:  # a task new to p joins with zero moments, the others keep theirs
+                    moment[[tasks.index(k) for k in old["tasks"]]] = old[key]
+                moments[key] = moment
+            step = torch.tensor(0.0) if old is None else old["step"]
+            pending.append((p, {"step": step, "tasks": tasks, **moments}))
+        for p, state in pending:  # the commit: no allocation from here on
+            self.state[p] = state
 
     # -- checks (before anything is modified) ------------------------------------------------------
 

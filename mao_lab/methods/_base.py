@@ -17,20 +17,25 @@ is here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError
+from .._copies import copyable_state
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
+from .._memory import tasks_reaching
 from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
 from ._transaction import all_or_nothing
 
 __all__ = ["LossClosure", "Method", "OptimizerMethod", "trainable_parameters"]
+
+_ADAM_NAMES = frozenset(ADAM_HYPERPARAMETERS)  # the hyperparameters a parameter group holds and a scheduler sets
 
 LossClosure = Callable[[], TaskLosses]
 """Runs the forward pass on the current batch and returns the per-task losses."""
@@ -65,8 +70,15 @@ def trainable_parameters(params: Iterable[Tensor], owner: str) -> list[Tensor]:
     return kept
 
 
-class Method(ObservableMixin, ABC):
+class Method(ObservableMixin, Optimizer, ABC):
     """A task-balancing method behind the lab's single training-step interface.
+
+    A method is a :class:`torch.optim.Optimizer`: PyTorch's learning-rate schedulers drive it
+    (``StepLR(method, ...)``), Lightning wraps it, ``zero_grad`` clears its parameters' gradients.  Its
+    :attr:`param_groups` (one group) are those of the optimizer that steps the parameters (``method.base``'s
+    Adam or SGD, or the per-task optimizer of MAO and MTAdam), so a rate a scheduler writes there is the
+    rate of the next step, and :attr:`hparams` shows it.  Optimizers that follow it (IO's per-group
+    ones, a weighting's own) take its rate at every step.
 
     Subclasses declare the hyperparameters they add (``hyperparameters``, merged with their bases';
     the values are in :attr:`hparams`) and implement :meth:`_step`.  The base class checks the
@@ -82,6 +94,10 @@ class Method(ObservableMixin, ABC):
         num_tasks: the number of tasks, given or fixed by the first step.
         task_names: the tasks' names in the order of the per-task state, fixed by the first step.
         steps_taken: steps that succeeded.
+
+    Copies (``copy.deepcopy``, ``pickle``) copy everything but the observers and the hooks, as
+    ``torch.optim`` copies drop their hooks; copy the method *together with its model*
+    (``copy.deepcopy((model, method))``) so that the copy steps the copied parameters.
     """
 
     name: ClassVar[str] = ""
@@ -92,11 +108,61 @@ class Method(ObservableMixin, ABC):
 
     def __init__(self, params: Iterable[Tensor], *, num_tasks: int | None = None, **hyperparameters: Any) -> None:
         owner = self.name or type(self).__name__
-        self.hparams: Mapping[str, Any] = MappingProxyType(checked(merged_spec(type(self)), hyperparameters, owner))
+        self._hparams: dict[str, Any] = checked(merged_spec(type(self)), hyperparameters, owner)
         self.params: list[Tensor] = trainable_parameters(params, owner)
         self.num_tasks = None if num_tasks is None else integer(1)("num_tasks", num_tasks)
         self.task_names: tuple[str, ...] | None = None
         self.steps_taken = 0
+        # The method's own group, until a subclass makes the optimizer that leads (_lead_optimizer).
+        Optimizer.__init__(self, self.params, {k: v for k, v in self._hparams.items() if k in _ADAM_NAMES})
+
+    # -- the torch.optim.Optimizer face ---------------------------------------------------------------
+
+    @property
+    def hparams(self) -> Mapping[str, Any]:
+        """The hyperparameters, checked (read-only); the ones a scheduler can change (``lr``, ``betas``,
+        ``eps``, ``weight_decay``) as the parameter group holds them now."""
+        group = self.param_groups[0]
+        return MappingProxyType({k: group.get(k, v) if k in _ADAM_NAMES else v for k, v in self._hparams.items()})
+
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The one parameter group, that of the optimizer that steps the parameters (read by schedulers)."""
+        lead = self._lead_optimizer()
+        return self.__dict__["_own_param_groups"] if lead is None else lead.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        self.__dict__["_own_param_groups"] = groups
+
+    @property  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
+        """The leading optimizer's defaults (``OneCycleLR`` looks for ``betas`` or ``momentum`` there)."""
+        lead = self._lead_optimizer()
+        return self.__dict__["_own_defaults"] if lead is None else lead.defaults
+
+    @defaults.setter
+    def defaults(self, defaults: dict[str, Any]) -> None:
+        self.__dict__["_own_defaults"] = defaults
+
+    def _lead_optimizer(self) -> Optimizer | None:
+        """The optimizer whose parameter groups are the method's (``None`` while there is none yet)."""
+        return None
+
+    def _follow_lead(self) -> None:
+        """Give the optimizers that follow the leading one its hyperparameters (before a step or a save)."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.__dict__.get("_own_param_groups"):
+            raise ValueError(f"method {self.name!r} steps one flat list of parameters; parameter groups are "
+                             "for mao_lab.MAO")
+        super().add_param_group(param_group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return copyable_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Optimizer.__setstate__(self, state)
 
     @classmethod
     def hyperparameter_spec(cls) -> dict[str, Hyperparameter]:
@@ -113,11 +179,15 @@ class Method(ObservableMixin, ABC):
         if not callable(closure):
             raise TypeError("Method.step needs a closure that returns the per-task losses of the batch")
         observers = self._observers_wanting_record()
+        self._follow_lead()
         with all_or_nothing(self):
             record = self._step(closure, record=bool(observers))
         self.task_names = record.task_names  # fixed only once a step has succeeded
         self.num_tasks = len(record.task_names)
         self.steps_taken += 1
+        lead = self._lead_optimizer()
+        if lead is not None:  # a scheduler of the leading optimizer itself counts this step as its own
+            lead._opt_called = True  # type: ignore[attr-defined]
         if observers:
             self._notify(observers, record)
         return record.losses
@@ -129,6 +199,25 @@ class Method(ObservableMixin, ABC):
         Update the optimizer state last, once every check has passed: a step that raises is rolled
         back, but only :attr:`moves_parameters_during_step` methods have their optimizer state copied.
         """
+
+    # -- memory -----------------------------------------------------------------------------------------
+
+    def state_bytes(
+        self, num_tasks: int | None = None, *, reach: Mapping[Tensor, Collection[int]] | None = None
+    ) -> int:
+        """The bytes of the optimizer state (``state_dict()["optimizer"]``, what grows with the model) once
+        every parameter has been stepped, for ``num_tasks`` tasks (default: the method's).  ``reach``:
+        the tasks reaching each parameter (one not listed: every task).  See :func:`mao_lab.state_bytes`."""
+        if num_tasks is None:
+            num_tasks = self.num_tasks
+        if num_tasks is None:
+            raise ValueError(f"method {self.name!r}: state_bytes needs num_tasks (the method has not stepped yet)")
+        return self._state_bytes(num_tasks, reach)
+
+    def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
+        """:meth:`state_bytes`, for a method family (the base has no optimizer state)."""
+        tasks_reaching(num_tasks, reach)  # checks the arguments
+        return 0
 
     # -- helpers for subclasses ------------------------------------------------------------------------
 
@@ -149,6 +238,7 @@ class Method(ObservableMixin, ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume; ``"method"`` says which method it came from."""
+        self._follow_lead()
         return {**self._small_state(), "optimizer": self._optimizer_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -233,6 +323,12 @@ class OptimizerMethod(Method):
     ``check_state_dict`` and ``load_state_dict`` (:class:`mao_lab.MAO`, MTAdam)."""
 
     optimizer: Any
+
+    def _lead_optimizer(self) -> Optimizer | None:
+        return self.__dict__.get("optimizer")
+
+    def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
+        return int(self.optimizer.state_bytes(num_tasks, reach=reach))
 
     def _optimizer_state(self) -> Any:
         return self.optimizer.state_dict()

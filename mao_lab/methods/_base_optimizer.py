@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -18,9 +18,10 @@ from torch import Tensor
 
 from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, choice
+from .._memory import step_counter_bytes, tasks_reaching
 from ._base import Method
 
-__all__ = ["BaseOptimizer", "OptimizerName", "SteppedMethod"]
+__all__ = ["BaseOptimizer", "OptimizerName", "SteppedMethod", "follow"]
 
 OptimizerName = Literal["adam", "sgd"]
 
@@ -106,6 +107,14 @@ class BaseOptimizer:
         denom = state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t) + group["eps"]
         return lr / denom
 
+    def state_bytes(self, params: Iterable[Tensor]) -> int:
+        """The bytes of the state once ``params`` (those that get gradients) have been stepped: Adam keeps a
+        step counter and two moments per parameter, SGD a momentum buffer only with momentum."""
+        group = self.optimizer.param_groups[0]
+        if self.kind == "adam":
+            return sum(step_counter_bytes() + 2 * p.numel() * p.element_size() for p in params)
+        return sum(p.numel() * p.element_size() for p in params) if group.get("momentum", 0) != 0 else 0
+
     @classmethod
     def from_hparams(cls, params: Sequence[Tensor], hparams: Mapping[str, Any], **overrides: Any) -> BaseOptimizer:
         """The optimizer a method's hyperparameters describe (``optimizer``, ``lr``, ``betas``, ...)."""
@@ -139,6 +148,19 @@ class BaseOptimizer:
         self.optimizer.load_state_dict(state)
 
 
+def follow(lead: Mapping[str, Any], group: dict[str, Any], names: frozenset[str] | None = None) -> None:
+    """Give ``group`` the hyperparameters of ``lead``: all but ``params``, or those of ``names`` it has.
+
+    >>> group = {"params": [], "lr": 0.1, "weight_decay": 0.0}
+    >>> follow({"params": [], "lr": 0.01, "weight_decay": 0.5, "initial_lr": 0.1}, group, frozenset({"lr"}))
+    >>> group
+    {'params': [], 'lr': 0.01, 'weight_decay': 0.0}
+    """
+    for key, value in lead.items():
+        if key != "params" and (names is None or (key in names and key in group)):
+            group[key] = value
+
+
 class SteppedMethod(Method):
     """A method whose step ends with one step of a :class:`BaseOptimizer` (``self.base``) on a direction
     it computed: the weightings, the aggregators and the independent steps.
@@ -159,6 +181,27 @@ class SteppedMethod(Method):
     def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.base = BaseOptimizer.from_hparams(self.params, self.hparams)
+
+    def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
+        tasks_of = tasks_reaching(num_tasks, reach)
+        return self.base.state_bytes(p for p in self.params if tasks_of(p))
+
+    # -- the leading optimizer and its followers ----------------------------------------------------------
+
+    def _lead_optimizer(self) -> torch.optim.Optimizer | None:
+        base = self.__dict__.get("base")
+        return None if base is None else base.optimizer
+
+    def _followers(self) -> list[tuple[BaseOptimizer, frozenset[str] | None]]:
+        """The optimizers that take the leading one's hyperparameters before every step, each with the
+        names it takes (``None``: all); the default has none."""
+        return []
+
+    def _follow_lead(self) -> None:
+        lead = self.param_groups[0]
+        for follower, names in self._followers():
+            for group in follower.optimizer.param_groups:
+                follow(lead, group, names)
 
     # -- the balancer, built for a number of tasks ------------------------------------------------------
 

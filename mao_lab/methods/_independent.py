@@ -45,14 +45,15 @@ tensor([1., 1.])
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._checkpoints import CheckpointError
-from .._hyperparameters import Hyperparameter, boolean, choice, integer
+from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, boolean, choice, integer
+from .._memory import tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates, compute_task_gradients
 from ._base import LossClosure
@@ -114,6 +115,17 @@ class IndependentStepsMethod(SteppedMethod):
 
     def _optimizer_for(self, group: int) -> BaseOptimizer:
         return self.optimizers[group if self.per_group_optimizers else 0]
+
+    def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
+        """One optimizer per group: each keeps state for the parameters its group's tasks reach.  Random
+        groups: the one shared optimizer, for the parameters any task reaches."""
+        tasks_of = tasks_reaching(num_tasks, reach)
+        groups = self._groups(num_tasks) if self.per_group_optimizers else [tuple(range(num_tasks))]
+        return sum(self.base.state_bytes(p for p in self.params if set(tasks_of(p)) & set(group)) for group in groups)
+
+    def _followers(self) -> list[tuple[BaseOptimizer, frozenset[str] | None]]:
+        # IO: ``base`` leads (a scheduler sees it from construction on); the per-group optimizers follow.
+        return [(o, None) for o in self.optimizers if o is not self.base]
 
     # -- the step ------------------------------------------------------------------------------------
 
@@ -230,11 +242,29 @@ class IndependentStepsMethod(SteppedMethod):
 
     def _extra_state(self) -> dict[str, Any]:
         partition = None if self.partition is None else [list(g) for g in self.partition]
-        return {**super()._extra_state(), "partition": partition}
+        state = {**super()._extra_state(), "partition": partition}
+        if self.per_group_optimizers:  # the leading group is saved by no optimizer state: its rate, here
+            state["lead_group"] = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return state
+
+    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
+        super()._check_extra_state(state)
+        lead = state.get("lead_group")
+        if lead is None:
+            return  # saved before the leading group was
+        if not isinstance(lead, Mapping):
+            raise CheckpointError(f"method {self.name!r}: lead_group must be a dict, got {type(lead).__name__}")
+        for name in ("lr", "weight_decay"):
+            try:
+                ADAM_HYPERPARAMETERS[name].check(name, lead.get(name))
+            except ValueError as error:
+                raise CheckpointError(f"method {self.name!r}: lead_group: {error}") from None
 
     def _load_extra_state(self, state: Any) -> None:
         super()._load_extra_state(state)
         self.partition = None if state["partition"] is None else [tuple(g) for g in state["partition"]]
+        if state.get("lead_group") is not None:
+            self.param_groups[0].update(state["lead_group"])
 
 
 def _share_stale_moves(

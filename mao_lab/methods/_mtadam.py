@@ -17,7 +17,8 @@ weight decay is decoupled (AdamW-style), once per step.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, number
+from .._memory import check_fits, step_counter_bytes, tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskUpdates, compute_task_gradients
 from ._base import LossClosure, OptimizerMethod
@@ -94,34 +96,36 @@ class MTAdam(Optimizer):
     def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskUpdates | None:
         """One MTAdam step; with ``keep_task_updates`` return each task's part ``lr/(1-b1^t) m_k / max denom``."""
         task_grads.check_against([p for group in self.param_groups for p in group["params"]])
+        self._reserve_state(task_grads)
         where = task_grads.index()
-        params, tasks, kept = [], [], []
-        for group in self.param_groups:
+        planned: list[tuple[Tensor, dict[str, Any], _Planned]] = []
+        for group in self.param_groups:  # everything computed first, nothing changed: memory can run out here
             for p in group["params"]:
                 i = where.get(id(p))
-                if i is None or not task_grads.tasks[i]:
-                    continue
-                part = self._update(p, group, task_grads.tasks[i], task_grads.grads[i], keep_task_updates)
-                if keep_task_updates:
-                    params.append(p)
-                    tasks.append(self.state[p]["tasks"])
-                    kept.append(part)
+                if i is not None and task_grads.tasks[i]:
+                    state = self.state[p]  # made by _reserve_state
+                    planned.append((p, state, self._planned(p, state, group, task_grads.tasks[i], task_grads.grads[i])))
+        for p, state, plan in planned:  # the commit: in place, nothing allocated
+            plan.commit(p, state)
         if not keep_task_updates:
             return None
-        return TaskUpdates(task_grads.task_names, tuple(params), tuple(tasks), tuple(kept))
+        return TaskUpdates(task_grads.task_names, tuple(p for p, _, _ in planned),
+                           tuple(state["tasks"] for _, state, _ in planned),
+                           tuple(plan.parts for _, _, plan in planned))
 
-    def _update(self, p: Tensor, group: dict[str, Any], reaching: tuple[int, ...], grads: Tensor, keep: bool) -> Tensor | None:
+    @staticmethod
+    def _planned(p: Tensor, state: dict[str, Any], group: dict[str, Any], reaching: tuple[int, ...],
+                 grads: Tensor) -> _Planned:
+        """The step of ``p``, computed out of place (the state and ``p`` are left as they are)."""
         beta1, beta2 = group["betas"]
-        state = self._prepared_state(p, reaching)
         rows = [state["tasks"].index(k) for k in reaching]
-        state["step"] += 1
-        t = float(state["step"])
+        t = float(state["step"] + 1)
 
-        norms = state["norms"]
+        norms, seen = state["norms"].clone(), state["seen"].clone()
         current = torch.linalg.vector_norm(grads.reshape(len(reaching), -1), dim=1).to(norms)
-        seen = state["seen"][rows] > 0
-        norms[rows] = torch.where(seen, group["beta3"] * norms[rows] + (1 - group["beta3"]) * current, current)
-        state["seen"][rows] = 1.0
+        running = group["beta3"] * norms[rows] + (1 - group["beta3"]) * current
+        norms[rows] = torch.where(seen[rows] > 0, running, current)
+        seen[rows] = 1.0
 
         anchors = (norms > _TINY).nonzero()
         anchor = norms[int(anchors[0])] if len(anchors) else None
@@ -130,39 +134,70 @@ class MTAdam(Optimizer):
             own = norms[row]
             scaled[row] = g * (anchor / own).to(g) if anchor is not None and own > _TINY else g
 
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(scaled, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(scaled, scaled, value=1 - beta2)
+        exp_avg = state["exp_avg"].lerp(scaled, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(scaled, scaled, value=1 - beta2)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t) + group["eps"]).amax(dim=0)
         parts = exp_avg / denom * (group["lr"] / (1 - beta1**t))
-        if group["weight_decay"] != 0:
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.sub_(parts.sum(0))
-        return parts if keep else None
+        decay = 1 - group["lr"] * group["weight_decay"] if group["weight_decay"] != 0 else None
+        return _Planned(norms, seen, exp_avg, exp_avg_sq, parts, parts.sum(0), decay)
 
-    def _prepared_state(self, p: Tensor, reaching: tuple[int, ...]) -> dict[str, Any]:
-        """The state of ``p``, created or widened to hold every task that has reached it (zeros for newcomers)."""
-        state = self.state[p]
-        if not state:
-            n = len(reaching)
-            state["step"] = torch.tensor(0.0)
-            state["tasks"] = tuple(reaching)
-            # In the parameter's dtype, which load_state_dict casts state to: "seen" is a 0/1 flag.
-            state["norms"] = p.new_zeros(n)
-            state["seen"] = p.new_zeros(n)
-            state["exp_avg"] = p.new_zeros((n, *p.shape))
-            state["exp_avg_sq"] = p.new_zeros((n, *p.shape))
-            return state
-        new = sorted(set(reaching) - set(state["tasks"]))
-        if new:
-            tasks = tuple(sorted(set(state["tasks"]) | set(new)))
-            old = [tasks.index(k) for k in state["tasks"]]
-            for key in ("norms", "seen", "exp_avg", "exp_avg_sq"):
-                widened = state[key].new_zeros((len(tasks), *state[key].shape[1:]))
-                widened[old] = state[key]
-                state[key] = widened
-            state["tasks"] = tasks
-        return state
+    def state_bytes(self, num_tasks: int, *, reach: Mapping[Tensor, Collection[int]] | None = None) -> int:
+        """The bytes of the state once every parameter has been stepped: per parameter, a step counter, and
+        per task reaching it a running norm, a flag and two moments (see :func:`mao_lab.state_bytes`)."""
+        tasks_of = tasks_reaching(num_tasks, reach)
+        return sum(step_counter_bytes() + 2 * len(tasks_of(p)) * (p.numel() + 1) * p.element_size()
+                   for group in self.param_groups for p in group["params"] if tasks_of(p))
+
+    def _reserve_state(self, task_grads: TaskGradients) -> None:
+        """Make the state of every parameter this step reaches (zeros for tasks new to it), checked to fit
+        on CUDA, before committing any: running out of memory here changes nothing."""
+        where = task_grads.index()
+        plans: list[tuple[Tensor, dict[str, Any] | None, tuple[int, ...]]] = []
+        needed: dict[torch.device, int] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                i = where.get(id(p))
+                if i is None or not task_grads.tasks[i]:
+                    continue
+                old = self.state.get(p) or None
+                tasks = tuple(sorted(set(task_grads.tasks[i]) | set(old["tasks"] if old else ())))
+                if old is None or tasks != tuple(old["tasks"]):
+                    plans.append((p, old, tasks))
+                    needed[p.device] = needed.get(p.device, 0) + 2 * len(tasks) * (p.numel() + 1) * p.element_size()
+        for device, count in needed.items():
+            check_fits(count, device, f"MTAdam's state for {task_grads.num_tasks} tasks")
+        pending = []
+        for p, old, tasks in plans:
+            state: dict[str, Any] = {"step": torch.tensor(0.0) if old is None else old["step"], "tasks": tasks}
+            for key, shape in (("norms", ()), ("seen", ()), ("exp_avg", p.shape), ("exp_avg_sq", p.shape)):
+                # In the parameter's dtype, which load_state_dict casts state to: "seen" is a 0/1 flag.
+                value = p.new_zeros((len(tasks), *shape))
+                if old is not None:
+                    value[[tasks.index(k) for k in old["tasks"]]] = old[key]
+                state[key] = value
+            pending.append((p, state))
+        for p, state in pending:  # the commit: no allocation from here on
+            self.state[p] = state
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One parameter's MTAdam step, computed but not applied: the new state and the change of ``p``."""
+
+    norms: Tensor
+    seen: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    parts: Tensor  # each task's part of the change
+    change: Tensor  # their sum
+    decay: float | None  # what decoupled weight decay multiplies p by
+
+    def commit(self, p: Tensor, state: dict[str, Any]) -> None:
+        state["step"] += 1
+        state.update(norms=self.norms, seen=self.seen, exp_avg=self.exp_avg, exp_avg_sq=self.exp_avg_sq)
+        if self.decay is not None:
+            p.mul_(self.decay)
+        p.sub_(self.change)
 
 
 @register("mtadam", "MTAdam: per-task Adam moments of layer-rescaled gradients, max denominator (Malkiel & Wolf 2021)")

@@ -7,7 +7,10 @@ and puts it back if the block raises:
   names, counters, a weighting's or aggregator's state, random generators).  Methods update their
   optimizer last, once every check has passed, so its (large) state needs no copy;
 - methods that move the parameters more than once in a step (``Method.moves_parameters_during_step``:
-  IUS, IO, grouping, FAMO): the parameters and the whole state, optimizer included.
+  IUS, IO, grouping, FAMO): the parameters and the whole state, optimizer included;
+- every method: which parameters its optimizer holds state for.  An optimizer that runs out of memory
+  while it creates the state of a parameter (``torch.optim.Adam`` at its first step) leaves that state
+  half made; it is dropped, so the next step makes it again.
 
 Restoring goes through the method's own ``_apply_state``, the same code that loads a checkpoint.
 """
@@ -51,6 +54,8 @@ def all_or_nothing(method: Method, *, everything: bool | None = None) -> Iterato
         everything = method.moves_parameters_during_step
     params = [p.detach().clone() for p in method.params] if everything else None
     saved: dict[str, Any] = copy.deepcopy(method.state_dict() if everything else method._small_state())
+    optimizer = method._lead_optimizer()
+    had_state = set() if optimizer is None else {id(p) for p, s in optimizer.state.items() if s}
     try:
         yield
     except BaseException:
@@ -59,4 +64,8 @@ def all_or_nothing(method: Method, *, everything: bool | None = None) -> Iterato
                 for p, before in zip(method.params, params):
                     p.copy_(before)
         method._apply_state(saved, with_optimizer=everything)
+        optimizer = method._lead_optimizer()
+        if not everything and optimizer is not None:
+            for p in [p for p in optimizer.state if id(p) not in had_state]:
+                del optimizer.state[p]
         raise

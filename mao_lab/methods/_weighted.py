@@ -25,6 +25,8 @@ from ._contributions import preconditioned_parts, weighted_parts
 
 __all__ = ["ScalarizerMethod", "WeightedLossMethod"]
 
+_FOLLOWED = frozenset({"lr", "betas", "eps"})
+
 
 class WeightedLossMethod(SteppedMethod):
     """Step a base optimizer on ``sum_k w_k L_k``; subclasses supply the weights ``w`` of each step.
@@ -120,6 +122,10 @@ class ScalarizerMethod(WeightedLossMethod):
     def _unbuild(self) -> None:
         self.scalarizer = None
         self.weighting_optimizer = None
+
+    def _followers(self) -> list[tuple[BaseOptimizer, frozenset[str] | None]]:
+        # The learned weights take the model's scheduled rate (and betas, eps), never its weight decay.
+        return [] if self.weighting_optimizer is None else [(self.weighting_optimizer, _FOLLOWED)]
 
     def _scalarize(self, values: Tensor) -> Tensor:
         assert self.scalarizer is not None
