@@ -53,7 +53,7 @@ Figures (plotly): :func:`share_heatmap`, :func:`share_areas`, :func:`layer_bars`
 live :class:`BalanceMonitor` (shares of every shared layer while a model trains).
 """
 
-from ._explorer import BalanceExplorer, ExplorerApp, find_runs
+from ._explorer import BalanceExplorer, ExplorerApp, RunChecklist, find_runs, run_label
 from ._monitor import BalanceMonitor
 from ._figures import grad_norm_ratios, layer_bars, metric_lines, share_areas, share_heatmap
 from ._frame import COLUMNS, METRICS, by_module, imbalance_index, module_of
@@ -68,6 +68,7 @@ __all__ = [
     "ExplorerApp",
     "Observable",
     "Recorder",
+    "RunChecklist",
     "RecorderError",
     "by_module",
     "combine_runs",
@@ -78,6 +79,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "metric_lines",
+    "run_label",
     "module_of",
     "record",
     "save_run",
