@@ -1,0 +1,169 @@
+"""Handouts for a room without network: executed notebooks as HTML pages that load nothing from the internet.
+
+``make handouts`` (``python -m mao_lab.handouts RUN_DIR --out handouts``) turns every executed notebook of a
+run folder (``make demo`` writes one) into ``handouts/<notebook>.html`` beside one shared ``handouts/assets/``:
+
+* the maths is typeset by MathJax 2.7 from ``assets/mathjax`` (copied from the ``jupyter-server-mathjax``
+  package, which ships it), not from a CDN;
+* plotly.js is ``assets/plotly.min.js``, written once and loaded by every page (not 4.8 MB inside each);
+* widgets are inert in a static page: their views are dropped, and the static copy of each live view that the
+  notebooks display for the export (:func:`mao_lab.notebook.display_live`) stays; so do require.js and the
+  widget manager, which only widgets needed;
+* any other ``<script src="http...">`` (plotly's figures ask for MathJax 3 from a CDN) is removed, and so is
+  nbconvert's loader of mermaid diagrams (the notebooks have none).
+
+Hand out the whole folder (the pages find ``assets/`` beside them).  ``main`` prints each page's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._files import write_atomically
+
+__all__ = ["ASSETS", "export_handout", "find_executed", "main", "mathjax_folder", "offline_html", "write_assets"]
+
+ASSETS = "assets"
+"""The folder beside the handouts that holds MathJax and plotly.js."""
+
+_MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"  # the combined configuration the package ships
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^\"']*[\"'][^>]*>\s*</script>", re.IGNORECASE)
+_WIDGET_STATE = re.compile(r"<script type=\"application/vnd\.jupyter\.widget-state\+json\">.*?</script>", re.DOTALL)
+_MERMAID = re.compile(r"<script type=\"module\">\s*document\.addEventListener\(\"DOMContentLoaded\"[^<]*?jp-Mermaid.*?</script>", re.DOTALL)
+# The package ships MathJax's STIX-Web fonts only (JupyterLab configures them); MathJax's defaults look for TeX fonts,
+# and without them it lays glyphs out from system fonts (hats and roots out of place).
+_MATHJAX_FONTS = (
+    '<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, '
+    'webFont: "STIX-Web", imageFont: null}, SVG: {font: "STIX-Web"}});</script>'
+)
+_PLOTLY_BUNDLE = re.compile(r"<script(?: type=\"text/javascript\")?>\s*/\*\*\s*\n\* plotly\.js v.*?</script>", re.DOTALL)
+
+
+def mathjax_folder() -> Path:
+    """MathJax 2.7 as shipped by the ``jupyter-server-mathjax`` package (``MathJax.js`` and its folders).
+
+    Raises:
+        ModuleNotFoundError: naming the package to install when it is missing.
+    """
+    try:
+        import jupyter_server_mathjax
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "the handouts typeset maths with the MathJax of the jupyter-server-mathjax package: "
+            "pip install jupyter-server-mathjax (it is in requirements.txt)"
+        ) from error
+    folder = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (folder / "MathJax.js").is_file():
+        raise FileNotFoundError(f"no MathJax.js in {folder}: reinstall jupyter-server-mathjax")
+    return folder
+
+
+def write_assets(out_dir: Path) -> Path:
+    """``out_dir/assets``: MathJax (its config, TeX input, CommonHTML output and fonts) and plotly.min.js."""
+    import plotly.offline
+
+    assets = out_dir / ASSETS
+    assets.mkdir(parents=True, exist_ok=True)
+    source = mathjax_folder()
+    target = assets / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        staged = assets / ".mathjax.partial"
+        shutil.rmtree(staged, ignore_errors=True)
+        # Left out: translated menus (English is built in) and the accessibility extensions (a menu option).
+        shutil.copytree(source, staged, ignore=shutil.ignore_patterns("localization", "a11y"))
+        staged.rename(target)
+    plotly_js = assets / "plotly.min.js"
+    if not plotly_js.is_file():
+        write_atomically(plotly_js, lambda tmp: tmp.write_text(plotly.offline.get_plotlyjs(), encoding="utf-8"))
+    return assets
+
+
+def offline_html(body: str, assets: str = ASSETS) -> str:
+    """An nbconvert page made to load nothing remote: local MathJax and plotly.js, no CDN script, no widgets.
+
+    >>> page = ('<script src="https://cdn.example/require.min.js"></script><p>x</p>'
+    ...         '<script>/**\\n* plotly.js v3.0.0\\n*/ code</script><div>figure</div>')
+    >>> offline_html(page)
+    '<p>x</p><script src="assets/plotly.min.js"></script><div>figure</div>'
+    """
+    body = _WIDGET_STATE.sub("", body)
+    body = _MERMAID.sub("", body)
+    loader = re.search(rf"<script src=\"{re.escape(assets)}/mathjax/MathJax\.js[^\"]*\">\s*</script>", body)
+    if loader:
+        body = body[: loader.end()] + _MATHJAX_FONTS + body[loader.end() :]  # nbconvert's loader of mermaid diagrams (from a CDN); the notebooks have none
+    body = _PLOTLY_BUNDLE.sub(lambda _: f'<script src="{assets}/plotly.min.js"></script>', body, count=1)
+    body = _PLOTLY_BUNDLE.sub("", body)  # a second copy (another figure's init) would only redefine it
+    return _REMOTE_SCRIPT.sub("", body)
+
+
+def _without_widget_views(notebook: object) -> None:
+    """Drop widget views (inert in a static page) and the widget state; the outputs around them stay."""
+    notebook.metadata.pop("widgets", None)  # type: ignore[attr-defined]
+    for cell in notebook.cells:  # type: ignore[attr-defined]
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if _WIDGET_VIEW not in o.get("data", {})]
+
+
+def export_handout(executed: Path, out_dir: Path) -> Path:
+    """Write ``out_dir/<notebook>.html`` from an executed notebook, loading only ``out_dir/assets``."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(executed, as_version=4)
+    _without_widget_views(notebook)
+    write_assets(out_dir)
+    exporter = HTMLExporter(mathjax_url=f"{ASSETS}/mathjax/MathJax.js?config={_MATHJAX_CONFIG}")
+    body, _ = exporter.from_notebook_node(notebook)
+    page = offline_html(body)
+    target = out_dir / f"{executed.stem}.html"
+    return write_atomically(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+def find_executed(run_dir: Path) -> list[Path]:
+    """The executed notebooks of a run folder: ``<run>/<name>/<name>.ipynb``, or notebooks directly in it."""
+    found = sorted(p for p in run_dir.glob("*/*.ipynb") if p.stem == p.parent.name)
+    return found or sorted(p for p in run_dir.glob("*.ipynb") if not p.name.endswith(".failed.ipynb"))
+
+
+def _newest_run(root: Path) -> Path | None:
+    runs = [d for d in root.iterdir() if d.is_dir() and find_executed(d)] if root.is_dir() else []
+    return max(runs, key=lambda d: d.stat().st_mtime, default=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mao_lab.handouts", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", nargs="?", help="a run folder of executed notebooks (default: the newest under runs/)")
+    parser.add_argument("--out", default="handouts", help="the handouts folder (default: handouts)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir) if args.run_dir else _newest_run(Path("runs"))
+    if run_dir is None or not run_dir.is_dir():
+        print(f"no run folder {'at ' + str(run_dir) if run_dir else 'under runs/'}: run `make demo` first", file=sys.stderr)
+        return 2
+    executed = find_executed(run_dir)
+    if not executed:
+        print(f"no executed notebook in {run_dir} (looked for <name>/<name>.ipynb): run `make demo` first", file=sys.stderr)
+        return 2
+    try:
+        mathjax_folder()
+    except (ModuleNotFoundError, FileNotFoundError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for notebook in executed:
+        page = export_handout(notebook, out)
+        print(f"{page}  {page.stat().st_size / 1e6:.2f} MB")
+    assets = out / ASSETS
+    size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    print(f"{assets}/  {size / 1e6:.1f} MB, shared by every page (MathJax and plotly.js); hand out the whole {out}/ folder")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
