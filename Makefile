@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo smoke test bench lab workshop explorer test-browser clean study handouts slides wheelhouse
+.PHONY: setup demo smoke test bench lab workshop explorer test-browser clean study handouts slides wheelhouse answer-key
 
 setup: $(STAMP)
 
@@ -64,6 +64,9 @@ test-browser: $(STAMP)    ## every notebook and the explorer app driven in headl
 	$(PY) tests/browser/browser_test.py
 
 HANDOUTS ?= handouts
+answer-key: $(STAMP)      ## the instructor's answer key (every exercise's solution) in handouts/instructor/, apart from the handouts
+	$(PY) -m mao_lab.exercises.answer_key --out $(HANDOUTS)/instructor
+
 handouts: $(STAMP)        ## offline HTML of the newest run folder (RUN=runs/<time>) in handouts/, sizes printed
 	$(PY) -m mao_lab.handouts $(RUN) --out $(HANDOUTS)
 
