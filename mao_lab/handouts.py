@@ -13,6 +13,11 @@ run folder (``make demo`` writes one) into ``handouts/<notebook>.html`` beside o
   nbconvert's loader of mermaid diagrams (the notebooks have none).
 
 Hand out the whole folder (the pages find ``assets/`` beside them).  ``main`` prints each page's size.
+
+``make slides`` (``--slides``) builds the opening and wrap-up slides from ``docs/slides/*.md`` (slides separated
+by ``---`` lines) as reveal.js pages in ``handouts/slides/``: reveal.js 4.0.2 is vendored in
+``docs/slides/reveal.js`` (MIT), the maths typeset by the same local MathJax, so they too open offline.  A
+``<!-- ledger -->`` line becomes the committed claims ledger's verdicts (``docs/claims/ledger.json``).
 """
 
 from __future__ import annotations
@@ -26,10 +31,24 @@ from pathlib import Path
 
 from ._files import write_atomically
 
-__all__ = ["ASSETS", "export_handout", "find_executed", "main", "mathjax_folder", "offline_html", "write_assets"]
+__all__ = [
+    "ASSETS",
+    "SLIDES_DIR",
+    "export_handout",
+    "find_executed",
+    "main",
+    "mathjax_folder",
+    "offline_html",
+    "slides_html",
+    "write_assets",
+    "write_slides",
+]
 
 ASSETS = "assets"
 """The folder beside the handouts that holds MathJax and plotly.js."""
+
+SLIDES_DIR = Path(__file__).resolve().parents[1] / "docs" / "slides"
+"""The slides' Markdown sources and the vendored reveal.js."""
 
 _MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"  # the combined configuration the package ships
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -125,6 +144,70 @@ def export_handout(executed: Path, out_dir: Path) -> Path:
     return write_atomically(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
+def _ledger_table(claims_dir: Path) -> str:
+    """The committed ledger's claims and verdicts as a Markdown table (empty when there is no ledger)."""
+    import json
+
+    path = claims_dir / "ledger.json"
+    if not path.is_file():
+        return ""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    signs = {"supported": "✓", "not supported": "✗", "inconclusive": "?"}
+    rows = [r for r in document["ledger"] if r["part"] == "(claim)"]
+    lines = ["| claim | statement | verdict |", "|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['effect']} | {signs.get(r['verdict'], '')} {r['verdict']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def slides_html(markdown: str, title: str, assets: str = f"../{ASSETS}", *, ledger: str = "") -> str:
+    """A reveal.js page from Markdown slides separated by ``---`` lines; everything it loads is under ``assets``.
+
+    >>> page = slides_html("# One\\n\\n---\\n\\n## Two: $x^2$", "Demo")
+    >>> page.count("<section>"), "http" in page.replace("http-equiv", "")
+    (2, False)
+    """
+    from nbconvert.filters.markdown import markdown2html
+
+    markdown = markdown.replace("<!-- ledger -->", ledger)
+    slides = [part.strip() for part in re.split(r"^---\s*$", markdown, flags=re.MULTILINE) if part.strip()]
+    sections = "\n".join(f"<section>\n{markdown2html(slide)}\n</section>" for slide in slides)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="{assets}/reveal/dist/reveal.css">
+<link rel="stylesheet" href="{assets}/reveal/dist/theme/white.css">
+<style>.reveal {{ font-family: sans-serif; font-size: 30px; }} .reveal table {{ font-size: 0.7em; }}
+.reveal h1, .reveal h2 {{ font-family: sans-serif; text-transform: none; }} .anchor-link {{ display: none; }}</style>
+</head><body><div class="reveal"><div class="slides">
+{sections}
+</div></div>
+<script src="{assets}/mathjax/MathJax.js?config={_MATHJAX_CONFIG}"></script>
+{_MATHJAX_FONTS}
+<script type="text/x-mathjax-config">MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"]], displayMath: [["$$", "$$"]]}}}});</script>
+<script src="{assets}/reveal/dist/reveal.js"></script>
+<script>Reveal.initialize({{hash: true, width: 1280, height: 760}});</script>
+</body></html>
+"""
+
+
+def write_slides(out_dir: Path, source: Path = SLIDES_DIR, claims_dir: Path | None = None) -> list[Path]:
+    """``out_dir/slides/<name>.html`` for every ``source/*.md``, with reveal.js and MathJax in ``out_dir/assets``."""
+    assets = write_assets(out_dir)
+    reveal = assets / "reveal"
+    shutil.rmtree(reveal, ignore_errors=True)
+    shutil.copytree(source / "reveal.js", reveal)
+    ledger = _ledger_table(claims_dir or source.parent / "claims")
+    folder = out_dir / "slides"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(source.glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        title = text.lstrip("# ").splitlines()[0] if text.strip() else path.stem
+        page = slides_html(text, title, ledger=ledger)
+        written.append(write_atomically(folder / f"{path.stem}.html", lambda tmp, page=page: tmp.write_text(page, encoding="utf-8")))
+    return written
+
+
 def find_executed(run_dir: Path) -> list[Path]:
     """The executed notebooks of a run folder: ``<run>/<name>/<name>.ipynb``, or notebooks directly in it."""
     found = sorted(p for p in run_dir.glob("*/*.ipynb") if p.stem == p.parent.name)
@@ -140,7 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mao_lab.handouts", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", nargs="?", help="a run folder of executed notebooks (default: the newest under runs/)")
     parser.add_argument("--out", default="handouts", help="the handouts folder (default: handouts)")
+    parser.add_argument("--slides", action="store_true", help="build the slides (docs/slides/*.md) instead")
     args = parser.parse_args(argv)
+    if args.slides:
+        try:
+            pages = write_slides(Path(args.out))
+        except (ModuleNotFoundError, FileNotFoundError) as error:
+            print(error, file=sys.stderr)
+            return 2
+        for page in pages:
+            print(f"{page}  {page.stat().st_size / 1e3:.0f} kB (arrow keys: next slide; S: speaker view is not included)")
+        return 0
     run_dir = Path(args.run_dir) if args.run_dir else _newest_run(Path("runs"))
     if run_dir is None or not run_dir.is_dir():
         print(f"no run folder {'at ' + str(run_dir) if run_dir else 'under runs/'}: run `make demo` first", file=sys.stderr)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mao_lab.recorder import BalanceExplorer, ExplorerApp, find_runs, run_label, save_run
+from mao_lab.recorder import (
+    BalanceExplorer,
+    ExplorerApp,
+    find_runs,
+    run_label,
+    save_run,
+)
 
 
 def tiny_run(folder: Path, shares: tuple[float, float]) -> None:

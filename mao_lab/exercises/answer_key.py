@@ -51,7 +51,7 @@ def answer_key_markdown() -> str:
         "",
     ]
     for module, notebook in NOTEBOOKS.items():
-        number, _, name = notebook.partition("_")
+        number = notebook.split("_", 1)[0]
         lines += [f"## {number} · {module} — `{notebook}.ipynb`", ""]
         for label, question in questions(module).items():
             kind = "thought experiment" if type(question).__name__ == "ThoughtExperiment" else "checked"

@@ -38,8 +38,8 @@ from ._ledger import load_ledger
 __all__ = [
     "CLAIM_UNITS",
     "COMMITTED_TABLES",
-    "CommittedExplorer",
     "SETTINGS",
+    "CommittedExplorer",
     "balance_summary_figure",
     "chosen_rate_figure",
     "grouping_figure",
@@ -114,13 +114,16 @@ def readable_claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
         trace.name = verdict_label(str(trace.name))
     parts = ledger[(ledger["claim"] == claim) & (ledger["part"] != "(claim)")]
     thresholds = [float(t) for t in pd.unique(parts["threshold"])]
+    values = pd.concat([parts["low"], parts["high"], parts["estimate"]]).astype(float).tolist() + thresholds
+    middle = (min(values) + max(values)) / 2 if values else 0.0
     for i, threshold in enumerate(thresholds):
         sides = sorted(set(parts[parts["threshold"] == threshold]["direction"]))
         wanted = " / ".join("claim: left of it" if side == "less" else "claim: right of it" for side in sides)
         top = i % 2 == 0  # two lines close together: one label at the top, the other at the bottom
         figure.add_annotation(x=threshold, xref="x", y=1 if top else 0, yref="paper", yanchor="top" if top else "bottom",
-                              xanchor="left", showarrow=False, font={"size": 11, "color": "gray"},
-                              text=f" dashed: threshold {threshold:g} ({wanted})")
+                              xanchor="left" if threshold <= middle else "right",  # the label stays on the plot
+                              showarrow=False, font={"size": 11, "color": "gray"},
+                              text=f" dashed: threshold {threshold:g} ({wanted}) ")
     figure.update_layout(xaxis_title=CLAIM_UNITS.get(claim, "effect"))
     verdict = ledger[(ledger["claim"] == claim) & (ledger["part"] == "(claim)")]["verdict"]
     if len(verdict):
