@@ -70,7 +70,7 @@ answer-key: $(STAMP)      ## the instructor's answer key (every exercise's solut
 handouts: $(STAMP)        ## offline HTML of the newest run folder (RUN=runs/<time>) in handouts/, sizes printed
 	$(PY) -m mao_lab.handouts $(RUN) --out $(HANDOUTS)
 
-slides: $(STAMP)          ## the opening and wrap-up slides (docs/slides/*.ipynb) as reveal.js pages in handouts/slides
+slides: $(STAMP)          ## opening and wrap-up slides (docs/slides/*.md; reveal.js, offline) and the printable handout.html, in handouts/
 	$(PY) -m mao_lab.handouts --slides --out $(HANDOUTS)
 
 # The wheels of requirements.txt for a room without network, torch as PyTorch's CPU-only build (the default

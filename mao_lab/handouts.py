@@ -17,7 +17,8 @@ Hand out the whole folder (the pages find ``assets/`` beside them).  ``main`` pr
 ``make slides`` (``--slides``) builds the opening and wrap-up slides from ``docs/slides/*.md`` (slides separated
 by ``---`` lines) as reveal.js pages in ``handouts/slides/``: reveal.js 4.0.2 is vendored in
 ``docs/slides/reveal.js`` (MIT), the maths typeset by the same local MathJax, so they too open offline.  A
-``<!-- ledger -->`` line becomes the committed claims ledger's verdicts (``docs/claims/ledger.json``).
+``<!-- ledger -->`` line becomes the committed claims ledger's verdicts (``docs/claims/ledger.json``).  It also
+writes ``handouts/handout.html``, the printable one-page handout (``docs/handout.md``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "export_handout",
     "find_executed",
     "main",
+    "markdown_page",
     "mathjax_folder",
     "offline_html",
     "slides_html",
@@ -200,12 +202,40 @@ def write_slides(out_dir: Path, source: Path = SLIDES_DIR, claims_dir: Path | No
     folder = out_dir / "slides"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+    printable = source.parent / "handout.md"  # the one-page handout, to print
+    if printable.is_file():
+        written.append(markdown_page(printable.read_text(encoding="utf-8"), out_dir, "handout"))
     for path in sorted(source.glob("*.md")):
         text = path.read_text(encoding="utf-8")
         title = text.lstrip("# ").splitlines()[0] if text.strip() else path.stem
         page = slides_html(text, title, ledger=ledger)
         written.append(write_atomically(folder / f"{path.stem}.html", lambda tmp, page=page: tmp.write_text(page, encoding="utf-8")))
     return written
+
+
+def markdown_page(text: str, out_dir: Path, name: str) -> Path:
+    """``out_dir/<name>.html`` from Markdown (maths included), through the handouts' offline pipeline."""
+    import tempfile
+
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / f"{name}.ipynb"
+        nbformat.write(notebook, source)
+        page = export_handout(source, out_dir)
+    body = page.read_text(encoding="utf-8").replace("</head>", _PRINT_CSS + "</head>", 1)
+    return write_atomically(page, lambda tmp: tmp.write_text(body, encoding="utf-8"))
+
+
+# A printed page: small margins and type, the notebook's padding gone (the one-page handout fits one A4 page).
+_PRINT_CSS = (
+    "<style>@media print { @page { margin: 10mm; } body { font-size: 9.5pt; } .jp-Notebook { padding: 0 !important; }"
+    " .jp-Cell { padding: 0 !important; } .jp-RenderedHTMLCommon { font-size: 9.5pt; line-height: 1.3; }"
+    " .jp-RenderedHTMLCommon h1 { font-size: 14pt; margin-top: 0; } .jp-InputPrompt, .jp-Collapser { display: none; } }"
+    "</style>"
+)
 
 
 def find_executed(run_dir: Path) -> list[Path]:
@@ -232,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
         for page in pages:
-            print(f"{page}  {page.stat().st_size / 1e3:.0f} kB (arrow keys: next slide; S: speaker view is not included)")
+            print(f"{page}  {page.stat().st_size / 1e3:.0f} kB")
+        print("slides: arrow keys turn them; handout.html: print it (one page)")
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else _newest_run(Path("runs"))
     if run_dir is None or not run_dir.is_dir():

@@ -80,18 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _html(text: str, out: Path) -> Path:
     """The key as an offline page (the handouts' pipeline: local MathJax, nothing remote)."""
-    import tempfile
+    from ..handouts import markdown_page
 
-    import nbformat
-
-    from ..handouts import export_handout
-
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "answer-key.ipynb"
-        nbformat.write(notebook, source)
-        return export_handout(source, out)
+    return markdown_page(text, out, "answer-key")
 
 
 if __name__ == "__main__":
