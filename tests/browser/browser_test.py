@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -629,7 +630,7 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
         result.problems.append(f"the run name {XSS_NAME!r} was inserted as HTML")
     if page.get_by_text(f"opened 2 runs: {XSS_NAME}", exact=False).count() == 0:
         result.problems.append("the status line does not show the opened runs' names as text")
-    legend = page.locator(".js-plotly-plot .legendtitletext, .js-plotly-plot .legend text").all_inner_texts()
+    legend = page.locator(".js-plotly-plot .legend text").evaluate_all("els => els.map(e => e.textContent || '')")
     if not any(XSS_NAME in text for text in legend) or not any("sum" in text for text in legend):
         result.problems.append(f"the figure's legend does not name both runs: {legend[:6]}")
     if not result.problems:
@@ -725,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                         results.append(check(page, base, token, copy))
                         print(f"  {results[-1]}", flush=True)
                     except Exception as error:  # noqa: BLE001 - one notebook's failure must not hide the others
+                        traceback.print_exc()
                         page.screenshot(path=str(ARTIFACTS / f"{copy.stem}-crash.png"), full_page=True)
                         results.append(Result(copy.stem, problems=[f"{type(error).__name__}: {error}"]))
             saved = [c for c in copies if not c.stem.endswith(BAD_SUFFIX)]
@@ -747,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         results.append(check_app(page, url))
                     except Exception as error:  # noqa: BLE001
+                        traceback.print_exc()
                         page.screenshot(path=str(ARTIFACTS / "explorer-app-crash.png"), full_page=True)
                         results.append(Result("explorer app (Voilà)", problems=[f"{type(error).__name__}: {error}"]))
             browser.close()
