@@ -64,13 +64,13 @@ test-browser: $(STAMP)    ## every notebook and the explorer app driven in headl
 	$(PY) tests/browser/browser_test.py
 
 HANDOUTS ?= handouts
-answer-key: $(STAMP)      ## the instructor's answer key (every exercise's solution) in handouts/instructor/, apart from the handouts
+answer-key: $(STAMP)      ## the instructor's answer key (every solution) in handouts/instructor/
 	$(PY) -m mao_lab.exercises.answer_key --out $(HANDOUTS)/instructor
 
 handouts: $(STAMP)        ## offline HTML of the newest run folder (RUN=runs/<time>) in handouts/, sizes printed
 	$(PY) -m mao_lab.handouts $(RUN) --out $(HANDOUTS)
 
-slides: $(STAMP)          ## opening and wrap-up slides (docs/slides/*.md; reveal.js, offline) and the printable handout.html, in handouts/
+slides: $(STAMP)          ## opening and wrap-up slides (offline reveal.js) and the printable handout.html
 	$(PY) -m mao_lab.handouts --slides --out $(HANDOUTS)
 
 # The wheels of requirements.txt for a room without network, torch as PyTorch's CPU-only build (the default

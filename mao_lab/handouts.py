@@ -114,10 +114,10 @@ def offline_html(body: str, assets: str = ASSETS) -> str:
     '<p>x</p><script src="assets/plotly.min.js"></script><div>figure</div>'
     """
     body = _WIDGET_STATE.sub("", body)
-    body = _MERMAID.sub("", body)
+    body = _MERMAID.sub("", body)  # nbconvert's loader of mermaid diagrams (from a CDN); the notebooks have none
     loader = re.search(rf"<script src=\"{re.escape(assets)}/mathjax/MathJax\.js[^\"]*\">\s*</script>", body)
     if loader:
-        body = body[: loader.end()] + _MATHJAX_FONTS + body[loader.end() :]  # nbconvert's loader of mermaid diagrams (from a CDN); the notebooks have none
+        body = body[: loader.end()] + _MATHJAX_FONTS + body[loader.end() :]
     body = _PLOTLY_BUNDLE.sub(lambda _: f'<script src="{assets}/plotly.min.js"></script>', body, count=1)
     body = _PLOTLY_BUNDLE.sub("", body)  # a second copy (another figure's init) would only redefine it
     return _REMOTE_SCRIPT.sub("", body)

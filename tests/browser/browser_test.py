@@ -607,6 +607,8 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     """The Voilà explorer app: find the runs, open them, then every control of the explorer."""
     result = Result("explorer app (Voilà)")
     started = time.monotonic()
+    remote: list[str] = []  # the page must load nothing from outside this machine (an icon font, a CDN)
+    page.on("request", lambda request: remote.append(request.url) if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
     page.goto(url, timeout=120_000)
     page.wait_for_selector("button.widget-button:has-text('Open')", timeout=120_000)
     if page.locator(".widget-checkbox", has_text=XSS_NAME).count() != 1:
@@ -626,6 +628,8 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     result.widgets = 1 if app.count() else 0
     if page.get_by_text("Traceback").count() or page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count():
         result.problems.append("an error is shown on the page")
+    if remote:
+        result.problems.append(f"the page asked for {len(remote)} files from outside this machine, e.g. {remote[0][:100]}")
     if page.evaluate("() => window.__xss !== undefined") or page.locator("img[src='x']").count():
         result.problems.append(f"the run name {XSS_NAME!r} was inserted as HTML")
     if page.get_by_text(f"opened 2 runs: {XSS_NAME}", exact=False).count() == 0:
