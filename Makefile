@@ -73,16 +73,23 @@ handouts: $(STAMP)        ## offline HTML of the newest run folder (RUN=runs/<ti
 slides: $(STAMP)          ## opening and wrap-up slides (offline reveal.js) and the printable handout.html
 	$(PY) -m mao_lab.handouts --slides --out $(HANDOUTS)
 
-# The wheels of requirements.txt for a room without network, torch as PyTorch's CPU-only build (the default
-# Linux wheel pulls the CUDA libraries, gigabytes).  Install with `make setup WHEELS=wheelhouse`.
+# The wheels of requirements.txt for a room without network.  pip downloads wheels for the Python version and
+# operating system it runs on: build the wheelhouse on a machine like the room's.  On Linux torch comes from
+# PyTorch's CPU-only index (PyPI's Linux wheel pulls the CUDA libraries, gigabytes); macOS and Windows wheels on
+# PyPI are CPU-only already.  Install with `make setup WHEELS=wheelhouse`.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 wheelhouse:               ## download every wheel into wheelhouse/ (CPU-only torch) and print its size
 	mkdir -p wheelhouse
-	$(PYTHON) -m pip download --dest wheelhouse --index-url $(TORCH_CPU_INDEX) "$$(grep -E '^torch==' requirements.txt)"
 	grep -vE '^(torch==|-e )' requirements.txt > wheelhouse/requirements.txt
-	echo "$$(grep -E '^torch==' requirements.txt)+cpu" > wheelhouse/constraints.txt  # torchjd's torch: the CPU wheel above
+ifeq ($(shell uname -s),Linux)
+	$(PYTHON) -m pip download --dest wheelhouse --index-url $(TORCH_CPU_INDEX) "$(TORCH_PIN)"
+	echo "$(TORCH_PIN)+cpu" > wheelhouse/constraints.txt  # torchjd's torch: the CPU wheel above, not PyPI's
+else
+	echo "$(TORCH_PIN)" > wheelhouse/constraints.txt
+endif
 	$(PYTHON) -m pip download --dest wheelhouse --find-links wheelhouse -c wheelhouse/constraints.txt \
-		-r wheelhouse/requirements.txt "setuptools>=77" wheel pip
+		"$(TORCH_PIN)" -r wheelhouse/requirements.txt "setuptools>=77" wheel pip
 	du -sh wheelhouse
 
 clean:
