@@ -57,7 +57,8 @@ workshop: $(STAMP)        ## JupyterLab on copies of the notebooks in my-noteboo
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=my-notebooks $(ALLOW_ROOT)
 
 explorer: $(STAMP)        ## the balance explorer as a web page (Voilà) on 127.0.0.1 with a token; RUNS=folder
-	cd apps && MAO_LAB_RUNS="$(abspath $(RUNS))" $(abspath $(VENV))/bin/voila balance_explorer.ipynb \
+	cd apps && MAO_LAB_RUNS="$(abspath $(RUNS))" JUPYTER_PATH="$(abspath apps/share)" \
+		$(abspath $(VENV))/bin/voila balance_explorer.ipynb --template=offline \
 		--no-browser --Voila.ip=127.0.0.1 --Voila.auto_token=True
 
 test-browser: $(STAMP)    ## every notebook and the explorer app driven in headless Chromium (Playwright)

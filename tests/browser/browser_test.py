@@ -743,11 +743,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs = work / "app-runs"
                 make_demo_runs(runs)
                 voila = [
-                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--no-browser", "--Voila.ip=127.0.0.1",
+                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--template=offline", "--no-browser", "--Voila.ip=127.0.0.1",
                     f"--port={app_port}", f"--Voila.token={token}",
                 ]  # fmt: skip
                 url = f"http://127.0.0.1:{app_port}/?token={token}"
-                with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", {**env, "MAO_LAB_RUNS": str(runs)}):
+                app_env = {**env, "MAO_LAB_RUNS": str(runs), "JUPYTER_PATH": str(ROOT / "apps" / "share")}  # as make explorer
+                with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", app_env):
                     if not refuses_without_token(f"http://127.0.0.1:{app_port}/"):
                         results.append(Result("Voilà token", problems=["the explorer app answers without the token"]))
                     try:
