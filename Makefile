@@ -5,14 +5,24 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo smoke test bench lab explorer test-browser clean study
+.PHONY: setup demo smoke test bench lab workshop explorer test-browser clean study handouts slides wheelhouse answer-key
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# config/ goes into the venv: a kernel filter for ipykernel's TCP warning (every kernel the lab starts reads
+# .venv/etc/ipython) and JupyterLab's settings without its news pop-up (.venv/share/jupyter/lab/settings).
+# WHEELS=folder installs from a wheelhouse (`make wheelhouse`) without the network.
+# PIP_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu" takes torch's CPU-only build on Linux.
+WHEELS ?=
+PIP_INDEX ?=
+PIP_SOURCE := $(if $(WHEELS),--no-index --find-links $(WHEELS),$(PIP_INDEX))
+$(STAMP): requirements.txt pyproject.toml config/ipython_kernel_config.py config/lab-overrides.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(if $(WHEELS),,$(PY) -m pip install --upgrade --quiet pip)
+	$(PY) -m pip install --quiet $(PIP_SOURCE) -r requirements.txt
+	mkdir -p $(VENV)/etc/ipython $(VENV)/share/jupyter/lab/settings
+	cp config/ipython_kernel_config.py $(VENV)/etc/ipython/ipython_kernel_config.py
+	cp config/lab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 demo: $(STAMP)            ## run every notebook headlessly into runs/<time>/ with HTML copies
@@ -40,12 +50,48 @@ RUNS ?= runs
 lab: $(STAMP)             ## JupyterLab on 127.0.0.1 with a generated token (printed in the log)
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=notebooks $(ALLOW_ROOT)
 
+# The class works in my-notebooks/ (git-ignored copies, never overwritten): a `git pull` never meets their edits.
+workshop: $(STAMP)        ## JupyterLab on copies of the notebooks in my-notebooks/ (made once; the originals stay clean)
+	mkdir -p my-notebooks
+	for nb in notebooks/*.ipynb; do test -e my-notebooks/$$(basename $$nb) || cp $$nb my-notebooks/; done
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=my-notebooks $(ALLOW_ROOT)
+
 explorer: $(STAMP)        ## the balance explorer as a web page (Voilà) on 127.0.0.1 with a token; RUNS=folder
-	cd apps && MAO_LAB_RUNS="$(abspath $(RUNS))" $(abspath $(VENV))/bin/voila balance_explorer.ipynb \
+	cd apps && MAO_LAB_RUNS="$(abspath $(RUNS))" JUPYTER_PATH="$(abspath apps/share)" \
+		$(abspath $(VENV))/bin/voila balance_explorer.ipynb --template=offline \
 		--no-browser --Voila.ip=127.0.0.1 --Voila.auto_token=True
 
 test-browser: $(STAMP)    ## every notebook and the explorer app driven in headless Chromium (Playwright)
 	$(PY) tests/browser/browser_test.py
+
+HANDOUTS ?= handouts
+answer-key: $(STAMP)      ## the instructor's answer key (every solution) in handouts/instructor/
+	$(PY) -m mao_lab.exercises.answer_key --out $(HANDOUTS)/instructor
+
+handouts: $(STAMP)        ## offline HTML of the newest run folder (RUN=runs/<time>) in handouts/, sizes printed
+	$(PY) -m mao_lab.handouts $(RUN) --out $(HANDOUTS)
+
+slides: $(STAMP)          ## opening and wrap-up slides (offline reveal.js) and the printable handout.html
+	$(PY) -m mao_lab.handouts --slides --out $(HANDOUTS)
+
+# The wheels of requirements.txt for a room without network.  pip downloads wheels for the Python version and
+# operating system it runs on: build the wheelhouse on a machine like the room's.  On Linux torch comes from
+# PyTorch's CPU-only index (PyPI's Linux wheel pulls the CUDA libraries, gigabytes); macOS and Windows wheels on
+# PyPI are CPU-only already.  Install with `make setup WHEELS=wheelhouse`.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+wheelhouse:               ## download every wheel into wheelhouse/ (CPU-only torch) and print its size
+	mkdir -p wheelhouse
+	grep -vE '^(torch==|-e )' requirements.txt > wheelhouse/requirements.txt
+ifeq ($(shell uname -s),Linux)
+	$(PYTHON) -m pip download --dest wheelhouse --index-url $(TORCH_CPU_INDEX) "$(TORCH_PIN)"
+	echo "$(TORCH_PIN)+cpu" > wheelhouse/constraints.txt  # torchjd's torch: the CPU wheel above, not PyPI's
+else
+	echo "$(TORCH_PIN)" > wheelhouse/constraints.txt
+endif
+	$(PYTHON) -m pip download --dest wheelhouse --find-links wheelhouse -c wheelhouse/constraints.txt \
+		"$(TORCH_PIN)" -r wheelhouse/requirements.txt "setuptools>=77" wheel pip
+	du -sh wheelhouse
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

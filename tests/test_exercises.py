@@ -127,7 +127,7 @@ def test_the_mao_update_checker_accepts_right_answers(answer) -> None:
 
 
 def test_the_shown_solution_passes_its_own_checker() -> None:
-    code = re.search(r"```python\n(.*?)```", workshop.q1.solution().body, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", workshop.q1.answer, re.S).group(1)
     namespace: dict = {}
     exec(code, namespace)
     assert workshop.q1.check(namespace["mao_update"]).correct
@@ -289,5 +289,35 @@ def test_every_exercise_has_a_hint_and_a_solution() -> None:
         for name in module.__all__:
             question = getattr(module, name)
             assert str(question.hint()).startswith("Hint: ") and len(question.hint().body) > 20
-            assert len(question.solution().body) > 20
+            assert len(question.answer) > 20
             assert question.check(None).status == "incomplete"
+
+
+def test_a_solution_shows_only_after_an_answer_was_checked() -> None:
+    """A predict-and-check question is not spoiled: an empty check does not count, any real attempt does."""
+    from mao_lab.exercises import Exercise, Feedback
+
+    q = Exercise("Which task?", lambda a: Feedback("correct" if a == "task0" else "incorrect", "judged"),
+                 hint="Look at the scales.", solution="`task0`, because of its scale.")
+    assert "task0" not in q.solution().body and "check your own answer first" in q.solution().body
+    q.check(None)
+    assert "task0" not in q.solution().body  # not answered yet: still hidden
+    assert not q.check("task1").correct
+    assert q.solution().body == "`task0`, because of its scale."  # a wrong attempt is an attempt
+    fresh = Exercise("Which task?", lambda a: Feedback("correct", "ok"), hint="h" * 21, solution="s" * 21)
+    assert "check your own answer first" in fresh.solution().body  # each question keeps its own state
+
+
+def test_the_answer_key_holds_every_question_and_its_solution(tmp_path) -> None:
+    from mao_lab.exercises import answer_key
+
+    text = answer_key.answer_key_markdown()
+    count = 0
+    for module in (quickstart, landscape, regression, multimnist, explorer, workshop):
+        for name in module.__all__:
+            question = getattr(module, name)
+            assert question.answer in text and question.prompt in text, (module.__name__, name)
+            count += 1
+    assert text.count("### q") == count
+    assert answer_key.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "answer-key.md").read_text(encoding="utf-8").strip() == text.strip()

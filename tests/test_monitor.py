@@ -123,3 +123,16 @@ def test_bad_arguments_name_the_problem() -> None:
         BalanceMonitor(model, optimizer, budget=0)
     with pytest.raises(TypeError, match="add_observer"):
         BalanceMonitor(model, torch.optim.Adam(model.parameters()))
+
+
+def test_once_closed_the_figure_and_its_line_say_which_step_they_show_out_of_how_many() -> None:
+    model = two_task_model()
+    method = make("sum", model.parameters(), lr=1e-2)
+    monitor = BalanceMonitor(model, method, every=3, label="sum", clock=FakeClock())
+    x = torch.randn(32, 3)
+    for _ in range(8):  # refreshes at steps 1, 4 and 7 (counted from 1); the training runs 8 steps
+        method.step(lambda: losses(model, x))
+    assert monitor.figure().layout.title.text.endswith("step 7")
+    monitor.close()
+    assert monitor.figure().layout.title.text.endswith("step 7 of 8 (the last refresh)")
+    assert "finished: 8 steps; the bars show step 7" in monitor.status.value

@@ -94,12 +94,18 @@ class Exercise:
         hint: a nudge that does not give the answer away.
         solution: the answer and why, in Markdown.
 
+    ``solution()`` answers only once an answer has been checked (right or wrong): many questions ask for a
+    prediction before the run, and a solution read first would spoil it.  The instructor's answer key
+    (``make answer-key``, :mod:`mao_lab.exercises.answer_key`) holds every solution; :attr:`answer` is it.
+
     >>> q = Exercise("2 + 2?", lambda a: Feedback("correct" if a == 4 else "incorrect", f"you said {a}"),
     ...              hint="Count on your fingers.", solution="`4`")
+    >>> q.solution().body.startswith("check your own answer first")
+    True
     >>> q.check(4).correct, q.check(5).status, q.check(None).status
     (True, 'incorrect', 'incomplete')
-    >>> str(q.hint())
-    'Hint: Count on your fingers.'
+    >>> str(q.hint()), str(q.solution())
+    ('Hint: Count on your fingers.', 'Solution: `4`')
     """
 
     def __init__(self, prompt: str, judge: Callable[..., Feedback], *, hint: str, solution: str) -> None:
@@ -107,18 +113,30 @@ class Exercise:
         self._judge = judge
         self._hint = hint
         self._solution = solution
+        self._attempted = False  # has an answer been checked? (then the solution may show)
 
     def check(self, answer: Any = None, *data: Any) -> Feedback:
         """Judge ``answer`` (``None``, ``...`` or ``"?"`` mean not answered yet)."""
         if answer is None or answer is Ellipsis or (isinstance(answer, str) and answer.strip() in ("", "?")):
             return Feedback("incomplete", "set your answer first (it is still empty), then run this cell again.")
+        self._attempted = True
         return self._judge(answer, *data)
 
     def hint(self) -> _Text:
         return _Text("Hint", self._hint)
 
     def solution(self) -> _Text:
+        """The answer and why — once an answer of your own has been checked (it would spoil a prediction)."""
+        if not self._attempted:
+            return _Text("Solution", "check your own answer first (put it in this question's `.check(...)` and run "
+                                     "it): the solution shows after your attempt, right or wrong, so that it cannot "
+                                     "spoil a prediction. Stuck? `.hint()` nudges without giving it away.")
         return _Text("Solution", self._solution)
+
+    @property
+    def answer(self) -> str:
+        """The solution, for the instructor's answer key (participants' notebooks never print it)."""
+        return self._solution
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.prompt!r})"

@@ -66,6 +66,8 @@ _DISPLAY = {
     "BalanceExplorer": "._explorer",
     "ExplorerApp": "._explorer",
     "find_runs": "._explorer",
+    "RunChecklist": "._explorer",
+    "run_label": "._explorer",
     "BalanceMonitor": "._monitor",
     "grad_norm_ratios": "._figures",
     "layer_bars": "._figures",
@@ -86,6 +88,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
+
 __all__ = [
     "COLUMNS",
     "METRICS",
@@ -94,6 +97,7 @@ __all__ = [
     "ExplorerApp",
     "Observable",
     "Recorder",
+    "RunChecklist",
     "RecorderError",
     "by_module",
     "combine_runs",
@@ -104,6 +108,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "metric_lines",
+    "run_label",
     "module_of",
     "record",
     "save_run",

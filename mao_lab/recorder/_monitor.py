@@ -108,6 +108,7 @@ class BalanceMonitor(_Watcher):
         self._rows: list[tuple[int, str, str, float]] = []  # (step, layer, task, share)
         self._imbalance: list[tuple[int, str, float]] = []
         self._latest: dict[str, Any] | None = None
+        self._shown_step: int | None = None  # the step the figure shows (0-based)
         self.status = widgets.HTML("waiting for the first step…")
         self.output = widgets.Output()
         self.widget = widgets.VBox([self.output, self.status])
@@ -211,24 +212,41 @@ class BalanceMonitor(_Watcher):
             "data": traces,
             "layout": {
                 "barmode": "stack", "height": 120 + 40 * len(layers), "margin": {"l": 10, "r": 10, "t": 50, "b": 30},
-                "title": {"text": f"{self.label}: each task's share of every shared layer's update, step {step}"},
+                "title": {"text": f"{self.label}: each task's share of every shared layer's update, step {step + 1}"},
                 "xaxis": {"range": [0, 1], "tickformat": ".0%"}, "yaxis": {"autorange": "reversed", "automargin": True},
                 "legend": {"orientation": "h", "y": -0.25, "traceorder": "normal"},
             },
         }  # fmt: skip
-        self._latest = figure
-        self.output.outputs = (
-            {
-                "output_type": "display_data",
-                "data": {"application/vnd.plotly.v1+json": figure, "text/plain": f"<live balance, step {step}>"},
-                "metadata": {},
-            },
-        )
+        self._latest, self._shown_step = figure, step
+        self._show(figure, f"<live balance, step {step + 1}>")  # steps counted from 1 on screen
         cost = self.cost_fraction
         cost_text = "" if math.isnan(cost) else f"; monitor cost so far {cost:.1%} of the training time"
         self.status.value = (
-            f"<span class='mao-monitor-status'>step {step}: last refresh after {self.interval} steps "
+            f"<span class='mao-monitor-status'>step {step + 1}: last refresh after {self.interval} steps "
             f"(at least {self.every}; the monitor keeps to {self.budget:.0%} of the time){cost_text}</span>"
+        )
+
+    def _show(self, figure: dict[str, Any], text: str) -> None:
+        self.output.outputs = (
+            {"output_type": "display_data", "data": {"application/vnd.plotly.v1+json": figure, "text/plain": text}, "metadata": {}},
+        )
+
+    def _say_finished(self) -> None:
+        """Once training stops: say which step the bars show and how many steps the training ran.
+
+        The last refresh is usually a few steps before the end (the monitor refreshes at most every ``every``
+        steps, and less often when refreshing would cost more than its ``budget``)."""
+        if self._latest is None or self._shown_step is None:
+            return
+        shown, total = self._shown_step + 1, self.steps_seen  # 1-based, as "of N steps" reads
+        title = f"{self.label}: each task's share of every shared layer's update, step {shown} of {total} (the last refresh)"
+        self._latest["layout"]["title"]["text"] = title
+        self._show(self._latest, f"<balance, step {shown} of {total}>")
+        cost = self.cost_fraction
+        cost_text = "" if math.isnan(cost) else f"; the monitor took {cost:.1%} of the training time"
+        self.status.value = (
+            f"<span class='mao-monitor-status'>finished: {total} steps; the bars show step {shown}, the last refresh "
+            f"(refreshes came every {self.interval} steps or so, at least {self.every}){cost_text}</span>"
         )
 
     def figure(self) -> go.Figure:
@@ -266,8 +284,10 @@ class BalanceMonitor(_Watcher):
         self._last_call = None  # time spent detached is not the steps' time
 
     def close(self) -> None:
-        """Stop watching (the figure and the numbers stay); :meth:`attach` resumes."""
+        """Stop watching (the figure and the numbers stay; the figure's title and the line under it say which
+        step the bars show, out of how many); :meth:`attach` resumes."""
         self.detach()
+        self._say_finished()
 
     def __enter__(self) -> BalanceMonitor:
         return self

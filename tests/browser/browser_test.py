@@ -10,13 +10,22 @@ PyPI — no browser download — and for every notebook, run in its smoke settin
   the live widget, and that widgets listing the same runs list them in the same order;
 * asserts that every figure's titles fit: no annotation (subplot title) overlaps another, no title runs
   out of the figure, no y-axis title is longer than its axis;
-* asserts that each exercise cell (``qN.check(None ...)``) says "not answered yet" rather than failing;
+* asserts that each exercise cell (``qN.check(None ...)``) says "Incomplete — set your answer first" rather than failing;
 * for every control (dropdown, slider, toggle, multiple choice, text, button) in a widget that shows a
   figure: changes it (pressing the widget's Run button when the figure waits for it) and asserts that
   the figure changes.
 
 Then it runs ``00_quickstart`` with a bad parameter (``steps = -5``) and asserts that the error shown is the
-message alone, one or two lines naming ``steps`` and no other parameter.
+message alone, one or two lines naming ``steps`` and no other parameter; and ``05_claims`` in its DEFAULT setting
+as a fresh clone has it (the committed ``docs/claims``, no study): no section may say "skipped", every figure and
+the claims explorer must show, and every control of the explorer must redraw its figure.
+
+Each notebook run in JupyterLab is saved and turned into a handout (:mod:`mao_lab.handouts`), which is opened
+with every request outside the handouts folder blocked (Playwright routes): its equations must be typeset,
+its figures drawn, and no request may leave the folder.
+
+The explorer app gets a third run folder named ``<img src=x onerror=...>``: its name must show as text, and
+no element or script may come from it.  ``--only`` picks pages (``--only app``, ``--only 05 app``).
 
 A failure saves a screenshot under ``runs/browser-test/``.  It prints a table: notebook × figures,
 widgets, controls, controls that redrew their figure, exercises, seconds.  Exit status 0 only when everything passed.  Not collected by ``pytest``.
@@ -35,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -54,6 +64,10 @@ REDRAW_TIMEOUT_S = 60  # a control's change (a Run included) until its figure ch
 STATIC_COPY_TIMEOUT_S = 20  # a live widget drawn until the kernel has removed its static copy
 BAD_PARAMETER = {"steps": -5}  # given to 00_quickstart: its error must name `steps` only
 BAD_SUFFIX = "-bad-parameter"  # the name of that copy
+DEFAULT_SUFFIX = "-default"  # a copy run with the notebook's own parameters (05_claims: from docs/claims)
+DEFAULT_SETTING = ("05_claims",)  # the notebooks also run in their default setting
+XSS_NAME = "<img src=x onerror=window.__xss=1>"  # a run folder's name that must show as text
+HANDOUT_WAIT_MS = 20_000  # a handout's MathJax and figures, drawn
 
 
 @dataclass
@@ -151,6 +165,12 @@ def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
         copy = folder / path.name
         nbformat.write(notebook, copy)
         copies.append(copy)
+        if path.stem in DEFAULT_SETTING:  # as in a fresh clone: the committed docs/ beside the notebooks, no runs/
+            default = parameterize_notebook(load_notebook_node(str(path)), {"output_dir": str(work / "out" / f"{path.stem}-default")})
+            nbformat.write(default, folder / f"{path.stem}{DEFAULT_SUFFIX}.ipynb")
+            copies.append(folder / f"{path.stem}{DEFAULT_SUFFIX}.ipynb")
+            if not (work / "docs").exists():
+                (work / "docs").symlink_to(ROOT / "docs")
         if path.stem == "00_quickstart":
             bad = parameterize_notebook(load_notebook_node(str(path)), {"smoke": True, **BAD_PARAMETER, "output_dir": str(work / "out" / "bad")})
             nbformat.write(bad, folder / f"{path.stem}{BAD_SUFFIX}.ipynb")
@@ -159,6 +179,10 @@ def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
     settings = work / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    # The kernels read the lab's kernel config as `make setup` installs it (.venv/etc/ipython): here a profile.
+    profile = work / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    shutil.copy(ROOT / "config" / "ipython_kernel_config.py", profile / "ipython_kernel_config.py")
     news = work / "settings" / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
@@ -172,7 +196,7 @@ STATE_JS = """() => {
   const panel = window.__panel;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   const cells = panel.content.widgets.filter(c => c.model.type === 'code');
-  let errors = [], plotly = 0, views = 0, pending = 0, viewText = [], unanswered = 0;
+  let errors = [], plotly = 0, views = 0, pending = 0, viewText = [], unanswered = 0, noise = [];
   for (const [i, cell] of cells.entries()) {
     if (cell.model.executionCount === null || (cell.promptNode && cell.promptNode.textContent.includes('*'))) pending++;
     for (const out of cell.model.outputs.toJSON()) {
@@ -181,11 +205,12 @@ STATE_JS = """() => {
       if (data['application/vnd.plotly.v1+json']) plotly++;
       // tqdm's progress bars are widgets too, and a finished inner bar is closed: they are not counted.
       const text = String(data['text/plain'] || '');
+      if (String(out.text || '').includes('susceptible to eavesdropping')) noise.push(`cell ${i}: ipykernel's TCP warning`);
       if (text.includes('set your answer first')) unanswered++;  // an exercise's checker, not answered yet
       if (data['application/vnd.jupyter.widget-view+json'] && !/\d+\/\d+ \[/.test(text)) { views++; viewText.push(text.slice(0, 80)); }
     }
   }
-  return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText, unanswered};
+  return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText, unanswered, noise};
 }"""
 
 # Visible figures beside a live widget (in its cell, outside every widget) whose traces equal a figure's inside
@@ -258,6 +283,7 @@ def controls_of(area):  # noqa: ANN001 - a Playwright locator
         ("toggle", ".widget-toggle-buttons"),
         ("slider", ".widget-slider, .widget-hslider"),
         ("text", ".widget-text input, .widget-inline-hbox input[type=number]"),
+        ("checkbox", ".widget-checkbox input[type=checkbox]"),
         ("button", "button.widget-button"),
     ):
         locator = area.locator(selector)
@@ -318,6 +344,10 @@ def change(kind: str, control, page) -> str:  # noqa: ANN001
     if kind == "button":
         control.click()
         return "click"
+    if kind == "checkbox":
+        ticked = control.is_checked()
+        control.click()
+        return f"{'untick' if ticked else 'tick'}"
     return ""
 
 
@@ -349,6 +379,8 @@ def exercise_widgets(page, areas, result: Result, label: str) -> None:  # noqa: 
         for kind, control in controls_of(area):
             if kind == "button" and run is not None and control.inner_text().strip() == "Run":
                 continue  # pressed after each change below; counted with the control it serves
+            if kind == "checkbox" and control.is_disabled():
+                continue  # the explorer's own run: always drawn, its box disabled
             result.controls += 1
             before = signature(area)
             done = change(kind, control, page)
@@ -440,6 +472,7 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
     result.problems += [f"a static copy of a live widget's view stays on the page: {title}" for title in stale]
     state = page.evaluate(STATE_JS)
     result.problems += [f"error output: {e}" for e in state["errors"]]
+    result.problems += [f"noise: {n}" for n in state["noise"]]
     result.figures = notebook.locator(".js-plotly-plot").count()
     rendered = notebook.locator(".jp-OutputArea-output:has(> .jupyter-widgets)")
     views = [rendered.nth(i) for i in range(rendered.count()) if not rendered.nth(i).locator(".widget-hprogress").count()]
@@ -456,6 +489,8 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
         if result.exercises != expected_exercises(path):
             result.problems.append(f"{expected_exercises(path)} unanswered exercise checks in the notebook, {result.exercises} said so")
         check_page_layout(notebook, result)
+    if path.stem.endswith(DEFAULT_SUFFIX):
+        result.problems += default_setting_problems(notebook, state, result)
     if not result.problems:
         exercise_widgets(page, views, result, path.stem)
         stale = notebook.evaluate(STATIC_COPIES_JS)  # none may come back after the changes either
@@ -464,9 +499,85 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"), full_page=True)
         (ARTIFACTS / f"{path.stem}.html").write_text(notebook.inner_html())
         (ARTIFACTS / f"{path.stem}.state.json").write_text(json.dumps(state, indent=1))
+    page.evaluate("async () => { await window.__panel.context.save(); }")  # for its handout
     close_notebook(page)
     result.seconds = time.monotonic() - started
     return result
+
+
+def default_setting_problems(notebook, state: dict, result: Result) -> list[str]:  # noqa: ANN001
+    """05 from a fresh clone: no section skipped, a figure in every section, the explorer shown."""
+    problems = []
+    skipped = notebook.locator(".jp-OutputArea-output", has_text="skipped").count()
+    if skipped:
+        problems.append(f"{skipped} outputs say 'skipped' in the default setting")
+    if result.figures < 10:
+        problems.append(f"only {result.figures} figures in the default setting (every section draws one)")
+    if result.widgets < 1 or notebook.locator(".widget-dropdown label", has_text="claim").count() == 0:
+        problems.append("the claims explorer is not shown in the default setting")
+    return problems
+
+
+def _only_under(folder: str, outside: list[str]):  # noqa: ANN202 - a Playwright route handler
+    """Let requests under ``folder`` through; abort every other one and note its URL in ``outside``."""
+    def route(r) -> None:  # noqa: ANN001 - one parameter: Playwright then passes the route alone
+        if r.request.url.startswith(folder):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    return route
+
+
+def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa: ANN001
+    """Handouts of the saved notebooks, opened with the network blocked: equations typeset, figures drawn."""
+    import nbformat
+
+    from mao_lab.handouts import export_handout
+
+    results = []
+    for notebook in saved:
+        result = Result(f"handout {notebook.stem}"[:32])
+        started = time.monotonic()
+        try:
+            page_path = export_handout(notebook, out)
+        except Exception as error:  # noqa: BLE001 - reported
+            result.problems.append(f"export failed: {type(error).__name__}: {error}")
+            results.append(result)
+            continue
+        outside: list[str] = []
+        page.route("**/*", _only_under(out.resolve().as_uri(), outside))
+        try:
+            page.goto(page_path.resolve().as_uri(), timeout=120_000)
+        except Exception as error:  # noqa: BLE001 - reported, and the next handout is checked
+            result.problems.append(f"the page did not load: {type(error).__name__}: {str(error)[:200]}")
+        has_maths = any("$" in c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown")
+        try:
+            page.wait_for_function(
+                "() => (!window.MathJax || (MathJax.Hub && MathJax.Hub.queue && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running))"
+                " && Array.from(document.querySelectorAll('.plotly-graph-div')).every(d => d.querySelector('.main-svg'))",
+                timeout=HANDOUT_WAIT_MS,
+            )
+        except Exception:  # noqa: BLE001, S110 - what is missing is counted and reported below
+            pass
+        divs = page.locator(".plotly-graph-div").count()
+        result.figures = page.locator(".plotly-graph-div:has(.main-svg)").count()
+        typeset = page.locator(".MathJax, .MathJax_Display").count()
+        raw = page.evaluate("() => Array.from(document.querySelectorAll('.jp-MarkdownOutput')).filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length")
+        if outside:
+            result.problems.append(f"{len(outside)} requests outside the handouts folder, e.g. {outside[0][:100]}")
+        if result.figures < divs or divs == 0:
+            result.problems.append(f"{result.figures} of {divs} figures drawn with the network blocked")
+        if has_maths and (typeset == 0 or raw):
+            result.problems.append(f"equations not typeset offline ({typeset} typeset, {raw} cells with raw LaTeX)")
+        result.widgets = typeset
+        page.unroute("**/*")
+        if result.problems:
+            page.screenshot(path=str(ARTIFACTS / f"handout-{notebook.stem}.png"), full_page=True)
+        result.seconds = time.monotonic() - started
+        results.append(result)
+    return results
 
 
 def check_bad_parameter(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
@@ -496,8 +607,17 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     """The Voilà explorer app: find the runs, open them, then every control of the explorer."""
     result = Result("explorer app (Voilà)")
     started = time.monotonic()
+    remote: list[str] = []  # the page must load nothing from outside this machine (an icon font, a CDN)
+    page.on("request", lambda request: remote.append(request.url) if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
     page.goto(url, timeout=120_000)
     page.wait_for_selector("button.widget-button:has-text('Open')", timeout=120_000)
+    if page.locator(".widget-checkbox", has_text=XSS_NAME).count() != 1:
+        result.problems.append(f"the run folder {XSS_NAME!r} is not listed as text")
+    for box in page.locator(".widget-checkbox input[type=checkbox]").all():
+        if box.is_checked():
+            box.click()  # untick what the page ticked: the test ticks the runs to compare itself
+    page.locator(".widget-checkbox", has_text=XSS_NAME).locator("input").check()
+    page.locator(".widget-checkbox", has_text="sum").first.locator("input").check()
     page.locator("button.widget-button", has_text="Open").click()
     try:
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
@@ -508,6 +628,15 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     result.widgets = 1 if app.count() else 0
     if page.get_by_text("Traceback").count() or page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count():
         result.problems.append("an error is shown on the page")
+    if remote:
+        result.problems.append(f"the page asked for {len(remote)} files from outside this machine, e.g. {remote[0][:100]}")
+    if page.evaluate("() => window.__xss !== undefined") or page.locator("img[src='x']").count():
+        result.problems.append(f"the run name {XSS_NAME!r} was inserted as HTML")
+    if page.get_by_text(f"opened 2 runs: {XSS_NAME}", exact=False).count() == 0:
+        result.problems.append("the status line does not show the opened runs' names as text")
+    legend = page.locator(".js-plotly-plot .legend text").evaluate_all("els => els.map(e => e.textContent || '')")
+    if not any(XSS_NAME in text for text in legend) or not any("sum" in text for text in legend):
+        result.problems.append(f"the figure's legend does not name both runs: {legend[:6]}")
     if not result.problems:
         explorer = page.locator(".widget-vbox:has(.js-plotly-plot)").last
         exercise_widgets(page, [explorer], result, "explorer-app")
@@ -526,14 +655,14 @@ def make_demo_runs(folder: Path) -> None:
         "from mao_lab.recorder import Recorder\n"
         "torch.set_num_threads(1)\n"
         "data = ImbalancedRegression(num_tasks=3, sigma_range=(1.0, 100.0), num_samples=400, seed=0)\n"
-        "for name in ('sum', 'mao'):\n"
+        "for name in ('sum', 'mao', sys.argv[2]):\n"
         "    model = regression_model(3, seed=0)\n"
-        "    method = make(name, model.parameters(), lr=1e-3)\n"
+        "    method = make('sum' if name.startswith('<') else name, model.parameters(), lr=1e-3)\n"
         "    with Recorder(model, method, every=1, run_dir=sys.argv[1] + '/' + name, params={'method': name}):\n"
         "        for step, (x, y) in zip(range(12), data.batches(40)):\n"
         "            method.step(lambda: data.task_losses(model(x), y))\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run([sys.executable, "-c", code, str(folder), XSS_NAME], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def print_table(results: list[Result]) -> None:
@@ -552,7 +681,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
     parser.add_argument("--no-app", action="store_true", help="skip the Voilà explorer app")
+    parser.add_argument("--only", nargs="+", metavar="PAGE",
+                        help="only these pages: notebook names or prefixes, and `app` for the explorer app")
+    parser.add_argument("--no-handouts", action="store_true", help="skip the offline handouts")
     args = parser.parse_args(argv)
+    if args.only:
+        args.no_app = "app" not in args.only
+        args.notebooks = [name for name in args.only if name != "app"]
     from playwright.sync_api import sync_playwright
 
     chromium = ensure_chromium()
@@ -562,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="mao-browser-") as tmp:
         work = Path(tmp)
-        copies = prepare_workspace(work, args.notebooks)
+        only_app = bool(args.only) and not args.notebooks
+        copies = [] if only_app else prepare_workspace(work, args.notebooks)
         token = secrets.token_hex(24)
         env = {
             **os.environ,
@@ -570,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),
             "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces"),
             "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
+            "IPYTHONDIR": str(work / "ipython"),
         }
         lab_port, app_port = free_port(), free_port()
         lab = [
@@ -587,26 +724,37 @@ def main(argv: list[str] | None = None) -> int:
                 for copy in copies:
                     print(f"{copy.stem} …", flush=True)
                     check = check_bad_parameter if copy.stem.endswith(BAD_SUFFIX) else check_notebook
+                    if only_app:
+                        break
                     try:
                         results.append(check(page, base, token, copy))
                         print(f"  {results[-1]}", flush=True)
                     except Exception as error:  # noqa: BLE001 - one notebook's failure must not hide the others
+                        traceback.print_exc()
                         page.screenshot(path=str(ARTIFACTS / f"{copy.stem}-crash.png"), full_page=True)
                         results.append(Result(copy.stem, problems=[f"{type(error).__name__}: {error}"]))
+            saved = [c for c in copies if not c.stem.endswith(BAD_SUFFIX)]
+            if saved and not args.no_handouts:
+                print("handouts …", flush=True)
+                results += check_handouts(page, saved, work / "handouts")
+                for r in results[-len(saved):]:
+                    print(f"  {r}", flush=True)
             if not args.no_app:
                 runs = work / "app-runs"
                 make_demo_runs(runs)
                 voila = [
-                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--no-browser", "--Voila.ip=127.0.0.1",
+                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--template=offline", "--no-browser", "--Voila.ip=127.0.0.1",
                     f"--port={app_port}", f"--Voila.token={token}",
                 ]  # fmt: skip
                 url = f"http://127.0.0.1:{app_port}/?token={token}"
-                with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", {**env, "MAO_LAB_RUNS": str(runs)}):
+                app_env = {**env, "MAO_LAB_RUNS": str(runs), "JUPYTER_PATH": str(ROOT / "apps" / "share")}  # as make explorer
+                with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", app_env):
                     if not refuses_without_token(f"http://127.0.0.1:{app_port}/"):
                         results.append(Result("Voilà token", problems=["the explorer app answers without the token"]))
                     try:
                         results.append(check_app(page, url))
                     except Exception as error:  # noqa: BLE001
+                        traceback.print_exc()
                         page.screenshot(path=str(ARTIFACTS / "explorer-app-crash.png"), full_page=True)
                         results.append(Result("explorer app (Voilà)", problems=[f"{type(error).__name__}: {error}"]))
             browser.close()
