@@ -1,0 +1,93 @@
+"""Data parallelism: two gloo processes on CPU, each on its half of every batch, take the same steps,
+bit for bit, and those are the steps one process takes on the whole batches, for every method."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mao_lab.methods import available
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "_distributed_worker.py"
+_spec = importlib.util.spec_from_file_location("_distributed_worker", WORKER)
+assert _spec is not None and _spec.loader is not None
+worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)
+
+WHOLE = slice(None)
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """What the two processes returned (all the methods run inside one pair of processes)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    init = tmp / "rendezvous"
+    outs = [tmp / f"rank{r}.pt" for r in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), str(r), "2", str(init), str(outs[r])], env=_environment(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in range(2)
+    ]
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=900)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log[-4000:]
+    return [torch.load(out, weights_only=False) for out in outs]
+
+
+def _assert_close(got: list[torch.Tensor], expected: list[torch.Tensor], what: str) -> None:
+    for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=lambda m: f"{what}, parameter {i}: {m}")
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_every_method_steps_the_replicas_alike_and_as_one_process_on_the_whole_batch(ranks: list[dict], name: str) -> None:
+    first, second = ranks[0][name], ranks[1][name]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True)), f"{name}: the replicas differ"
+    start = [p.detach() for p in worker.Net().parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, start)), f"{name}: nothing moved"
+    _assert_close(first, worker.train(name, WHOLE), f"{name} vs one process on the whole batch")
+
+
+def test_the_optimizer_class_steps_as_one_process_on_the_whole_batch(ranks: list[dict]) -> None:
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["MAO"], ranks[1]["MAO"]))
+    _assert_close(ranks[0]["MAO"], worker.train_mao(WHOLE), "MAO")
+
+
+@pytest.mark.parametrize("name", ["mao", "pcgrad", "mtadam", "uw", "MAO"])
+def test_a_model_wrapped_in_ddp_steps_as_one_process_on_the_whole_batch(ranks: list[dict], name: str) -> None:
+    key = f"ddp:{name}"
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0][key], ranks[1][key]))
+    reference = worker.train_mao(WHOLE) if name == "MAO" else worker.train(name, WHOLE)
+    _assert_close(ranks[0][key], reference, key)
+
+
+def test_stepping_inside_no_sync_is_refused(ranks: list[dict]) -> None:
+    for rank in ranks:
+        assert "no_sync" in rank["no_sync"] and "not supported" in rank["no_sync"]
+
+
+def test_distributed_false_steps_each_process_on_its_own_half(ranks: list[dict]) -> None:
+    halves = [worker.train("mao", slice(r * 8, (r + 1) * 8), distributed=False) for r in range(2)]
+    for r in range(2):
+        _assert_close(ranks[r]["off:mao"], halves[r], f"rank {r}, distributed=False")
+    assert not all(torch.equal(a, b) for a, b in zip(ranks[0]["off:mao"], ranks[1]["off:mao"]))
