@@ -13,8 +13,8 @@ has nothing to clip.  The methods take the clipping as options instead, applied 
 The factor is ``torch``'s: ``min(1, max_norm / (norm + 1e-6))``, the norm taken in float32 or wider.
 
 >>> g = [torch.tensor([3.0, 0.0]), None, torch.tensor([4.0])]  # norm 5
->>> [None if t is None else t.tolist() for t in clipped(g, 1.0)]
-[[0.6000000238418579, 0.0], None, [0.800000011920929]]
+>>> [None if t is None else [round(x, 4) for x in t.tolist()] for t in clipped(g, 1.0)]
+[[0.6, 0.0], None, [0.8]]
 """
 
 from __future__ import annotations

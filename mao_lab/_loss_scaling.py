@@ -17,13 +17,25 @@ the problem if another torch version changed it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["LossScaleOverflow", "check_eps_for_dtypes", "found_non_finite", "loss_scale", "report_found_inf"]
+__all__ = [
+    "LossScaleOverflow",
+    "check_eps_for_dtypes",
+    "found_non_finite",
+    "in_callers_autocast",
+    "loss_scale",
+    "outside_autocast",
+    "report_found_inf",
+]
+
+T = TypeVar("T")
+_AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
 class LossScaleOverflow(Exception):
@@ -38,6 +50,12 @@ def loss_scale(grad_scaler: Any) -> float | None:
         raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
     if not grad_scaler.is_enabled():
         return None
+    if getattr(grad_scaler, "_scale", None) is None:  # not yet used: scaler.scale(...) was never called
+        init = getattr(grad_scaler, "_lazy_init_scale_growth_tracker", None)
+        if init is None:
+            raise RuntimeError(f"this torch {torch.__version__} GradScaler cannot be set up by mao_lab: call "
+                               "scaler.scale(torch.zeros(())) once before the first step")
+        init(torch.device(grad_scaler._device))
     return float(grad_scaler.get_scale())
 
 
@@ -84,3 +102,33 @@ def check_eps_for_dtypes(params: Sequence[Tensor], eps: float, owner: str) -> No
                 f"NaN where a second moment underflows; use eps >= {smallest:.3g} or keep float32 parameters "
                 "(master weights) and run the forward pass under torch.autocast"
             )
+
+
+def _enabled_autocasts() -> list[tuple[str, torch.dtype]]:
+    return [(d, torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES if torch.is_autocast_enabled(d)]
+
+
+@contextlib.contextmanager
+def outside_autocast() -> Iterator[None]:
+    """Turn ``torch.autocast`` off for a method's own arithmetic (a Gram matrix, an aggregation, the
+    update): under the caller's autocast those would silently run in bfloat16 or float16."""
+    with contextlib.ExitStack() as stack:
+        for device, _ in _enabled_autocasts():
+            stack.enter_context(torch.autocast(device, enabled=False))
+        yield
+
+
+def in_callers_autocast(closure: Callable[[], T]) -> Callable[[], T]:
+    """``closure`` run under the autocast the caller has now (the forward pass belongs to the caller),
+    even where the step turned it off (:func:`outside_autocast`)."""
+    states = _enabled_autocasts()
+    if not states:
+        return closure
+
+    def forward() -> T:
+        with contextlib.ExitStack() as stack:
+            for device, dtype in states:
+                stack.enter_context(torch.autocast(device, dtype=dtype))
+            return closure()
+
+    return forward

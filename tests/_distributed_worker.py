@@ -56,7 +56,7 @@ def train(name: str, shard: slice, model: nn.Module | None = None, **options: ob
     method = make(name, net.parameters(), lr=1e-2, **options)
     for step in range(STEPS):
         x, y = batch(step, shard)
-        closure: Callable[[], list[Tensor]] = lambda: task_losses(net(x), y)  # noqa: E731
+        closure: Callable[[], list[Tensor]] = lambda x=x, y=y: task_losses(net(x), y)
         method.step(closure)
     return [p.detach().clone() for p in Net.parameters(getattr(net, "module", net))]
 
@@ -99,6 +99,26 @@ def main(rank: int, world: int, init_file: str, out_file: str) -> None:
         results["no_sync"] = str(error)
     # distributed=False: each process on its own half-batch (the replicas differ).
     results["off:mao"] = train("mao", shard, distributed=False)
+    # A process group given explicitly.
+    results["group:pcgrad"] = train("pcgrad", shard, distributed=dist.new_group([0, 1]))
+    # Parameters sharded across the processes (DTensor, as FSDP2 makes them): refused.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from mao_lab import MAO
+    from mao_lab.methods import make
+
+    mesh = init_device_mesh("cpu", (world,))
+    sharded = nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
+    refusals = []
+    for step in (lambda: make("mao", [sharded]).step(lambda: [sharded.sum(), 2 * sharded.sum()]),
+                 lambda: MAO([sharded]).step([sharded.sum(), 2 * sharded.sum()])):
+        try:
+            step()
+            refusals.append("no error")
+        except TypeError as error:
+            refusals.append(str(error))
+    results["sharded"] = refusals
     dist.barrier()
     dist.destroy_process_group()
     torch.save(results, out_file)

@@ -56,7 +56,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def _assert_close(got: list[torch.Tensor], expected: list[torch.Tensor], what: str) -> None:
     for i, (a, b) in enumerate(zip(got, expected, strict=True)):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=lambda m: f"{what}, parameter {i}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=lambda m, i=i: f"{what}, parameter {i}: {m}")
 
 
 @pytest.mark.parametrize("name", sorted(available()))
@@ -91,3 +91,33 @@ def test_distributed_false_steps_each_process_on_its_own_half(ranks: list[dict])
     for r in range(2):
         _assert_close(ranks[r]["off:mao"], halves[r], f"rank {r}, distributed=False")
     assert not all(torch.equal(a, b) for a, b in zip(ranks[0]["off:mao"], ranks[1]["off:mao"]))
+
+
+def test_an_explicit_process_group_is_used(ranks: list[dict]) -> None:
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["group:pcgrad"], ranks[1]["group:pcgrad"]))
+    _assert_close(ranks[0]["group:pcgrad"], worker.train("pcgrad", WHOLE), "pcgrad on an explicit group")
+
+
+def test_parameters_sharded_across_processes_are_refused(ranks: list[dict]) -> None:
+    for rank in ranks:
+        for message in rank["sharded"]:
+            assert "sharded across processes" in message and "DTensor" in message, message
+
+
+def test_the_distributed_option_is_checked_and_never_pickled_with_a_group() -> None:
+    import copy
+    import pickle
+
+    from mao_lab._distributed import DistributedSetting
+    from mao_lab.methods import make
+
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(TypeError, match="distributed must be None"):
+        make("mao", [p], distributed="yes")
+    method = make("mao", [p], distributed=False)
+    assert pickle.loads(pickle.dumps(method.distributed)).value is False
+    assert copy.deepcopy(method.distributed) is method.distributed  # a group is shared, never copied
+    setting = DistributedSetting(None)
+    assert setting.resolve([p], "test") is None  # torch.distributed is not initialised here
+    with pytest.raises(RuntimeError, match="not initialised"):
+        DistributedSetting(True).resolve([p], "test")

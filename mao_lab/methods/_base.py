@@ -29,7 +29,14 @@ from .._clipping import check_max_norm, refuse_written_grads
 from .._distributed import DistributedSetting
 from .._gradient_path import GradientPath
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
-from .._loss_scaling import LossScaleOverflow, check_eps_for_dtypes, loss_scale, report_found_inf
+from .._loss_scaling import (
+    LossScaleOverflow,
+    check_eps_for_dtypes,
+    in_callers_autocast,
+    loss_scale,
+    outside_autocast,
+    report_found_inf,
+)
 from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
 from ._transaction import all_or_nothing
@@ -143,7 +150,8 @@ class Method(ObservableMixin, ABC):
         With ``grad_scaler`` (a ``torch.amp.GradScaler``; ``scaler.step(method, closure)`` passes it)
         the losses are backpropagated times its scale; a step whose gradients overflow changes
         nothing, is counted in :attr:`skipped_steps`, and ``scaler.update()`` lowers the scale.
-        Under ``torch.distributed`` every process takes the same step (see ``distributed``).
+        Under ``torch.distributed`` every process takes the same step (see ``distributed``).  Under
+        ``torch.autocast`` the closure's forward pass is autocast, the method's own arithmetic is not.
         """
         if not callable(closure):
             raise TypeError("Method.step needs a closure that returns the per-task losses of the batch")
@@ -161,8 +169,10 @@ class Method(ObservableMixin, ABC):
         )
         self._first_losses: Tensor | None = None
         try:
-            with all_or_nothing(self):
-                record = self._step(closure, record=bool(observers))
+            # Under the caller's torch.autocast only the closure's forward pass is autocast.
+            forward = in_callers_autocast(closure)
+            with all_or_nothing(self), outside_autocast():
+                record = self._step(forward, record=bool(observers))
         except LossScaleOverflow:
             self.skipped_steps = self.__dict__.get("skipped_steps", 0) + 1
             report_found_inf(grad_scaler, self, True)
