@@ -121,3 +121,16 @@ def test_the_distributed_option_is_checked_and_never_pickled_with_a_group() -> N
     assert setting.resolve([p], "test") is None  # torch.distributed is not initialised here
     with pytest.raises(RuntimeError, match="not initialised"):
         DistributedSetting(True).resolve([p], "test")
+
+
+def test_the_readme_shows_the_ddp_example_as_it_is() -> None:
+    example = (ROOT / "docs" / "examples" / "ddp_train.py").read_text()
+    assert f"```py\n{example}```" in (ROOT / "README.md").read_text()
+
+
+def test_the_ddp_example_runs_under_torchrun() -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+               str(ROOT / "docs" / "examples" / "ddp_train.py")]
+    done = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "2 processes, 25 steps: replicas identical" in done.stdout

@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mao_lab.bench",
         description="Benchmarks of mao_lab. Each prints one JSON line on stdout; progress goes to stderr.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda,ddp}")
     step = sub.add_parser(
         "step",
         parents=[common],
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     sub.add_parser("recorder", parents=[common], help="the cost of the gradient recorder")
     sub.add_parser("mgda", parents=[common], help="exact min-norm MGDA vs TorchJD's Frank-Wolfe: accuracy and cost")
+    sub.add_parser("ddp", parents=[common], help="a step under DDP (2 gloo processes): MAO, PCGrad, UW vs DDP + Adam")
     return parser
 
 
@@ -60,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             vmap=True if args.vmap else None,
         )
+    elif args.command == "ddp":
+        from ._ddp_bench import run_ddp_benchmark
+
+        result = run_ddp_benchmark(quick=args.quick, seed=args.seed)
     elif args.command == "mgda":
         from ._mgda_bench import run_mgda_benchmark
 
