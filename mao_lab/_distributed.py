@@ -195,6 +195,9 @@ class PendingAverage:
     replicas: Replicas
     grads: list[Tensor | None]
     _buckets: list[tuple[list[int], Tensor, Any]] = field(default_factory=list)
+    #: After :meth:`wait`, one sum per bucket of the averaged values: NaN or Inf if any of them is
+    #: (what :meth:`~mao_lab.TaskGradients.check_finite` reads instead of another pass over them).
+    probes: list[Tensor] = field(default_factory=list)
 
     def start(self, members: list[int]) -> None:
         tensors = [self.grads[i] for i in members]
@@ -207,6 +210,7 @@ class PendingAverage:
         for members, flat, work in self._buckets:
             work.wait()
             flat.div_(self.replicas.world_size)
+            self.probes.append(flat.sum())
             sizes = [out[i].numel() for i in members]  # type: ignore[union-attr]
             for i, piece in zip(members, flat.split(sizes)):
                 out[i] = piece.view_as(self.grads[i])  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ the problem if another torch version changed it.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -91,11 +92,16 @@ def unscaled(grads: Sequence[Tensor | None], scale: float) -> list[Tensor | None
     return [None if g is None else g * inverse for g in grads]
 
 
+@functools.lru_cache(maxsize=64)
+def _rounds_to_zero(eps: float, dtype: torch.dtype) -> bool:
+    return eps > 0 and float(torch.tensor(eps, dtype=dtype)) == 0.0
+
+
 def check_eps_for_dtypes(params: Sequence[Tensor], eps: float, owner: str) -> None:
     """Refuse low-precision parameters in which ``eps`` rounds to zero: Adam's denominator
     ``sqrt(v) + eps`` is then 0 wherever ``v`` underflows, and ``0/0`` writes NaN into the parameter."""
     for dtype in {p.dtype for p in params if p.is_floating_point()}:
-        if eps > 0 and float(torch.tensor(eps, dtype=dtype)) == 0.0:
+        if _rounds_to_zero(float(eps), dtype):
             smallest = float(torch.finfo(dtype).smallest_normal)
             raise ValueError(
                 f"{owner}: eps={eps!r} rounds to 0 in {dtype}, the parameters' dtype, so a step would write "

@@ -582,8 +582,14 @@ def compute_task_gradients(
     else:
         feats = [features] if isinstance(features, Tensor) else list(features)
         per_task = _gradients_through_features(loss_list, params, feats, batched, retain_graph, hooks, loss_scale)
+    held = per_task
     if hooks is not None and hooks.pending is not None:
         per_task = [pending.wait() for pending in hooks.pending]
+        # The reserve keeps the local gradients and the reduced buckets alike: both are reallocated
+        # with the same sizes at the next step (the backward pass, then the bucket's concatenation).
+        held = [local + averaged for local, averaged in zip(held, per_task)]
+        if check_finite and loss_scale is None and max_task_grad_norm is None:
+            hooks.probes = [probe for pending in hooks.pending for probe in pending.probes]
     if loss_scale is not None:
         if found_non_finite([g for grads in per_task for g in grads]):
             raise LossScaleOverflow
@@ -591,7 +597,7 @@ def compute_task_gradients(
     if max_task_grad_norm is not None:
         per_task = [clipped(grads, max_task_grad_norm) for grads in per_task]
     if reserve is not None:
-        reserve.hold(per_task)
+        reserve.hold(held)
     task_grads = TaskGradients.from_per_task(per_task, params, names)
     if hooks is not None and hooks.probes is not None:
         assert isinstance(task_grads.grads, _LazyStacks)
