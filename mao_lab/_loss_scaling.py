@@ -66,7 +66,8 @@ def report_found_inf(grad_scaler: Any, optimizer: object, found_inf: bool) -> No
         return
     states = getattr(grad_scaler, "_per_optimizer_states", None)
     scale = getattr(grad_scaler, "_scale", None)
-    if not isinstance(states, dict) or not isinstance(scale, Tensor) or "found_inf_per_device" not in states[id(optimizer)]:
+    layout_known = isinstance(states, dict) and "found_inf_per_device" in states[id(optimizer)]
+    if not layout_known or not isinstance(scale, Tensor):
         raise RuntimeError(
             f"this torch {torch.__version__} GradScaler keeps its per-optimizer record in another form than "
             "torch 2.x did: mao_lab cannot tell it about skipped steps.  Pass grad_scaler=None and scale by hand"

@@ -60,7 +60,9 @@ def _assert_close(got: list[torch.Tensor], expected: list[torch.Tensor], what: s
 
 
 @pytest.mark.parametrize("name", sorted(available()))
-def test_every_method_steps_the_replicas_alike_and_as_one_process_on_the_whole_batch(ranks: list[dict], name: str) -> None:
+def test_every_method_steps_the_replicas_alike_and_as_one_process_on_the_whole_batch(
+    ranks: list[dict], name: str
+) -> None:
     first, second = ranks[0][name], ranks[1][name]
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True)), f"{name}: the replicas differ"
     start = [p.detach() for p in worker.Net().parameters()]
@@ -131,6 +133,25 @@ def test_the_readme_shows_the_ddp_example_as_it_is() -> None:
 def test_the_ddp_example_runs_under_torchrun() -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
                str(ROOT / "docs" / "examples" / "ddp_train.py")]
-    done = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "2 processes, 25 steps: replicas identical" in done.stdout
+
+
+def test_the_ddp_benchmark_quick_prints_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "ddp.json"
+    done = subprocess.run([sys.executable, "-m", "mao_lab.bench", "ddp", "--quick", "--output", str(out)],
+                          env=_environment(), capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    import json
+
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == json.loads(out.read_text())
+    assert [(c["model"], c["tasks"]) for c in result["configs"]] == [("multimnist_cnn", 4), ("mlp_1m", 8)]
+    for config in result["configs"]:
+        assert set(config["ms"]) == {"ddp_adam", "mao", "pcgrad", "uw", "mao_single", "mao_allreduce"}
+        # UW needs one weighted sum: one loss all-reduce and the gradient's bytes, as DDP + Adam.
+        assert config["collectives_per_step"]["uw"] == 2
+        losses_bytes = 8 * config["tasks"]  # the T loss values, reduced in float64
+        assert config["bytes_per_step"]["uw"] == config["bytes_per_step"]["ddp_adam"] + losses_bytes

@@ -18,7 +18,7 @@ for x, targets in data.batches(batch_size=64, seed=0, drop_last=True):
     mine = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # this process's share
     x, targets = x[mine], [t[mine] for t in targets]
     optimizer.step(data.task_losses(model(x), targets))
-    pcgrad.step(lambda: data.task_losses(other(x), targets))
+    pcgrad.step(lambda x=x, targets=targets: data.task_losses(other(x), targets))
 
 for net in (model, other):                            # every process holds the same weights, bit for bit
     flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
