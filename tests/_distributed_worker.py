@@ -73,6 +73,38 @@ def train_mao(shard: slice, model: nn.Module | None = None, **options: object) -
     return [p.detach().clone() for p in Net.parameters(getattr(net, "module", net))]
 
 
+def train_mao_features(shard: slice) -> list[Tensor]:
+    """``MAO.step(losses, features=...)``: each head's backward stops at the trunk's output."""
+    from mao_lab import MAO
+
+    net = Net()
+    opt = MAO(net.parameters(), lr=1e-2)
+    for step in range(STEPS):
+        x, y = batch(step, shard)
+        z = net.trunk(x)
+        opt.step(task_losses(tuple(head(z).squeeze(-1) for head in net.heads), y), features=z)
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def overflow_on_one_rank(rank: int, shard: slice) -> dict[str, object]:
+    """A loss-scaled MAO step whose gradients overflow on rank 0 only: every rank skips it."""
+    from mao_lab import MAO
+
+    net = Net().float()
+    opt = MAO(net.parameters(), lr=1e-2)
+    x, y = batch(0, shard)
+    opt.step(task_losses(net(x.float()), y.float()))
+    before = [p.detach().clone() for p in net.parameters()]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    losses = task_losses(net(x.float()), y.float())
+    if rank == 0:
+        losses = [loss * 1e30 for loss in losses]  # times 2^100: Inf in float32, on this rank only
+    opt.step(losses, grad_scaler=scaler)
+    scaler.update()
+    unchanged = all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+    return {"skipped": opt.skipped_steps, "unchanged": unchanged, "scale": scaler.get_scale()}
+
+
 def main(rank: int, world: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -85,6 +117,8 @@ def main(rank: int, world: int, init_file: str, out_file: str) -> None:
     shard = slice(rank * half, (rank + 1) * half)
     results: dict[str, object] = {name: train(name, shard) for name in available()}
     results["MAO"] = train_mao(shard)
+    results["MAO:features"] = train_mao_features(shard)
+    results["overflow"] = overflow_on_one_rank(rank, shard)
     # The model as users wrap it: DistributedDataParallel (its own hooks never fire: autograd.grad).
     for name in ("mao", "pcgrad", "mtadam", "uw"):
         results[f"ddp:{name}"] = train(name, shard, DistributedDataParallel(Net()))

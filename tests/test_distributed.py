@@ -75,6 +75,17 @@ def test_the_optimizer_class_steps_as_one_process_on_the_whole_batch(ranks: list
     _assert_close(ranks[0]["MAO"], worker.train_mao(WHOLE), "MAO")
 
 
+def test_the_features_path_steps_as_one_process_on_the_whole_batch(ranks: list[dict]) -> None:
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["MAO:features"], ranks[1]["MAO:features"]))
+    _assert_close(ranks[0]["MAO:features"], worker.train_mao_features(WHOLE), "MAO with features")
+
+
+def test_a_loss_scale_overflow_on_one_process_is_skipped_by_every_process(ranks: list[dict]) -> None:
+    """The overflow check reads the averaged gradients: every replica skips together (none drifts)."""
+    for rank in ranks:
+        assert rank["overflow"] == {"skipped": 1, "unchanged": True, "scale": 2.0**99}
+
+
 @pytest.mark.parametrize("name", ["mao", "pcgrad", "mtadam", "uw", "MAO"])
 def test_a_model_wrapped_in_ddp_steps_as_one_process_on_the_whole_batch(ranks: list[dict], name: str) -> None:
     key = f"ddp:{name}"
