@@ -18,8 +18,12 @@ from torch.optim import Optimizer
 
 from ._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
 from ._copies import copyable_state
-from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 from ._memory import check_fits, step_counter_bytes, tasks_reaching
+from ._clipping import check_max_norm, refuse_written_grads
+from ._distributed import DistributedSetting
+from ._gradient_path import GradientPath
+from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
+from ._loss_scaling import LossScaleOverflow, check_eps_for_dtypes, loss_scale, report_found_inf
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
     GradientReserve,
@@ -27,7 +31,6 @@ from ._task_gradients import (
     TaskInputError,
     TaskLosses,
     TaskUpdates,
-    compute_task_gradients,
     match_task_order,
     ordered_task_losses,
 )
@@ -68,6 +71,12 @@ class MAO(ObservableMixin, Optimizer):
         reduction: ``"sum"`` adds the tasks' normalised steps, ``"mean"`` averages them.
         task_weights: optional ``w_k`` per task (default all 1).
         check_finite: refuse NaN/Inf gradients before touching anything (one fused reduction).
+        distributed: data parallelism (see :class:`~mao_lab._distributed.DistributedSetting`): ``None``
+            averages the loss values and every task's gradients over the default process group whenever
+            ``torch.distributed`` runs more than one process (DDP-wrapped model or not), ``False`` never,
+            or a ``ProcessGroup`` / the ``DistributedDataParallel`` module to average over its group.
+        max_grad_norm: clip all the tasks' gradients together to this norm (``None``: no clipping).
+        max_task_grad_norm: clip each task's gradient to this norm, before its moments see it.
 
     Use it by handing the per-task losses to :meth:`step`; it computes the per-task gradients itself:
 
@@ -87,6 +96,9 @@ class MAO(ObservableMixin, Optimizer):
     ``opt.step(task_grads=TaskGradients.from_jacobians(params))``.
     """
 
+    #: ``torch.amp.GradScaler.step(optimizer, losses)`` hands the scaler to :meth:`step` (see ``grad_scaler``).
+    _step_supports_amp_scaling = True
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -98,6 +110,9 @@ class MAO(ObservableMixin, Optimizer):
         task_weights: Sequence[float] | None = None,
         *,
         check_finite: bool = True,
+        distributed: Any = None,
+        max_grad_norm: float | None = None,
+        max_task_grad_norm: float | None = None,
     ) -> None:
         given = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, reduction=reduction,
                      task_weights=task_weights)
@@ -106,6 +121,9 @@ class MAO(ObservableMixin, Optimizer):
         defaults.update(num_tasks=None, task_names=None)
         super().__init__(params, defaults)
         self.check_finite = check_finite
+        self._distributed = DistributedSetting(distributed)
+        self.max_grad_norm = check_max_norm("max_grad_norm", max_grad_norm)
+        self.max_task_grad_norm = check_max_norm("max_task_grad_norm", max_task_grad_norm)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = dict(param_group)
@@ -136,6 +154,11 @@ class MAO(ObservableMixin, Optimizer):
 
     # -- the step --------------------------------------------------------------------------------------
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because a loss-scaled gradient overflowed (see ``grad_scaler`` in :meth:`step`)."""
+        return self.__dict__.get("_skipped_steps", 0)
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self,
@@ -144,6 +167,7 @@ class MAO(ObservableMixin, Optimizer):
         task_grads: TaskGradients | None = None,
         features: Tensor | Sequence[Tensor] | None = None,
         batched: bool = False,
+        grad_scaler: Any = None,
     ) -> Tensor:
         """Take one MAO step and return the per-task losses (detached, shape ``(T,)``).
 
@@ -154,29 +178,62 @@ class MAO(ObservableMixin, Optimizer):
             features: the shared representation, to stop each head's backward there (see
                 :func:`compute_task_gradients`); enables ``batched``.
             batched: backpropagate all tasks through the trunk in one vmapped call (GPU).
+            grad_scaler: a ``torch.amp.GradScaler`` (passed by ``scaler.step(optimizer, losses)``): the
+                losses are backpropagated times its scale; a step whose gradients overflow is skipped
+                (nothing changes, :attr:`skipped_steps` counts it) and ``scaler.update()`` lowers the
+                scale.  ``task_grads`` are then taken to be gradients of the scaled losses.
 
+        Under ``torch.distributed`` (see ``distributed`` in the class docstring) the loss values and
+        every task's gradients are averaged over the processes, so every process takes the same step.
         On bad input (NaN/Inf loss or gradient, wrong task count or names, gradients of another
-        shape, dtype or device, ...) raises :class:`TaskInputError` naming the problem, and leaves the
-        parameters and the optimizer state exactly as they were.
+        shape, dtype or device, a ``.grad`` written by ``loss.backward()``, ...) raises
+        :class:`TaskInputError` (or ``RuntimeError``) naming the problem, and leaves the parameters and
+        the optimizer state exactly as they were.
         """
         if (losses is None) == (task_grads is None):
             raise TypeError("MAO.step needs exactly one of `losses` or `task_grads`")
+        path = self._gradient_path(grad_scaler)
         observers = self._observers_wanting_record()
-        if losses is not None:
-            with torch.enable_grad():
-                names, loss_list = ordered_task_losses(losses() if callable(losses) else losses, self.task_names)
-            record = self.step_on_losses(names, loss_list, features=features, batched=batched, keep=bool(observers))
-        else:
-            assert task_grads is not None
-            task_updates = self.apply_task_gradients(task_grads, keep_task_updates=bool(observers))
-            nan = torch.full((task_grads.num_tasks,), float("nan"))
-            record = StepRecord(self.task_names or task_grads.task_names, nan, task_grads, task_updates)
+        values: Tensor | None = None
+        try:
+            if losses is not None:
+                refuse_written_grads(self.trainable_params(), "MAO.step")
+                with torch.enable_grad():
+                    given = losses() if callable(losses) else losses
+                    names, loss_list = ordered_task_losses(given, self.task_names)
+                    loss_list = path.losses(loss_list)
+                values = torch.stack([loss.detach().reshape(()) for loss in loss_list])
+                record = self._step_on_losses(names, loss_list, features=features, batched=batched,
+                                              keep=bool(observers), path=path)
+            else:
+                assert task_grads is not None
+                values = torch.full((task_grads.num_tasks,), float("nan"))
+                task_grads = path.joint(path.given_task_gradients(task_grads))
+                task_updates = self._apply_task_gradients(task_grads, keep_task_updates=bool(observers))
+                record = StepRecord(self.task_names or task_grads.task_names, values, task_grads, task_updates)
+        except LossScaleOverflow:
+            self._skipped_steps = self.skipped_steps + 1
+            report_found_inf(grad_scaler, self, True)
+            assert values is not None
+            return values
+        report_found_inf(grad_scaler, self, False)
         if observers:
             self._notify(observers, record)
         return record.losses
 
+    def _gradient_path(self, grad_scaler: Any) -> GradientPath:
+        """How this step's gradients are made: averaged over the replicas, loss-scaled, clipped."""
+        options = self.__dict__  # read with defaults: Optimizer pickling keeps only state and groups
+        setting = options.get("_distributed") or DistributedSetting()
+        return GradientPath(
+            replicas=setting.resolve(self.trainable_params(), "MAO"),
+            scale=loss_scale(grad_scaler),
+            max_task_grad_norm=options.get("max_task_grad_norm"),
+            max_grad_norm=options.get("max_grad_norm"),
+        )
+
     @torch.no_grad()
-    def step_on_losses(
+    def _step_on_losses(
         self,
         names: tuple[str, ...],
         losses: list[Tensor],
@@ -184,16 +241,19 @@ class MAO(ObservableMixin, Optimizer):
         features: Tensor | Sequence[Tensor] | None = None,
         batched: bool = False,
         keep: bool = False,
+        path: GradientPath | None = None,
     ) -> StepRecord:
         """The step from validated losses, in task order: what :meth:`step` and ``make("mao")`` both run.
 
         The per-task gradients are computed with the gradient reserve (the last step's gradient
-        memory, reused task by task) and checked for NaN/Inf as they come out; with ``keep`` the
-        record holds them and each task's part of the update.
+        memory, reused task by task) and checked for NaN/Inf as they come out; ``path`` averages them
+        over the replicas, unscales and clips them.  With ``keep`` the record holds them and each
+        task's part of the update.
         """
+        path = path or GradientPath()
         self._check_num_tasks(len(names))
         with torch.enable_grad():
-            task_grads = compute_task_gradients(
+            task_grads = path.task_gradients(
                 dict(zip(names, losses)),
                 self.trainable_params(),
                 features=features,
@@ -201,13 +261,14 @@ class MAO(ObservableMixin, Optimizer):
                 reserve=None if batched else self._gradient_reserve(),
                 check_finite=self.check_finite,
             )
+        task_grads = path.joint(task_grads)
         task_updates = self._apply(task_grads, keep, trusted=True)
         loss_values = torch.stack([loss.detach().reshape(()) for loss in losses])
         return StepRecord(names, loss_values, task_grads if keep else None, task_updates)
 
     @torch.no_grad()
-    def apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskUpdates | None:
-        """The update alone, from per-task gradients; the building block of :meth:`step`.
+    def _apply_task_gradients(self, task_grads: TaskGradients, keep_task_updates: bool = False) -> TaskUpdates | None:
+        """The update alone, from per-task gradients (what :meth:`step` does with ``task_grads``).
 
         With ``keep_task_updates`` it returns each task's part of the parameter change (``lr * w_k * u_k``,
         divided by ``T`` for ``reduction="mean"``), so that the step moved ``p`` by ``-sum_k`` of them
@@ -323,6 +384,7 @@ class MAO(ObservableMixin, Optimizer):
                     check(name, group[name])
                 except ValueError as error:
                     raise ValueError(f"MAO parameter group {g}: {error}") from None
+            check_eps_for_dtypes(group["params"], group["eps"], f"MAO parameter group {g}")
             weights = group["task_weights"]
             if weights is not None and len(weights) != num_tasks:
                 raise TaskInputError(f"task_weights has {len(weights)} entries but there are {num_tasks} tasks")

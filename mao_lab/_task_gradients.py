@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Self, Union, overload
+from typing import TYPE_CHECKING, Self, Union, overload
 
 import torch
 from torch import Tensor
+
+from ._clipping import clipped
+from ._loss_scaling import LossScaleOverflow, found_non_finite, unscaled
+
+if TYPE_CHECKING:
+    from ._distributed import PendingAverage, Replicas
 
 __all__ = [
     "TaskGradients",
@@ -496,11 +502,19 @@ class GradientReserve:
 class _TaskHooks:
     """What the per-task loops do around each task's backward pass."""
 
-    __slots__ = ("reserve", "probes")
+    __slots__ = ("reserve", "probes", "replicas", "pending")
 
-    def __init__(self, reserve: GradientReserve | None, check_finite: bool) -> None:
+    def __init__(self, reserve: GradientReserve | None, check_finite: bool, replicas: Replicas | None = None) -> None:
         self.reserve = reserve
         self.probes: list[Tensor] | None = [] if check_finite else None
+        self.replicas = replicas
+        # One reduction per task, started as soon as the task's gradients are complete.
+        self.pending: list[PendingAverage] | None = [] if replicas is not None else None
+
+    def done(self, grads: Sequence[Tensor | None]) -> None:
+        """Task ``len(pending)``'s gradients are complete: start averaging them over the replicas."""
+        if self.replicas is not None and self.pending is not None:
+            self.pending.append(self.replicas.launch(grads))
 
     def before(self, task: int) -> None:
         if self.reserve is not None:
@@ -531,6 +545,9 @@ def compute_task_gradients(
     retain_graph: bool = False,
     reserve: GradientReserve | None = None,
     check_finite: bool = False,
+    replicas: Replicas | None = None,
+    loss_scale: float | None = None,
+    max_task_grad_norm: float | None = None,
 ) -> TaskGradients:
     """Compute every task's gradient with respect to ``params``, at the cost of ``T`` backward passes.
 
@@ -545,6 +562,11 @@ def compute_task_gradients(
         reserve: for an optimizer: reuse the memory of the last step's gradients (looped forms).
         check_finite: for an optimizer: read what :meth:`TaskGradients.check_finite` needs as each
             task's gradients come out of its backward pass, while they are still in cache.
+        replicas: average every task's gradients over these processes (:mod:`mao_lab._distributed`);
+            a task's bucketed reduction runs while the next task is backpropagated.
+        loss_scale: backpropagate the losses times this scale; if a gradient (after averaging) is Inf
+            or NaN, raise :class:`~mao_lab._loss_scaling.LossScaleOverflow`, else divide them by it.
+        max_task_grad_norm: rescale each task's gradient to at most this norm (:mod:`mao_lab._clipping`).
 
     Without ``features`` each task is backpropagated on its own through its head and the trunk:
     autograd only visits the nodes a task reaches, so this is the physical limit of one trunk backward
@@ -552,14 +574,30 @@ def compute_task_gradients(
     """
     names, loss_list = as_task_losses(losses)
     params = [p for p in params if p.requires_grad]
-    hooks = _TaskHooks(reserve, check_finite) if reserve is not None or check_finite else None
+    # The probes are read from local gradients: with replicas only the averaged ones count (below).
+    probe = check_finite and replicas is None and loss_scale is None and max_task_grad_norm is None
+    hooks = _TaskHooks(reserve, probe, replicas) if reserve is not None or probe or replicas is not None else None
     if features is None:
-        per_task = _looped_gradients(loss_list, params, retain_graph, hooks)
+        per_task = _looped_gradients(loss_list, params, retain_graph, hooks, loss_scale)
     else:
         feats = [features] if isinstance(features, Tensor) else list(features)
-        per_task = _gradients_through_features(loss_list, params, feats, batched, retain_graph, hooks)
+        per_task = _gradients_through_features(loss_list, params, feats, batched, retain_graph, hooks, loss_scale)
+    held = per_task
+    if hooks is not None and hooks.pending is not None:
+        per_task = [pending.wait() for pending in hooks.pending]
+        # The reserve keeps the local gradients and the reduced buckets alike: both are reallocated
+        # with the same sizes at the next step (the backward pass, then the bucket's concatenation).
+        held = [local + averaged for local, averaged in zip(held, per_task)]
+        if check_finite and loss_scale is None and max_task_grad_norm is None:
+            hooks.probes = [probe for pending in hooks.pending for probe in pending.probes]
+    if loss_scale is not None:
+        if found_non_finite([g for grads in per_task for g in grads]):
+            raise LossScaleOverflow
+        per_task = [unscaled(grads, loss_scale) for grads in per_task]
+    if max_task_grad_norm is not None:
+        per_task = [clipped(grads, max_task_grad_norm) for grads in per_task]
     if reserve is not None:
-        reserve.hold(per_task)
+        reserve.hold(held)
     task_grads = TaskGradients.from_per_task(per_task, params, names)
     if hooks is not None and hooks.probes is not None:
         assert isinstance(task_grads.grads, _LazyStacks)
@@ -567,17 +605,28 @@ def compute_task_gradients(
     return task_grads
 
 
+def _seed(loss: Tensor, loss_scale: float | None) -> Tensor | None:
+    """The gradient that starts a loss's backward pass: ``None`` (one), or the loss scale."""
+    return None if loss_scale is None else torch.full_like(loss, loss_scale)
+
+
 def _looped_gradients(
-    losses: list[Tensor], params: list[Tensor], retain_graph: bool, hooks: _TaskHooks | None = None
+    losses: list[Tensor],
+    params: list[Tensor],
+    retain_graph: bool,
+    hooks: _TaskHooks | None = None,
+    loss_scale: float | None = None,
 ) -> list[list[Tensor | None]]:
     last = len(losses) - 1
     per_task: list[list[Tensor | None]] = []
     for k, loss in enumerate(losses):
         if hooks is not None:
             hooks.before(k)
-        grads = list(torch.autograd.grad(loss, params, retain_graph=retain_graph or k < last, allow_unused=True))
+        grads = list(torch.autograd.grad(loss, params, grad_outputs=_seed(loss, loss_scale),
+                                         retain_graph=retain_graph or k < last, allow_unused=True))
         if hooks is not None:
             hooks.after(grads)
+            hooks.done(grads)
         per_task.append(grads)
     return per_task
 
@@ -589,6 +638,7 @@ def _gradients_through_features(
     batched: bool,
     retain_graph: bool,
     hooks: _TaskHooks | None = None,
+    loss_scale: float | None = None,
 ) -> list[list[Tensor | None]]:
     below = _leaves_reachable_from(feats)
     shared = [p for p in params if id(p) in below]
@@ -596,7 +646,8 @@ def _gradients_through_features(
     num_feats = len(feats)
     per_task_heads, per_task_feat_grads = [], []
     for loss in losses:  # one backward per head, stopping at the features
-        out = torch.autograd.grad(loss, feats + heads, retain_graph=True, allow_unused=True)
+        out = torch.autograd.grad(loss, feats + heads, grad_outputs=_seed(loss, loss_scale), retain_graph=True,
+                                  allow_unused=True)
         per_task_feat_grads.append(list(out[:num_feats]))
         per_task_heads.append(out[num_feats:])
         if hooks is not None:
@@ -604,13 +655,17 @@ def _gradients_through_features(
     per_task_shared = _trunk_gradients(feats, shared, per_task_feat_grads, batched, retain_graph, hooks)
     position = {id(p): i for i, p in enumerate(shared)}
     head_position = {id(p): i for i, p in enumerate(heads)}
-    return [
+    per_task: list[list[Tensor | None]] = [
         [
             per_task_shared[k][position[id(p)]] if id(p) in position else per_task_heads[k][head_position[id(p)]]
             for p in params
         ]
         for k in range(len(losses))
     ]
+    if hooks is not None:
+        for grads in per_task:
+            hooks.done(grads)
+    return per_task
 
 
 def _trunk_gradients(

@@ -119,7 +119,7 @@ def test_matches_reference_rule_for_any_number_of_tasks(num_tasks: int, options:
             # alone and its step count behind the other parameters' (which a global counter would miss).
             grads = per_task_grads(net.losses(x, y), params)
             grads[-1] = [None] * len(params)
-            opt.apply_task_gradients(TaskGradients.from_per_task(grads, params))
+            opt.step(task_grads=TaskGradients.from_per_task(grads, params))
         else:
             opt.step(net.losses(x, y))
         grads = per_task_grads(ref_net.losses(x, y), ref_params)
@@ -159,7 +159,7 @@ def test_the_readable_rule_and_the_fast_paths_agree(
                 grads[1] = [None] * len(params)  # task 1 reaches nothing at this step
             if s < 4:
                 grads[2] = [None] * len(params)  # task 2 joins at step 4
-            parts = opt.apply_task_gradients(TaskGradients.from_per_task(grads, params), keep_task_updates=keep)
+            parts = opt._apply_task_gradients(TaskGradients.from_per_task(grads, params), keep_task_updates=keep)
             assert (parts is not None) == keep
     tolerance = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-7)
     for p, q in zip(plain_net.parameters(), fast_net.parameters()):

@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mao_lab.bench",
         description="Benchmarks of mao_lab. Each prints one JSON line on stdout; progress goes to stderr.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda,problems}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda,problems,ddp}")
     step = sub.add_parser(
         "step",
         parents=[common],
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     problems.add_argument("--repetitions", type=_positive_int, default=None,
                           help="timed repetitions per candidate (default 3 on CPU, 20 on CUDA; 1 with --quick)")
     problems.add_argument("--only", choices=("celeba", "nyuv2"), default=None, help="run one model only")
+    sub.add_parser("ddp", parents=[common], help="a step under DDP (2 gloo processes): MAO, PCGrad, UW vs DDP + Adam")
     return parser
 
 
@@ -88,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             configs=[c for c in PROBLEM_CONFIGS if args.only in (None, c.label)],
             progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
+    elif args.command == "ddp":
+        from ._ddp_bench import run_ddp_benchmark
+
+        result = run_ddp_benchmark(quick=args.quick, seed=args.seed)
     elif args.command == "mgda":
         from ._mgda_bench import run_mgda_benchmark
 

@@ -206,13 +206,15 @@ def _recorder_call_ms(
 def _task_updates_ms(method: Method, record: StepRecord, calls: int) -> float:
     """Median extra milliseconds MAO's update spends keeping each task's part of it for a record."""
     optimizer = getattr(method, "optimizer", None)
-    if record.task_grads is None or not hasattr(optimizer, "apply_task_gradients"):
+    # MAO's update alone is private (its one public step is ``step``); MTAdam's is public.
+    apply = getattr(optimizer, "_apply_task_gradients", None) or getattr(optimizer, "apply_task_gradients", None)
+    if record.task_grads is None or apply is None:
         return 0.0
     samples = {True: [], False: []}
     for _ in range(calls):
         for keep in (False, True):
             t0 = time.perf_counter()
-            optimizer.apply_task_gradients(record.task_grads, keep_task_updates=keep)
+            apply(record.task_grads, keep_task_updates=keep)
             samples[keep].append(time.perf_counter() - t0)
     return max(0.0, statistics.median(samples[True]) - statistics.median(samples[False])) * 1e3
 

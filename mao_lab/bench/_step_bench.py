@@ -16,8 +16,8 @@ model, on the same batch:
   ``torchjd_vmap`` (``parallel_chunk_size=None``), both backpropagating all tasks through the trunk
   in one vmapped call.
 
-The update alone is timed too: ``mao_update`` is ``MAO.apply_task_gradients`` on fixed per-task
-gradients (finiteness check included), ``adam_update`` is ``Adam(foreach=True).step()`` on the same
+The update alone is timed too: ``mao_update`` is the update of ``MAO.step(task_grads=...)``
+(``MAO._apply_task_gradients``) on fixed per-task gradients (finiteness check included), ``adam_update`` is ``Adam(foreach=True).step()`` on the same
 parameters.  MAO keeps one Adam per task, so the goal is ``mao_update <= T * adam_update``.
 
 All candidates of a configuration are timed interleaved (see :mod:`._timing`); every ratio is a ratio
@@ -203,7 +203,7 @@ def _update_candidates(model: MultiTaskNet, x: Tensor, loss_fn: LossFn) -> dict[
     adam_model = copy.deepcopy(model)
     sum(loss_fn(adam_model(x))).backward()
     adam_update_opt = torch.optim.Adam(adam_model.parameters(), lr=LR, foreach=True)
-    return {"mao_update": lambda: mao_update_opt.apply_task_gradients(task_grads), "adam_update": adam_update_opt.step}
+    return {"mao_update": lambda: mao_update_opt._apply_task_gradients(task_grads), "adam_update": adam_update_opt.step}
 
 
 def _state_bytes(opt: torch.optim.Optimizer, keys: Sequence[str]) -> int:

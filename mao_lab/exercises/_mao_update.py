@@ -238,7 +238,7 @@ def _mao_updates(grads: list[Tensor]) -> list[Tensor]:
     updates = []
     for g in grads:
         before = p.detach().clone()
-        optimizer.apply_task_gradients(TaskGradients.from_per_task([[row] for row in g], [p]))
+        optimizer.step(task_grads=TaskGradients.from_per_task([[row] for row in g], [p]))
         updates.append(before - p.detach())
     return updates
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from torchjd.aggregation import Aggregator, WeightedAggregator
 
 from .._observe import StepRecord
-from .._task_gradients import TaskGradients, TaskInputError, compute_task_gradients
+from .._task_gradients import TaskGradients, TaskInputError
 from ._base import LossClosure
 from ._base_optimizer import SteppedMethod
 from ._common import get_rng_states, private_rng, set_rng_states
@@ -98,8 +98,9 @@ class AggregatorMethod(SteppedMethod):
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
         values = torch.stack([loss.detach().reshape(()) for loss in losses])
+        path = self._path  # averaged over replicas, loss-scaled, clipped per task
         with torch.enable_grad():
-            task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
+            task_grads = path.task_gradients(dict(zip(names, losses)), self.params)
         task_grads.check_finite()
         self._ensure_built(len(names))
         shared = [i for i, ks in enumerate(task_grads.tasks) if len(ks) > 1]
@@ -108,6 +109,10 @@ class AggregatorMethod(SteppedMethod):
             matrix = torch.cat([task_grads.dense(i).reshape(len(names), -1) for i in shared], dim=1)
             direction, rows = self._shared_direction(matrix, record)
         grads, split = _per_parameter(task_grads, direction, rows)
+        factor = path.total_clip_factor(grads)
+        if factor is not None:
+            grads = [None if g is None else g * factor for g in grads]
+            split = type(split)(split.task_names, split.params, split.tasks, tuple(d * factor for d in split.grads))
         self.base.step(self.params, grads)
         task_updates = None
         if record:

@@ -27,8 +27,19 @@ from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError
 from .._copies import copyable_state
-from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
 from .._memory import tasks_reaching
+from .._clipping import check_max_norm, refuse_written_grads
+from .._distributed import DistributedSetting
+from .._gradient_path import GradientPath
+from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
+from .._loss_scaling import (
+    LossScaleOverflow,
+    check_eps_for_dtypes,
+    in_callers_autocast,
+    loss_scale,
+    outside_autocast,
+    report_found_inf,
+)
 from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
 from ._transaction import all_or_nothing
@@ -94,6 +105,15 @@ class Method(ObservableMixin, Optimizer, ABC):
         num_tasks: the number of tasks, given or fixed by the first step.
         task_names: the tasks' names in the order of the per-task state, fixed by the first step.
         steps_taken: steps that succeeded.
+        skipped_steps: steps skipped because a loss-scaled gradient overflowed (``grad_scaler``).
+
+    Besides the hyperparameters, the constructor takes options of the training stack (not saved
+    with the state): ``distributed`` (data parallelism: ``None`` averages the loss values and every
+    gradient over the default process group whenever ``torch.distributed`` runs several processes,
+    ``False`` never, or a ``ProcessGroup`` / the ``DistributedDataParallel`` module; see
+    :class:`~mao_lab._distributed.DistributedSetting`), ``max_grad_norm`` (clip the gradient the
+    method steps with, as ``clip_grad_norm_`` before ``Adam.step``) and ``max_task_grad_norm``
+    (clip every task's gradient before the method combines them).
 
     Copies (``copy.deepcopy``, ``pickle``) copy everything but the observers and the hooks, as
     ``torch.optim`` copies drop their hooks; copy the method *together with its model*
@@ -105,14 +125,31 @@ class Method(ObservableMixin, Optimizer, ABC):
     #: Methods that move the parameters more than once per step (IUS, IO, grouping, FAMO): a failure
     #: after a move must put them back, so every step first copies them and the whole state.
     moves_parameters_during_step: ClassVar[bool] = False
+    #: ``torch.amp.GradScaler.step(method, closure)`` hands the scaler to :meth:`step` (``grad_scaler``).
+    _step_supports_amp_scaling: ClassVar[bool] = True
+    #: How this step's gradients are made (set by :meth:`step` for the step's duration).
+    _path: GradientPath = GradientPath()
 
-    def __init__(self, params: Iterable[Tensor], *, num_tasks: int | None = None, **hyperparameters: Any) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        num_tasks: int | None = None,
+        distributed: Any = None,
+        max_grad_norm: float | None = None,
+        max_task_grad_norm: float | None = None,
+        **hyperparameters: Any,
+    ) -> None:
         owner = self.name or type(self).__name__
         self._hparams: dict[str, Any] = checked(merged_spec(type(self)), hyperparameters, owner)
         self.params: list[Tensor] = trainable_parameters(params, owner)
         self.num_tasks = None if num_tasks is None else integer(1)("num_tasks", num_tasks)
         self.task_names: tuple[str, ...] | None = None
         self.steps_taken = 0
+        self.skipped_steps = 0
+        self.distributed = DistributedSetting(distributed)
+        self.max_grad_norm = check_max_norm("max_grad_norm", max_grad_norm)
+        self.max_task_grad_norm = check_max_norm("max_task_grad_norm", max_task_grad_norm)
         # The method's own group, until a subclass makes the optimizer that leads (_lead_optimizer).
         Optimizer.__init__(self, self.params, {k: v for k, v in self._hparams.items() if k in _ADAM_NAMES})
 
@@ -169,19 +206,49 @@ class Method(ObservableMixin, Optimizer, ABC):
         """Every hyperparameter this method takes: its own and its bases', in declaration order."""
         return merged_spec(cls)
 
-    def step(self, closure: LossClosure) -> Tensor:
+    def step(self, closure: LossClosure, *, grad_scaler: Any = None) -> Tensor:
         """Run one training step on the current batch; return the per-task losses seen (detached, ``(T,)``).
 
         The losses come back in the order of :attr:`task_names`.  For methods that take several
         sub-steps per batch, they are those of the first forward pass, before any parameter moved.
         If the step raises, the parameters and the method's state are as they were before it.
+
+        With ``grad_scaler`` (a ``torch.amp.GradScaler``; ``scaler.step(method, closure)`` passes it)
+        the losses are backpropagated times its scale; a step whose gradients overflow changes
+        nothing, is counted in :attr:`skipped_steps`, and ``scaler.update()`` lowers the scale.
+        Under ``torch.distributed`` every process takes the same step (see ``distributed``).  Under
+        ``torch.autocast`` the closure's forward pass is autocast, the method's own arithmetic is not.
         """
         if not callable(closure):
             raise TypeError("Method.step needs a closure that returns the per-task losses of the batch")
+        owner = f"method {self.name!r}"
+        refuse_written_grads(self.params, owner)
+        if self.hparams.get("optimizer", "adam") == "adam" and "eps" in self.hparams:
+            check_eps_for_dtypes(self.params, self.hparams["eps"], owner)
         observers = self._observers_wanting_record()
         self._follow_lead()
-        with all_or_nothing(self):
-            record = self._step(closure, record=bool(observers))
+        setting = self.__dict__.get("distributed") or DistributedSetting()
+        self._path = GradientPath(
+            replicas=setting.resolve(self.params, owner),
+            scale=loss_scale(grad_scaler),
+            max_task_grad_norm=self.__dict__.get("max_task_grad_norm"),
+            max_grad_norm=self.__dict__.get("max_grad_norm"),
+        )
+        self._first_losses: Tensor | None = None
+        try:
+            # Under the caller's torch.autocast only the closure's forward pass is autocast.
+            forward = in_callers_autocast(closure)
+            with all_or_nothing(self), outside_autocast():
+                record = self._step(forward, record=bool(observers))
+        except LossScaleOverflow:
+            self.skipped_steps = self.__dict__.get("skipped_steps", 0) + 1
+            report_found_inf(grad_scaler, self, True)
+            assert self._first_losses is not None
+            return self._first_losses
+        finally:
+            del self._path  # back to the class default: a process group is never copied with the method
+            self.__dict__.pop("_first_losses", None)
+        report_found_inf(grad_scaler, self, False)
         self.task_names = record.task_names  # fixed only once a step has succeeded
         self.num_tasks = len(record.task_names)
         self.steps_taken += 1
@@ -225,7 +292,10 @@ class Method(ObservableMixin, Optimizer, ABC):
         """Call the closure (with autograd on), validate its losses, and put the tasks in state order."""
         with torch.enable_grad():
             names, losses = ordered_task_losses(closure(), self.task_names)
-        self._check_num_tasks(len(names))
+            self._check_num_tasks(len(names))
+            losses = self._path.losses(losses)  # under torch.distributed: the values averaged over processes
+        if self.__dict__.get("_first_losses", 0) is None:
+            self._first_losses = torch.stack([loss.detach().reshape(()) for loss in losses])
         return names, losses
 
     def _check_num_tasks(self, num_tasks: int) -> None:

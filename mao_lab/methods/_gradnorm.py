@@ -102,12 +102,11 @@ class GradNormMethod(WeightedLossMethod):
         if task_grads is not None:
             grads = task_grads.dense(task_grads.index()[id(layer)])
         else:
+            path = self._path  # each task's layer gradient averaged over replicas (one reduction), unscaled
             with torch.enable_grad():
-                grads = torch.stack([
-                    g if g is not None else torch.zeros_like(layer)
-                    for g in (torch.autograd.grad(loss, layer, retain_graph=True, allow_unused=True)[0]
-                              for loss in graph_losses)
-                ])
+                local = [torch.autograd.grad(loss, layer, grad_outputs=path.seed(loss), retain_graph=True,
+                                             allow_unused=True)[0] for loss in graph_losses]
+            grads = torch.stack([g if g is not None else torch.zeros_like(layer) for g in path.finish(local)])
         norms = torch.linalg.vector_norm(grads.detach().reshape(len(graph_losses), -1), dim=1).float()
         if not bool(torch.isfinite(norms).all()):
             k = int((~torch.isfinite(norms)).nonzero()[0])

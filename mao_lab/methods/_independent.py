@@ -55,7 +55,7 @@ from .._checkpoints import CheckpointError
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, boolean, choice, integer
 from .._memory import tasks_reaching
 from .._observe import StepRecord
-from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates, compute_task_gradients
+from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates
 from ._base import LossClosure
 from ._base_optimizer import BaseOptimizer, SteppedMethod
 from ._common import Seeded, check_finite_gradients
@@ -166,9 +166,10 @@ class IndependentStepsMethod(SteppedMethod):
         (a parameter the group does not reach but moves on stale momentum goes to ``stale_moves``)."""
         optimizer = self._optimizer_for(j)
         task_rows: list[list[Tensor | None]] = []
+        path = self._path  # averaged over replicas, loss-scaled, clipped (see mao_lab._gradient_path)
         with torch.enable_grad():
-            if record:
-                grads_of = compute_task_gradients({names[k]: losses[k] for k in group}, self.params)
+            if record or path.needs_task_gradients:
+                grads_of = path.task_gradients({names[k]: losses[k] for k in group}, self.params)
                 grads_of.check_finite()
                 task_rows = [grads_of.for_task(row) for row in range(len(group))]
                 grads = [_sum_present([rows[i] for rows in task_rows]) for i in range(len(self.params))]
@@ -176,8 +177,9 @@ class IndependentStepsMethod(SteppedMethod):
                 total = losses[group[0]]
                 for k in group[1:]:
                     total = total + losses[k]
-                grads = list(torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True))
+                grads = path.gradient(total, self.params)
                 check_finite_gradients(grads, [losses[k] for k in group], [names[k] for k in group], self.params)
+        grads = path.clip_total(grads)
         if self.zero_unreached:
             grads = [torch.zeros_like(p) if g is None and optimizer.has_state(p) else g for p, g in zip(self.params, grads)]
         before = [p.detach().clone() if record and g is not None else None for p, g in zip(self.params, grads)]

@@ -1,6 +1,6 @@
 """MAO as a method of the registry: the optimizer :class:`mao_lab.MAO` behind the method interface.
 
-``make("mao")`` runs exactly :meth:`MAO.step`'s step (:meth:`MAO.step_on_losses`: the gradient
+``make("mao")`` runs exactly :meth:`MAO.step`'s step (``MAO._step_on_losses``: the gradient
 reserve, the finiteness probes and the update), so the notebooks train the MAO the benchmark measures.
 """
 
@@ -33,4 +33,4 @@ class MAOMethod(OptimizerMethod):
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
-        return self.optimizer.step_on_losses(names, losses, keep=record)
+        return self.optimizer._step_on_losses(names, losses, keep=record, path=self._path)

@@ -29,7 +29,7 @@ from .._checkpoints import CheckpointError, check_optimizer_state, check_step, c
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, number
 from .._memory import check_fits, step_counter_bytes, tasks_reaching
 from .._observe import StepRecord
-from .._task_gradients import TaskGradients, TaskUpdates, compute_task_gradients
+from .._task_gradients import TaskGradients, TaskUpdates
 from ._base import LossClosure, OptimizerMethod
 from ._registry import register
 
@@ -213,8 +213,8 @@ class MTAdamMethod(OptimizerMethod):
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)
-        with torch.enable_grad():
-            task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
+        with torch.enable_grad():  # averaged over replicas, loss-scaled, clipped (mao_lab._gradient_path)
+            task_grads = self._path.joint(self._path.task_gradients(dict(zip(names, losses)), self.params))
         task_grads.check_finite()
         task_updates = self.optimizer.apply_task_gradients(task_grads, keep_task_updates=record)
         values = torch.stack([loss.detach().reshape(()) for loss in losses])

@@ -176,7 +176,7 @@ class FAMOMethod(ScalarizerMethod):
         order = match_task_order(got, names, by_name=isinstance(out, Mapping))
         if order is not None:
             values = [values[i] for i in order]
-        stacked = torch.stack([torch.as_tensor(v).detach().reshape(()) for v in values])
+        stacked = self._path.values(torch.stack([torch.as_tensor(v).detach().reshape(()) for v in values]))
         if not bool(torch.isfinite(stacked).all()):
             k = int((~torch.isfinite(stacked)).nonzero()[0])
             raise TaskInputError(f"task {names[k]!r} (index {k}): the loss after the step is {stacked[k].item()}")

@@ -17,7 +17,7 @@ from torch import Tensor
 from torchjd.scalarization import Scalarizer
 
 from .._observe import StepRecord
-from .._task_gradients import TaskGradients, TaskInputError, compute_task_gradients
+from .._task_gradients import TaskGradients, TaskInputError
 from ._base import LossClosure
 from ._base_optimizer import BaseOptimizer, SteppedMethod
 from ._common import check_finite_gradients, private_rng
@@ -58,9 +58,10 @@ class WeightedLossMethod(SteppedMethod):
         names, losses = self._losses(closure)
         values = torch.stack([loss.detach().reshape(()) for loss in losses])
         task_grads = None
-        if record:
+        path = self._path  # averaged over replicas, loss-scaled, clipped (see mao_lab._gradient_path)
+        if record or path.needs_task_gradients:
             with torch.enable_grad():
-                task_grads = compute_task_gradients(dict(zip(names, losses)), self.params)
+                task_grads = path.task_gradients(dict(zip(names, losses)), self.params)
             task_grads.check_finite()
         self._ensure_built(len(names))
         weights = self._weights(values, losses, names, task_grads).detach()
@@ -74,13 +75,18 @@ class WeightedLossMethod(SteppedMethod):
                 total = weights[0] * losses[0]
                 for k in range(1, len(losses)):
                     total = total + weights[k] * losses[k]
-                grads = list(torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True))
+            grads = path.gradient(total, self.params)  # one backward, one reduction
             check_finite_gradients(grads, losses, names, self.params)
+        factor = path.total_clip_factor(grads)
+        if factor is not None:
+            grads = [None if g is None else g * factor for g in grads]
+            if task_grads is not None:
+                parts = type(parts)(parts.task_names, parts.params, parts.tasks, tuple(d * factor for d in parts.grads))
         self.base.step(self.params, grads)
         task_updates = None
-        if task_grads is not None:
+        if record and task_grads is not None:
             task_updates = preconditioned_parts(parts, self.base, [g is not None for g in grads])
-        return StepRecord(names, values, task_grads, task_updates)
+        return StepRecord(names, values, task_grads if record else None, task_updates)
 
 
 class ScalarizerMethod(WeightedLossMethod):
