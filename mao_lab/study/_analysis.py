@@ -74,6 +74,7 @@ __all__ = [
     "m1_sensitivity",
     "m1_sensitivity_verdicts",
     "method_intervals",
+    "rates_from_criteria",
     "run_outcomes",
     "tuning_criteria",
     "worst_balance",
@@ -227,7 +228,19 @@ def choose_learning_rates(scores: pd.DataFrame, design: StudyDesign, seeds: Sequ
         configuration's chosen rate: the lowest criterion).
     """
     seeds = tuple(design.tuning_seeds if seeds is None else seeds)
-    table = _eligible_means(tuning_criteria(scores, design, seeds), len(seeds))
+    return rates_from_criteria(tuning_criteria(scores, design, seeds), len(seeds))
+
+
+def rates_from_criteria(criteria: pd.DataFrame, seeds: int) -> pd.DataFrame:
+    """:func:`choose_learning_rates` from :func:`tuning_criteria`'s table: per (config, lr) the mean criterion over
+    ``seeds`` tuning seeds (NaN unless all of them ran it without diverging), and the lowest one chosen.
+
+    >>> criteria = pd.DataFrame({"config": "a", "lr": [0.1, 0.1, 0.2, 0.2], "seed": [0, 1, 0, 1],
+    ...                          "criterion": [1.0, 3.0, 1.5, 1.6]})
+    >>> rates_from_criteria(criteria, 2)[["lr", "criterion", "chosen"]].values.tolist()
+    [[0.1, 2.0, False], [0.2, 1.55, True]]
+    """
+    table = _eligible_means(criteria, seeds)
     table["chosen"] = False
     finite = table.dropna(subset=["criterion"])
     if len(finite):
@@ -336,8 +349,8 @@ def divergence_counts(outcomes: pd.DataFrame) -> pd.DataFrame:
     >>> outcomes = pd.DataFrame({"config": ["a", "a", "a"], "chosen": [True, True, False],
     ...                          "non_finite": [False, False, True], "worse": [True, False, False]})
     >>> outcomes["diverged"] = outcomes["non_finite"] | outcomes["worse"]
-    >>> divergence_counts(outcomes).iloc[0].tolist()
-    ['a', 3, 2, 1, 1, 2, 1]
+    >>> divergence_counts(outcomes).iloc[0].to_dict()
+    {'config': 'a', 'runs': 3, 'diverged': 2, 'non_finite': 1, 'worse': 1, 'chosen_runs': 2, 'chosen_diverged': 1}
     """
     rows = []
     for config, part in outcomes.groupby("config", sort=False):

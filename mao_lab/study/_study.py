@@ -42,7 +42,7 @@ from ._analysis import (
     worst_balance,
 )
 from ._design import RunConfig, StudyDesign
-from ._ledger import levelling_by_budget, validation_curves, write_ledger
+from ._ledger import levelling_by_budget, recompute_tables, validation_curves, write_ledger
 
 __all__ = ["POINT_NOTEBOOK", "StudyError", "load_study", "provenance", "run_study"]
 
@@ -183,7 +183,8 @@ def run_study(
     write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
                  delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice,
                  validation=validation_curves(tables["scores"], choice, design),
-                 budgets=levelling_by_budget(tables["scores"], design))
+                 budgets=levelling_by_budget(tables["scores"], design),
+                 tables=recompute_tables(tables["scores"], tables["balance"], tables["runs"], design))
     return ledger
 
 
