@@ -177,7 +177,7 @@ CLAIM_RULE = ("**Verdict rule.** A part is *supported* if its whole 95 % interva
 def _p(value: Any) -> str:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return "—"
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+    return "< 0.001" if value < 0.001 else f"{value:.3g}"
 
 
 def _tuning_text(design: StudyDesign) -> str:
@@ -274,7 +274,8 @@ BUDGET_FRACTIONS = (0.5, 0.75, 1.0)
 """The budgets :func:`levelling_by_budget` reads by default, as fractions of the study's MultiMNIST steps."""
 
 
-def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequence[int] | None = None) -> pd.DataFrame:
+def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequence[int] | None = None,
+                        problem: str = "multimnist") -> pd.DataFrame:
     """What a study of the same design with ``budgets`` MultiMNIST steps would have chosen and read, from this
     study's runs cut at each budget.
 
@@ -287,8 +288,9 @@ def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequ
     Args:
         scores: the study's ``scores`` table (every rate, every seed, every evaluation).
         design: the study's design.
-        budgets: MultiMNIST step counts at most ``design.steps``; default: the evaluation steps at
-            :data:`BUDGET_FRACTIONS` of it.
+        budgets: step counts at most the study's (``design.steps``, or ``design.regression_steps`` for the
+            regression); default: the evaluation steps at :data:`BUDGET_FRACTIONS` of it.
+        problem: ``multimnist`` (the default) or ``regression``: whose budget is cut (the other's does not change).
 
     Returns:
         One row per (budget, MultiMNIST multi-task configuration): ``budget, config, lr, same_rate, final``
@@ -297,18 +299,22 @@ def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequ
     """
     from ._analysis import choose_learning_rates
 
+    if problem not in ("multimnist", "regression"):
+        raise ValueError(f"problem must be 'multimnist' or 'regression', got {problem!r}")
+    steps = design.steps if problem == "multimnist" else design.regression_steps
+    field_name = "steps" if problem == "multimnist" else "regression_steps"
     if budgets is None:
-        budgets = sorted({max(design.eval_every, int(design.steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS})
-    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= design.steps]
+        budgets = sorted({max(design.eval_every, int(steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS})
+    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= steps]
     if bad:
-        raise ValueError(f"budgets must be step counts in 1..{design.steps} (the study's MultiMNIST steps), got {bad}")
-    multimnist = {c.name for c in design.configs() if c.problem == "multimnist"}
-    val = scores[(scores["split"] == "val") & scores["config"].isin(multimnist)]
+        raise ValueError(f"budgets must be step counts in 1..{steps} (the study's {problem} steps), got {bad}")
+    configs = {c.name for c in design.configs() if c.problem == problem}
+    val = scores[(scores["split"] == "val") & scores["config"].isin(configs)]
     full = choose_learning_rates(val, design)
     full_rates = dict(zip(full[full["chosen"]]["config"], full[full["chosen"]]["lr"]))
     frames = []
     for budget in budgets:
-        shorter = dataclasses.replace(design, steps=budget)
+        shorter = dataclasses.replace(design, **{field_name: budget})
         choice = choose_learning_rates(val[val["step"] <= budget], shorter)
         curves = validation_curves(val[val["step"] <= budget], choice, shorter)
         if curves.empty:
@@ -459,6 +465,19 @@ def _moves_markdown(moves: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _family_markdown(ledger: pd.DataFrame) -> str:
+    parts = ledger[(ledger["part"] != "(claim)") & ledger["family_verdict"].notna() & (ledger["family_verdict"] != "")]
+    moved = parts[parts["family_verdict"] != parts["verdict"]]
+    lines = ["", "## Where the family-wise reading differs from the parts' own", "",
+             f"{len(moved)} of {len(parts)} parts read differently once Holm's correction is applied over the parts of each claim "
+             "(their own 95 % interval excludes the threshold, the Holm-adjusted p-value is not below 5 %)."]
+    if len(moved):
+        lines += ["", "| claim | part | estimate [95 % CI] | own verdict | Holm p | family-wise |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['claim']} | {r['part']} | {_interval(r)} | {r['verdict']} | {_p(r['p_holm'])} | {r['family_verdict']} |"
+                  for r in moved.to_dict("records")]
+    return "\n".join(lines) + "\n"
+
+
 def _sensitivity_markdown(table: pd.DataFrame) -> str:
     verdicts = m1_sensitivity_verdicts(table)
     lines = ["", "## M1 under other bounds and readings", "",
@@ -548,6 +567,8 @@ def write_ledger(
     def csv(name: str, table: pd.DataFrame) -> None:
         written.append(write_atomically(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g")))
 
+    if "family_verdict" in ledger:
+        text += _family_markdown(ledger)
     if previous is not None:
         text += _moves_markdown(verdict_moves(previous, ledger))
     if needs_rerun:
@@ -563,7 +584,7 @@ def write_ledger(
             written.append(write_atomically(out / f"{name}.csv", lambda tmp, t=tables[name]: t.to_csv(tmp, index=False)))
     if delta_m_intervals is not None and learning_rates is not None:
         picked = learning_rates[learning_rates["chosen"]][["config", "lr"]].rename(columns={"lr": "chosen_lr"})
-        methods = delta_m_intervals.merge(picked, on="config", how="left")
+        methods = delta_m_intervals.drop(columns=["chosen_lr"], errors="ignore").merge(picked, on="config", how="left")
         text += _methods_markdown(delta_m_intervals, learning_rates)
         csv("methods", methods)
     if tables is not None:
