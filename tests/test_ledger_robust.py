@@ -332,7 +332,7 @@ def test_ledger_only_recomputes_an_edited_ledger_and_reproduces_itself(ledger_fo
     part.update({"estimate": 0.892, "low": 99.0, "high": 233.0, "verdict": "supported"})
     (edited / "ledger.json").write_text(json.dumps(document))
     out = tmp_path / "out"
-    written, differences = ledger_only(edited, out)
+    _, differences = ledger_only(edited, out)
     assert any("MAO − dwa" in d for d in differences)
     row = pd.read_csv(out / "ledger.csv").set_index("part").loc["MAO − dwa"]
     assert (row["estimate"], row["low"], row["high"]) == pytest.approx((truth["estimate"], truth["low"], truth["high"]), rel=1e-5)
@@ -361,7 +361,7 @@ def test_an_older_ledger_folder_is_verified_from_its_intervals_and_lists_what_ne
     old.mkdir()
     source = DOCS / "previous" if (DOCS / "previous" / "ledger.json").is_file() else DOCS
     shutil.copy(source / "ledger.json", old / "ledger.json")
-    written, _ = ledger_only(old, tmp_path / "out")
+    ledger_only(old, tmp_path / "out")
     text = (tmp_path / "out" / "ledger.md").read_text()
     assert "Sections that need a rerun of the study" in text and "m1_sensitivity.csv" in text
     # a part whose estimate lies outside its own interval is refused, naming it

@@ -407,9 +407,9 @@ def m1_sensitivity(summary: pd.DataFrame, bounds: Sequence[float] = BALANCE_BOUN
     for reading in BALANCE_READINGS:
         for setting in _m1_settings(summary):
             mao, total = _by_seed(summary, f"{setting}.mao", reading), _by_seed(summary, f"{setting}.sum", reading)
-            difference = _safe(lambda: paired_interval(mao.dropna(), total.dropna()))
+            difference = _safe(lambda mao=mao, total=total: paired_interval(mao.dropna(), total.dropna()))
             rows.append(_sensitivity_row(reading, setting, "MAO − sum < 0", math.nan, 0.0, difference))
-            own = _safe(lambda: mean_interval(mao.dropna()))
+            own = _safe(lambda mao=mao: mean_interval(mao.dropna()))
             for bound in bounds:
                 rows.append(_sensitivity_row(reading, setting, f"MAO < {bound:g}", bound, bound, own))
     columns = ["reading", "setting", "part", "bound", "direction", "threshold", "estimate", "low", "high", "seeds", "verdict"]
@@ -572,7 +572,7 @@ def ledger_from_tables(delta_m: pd.DataFrame, balance: pd.DataFrame, final: pd.D
         parts.append(_part("M1", f"{setting}: MAO − sum, worst imbalance < 0", "paired difference of the max imbalance index",
                            paired(balance, "worst_imbalance", mao, total), "less"))
         parts.append(_part("M1", f"{setting}: MAO's worst imbalance < {BALANCE_THRESHOLD}", "max imbalance index over shared layers and steps",
-                           _safe(lambda: mean_interval(_by_seed(balance, mao, "worst_imbalance"))), "less", BALANCE_THRESHOLD))
+                           _safe(lambda mao=mao: mean_interval(_by_seed(balance, mao, "worst_imbalance"))), "less", BALANCE_THRESHOLD))
     for other in BALANCING:
         parts.append(_part("M2", f"MAO − {other}", "paired difference of Δm% (MultiMNIST, 4 tasks)", paired(dm, "delta_m", "mm4.mao", f"mm4.{other}"), "less"))
     others = ["sum", *BALANCING, "mao"]

@@ -108,8 +108,8 @@ def regenerate_command(design: StudyDesign) -> str:
     make = f'make study STUDY={out} STUDY_FLAGS="{" ".join(flags)}"' if flags else "make study"
     command = f"`{make}` (or `python -m mao_lab.study --workers 2 {' '.join(flags + [''])}--out {out}`)"
     if older:
-        command += (f"; it runs the current design, which chooses the rates on the tuning seeds {base.tuning_seeds} "
-                    f"(this study: {design.tuning_seeds})")
+        command += (f"; it runs the current design, which chooses the rates {_tuning_text(base)} "
+                    f"(this study: {_tuning_text(design)})")
     return command
 
 
@@ -134,7 +134,7 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
         lines += [SMOKE_WARNING, ""]
     lines += [
         f"Study: {len(design.seeds)} seeds ({', '.join(map(str, design.seeds))}), learning rates {', '.join(f'{lr:g}' for lr in design.lrs)} "
-        f"chosen on a validation split of the training data by the mean over {_tuning_text(design)}; {design.steps} steps of {design.batch_size} "
+        f"chosen on a validation split of the training data {_tuning_text(design)}; {design.steps} steps of {design.batch_size} "
         f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps.",
         f"Machine: {provenance.get('host', '?')}, {provenance.get('processor', '?')}, {provenance.get('cpu_count', '?')} CPUs, "
         f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, {provenance.get('workers', 0)} worker(s); "
@@ -183,9 +183,9 @@ def _p(value: Any) -> str:
 def _tuning_text(design: StudyDesign) -> str:
     seeds = ", ".join(map(str, design.tuning_seeds))
     if len(design.tuning_seeds) == 1:
-        return f"one seed ({seeds})"
+        return f"at seed {seeds} alone"
     finalists = "every rate" if design.finalists is None else f"the first seed's {design.finalists} best rates"
-    return f"the tuning seeds {seeds} (the others at {finalists})"
+    return f"by the mean over the tuning seeds {seeds} (the later ones at {finalists})"
 
 
 def _methods_markdown(intervals: pd.DataFrame, rates: pd.DataFrame) -> str:
@@ -509,7 +509,7 @@ def _sensitivity_markdown(table: pd.DataFrame) -> str:
 def _divergence_markdown(counts: pd.DataFrame, design: StudyDesign) -> str:
     lines = ["", "## Divergences (`divergences.csv`, per run in `outcomes.csv`)", "",
              "A run diverged if its loss became non-finite, or if its final validation criterion is worse than at step 0. "
-             f"Rates chosen by the mean over {_tuning_text(design)}; a rate at which a tuning seed diverged is never chosen.", "",
+             f"Rates chosen {_tuning_text(design)}; a rate at which a tuning seed diverged is never chosen.", "",
              f"{int(counts['diverged'].sum())} of {int(counts['runs'].sum())} runs diverged; "
              f"{int(counts['chosen_diverged'].sum())} of {int(counts['chosen_runs'].sum())} at the chosen rates.", "",
              "| configuration | runs | diverged (non-finite, worse than at step 0) | at the chosen rate |", "|---|---|---|---|"]
