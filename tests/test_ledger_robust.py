@@ -4,10 +4,12 @@ the committed per-seed tables (checked here with scipy.stats.t.interval, indepen
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,18 @@ from mao_lab.study._analysis import (
     run_outcomes,
 )
 from mao_lab.study._ledger import RECOMPUTE_TABLES, LedgerInputError, ledger_only, recompute_tables, write_ledger
-from test_study_stats import _synthetic_tables
+
+
+def load_test_module(name: str) -> ModuleType:
+    """A sibling test module by its path (the suite runs with --import-mode=importlib: tests/ is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"_loaded_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_synthetic_tables = load_test_module("test_study_stats")._synthetic_tables
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "claims"
 LEVEL = 0.95
