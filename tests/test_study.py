@@ -4,6 +4,7 @@ study runs end to end on the sweep machinery (then ``05_claims`` reads it under 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     document = json.loads((study / "ledger.json").read_text())
     assert document["smoke"] is True and document["provenance"]["threads_per_point"] == 1
     phases = document["provenance"]["phases"]
-    assert set(phases) == {"tuning", "final"} and all(p["finished_before"] == 0 and p["points"] > 0 for p in phases.values())
+    assert set(phases) == {"tuning", "tuning-seeds", "final"}
+    assert all(p["finished_before"] == 0 and p["points"] > 0 for p in phases.values())
     design = smoke_design()
     choice = pd.read_parquet(study / "learning_rates.parquet")
     assert choice.groupby("config")["chosen"].sum().eq(1).all()  # one rate per configuration
@@ -126,7 +128,13 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     assert (final.groupby("config")["seed"].nunique() == len(design.seeds)).all()  # every seed, paired
     assert set(runs["lr"]) == set(design.lrs)
     tuned = runs.merge(choice[~choice["chosen"]][["config", "lr"]], on=["config", "lr"])
-    assert set(tuned["seed"]) == {design.tuning_seed}  # the other rates ran at the tuning seed only
+    assert set(tuned["seed"]) <= set(design.tuning_seeds)  # the other rates ran at the tuning seeds only
+    # the second tuning seed ran the first seed's finalists only, and the chosen rate is one of them
+    second = runs[runs["seed"] == design.tuning_seeds[1]]
+    assert (second.groupby("config")["lr"].nunique() <= design.finalists).all()
+    assert (second.groupby("config")["lr"].nunique() == design.finalists).any()
+    picked = choice[choice["chosen"]]
+    assert (picked["seeds"] == len(design.tuning_seeds)).all()  # every chosen rate is a mean over both tuning seeds
     executed = sorted(p.name for p in study.glob("*/*/point.ipynb"))
     capsys.readouterr()
     assert main(["--smoke", "--out", str(study)]) == 0  # resumes: nothing runs again, the same ledger
@@ -168,6 +176,16 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
         levelling_by_budget(scores, design, [5])
     methods = pd.read_csv(docs / "methods.csv")
     assert set(methods["config"]) == {c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"}
+    # every interval of the smoke ledger, recomputed by scipy from the per-seed tables written beside it
+    spec = importlib.util.spec_from_file_location("_ledger_robust", Path(__file__).with_name("test_ledger_robust.py"))
+    assert spec is not None and spec.loader is not None
+    robust = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(robust)
+    assert robust.check_every_interval(docs) == 44
+    again = tmp_path / "docs-again"  # the ledger folder recomputes itself from its own tables, byte for byte
+    assert main(["--ledger-only", str(docs), "--out", str(again)]) == 0
+    assert (again / "ledger.csv").read_bytes() == (docs / "ledger.csv").read_bytes()
+    assert (again / "m1_sensitivity.csv").read_bytes() == (docs / "m1_sensitivity.csv").read_bytes()
 
     out = tmp_path / "claims"
     execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(study), "claim": "P4"})

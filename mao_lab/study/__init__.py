@@ -9,7 +9,23 @@
 """
 
 from ._design import MM4_TASKS, SINGLE_TASK_PREFIX, RunConfig, StudyDesign, full_design, smoke_design
-from ._analysis import BALANCE_THRESHOLD, CLAIMS, choose_learning_rates, claims_ledger, delta_m_runs, method_intervals, worst_balance
+from ._analysis import (
+    BALANCE_BOUNDS,
+    BALANCE_READINGS,
+    BALANCE_THRESHOLD,
+    CLAIMS,
+    balance_summary,
+    choose_learning_rates,
+    claims_ledger,
+    delta_m_runs,
+    divergence_counts,
+    ledger_from_tables,
+    m1_sensitivity,
+    m1_sensitivity_verdicts,
+    method_intervals,
+    run_outcomes,
+    worst_balance,
+)
 from ._figures import (
     ClaimsExplorer,
     balance_figure,
@@ -24,6 +40,11 @@ from ._figures import (
 )
 from . import _figures
 from ._ledger import (
+    RECOMPUTE_TABLES,
+    LedgerInputError,
+    ledger_only,
+    recompute_tables,
+    verdict_moves,
     BUDGET_FRACTIONS,
     LEVELLING_FRACTION,
     LEVELLING_STATUSES,
@@ -43,16 +64,37 @@ from ._stats import (
     Direction,
     Interval,
     Verdict,
+    claim_verdict,
     combine_verdicts,
+    family_verdicts,
+    holm,
     mean_interval,
+    p_value,
     paired_interval,
     verdict,
 )
 
 __all__ = [
     *_figures.__all__,  # the figures and the explorer, listed once where they are defined
+    "BALANCE_BOUNDS",
+    "BALANCE_READINGS",
     "BALANCE_THRESHOLD",
     "CLAIMS",
+    "RECOMPUTE_TABLES",
+    "LedgerInputError",
+    "balance_summary",
+    "claim_verdict",
+    "divergence_counts",
+    "family_verdicts",
+    "holm",
+    "ledger_from_tables",
+    "ledger_only",
+    "m1_sensitivity",
+    "m1_sensitivity_verdicts",
+    "p_value",
+    "recompute_tables",
+    "run_outcomes",
+    "verdict_moves",
     "POINT_NOTEBOOK",
     "StudyError",
     "choose_learning_rates",

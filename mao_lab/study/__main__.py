@@ -62,15 +62,18 @@ def _estimate(design: StudyDesign, args: argparse.Namespace) -> int:
 
 
 def _ledger_only(study_dir: Path, out: Path) -> int:
-    from ._ledger import levelling_by_budget, validation_curves, write_ledger
-    from ._study import load_study
+    from ._ledger import LedgerInputError, ledger_only
 
-    study = load_study(study_dir)
-    for path in write_ledger(out, study["ledger"], study["provenance"], study["design"],
-                             delta_m_intervals=study["delta_m_intervals"], learning_rates=study["learning_rates"],
-                             validation=validation_curves(study["scores"], study["learning_rates"], study["design"]),
-                             budgets=levelling_by_budget(study["scores"], study["design"])):
+    try:
+        written, differences = ledger_only(study_dir, out)
+    except LedgerInputError as error:
+        print(f"--ledger-only: {error}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
+    if differences:
+        print(f"--ledger-only: the stored ledger differs from the recomputed one in {len(differences)} row(s), e.g. "
+              f"{differences[0]}; the recomputed ledger was written", file=sys.stderr)
     return 0
 
 

@@ -118,8 +118,13 @@ class StudyDesign:
 
     Attributes:
         lrs: the learning-rate grid every configuration is tuned on (at least three values).
-        tuning_seed: the seed of the tuning runs; its run at the chosen rate is also final seed ``tuning_seed``.
-        seeds: the final seeds (the tuning seed among them), at least five in the full study.
+        tuning_seeds: the seeds the rate is chosen on (at least two in the full study): the criterion is the mean
+            over them, so one seed's luck does not choose a rate at which the others fail.  The first runs every
+            rate; the others run the ``finalists`` best rates by the first seed's criterion.  Each tuning seed's
+            run at the chosen rate is also that seed's final run.
+        finalists: how many rates (best first by the first tuning seed) the other tuning seeds run; ``None``:
+            every rate.  Two of three rates keep the full study within its 90 minutes (README).
+        seeds: the final seeds (the tuning seeds among them), at least five in the full study.
         steps: training steps of every MultiMNIST run (batches of ``batch_size``).
         regression_steps: training steps of every regression run.
         batch_size: the batch size of every run.
@@ -139,7 +144,8 @@ class StudyDesign:
     """
 
     lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    tuning_seed: int = 0
+    tuning_seeds: tuple[int, ...] = (0, 1)
+    finalists: int | None = 2
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int = 1200
     regression_steps: int = 1000
@@ -161,8 +167,12 @@ class StudyDesign:
     def __post_init__(self) -> None:
         if len(self.lrs) < 3 or len(set(self.lrs)) != len(self.lrs) or not all(lr > 0 for lr in self.lrs):
             raise ValueError(f"lrs must hold at least three different positive learning rates, got {self.lrs}")
-        if self.tuning_seed not in self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be different and include tuning_seed={self.tuning_seed}, got {self.seeds}")
+        if (not self.tuning_seeds or not set(self.tuning_seeds) <= set(self.seeds) or len(set(self.seeds)) != len(self.seeds)
+                or len(set(self.tuning_seeds)) != len(self.tuning_seeds)):
+            raise ValueError(f"seeds must be different and include the different tuning_seeds={self.tuning_seeds}, got {self.seeds}")
+        if self.finalists is not None and (isinstance(self.finalists, bool) or not isinstance(self.finalists, int)
+                                           or not 1 <= self.finalists <= len(self.lrs)):
+            raise ValueError(f"finalists must be None or an int in 1..{len(self.lrs)} (the rates), got {self.finalists!r}")
         if not self.smoke and len(self.seeds) < 5:
             raise ValueError(f"the full study needs at least 5 seeds, got {self.seeds}")
         for name in ("steps", "regression_steps", "batch_size", "num_train", "num_val", "num_test", "regression_samples",
@@ -193,9 +203,24 @@ class StudyDesign:
         raise KeyError(f"no configuration {name!r} in the design")
 
     @property
+    def tuning_seed(self) -> int:
+        """The first tuning seed: it runs every rate of the grid."""
+        return self.tuning_seeds[0]
+
+    @property
     def final_seeds(self) -> tuple[int, ...]:
-        """The seeds the final phase trains (the tuning seed's run is reused from the tuning phase)."""
-        return tuple(s for s in self.seeds if s != self.tuning_seed)
+        """The seeds the final phase trains (the tuning seeds' runs at the chosen rate are reused)."""
+        return tuple(s for s in self.seeds if s not in self.tuning_seeds)
+
+    @property
+    def tuning_runs_per_config(self) -> int:
+        """Runs of one configuration in the tuning phases: every rate at the first tuning seed, the finalists at
+        the others.
+
+        >>> StudyDesign().tuning_runs_per_config, StudyDesign(finalists=None).tuning_runs_per_config
+        (5, 6)
+        """
+        return len(self.lrs) + (len(self.tuning_seeds) - 1) * (self.finalists or len(self.lrs))
 
     def steps_of(self, config: RunConfig) -> int:
         return self.regression_steps if config.problem == "regression" else self.steps
@@ -206,9 +231,14 @@ class StudyDesign:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudyDesign:
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names - {"tuning_seed"})
         if unknown:
             raise ValueError(f"unknown design fields {unknown}; known: {sorted(names)}")
+        data = dict(data)
+        if "tuning_seed" in data:  # a study made before rates were chosen on several seeds: one tuning seed, every rate
+            if "tuning_seeds" in data:
+                raise ValueError("a design has tuning_seeds or the older tuning_seed, not both")
+            data["tuning_seeds"], data["finalists"] = [data.pop("tuning_seed")], None
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -226,6 +256,6 @@ def full_design() -> StudyDesign:
 def smoke_design() -> StudyDesign:
     """A tiny study with every configuration and claim, for CI: its numbers mean nothing."""
     return StudyDesign(
-        seeds=(0, 1), steps=4, regression_steps=4, batch_size=16, num_train=64, num_val=32, num_test=32,
+        seeds=(0, 1, 2), steps=4, regression_steps=4, batch_size=16, num_train=64, num_val=32, num_test=32,
         regression_samples=400, regression_val=64, eval_every=2, record_every=2, configs_per_point=100, smoke=True,
     )

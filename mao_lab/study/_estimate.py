@@ -69,7 +69,7 @@ def estimate_study(design: StudyDesign, workers: int = 2, *, sample_steps: int =
         points = [sum(costs[i : i + per_point]) + startup_seconds for i in range(0, len(costs), per_point)]
         return schedule(points, workers)
 
-    tuning = phase(len(design.lrs))
+    tuning = phase(design.tuning_runs_per_config)  # every rate at the first tuning seed, the finalists at the others
     final = phase(len(design.final_seeds))
     totals = {"tuning_s": tuning, "final_s": final, "total_s": tuning + final, "compute_s": float(
         table["run_s"].sum() * (len(design.lrs) + len(design.final_seeds))), "workers": float(workers)}

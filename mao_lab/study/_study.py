@@ -2,10 +2,11 @@
 
 ``python -m mao_lab.study`` (``make study``) calls :func:`run_study`:
 
-1. **tuning**: every configuration at every learning rate of the grid, at the tuning seed; the rates are
-   chosen on the validation split (:func:`~mao_lab.study.choose_learning_rates`);
-2. **final**: every configuration at its chosen rate, at the other seeds (the tuning seed's run at the
-   chosen rate is the same computation, so it is reused);
+1. **tuning**: every configuration at every learning rate of the grid, at the first tuning seed; then
+   **tuning-seeds**: the other tuning seeds at its ``finalists`` best rates; the rates are chosen on the
+   validation split by the mean over the tuning seeds (:func:`~mao_lab.study.choose_learning_rates`);
+2. **final**: every configuration at its chosen rate, at the other seeds (the tuning seeds' runs at the
+   chosen rate are the same computation, so they are reused);
 3. **ledger**: the tables, the per-method intervals and the claims ledger, written to the study folder.
 
 Each phase is one batch of papermill runs of ``notebooks/study/point.ipynb`` (:func:`mao_lab.sweep.run_sweep`,
@@ -31,9 +32,17 @@ from typing import Any
 import pandas as pd
 
 from ..notebook import ResultsFolder
-from ._analysis import choose_learning_rates, chosen_rates, claims_ledger, delta_m_runs, method_intervals, worst_balance
+from ._analysis import (
+    choose_learning_rates,
+    chosen_rates,
+    claims_ledger,
+    delta_m_runs,
+    finalist_rates,
+    method_intervals,
+    worst_balance,
+)
 from ._design import RunConfig, StudyDesign
-from ._ledger import levelling_by_budget, validation_curves, write_ledger
+from ._ledger import levelling_by_budget, recompute_tables, validation_curves, write_ledger
 
 __all__ = ["POINT_NOTEBOOK", "StudyError", "load_study", "provenance", "run_study"]
 
@@ -154,11 +163,16 @@ def run_study(
     tuning_runs = [(c, lr, design.tuning_seed) for c in design.configs() for lr in design.lrs]
     timings: dict[str, dict[str, Any]] = {}
     tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress, outputs, timings)
-    choice = choose_learning_rates(tuning["scores"], design)
+    # The other tuning seeds run the first seed's best rates; the rate is chosen on the mean over every tuning seed.
+    finalists = finalist_rates(choose_learning_rates(tuning["scores"], design, seeds=design.tuning_seeds[:1]), design)
+    seed_runs = [(c, lr, seed) for c in design.configs() for lr in finalists.get(c.name, []) for seed in design.tuning_seeds[1:]]
+    seeds = _run_phase("tuning-seeds", _points(design, seed_runs), out, client, threads, progress, outputs, timings)
+    tuned = {name: pd.concat([t for t in (tuning[name], seeds[name]) if len(t)], ignore_index=True) for name in TABLES}
+    choice = choose_learning_rates(tuned["scores"], design)
     rates = chosen_rates(choice)
     final_runs = [(c, rates[c.name], seed) for c in design.configs() if c.name in rates for seed in design.final_seeds]
     final = _run_phase("final", _points(design, final_runs), out, client, threads, progress, outputs, timings)
-    tables = {name: pd.concat([t for t in (tuning[name], final[name]) if len(t)], ignore_index=True) for name in TABLES}
+    tables = {name: pd.concat([t for t in (tuned[name], final[name]) if len(t)], ignore_index=True) for name in TABLES}
     for name, table in tables.items():
         results.save_table(table, name)
     results.save_table(choice, "learning_rates")
@@ -169,7 +183,8 @@ def run_study(
     write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
                  delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice,
                  validation=validation_curves(tables["scores"], choice, design),
-                 budgets=levelling_by_budget(tables["scores"], design))
+                 budgets=levelling_by_budget(tables["scores"], design),
+                 tables=recompute_tables(tables["scores"], tables["balance"], tables["runs"], design))
     return ledger
 
 
