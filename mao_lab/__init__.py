@@ -5,6 +5,7 @@ The public API is re-exported here; the modules with a leading underscore are pr
 
 from ._checkpoints import CheckpointError
 from ._mao import MAO
+from ._mao_functional import mao
 from ._observe import ObservableMixin, StepObserver, StepRecord
 from ._task_gradients import (
     TaskGradients,
@@ -27,6 +28,7 @@ __all__ = [
     "TaskUpdates",
     "as_task_losses",
     "compute_task_gradients",
+    "mao",
 ]
 
 __version__ = "0.1.0"
