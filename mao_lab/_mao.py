@@ -92,8 +92,8 @@ class MAO(ObservableMixin, Optimizer):
         reduction: ``"sum"`` adds the tasks' normalised steps, ``"mean"`` averages them.
         task_weights: optional ``w_k`` per task (default all 1).
         check_finite: refuse NaN/Inf gradients before touching anything (one fused reduction).
-        foreach: the ``torch._foreach_*`` implementation (default: on any device but the CPU, where
-            the per-tensor one is measured to be as fast; see :func:`mao_lab.mao`).
+        foreach: the ``torch._foreach_*`` implementation (default: on any device but the CPU, where the
+            single-tensor one is measured faster on the models where the update matters; see :func:`mao_lab.mao`).
         fused: torch's private fused CPU Adam kernel, one pass per parameter and task; used only when
             asked for, on a torch version it was verified with (otherwise a warning and foreach).
             ``foreach`` and ``fused`` cannot both be ``True``.
