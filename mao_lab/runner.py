@@ -41,7 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._files import FolderBusyError, FolderLock, publish_folder, recover_folder, staging_folder, write_atomically
 
@@ -557,6 +557,19 @@ def parse_parameters(items: Sequence[str]) -> dict[str, Any]:
     return parameters
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose every error is one line on stderr and exit code 2 (no usage block above it).
+
+    >>> OneLineArgumentParser(prog="demo").parse_args(["--nope"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def folder_argument(text: str) -> Path:
     """A folder given on the command line (argparse ``type=``): an empty one would silently mean ``.``."""
     if not text.strip():
@@ -565,7 +578,7 @@ def folder_argument(text: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mao_lab.runner", description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m mao_lab.runner", description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
     parser.add_argument("--smoke", action="store_true", help="run each notebook in its smoke setting (seconds)")
     parser.add_argument("--out", type=folder_argument, default=None, help="run folder (default: runs/<date-time>)")

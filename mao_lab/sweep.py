@@ -45,6 +45,7 @@ from .runner import (
     PROVENANCE_FILE,
     RESERVED_PARAMETERS,
     NotebookRunError,
+    OneLineArgumentParser,
     RunFolderBusyError,
     check_parameters,
     execute_notebook,
@@ -820,7 +821,7 @@ def _one_notebook(name: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mao_lab.sweep", description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m mao_lab.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("notebook", help="notebook name or prefix, e.g. 00_quickstart")
     parser.add_argument("-g", "--grid", action="append", default=[], metavar="NAME=V1,V2,...", help="a swept parameter")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="a fixed parameter")

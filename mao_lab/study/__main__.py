@@ -15,12 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..runner import folder_argument
+from ..runner import OneLineArgumentParser, folder_argument
 from ._design import StudyDesign, full_design, smoke_design
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mao_lab.study", description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m mao_lab.study", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=folder_argument, default=None, help="the study folder (default runs/study, or runs/study-smoke)")
     parser.add_argument("--smoke", action="store_true", help="the tiny study (seconds; its numbers mean nothing)")
     parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers (one thread each)")
