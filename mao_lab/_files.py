@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -129,7 +130,22 @@ def staging_folder(folder: Path) -> Path:
 
 
 def _is_mount_point(folder: Path) -> bool:
-    return folder.is_dir() and not folder.is_symlink() and os.path.ismount(folder)
+    """Whether ``folder`` is a mount point, bind mounts of the same file system included (``os.path.ismount``
+    compares devices, so it misses those; Linux lists every mount point in ``/proc/self/mountinfo``)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if os.path.ismount(folder):
+        return True
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    resolved = str(folder.resolve())
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == resolved:
+            return True
+    return False
 
 
 def publish_folder(staged: Path, folder: Path) -> Path:
