@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_MAX_TOTAL_BYTES",
     "MAX_GRID_POINTS",
     "PointResult",
+    "check_local_workers",
     "check_scheduler_address",
     "expand_grid",
     "local_cluster",
@@ -485,6 +486,8 @@ def _check_limits(max_file_bytes: int, max_total_bytes: int, cell_timeout: float
 
 def _resolve_target(outputs: str | Path | None, out: Path) -> str:
     """Where workers write the points: ``outputs`` (a checked URL, or a folder made absolute), else ``out``."""
+    if outputs is not None and not str(outputs).strip():  # "" would silently mean the current folder
+        raise ValueError("outputs is empty: give a folder or an fsspec URL, or leave it out to write into out_dir")
     target = str(outputs) if outputs is not None else str(out)
     if _is_url(target):
         _check_url(target)
@@ -726,6 +729,21 @@ def local_cluster(workers: int, *, dashboard: bool = False) -> Any:
     )
 
 
+def check_local_workers(workers: int, option: str = "--workers") -> int:
+    """Refuse a local cluster of a negative size, or of more than four processes per CPU core (a typo, not a plan:
+    every worker imports torch and runs notebook kernels).
+
+    >>> check_local_workers(2)
+    2
+    """
+    limit = 4 * (os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"{option} must be >= 0, got {workers!r}")
+    if workers > limit:
+        raise ValueError(f"{option} {workers} is more than 4 worker processes per CPU core of this machine ({limit})")
+    return workers
+
+
 def check_scheduler_address(address: str, option: str = "scheduler") -> str:
     """Refuse a Dask scheduler address that no client could reach, before anything is started.
 
@@ -838,8 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notebook = _one_notebook(args.notebook)
         grid = parse_grid(args.grid)
         fixed = parse_parameters(args.parameter)
-        if args.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        check_local_workers(args.workers)
         if args.workers and args.scheduler:
             raise ValueError("give --workers (a local cluster) or --scheduler (an existing one), not both")
         if args.cell_timeout is not None and not args.cell_timeout > 0:
@@ -855,6 +872,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--tls: no file {', '.join(missing)}")
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out {args.out} is a file, not a folder")
+        if args.outputs is not None:
+            _resolve_target(args.outputs, args.out.resolve())  # "" or an unknown URL protocol: refused now
         _check_sweep_parameters(notebook, expand_grid(grid), grid, fixed)
     except (ValueError, OSError) as error:
         parser.error(str(error))

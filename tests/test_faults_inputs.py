@@ -750,3 +750,42 @@ def test_the_shared_helpers_of_the_suite_can_fail() -> None:
         (path / "a").write_text("2")
         (path / "b").mkdir()
         assert snapshot(path) != before and tree(path) != paths
+
+
+# -- new hostile inputs of the same classes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--outputs", ""], "outputs is empty"),
+        (["--outputs", "nosuchproto://bucket/x"], "fsspec knows no protocol 'nosuchproto'"),
+        (["--workers", "100000"], "--workers 100000 is more than 4 worker processes per CPU core"),
+    ],
+    ids=["empty-outputs", "unknown-outputs-protocol", "huge-workers"],
+)
+def test_more_bad_sweep_options_are_one_line_and_create_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    from mao_lab.sweep import main as sweep_main
+
+    notebook = tiny_notebook(tmp_path)
+    line = one_line_exit_2(capsys, lambda: sweep_main([str(notebook), "-g", "x=1", *arguments, "--out", str(tmp_path / "out")]),
+                           "mao_lab.sweep")
+    assert message in line
+    assert tree(tmp_path) == ["tiny.ipynb"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [(["--outputs", " "], "--outputs is empty"), (["--workers", "100000"], "more than 4 worker processes per CPU core")],
+    ids=["empty-outputs", "huge-workers"],
+)
+def test_more_bad_study_options_are_one_line_and_create_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    from mao_lab.study.__main__ import main as study_main
+
+    line = one_line_exit_2(capsys, lambda: study_main(["--smoke", *arguments, "--out", str(tmp_path / "out")]), "mao_lab.study")
+    assert message in line
+    assert tree(tmp_path) == []

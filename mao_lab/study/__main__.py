@@ -58,10 +58,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _check_folders(args: argparse.Namespace) -> None:
     """Refuse, before anything is created, folders that cannot be what the options say they are."""
-    if args.scheduler is not None:
-        from ..sweep import check_scheduler_address
+    from ..sweep import check_local_workers, check_scheduler_address
 
+    check_local_workers(args.workers)
+    if args.scheduler is not None:
         check_scheduler_address(args.scheduler, "--scheduler")
+    if args.outputs is not None and not args.outputs.strip():
+        raise ValueError("--outputs is empty: give a folder or an fsspec URL, or leave it out")
     if args.workers and args.scheduler:
         raise ValueError("give --workers (a local cluster) or --scheduler (an existing one), not both")
     for option, folder in (("--out", args.out), ("--ledger-only", args.ledger_only)):
