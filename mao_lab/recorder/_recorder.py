@@ -192,7 +192,6 @@ class Recorder(_Watcher):
         self.errors: list[Exception] = []
         """Writes that failed during training steps (see :class:`RecorderWriteWarning`), oldest first."""
         self._names, self._order = _parameter_names(model)
-        _check_same_parameters(self._names, method)
         self._params_given = params is not None
         # An earlier run's files in run_dir, kept whole until this run first writes there.
         self._stale = False
