@@ -483,8 +483,8 @@ def parse_value(text: str) -> Any:
     Traceback (most recent call last):
     ...
     ValueError: malformed value '[1, 2': expected ',' or ']', but got '<stream end>' (line 1, column 6)
-    >>> parse_value("[&a [1,2,3,4,5,6,7,8,9,10], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b],"
-    ...             " [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]]")
+    >>> parse_value("[&a [1,2,3,4,5,6,7,8,9,10], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a],"
+    ...             " &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]]")
     Traceback (most recent call last):
     ...
     ValueError: value '[&a [1,2,3,4,5,6,7,8,9,10], &b'... refused: it expands to more than 10000 elements

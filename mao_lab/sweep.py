@@ -21,7 +21,6 @@ recorded as failed with the reason, does not stop the others, and runs again on 
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
@@ -154,7 +153,9 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     count = math.prod(len(values) for values in unique)
     if count > MAX_GRID_POINTS:
         sizes = " x ".join(f"{len(values)} {n}" for n, values in zip(names, unique))
-        raise ValueError(f"the grid has {count} points ({sizes}), more than {MAX_GRID_POINTS}: split it into several sweeps")
+        raise ValueError(
+            f"the grid has {count} points ({sizes}), more than {MAX_GRID_POINTS}: split it into several sweeps"
+        )
     points, seen = [], set()
     for combo in itertools.product(*unique):
         point = dict(zip(names, combo))
@@ -749,10 +750,10 @@ def check_scheduler_address(address: str, option: str = "scheduler") -> str:
 
     >>> check_scheduler_address("tls://10.0.0.5:8786")
     'tls://10.0.0.5:8786'
-    >>> check_scheduler_address("localhost")
+    >>> check_scheduler_address("localhost")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: scheduler 'localhost' is not a Dask scheduler address (expected tls://HOST:PORT or tcp://HOST:PORT): no port
+    ValueError: scheduler 'localhost' is not a Dask scheduler address (expected tls://HOST:PORT or ...): no port
     """
     from distributed.comm import registry
     from distributed.comm.addressing import parse_address, parse_host_port
@@ -834,7 +835,8 @@ def _one_notebook(name: str) -> Path:
     exact = [p for p in found if name in (p.stem, p.name)]
     found = exact or found
     if len(found) > 1:
-        raise ValueError(f"{name!r} names {len(found)} notebooks ({', '.join(p.stem for p in found)}); a sweep runs one")
+        stems = ", ".join(p.stem for p in found)
+        raise ValueError(f"{name!r} names {len(found)} notebooks ({stems}); a sweep runs one")
     return found[0]
 
 

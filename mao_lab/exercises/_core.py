@@ -171,7 +171,8 @@ def choice_feedback(answer: Any, truth: str, choices: Sequence[str], explanation
     valid = {normalise_label(c): c for c in choices}
     if label not in valid:
         shown = repr(answer) if len(repr(answer)) <= 80 else repr(answer)[:77] + "..."
-        return Feedback("incorrect", f"{shown} is not one of the choices: {', '.join(map(str, choices))}.", "not_a_choice")
+        listed = ", ".join(map(str, choices))
+        return Feedback("incorrect", f"{shown} is not one of the choices: {listed}.", "not_a_choice")
     if label == normalise_label(truth):
         return Feedback("correct", f"{valid[label]}. {explanation}")
     return Feedback("incorrect", f"not {valid[label]}.", "wrong_choice", hint)

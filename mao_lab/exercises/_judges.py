@@ -250,8 +250,8 @@ def _boolean(answer: Any) -> bool | None:
     """``True``/``False`` from a Python, numpy or one-element torch boolean; ``None`` for anything else."""
     if isinstance(answer, (bool, np.bool_)):
         return bool(answer)
-    if isinstance(answer, torch.Tensor) and answer.dtype == torch.bool and answer.numel() == 1 and answer.device.type != "meta":
-        return bool(answer.item())
+    if isinstance(answer, torch.Tensor) and answer.dtype == torch.bool and answer.numel() == 1:
+        return bool(answer.item()) if answer.device.type != "meta" else None
     return None
 
 

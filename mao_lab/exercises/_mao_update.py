@@ -323,7 +323,7 @@ def check_mao_update(function: object) -> Feedback:
             return Feedback("incomplete", "`mao_update` returns nothing yet: it must return (update, exp_avg, exp_avg_sq).")
         return Feedback("incorrect", f"`mao_update` returned {type(bad.value).__name__}, not three tensors.", "bad_return",
                         "Return a tuple of three tensors: `return update, exp_avg, exp_avg_sq`.")
-    except (Exception, SystemExit) as error:  # the participant's code failed (or called exit()): show it, do not raise
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the participant's code failed (or called exit()): show it
         message = " ".join(str(error).split())[:300]
         return Feedback("incorrect", f"`mao_update` raised {type(error).__name__}: {message}", "raised",
                         "Read the error; all the arguments are tensors of shape (T, ...) except step (an int).")

@@ -386,7 +386,11 @@ def load_multimnist(
 
 
 def _check_contents(
-    file: Path, images: np.ndarray, labels: tuple[np.ndarray, ...], indices: tuple[np.ndarray, ...], digits: np.ndarray | None
+    file: Path,
+    images: np.ndarray,
+    labels: tuple[np.ndarray, ...],
+    indices: tuple[np.ndarray, ...],
+    digits: np.ndarray | None,
 ) -> None:
     """Refuse a file whose arrays cannot be MultiMNIST: what ``build_multimnist.py`` writes always passes.
 
@@ -394,7 +398,9 @@ def _check_contents(
     does not exist, and a NaN pixel would turn every loss into NaN many steps later.
     """
     def refuse(problem: str) -> DataIntegrityError:
-        return DataIntegrityError(f"{file} is not a valid MultiMNIST file: {problem}. Rebuild it with: {REBUILD_COMMAND}")
+        return DataIntegrityError(
+            f"{file} is not a valid MultiMNIST file: {problem}. Rebuild it with: {REBUILD_COMMAND}"
+        )
 
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise refuse(f"its images have shape {images.shape}, not (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
@@ -421,7 +427,8 @@ def _verify_checksum(file: Path) -> None:
     expected: list[tuple[str, str]] = []  # (checksum, where it is recorded)
     sidecar = file.with_name(file.name + ".sha256")
     if sidecar.is_file():
-        expected.append(((sidecar.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower(), sidecar.name))
+        recorded = (sidecar.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower()
+        expected.append((recorded, sidecar.name))
     if file.resolve() == DEFAULT_MULTIMNIST_PATH.resolve():
         expected.append((MULTIMNIST_SHA256, "mao_lab.problems.MULTIMNIST_SHA256"))
     if not expected:

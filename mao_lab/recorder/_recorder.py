@@ -603,7 +603,8 @@ def _method_parameters(method: object) -> list[torch.Tensor] | None:
         return list(params)
     groups = getattr(method, "param_groups", None)
     if isinstance(groups, list):
-        return [p for group in groups for p in group.get("params", []) if isinstance(p, torch.Tensor) and p.requires_grad]
+        params = [p for group in groups for p in group.get("params", [])]
+        return [p for p in params if isinstance(p, torch.Tensor) and p.requires_grad]
     return None
 
 

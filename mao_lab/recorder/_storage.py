@@ -185,7 +185,8 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as error:  # noqa: BLE001 - pyarrow and pandas raise many kinds for a damaged file
-        raise RunFileError(f"{path} is not a readable metrics table ({type(error).__name__}: {_one_line(error)})") from None
+        reason = f"{type(error).__name__}: {_one_line(error)}"
+        raise RunFileError(f"{path} is not a readable metrics table ({reason})") from None
     missing = [c for c in empty_frame().columns if c not in frame.columns]
     if missing:
         raise RunFileError(f"{path} is not a recorder's metrics table: it lacks the column(s) {missing}")

@@ -92,8 +92,9 @@ def _readable_json_object(path: Path) -> None:
         raise ValueError(f"{path} is damaged ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
                          "restore it, or choose another folder") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path} is damaged (a JSON {type(value).__name__}, not an object); restore it, or choose "
-                         "another folder")
+        kind = type(value).__name__
+        message = f"{path} is damaged (a JSON {kind}, not an object); restore it, or choose another folder"
+        raise ValueError(message)  # noqa: TRY004 - bad data in a file, not a bad argument type
 
 
 def _estimate(design: StudyDesign, args: argparse.Namespace) -> int:
