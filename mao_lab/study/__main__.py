@@ -71,14 +71,13 @@ def _check_folders(args: argparse.Namespace) -> None:
         if folder is not None and folder.exists() and not folder.is_dir():
             raise ValueError(f"{option} {folder} is a file, not a folder")
     if args.ledger_only is not None:
+        # What the folder must hold is --ledger-only's own check (mao_lab.study._ledger); here only that it exists,
+        # so that nothing is created for a mistyped name.
         if not args.ledger_only.is_dir():
             raise ValueError(f"--ledger-only {args.ledger_only}: no such folder (give the folder of a finished study)")
-        if not (args.ledger_only / "provenance.json").is_file():
-            raise ValueError(f"--ledger-only {args.ledger_only} holds no finished study (no provenance.json): "
-                             f"run `python -m mao_lab.study --out {args.ledger_only}` first")
-    study = args.ledger_only if args.ledger_only is not None else args.out
-    for name in ("design.json", "provenance.json"):
-        path = study / name if study is not None else None
+        return
+    for name in ("design.json", "provenance.json"):  # a study to run or resume: its records must be readable
+        path = args.out / name if args.out is not None else None
         if path is not None and path.exists():
             _readable_json_object(path)
 
