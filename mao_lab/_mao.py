@@ -319,8 +319,21 @@ class MAO(ObservableMixin, Optimizer):
         self._check_groups(task_grads.num_tasks)
         if self.check_finite:
             task_grads.check_finite()
-        self._reserve_state(task_grads)
-        task_updates = self._update(task_grads, keep)
+        reserved = self._reserve_state(task_grads)
+        try:
+            task_updates = self._update(task_grads, keep)
+        except BaseException:
+            # Out of memory before the arithmetic began (mao() allocates its buffers before it modifies
+            # anything): the state goes back to what it was, so the step changed nothing.
+            if not self.__dict__.pop("_arithmetic_began", False):
+                for p, old in reserved:
+                    if old is None:
+                        del self.state[p]
+                    else:
+                        self.state[p] = old
+            raise
+        finally:
+            self.__dict__.pop("_arithmetic_began", None)
         for group in self.param_groups:
             group["num_tasks"] = task_grads.num_tasks
             group["task_names"] = task_grads.task_names
@@ -355,7 +368,7 @@ class MAO(ObservableMixin, Optimizer):
         return sum(step_counter_bytes() + 2 * len(tasks_of(p)) * p.numel() * p.element_size()
                    for p in self.trainable_params() if tasks_of(p))
 
-    def _reserve_state(self, task_grads: TaskGradients) -> None:
+    def _reserve_state(self, task_grads: TaskGradients) -> list[tuple[Tensor, dict[str, Any] | None]]:
         """Allocate the state this step adds (parameters stepped for the first time, tasks new to a
         parameter) in every group before committing any of it, after checking on CUDA that it fits.
 
@@ -388,6 +401,7 @@ class MAO(ObservableMixin, Optimizer):
             pending.append((p, {"step": step, "tasks": tasks, **moments}))
         for p, state in pending:  # the commit: no allocation from here on
             self.state[p] = state
+        return [(p, old) for p, old, _ in plans]  # what the commit replaced, to undo it
 
     # -- checks (before anything is modified) ------------------------------------------------------
 
@@ -433,8 +447,9 @@ class MAO(ObservableMixin, Optimizer):
             _check_implementation_flags(group.get("foreach"), group.get("fused"), f"MAO parameter group {g}")
         where = task_grads.index()
         kept: dict[int, Tensor] = {}
-        for group in self.param_groups:
-            lists = self._init_group(group, task_grads, where)
+        # Every group's lists (and the zero rows they need) before any group's arithmetic.
+        gathered = [(group, self._init_group(group, task_grads, where)) for group in self.param_groups]
+        for group, lists in gathered:
             if not lists.params:
                 continue
             beta1, beta2 = group["betas"]
@@ -445,6 +460,9 @@ class MAO(ObservableMixin, Optimizer):
                 lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
                 weight_decay=group["weight_decay"], task_updates_out=parts,
             )  # fmt: skip
+            # A later group running out of memory would leave this group stepped: no undo then.  (The first
+            # call allocates before it modifies; the single-tensor path allocates nothing after that.)
+            self.__dict__["_arithmetic_began"] = True
             if parts is not None:
                 kept.update(zip(lists.indices, parts))
         if not keep:

@@ -162,6 +162,11 @@ def _single_tensor_mao(
 ) -> None:
     """The rule one parameter and one task at a time, in the operations of ``torch.optim``'s
     ``_single_tensor_adam`` (so a row is updated exactly as Adam updates a parameter)."""
+    # Every buffer first, then the arithmetic: running out of memory leaves parameters and moments untouched.
+    # One row: Adam's addcdiv into the parameter.  Several: their sum first, then the parameter once.
+    deltas = [p if len(g) == 1 else torch.zeros_like(p, dtype=_accumulator_dtype(p)) for p, g in zip(params, grads)]
+    denoms = [torch.empty_like(v[0]) for v in exp_avg_sqs]
+    kept = [p.new_empty((len(g), *p.shape)) for p, g in zip(params, grads)] if task_updates_out is not None else None
     for i, param in enumerate(params):
         step_t = state_steps[i]
         step_t += 1
@@ -171,10 +176,8 @@ def _single_tensor_mao(
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         rows = len(grads[i])
-        # One row: Adam's addcdiv into the parameter.  Several: their sum first, then the parameter once.
-        delta = param if rows == 1 else torch.zeros_like(param, dtype=_accumulator_dtype(param))
-        denom = torch.empty_like(exp_avg_sqs[i][0])
-        parts = param.new_empty((rows, *param.shape)) if task_updates_out is not None else None
+        delta, denom = deltas[i], denoms[i]
+        parts = kept[i] if kept is not None else None
         for r, (grad, exp_avg, exp_avg_sq) in enumerate(zip(grads[i], exp_avgs[i], exp_avg_sqs[i])):
             exp_avg.lerp_(grad, 1 - beta1)  # m_k <- b1 m_k + (1 - b1) g_k
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v_k <- b2 v_k + (1 - b2) g_k^2
@@ -208,8 +211,16 @@ def _multi_tensor_mao(
     """:func:`_single_tensor_mao`'s operations on lists: for each task rank ``r``, row ``r`` of every
     parameter that has one, so that no call lists a tensor twice (foreach kernels may update the
     tensors of one call in parallel).  Tensors are grouped by device and dtype, as ``torch.optim`` does."""
+    groups = list(_by_device_and_dtype(params).values())
+    # The buffers of every group first, then the arithmetic (as in _single_tensor_mao).
+    deltas = {
+        i: params[i] if len(grads[i]) == 1 else torch.zeros_like(params[i], dtype=_accumulator_dtype(params[i]))
+        for i in range(len(params))
+    }
     parts: dict[int, Tensor] = {}
-    for indices in _by_device_and_dtype(params).values():
+    if task_updates_out is not None:
+        parts.update({i: params[i].new_empty((len(grads[i]), *params[i].shape)) for i in range(len(params))})
+    for indices in groups:
         steps = [state_steps[i] for i in indices]
         torch._foreach_add_(steps, 1.0)
         if weight_decay != 0:
@@ -217,12 +228,6 @@ def _multi_tensor_mao(
         counts = {i: float(step) for i, step in zip(indices, steps)}
         bias_correction1 = {i: 1 - beta1**t for i, t in counts.items()}
         bias_correction2_sqrt = {i: (1 - beta2**t) ** 0.5 for i, t in counts.items()}
-        deltas = {
-            i: params[i] if len(grads[i]) == 1 else torch.zeros_like(params[i], dtype=_accumulator_dtype(params[i]))
-            for i in indices
-        }
-        if task_updates_out is not None:
-            parts.update({i: params[i].new_empty((len(grads[i]), *params[i].shape)) for i in indices})
         for r in range(max(len(grads[i]) for i in indices)):
             ranked = [i for i in indices if len(grads[i]) > r]
             row_grads = [grads[i][r] for i in ranked]
