@@ -127,6 +127,7 @@ class NoTaskGradients(Method):
         self.adam.zero_grad()
         torch.stack(losses).sum().backward()
         self.adam.step()
+        self.adam.zero_grad(set_to_none=True)  # a method leaves no .grad behind (the next step refuses one)
         return StepRecord(names, torch.stack([loss.detach() for loss in losses]), None, None)
 
 
