@@ -41,15 +41,26 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from .._validate import Int, require
 from ._model import MultiTaskNet
 
-__all__ = ["Problem", "Split", "TaskMetric", "load_problem"]
+__all__ = [
+    "SPLITS",
+    "Problem",
+    "Split",
+    "TaskMetric",
+    "default_device",
+    "index_batches",
+    "load_problem",
+    "metric_rows",
+    "model_device",
+]
 
 Split = Literal["train", "validation", "test"]
 """The three splits: train on ``train``, choose learning rates on ``validation``, report on ``test``."""
@@ -101,7 +112,10 @@ class Problem(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, split: Split, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
-        """Every task's metrics on ``split`` (called without gradients, in ``eval`` mode)."""
+        """Every task's metrics on ``split`` (called without gradients, in ``eval`` mode).
+
+        ``model`` may live on a GPU: move the split's data where its parameters are
+        (:func:`model_device`, :meth:`to_device`)."""
 
     # -- optional ---------------------------------------------------------------------------------------
 
@@ -170,3 +184,52 @@ def load_problem(spec: str | Problem, **options: Any) -> Problem:
     if not isinstance(problem, Problem):
         raise ValueError(f"problem {spec!r}: {factory_name}(...) returned {type(problem).__name__}, not a Problem")
     return problem
+
+
+def default_device() -> torch.device:
+    """Where a run trains when no device is named: the current CUDA device when one is present, else the CPU.
+
+    >>> default_device().type in ("cpu", "cuda")
+    True
+    """
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters).
+
+    >>> model_device(nn.Linear(2, 2))
+    device(type='cpu')
+    """
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def metric_rows(metrics: Iterable[TaskMetric], **extra: Any) -> list[dict[str, Any]]:
+    """:class:`TaskMetric` s as rows of a table (``task, metric, value, higher_is_better``, then ``extra``).
+
+    >>> metric_rows([TaskMetric("a", "accuracy", 0.5, True)], split="val")
+    [{'task': 'a', 'metric': 'accuracy', 'value': 0.5, 'higher_is_better': True, 'split': 'val'}]
+    """
+    return [{**metric._asdict(), **extra} for metric in metrics]
+
+
+def index_batches(num_samples: int, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Row indices of full batches of ``batch_size``, epoch after epoch, without end.
+
+    Each epoch visits the rows in an order drawn from ``seed`` and the epoch's number only, so every
+    method trained with the same seed sees the same batches.  A last, smaller batch is dropped: every
+    step sees as many samples.
+
+    >>> batches = [b.tolist() for b, _ in zip(index_batches(5, 2, seed=0), range(4))]
+    >>> [len(b) for b in batches], len(set(batches[0] + batches[1]))
+    ([2, 2, 2, 2], 4)
+    """
+    require("num_samples", num_samples, Int(min=1))
+    require("batch_size", batch_size, Int(min=1))
+    size = min(batch_size, num_samples)
+    epoch = 0
+    while True:
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for start in range(0, num_samples - size + 1, size):
+            yield order[start : start + size]
+        epoch += 1
