@@ -25,16 +25,11 @@ from tqdm.auto import tqdm
 
 from .._validate import Int, require
 from ..methods import available
-from ..problems import (
-    MultiMNIST,
-    MultiMNISTProblem,
-    load_multimnist,
-    metric_rows,
-    seeded_init,
-)
+from ..problems import MultiMNIST, MultiMNISTProblem, load_multimnist
 from ..recorder import combine_runs
 from ._labels import SINGLE_TASK, method_label, run_name
-from ._training import Autocast, TrainingRun, resolve_device, train
+from ._problem import run_on_problem
+from ._training import Autocast, TrainingRun
 
 __all__ = ["MULTIMNIST_TASK_NAMES", "SCORE_COLUMNS", "compare_on_multimnist", "train_multimnist", "train_single_task"]
 
@@ -55,17 +50,8 @@ def _train(
     The network is seeded on its own (:func:`~mao_lab.problems.multimnist_model` with ``seed``), as these
     functions always did, so the method's random draws start from the fresh seed."""
     problem = MultiMNISTProblem(train_data, test, batch_size=batch_size, eval_batch_size=1000)
-    names = problem.task_names
-    target = resolve_device(device)
-
-    def build() -> torch.nn.Module:
-        with seeded_init(seed):
-            return problem.build_model(names)
-
-    return train(build, method, lambda model, batch: problem.task_losses(model, batch, names), steps=steps,
-                 batches=lambda s: problem.batches("train", seed=s), seed=seed, lr=lr,
-                 evaluate=lambda model: metric_rows(problem.evaluate(model, "test", names)), desc=label, device=target,
-                 autocast=autocast, **options)
+    return run_on_problem(problem, method, problem.task_names, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                          label=label, device=device, autocast=autocast, **options)
 
 
 def _scores(run: TrainingRun, method: str, seed: int) -> pd.DataFrame:

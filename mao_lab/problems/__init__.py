@@ -22,6 +22,7 @@ from ._interface import (
     load_problem,
     metric_rows,
     model_device,
+    verify_problem,
 )
 from ._landscape import (
     LANDSCAPE_EPS,
@@ -103,6 +104,7 @@ __all__ = [
     "reaches_pareto_set",
     "regression_model",
     "regression_problem",
+    "verify_problem",
     "seeded_init",
     "task_losses",
     "task_metrics",

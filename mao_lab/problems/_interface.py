@@ -60,6 +60,7 @@ __all__ = [
     "load_problem",
     "metric_rows",
     "model_device",
+    "verify_problem",
 ]
 
 Split = Literal["train", "validation", "test"]
@@ -85,6 +86,8 @@ class Problem(ABC):
         task_names: the tasks, in the order of the network's heads.
         description: one line on the data and the model, with their scale, for a ledger
             (``"5 000 MNIST digits, LeNet-style CNN"``).
+        train_size: optional, the number of training examples (the study counts epochs with it:
+            seconds per epoch, claim P4); ``None`` when unknown.
 
     Every method that takes ``tasks`` works on that subset of :attr:`task_names` (in that order) or on
     all tasks when it is ``None``: a single-task baseline is the same problem with one task.
@@ -93,6 +96,7 @@ class Problem(ABC):
     name: str = ""
     task_names: tuple[str, ...] = ()
     description: str = ""
+    train_size: int | None = None
 
     @abstractmethod
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
@@ -233,3 +237,59 @@ def index_batches(num_samples: int, batch_size: int, seed: int) -> Iterator[Tens
         for start in range(0, num_samples - size + 1, size):
             yield order[start : start + size]
         epoch += 1
+
+
+def verify_problem(problem: Problem, *, batch_size: int = 4) -> list[str]:
+    """Check ``problem`` against the interface on one small batch, the way the lab will call it; what it saw.
+
+    Builds the network for all tasks and for the first task alone, draws a training batch (twice with one
+    seed: the same batch), computes the losses (one finite scalar per task, by name) and their gradients, and
+    scores every split the problem has.  Raises ``ValueError`` naming the first thing that does not fit.
+
+    >>> from mao_lab.problems import regression_problem
+    >>> verify_problem(regression_problem(2, num_samples=100, num_val=20))[:2]
+    ['tasks: task0, task1', 'network: 8 shared parameter tensors, 2 heads']
+    """
+    def fail(message: str) -> ValueError:
+        return ValueError(f"problem {getattr(problem, 'name', '?')!r}: {message}")
+
+    missing = [m for m in ("build_model", "batches", "task_losses", "evaluate", "tasks_or_all") if not hasattr(problem, m)]
+    if missing:
+        raise ValueError(f"expected a Problem, got {type(problem).__name__} (no {', '.join(missing)})")
+    tasks = problem.tasks_or_all(None)
+    if len(tasks) < 1 or not all(isinstance(t, str) and t for t in tasks):
+        raise fail(f"task_names must be non-empty strings, got {tasks!r}")
+    seen = [f"tasks: {', '.join(tasks)}"]
+    model = problem.build_model(tasks)
+    if not hasattr(model, "shared_parameters") or getattr(model, "num_tasks", None) != len(tasks):
+        raise fail(f"build_model(tasks) must return a MultiTaskNet with one head per task ({len(tasks)}), got {model!r}")
+    seen.append(f"network: {len(list(model.shared_parameters()))} shared parameter tensors, {model.num_tasks} heads")
+    first = next(iter(problem.batches("train", seed=0, batch_size=batch_size)), None)
+    again = next(iter(problem.batches("train", seed=0, batch_size=batch_size)), None)
+    if first is None:
+        raise fail("batches('train') yielded nothing")
+    if repr(_to_device(first, torch.device("cpu"))) != repr(_to_device(again, torch.device("cpu"))):
+        raise fail("batches('train', seed=0) gave two different first batches: the seed must fix the order")
+    losses = problem.task_losses(model, first, tasks)
+    if not isinstance(losses, Mapping) or tuple(losses) != tasks:
+        raise fail(f"task_losses must return a dict of the tasks in order {tasks}, got {type(losses).__name__} "
+                   f"{list(losses) if isinstance(losses, Mapping) else ''}")
+    for task, loss in losses.items():
+        if not isinstance(loss, Tensor) or loss.dim() != 0 or not torch.isfinite(loss) or not loss.requires_grad:
+            raise fail(f"the loss of task {task!r} must be a finite scalar tensor with a gradient, got {loss!r}")
+    sum(losses.values()).backward()
+    seen.append("losses: " + ", ".join(f"{task} {float(loss.detach()):.4g}" for task, loss in losses.items()))
+    alone = problem.build_model(tasks[:1])
+    if set(problem.task_losses(alone, first, tasks[:1])) != {tasks[0]}:
+        raise fail(f"task_losses(model, batch, ({tasks[0]!r},)) must return that task's loss only")
+    for split in ("validation", "test"):
+        try:
+            with torch.no_grad():
+                metrics = problem.evaluate(model.eval(), split, tasks)
+        except ValueError as error:  # a split the problem does not have
+            seen.append(f"{split}: none ({error})")
+            continue
+        if not all(hasattr(m, "higher_is_better") for m in metrics) or {m.task for m in metrics} != set(tasks):
+            raise fail(f"evaluate(model, {split!r}) must return TaskMetrics for every task, got {metrics!r}")
+        seen.append(f"{split}: " + ", ".join(f"{m.task} {m.metric} {m.value:.4g}" for m in metrics))
+    return seen

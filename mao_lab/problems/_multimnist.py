@@ -589,6 +589,7 @@ class MultiMNISTProblem(Problem):
                 allowed = "an int >= 1" + (" or None" if option == "eval_batch_size" else "")
                 raise ValueError(f"{option} must be {allowed}, got {value!r}")
         self.task_names = tuple(train.tasks)
+        self.train_size = len(train)
         self.splits: dict[str, MultiMNIST | None] = {"train": train, "validation": validation, "test": test}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -664,15 +665,15 @@ def multimnist_problem(
 ) -> MultiMNISTProblem:
     """The shipped MultiMNIST as a problem (``"mao_lab.problems:multimnist_problem"``): the first ``num_train``
     images of the training file to train on, its last ``num_val`` to validate on (never the test file), and the
-    first ``num_test`` test images.
+    first ``num_test`` test images (``num_val=0``: no validation split, all ``num_train`` <= 10000 to train on).
 
     >>> problem = multimnist_problem(("left", "right"), num_train=64, num_val=16, num_test=16)
     >>> [len(problem.split(s)) for s in ("train", "validation", "test")], dict(problem.task_sets())
     ([64, 16, 16], {'same_nature': ('left', 'right')})
     """
-    for option, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{option} must be an int >= 1, got {value!r}")
+    for option, value, least in (("num_train", num_train, 1), ("num_val", num_val, 0), ("num_test", num_test, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{option} must be an int >= {least}, got {value!r}")
     whole = load_multimnist(path, split="train", tasks=tuple(tasks))
     if num_train + num_val > len(whole):
         raise ValueError(f"num_train + num_val = {num_train + num_val} exceeds the {len(whole)} training images")
@@ -682,5 +683,6 @@ def multimnist_problem(
                           whole.left_index[part], whole.right_index[part])
 
     test = load_multimnist(path, split="test", tasks=tuple(tasks), limit=num_test)
-    return MultiMNISTProblem(rows(slice(0, num_train)), test, rows(slice(len(whole) - num_val, None)),
-                             batch_size=batch_size, eval_batch_size=eval_batch_size)
+    validation = rows(slice(len(whole) - num_val, None)) if num_val else None
+    return MultiMNISTProblem(rows(slice(0, num_train)), test, validation, batch_size=batch_size,
+                             eval_batch_size=eval_batch_size)

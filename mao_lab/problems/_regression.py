@@ -304,6 +304,7 @@ class RegressionProblem(Problem):
         self.metrics = tuple(metrics)
         x, ys = data.split("train")
         cut = len(x) - num_val
+        self.train_size = cut
         self._splits: dict[str, tuple[Tensor, list[Tensor]] | None] = {
             "train": (x[:cut], [y[:cut] for y in ys]),
             "validation": (x[cut:], [y[cut:] for y in ys]) if num_val else None,
