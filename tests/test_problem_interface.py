@@ -32,14 +32,17 @@ from mao_lab.problems import (
     RegressionProblem,
     TaskMetric,
     evaluate_multimnist,
+    index_batches,
     load_multimnist,
     load_problem,
     multimnist_model,
     multimnist_problem,
     regression_model,
     regression_problem,
+    seeded_loader,
     task_losses,
     task_metrics,
+    verify_problem,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -274,3 +277,31 @@ def test_problem_splits_metrics_and_task_sets() -> None:
     with pytest.raises(ValueError, match="without a validation split"):
         RegressionProblem(ImbalancedRegression(2, num_samples=100)).evaluate(regression_model(2), "validation")
     assert isinstance(problem, Problem) and "MultiMNIST" in problem.description
+
+
+def test_seeded_loader_gives_index_batches_order_with_worker_processes() -> None:
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(50)
+    data = torch.utils.data.TensorDataset(x, y)
+    loaded = [batch for batch, _ in zip(seeded_loader(data, 8, seed=4, num_workers=1, pin_memory=False), range(9))]
+    expected = [rows for rows, _ in zip(index_batches(50, 8, seed=4), range(9))]  # 9 batches: into a second epoch
+    for (bx, by), rows in zip(loaded, expected, strict=True):
+        assert torch.equal(bx, x[rows]) and torch.equal(by, y[rows])
+
+
+def test_verify_problem_names_what_does_not_fit() -> None:
+    class Unkeyed(RegressionProblem):
+        def task_losses(self, model, batch, tasks=None):
+            return list(super().task_losses(model, batch, tasks).values())  # a list, not a dict by task
+
+    class Unseeded(RegressionProblem):
+        def batches(self, split, *, seed=0, batch_size=None):
+            return super().batches(split, seed=int(torch.randint(0, 10**6, ())), batch_size=batch_size)
+
+    data = ImbalancedRegression(2, num_samples=100, in_dim=8, out_dim=4)
+    lines = verify_problem(RegressionProblem(data, num_val=20))
+    assert lines[0] == "tasks: task0, task1" and lines[-1].startswith("test: task0 normalised_mse")
+    with pytest.raises(ValueError, match="task_losses must return a dict of the tasks"):
+        verify_problem(Unkeyed(data, num_val=20))
+    with pytest.raises(ValueError, match="the seed must fix the order"):
+        verify_problem(Unseeded(data, num_val=20))

@@ -26,11 +26,10 @@ from mao_lab.study import (
     run_study,
     smoke_design,
 )
-from mao_lab.study._design import problem_design, read_study_file
-from mao_lab.study._study import gpu_resources
 from mao_lab.study.__main__ import main
+from mao_lab.study._design import problem_design, read_study_file
 from mao_lab.study._runs import _PathMeter, problem_of
-from mao_lab.study._study import POINT_NOTEBOOK
+from mao_lab.study._study import POINT_NOTEBOOK, gpu_resources
 
 
 def test_runs_with_one_seed_start_from_one_network_and_are_repeatable() -> None:

@@ -22,6 +22,7 @@ from ._interface import (
     load_problem,
     metric_rows,
     model_device,
+    seeded_loader,
     verify_problem,
 )
 from ._landscape import (
@@ -104,6 +105,7 @@ __all__ = [
     "reaches_pareto_set",
     "regression_model",
     "regression_problem",
+    "seeded_loader",
     "verify_problem",
     "seeded_init",
     "task_losses",

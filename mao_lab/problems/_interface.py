@@ -60,6 +60,7 @@ __all__ = [
     "load_problem",
     "metric_rows",
     "model_device",
+    "seeded_loader",
     "verify_problem",
 ]
 
@@ -237,6 +238,42 @@ def index_batches(num_samples: int, batch_size: int, seed: int) -> Iterator[Tens
         for start in range(0, num_samples - size + 1, size):
             yield order[start : start + size]
         epoch += 1
+
+
+class _SeededBatchSampler(torch.utils.data.Sampler):
+    """The row lists of :func:`index_batches`, for a ``DataLoader``'s ``batch_sampler``."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (rows.tolist() for rows in index_batches(self.num_samples, self.batch_size, self.seed))
+
+
+def seeded_loader(
+    dataset: torch.utils.data.Dataset, batch_size: int, seed: int, *, num_workers: int = 0,
+    pin_memory: bool | None = None, collate_fn: Any = None,
+) -> Iterator[Any]:
+    """An endless stream of training batches of ``dataset`` in :func:`index_batches`' order, from a ``DataLoader``
+    that keeps a GPU fed: ``num_workers`` processes load the next batches while the GPU trains, in pinned memory
+    (by default when CUDA is present) so that :meth:`Problem.to_device` copies them without blocking.
+
+    The order depends on ``seed`` only, whatever ``num_workers``: a problem's ``batches("train", seed=...)`` can
+    return it as it is.
+
+    >>> data = torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10) * 10)
+    >>> x, y = next(seeded_loader(data, batch_size=4, seed=0))
+    >>> rows = next(index_batches(10, 4, seed=0))
+    >>> torch.equal(x, torch.arange(10.0)[rows]), torch.equal(y, 10 * rows)
+    (True, True)
+    """
+    require("batch_size", batch_size, Int(min=1))
+    require("num_workers", num_workers, Int(min=0))
+    pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+    sampler = _SeededBatchSampler(len(dataset), batch_size, seed)  # type: ignore[arg-type]
+    options: dict[str, Any] = {} if collate_fn is None else {"collate_fn": collate_fn}
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, **options)
+    return iter(loader)
 
 
 def verify_problem(problem: Problem, *, batch_size: int = 4) -> list[str]:
