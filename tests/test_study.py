@@ -286,6 +286,9 @@ def test_a_bad_problem_path_or_option_exits_2(tmp_path: Path, capsys: pytest.Cap
     file.write_text('problem = "mao_lab.problems:regression_problem"\n[options]\nnum_taks = 3\n')
     assert main(["--smoke", "--study-file", str(file), "--out", str(tmp_path / "out")]) == 2
     assert "num_taks" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    if not torch.cuda.is_available():  # points that would run here, on a device that is not here
+        assert main(["--smoke", "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+        assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_points_hold_one_gpu_on_a_dask_cluster_only_where_workers_offer_one() -> None:

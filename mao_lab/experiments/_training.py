@@ -169,6 +169,14 @@ def train(
     ...               batches=tensor_batches(x, ys, batch_size=16), evaluate=test, record_every=2)
     >>> again.evaluations["value"].tolist() == run.evaluations.query("step != 3")["value"].tolist()  # the same run
     True
+
+    On a problem (:class:`~mao_lab.problems.Problem`), its network, batches and losses, scored on a split:
+
+    >>> from mao_lab.problems import regression_problem
+    >>> problem = regression_problem(2, num_samples=200, num_val=40, batch_size=16)
+    >>> run = train(problem, "mao", steps=2, evaluate="validation", device="cpu", autocast="bf16")
+    >>> run.evaluations[["step", "task", "metric"]].values.tolist()[:2], run.train_losses["loss"].dtype
+    ([[0, 'task0', 'normalised_mse'], [0, 'task1', 'normalised_mse']], dtype('float64'))
     """
     _check_arguments(method_name, steps, seed, record_every, eval_every)
     problem = build_model if isinstance(build_model, Problem) else None

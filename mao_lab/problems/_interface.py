@@ -8,7 +8,10 @@ task names.  Optionally it says which task sets are of one nature and which of d
 
 Write one by subclassing :class:`Problem` (``docs/your-problem.md`` walks through it); the lab finds it
 by an import path ``"package.module:factory"`` (:func:`load_problem`), where ``factory(**options)``
-returns the problem.
+returns the problem.  Helpers: :func:`index_batches` (a seeded order of full batches, epoch after epoch),
+:func:`seeded_loader` (the same order from a ``DataLoader`` with worker processes and pinned memory),
+:func:`model_device` (where to move evaluation data), :func:`metric_rows` (metrics as table rows) and
+:func:`verify_problem` (a problem checked the way the lab calls it).
 
 >>> class Toy(Problem):
 ...     name = "toy"
