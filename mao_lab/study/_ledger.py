@@ -85,7 +85,8 @@ def problem_line(design: StudyDesign) -> str:
     if not design.problem:
         return ("the shipped MultiMNIST (`mao_lab.problems:multimnist_problem`) and GradNorm's regression "
                 "(`mao_lab.problems:regression_problem`)")
-    return f"`{design.problem}` ({design.description or 'no description'}), options {dict(design.problem_options)}"
+    options = dict(sorted(dict(design.problem_options).items()))  # sorted: design.json keeps its keys sorted
+    return f"`{design.problem}` ({design.description or 'no description'}), options {options}"
 
 
 def regenerate_command(design: StudyDesign) -> str:
