@@ -277,6 +277,61 @@ def test_a_problem_design_has_its_settings_and_refuses_what_does_not_fit() -> No
     assert "all.grouping3" in [c.name for c in default.configs()] and len(default.seeds) == 5
 
 
+class _TwoMetrics:
+    task_names = ("a", "b")
+    description = "task a has two metrics"
+
+    def task_sets(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+
+def test_rates_are_chosen_on_the_tuning_seeds_against_a_reference_per_task_and_metric() -> None:
+    """Your problem's task ``a`` has two metrics: the multi-task criterion at each tuning seed is Δm% against the
+    baselines' mean over the tuning seeds at their chosen rate, per (task, metric), written out here by hand."""
+    from mao_lab.study._analysis import choose_learning_rates, tuning_criteria
+
+    design = problem_design(_TwoMetrics(), "pkg.mod:factory", settings={"methods": ["sum", "mao"]}, smoke=True)
+    assert design.tuning_seeds == (0, 1)
+    rng = np.random.default_rng(7)
+    metrics = {"a": [("acc", True), ("err", False)], "b": [("mse", False)]}
+    rows, values = [], {}
+    for config in design.configs():
+        for lr in design.lrs:
+            for seed in design.tuning_seeds:
+                accuracy = float(rng.uniform(0.5, 0.9))
+                for task in config.tasks:
+                    for metric, higher in metrics[task]:
+                        # acc and err agree, so a baseline's rate is the same whichever metric ranks it
+                        value = accuracy if metric == "acc" else 1 - accuracy if metric == "err" else float(rng.uniform(1, 3))
+                        values[(config.name, lr, seed, task, metric)] = value
+                        rows.append({"config": config.name, "lr": lr, "seed": seed, "task": task, "metric": metric,
+                                     "value": value, "higher_is_better": higher, "split": "val", "step": design.steps})
+    scores = pd.DataFrame(rows)
+    # the baselines by hand: the rate with the best mean over both tuning seeds, then each metric's mean there
+    reference = {}
+    for task in ("a", "b"):
+        metric, higher = metrics[task][0]
+        sign = -1 if higher else 1
+        means = {lr: np.mean([sign * values[(f"all.single-{task}", lr, s, task, metric)] for s in (0, 1)]) for lr in design.lrs}
+        best = min(means, key=means.get)
+        for metric, higher in metrics[task]:
+            reference[(task, metric)] = (np.mean([values[(f"all.single-{task}", best, s, task, metric)] for s in (0, 1)]), higher)
+    criteria = tuning_criteria(scores, design).set_index(["config", "lr", "seed"])["criterion"]
+    for config in ("all.sum", "all.mao"):
+        for lr in design.lrs:
+            for seed in (0, 1):
+                changes = {}
+                for (task, metric), (base, higher) in reference.items():
+                    change = 100 * (values[(config, lr, seed, task, metric)] - base) / base
+                    changes.setdefault(task, []).append(-change if higher else change)
+                by_hand = np.mean([np.mean(c) for c in changes.values()])  # metrics within a task first, then tasks
+                assert criteria.loc[(config, lr, seed)] == pytest.approx(by_hand, rel=1e-9)
+    choice = choose_learning_rates(scores, design)
+    picked = choice[choice["chosen"] & (choice["config"] == "all.sum")]
+    mean = {lr: (criteria.loc[("all.sum", lr, 0)] + criteria.loc[("all.sum", lr, 1)]) / 2 for lr in design.lrs}
+    assert float(picked["lr"].iloc[0]) == min(mean, key=mean.get) and int(picked["seeds"].iloc[0]) == 2
+
+
 @pytest.mark.parametrize("text, message", [
     ("steps = 4\nbogus = 1\n", r"unknown key\(s\) \['bogus'\]"),
     ("steps = 'many'\n", "steps must be training steps"),
@@ -341,4 +396,19 @@ def test_the_smoke_study_of_your_problem_runs_from_a_study_file(tmp_path: Path) 
     assert "all: MAO's worst imbalance" in ledger
     dm = pd.read_parquet(study / "delta_m.parquet")
     assert set(dm["config"]) == {"all.sum", "all.mao", "all.ius", "all.io", "all.grouping2"}
-    assert json.loads((study / "provenance.json").read_text())["device"] == "cpu"
+    provenance = json.loads((study / "provenance.json").read_text())
+    assert provenance["device"] == "cpu"
+    # the rates are chosen on both tuning seeds on your problem too: seed 1 ran the first seed's finalists only
+    assert design.tuning_seeds == (0, 1) and set(provenance["phases"]) == {"tuning", "tuning-seeds", "final"}
+    assert provenance["phases"]["tuning-seeds"]["points"] > 0
+    second = runs[runs["seed"] == 1].groupby("config")["lr"].nunique()
+    assert (second == design.finalists).all() and len(second) == len(design.configs())
+    choice = pd.read_parquet(study / "learning_rates.parquet")
+    assert (choice[choice["chosen"]]["seeds"] == 2).all()
+    # the ledger recomputes itself from its per-seed tables, byte for byte, and still names the problem
+    docs, again = tmp_path / "docs", tmp_path / "docs-again"
+    assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0
+    assert main(["--ledger-only", str(docs), "--out", str(again)]) == 0
+    for name in ("ledger.csv", "ledger.md", "m1_sensitivity.csv", "divergences.csv", "delta_m.csv", "test_metrics.csv"):
+        assert (docs / name).read_bytes() == (study / name).read_bytes() == (again / name).read_bytes(), name
+    assert "Problem: `mao_lab.problems:regression_problem`" in (again / "ledger.md").read_text()
