@@ -6,6 +6,7 @@ The public API is re-exported here; the modules with a leading underscore are pr
 from ._checkpoints import CheckpointError
 from ._mao import MAO
 from ._memory import state_bytes
+from ._mao_functional import mao
 from ._observe import ObservableMixin, StepObserver, StepRecord
 from ._task_gradients import (
     TaskGradients,
@@ -29,6 +30,7 @@ __all__ = [
     "as_task_losses",
     "compute_task_gradients",
     "state_bytes",
+    "mao",
 ]
 
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ from ._distributed import DistributedSetting
 from ._gradient_path import GradientPath
 from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 from ._loss_scaling import LossScaleOverflow, check_eps_for_dtypes, loss_scale, report_found_inf
+from ._mao_functional import mao
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
     GradientReserve,
@@ -51,11 +52,37 @@ _GROUP_CHECKS = {name: h.check for name, h in {**ADAM_HYPERPARAMETERS, **MAO_HYP
 class MAO(ObservableMixin, Optimizer):
     r"""Multi-Adaptive Optimization: per-task Adam normalisation of every parameter, then a sum.
 
-    For every parameter ``p`` and every task ``k`` that reaches it, with ``g_k = dL_k/dp``::
+    .. math::
+       \begin{aligned}
+            &\rule{110mm}{0.4pt}                                                                  \\
+            &\textbf{input}: \gamma \text{ (lr)}, \beta_1, \beta_2 \text{ (betas)}, \epsilon \text{ (eps)},
+                \lambda \text{ (weight decay)}, \theta_0 \text{ (params)},
+                f_1, \dots, f_T \text{ (task losses)}                                              \\
+            &\hspace{13mm} w_1, \dots, w_T \text{ (task weights, default 1)}, \:
+                s = 1 \text{ (reduction="sum") or } 1/T \text{ (reduction="mean")}               \\
+            &\textbf{initialize}: \text{per parameter } \theta \text{ and task } k:
+                m_{0,k} \leftarrow 0, \: v_{0,k} \leftarrow 0 \text{ (when } k \text{ first reaches } \theta)\\
+            &\rule{110mm}{0.4pt}                                                                  \\
+            &\textbf{for} \: t = 1 \: \textbf{to} \: \ldots \: \textbf{do}
+                \text{ (per parameter: the steps at which some task reaches } \theta)              \\
+            &\hspace{5mm}\theta_t \leftarrow \theta_{t-1} (1 - \gamma \lambda)                   \\
+            &\hspace{5mm}\textbf{for} \: k \in K(\theta)
+                \text{ (the tasks that have reached } \theta) \: \textbf{do}                      \\
+            &\hspace{10mm}g_{t,k} \leftarrow \nabla_{\theta} f_k (\theta_{t-1})
+                \text{ (0 if } k \text{ does not reach } \theta \text{ at this step)}            \\
+            &\hspace{10mm}m_{t,k} \leftarrow \beta_1 m_{t-1,k} + (1 - \beta_1) g_{t,k}            \\
+            &\hspace{10mm}v_{t,k} \leftarrow \beta_2 v_{t-1,k} + (1 - \beta_2) g^2_{t,k}          \\
+            &\hspace{10mm}\widehat{m_{t,k}} \leftarrow m_{t,k} / \big(1 - \beta_1^t \big)        \\
+            &\hspace{10mm}\widehat{v_{t,k}} \leftarrow v_{t,k} / \big(1 - \beta_2^t \big)        \\
+            &\hspace{10mm}u_{t,k} \leftarrow \widehat{m_{t,k}} / \big(\sqrt{\widehat{v_{t,k}}} + \epsilon \big) \\
+            &\hspace{5mm}\theta_t \leftarrow \theta_t - \gamma \, s \sum_{k \in K(\theta)} w_k u_{t,k} \\
+            &\rule{110mm}{0.4pt}                                                                  \\[-1.ex]
+            &\bf{return} \: \theta_t                                                             \\[-1.ex]
+            &\rule{110mm}{0.4pt}                                                                  \\[-1.ex]
+       \end{aligned}
 
-        m_k <- b1 m_k + (1 - b1) g_k          v_k <- b2 v_k + (1 - b2) g_k^2
-        u_k  = (m_k / (1 - b1^t)) / (sqrt(v_k / (1 - b2^t)) + eps)
-        p   <- p - lr * sum_k w_k u_k          (``reduction="mean"`` divides by T)
+    In optax terms: per-task ``scale_by_adam``, then a (weighted) sum.  The arithmetic is
+    :func:`mao_lab.mao`'s, as ``torch.optim.Adam``'s is ``torch.optim.adam.adam``'s.
 
     With one task this is exactly Adam (AdamW with ``weight_decay``); multiplying a task's loss by a
     positive constant does not change the trajectory (up to ``eps``).  A parameter that only one task
@@ -77,6 +104,11 @@ class MAO(ObservableMixin, Optimizer):
             or a ``ProcessGroup`` / the ``DistributedDataParallel`` module to average over its group.
         max_grad_norm: clip all the tasks' gradients together to this norm (``None``: no clipping).
         max_task_grad_norm: clip each task's gradient to this norm, before its moments see it.
+        foreach: the ``torch._foreach_*`` implementation (default: on any device but the CPU, where the
+            single-tensor one is measured faster on the models where the update matters; see :func:`mao_lab.mao`).
+        fused: torch's private fused CPU Adam kernel, one pass per parameter and task; used only when
+            asked for, on a torch version it was verified with (otherwise a warning and foreach).
+            ``foreach`` and ``fused`` cannot both be ``True``.
 
     Use it by handing the per-task losses to :meth:`step`; it computes the per-task gradients itself:
 
@@ -113,12 +145,16 @@ class MAO(ObservableMixin, Optimizer):
         distributed: Any = None,
         max_grad_norm: float | None = None,
         max_task_grad_norm: float | None = None,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
+        _check_implementation_flags(foreach, fused, "MAO")
         given = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, reduction=reduction,
                      task_weights=task_weights)
         defaults = checked({**ADAM_HYPERPARAMETERS, **MAO_HYPERPARAMETERS}, given, "MAO")
         # Fixed by the first step; kept in param_groups so that state_dict carries them.
         defaults.update(num_tasks=None, task_names=None)
+        defaults.update(foreach=foreach, fused=fused)  # as Adam keeps them: state_dict carries them
         super().__init__(params, defaults)
         self.check_finite = check_finite
         self._distributed = DistributedSetting(distributed)
@@ -283,8 +319,21 @@ class MAO(ObservableMixin, Optimizer):
         self._check_groups(task_grads.num_tasks)
         if self.check_finite:
             task_grads.check_finite()
-        self._reserve_state(task_grads)
-        task_updates = self._update(task_grads, keep)
+        reserved = self._reserve_state(task_grads)
+        try:
+            task_updates = self._update(task_grads, keep)
+        except BaseException:
+            # Out of memory before the arithmetic began (mao() allocates its buffers before it modifies
+            # anything): the state goes back to what it was, so the step changed nothing.
+            if not self.__dict__.pop("_arithmetic_began", False):
+                for p, old in reserved:
+                    if old is None:
+                        del self.state[p]
+                    else:
+                        self.state[p] = old
+            raise
+        finally:
+            self.__dict__.pop("_arithmetic_began", None)
         for group in self.param_groups:
             group["num_tasks"] = task_grads.num_tasks
             group["task_names"] = task_grads.task_names
@@ -319,7 +368,7 @@ class MAO(ObservableMixin, Optimizer):
         return sum(step_counter_bytes() + 2 * len(tasks_of(p)) * p.numel() * p.element_size()
                    for p in self.trainable_params() if tasks_of(p))
 
-    def _reserve_state(self, task_grads: TaskGradients) -> None:
+    def _reserve_state(self, task_grads: TaskGradients) -> list[tuple[Tensor, dict[str, Any] | None]]:
         """Allocate the state this step adds (parameters stepped for the first time, tasks new to a
         parameter) in every group before committing any of it, after checking on CUDA that it fits.
 
@@ -352,6 +401,7 @@ class MAO(ObservableMixin, Optimizer):
             pending.append((p, {"step": step, "tasks": tasks, **moments}))
         for p, state in pending:  # the commit: no allocation from here on
             self.state[p] = state
+        return [(p, old) for p, old, _ in plans]  # what the commit replaced, to undo it
 
     # -- checks (before anything is modified) ------------------------------------------------------
 
@@ -392,17 +442,29 @@ class MAO(ObservableMixin, Optimizer):
     # -- the update ----------------------------------------------------------------------------------
 
     def _update(self, task_grads: TaskGradients, keep: bool) -> TaskUpdates | None:
+        """Gather each group's lists (as ``torch.optim.Adam`` does in ``_init_group``), then :func:`mao`."""
+        for g, group in enumerate(self.param_groups):  # before anything is modified
+            _check_implementation_flags(group.get("foreach"), group.get("fused"), f"MAO parameter group {g}")
         where = task_grads.index()
         kept: dict[int, Tensor] = {}
-        for group in self.param_groups:
-            # Like Adam with p.grad None, a parameter no task reached at this step is left alone.
-            slots = [
-                _Slot(p, where[id(p)], self._prepared_state(p, task_grads.tasks[where[id(p)]]))
-                for p in group["params"]
-                if id(p) in where and task_grads.tasks[where[id(p)]]
-            ]
-            if slots:
-                kept.update(_update_group(_GroupHyper.of(group, task_grads.num_tasks), slots, task_grads, keep))
+        # Every group's lists (and the zero rows they need) before any group's arithmetic.
+        gathered = [(group, self._init_group(group, task_grads, where)) for group in self.param_groups]
+        for group, lists in gathered:
+            if not lists.params:
+                continue
+            beta1, beta2 = group["betas"]
+            parts: list[Tensor] | None = [] if keep else None
+            mao(
+                lists.params, lists.grads, lists.exp_avgs, lists.exp_avg_sqs, lists.state_steps,
+                task_weights=lists.task_weights, foreach=group.get("foreach"), fused=group.get("fused"),
+                lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], task_updates_out=parts,
+            )  # fmt: skip
+            # A later group running out of memory would leave this group stepped: no undo then.  (The first
+            # call allocates before it modifies; the single-tensor path allocates nothing after that.)
+            self.__dict__["_arithmetic_began"] = True
+            if parts is not None:
+                kept.update(zip(lists.indices, parts))
         if not keep:
             return None
         order = sorted(kept)
@@ -412,6 +474,28 @@ class MAO(ObservableMixin, Optimizer):
             tuple(self.state[task_grads.params[i]]["tasks"] for i in order),
             tuple(kept[i] for i in order),
         )
+
+    def _init_group(self, group: Mapping[str, Any], task_grads: TaskGradients, where: Mapping[int, int]) -> _GroupLists:
+        """The lists :func:`mao` takes for one group: the parameters some task reached at this step (like
+        Adam with ``p.grad`` None, one no task reached is left alone), their state, created or widened,
+        each row's gradient (zeros for a task of the state that did not reach ``p`` now) and factor."""
+        num_tasks = task_grads.num_tasks
+        scale = 1.0 / num_tasks if group["reduction"] == "mean" else 1.0
+        weights = group["task_weights"]
+        lists = _GroupLists([], [], [], [], [], [], [])
+        for p in group["params"]:
+            i = where.get(id(p))
+            if i is None or not task_grads.tasks[i]:
+                continue
+            state = self._prepared_state(p, task_grads.tasks[i])
+            lists.params.append(p)
+            lists.grads.append(_aligned_rows(task_grads, i, state["tasks"]))
+            lists.exp_avgs.append(state["exp_avg"])
+            lists.exp_avg_sqs.append(state["exp_avg_sq"])
+            lists.state_steps.append(state["step"])
+            lists.task_weights.append(tuple((1.0 if weights is None else weights[k]) * scale for k in state["tasks"]))
+            lists.indices.append(i)
+        return lists
 
     def _prepared_state(self, p: Tensor, reaching: tuple[int, ...]) -> dict[str, Any]:
         """The state of ``p``, created or widened so that it holds moments for every task reaching ``p``.
@@ -436,6 +520,12 @@ class MAO(ObservableMixin, Optimizer):
                 state[key] = widened
             state["tasks"] = tasks
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # groups saved before MAO had these flags
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
@@ -491,192 +581,37 @@ def _check_param_state(p: Tensor, saved: Mapping[str, Any], where: str) -> None:
         check_tensor(saved[key], f"{where}: {key}", (len(tasks), *p.shape))
 
 
-# -- the rule, per parameter group --------------------------------------------------------------------
+def _check_implementation_flags(foreach: object, fused: object, where: str) -> None:
+    """``foreach`` and ``fused``: each ``None`` or a bool, and not both ``True`` (as for ``torch.optim.Adam``)."""
+    for name, value in (("foreach", foreach), ("fused", fused)):
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{where}: {name} must be None, True or False, got {value!r}")
+    if foreach and fused:
+        raise RuntimeError(f"{where}: `fused` and `foreach` cannot be `True` together.")
+
+
+# -- gathering the lists --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _GroupHyper:
-    """A parameter group's hyperparameters as the update uses them."""
-
-    lr: float  # the step size of one task's normalised step (lr, divided by T for reduction="mean")
-    beta1: float
-    beta2: float
-    eps: float
-    decay: float  # what decoupled weight decay multiplies p by, once per step
-    weights: tuple[float, ...] | None
-
-    @classmethod
-    def of(cls, group: Mapping[str, Any], num_tasks: int) -> _GroupHyper:
-        lr = float(group["lr"])
-        beta1, beta2 = group["betas"]
-        scale = 1.0 / num_tasks if group["reduction"] == "mean" else 1.0
-        return cls(lr * scale, beta1, beta2, group["eps"], 1.0 - lr * group["weight_decay"], group["task_weights"])
-
-    def task_lr(self, k: int) -> float:
-        """The step size of task ``k``: ``lr * w_k``."""
-        return self.lr if self.weights is None else self.lr * self.weights[k]
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """A parameter updated at this step: the tensor, its position in the gradients, its state."""
-
-    param: Tensor
-    index: int
-    state: dict[str, Any]
-
-    @property
-    def tasks(self) -> tuple[int, ...]:
-        return self.state["tasks"]
-
-
-def _update_group(hyper: _GroupHyper, slots: list[_Slot], task_grads: TaskGradients, keep: bool) -> dict[int, Tensor]:
-    """Advance the step counts, decay, and update; with ``keep``, return each parameter's per-task parts.
-
-    Recorded steps take the plain rule (:func:`_plain_update`), which yields the parts; the others
-    take the fast paths, checked against it by ``tests/test_mao.py``.
-    """
-    torch._foreach_add_([slot.state["step"] for slot in slots], 1.0)
-    if hyper.decay != 1.0:
-        torch._foreach_mul_([slot.param for slot in slots], hyper.decay)
-    if keep:
-        return {slot.index: _plain_update(slot, _aligned_rows(task_grads, slot), hyper) for slot in slots}
-    fused = [slot for slot in slots if _fusable(slot, hyper)]
-    if fused:
-        _fused_update(fused, task_grads, hyper)
-    rest = [slot for slot in slots if not _fusable(slot, hyper)]
-    if rest:
-        _foreach_update(rest, task_grads, hyper)
-    return {}
-
-
-def _plain_update(slot: _Slot, grads: tuple[Tensor, ...], hyper: _GroupHyper) -> Tensor:
-    """The rule as the class docstring (and ``docs/references.md`` §1) writes it, one task at a time;
-    returns the parts ``lr w_k u_k``.
-
-    ``grads`` holds this step's gradient of every task of the state (zeros for a task that did not
-    reach the parameter this time).  The step count has been advanced already.
-    """
-    t = float(slot.state["step"])
-    parts = []
-    for row, (k, g) in enumerate(zip(slot.tasks, grads)):
-        m, v = slot.state["exp_avg"][row], slot.state["exp_avg_sq"][row]
-        m.mul_(hyper.beta1).add_(g, alpha=1 - hyper.beta1)  # m_k <- b1 m_k + (1 - b1) g_k
-        v.mul_(hyper.beta2).addcmul_(g, g, value=1 - hyper.beta2)  # v_k <- b2 v_k + (1 - b2) g_k^2
-        m_hat = m / (1 - hyper.beta1**t)
-        v_hat = v / (1 - hyper.beta2**t)
-        u = m_hat / (v_hat.sqrt() + hyper.eps)
-        parts.append(hyper.task_lr(k) * u)
-    stacked = torch.stack(parts)
-    slot.param.sub_(stacked.sum(0))  # p <- p - lr sum_k w_k u_k
-    return stacked
-
-
-_FUSED_DTYPES = (torch.float32, torch.float64)
-
-
-def _fusable(slot: _Slot, hyper: _GroupHyper) -> bool:
-    """Does ``slot`` take the fused CPU Adam kernel?  Where several tasks meet (or tasks are weighted),
-    on the CPU, in single or double precision, in contiguous memory (the kernel reads flat arrays).
-
-    A parameter one task reaches keeps Adam's own arithmetic instead (:func:`_foreach_update`), bit for
-    bit; half precision too: accumulating ``T`` steps into ``p`` one by one would round ``T`` times.
-    """
-    p, state = slot.param, slot.state
-    return (
-        (len(slot.tasks) > 1 or hyper.weights is not None)
-        and p.device.type == "cpu"
-        and p.dtype in _FUSED_DTYPES
-        and p.is_contiguous()
-        and all(state[key].is_contiguous() and state[key].dtype == p.dtype for key in ("exp_avg", "exp_avg_sq"))
-    )
-
-
-@dataclass
-class _AdamKernelArgs:
-    """The tensor lists of one ``torch._fused_adam_`` call (one entry per parameter and task)."""
+class _GroupLists:
+    """What :func:`mao` takes for one parameter group, and where each parameter is in the gradients."""
 
     params: list[Tensor]
-    grads: list[Tensor]
+    grads: list[tuple[Tensor, ...]]
     exp_avgs: list[Tensor]
     exp_avg_sqs: list[Tensor]
-    steps: list[Tensor]
+    state_steps: list[Tensor]
+    task_weights: list[tuple[float, ...]]
+    indices: list[int]
 
 
-def _fused_update(slots: list[_Slot], task_grads: TaskGradients, hyper: _GroupHyper) -> None:
-    """``p -= lr w_k u_k`` for every task ``k`` in turn, one fused-Adam pass per (parameter, task).
-
-    The CPU kernel handles the tensors of its lists one after the other, so listing ``p`` once per
-    task accumulates the tasks' steps into ``p`` in place: no stacked copy of the gradients, no
-    per-task temporaries.  The step counter is shared by the tasks; one call per distinct step size.
-    """
-    calls: dict[float, _AdamKernelArgs] = {}
-    for slot in slots:
-        rows = _aligned_rows(task_grads, slot)
-        for k, g, m, v in zip(slot.tasks, rows, slot.state["exp_avg"].unbind(0), slot.state["exp_avg_sq"].unbind(0)):
-            args = calls.setdefault(hyper.task_lr(k), _AdamKernelArgs([], [], [], [], []))
-            args.params.append(slot.param)
-            args.grads.append(g if g.is_contiguous() else g.contiguous())
-            args.exp_avgs.append(m)
-            args.exp_avg_sqs.append(v)
-            args.steps.append(slot.state["step"])
-    for task_lr, args in calls.items():
-        torch._fused_adam_(
-            args.params, args.grads, args.exp_avgs, args.exp_avg_sqs, [], args.steps,
-            lr=task_lr, beta1=hyper.beta1, beta2=hyper.beta2, weight_decay=0.0, eps=hyper.eps,
-            amsgrad=False, maximize=False,
-        )  # fmt: skip
-
-
-def _foreach_update(slots: list[_Slot], task_grads: TaskGradients, hyper: _GroupHyper) -> None:
-    """The rule on stacked per-task moments with foreach ops (CUDA, half precision, single tasks)."""
-    params = [slot.param for slot in slots]
-    grads = [_aligned_stack(task_grads, slot) for slot in slots]
-    exp_avgs = [slot.state["exp_avg"] for slot in slots]
-    exp_avg_sqs = [slot.state["exp_avg_sq"] for slot in slots]
-    torch._foreach_lerp_(exp_avgs, grads, 1 - hyper.beta1)
-    torch._foreach_mul_(exp_avg_sqs, hyper.beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - hyper.beta2)
-
-    counts = [float(slot.state["step"]) for slot in slots]
-    step_sizes = [hyper.lr / (1 - hyper.beta1**t) for t in counts]
-    denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denoms, [math.sqrt(1 - hyper.beta2**t) for t in counts])
-    torch._foreach_add_(denoms, hyper.eps)
-
-    # A parameter one task reaches, unweighted: Adam's own update (addcdiv), so that it is Adam's bit for bit.
-    adam = [j for j, slot in enumerate(slots) if len(slot.tasks) == 1 and hyper.weights is None]
-    if adam:
-        torch._foreach_addcdiv_([params[j] for j in adam], [exp_avgs[j][0] for j in adam],
-                                [denoms[j][0] for j in adam], [-step_sizes[j] for j in adam])
-    several = [j for j in range(len(slots)) if j not in set(adam)]
-    if not several:
-        return
-    # Each task's normalised step u_k = m_k / denom_k, times its step size lr / (1 - b1^t) and weight.
-    task_steps = torch._foreach_div([exp_avgs[j] for j in several], [denoms[j] for j in several])
-    torch._foreach_mul_(task_steps, [step_sizes[j] for j in several])
-    if hyper.weights is not None:
-        for j, u in zip(several, task_steps):
-            w = torch.tensor([hyper.weights[k] for k in slots[j].tasks], dtype=u.dtype, device=u.device)
-            u.mul_(w.view(-1, *([1] * (u.dim() - 1))))
-    torch._foreach_sub_([params[j] for j in several], [u.sum(0) for u in task_steps])
-
-
-def _aligned_rows(task_grads: TaskGradients, slot: _Slot) -> tuple[Tensor, ...]:
-    """This step's gradient of every task of the slot's state, zeros for tasks that did not reach it."""
-    rows, grad_tasks = task_grads.rows(slot.index), task_grads.tasks[slot.index]
-    if grad_tasks == slot.tasks:
+def _aligned_rows(task_grads: TaskGradients, i: int, state_tasks: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """This step's gradient of parameter ``i`` for every task of its state, zeros for tasks that did not
+    reach it (their moments decay as if their gradient had been tracked as zero)."""
+    rows, grad_tasks = task_grads.rows(i), task_grads.tasks[i]
+    if grad_tasks == state_tasks:
         return rows
     by_task = dict(zip(grad_tasks, rows))
-    zeros = torch.zeros_like(slot.param, memory_format=torch.contiguous_format)
-    return tuple(by_task.get(k, zeros) for k in slot.tasks)
-
-
-def _aligned_stack(task_grads: TaskGradients, slot: _Slot) -> Tensor:
-    """:func:`_aligned_rows`, stacked: shape ``(len(slot.tasks), *p.shape)``."""
-    grads, grad_tasks = task_grads.grads[slot.index], task_grads.tasks[slot.index]
-    if grad_tasks == slot.tasks:
-        return grads
-    out = grads.new_zeros((len(slot.tasks), *grads.shape[1:]))
-    out[[slot.tasks.index(k) for k in grad_tasks]] = grads
-    return out
+    zeros = torch.zeros_like(task_grads.params[i], memory_format=torch.contiguous_format)
+    return tuple(by_task.get(k, zeros) for k in state_tasks)

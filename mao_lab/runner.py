@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -40,7 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._files import FolderBusyError, FolderLock, publish_folder, recover_folder, staging_folder, write_atomically
 
@@ -92,6 +93,8 @@ def find_notebooks(names: Sequence[str] = (), notebook_dir: Path = NOTEBOOK_DIR)
         return every
     chosen = []
     for name in names:
+        if not name.strip():  # every name starts with "": it would run every notebook, which no one asked for
+            raise ValueError(f"empty notebook name {name!r}; name a notebook (or give none to run them all)")
         if name.endswith(".ipynb") and Path(name).is_file():
             chosen.append(Path(name).resolve())
             continue
@@ -388,16 +391,91 @@ def _yaml12_loader() -> type:
 
     def integer(loader: Any, node: Any) -> int:
         text = loader.construct_scalar(node)
+        if len(text.lstrip("+-")) > MAX_NUMBER_DIGITS:
+            raise _ValueRefused(f"an integer of {len(text)} digits (at most {MAX_NUMBER_DIGITS})")
         if text.startswith(("0o", "0x")):
             return int(text, 0)
         return int(text, 10)
 
+    def real(loader: Any, node: Any) -> float:
+        text = loader.construct_scalar(node)
+        value = float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
+                      .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan"))
+        if math.isinf(value) and "inf" not in text.lower():
+            raise _ValueRefused(f"{text} is beyond the largest float (write .inf for infinity)")
+        return value
+
+    def mapping(loader: Any, node: Any) -> dict[Any, Any]:
+        keys = [loader.construct_object(key, deep=True) for key, _ in node.value]
+        seen: list[Any] = []
+        for key in keys:
+            if key in seen:
+                raise _ValueRefused(f"the key {key!r} is given twice")
+            seen.append(key)
+        return loader.construct_mapping(node, deep=True)
+
     Loader.add_constructor("tag:yaml.org,2002:int", integer)
+    Loader.add_constructor("tag:yaml.org,2002:float", real)
+    Loader.add_constructor("tag:yaml.org,2002:map", mapping)
     return Loader
+
+
+# What one command-line value may expand to: YAML anchors and aliases can make a few hundred characters
+# stand for 10^8 elements (an "alias bomb"), which would hang the runner, papermill or a sweep's grid.
+MAX_VALUE_ELEMENTS = 10_000
+MAX_VALUE_DEPTH = 50
+MAX_NUMBER_DIGITS = 400
+# The tags of the YAML 1.2 core schema (what JSON can hold too); ``!!binary``, ``!!set``, ``!!timestamp``
+# and the like would reach a notebook as a value it cannot be given as a parameter.
+_CORE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
+
+
+class _ValueRefused(Exception):
+    """A well-formed YAML value that is no parameter: too large, too deep, recursive or of another type."""
+
+
+def _check_value_graph(root: Any) -> None:
+    """Refuse a composed YAML value that expands beyond the limits, refers to itself or has a non-core tag.
+
+    The count is that of the value once every alias is expanded, computed without expanding it (each
+    node's expanded size is remembered), so a bomb is refused in microseconds.
+    """
+    import yaml
+
+    seen: dict[int, tuple[int, int]] = {}  # node -> (elements once expanded, levels below it)
+    open_nodes: set[int] = set()
+
+    def visit(node: Any, depth: int) -> tuple[int, int]:
+        if node.tag not in _CORE_TAGS:
+            raise _ValueRefused(f"the tag {node.tag!r} (only strings, numbers, booleans, null, lists and maps)")
+        key = id(node)
+        if key in open_nodes:
+            raise _ValueRefused("it contains itself (a recursive alias)")
+        size, height = seen.get(key) or (1, 0)
+        if key not in seen and not isinstance(node, yaml.ScalarNode):
+            open_nodes.add(key)
+            children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+            for child in children:
+                child_size, child_height = visit(child, depth + 1)
+                size, height = size + child_size, max(height, child_height + 1)
+                if size > MAX_VALUE_ELEMENTS:
+                    raise _ValueRefused(f"it expands to more than {MAX_VALUE_ELEMENTS} elements")
+            open_nodes.discard(key)
+        seen[key] = (size, height)
+        if depth + height > MAX_VALUE_DEPTH:
+            raise _ValueRefused(f"it is nested more than {MAX_VALUE_DEPTH} levels deep")
+        return size, height
+
+    if root is not None:
+        visit(root, 0)
 
 
 def parse_value(text: str) -> Any:
     """A command-line value as its user means it: YAML 1.2 (so also JSON), one line of error if malformed.
+
+    A value is refused when it expands to more than :data:`MAX_VALUE_ELEMENTS` elements (anchors and aliases
+    included), nests deeper than :data:`MAX_VALUE_DEPTH`, refers to itself, repeats a key, or carries a tag
+    outside the core schema (``!!binary``, ``!!set``, ``!!timestamp``, ...).
 
     >>> parse_value("1e-3"), parse_value("3"), parse_value("true"), parse_value("no"), parse_value("[1, 1e2]")
     (0.001, 3, True, 'no', [1, 100.0])
@@ -405,16 +483,56 @@ def parse_value(text: str) -> Any:
     Traceback (most recent call last):
     ...
     ValueError: malformed value '[1, 2': expected ',' or ']', but got '<stream end>' (line 1, column 6)
+    >>> parse_value("[&a [1,2,3,4,5,6,7,8,9,10], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a],"
+    ...             " &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]]")
+    Traceback (most recent call last):
+    ...
+    ValueError: value '[&a [1,2,3,4,5,6,7,8,9,10], &b'... refused: it expands to more than 10000 elements
     """
     import yaml
 
+    if _bracket_depth(text) > MAX_VALUE_DEPTH:  # before PyYAML's recursive parser spends seconds on it
+        raise ValueError(f"value {_shown(text)} refused: it is nested more than {MAX_VALUE_DEPTH} levels deep")
+    loader = _yaml12_loader()(text)
     try:
-        return yaml.load(text, Loader=_yaml12_loader())  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        _check_value_graph(node)
+        return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ValueError(f"malformed value {text!r}: {problem}{where}") from None
+        raise ValueError(f"malformed value {_shown(text)}: {problem}{where}") from None
+    except _ValueRefused as error:
+        raise ValueError(f"value {_shown(text)} refused: {error}") from None
+    except RecursionError:
+        raise ValueError(f"value {_shown(text)} refused: it is nested too deeply") from None
+    except ValueError as error:  # e.g. an integer beyond Python's conversion limit
+        raise ValueError(f"malformed value {_shown(text)}: {error}") from None
+    finally:
+        loader.dispose()
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` outside quotes (a flow-style value's depth, read in one pass)."""
+    depth = deepest = 0
+    quote = ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _shown(text: str, limit: int = 30) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters (a value can be long)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def parse_assignment(item: str, what: str = "parameter") -> tuple[str, str]:
@@ -439,20 +557,42 @@ def parse_parameters(items: Sequence[str]) -> dict[str, Any]:
     return parameters
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose every error is one line on stderr and exit code 2 (no usage block above it).
+
+    >>> OneLineArgumentParser(prog="demo").parse_args(["--nope"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def folder_argument(text: str) -> Path:
+    """A folder given on the command line (argparse ``type=``): an empty one would silently mean ``.``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty folder name: name a folder")
+    return Path(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mao_lab.runner", description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m mao_lab.runner", description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
     parser.add_argument("--smoke", action="store_true", help="run each notebook in its smoke setting (seconds)")
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<date-time>)")
+    parser.add_argument("--out", type=folder_argument, default=None, help="run folder (default: runs/<date-time>)")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="extra notebook parameter (VALUE read as YAML 1.2 / JSON: -p lr=1e-3 -p sigmas=[1,100])")
     args = parser.parse_args(argv)
     try:
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a folder")
         notebooks = find_notebooks(args.notebooks)
         extra = parse_parameters(args.parameter)
         for notebook in notebooks:
             check_parameters(notebook, [*extra, "smoke", "output_dir"])
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         parser.error(str(error))
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     from tqdm.auto import tqdm

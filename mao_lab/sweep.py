@@ -21,7 +21,6 @@ recorded as failed with the reason, does not stop the others, and runs again on 
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
@@ -45,10 +44,12 @@ from .runner import (
     PROVENANCE_FILE,
     RESERVED_PARAMETERS,
     NotebookRunError,
+    OneLineArgumentParser,
     RunFolderBusyError,
     check_parameters,
     execute_notebook,
     find_notebooks,
+    folder_argument,
     parse_assignment,
     parse_parameters,
     parse_value,
@@ -57,7 +58,10 @@ from .runner import (
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_TOTAL_BYTES",
+    "MAX_GRID_POINTS",
     "PointResult",
+    "check_local_workers",
+    "check_scheduler_address",
     "expand_grid",
     "local_cluster",
     "main",
@@ -74,6 +78,8 @@ DEFAULT_MAX_FILE_BYTES = 4 * 2**20
 # ... and up to this much in all per point (the rest stays in the point's outputs folder).
 DEFAULT_MAX_TOTAL_BYTES = 32 * 2**20
 _RETURNED_SUFFIXES = (".json", ".parquet", ".csv")
+# The most points one grid may have: each is a notebook run and a folder, so more is a typo (or a bomb).
+MAX_GRID_POINTS = 100_000
 _STATUS_COLUMNS = ["run_id", "status", "error", "run_dir", "outputs", "wall_s"]
 
 
@@ -143,8 +149,15 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
             raise ValueError(f"grid entry {name!r} must be a non-empty list of values, got {values!r}")
         for value in values:
             _check_json_value(name, value)
+    unique = [_unique(grid[n]) for n in names]
+    count = math.prod(len(values) for values in unique)
+    if count > MAX_GRID_POINTS:
+        sizes = " x ".join(f"{len(values)} {n}" for n, values in zip(names, unique))
+        raise ValueError(
+            f"the grid has {count} points ({sizes}), more than {MAX_GRID_POINTS}: split it into several sweeps"
+        )
     points, seen = [], set()
-    for combo in itertools.product(*(_unique(grid[n]) for n in names)):
+    for combo in itertools.product(*unique):
         point = dict(zip(names, combo))
         key = _canonical(point)
         if key not in seen:
@@ -436,6 +449,7 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     ids = [run_id(p) for p in points]
     rows = _scan_rows(out)
+    _refuse_other_notebook(out, notebook.name, rows)
     _refuse_other_parameters(out, ids, points, fixed, rows)
     limits = {"max_file_bytes": max_file_bytes, "max_total_bytes": max_total_bytes}
     todo = []
@@ -476,6 +490,8 @@ def _check_limits(max_file_bytes: int, max_total_bytes: int, cell_timeout: float
 
 def _resolve_target(outputs: str | Path | None, out: Path) -> str:
     """Where workers write the points: ``outputs`` (a checked URL, or a folder made absolute), else ``out``."""
+    if outputs is not None and not str(outputs).strip():  # "" would silently mean the current folder
+        raise ValueError("outputs is empty: give a folder or an fsspec URL, or leave it out to write into out_dir")
     target = str(outputs) if outputs is not None else str(out)
     if _is_url(target):
         _check_url(target)
@@ -562,6 +578,30 @@ def _refuse_other_parameters(
                 f"{out / rid} holds a finished run with other parameters ({', '.join(changed)} differ), which this "
                 "sweep would take as done: choose another out_dir, or remove that folder to run it again"
             )
+
+
+def _refuse_other_notebook(out: Path, name: str, rows: Mapping[str, Any]) -> None:
+    """Points of another notebook in ``out`` (a study's folder, another sweep's) would share one table: refuse."""
+    for rid in sorted(rows):
+        info = _point_provenance(out / rid)
+        other = info.get("notebook") if info is not None else None
+        if isinstance(other, str) and other != name:
+            raise ValueError(
+                f"{out} holds points of another notebook ({out / rid} ran {other}, this sweep runs {name}): their "
+                "results would be mixed in one table; choose another --out"
+            )
+
+
+def _point_provenance(folder: Path) -> dict[str, Any] | None:
+    """A point folder's provenance (that of the failed attempt when it failed), or ``None`` if unreadable."""
+    for name in (PROVENANCE_FILE, FAILURE_FILE):
+        path = folder / name
+        if path.is_file():
+            value, _ = _json_object(path.read_bytes(), name)
+            if value is not None:
+                info = value.get("provenance", value) if name == FAILURE_FILE else value
+                return info if isinstance(info, dict) else None
+    return None
 
 
 def _check_url(url: str) -> None:
@@ -696,6 +736,51 @@ def local_cluster(workers: int, *, dashboard: bool = False, resources: Mapping[s
     )
 
 
+def check_local_workers(workers: int, option: str = "--workers") -> int:
+    """Refuse a local cluster of a negative size, or of more than four processes per CPU core (a typo, not a plan:
+    every worker imports torch and runs notebook kernels).
+
+    >>> check_local_workers(2)
+    2
+    """
+    limit = 4 * (os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"{option} must be >= 0, got {workers!r}")
+    if workers > limit:
+        raise ValueError(f"{option} {workers} is more than 4 worker processes per CPU core of this machine ({limit})")
+    return workers
+
+
+def check_scheduler_address(address: str, option: str = "scheduler") -> str:
+    """Refuse a Dask scheduler address that no client could reach, before anything is started.
+
+    >>> check_scheduler_address("tls://10.0.0.5:8786")
+    'tls://10.0.0.5:8786'
+    >>> check_scheduler_address("localhost")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: scheduler 'localhost' is not a Dask scheduler address (expected tls://HOST:PORT or ...): no port
+    """
+    from distributed.comm import registry
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    expected = "expected tls://HOST:PORT or tcp://HOST:PORT"
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"{option} is empty ({expected})")
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in registry.backends:
+            raise ValueError(f"unknown scheme {scheme!r}")
+        if scheme in ("tcp", "tls"):
+            host, port = parse_host_port(location)
+            if not host or not 0 < int(port) < 65536:
+                raise ValueError("no host, or a port outside 1..65535")
+    except (ValueError, TypeError) as error:
+        reason = "no port" if "port" in str(error) and "missing" in str(error) else " ".join(str(error).split())
+        raise ValueError(f"{option} {address!r} is not a Dask scheduler address ({expected}): {reason}") from None
+    return address
+
+
 def connect(scheduler: str, *, tls: tuple[str, str, str] | None = None) -> Any:
     """A client of an existing scheduler; ``tls=(ca_file, cert_file, key_file)`` for a ``tls://`` address."""
     from dask.distributed import Client
@@ -750,13 +835,24 @@ def _split_values(text: str) -> list[str]:
     return [*parts, current]
 
 
+def _one_notebook(name: str) -> Path:
+    """The one notebook ``name`` names; a prefix that several notebooks share is refused, not guessed."""
+    found = find_notebooks([name])
+    exact = [p for p in found if name in (p.stem, p.name)]
+    found = exact or found
+    if len(found) > 1:
+        stems = ", ".join(p.stem for p in found)
+        raise ValueError(f"{name!r} names {len(found)} notebooks ({stems}); a sweep runs one")
+    return found[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mao_lab.sweep", description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m mao_lab.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("notebook", help="notebook name or prefix, e.g. 00_quickstart")
     parser.add_argument("-g", "--grid", action="append", default=[], metavar="NAME=V1,V2,...", help="a swept parameter")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="a fixed parameter")
     parser.add_argument("--smoke", action="store_true", help="every run in the notebook's smoke setting")
-    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="the client's folder (table and small results)")
+    parser.add_argument("--out", type=folder_argument, default=Path("runs/sweep"), help="the client's folder (table and small results)")
     parser.add_argument("--outputs", default=None, help="where workers write full run folders: a folder or an fsspec URL (default: --out)")
     parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers")
     parser.add_argument("--dashboard", action="store_true", help="with --workers: serve Dask's dashboard on 127.0.0.1:8787")
@@ -765,11 +861,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls", nargs=3, default=None, metavar=("CA", "CERT", "KEY"), help="files for a tls:// scheduler")
     args = parser.parse_args(argv)
     try:
-        notebook = find_notebooks([args.notebook])[0]
+        notebook = _one_notebook(args.notebook)
         grid = parse_grid(args.grid)
         fixed = parse_parameters(args.parameter)
-        if args.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        check_local_workers(args.workers)
         if args.workers and args.scheduler:
             raise ValueError("give --workers (a local cluster) or --scheduler (an existing one), not both")
         if args.cell_timeout is not None and not args.cell_timeout > 0:
@@ -777,19 +872,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "smoke" in grid:
             raise ValueError("smoke is set by --smoke, not swept")
         fixed["smoke"] = args.smoke
-        expand_grid(grid)
+        if args.scheduler is not None:
+            check_scheduler_address(args.scheduler, "--scheduler")
+        if args.tls is not None:
+            missing = [f for f in args.tls if not Path(f).is_file()]
+            if missing:
+                raise ValueError(f"--tls: no file {', '.join(missing)}")
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a folder")
+        if args.outputs is not None:
+            _resolve_target(args.outputs, args.out.resolve())  # "" or an unknown URL protocol: refused now
         _check_sweep_parameters(notebook, expand_grid(grid), grid, fixed)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         parser.error(str(error))
     client = None
-    if args.scheduler:
-        client = connect(args.scheduler, tls=tuple(args.tls) if args.tls else None)
-    elif args.workers:
-        from dask.distributed import Client
-
-        client = Client(local_cluster(args.workers, dashboard=args.dashboard))
     try:
+        if args.scheduler:
+            client = connect(args.scheduler, tls=tuple(args.tls) if args.tls else None)
+        elif args.workers:
+            from dask.distributed import Client
+
+            client = Client(local_cluster(args.workers, dashboard=args.dashboard))
         table = run_sweep(notebook, grid, args.out, fixed=fixed, client=client, outputs=args.outputs, cell_timeout=args.cell_timeout)
+    except (ValueError, OSError) as error:  # a refused rerun, an unreachable scheduler, an unwritable --out
+        parser.error(" ".join(str(error).split()))
     finally:
         if client is not None:
             cluster = client.cluster

@@ -482,8 +482,15 @@ def test_out_that_is_a_file_is_a_clear_failure(tmp_path: Path) -> None:
     notebook = tiny_notebook(tmp_path)
     (tmp_path / "out").write_bytes(b"precious")
     result = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 1 and "FAILED  tiny.ipynb: cannot write" in result.stderr and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()  # refused before any notebook starts: one line, exit 2
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].endswith("out is a file, not a folder")
     assert (tmp_path / "out").read_bytes() == b"precious"
+    # a file in the way of one notebook's folder (not of --out itself) fails that notebook only, in one line
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "tiny").write_bytes(b"precious")
+    result = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(tmp_path / "out2"), cwd=tmp_path)
+    assert result.returncode == 1 and "FAILED  tiny.ipynb" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "out2" / "tiny").read_bytes() == b"precious"
 
 
 # -- class 6: the sweep -------------------------------------------------------------------------------------

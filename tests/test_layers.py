@@ -29,6 +29,7 @@ HARNESS = (
     "mao_lab.exercises",
     "mao_lab.notebook",
     "mao_lab.experiments",
+    "mao_lab.handouts",
 )
 
 DISPLAY_MODULES = ("mao_lab.recorder._explorer", "mao_lab.recorder._monitor", "mao_lab.recorder._figures")

@@ -293,6 +293,6 @@ def test_on_cuda_a_state_larger_than_free_memory_is_refused_before_allocating() 
     grads = TaskGradients.from_per_task([[torch.ones_like(p)], [torch.ones_like(p)]], [p])
     allocated = torch.cuda.memory_allocated(device)
     with pytest.raises(torch.OutOfMemoryError, match="MAO's state for 2 tasks needs"):
-        opt.apply_task_gradients(grads)
+        opt.step(task_grads=grads)
     assert torch.cuda.memory_allocated(device) <= allocated + 2 * p.nbytes  # the gradients' stack, no state
     assert not opt.state and bool((p == 0).all())

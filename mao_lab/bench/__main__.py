@@ -8,13 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..runner import OneLineArgumentParser
+
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quick", action="store_true", help="a run of seconds: few repetitions, rough ratios")
     common.add_argument("--seed", type=int, default=0, help="seed of the models and batches (default 0)")
     common.add_argument("--output", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE")
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m mao_lab.bench",
         description="Benchmarks of mao_lab. Each prints one JSON line on stdout; progress goes to stderr.",
     )
@@ -58,6 +60,8 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.output is not None and (args.output.is_dir() or not args.output.name):
+        parser.error(f"--output {args.output} is a folder, not a file")  # checked now, not after the whole run
     if args.command == "step":
         import torch
 

@@ -16,9 +16,13 @@ model, on the same batch:
   ``torchjd_vmap`` (``parallel_chunk_size=None``), both backpropagating all tasks through the trunk
   in one vmapped call.
 
-The update alone is timed too: ``mao_update`` is the update of ``MAO.step(task_grads=...)``
-(``MAO._apply_task_gradients``) on fixed per-task gradients (finiteness check included), ``adam_update`` is ``Adam(foreach=True).step()`` on the same
-parameters.  MAO keeps one Adam per task, so the goal is ``mao_update <= T * adam_update``.
+The update alone is timed too: ``mao_update`` is ``MAO._apply_task_gradients`` (the update of ``MAO.step(task_grads=...)``) on fixed per-task
+gradients (finiteness check included), ``adam_update`` is ``Adam(foreach=True).step()`` on the same
+parameters.  MAO keeps one Adam per task, so the goal is ``mao_update <= T * adam_update``.  The same
+update is timed with each implementation of :func:`mao_lab.mao`: ``mao_update_single``
+(``foreach=False``), ``mao_update_foreach`` (``foreach=True``) and ``mao_update_fused`` (``fused=True``);
+``update_foreach_vs_single`` is what chooses the default on each device (the faster; the single-tensor
+path where they tie), ``update_fused_vs_default`` what the opt-in fused kernel gains.
 
 All candidates of a configuration are timed interleaved (see :mod:`._timing`); every ratio is a ratio
 of medians, and ``paired`` gives the median of the per-repetition ratios, which cancels slow drifts of
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import statistics
@@ -199,11 +204,26 @@ def _update_candidates(model: MultiTaskNet, x: Tensor, loss_fn: LossFn) -> dict[
     update_model = copy.deepcopy(model)
     update_params = list(update_model.parameters())
     task_grads = compute_task_gradients(loss_fn(update_model(x)), update_params)
-    mao_update_opt = MAO(update_params, lr=LR)
     adam_model = copy.deepcopy(model)
     sum(loss_fn(adam_model(x))).backward()
     adam_update_opt = torch.optim.Adam(adam_model.parameters(), lr=LR, foreach=True)
-    return {"mao_update": lambda: mao_update_opt._apply_task_gradients(task_grads), "adam_update": adam_update_opt.step}
+    candidates: dict[str, Callable[[], object]] = {"adam_update": adam_update_opt.step}
+    for name, flags in UPDATE_IMPLEMENTATIONS.items():
+        # Each on its own copy of the parameters, on the same gradients (_apply_task_gradients reads
+        # them by position, so a copy's parameters go in place of the originals).
+        params = [p.detach().clone().requires_grad_(p.requires_grad) for p in update_params]
+        grads = type(task_grads)(task_grads.task_names, tuple(params), task_grads.tasks, task_grads.grads)
+        opt = MAO(params, lr=LR, **flags)
+        candidates[name] = functools.partial(opt._apply_task_gradients, grads)
+    return candidates
+
+
+UPDATE_IMPLEMENTATIONS: dict[str, dict[str, bool]] = {
+    "mao_update": {},  # the default
+    "mao_update_single": {"foreach": False},
+    "mao_update_foreach": {"foreach": True},
+    "mao_update_fused": {"fused": True},
+}
 
 
 def _state_bytes(opt: torch.optim.Optimizer, keys: Sequence[str]) -> int:
@@ -247,6 +267,9 @@ RATIOS = {
     # The part of MAO's step that is its update: reading and writing 2*T moments per shared parameter
     # is memory traffic that no gradient computation can hide, and the limit above does not include it.
     "update_share_of_step": ("mao_update", "mao", False),
+    # mao_lab.mao's implementations of the update, against each other.
+    "update_foreach_vs_single": ("mao_update_foreach", "mao_update_single", False),
+    "update_fused_vs_default": ("mao_update_fused", "mao_update", False),
 }
 VMAP_RATIOS = {
     "mao_vmap_vs_torchjd_vmap": ("mao_vmap", "torchjd_vmap", False),

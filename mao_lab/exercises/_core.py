@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["Exercise", "Feedback", "ThoughtExperiment", "normalise_label", "require_columns"]
@@ -163,10 +164,12 @@ def normalise_label(answer: Any) -> str:
     >>> normalise_label(2), normalise_label(" Task2 "), normalise_label("trunk.0")
     ('task2', 'task2', 'trunk.0')
     """
-    if isinstance(answer, bool):
-        return str(answer).lower()
-    if isinstance(answer, int):
-        return f"task{answer}"
+    import numbers
+
+    if isinstance(answer, (bool, np.bool_)):
+        return str(bool(answer)).lower()
+    if isinstance(answer, numbers.Integral):  # 2, np.int64(2): the same task
+        return f"task{int(answer)}"
     return str(answer).strip().lower().replace(" ", "")
 
 
@@ -185,7 +188,9 @@ def choice_feedback(answer: Any, truth: str, choices: Sequence[str], explanation
     label = normalise_label(answer)
     valid = {normalise_label(c): c for c in choices}
     if label not in valid:
-        return Feedback("incorrect", f"{answer!r} is not one of the choices: {', '.join(map(str, choices))}.", "not_a_choice")
+        shown = repr(answer) if len(repr(answer)) <= 80 else repr(answer)[:77] + "..."
+        listed = ", ".join(map(str, choices))
+        return Feedback("incorrect", f"{shown} is not one of the choices: {listed}.", "not_a_choice")
     if label == normalise_label(truth):
         return Feedback("correct", f"{valid[label]}. {explanation}")
     return Feedback("incorrect", f"not {valid[label]}.", "wrong_choice", hint)

@@ -7,8 +7,9 @@ and returns :class:`~mao_lab.exercises.Feedback`.  So an exercise stays right wh
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,39 @@ __all__ = [
 ]
 
 
+class _Unjudgeable(Exception):
+    """The participant's table holds nothing to judge against (every value NaN: the run diverged)."""
+
+
+def _never_raises_on_data(judge: Callable[..., Feedback]) -> Callable[..., Feedback]:
+    """A judge whose run's table is all NaN says so as feedback instead of raising."""
+
+    @functools.wraps(judge)
+    def checked(*args: Any, **kwargs: Any) -> Feedback:
+        try:
+            return judge(*args, **kwargs)
+        except _Unjudgeable as error:
+            return Feedback("incomplete", str(error), "no_finite_values",
+                            "A diverged run (a learning rate too large?) leaves NaN; run the cells above again.")
+
+    return checked
+
+
+def _finite(values: pd.Series, what: str) -> pd.Series:
+    """``values`` without NaN; none left means the run has nothing to judge against."""
+    finite = values[np.isfinite(pd.to_numeric(values, errors="coerce").astype(float))]
+    if finite.empty:
+        raise _Unjudgeable(f"every {what} in your run's table is NaN or infinite, so there is nothing to compare "
+                           "your answer with.")
+    return finite
+
+
 def _task_prefix(label: object) -> str:
     """``"task1 (sigma=100)"`` -> ``"task1"``: the notebooks label tasks with their scale."""
     return str(label).split(" ")[0]
 
 
+@_never_raises_on_data
 def worst_final_task(answer: Any, curves: pd.DataFrame, method: str = "Adam on the sum") -> Feedback:
     """Which task has the largest normalised test error at the last step under ``method`` (notebook 00)."""
     value = next((c for c in ("normalised_test_loss", "normalised_test_mse") if c in curves.columns), "normalised_test_loss")
@@ -45,7 +74,7 @@ def worst_final_task(answer: Any, curves: pd.DataFrame, method: str = "Adam on t
     if rows.empty:
         raise ValueError(f"curves has no rows for method {method!r}; it has {sorted(curves['method'].unique())}")
     last = rows[rows["step"] == rows["step"].max()]
-    worst = last.loc[last[value].idxmax()]
+    worst = last.loc[_finite(last[value], value).idxmax()]
     tasks = sorted({_task_prefix(t) for t in rows["task"]})
     return choice_feedback(
         answer, _task_prefix(worst["task"]), tasks,
@@ -65,13 +94,14 @@ def _owner_table(ownership: pd.DataFrame, run: str) -> pd.DataFrame:
     return table.groupby(["layer", "task"], sort=False)["share"].mean().reset_index()
 
 
+@_never_raises_on_data
 def layer_owner(answer: Any, ownership: pd.DataFrame, run: str = "sum", layer: str = "trunk.0") -> Feedback:
     """The task with the largest share of ``layer``'s update in ``run`` (notebooks 02 and 03)."""
     table = _owner_table(ownership, run)
     rows = table[table["layer"] == layer]
     if rows.empty:
         raise ValueError(f"run {run!r} has no shared layer {layer!r}; it has {sorted(table['layer'].unique())}")
-    top = rows.loc[rows["share"].idxmax()]
+    top = rows.loc[_finite(rows["share"], "share").idxmax()]
     return choice_feedback(
         answer, top["task"], list(rows["task"]),
         f"It has {top['share']:.0%} of {layer}'s update in run {run!r}.",
@@ -79,11 +109,12 @@ def layer_owner(answer: Any, ownership: pd.DataFrame, run: str = "sum", layer: s
     )
 
 
+@_never_raises_on_data
 def least_served_task(answer: Any, ownership: pd.DataFrame, run: str = "sum") -> Feedback:
     """The task with the smallest mean share over all shared layers of ``run`` (notebook 03)."""
     table = _owner_table(ownership, run)
     mean = table.groupby("task", sort=False)["share"].mean()
-    task = str(mean.idxmin())
+    task = str(_finite(mean, "share").idxmin())
     return choice_feedback(
         answer, task, list(mean.index),
         f"Its mean share of the shared layers in run {run!r} is {mean[task]:.1%}.",
@@ -92,6 +123,7 @@ def least_served_task(answer: Any, ownership: pd.DataFrame, run: str = "sum") ->
     )
 
 
+@_never_raises_on_data
 def most_balanced_layer(answer: Any, ownership: pd.DataFrame, run: str = "gradnorm") -> Feedback:
     """The shared layer with the lowest imbalance index in ``run`` (notebook 02: GradNorm's own layer)."""
     require_columns(ownership, ["run", "layer", "imbalance"], "ownership")
@@ -99,7 +131,7 @@ def most_balanced_layer(answer: Any, ownership: pd.DataFrame, run: str = "gradno
     if rows.empty:
         raise ValueError(f"ownership has no run {run!r}; add it to `methods` and run again")
     imbalance = rows.assign(layer=rows["layer"].astype(str)).groupby("layer", sort=False)["imbalance"].mean()
-    best = str(imbalance.idxmin())
+    best = str(_finite(imbalance, "imbalance index").idxmin())
     return choice_feedback(
         answer, best, list(imbalance.index),
         f"Its mean imbalance index is {imbalance[best]:.2f} (0 = balanced).",
@@ -107,14 +139,15 @@ def most_balanced_layer(answer: Any, ownership: pd.DataFrame, run: str = "gradno
     )
 
 
+@_never_raises_on_data
 def owner_share_direction(
     answer: Any, before: pd.DataFrame, after: pd.DataFrame, run: str = "sum", layer: str = "trunk.0"
 ) -> Feedback:
     """After a change (e.g. σ max from 100 to 1): did the owner's share of ``layer`` grow or shrink?"""
-    share_before = _owner_table(before, run).query("layer == @layer")["share"].max()
-    share_after = _owner_table(after, run).query("layer == @layer")["share"].max()
-    if math.isnan(share_before) or math.isnan(share_after):
+    shares = [owned.loc[owned["layer"] == layer, "share"] for owned in (_owner_table(t, run) for t in (before, after))]
+    if any(s.empty for s in shares):
         raise ValueError(f"both tables need run {run!r} and layer {layer!r}")
+    share_before, share_after = (float(_finite(s, f"share of {layer}").max()) for s in shares)
     truth = "smaller" if share_after < share_before else "larger"
     return choice_feedback(
         answer, truth, ["smaller", "larger"],
@@ -123,10 +156,11 @@ def owner_share_direction(
     )
 
 
+@_never_raises_on_data
 def steadiest_method(answer: Any, gaps: pd.DataFrame) -> Feedback:
     """The method whose trajectories move least when a loss is rescaled (notebook 01's ``gaps``)."""
     require_columns(gaps, ["method", "max_gap"], "gaps")
-    best = gaps.loc[gaps["max_gap"].idxmin()]
+    best = gaps.loc[_finite(gaps["max_gap"], "max_gap").idxmin()]
     return choice_feedback(
         answer, str(best["method"]), [str(m) for m in gaps["method"]],
         f"Its trajectories move by at most {best['max_gap']:.2g} when L1 is rescaled.",
@@ -134,6 +168,7 @@ def steadiest_method(answer: Any, gaps: pd.DataFrame) -> Feedback:
     )
 
 
+@_never_raises_on_data
 def most_imbalanced(answer: Any, balance: pd.DataFrame, *, by: str = "run", run: str | None = None) -> Feedback:
     """The most imbalanced run (``by="run"``) or shared layer of ``run`` (``by="layer"``) in notebook 04's summary."""
     require_columns(balance, ["run", "layer", "imbalance"], "balance")
@@ -151,7 +186,7 @@ def most_imbalanced(answer: Any, balance: pd.DataFrame, *, by: str = "run", run:
         raise ValueError(f"by must be 'run' or 'layer', got {by!r}")
     if rows.empty:
         raise ValueError(f"balance has no rows for by={by!r}, run={run!r}")
-    top = str(rows.idxmax())
+    top = str(_finite(rows, "imbalance index").idxmax())
     return choice_feedback(
         answer, top, list(rows.index),
         f"Its imbalance index is {rows[top]:.2f} (1 = one task owns it).",
@@ -180,10 +215,9 @@ def imbalance_by_hand(answer: Any, shares: Sequence[float] = (0.7, 0.2, 0.1)) ->
     s = np.asarray(shares, dtype=float)
     entropy = float(-(s[s > 0] * np.log(s[s > 0])).sum())
     truth = 1 - entropy / math.log(len(s))
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return Feedback("incorrect", f"{answer!r} is not a number.", "not_a_number", "Answer with a float.")
+    value = _real_number(answer)
+    if value is None:
+        return Feedback("incorrect", f"{_shown(answer)} is not a number.", "not_a_number", "Answer with a float.")
     if math.isclose(value, truth, abs_tol=5e-3):
         return Feedback("correct", f"1 − H(s)/log {len(s)} = {truth:.3f}.")
     slips = {
@@ -196,6 +230,38 @@ def imbalance_by_hand(answer: Any, shares: Sequence[float] = (0.7, 0.2, 0.1)) ->
             return Feedback("incorrect", f"{value:g} is not the index.", key, hint)
     return Feedback("incorrect", f"{value:g} is not the index.", "wrong_number",
                     "H(s) = −Σ s_k log s_k; the index is 1 − H(s) / log n, with n the number of tasks.")
+
+
+def _real_number(answer: Any) -> float | None:
+    """``answer`` as a finite-or-infinite real float, or ``None`` (complex, too large, a tensor that has no value)."""
+    if isinstance(answer, (complex, np.complexfloating)) or (isinstance(answer, torch.Tensor) and answer.is_complex()):
+        return None
+    try:
+        if isinstance(answer, torch.Tensor) and (answer.numel() != 1 or answer.device.type == "meta"):
+            return None
+        return float(answer)
+    except OverflowError:  # an int beyond the floats, e.g. 10**400: as far from any index as infinity
+        return (math.inf if answer > 0 else -math.inf) if isinstance(answer, int) else None
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _boolean(answer: Any) -> bool | None:
+    """``True``/``False`` from a Python, numpy or one-element torch boolean; ``None`` for anything else."""
+    if isinstance(answer, (bool, np.bool_)):
+        return bool(answer)
+    if isinstance(answer, torch.Tensor) and answer.dtype == torch.bool and answer.numel() == 1:
+        return bool(answer.item()) if answer.device.type != "meta" else None
+    return None
+
+
+def _shown(answer: Any, limit: int = 80) -> str:
+    """``repr(answer)`` cut to ``limit`` characters (10**400 has 401 digits)."""
+    try:
+        text = repr(answer)
+    except Exception:  # noqa: BLE001 - a participant's object whose repr raises
+        text = f"<{type(answer).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _two_task_trajectory(optimizer_name: str, scale: float, steps: int = 15, seed: int = 0) -> torch.Tensor:
@@ -232,9 +298,11 @@ def rescaling_changes(answer: Any) -> Feedback:
 
     The judge trains both optimizers twice (scale 1 and 1000) on a small two-task problem and compares.
     """
-    if not (isinstance(answer, (tuple, list)) and len(answer) == 2 and all(isinstance(a, bool) for a in answer)):
-        return Feedback("incorrect", f"{answer!r} is not a pair of booleans.", "bad_format",
+    pair = tuple(_boolean(a) for a in answer) if isinstance(answer, (tuple, list)) and len(answer) == 2 else None
+    if pair is None or None in pair:
+        return Feedback("incorrect", f"{_shown(answer)} is not a pair of booleans.", "bad_format",
                         "Answer `(mao_changes, adam_changes)`, e.g. `(True, False)`.")
+    answer = pair
     moved = {}
     for name in ("mao", "adam"):
         a, b = _two_task_trajectory(name, 1.0), _two_task_trajectory(name, 1000.0)

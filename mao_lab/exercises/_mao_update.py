@@ -254,13 +254,29 @@ def _run(function: UpdateFunction, grads: list[Tensor]) -> list[Tensor]:
         update, m, v = result
         if not all(isinstance(x, Tensor) for x in result):
             raise _BadReturn(result)
+        for name, x in (("update", update), ("exp_avg", m), ("exp_avg_sq", v)):
+            problem = _not_a_plain_real_tensor(x)
+            if problem:
+                raise _BadReturn(result, f"its {name} is {problem}")
         updates.append(update.detach().to(torch.float64))
     return updates
 
 
+def _not_a_plain_real_tensor(x: Tensor) -> str:
+    """Why ``x`` cannot be compared with MAO's real CPU updates (empty when it can)."""
+    if x.is_complex():
+        return f"complex ({x.dtype}): MAO's update is real, and an imaginary part would be dropped silently"
+    if x.is_nested or x.layout != torch.strided:
+        return f"a {'nested' if x.is_nested else str(x.layout).replace('torch.', '')} tensor, not a plain dense one"
+    if x.device.type != "cpu":
+        return f"on the {x.device.type} device, not on the CPU where the gradients were given"
+    return ""
+
+
 class _BadReturn(Exception):
-    def __init__(self, value: object) -> None:
+    def __init__(self, value: object, problem: str = "") -> None:
         self.value = value
+        self.problem = problem
 
 
 def _close(a: list[Tensor], b: list[Tensor]) -> bool:
@@ -300,19 +316,23 @@ def check_mao_update(function: object) -> Feedback:
     except NotImplementedError:
         return Feedback("incomplete", "`mao_update` still raises NotImplementedError: fill in its body.")
     except _BadReturn as bad:
+        if bad.problem:
+            return Feedback("incorrect", f"`mao_update` returned three tensors, but {bad.problem}.", "bad_return",
+                            "Keep every operation on the real CPU tensors you were given; return plain tensors.")
         if bad.value is None:
             return Feedback("incomplete", "`mao_update` returns nothing yet: it must return (update, exp_avg, exp_avg_sq).")
         return Feedback("incorrect", f"`mao_update` returned {type(bad.value).__name__}, not three tensors.", "bad_return",
                         "Return a tuple of three tensors: `return update, exp_avg, exp_avg_sq`.")
-    except Exception as error:  # the participant's code failed: show its error, do not raise
-        return Feedback("incorrect", f"`mao_update` raised {type(error).__name__}: {error}", "raised",
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the participant's code failed (or called exit()): show it
+        message = " ".join(str(error).split())[:300]
+        return Feedback("incorrect", f"`mao_update` raised {type(error).__name__}: {message}", "raised",
                         "Read the error; all the arguments are tensors of shape (T, ...) except step (an int).")
     expected = _mao_updates(grads)
     if _close(answer, expected):
         return Feedback("correct", f"your update equals mao_lab.MAO's at all {STEPS} steps, for three tasks whose "
                         "gradient scales differ by 10⁷.")
     for variant, mistake in _VARIANTS.items():
-        if _close(answer, _run(_variant(variant), grads)):
+        if _close(answer, _run(_variant(variant), grads)):  # the checker's own code: it does not raise
             found = MISTAKES[mistake]
             return Feedback("incorrect", found.diagnosis, mistake, found.hint)
     step, error = _largest_error(answer, expected)

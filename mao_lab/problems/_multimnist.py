@@ -364,6 +364,7 @@ def load_multimnist(
             f"{REBUILD_COMMAND}   (from the repository root; --out chooses another path)"
         ) from None
 
+    _check_contents(file, images, (left_label, right_label), (left_index, right_index), digits)
     targets: list[Tensor] = []
     for name in names:
         if name == "left":
@@ -386,22 +387,62 @@ def load_multimnist(
     )
 
 
+def _check_contents(
+    file: Path,
+    images: np.ndarray,
+    labels: tuple[np.ndarray, ...],
+    indices: tuple[np.ndarray, ...],
+    digits: np.ndarray | None,
+) -> None:
+    """Refuse a file whose arrays cannot be MultiMNIST: what ``build_multimnist.py`` writes always passes.
+
+    A user's own file has no checksum to vouch for it; a label outside 0..9 would train on a class that
+    does not exist, and a NaN pixel would turn every loss into NaN many steps later.
+    """
+    def refuse(problem: str) -> DataIntegrityError:
+        return DataIntegrityError(
+            f"{file} is not a valid MultiMNIST file: {problem}. Rebuild it with: {REBUILD_COMMAND}"
+        )
+
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise refuse(f"its images have shape {images.shape}, not (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise refuse(f"its images are of dtype {images.dtype}, not numbers")
+    if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 255):
+        raise refuse("its images hold pixels that are NaN, infinite or outside 0..255")
+    for array in (*labels, *indices):
+        if array.shape != (len(images),):
+            raise refuse(f"it holds {len(images)} images but a label or index array of shape {array.shape}")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise refuse(f"a label or index array is of dtype {array.dtype}, not integers")
+    for array in labels:
+        if array.size and (array.min() < 0 or array.max() > 9):
+            raise refuse(f"a digit label lies outside 0..9 (from {array.min()} to {array.max()})")
+    if digits is not None:
+        for array in indices:
+            if array.size and (array.min() < 0 or array.max() >= len(digits)):
+                raise refuse(f"a source-digit index lies outside 0..{len(digits) - 1}")
+
+
 def _verify_checksum(file: Path) -> None:
     """Compare ``file`` with its recorded SHA-256 (the shipped one's, or its ``.sha256`` sidecar)."""
-    expected = []
+    expected: list[tuple[str, str]] = []  # (checksum, where it is recorded)
     sidecar = file.with_name(file.name + ".sha256")
     if sidecar.is_file():
-        expected.append((sidecar.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower())
+        recorded = (sidecar.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower()
+        expected.append((recorded, sidecar.name))
     if file.resolve() == DEFAULT_MULTIMNIST_PATH.resolve():
-        expected.append(MULTIMNIST_SHA256)
+        expected.append((MULTIMNIST_SHA256, "mao_lab.problems.MULTIMNIST_SHA256"))
     if not expected:
         return  # a file of the user's own, with no recorded checksum
     stat = file.stat()
     actual = _sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-    if any(actual != e for e in expected):
+    mismatch = next(((checksum, where) for checksum, where in expected if checksum != actual), None)
+    if mismatch is not None:
+        checksum, where = mismatch
         raise DataIntegrityError(
-            f"{file} does not match its recorded checksum (sha256 {actual[:16]}..., expected {expected[0][:16]}...): "
-            f"it is corrupt or was altered. Rebuild it with: {REBUILD_COMMAND}   (from the repository root; "
+            f"{file} does not match its recorded checksum (sha256 {actual}, expected {checksum or '(none)'} from "
+            f"{where}): it is corrupt or was altered. Rebuild it with: {REBUILD_COMMAND}   (from the repository root; "
             "it is rebuilt offline, byte for byte)"
         )
 

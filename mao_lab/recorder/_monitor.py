@@ -30,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._observe import StepRecord
 from ._frame import imbalance_index, module_of
-from ._recorder import NamedParameters, Observable, _parameter_names, _Watcher
+from ._recorder import NamedParameters, Observable, _check_same_parameters, _parameter_names, _Watcher
 
 __all__ = ["BalanceMonitor"]
 
@@ -96,6 +96,7 @@ class BalanceMonitor(_Watcher):
         self.method = method
         self._clock = clock
         self._names, _ = _parameter_names(model)
+        _check_same_parameters(self._names, method)
         self.interval = every  # steps between the last two refreshes
         self.steps_seen = 0
         self.refreshes = 0
@@ -170,8 +171,11 @@ class BalanceMonitor(_Watcher):
         norms = updates.norms().double().square()  # (T, parameters)
         squared: dict[str, dict[int, float]] = {}
         for i, (p, ks) in enumerate(zip(updates.params, updates.tasks)):
-            name = self._names.get(id(p), f"param{i}")
-            layer = module_of(name) if self.level == "module" else name
+            name = self._names.get(id(p))
+            if name is None:  # a parameter the model does not name: its own layer, never merged into "(model)"
+                layer = f"(unnamed {i})"
+            else:
+                layer = module_of(name) if self.level == "module" else name
             by_task = squared.setdefault(layer, {})
             for k in ks:
                 by_task[k] = by_task.get(k, 0.0) + float(norms[k, i])

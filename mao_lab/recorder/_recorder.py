@@ -215,6 +215,8 @@ class Recorder(_Watcher):
         self._pending: list[Tensor] = []  # flat raw vectors still on an accelerator
         self._steps_seen = 0
         self._coming_step: int | None = None
+        self._asked_unanswered = False
+        self._step_counter: RemovableHandle | None = None  # a torch optimizer's step post-hook counting its steps
         self._flushed = 0  # recorded steps already written to part files
         self._parts_written = 0
         self._handle: RemovableHandle | None = None
@@ -254,13 +256,35 @@ class Recorder(_Watcher):
     def _next_step_index(self) -> int:
         # A Method counts its successful steps: using its count keeps step numbers right across a
         # detach/attach, a recorder attached mid-training, and steps that failed.  The MAO optimizer
-        # has no such count; the recorder counts the steps it was asked about.
+        # has no such count; the recorder counts the steps that returned (torch.optim's step post-hook
+        # runs only then), so a step refused on bad input takes no index.
         taken = getattr(self.method, "steps_taken", None)
         if isinstance(taken, int) and not isinstance(taken, bool):
             return taken
+        if self._step_counter is not None:
+            return self._steps_seen
+        if self._coming_step is not None and self._asked_unanswered:
+            return self._coming_step  # the step asked about last never delivered its record: it failed
         step = self._steps_seen
         self._steps_seen += 1
+        self._asked_unanswered = True
         return step
+
+    def _count_step(self, *_: object) -> None:
+        self._steps_seen += 1
+
+    def _started(self) -> None:
+        self._asked_unanswered = False
+        register = getattr(self.method, "register_step_post_hook", None)
+        has_count = isinstance(getattr(self.method, "steps_taken", None), int)
+        if callable(register) and not has_count and self._step_counter is None:
+            self._step_counter = register(self._count_step)
+
+    def detach(self) -> None:
+        super().detach()
+        if self._step_counter is not None:
+            self._step_counter.remove()
+            self._step_counter = None
 
     @torch.no_grad()
     def __call__(self, record: StepRecord) -> None:
@@ -279,6 +303,7 @@ class Recorder(_Watcher):
         if step is None:  # called directly, without wants_record()
             step = self._steps[-1] + 1 if self._steps else 0
         self._coming_step = None
+        self._asked_unanswered = False
 
         layout_index = self._layout_index(record, grads, updates)
         with _one_cpu_thread(record.losses.device):
@@ -569,3 +594,28 @@ def _parameter_names(model: NamedParameters) -> tuple[dict[int, str], dict[int, 
         names.setdefault(id(p), str(name))
         order.setdefault(id(p), len(order))
     return names, order
+
+
+def _method_parameters(method: object) -> list[torch.Tensor] | None:
+    """The trainable parameters a method or torch optimizer steps, or ``None`` if it does not say."""
+    params = getattr(method, "params", None)
+    if isinstance(params, (list, tuple)) and all(isinstance(p, torch.Tensor) for p in params):
+        return list(params)
+    groups = getattr(method, "param_groups", None)
+    if isinstance(groups, list):
+        params = [p for group in groups for p in group.get("params", [])]
+        return [p for p in params if isinstance(p, torch.Tensor) and p.requires_grad]
+    return None
+
+
+def _check_same_parameters(names: dict[int, str], method: object) -> None:
+    """Refuse a model that names none of the method's parameters (another model than the one it trains)."""
+    params = _method_parameters(method)
+    if not params:
+        return
+    named = sum(id(p) in names for p in params)
+    if named == 0:
+        raise ValueError(
+            f"the model names none of the {len(params)} parameters that {type(method).__name__} trains: pass the model "
+            "(or the name -> parameter mapping) whose parameters were given to the method"
+        )

@@ -21,7 +21,7 @@ import pandas as pd
 from .._files import write_atomically
 from ._frame import empty_frame, normalise_dtypes
 
-__all__ = ["RunPath", "load_run", "load_runs", "save_run"]
+__all__ = ["RunFileError", "RunPath", "load_run", "load_runs", "save_run"]
 
 RunPath = Union[str, "os.PathLike[str]"]
 
@@ -147,20 +147,57 @@ def load_run(run_dir: RunPath) -> tuple[pd.DataFrame, dict[str, Any]]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder at {run_dir}")
-    params_path = run_dir / PARAMS_FILE
-    params = json.loads(params_path.read_text()) if params_path.exists() else {}
+    params = _read_params(run_dir / PARAMS_FILE)
     for suffix in (".parquet", ".csv"):
         path = run_dir / f"{METRICS_STEM}{suffix}"
         if path.exists():
-            return read_table(path), params
+            return _read_metrics(path), params
     parts = part_paths(run_dir)
     if not parts:
         raise FileNotFoundError(
             f"{run_dir} holds no metrics ({METRICS_STEM}.parquet, {METRICS_STEM}.csv or part files): "
             "was anything recorded and saved or flushed there?"
         )
-    frames = [read_table(p) for p in parts]
+    frames = [_read_metrics(p) for p in parts]
     return normalise_dtypes(pd.concat(frames, ignore_index=True)) if frames else empty_frame(), params
+
+
+class RunFileError(ValueError):
+    """A file of a run folder cannot be read as what it should hold; the message names the file."""
+
+
+def _read_params(path: Path) -> dict[str, Any]:
+    """``params.json`` as a dict (``{}`` when absent); a damaged one is an error naming it."""
+    if not path.exists():
+        return {}
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunFileError(f"{path} cannot be read as JSON ({type(error).__name__}: {_one_line(error)})") from None
+    if not isinstance(params, dict):
+        kind = {type(None): "null", list: "array", str: "string", bool: "boolean"}.get(type(params), "number")
+        raise RunFileError(f"{path} holds a JSON {kind}, not an object of parameters")
+    return params
+
+
+def _read_metrics(path: Path) -> pd.DataFrame:
+    """A metrics table; one that is damaged or lacks the recorder's columns is an error naming it."""
+    try:
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as error:  # noqa: BLE001 - pyarrow and pandas raise many kinds for a damaged file
+        reason = f"{type(error).__name__}: {_one_line(error)}"
+        raise RunFileError(f"{path} is not a readable metrics table ({reason})") from None
+    missing = [c for c in empty_frame().columns if c not in frame.columns]
+    if missing:
+        raise RunFileError(f"{path} is not a recorder's metrics table: it lacks the column(s) {missing}")
+    try:
+        return normalise_dtypes(frame)
+    except (TypeError, ValueError) as error:
+        raise RunFileError(f"{path} holds a step or value that is not a number ({_one_line(error)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def load_runs(

@@ -24,11 +24,12 @@ from ._design import (
     read_study_file,
     smoke_design,
 )
+from ..runner import OneLineArgumentParser, folder_argument
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mao_lab.study", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="the study folder (default runs/study, or runs/study-smoke)")
+    parser = OneLineArgumentParser(prog="python -m mao_lab.study", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=folder_argument, default=None, help="the study folder (default runs/study, or runs/study-smoke)")
     parser.add_argument("--smoke", action="store_true", help="the tiny study (seconds; its numbers mean nothing)")
     parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers (one thread each)")
     parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point (fixed and recorded)")
     parser.add_argument("--estimate", action="store_true",
                         help="time a few steps of every configuration here and predict the study's wall time; run nothing else")
-    parser.add_argument("--ledger-only", type=Path, default=None, metavar="STUDY_DIR",
+    parser.add_argument("--ledger-only", type=folder_argument, default=None, metavar="STUDY_DIR",
                         help="write the ledger files of a finished study into --out, and nothing else")
     parser.add_argument("--problem", default=None, metavar="MODULE:FACTORY",
                         help="your problem's import path (docs/your-problem.md); default: the shipped MultiMNIST and regression")
@@ -73,6 +74,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             torch.device(args.device)
         except (RuntimeError, TypeError):
             parser.error(f"--device must be a torch device such as cpu, cuda or cuda:1, got {args.device!r}")
+    try:
+        _check_folders(args)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -99,6 +104,46 @@ def _design(args: argparse.Namespace) -> StudyDesign:
 
         resolve_device(args.device)
     return design
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    """Refuse, before anything is created, folders that cannot be what the options say they are."""
+    from ..sweep import check_local_workers, check_scheduler_address
+
+    check_local_workers(args.workers)
+    if args.scheduler is not None:
+        check_scheduler_address(args.scheduler, "--scheduler")
+    if args.outputs is not None and not args.outputs.strip():
+        raise ValueError("--outputs is empty: give a folder or an fsspec URL, or leave it out")
+    if args.workers and args.scheduler:
+        raise ValueError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    for option, folder in (("--out", args.out), ("--ledger-only", args.ledger_only)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise ValueError(f"{option} {folder} is a file, not a folder")
+    if args.ledger_only is not None:
+        # What the folder must hold is --ledger-only's own check (mao_lab.study._ledger); here only that it exists,
+        # so that nothing is created for a mistyped name.
+        if not args.ledger_only.is_dir():
+            raise ValueError(f"--ledger-only {args.ledger_only}: no such folder (give the folder of a finished study)")
+        return
+    for name in ("design.json", "provenance.json"):  # a study to run or resume: its records must be readable
+        path = args.out / name if args.out is not None else None
+        if path is not None and path.exists():
+            _readable_json_object(path)
+
+
+def _readable_json_object(path: Path) -> None:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+                         "restore it, or choose another folder") from None
+    if not isinstance(value, dict):
+        kind = type(value).__name__
+        message = f"{path} is damaged (a JSON {kind}, not an object); restore it, or choose another folder"
+        raise ValueError(message)  # noqa: TRY004 - bad data in a file, not a bad argument type
 
 
 def _estimate(design: StudyDesign, args: argparse.Namespace) -> int:
@@ -138,7 +183,7 @@ def _run(design: StudyDesign, args: argparse.Namespace) -> int:
         from ..sweep import local_cluster
 
         gpus = {"GPU": 1} if str(args.device or "").startswith("cuda") else None  # one point per local worker's GPU
-        client = Client(args.scheduler) if args.scheduler else Client(local_cluster(args.workers, resources=gpus))
+        client = Client(args.scheduler, timeout=30) if args.scheduler else Client(local_cluster(args.workers, resources=gpus))
     try:
         ledger = run_study(out, design, client=client, threads=args.threads, outputs=args.outputs, device=args.device,
                            autocast=args.autocast)
@@ -155,15 +200,19 @@ def _run(design: StudyDesign, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; every error is one line on stderr and exit code 2 (a failed study point: exit 1)."""
     args = _parse(argv)
-    if args.ledger_only is not None:
-        return _ledger_only(args.ledger_only, args.out)
     try:
+        if args.ledger_only is not None:
+            return _ledger_only(args.ledger_only, args.out)
         design = _design(args)
-    except (ValueError, TypeError) as error:  # a bad study file, problem or design: one line, nothing written
-        print(f"python -m mao_lab.study: error: {error}", file=sys.stderr)
+        return _estimate(design, args) if args.estimate else _run(design, args)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # A bad study file, problem or design, a damaged study folder, an unreachable scheduler, a full disk:
+        # one line naming it, not a traceback, and nothing written.
+        message = " ".join(str(error).split())[:500] or "no details"
+        print(f"{_parser().prog}: error: {type(error).__name__}: {message}", file=sys.stderr)
         return 2
-    return _estimate(design, args) if args.estimate else _run(design, args)
 
 
 if __name__ == "__main__":
