@@ -211,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bad study file, problem or design, a damaged study folder, an unreachable scheduler, a full disk:
         # one line naming it, not a traceback, and nothing written.
         message = " ".join(str(error).split())[:500] or "no details"
-        print(f"{_parser().prog}: error: {type(error).__name__}: {message}", file=sys.stderr)
+        kind = "" if type(error) is ValueError else f"{type(error).__name__}: "  # our own checks name the problem
+        print(f"{_parser().prog}: error: {kind}{message}", file=sys.stderr)
         return 2
 
 
