@@ -37,10 +37,13 @@ __all__ = [
     "ResultsFolder",
     "SMOKE_NOTE",
     "check",
+    "check_autocast",
     "check_choice",
     "check_choices",
+    "check_device",
     "check_positive",
     "check_positive_int",
+    "check_problem",
     "display_live",
     "setup_plotly",
     "smoke_note",
@@ -127,6 +130,59 @@ def check_positive_int(name: str, value: object) -> int:
 def check_choice(name: str, value: object, valid: Iterable[str]) -> str:
     """``value`` if it is one of ``valid``."""
     return str(_require(name, value, Choice(tuple(valid))))
+
+
+def check_problem(name: str, value: object, **options: Any) -> Any:
+    """The :class:`~mao_lab.problems.Problem` an import path ``"package.module:factory"`` names (``factory(**options)``).
+
+    >>> check_problem("problem", "mao_lab.problems:nope")
+    Traceback (most recent call last):
+    ...
+    mao_lab.notebook.NotebookParameterError: bad notebook parameter `problem` = 'mao_lab.problems:nope': it must be \
+an import path 'package.module:factory' of a Problem (module 'mao_lab.problems' has no attribute 'nope')
+    """
+    __tracebackhide__ = True
+    from .problems import load_problem
+
+    check(isinstance(value, str), name, value, "an import path 'package.module:factory' of a Problem")
+    try:
+        return load_problem(str(value), **options)
+    except (ValueError, TypeError) as error:
+        reason = str(error).split(": ", 1)[-1]
+        raise NotebookParameterError(f"bad notebook parameter `{name}` = {value!r}: it must be an import path "
+                                     f"'package.module:factory' of a Problem ({reason})") from None
+
+
+def check_device(name: str, value: object) -> str | None:
+    """A torch device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``) present here; ``""`` or ``None``: ``None`` (the GPU
+    when present).
+
+    >>> check_device("device", ""), check_device("device", "cpu")
+    (None, 'cpu')
+    """
+    __tracebackhide__ = True
+    from .experiments import resolve_device
+
+    if value in ("", None):
+        return None
+    check(isinstance(value, str), name, value, "a device name such as 'cpu' or 'cuda', or '' for the GPU when present")
+    try:
+        resolve_device(str(value))
+    except ValueError as error:
+        raise NotebookParameterError(f"bad notebook parameter `{name}` = {value!r}: {error}") from None
+    return str(value)
+
+
+def check_autocast(name: str, value: object) -> str | None:
+    """``"bf16"`` or ``"fp16"`` (forward passes under :func:`torch.autocast`); ``""`` or ``None``: ``None``.
+
+    >>> check_autocast("autocast", "bf16"), check_autocast("autocast", "")
+    ('bf16', None)
+    """
+    __tracebackhide__ = True
+    if value in ("", None):
+        return None
+    return check_choice(name, value, ("bf16", "fp16"))
 
 
 def check_choices(name: str, values: object, valid: Iterable[str]) -> list[str]:

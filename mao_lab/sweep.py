@@ -390,6 +390,7 @@ def run_sweep(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     cell_timeout: float | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Run ``notebook`` at every point of ``grid`` (plus the ``fixed`` parameters) and tabulate the results.
 
@@ -409,6 +410,8 @@ def run_sweep(
             Parquet and CSV files up to ``max_file_bytes`` each and ``max_total_bytes`` per point.
         cell_timeout: seconds one notebook cell may run; a point past it fails with that reason
             (``None``: no limit).
+        resources: with a client, the Dask worker resources each point holds while it runs, e.g.
+            ``{"GPU": 1}``: one point per GPU at a time, on workers started with ``--resources GPU=1``.
 
     Returns one row per point of this ``grid``, in grid order, and saves the folder's whole table as
     ``out_dir/sweep.parquet`` (the same rows, then those of points from earlier calls with other grids,
@@ -470,7 +473,7 @@ def run_sweep(
 
     options = {"html": html, "cell_timeout": cell_timeout, **limits}
     with tqdm(total=len(todo), desc="sweep", disable=not progress, file=sys.stderr) as bar:
-        for result in _results(notebook, todo, fixed, target, client, options, out):
+        for result in _results(notebook, todo, fixed, target, client, options, out, resources):
             finish(result)
             bar.update()
     table = _save_table(out, _scan_rows(out, rows), ids, list(grid))
@@ -498,7 +501,7 @@ def _resolve_target(outputs: str | Path | None, out: Path) -> str:
 
 def _results(
     notebook: Path, todo: Sequence[tuple[str, dict[str, Any]]], fixed: Mapping[str, Any], target: str,
-    client: Any, options: Mapping[str, Any], out: Path,
+    client: Any, options: Mapping[str, Any], out: Path, resources: Mapping[str, float] | None = None,
 ) -> Iterator[PointResult]:
     """Each point's result as it arrives: one after another here, or from a Dask client as they finish."""
     if client is None:
@@ -509,7 +512,8 @@ def _results(
 
     text = notebook.read_text(encoding="utf-8")  # workers need not see the client's files
     futures = {
-        client.submit(run_point, str(notebook), rid, point, fixed, target, notebook_text=text, pure=False, **options): (rid, point)
+        client.submit(run_point, str(notebook), rid, point, fixed, target, notebook_text=text, pure=False,
+                      resources=dict(resources) if resources else None, **options): (rid, point)
         for rid, point in todo
     }
     for future in as_completed(futures):
@@ -709,13 +713,14 @@ def _flatten(data: Mapping[str, Any], prefix: str = "summary.") -> dict[str, Any
 
 # -- Dask ----------------------------------------------------------------------------------------------
 
-def local_cluster(workers: int, *, dashboard: bool = False) -> Any:
+def local_cluster(workers: int, *, dashboard: bool = False, resources: Mapping[str, float] | None = None) -> Any:
     """A local Dask cluster whose every socket listens on 127.0.0.1 only.
 
     Dask's default dashboard listens on all interfaces (``0.0.0.0:8787``) without authentication;
     here it is off, or with ``dashboard=True`` on ``127.0.0.1:8787`` (reach it from elsewhere through
     an SSH tunnel, see the README).  With the dashboard off the scheduler still serves its health
-    routes over HTTP: on a free port of 127.0.0.1.
+    routes over HTTP: on a free port of 127.0.0.1.  ``resources`` (e.g. ``{"GPU": 1}``) are what each worker
+    offers to points submitted with resources.
     """
     from dask.distributed import LocalCluster
 
@@ -727,6 +732,7 @@ def local_cluster(workers: int, *, dashboard: bool = False) -> Any:
         host="127.0.0.1",
         dashboard_address=http["dashboard_address"],
         scheduler_kwargs=http,
+        **({"resources": dict(resources)} if resources else {}),
     )
 
 

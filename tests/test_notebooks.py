@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from mao_lab.notebook import SMOKE_NOTE
@@ -39,6 +40,10 @@ EXPECTED_FILES = {
         "imbalance_by_layer.html", "ownership.html", "explorer.html", "share_heatmap.html", "summary.json",
         "plotly.min.js", "demo_runs/sum/metrics.parquet", "demo_runs/mao/metrics.parquet",
     ],
+    "07_your_problem": [
+        "my_problem.py", "ownership.parquet", "ownership.html", "scores.parquet", "results.parquet", "delta_m.html",
+        "summary.json", "runs/sum/metrics.parquet", "runs/mao/metrics.parquet", "study/ledger.md", "study/design.json",
+    ],
 }
 
 
@@ -50,6 +55,7 @@ SUMMARY_KEYS = {
     "03_multimnist": {"delta_m_percent", "best_delta_m_method", "largest_share_per_shared_layer", "mean_imbalance"},
     "04_balance_explorer": {"runs", "mean_imbalance", "most_imbalanced_run", "least_imbalanced_run"},
     "05_claims": {"verdicts", "smoke", "seeds", "tables", "parts"},
+    "07_your_problem": {"delta_m_percent", "best_delta_m_method", "largest_share_per_shared_layer", "mean_imbalance", "problem"},
 }
 
 
@@ -124,8 +130,13 @@ def test_runner_rejects_unknown_notebooks() -> None:
         ("02_imbalanced_regression", {"methods": ["sum", "nope"]}, "bad notebook parameter `methods`"),
         ("03_multimnist", {"tasks": ["left", "colour"]}, "bad notebook parameter `tasks` = ['left', 'colour']"),
         ("04_balance_explorer", {"run_dirs": ["no/such/folder"]}, "bad notebook parameter `run_dirs`"),
+        ("03_multimnist", {"problem": "mao_lab.problems:nope"}, "bad notebook parameter `problem` = 'mao_lab.problems:nope'"),
+        ("04_balance_explorer", {"problem": "no_such_module:factory"}, "bad notebook parameter `problem`"),
+        ("03_multimnist", {"device": "tpu"}, "bad notebook parameter `device` = 'tpu'"),
+        ("07_your_problem", {"autocast": "fp8"}, "bad notebook parameter `autocast` = 'fp8'"),
     ],
-    ids=["01-unknown-method", "01-negative-lr", "02-unknown-method", "03-unknown-task", "04-missing-runs"],
+    ids=["01-unknown-method", "01-negative-lr", "02-unknown-method", "03-unknown-task", "04-missing-runs",
+         "03-unknown-problem", "04-unknown-problem", "03-unknown-device", "07-unknown-autocast"],
 )
 def test_bad_parameter_stops_the_toy_notebooks_with_their_message(tmp_path: Path, notebook: str, parameters: dict, message: str) -> None:
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
@@ -144,3 +155,31 @@ def test_the_balance_explorer_opens_the_runs_of_the_regression_notebook(tmp_path
     # 04 names each run by where it came from: the folder 02 wrote (its output folder, here "02").
     assert sorted(summary["runs"]) == ["02/mao", "02/sum"] and summary["most_imbalanced_run"] == "02/sum"
     assert not (tmp_path / "04" / "demo_runs").exists()
+
+
+def test_notebook_03_and_04_run_on_another_problem_by_its_import_path(tmp_path: Path) -> None:
+    """03's comparison and 04's demo runs on the regression, named by its import path (any Problem would do)."""
+    problem = {"problem": "mao_lab.problems:regression_problem",
+               "problem_options": {"num_tasks": 3, "num_samples": 300, "num_val": 60}}
+    execute_notebook(NOTEBOOK_DIR / "03_multimnist.ipynb", tmp_path / "03",
+                     {"smoke": True, **problem, "tasks": [], "layer": "", "methods": ["sum", "mao"], "device": "cpu"},
+                     html=False)
+    scores = pd.read_parquet(tmp_path / "03" / "scores.parquet")
+    assert set(scores["task"]) == {"task0", "task1", "task2"} and set(scores["metric"]) == {"normalised_mse"}
+    assert not (tmp_path / "03" / "samples.html").exists()  # MultiMNIST's pictures only for MultiMNIST
+    assert {"sum", "mao"} <= set(json.loads((tmp_path / "03" / "summary.json").read_text())["delta_m_percent"])
+    execute_notebook(NOTEBOOK_DIR / "04_balance_explorer.ipynb", tmp_path / "04",
+                     {"smoke": True, **problem, "device": "cpu", "autocast": "bf16"}, html=False)
+    assert sorted(json.loads((tmp_path / "04" / "summary.json").read_text())["runs"]) == ["demo_runs/mao", "demo_runs/sum"]
+    params = json.loads((tmp_path / "04" / "demo_runs" / "mao" / "params.json").read_text())
+    assert params["problem"] == "regression" and params["tasks"] == ["task0", "task1", "task2"]
+
+
+def test_the_runner_and_the_sweep_pass_a_problem_by_its_import_path() -> None:
+    """``-p problem=package.module:factory`` reads as that string, and 03, 04 and 07's siblings declare it."""
+    from mao_lab.runner import check_parameters, parse_parameters
+
+    extra = parse_parameters(["problem=mao_lab.problems:regression_problem", "problem_options={num_tasks: 3}"])
+    assert extra == {"problem": "mao_lab.problems:regression_problem", "problem_options": {"num_tasks": 3}}
+    for name in ("03_multimnist", "04_balance_explorer"):
+        check_parameters(NOTEBOOK_DIR / f"{name}.ipynb", [*extra, "device", "autocast", "smoke", "output_dir"])

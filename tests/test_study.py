@@ -15,10 +15,22 @@ import torch
 
 from mao_lab.problems import load_multimnist
 from mao_lab.runner import NOTEBOOK_DIR, NotebookRunError, execute_notebook
-from mao_lab.study import CLAIMS, LEVELLING_STATUSES, VERDICTS, StudyError, levelling_by_budget, run_config, run_study, smoke_design
+from mao_lab.study import (
+    CLAIMS,
+    LEVELLING_STATUSES,
+    VERDICTS,
+    StudyDesign,
+    StudyError,
+    full_design,
+    levelling_by_budget,
+    run_config,
+    run_study,
+    smoke_design,
+)
 from mao_lab.study.__main__ import main
-from mao_lab.study._runs import _multimnist, _PathMeter
-from mao_lab.study._study import POINT_NOTEBOOK
+from mao_lab.study._design import problem_design, read_study_file
+from mao_lab.study._runs import _PathMeter, problem_of
+from mao_lab.study._study import POINT_NOTEBOOK, gpu_resources
 
 
 def test_runs_with_one_seed_start_from_one_network_and_are_repeatable() -> None:
@@ -59,7 +71,11 @@ def test_a_runs_first_steps_are_a_shorter_run(config: str) -> None:
 
 def test_validation_images_are_carved_from_the_training_file_and_kept_apart() -> None:
     tasks = ("left", "sum")
-    train, val, test = _multimnist(tasks, 300, 200, 50)
+    design = dataclasses.replace(smoke_design(), num_train=300, num_val=200, num_test=50)
+    config = dataclasses.replace(design.config("mm_diff.sum"), tasks=tasks)
+    problem, chosen = problem_of(config, design)
+    assert chosen == tasks and problem.task_names == tasks
+    train, val, test = (problem.split(name) for name in ("train", "validation", "test"))
     whole = load_multimnist(split="train", tasks=tasks)
     assert torch.equal(val.images, whole.images[-200:])  # the end of the training file, never the test file
     assert torch.equal(train.images, whole.images[:300])
@@ -202,3 +218,197 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     assert summary["tables"] is False and summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
     assert (ledger_only / "claim_M2.html").is_file() and not (ledger_only / "compute.html").exists()
     assert not (docs / "provenance.json").exists()  # it made no study of its own there
+
+
+# -- your problem: --problem and a study file ---------------------------------------------------------------
+
+STUDY_FILE = """
+problem = "mao_lab.problems:regression_problem"
+methods = ["sum", "mao", "ius", "io", "grouping2"]
+lrs = [0.001, 0.003, 0.01]
+seeds = [0, 1]
+steps = 4
+batch_size = 16
+eval_every = 2
+record_every = 2
+
+[options]
+num_tasks = 3
+num_samples = 300
+num_val = 60
+"""
+
+
+def test_the_shipped_design_is_what_it_was() -> None:
+    """The design's configurations written out from the module docstring's table, and its design.json keys."""
+    design = full_design()
+    mm4 = ("sum", "uw", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "imtl_g", "mtadam", "mao", "ius", "io",
+           "grouping2", "grouping3")
+    expected = [f"mm4.{v}" for v in mm4] + [f"mm4.single-{t}" for t in ("left", "right", "sum", "reconstruct")]
+    expected += [f"{s}.{v}" for s in ("mm_same", "mm_diff") for v in ("sum", "ius", "io")]
+    expected += [f"reg{t}.{v}" for t in (2, 4, 8) for v in ("sum", "mao")]
+    assert [c.name for c in design.configs()] == expected
+    assert {c.problem for c in design.configs()} == {"multimnist", "regression"}
+    assert set(design.as_dict()) == {f.name for f in dataclasses.fields(design)} - {
+        "problem", "problem_options", "tasks", "same_nature", "different_nature", "description"}
+    assert StudyDesign.from_dict(design.as_dict()) == design
+
+
+class _Sets:
+    task_names = ("a", "b", "c", "d")
+    description = "four toy tasks"
+
+    def task_sets(self) -> dict[str, tuple[str, ...]]:
+        return {"same_nature": ("a", "b"), "different_nature": ("a", "c", "d")}
+
+
+def test_a_problem_design_has_its_settings_and_refuses_what_does_not_fit() -> None:
+    design = problem_design(_Sets(), "pkg.mod:factory", settings={"methods": ["sum", "mao", "ius", "grouping3"]}, smoke=True)
+    names = [c.name for c in design.configs()]
+    assert names == (["all.sum", "all.mao", "all.ius", "all.grouping3"] + [f"all.single-{t}" for t in "abcd"]
+                     + [f"{s}.{v}" for s in ("same", "diff") for v in ("sum", "ius", "io")])
+    assert design.config("diff.io").tasks == ("a", "c", "d") and design.main_setting == "all"
+    assert StudyDesign.from_dict(json.loads(json.dumps(design.as_dict()))) == design  # design.json round trip
+    with pytest.raises(ValueError, match="group size strictly between 1 and the 4 tasks"):
+        problem_design(_Sets(), "pkg.mod:factory", settings={"methods": ["sum", "grouping4"]}, smoke=True)
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['maoo'\]"):
+        problem_design(_Sets(), "pkg.mod:factory", settings={"methods": ["maoo"]}, smoke=True)
+    default = problem_design(_Sets(), "pkg.mod:factory")  # the full design's methods that fit 4 tasks
+    assert "all.grouping3" in [c.name for c in default.configs()] and len(default.seeds) == 5
+
+
+class _TwoMetrics:
+    task_names = ("a", "b")
+    description = "task a has two metrics"
+
+    def task_sets(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+
+def test_rates_are_chosen_on_the_tuning_seeds_against_a_reference_per_task_and_metric() -> None:
+    """Your problem's task ``a`` has two metrics: the multi-task criterion at each tuning seed is Δm% against the
+    baselines' mean over the tuning seeds at their chosen rate, per (task, metric), written out here by hand."""
+    from mao_lab.study._analysis import choose_learning_rates, tuning_criteria
+
+    design = problem_design(_TwoMetrics(), "pkg.mod:factory", settings={"methods": ["sum", "mao"]}, smoke=True)
+    assert design.tuning_seeds == (0, 1)
+    rng = np.random.default_rng(7)
+    metrics = {"a": [("acc", True), ("err", False)], "b": [("mse", False)]}
+    rows, values = [], {}
+    for config in design.configs():
+        for lr in design.lrs:
+            for seed in design.tuning_seeds:
+                accuracy = float(rng.uniform(0.5, 0.9))
+                for task in config.tasks:
+                    for metric, higher in metrics[task]:
+                        # acc and err agree, so a baseline's rate is the same whichever metric ranks it
+                        value = accuracy if metric == "acc" else 1 - accuracy if metric == "err" else float(rng.uniform(1, 3))
+                        values[(config.name, lr, seed, task, metric)] = value
+                        rows.append({"config": config.name, "lr": lr, "seed": seed, "task": task, "metric": metric,
+                                     "value": value, "higher_is_better": higher, "split": "val", "step": design.steps})
+    scores = pd.DataFrame(rows)
+    # the baselines by hand: the rate with the best mean over both tuning seeds, then each metric's mean there
+    reference = {}
+    for task in ("a", "b"):
+        metric, higher = metrics[task][0]
+        sign = -1 if higher else 1
+        means = {lr: np.mean([sign * values[(f"all.single-{task}", lr, s, task, metric)] for s in (0, 1)]) for lr in design.lrs}
+        best = min(means, key=means.get)
+        for metric, higher in metrics[task]:
+            reference[(task, metric)] = (np.mean([values[(f"all.single-{task}", best, s, task, metric)] for s in (0, 1)]), higher)
+    criteria = tuning_criteria(scores, design).set_index(["config", "lr", "seed"])["criterion"]
+    for config in ("all.sum", "all.mao"):
+        for lr in design.lrs:
+            for seed in (0, 1):
+                changes = {}
+                for (task, metric), (base, higher) in reference.items():
+                    change = 100 * (values[(config, lr, seed, task, metric)] - base) / base
+                    changes.setdefault(task, []).append(-change if higher else change)
+                by_hand = np.mean([np.mean(c) for c in changes.values()])  # metrics within a task first, then tasks
+                assert criteria.loc[(config, lr, seed)] == pytest.approx(by_hand, rel=1e-9)
+    choice = choose_learning_rates(scores, design)
+    picked = choice[choice["chosen"] & (choice["config"] == "all.sum")]
+    mean = {lr: (criteria.loc[("all.sum", lr, 0)] + criteria.loc[("all.sum", lr, 1)]) / 2 for lr in design.lrs}
+    assert float(picked["lr"].iloc[0]) == min(mean, key=mean.get) and int(picked["seeds"].iloc[0]) == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps = 4\nbogus = 1\n", r"unknown key\(s\) \['bogus'\]"),
+    ("steps = 'many'\n", "steps must be training steps"),
+    ("lrs = [0.1, 'x']\n", "lrs must be the learning-rate grid"),
+    ("steps = \n", "is not valid TOML"),
+])
+def test_a_bad_study_file_is_named_and_nothing_is_written(tmp_path: Path, text: str, message: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "study.toml"
+    file.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_study_file(file)
+    out = tmp_path / "out"
+    assert main(["--smoke", "--problem", "mao_lab.problems:regression_problem", "--study-file", str(file), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(file) in error
+    assert not out.exists()
+
+
+def test_a_bad_problem_path_or_option_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--problem", "mao_lab.problems:nope"], ["--problem", "no_such_module:factory"]):
+        assert main(["--smoke", *argv, "--out", str(tmp_path / "out")]) == 2
+        assert "python -m mao_lab.study: error: problem" in capsys.readouterr().err
+    file = tmp_path / "study.toml"
+    file.write_text('problem = "mao_lab.problems:regression_problem"\n[options]\nnum_taks = 3\n')
+    assert main(["--smoke", "--study-file", str(file), "--out", str(tmp_path / "out")]) == 2
+    assert "num_taks" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    if not torch.cuda.is_available():  # points that would run here, on a device that is not here
+        assert main(["--smoke", "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+        assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_points_hold_one_gpu_on_a_dask_cluster_only_where_workers_offer_one() -> None:
+    class Client:
+        def __init__(self, resources: dict[str, float]) -> None:
+            self.resources = resources
+
+        def scheduler_info(self) -> dict:
+            return {"workers": {"tcp://w": {"resources": self.resources}}}
+
+    assert gpu_resources("cuda", Client({"GPU": 1})) == {"GPU": 1}
+    assert gpu_resources("cuda:1", Client({"GPU": 2})) == {"GPU": 1}
+    assert gpu_resources("cpu", Client({})) is None and gpu_resources("cuda", None) is None
+    with pytest.raises(StudyError, match="no Dask worker offers a GPU resource"):
+        gpu_resources("cuda", Client({}))
+
+
+@pytest.mark.notebook
+def test_the_smoke_study_of_your_problem_runs_from_a_study_file(tmp_path: Path) -> None:
+    file = tmp_path / "study.toml"
+    file.write_text(STUDY_FILE)
+    study = tmp_path / "study"
+    assert main(["--smoke", "--study-file", str(file), "--out", str(study), "--device", "cpu"]) == 0
+    design = StudyDesign.from_dict(json.loads((study / "design.json").read_text()))
+    assert design.problem == "mao_lab.problems:regression_problem" and design.tasks == ("task0", "task1", "task2")
+    assert design.steps == 4 and design.seeds == (0, 1) and dict(design.problem_options)["num_tasks"] == 3
+    runs = pd.read_parquet(study / "runs.parquet")
+    assert set(runs["config"]) == {c.name for c in design.configs()} and set(runs["setting"]) == {"all"}
+    assert (runs["status"] == "ok").all() and runs["epochs"].eq(4 * 16 / 180).all()  # 180 = 300 * 0.8 - 60 samples
+    ledger = (study / "ledger.md").read_text()
+    assert "Problem: `mao_lab.problems:regression_problem` (GradNorm's imbalanced regression: 3 tasks" in ledger
+    assert "all: MAO's worst imbalance" in ledger
+    dm = pd.read_parquet(study / "delta_m.parquet")
+    assert set(dm["config"]) == {"all.sum", "all.mao", "all.ius", "all.io", "all.grouping2"}
+    provenance = json.loads((study / "provenance.json").read_text())
+    assert provenance["device"] == "cpu"
+    # the rates are chosen on both tuning seeds on your problem too: seed 1 ran the first seed's finalists only
+    assert design.tuning_seeds == (0, 1) and set(provenance["phases"]) == {"tuning", "tuning-seeds", "final"}
+    assert provenance["phases"]["tuning-seeds"]["points"] > 0
+    second = runs[runs["seed"] == 1].groupby("config")["lr"].nunique()
+    assert (second == design.finalists).all() and len(second) == len(design.configs())
+    choice = pd.read_parquet(study / "learning_rates.parquet")
+    assert (choice[choice["chosen"]]["seeds"] == 2).all()
+    # the ledger recomputes itself from its per-seed tables, byte for byte, and still names the problem
+    docs, again = tmp_path / "docs", tmp_path / "docs-again"
+    assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0
+    assert main(["--ledger-only", str(docs), "--out", str(again)]) == 0
+    for name in ("ledger.csv", "ledger.md", "m1_sensitivity.csv", "divergences.csv", "delta_m.csv", "test_metrics.csv"):
+        assert (docs / name).read_bytes() == (study / name).read_bytes() == (again / name).read_bytes(), name
+    assert "Problem: `mao_lab.problems:regression_problem`" in (again / "ledger.md").read_text()

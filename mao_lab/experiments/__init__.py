@@ -4,6 +4,7 @@ By job:
 
 - :mod:`._training` — :func:`train`, the one training loop every experiment uses (any method, a seed that
   fixes the initial network and the batch order, optional recorder and periodic evaluation);
+- :mod:`._problem` — any :class:`~mao_lab.problems.Problem`: every method and the single-task baselines;
 - per problem, training and scoring only: :mod:`._landscape` (the two-task toy), :mod:`._regression`
   (GradNorm's imbalanced regression), :mod:`._multimnist` (real data, with single-task baselines);
 - :mod:`._analysis` — the shared analyses: layer ownership, imbalance over steps and layers, Delta_m and
@@ -52,31 +53,64 @@ from ._landscape import (
     reached_counts,
     rescaling_gap,
 )
-from ._landscape_figures import distance_figure, loss_space_figure, parameter_space_figure, rescaling_figure
-from ._multimnist import MULTIMNIST_TASK_NAMES, compare_on_multimnist, train_multimnist, train_single_task
+from ._landscape_figures import (
+    distance_figure,
+    loss_space_figure,
+    parameter_space_figure,
+    rescaling_figure,
+)
+from ._multimnist import (
+    MULTIMNIST_TASK_NAMES,
+    compare_on_multimnist,
+    train_multimnist,
+    train_single_task,
+)
+from ._problem import compare_on_problem, train_on_problem
 from ._regression import compare_methods, final_losses, train_with_recorder
 from ._run_origins import origin_names
 from ._runs import find_run_dirs, is_run_dir, load_balance_runs
-from ._summaries import explorer_summary, findings_markdown, landscape_summary, multimnist_summary, regression_summary
-from ._training import TrainingRun, index_batches, tensor_batches, train
-from ._widgets import HeatmapExplorer, LandscapePlayground, MultiMNISTExplorer, RegressionPlayground, show_figure
+from ._summaries import (
+    explorer_summary,
+    findings_markdown,
+    landscape_summary,
+    multimnist_summary,
+    regression_summary,
+)
+from ._training import (
+    AUTOCAST_DTYPES,
+    TrainingRun,
+    index_batches,
+    resolve_autocast,
+    resolve_device,
+    tensor_batches,
+    train,
+)
+from ._widgets import (
+    HeatmapExplorer,
+    LandscapePlayground,
+    MultiMNISTExplorer,
+    RegressionPlayground,
+    show_figure,
+)
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "ELEMENTWISE_METHODS",
-    "HeatmapExplorer",
-    "LandscapePlayground",
     "METHOD_LABELS",
     "MULTIMNIST_TASK_NAMES",
-    "MultiMNISTExplorer",
     "PAPERS_SETTING",
     "PAPERS_VARIANTS",
-    "RegressionPlayground",
     "SINGLE_TASK",
+    "HeatmapExplorer",
+    "LandscapePlayground",
+    "MultiMNISTExplorer",
+    "RegressionPlayground",
     "TrainingRun",
     "arc_distance",
     "balance_summary",
     "compare_methods",
     "compare_on_multimnist",
+    "compare_on_problem",
     "conflict_band",
     "delta_m",
     "delta_m_figure",
@@ -119,6 +153,8 @@ __all__ = [
     "regression_summary",
     "rescaling_figure",
     "rescaling_gap",
+    "resolve_autocast",
+    "resolve_device",
     "results_wide",
     "run_name",
     "shared_layers",
@@ -127,6 +163,7 @@ __all__ = [
     "tensor_batches",
     "train",
     "train_multimnist",
+    "train_on_problem",
     "train_single_task",
     "train_with_recorder",
 ]

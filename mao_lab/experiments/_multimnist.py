@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 
 from .._validate import Int, require
 from ..methods import available
-from ..problems import MultiMNIST, evaluate_multimnist, load_multimnist, multimnist_model, task_losses
+from ..problems import MultiMNIST, MultiMNISTProblem, load_multimnist
 from ..recorder import combine_runs
 from ._labels import SINGLE_TASK, method_label, run_name
-from ._training import TrainingRun, tensor_batches, train
+from ._problem import run_on_problem
+from ._training import Autocast, TrainingRun
 
 __all__ = ["MULTIMNIST_TASK_NAMES", "SCORE_COLUMNS", "compare_on_multimnist", "train_multimnist", "train_single_task"]
 
@@ -41,21 +42,16 @@ SCORE_COLUMNS = ["method", "seed", "step", "task", "metric", "value", "higher_is
 
 def _train(
     method: str, train_data: MultiMNIST, test: MultiMNIST, *, steps: int, lr: float, batch_size: int, seed: int,
-    label: str, **options: Any,
+    label: str, device: torch.device | str | None = None, autocast: Autocast = None, **options: Any,
 ) -> TrainingRun:
-    """The one loop on MultiMNIST: the network of ``train_data``'s tasks, scored on ``test`` at the start and end."""
-    tasks = tuple(train_data.tasks)
+    """The one loop on MultiMNIST (:class:`~mao_lab.problems.MultiMNISTProblem`): the network of ``train_data``'s
+    tasks, scored on ``test`` at the start and end.
 
-    def losses(model: torch.nn.Module, batch: tuple[torch.Tensor, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return dict(zip(tasks, task_losses(model(batch[0]), batch[1], tasks)))
-
-    def scores(model: torch.nn.Module) -> list[dict[str, Any]]:
-        return [{"task": s.task, "metric": s.metric, "value": s.value, "higher_is_better": s.higher_is_better}
-                for s in evaluate_multimnist(model, test)]
-
-    return train(lambda: multimnist_model(tasks, seed=seed), method, losses, steps=steps,
-                 batches=tensor_batches(train_data.images, train_data.targets, batch_size), seed=seed, lr=lr,
-                 evaluate=scores, desc=label, **options)
+    The network is seeded on its own (:func:`~mao_lab.problems.multimnist_model` with ``seed``), as these
+    functions always did, so the method's random draws start from the fresh seed."""
+    problem = MultiMNISTProblem(train_data, test, batch_size=batch_size, eval_batch_size=1000)
+    return run_on_problem(problem, method, problem.task_names, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                          label=label, device=device, autocast=autocast, **options)
 
 
 def _scores(run: TrainingRun, method: str, seed: int) -> pd.DataFrame:
@@ -83,6 +79,8 @@ def train_multimnist(
     every: int = 10,
     run_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
     **hyperparameters: object,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train :func:`~mao_lab.problems.multimnist_model` on ``train``'s tasks with ``method``, recorder on
@@ -91,6 +89,8 @@ def train_multimnist(
     The initial network and the order of the batches depend on ``seed`` only, so runs with the same seed
     differ only by the method; random draws a method makes (RLW, GradDrop, ...) are seeded too, so a run
     is repeatable.  The recorder logs every ``every``-th step; with ``run_dir`` it saves the log there.
+    ``device`` and ``autocast`` are :func:`~mao_lab.experiments.train`'s (by default the GPU when present,
+    full precision).
 
     Returns:
         ``(metrics, scores)``: the recorder's tidy table, and the test metrics of every task before
@@ -111,7 +111,8 @@ def train_multimnist(
     params = {"problem": "multimnist", "method": method, "label": method_label(method), "tasks": list(train.tasks),
               "seed": seed, "steps": steps, "lr": lr, "batch_size": batch_size, "every": every, **hyperparameters}
     run = _train(method, train, test, steps=steps, lr=lr, batch_size=batch_size, seed=seed, label=run_name(method, seed),
-                 hyperparameters=hyperparameters, record_every=every, run_dir=run_dir, run_params=params, progress=progress)
+                 hyperparameters=hyperparameters, record_every=every, run_dir=run_dir, run_params=params, progress=progress,
+                 device=device, autocast=autocast)
     return run.metrics, _scores(run, method, seed)
 
 
@@ -126,6 +127,8 @@ def train_single_task(
     seed: int = 0,
     method: str = "sum",
     progress: bool = False,
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
 ) -> pd.DataFrame:
     """The single-task baseline of the same budget: the same loop (:func:`~mao_lab.experiments.train`) and
     network with ``task``'s head and loss only, the same batches (``seed``), ``steps`` steps of ``method``
@@ -143,7 +146,7 @@ def train_single_task(
     require("steps", steps, Int(min=1))
     train, test = _one_task(train, task), _one_task(test, task)
     run = _train(method, train, test, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                 label=f"{task} alone, seed {seed}", progress=progress)
+                 label=f"{task} alone, seed {seed}", progress=progress, device=device, autocast=autocast)
     return _scores(run, SINGLE_TASK, seed)
 
 
@@ -172,7 +175,7 @@ def compare_on_multimnist(
         run_root: each multi-task run's recorder log goes to ``run_root/<method>-seed<k>/``.
         data_path: the ``.npz`` to read (the shipped file by default).
         progress: one tqdm bar over the runs.
-        options: ``steps``, ``lr``, ``batch_size`` (shared with the baselines) and ``every``.
+        options: ``steps``, ``lr``, ``batch_size``, ``device``, ``autocast`` (shared with the baselines) and ``every``.
 
     Returns:
         ``(metrics, scores)``: the recorder tables combined, with a ``run`` column (:func:`run_name`), and
@@ -183,7 +186,7 @@ def compare_on_multimnist(
         raise ValueError(f"methods must name at least one method; unknown: {unknown}; available: {', '.join(available())}")
     train = load_multimnist(data_path, "train", tuple(tasks), limit=num_train)
     test = load_multimnist(data_path, "test", tuple(tasks), limit=num_test)
-    shared = {k: options[k] for k in ("steps", "lr", "batch_size") if k in options}
+    shared = {k: options[k] for k in ("steps", "lr", "batch_size", "device", "autocast") if k in options}
     jobs = [(m, s) for s in seeds for m in methods] + ([(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in tasks] if baselines else [])
     metrics, scores = [], []
     bar = tqdm(jobs, desc="runs", disable=not progress)

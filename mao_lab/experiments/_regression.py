@@ -17,10 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validate import Int, require
-from ..problems import ImbalancedRegression, regression_model
+from ..problems import ImbalancedRegression, RegressionProblem, seeded_init
 from ..recorder import combine_runs
 from ._labels import method_label
-from ._training import tensor_batches, train
+from ._training import Autocast, resolve_device, train
 
 __all__ = ["compare_methods", "final_losses", "train_with_recorder"]
 
@@ -37,6 +37,8 @@ def train_with_recorder(
     eval_every: int | None = None,
     run_dir: str | Path | None = None,
     progress: bool = False,
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
     **hyperparameters: object,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train ``regression_model`` on ``problem`` with ``method`` (:func:`~mao_lab.experiments.train`),
@@ -44,7 +46,9 @@ def train_with_recorder(
 
     The initial network and the order of the batches depend on ``seed`` only, so runs differ only by
     the method.  With ``run_dir`` the recorder's log is saved there (``metrics.parquet`` and
-    ``params.json``, readable by :func:`mao_lab.recorder.load_run`).
+    ``params.json``, readable by :func:`mao_lab.recorder.load_run`).  The problem is
+    :class:`~mao_lab.problems.RegressionProblem` on ``problem``'s whole training split; ``device`` and
+    ``autocast`` are :func:`~mao_lab.experiments.train`'s (by default the GPU when present, full precision).
 
     Returns:
         ``(metrics, losses)``: the recorder's tidy table (parameter level, see :mod:`mao_lab.recorder`),
@@ -58,16 +62,15 @@ def train_with_recorder(
     ([0, 2], 4)
     """
     require("steps", steps, Int(min=1))
-    names = [f"task{k}" for k in range(problem.num_tasks)]
-    sigmas = dict(zip(names, problem.sigmas.tolist()))
-    x_test, y_test = problem.split("test")
+    data = RegressionProblem(problem, batch_size=batch_size, metrics=("mse",))
+    target = resolve_device(device)
 
-    def task_losses(model: torch.nn.Module, batch: tuple[torch.Tensor, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return dict(zip(names, problem.task_losses(model(batch[0]), batch[1])))
+    def build() -> torch.nn.Module:
+        with seeded_init(seed):
+            return data.build_model()
 
     def test_losses(model: torch.nn.Module) -> list[dict[str, Any]]:
-        test = problem.task_losses(model(x_test), y_test)
-        return [{"task": name, "sigma": sigmas[name], "test_loss": float(loss)} for name, loss in zip(names, test)]
+        return [{"task": s.task, "sigma": data.sigmas[s.task], "test_loss": s.value} for s in data.evaluate(model, "test")]
 
     params = {
         "method": method, "label": method_label(method), "num_tasks": problem.num_tasks,
@@ -75,10 +78,10 @@ def train_with_recorder(
         "every": every, **hyperparameters,
     }
     run = train(
-        lambda: regression_model(problem.num_tasks, in_dim=problem.in_dim, out_dim=problem.out_dim, seed=seed),
-        method, task_losses, steps=steps, batches=tensor_batches(*problem.split("train"), batch_size), seed=seed, lr=lr,
+        build, method, data.task_losses, steps=steps, batches=lambda s: data.batches("train", seed=s), seed=seed, lr=lr,
         hyperparameters=hyperparameters, record_every=every, run_dir=run_dir, run_params=params,
         evaluate=test_losses, eval_every=eval_every or max(1, steps // 20), progress=progress, desc=method_label(method),
+        device=target, autocast=autocast,
     )
     losses = run.evaluations.merge(run.train_losses.rename(columns={"loss": "train_loss"}), on=["step", "task"], how="left")
     losses = losses.assign(method=method, normalised_test_loss=losses["test_loss"] / losses["sigma"] ** 2)

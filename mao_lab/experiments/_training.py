@@ -12,6 +12,15 @@ GradDrop's masks, ...).  Two runs with the same seed and different methods there
 same network and see the same batches: they differ only by the method.  Evaluations run on a copy of
 the random state, so how often a run is evaluated does not change its training.  The caller's global
 random state is left as it was.
+
+**A problem, a device, a precision.**  ``train`` takes a :class:`mao_lab.problems.Problem` in place of
+``build_model`` and ``task_losses`` (its network, its training batches and its losses, on the ``tasks``
+chosen), and ``evaluate="validation"`` (or ``"test"``) scores the problem's split.  ``device`` puts the
+network and every batch on a device (by default the GPU when one is present, for a problem; the CPU for a
+``build_model`` function, whose ``evaluate`` may read CPU tensors), and ``autocast="bf16"`` (or ``"fp16"``)
+runs the forward passes under :func:`torch.autocast`; the losses reach the method in float32, and the
+method steps the float32 parameters.  On the CPU without autocast, a run is bit for bit the run it was
+before devices existed.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -31,9 +40,22 @@ from tqdm.auto import tqdm
 from .._task_gradients import TaskLosses
 from .._validate import Int, require
 from ..methods import Method, available, make
+from ..problems import Problem, default_device, index_batches, metric_rows
+from ..problems._interface import _to_device
 from ..recorder import Recorder
 
-__all__ = ["TrainingRun", "index_batches", "tensor_batches", "train"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "TrainingRun",
+    "index_batches",
+    "resolve_autocast",
+    "resolve_device",
+    "tensor_batches",
+    "train",
+]
+
+AUTOCAST_DTYPES: Mapping[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The precisions ``train(autocast=...)`` names: bfloat16 (safe without loss scaling) and float16."""
 
 Batch = Any
 """Whatever ``batches`` yields and ``task_losses`` reads (e.g. ``(inputs, [targets per task])``)."""
@@ -43,6 +65,9 @@ TaskLossFn = Callable[[nn.Module, Batch], TaskLosses]
 
 Evaluate = Callable[[nn.Module], Iterable[Mapping[str, Any]]]
 """``evaluate(model)``: rows of the evaluation table, by convention with ``task``, ``metric`` and ``value``."""
+
+Autocast = Literal["bf16", "fp16"] | torch.dtype | None
+"""A forward-pass precision for :func:`torch.autocast`, or ``None`` for the parameters' own (float32)."""
 
 
 @dataclass
@@ -69,9 +94,9 @@ class TrainingRun:
 
 
 def train(
-    build_model: Callable[[], nn.Module],
+    build_model: Callable[[], nn.Module] | Problem,
     method_name: str,
-    task_losses: TaskLossFn,
+    task_losses: TaskLossFn | None = None,
     *,
     steps: int,
     batches: Callable[[int], Iterable[Batch]] | None = None,
@@ -81,10 +106,14 @@ def train(
     record_every: int | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     run_params: Mapping[str, Any] | None = None,
-    evaluate: Evaluate | None = None,
+    evaluate: Evaluate | str | None = None,
     eval_every: int | None = None,
     progress: bool = False,
     desc: str | None = None,
+    tasks: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
 ) -> TrainingRun:
     """Train the model ``build_model()`` with ``mao_lab.methods.make(method_name, ...)`` for ``steps`` steps.
 
@@ -92,7 +121,9 @@ def train(
     training-step contract of :class:`mao_lab.methods.Method`, the same for every method.
 
     Args:
-        build_model: makes the initial network; called under ``seed``.
+        build_model: makes the initial network; called under ``seed``.  Or a
+            :class:`~mao_lab.problems.Problem`: its network, training batches and losses on ``tasks``
+            (``task_losses`` and ``batches`` then default to the problem's).
         method_name: a registry name (:func:`mao_lab.methods.available`).
         task_losses: ``task_losses(model, batch)`` → the per-task losses (a list, or a dict whose keys
             name the tasks in the recorder's table).
@@ -107,16 +138,24 @@ def train(
             ``run_params``); an existing run there is replaced.
         run_params: the run's parameters, saved with the recording.
         evaluate: ``evaluate(model)`` → rows of the evaluation table; called without gradients, in
-            ``eval`` mode, at step 0, every ``eval_every`` steps and after the last step.
+            ``eval`` mode, at step 0, every ``eval_every`` steps and after the last step.  With a problem, a
+            split's name (``"validation"``, ``"test"``) scores that split (rows ``task, metric, value,
+            higher_is_better``).
         eval_every: how often ``evaluate`` runs; ``None``: at the start and the end only.
         progress: show a tqdm bar over the steps (labelled ``desc``, by default the method's name).
         desc: the bar's label.
+        tasks: with a problem, the tasks to train (all by default; one task for a single-task baseline).
+        batch_size: with a problem, the training batch size (the problem's own by default).
+        device: where the network and the batches live (module docstring for the default).
+        autocast: ``"bf16"`` or ``"fp16"`` runs each forward pass under :func:`torch.autocast` (training only;
+            evaluations run in full precision); float16 has no loss scaling here, so prefer bfloat16.
 
     Returns:
         A :class:`TrainingRun`.
 
     Raises:
-        ValueError: an unknown method or hyperparameter, a bad count, or batches that run out.
+        ValueError: an unknown method or hyperparameter, a bad count, an unknown device or precision, an
+            option that needs a problem, or batches that run out.
 
     >>> from mao_lab.problems import regression_model
     >>> x, ys = torch.randn(64, 8), [torch.randn(64, 2), 10 * torch.randn(64, 2)]
@@ -130,22 +169,38 @@ def train(
     ...               batches=tensor_batches(x, ys, batch_size=16), evaluate=test, record_every=2)
     >>> again.evaluations["value"].tolist() == run.evaluations.query("step != 3")["value"].tolist()  # the same run
     True
+
+    On a problem (:class:`~mao_lab.problems.Problem`), its network, batches and losses, scored on a split:
+
+    >>> from mao_lab.problems import regression_problem
+    >>> problem = regression_problem(2, num_samples=200, num_val=40, batch_size=16)
+    >>> run = train(problem, "mao", steps=2, evaluate="validation", device="cpu", autocast="bf16")
+    >>> run.evaluations[["step", "task", "metric"]].values.tolist()[:2], run.train_losses["loss"].dtype
+    ([[0, 'task0', 'normalised_mse'], [0, 'task1', 'normalised_mse']], dtype('float64'))
     """
     _check_arguments(method_name, steps, seed, record_every, eval_every)
-    with torch.random.fork_rng(devices=[]):
+    problem = build_model if isinstance(build_model, Problem) else None
+    target = resolve_device(device, cuda_by_default=problem is not None)
+    precision = resolve_autocast(autocast)
+    build, task_losses, batches, evaluate, move = _from_problem(
+        build_model, task_losses, batches, evaluate, tasks, batch_size
+    )
+    with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
         torch.manual_seed(seed)
-        model = build_model()
+        model = build().to(target)
         method = make(method_name, model.parameters(), lr=lr, **dict(hyperparameters or {}))
         recorder = _recorder(model, method, record_every, run_dir, run_params)
         rows: list[dict[str, Any]] = []
-        _evaluate(model, evaluate, 0, rows)
+        _evaluate(model, evaluate, 0, rows, target)
         losses = _Losses()
+        forward = _forward(task_losses, target, precision)
         with tqdm(total=steps, desc=desc or method_name, disable=not progress, leave=False) as bar:
             for step, batch in zip(range(1, steps + 1), _batches(batches, seed)):
-                losses.add(method, lambda: task_losses(model, batch))
+                batch = move(batch, target)
+                losses.add(method, lambda: forward(model, batch))
                 bar.update()
                 if evaluate is not None and (step == steps or (eval_every is not None and step % eval_every == 0)):
-                    _evaluate(model, evaluate, step, rows)
+                    _evaluate(model, evaluate, step, rows, target)
         if losses.count < steps:
             raise ValueError(f"batches ran out at step {losses.count + 1}: give at least `steps` batches")
         if recorder is not None:
@@ -219,12 +274,14 @@ def _recorder(
     return Recorder(model, method, every, run_dir=run_dir, params=dict(params or {}), overwrite=True)
 
 
-def _evaluate(model: nn.Module, evaluate: Evaluate | None, step: int, rows: list[dict[str, Any]]) -> None:
+def _evaluate(
+    model: nn.Module, evaluate: Evaluate | None, step: int, rows: list[dict[str, Any]], device: torch.device
+) -> None:
     if evaluate is None:
         return
     was_training = model.training
     # A copy of the random state: evaluating (even with dropout) must not change what training draws next.
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         model.eval()
         try:
             rows.extend({"step": step, **row} for row in evaluate(model))
@@ -232,26 +289,86 @@ def _evaluate(model: nn.Module, evaluate: Evaluate | None, step: int, rows: list
             model.train(was_training)
 
 
-def index_batches(num_samples: int, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Row indices of full batches of ``batch_size``, epoch after epoch, without end.
+def resolve_device(device: torch.device | str | None, *, cuda_by_default: bool = True) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked; ``None``: CUDA when present (``cuda_by_default``), else the CPU.
 
-    Each epoch visits the rows in an order drawn from ``seed`` and the epoch's number only, so every
-    method trained with the same seed sees the same batches.  A last, smaller batch is dropped: every
-    step sees as many samples.
-
-    >>> batches = [b.tolist() for b, _ in zip(index_batches(5, 2, seed=0), range(4))]
-    >>> [len(b) for b in batches], len(set(batches[0] + batches[1]))
-    ([2, 2, 2, 2], 4)
+    >>> resolve_device("cpu"), resolve_device(None, cuda_by_default=False)
+    (device(type='cpu'), device(type='cpu'))
+    >>> resolve_device("tpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'tpu'
     """
-    require("num_samples", num_samples, Int(min=1))
-    require("batch_size", batch_size, Int(min=1))
-    size = min(batch_size, num_samples)
-    epoch = 0
-    while True:
-        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for start in range(0, num_samples - size + 1, size):
-            yield order[start : start + size]
-        epoch += 1
+    if device is None:
+        return default_device() if cuda_by_default else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asks for CUDA, but torch sees no CUDA device here")
+    return resolved
+
+
+def resolve_autocast(autocast: Autocast) -> torch.dtype | None:
+    """The autocast dtype named by ``autocast`` (``"bf16"``, ``"fp16"``, a dtype or ``None``), checked.
+
+    >>> resolve_autocast("bf16"), resolve_autocast(None)
+    (torch.bfloat16, None)
+    """
+    if autocast is None:
+        return None
+    dtype = AUTOCAST_DTYPES.get(autocast) if isinstance(autocast, str) else autocast
+    if dtype not in AUTOCAST_DTYPES.values():
+        raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or None, got {autocast!r}")
+    return dtype
+
+
+def _from_problem(
+    build_model: Callable[[], nn.Module] | Problem, task_losses: TaskLossFn | None,
+    batches: Callable[[int], Iterable[Batch]] | None, evaluate: Evaluate | str | None, tasks: Sequence[str] | None,
+    batch_size: int | None,
+) -> tuple[Callable[[], nn.Module], TaskLossFn, Callable[[int], Iterable[Batch]] | None, Evaluate | None,
+           Callable[[Batch, torch.device], Batch]]:
+    """``build_model, task_losses, batches, evaluate`` and a batch mover, from a problem or as given."""
+    if not isinstance(build_model, Problem):
+        for name, value in (("tasks", tasks), ("batch_size", batch_size)):
+            if value is not None:
+                raise ValueError(f"{name} needs a Problem as the first argument of train(), not a build_model function")
+        if isinstance(evaluate, str):
+            raise ValueError(f"evaluate={evaluate!r} (a split's name) needs a Problem as the first argument of train()")
+        if task_losses is None:
+            raise ValueError("train() needs task_losses(model, batch) with a build_model function")
+        return build_model, task_losses, batches, evaluate, lambda batch, device: _to_device(batch, device)
+    problem = build_model
+    chosen = problem.tasks_or_all(tasks)
+    if batch_size is not None:
+        require("batch_size", batch_size, Int(min=1))
+    if task_losses is None:
+        task_losses = lambda model, batch: problem.task_losses(model, batch, chosen)
+    if batches is None:
+        batches = lambda seed: problem.batches("train", seed=seed, batch_size=batch_size)
+    if isinstance(evaluate, str):
+        split = evaluate
+        evaluate = lambda model: metric_rows(problem.evaluate(model, split, chosen))
+    return lambda: problem.build_model(chosen), task_losses, batches, evaluate, problem.to_device
+
+
+def _forward(task_losses: TaskLossFn, device: torch.device, precision: torch.dtype | None) -> TaskLossFn:
+    """``task_losses`` under autocast (losses back in float32), or as it is without."""
+    if precision is None:
+        return task_losses
+
+    def forward(model: nn.Module, batch: Batch) -> TaskLosses:
+        with torch.autocast(device.type, dtype=precision):
+            losses = task_losses(model, batch)
+        if isinstance(losses, Mapping):
+            return {name: loss.float() for name, loss in losses.items()}
+        if isinstance(losses, Tensor):
+            return losses.float()
+        return [loss.float() for loss in losses]
+
+    return forward
 
 
 def tensor_batches(

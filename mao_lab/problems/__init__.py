@@ -6,8 +6,25 @@
   different nature (classification, regression, dense reconstruction).
 
 Every model is a :class:`MultiTaskNet`: a shared ``trunk`` and one head per task.
+
+The lab reads any problem, yours included, through one interface, :class:`Problem` (``docs/your-problem.md``),
+found by an import path (:func:`load_problem`).  The shipped ones: :func:`multimnist_problem`
+(``"mao_lab.problems:multimnist_problem"``) and :func:`regression_problem`
+(``"mao_lab.problems:regression_problem"``).
 """
 
+from ._interface import (
+    SPLITS,
+    Problem,
+    Split,
+    default_device,
+    index_batches,
+    load_problem,
+    metric_rows,
+    model_device,
+    seeded_loader,
+    verify_problem,
+)
 from ._landscape import (
     LANDSCAPE_EPS,
     LANDSCAPE_STARTS,
@@ -19,7 +36,6 @@ from ._landscape import (
     pareto_front,
     reaches_pareto_set,
 )
-from ._interface import Problem, Split, load_problem
 from ._model import MultiTaskNet, seeded_init
 from ._multimnist import (
     DEFAULT_MULTIMNIST_PATH,
@@ -27,49 +43,70 @@ from ._multimnist import (
     MULTIMNIST_TASKS,
     DataIntegrityError,
     MultiMNIST,
+    MultiMNISTProblem,
     MultiMNISTTask,
     TaskMetric,
     build_multimnist,
     evaluate_multimnist,
     load_multimnist,
     multimnist_model,
+    multimnist_problem,
     overlay_digits,
     place_left_digit,
     task_losses,
     task_metrics,
 )
-from ._regression import ImbalancedRegression, geometric_sigmas, regression_model
+from ._regression import (
+    REGRESSION_METRICS,
+    ImbalancedRegression,
+    RegressionProblem,
+    geometric_sigmas,
+    regression_model,
+    regression_problem,
+)
 
 __all__ = [
     "DEFAULT_MULTIMNIST_PATH",
-    "DataIntegrityError",
-    "ImbalancedRegression",
     "LANDSCAPE_EPS",
     "LANDSCAPE_STARTS",
     "MULTIMNIST_SHA256",
     "MULTIMNIST_TASKS",
-    "MultiMNIST",
-    "MultiMNISTTask",
-    "MultiTaskNet",
     "PARETO_X1_RANGE",
     "PARETO_X2",
+    "REGRESSION_METRICS",
+    "SPLITS",
+    "DataIntegrityError",
+    "ImbalancedRegression",
+    "MultiMNIST",
+    "MultiMNISTProblem",
+    "MultiMNISTTask",
+    "MultiTaskNet",
     "Problem",
+    "RegressionProblem",
     "Split",
     "TaskMetric",
     "build_multimnist",
+    "default_device",
     "evaluate_multimnist",
     "geometric_sigmas",
+    "index_batches",
     "landscape_grid",
     "landscape_losses",
-    "load_problem",
     "load_multimnist",
+    "load_problem",
+    "metric_rows",
+    "model_device",
     "multimnist_model",
+    "multimnist_problem",
     "overlay_digits",
     "pareto_distance",
     "pareto_front",
     "place_left_digit",
     "reaches_pareto_set",
     "regression_model",
+    "regression_problem",
+    "seeded_loader",
+    "verify_problem",
     "seeded_init",
     "task_losses",
     "task_metrics",

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,21 +37,23 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from ._interface import TaskMetric
+from ._interface import Problem, TaskMetric, index_batches, model_device
 from ._model import MultiTaskNet, seeded_init
 
 __all__ = [
     "DEFAULT_MULTIMNIST_PATH",
     "MULTIMNIST_SHA256",
-    "DataIntegrityError",
     "MULTIMNIST_TASKS",
+    "DataIntegrityError",
     "MultiMNIST",
+    "MultiMNISTProblem",
     "MultiMNISTTask",
     "TaskMetric",
     "build_multimnist",
     "evaluate_multimnist",
     "load_multimnist",
     "multimnist_model",
+    "multimnist_problem",
     "overlay_digits",
     "place_left_digit",
     "task_losses",
@@ -578,3 +580,150 @@ def evaluate_multimnist(model: nn.Module, dataset: MultiMNIST, batch_size: int =
         model.train(was_training)
     outputs = [torch.cat([chunk[k] for chunk in chunks]) for k in range(len(dataset.tasks))]
     return task_metrics(outputs, list(dataset.targets), dataset.tasks)
+
+
+# --- the problem interface -------------------------------------------------------------------------
+
+SAME_NATURE: tuple[str, ...] = ("left", "right")
+DIFFERENT_NATURE: tuple[str, ...] = ("left", "sum", "reconstruct")
+
+
+class MultiMNISTProblem(Problem):
+    """MultiMNIST as a :class:`~mao_lab.problems.Problem`: given splits, :func:`multimnist_model`, cross-entropy /
+    MSE losses (:func:`task_losses`) and :func:`task_metrics`.
+
+    A batch is ``(images, [target per task of the problem])``; a subset of tasks picks its targets from it, so
+    a single-task baseline sees the very batches of the multi-task run with the same seed.
+
+    Args:
+        train: the training split; its tasks are the problem's.
+        test: the test split (same tasks), or ``None``.
+        validation: the validation split (same tasks), or ``None``.
+        batch_size: the training batch size when :meth:`batches` is not given one.
+        eval_batch_size: :meth:`evaluate` runs the network on this many images at a time; ``None``: the
+            whole split at once.
+
+    >>> problem = MultiMNISTProblem(load_multimnist(tasks=("left", "sum"), limit=32), batch_size=8)
+    >>> images, (left, digit_sum) = next(iter(problem.batches("train", seed=0)))
+    >>> losses = problem.task_losses(problem.build_model(), (images, [left, digit_sum]))
+    >>> tuple(images.shape), problem.task_names, sorted(losses)
+    ((8, 1, 28, 28), ('left', 'sum'), ['left', 'sum'])
+    """
+
+    name = "multimnist"
+
+    def __init__(
+        self,
+        train: MultiMNIST,
+        test: MultiMNIST | None = None,
+        validation: MultiMNIST | None = None,
+        *,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        for split, data in (("test", test), ("validation", validation)):
+            if data is not None and tuple(data.tasks) != tuple(train.tasks):
+                raise ValueError(f"the {split} split's tasks {data.tasks} differ from the training split's "
+                                 f"{train.tasks}")
+        for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                allowed = "an int >= 1" + (" or None" if option == "eval_batch_size" else "")
+                raise ValueError(f"{option} must be {allowed}, got {value!r}")
+        self.task_names = tuple(train.tasks)
+        self.train_size = len(train)
+        self.splits: dict[str, MultiMNIST | None] = {"train": train, "validation": validation, "test": test}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        sizes = ", ".join(f"{len(d)} {k}" for k, d in self.splits.items() if d is not None)
+        self.description = (f"MultiMNIST ({sizes} images of two overlaid MNIST digits, 28x28), Sener & Koltun's "
+                            f"LeNet-style network, {len(self.task_names)} tasks: {', '.join(self.task_names)}")
+
+    def split(self, split: str) -> MultiMNIST:
+        """The dataset of ``split``; ``ValueError`` if the problem was made without it."""
+        if split not in self.splits:
+            raise ValueError(f"problem {self.name!r}: unknown split {split!r}; splits: {list(self.splits)}")
+        data = self.splits[split]
+        if data is None:
+            raise ValueError(f"problem {self.name!r} was made without a {split} split")
+        return data
+
+    def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
+        return multimnist_model(self.tasks_or_all(tasks))
+
+    def batches(
+        self, split: str, *, seed: int = 0, batch_size: int | None = None
+    ) -> Iterator[tuple[Tensor, list[Tensor]]]:
+        data = self.split(split)
+        size = batch_size or self.batch_size
+        if split == "train":
+            for rows in index_batches(len(data), size, seed):
+                yield data.images[rows], [target[rows] for target in data.targets]
+        else:
+            for start in range(0, len(data), size):
+                yield data.images[start : start + size], [target[start : start + size] for target in data.targets]
+
+    def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
+        return [targets[self.task_names.index(task)] for task in tasks]
+
+    def task_losses(self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]],
+                    tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        names = self.tasks_or_all(tasks)
+        images, targets = batch
+        return dict(zip(names, task_losses(model(images), self._targets(targets, names), names)))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
+        names = self.tasks_or_all(tasks)
+        data = self.split(split)
+        device = model_device(model)
+        size = self.eval_batch_size or len(data)
+        starts = range(0, len(data), size)
+        chunks = [model(self.to_device(data.images[start : start + size], device)) for start in starts]
+        # One chunk is used as it is (the whole split in one pass); several are concatenated, as
+        # evaluate_multimnist does.
+        if len(chunks) == 1:
+            outputs = list(chunks[0])
+        else:
+            outputs = [torch.cat([chunk[k] for chunk in chunks]) for k in range(len(names))]
+        targets = [self.to_device(t, device) for t in self._targets(data.targets, names)]
+        return task_metrics(outputs, targets, names)
+
+    def task_sets(self) -> Mapping[str, tuple[str, ...]]:
+        """Two digits (one nature), and a digit, the sum and the reconstruction (different natures), when present."""
+        sets = {"same_nature": SAME_NATURE, "different_nature": DIFFERENT_NATURE}
+        return {name: tasks for name, tasks in sets.items() if set(tasks) <= set(self.task_names)}
+
+
+def multimnist_problem(
+    tasks: Sequence[str] = ("left", "right", "sum", "reconstruct"),
+    *,
+    num_train: int = 9000,
+    num_val: int = 1000,
+    num_test: int = 2000,
+    batch_size: int = 64,
+    eval_batch_size: int | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> MultiMNISTProblem:
+    """The shipped MultiMNIST as a problem (``"mao_lab.problems:multimnist_problem"``): the first ``num_train``
+    images of the training file to train on, its last ``num_val`` to validate on (never the test file), and the
+    first ``num_test`` test images (``num_val=0``: no validation split, all ``num_train`` <= 10000 to train on).
+
+    >>> problem = multimnist_problem(("left", "right"), num_train=64, num_val=16, num_test=16)
+    >>> [len(problem.split(s)) for s in ("train", "validation", "test")], dict(problem.task_sets())
+    ([64, 16, 16], {'same_nature': ('left', 'right')})
+    """
+    for option, value, least in (("num_train", num_train, 1), ("num_val", num_val, 0), ("num_test", num_test, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{option} must be an int >= {least}, got {value!r}")
+    whole = load_multimnist(path, split="train", tasks=tuple(tasks))
+    if num_train + num_val > len(whole):
+        raise ValueError(f"num_train + num_val = {num_train + num_val} exceeds the {len(whole)} training images")
+
+    def rows(part: slice) -> MultiMNIST:
+        return MultiMNIST(whole.images[part], [t[part] for t in whole.targets], whole.tasks, "train",
+                          whole.left_index[part], whole.right_index[part])
+
+    test = load_multimnist(path, split="test", tasks=tuple(tasks), limit=num_test)
+    validation = rows(slice(len(whole) - num_val, None)) if num_val else None
+    return MultiMNISTProblem(rows(slice(0, num_train)), test, validation, batch_size=batch_size,
+                             eval_batch_size=eval_batch_size)

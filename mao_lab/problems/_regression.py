@@ -17,7 +17,7 @@ related (correlation of pre-activations ``10^2 / (10^2 + 3.5^2) ~ 0.89``).  Pass
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._validate import Int, require
-
+from ._interface import Problem, TaskMetric, index_batches, model_device
 from ._model import MultiTaskNet, seeded_init
 
-__all__ = ["ImbalancedRegression", "geometric_sigmas", "regression_model"]
+__all__ = ["ImbalancedRegression", "RegressionProblem", "geometric_sigmas", "regression_model", "regression_problem"]
 
 Split = Literal["train", "test"]
 
@@ -262,3 +262,124 @@ def regression_model(
             width = hidden
         heads = [nn.Linear(hidden, out_dim) for _ in range(num_tasks)]
         return MultiTaskNet(nn.Sequential(*layers), heads)
+
+
+REGRESSION_METRICS: Mapping[str, str] = {
+    "normalised_mse": "the test MSE divided by sigma^2 (every task on one footing)",
+    "mse": "the raw MSE (the scale the training loss sees)",
+}
+
+
+class RegressionProblem(Problem):
+    """GradNorm's regression as a :class:`~mao_lab.problems.Problem`: the tasks ``task0, task1, ...``, the raw MSE
+    as each task's training loss (which makes the problem imbalanced), and per task the ``metrics`` named.
+
+    The training split of ``data`` is cut in two: its last ``num_val`` samples are the validation split.  A
+    batch is ``(inputs, [target per task])``.
+
+    Args:
+        data: the regression's samples.
+        num_val: training samples held out for validation (0: no validation split).
+        batch_size: the training batch size when :meth:`batches` is not given one.
+        metrics: names from :data:`REGRESSION_METRICS`, in the order :meth:`evaluate` gives them per task.
+
+    >>> problem = RegressionProblem(ImbalancedRegression(2, num_samples=100, in_dim=8, out_dim=4), num_val=20)
+    >>> sizes = [len(next(iter(problem.batches(s, batch_size=100)))[0]) for s in ("train", "validation", "test")]
+    >>> problem.task_names, sizes
+    (('task0', 'task1'), [60, 20, 20])
+    """
+
+    name = "regression"
+
+    def __init__(self, data: ImbalancedRegression, *, num_val: int = 0, batch_size: int = 64,
+                 metrics: Sequence[str] = ("normalised_mse",)) -> None:
+        require("num_val", num_val, Int(min=0, max=data.num_train - 1))
+        require("batch_size", batch_size, Int(min=1))
+        unknown = [m for m in metrics if m not in REGRESSION_METRICS]
+        if isinstance(metrics, str) or not metrics or unknown:
+            raise ValueError(f"metrics must name some of {list(REGRESSION_METRICS)}, got {metrics!r}")
+        self.data = data
+        self.task_names = tuple(f"task{k}" for k in range(data.num_tasks))
+        self.batch_size = batch_size
+        self.metrics = tuple(metrics)
+        x, ys = data.split("train")
+        cut = len(x) - num_val
+        self.train_size = cut
+        self._splits: dict[str, tuple[Tensor, list[Tensor]] | None] = {
+            "train": (x[:cut], [y[:cut] for y in ys]),
+            "validation": (x[cut:], [y[cut:] for y in ys]) if num_val else None,
+            "test": data.split("test"),
+        }
+        self.sigmas = dict(zip(self.task_names, data.sigmas.tolist()))
+        scales = ", ".join(f"{s:.3g}" for s in data.sigmas.tolist())
+        self.description = (f"GradNorm's imbalanced regression: {data.num_tasks} tasks of scales "
+                            f"{scales}, {cut} training, {num_val} validation, "
+                            f"{data.num_samples - data.num_train} test samples in R^{data.in_dim}; a 4-layer ReLU MLP")
+
+    def split(self, split: str) -> tuple[Tensor, list[Tensor]]:
+        """``(inputs, [targets per task])`` of ``split``."""
+        if split not in self._splits:
+            raise ValueError(f"problem {self.name!r}: unknown split {split!r}; splits: {list(self._splits)}")
+        part = self._splits[split]
+        if part is None:
+            raise ValueError(f"problem {self.name!r} was made without a {split} split (num_val=0)")
+        return part
+
+    def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
+        names = self.tasks_or_all(tasks)
+        return regression_model(len(names), in_dim=self.data.in_dim, out_dim=self.data.out_dim)
+
+    def batches(
+        self, split: str, *, seed: int = 0, batch_size: int | None = None
+    ) -> Iterator[tuple[Tensor, list[Tensor]]]:
+        x, ys = self.split(split)
+        size = batch_size or self.batch_size
+        if split == "train":
+            for rows in index_batches(len(x), size, seed):
+                yield x[rows], [y[rows] for y in ys]
+        else:
+            for start in range(0, len(x), size):
+                yield x[start : start + size], [y[start : start + size] for y in ys]
+
+    def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
+        return [targets[self.task_names.index(task)] for task in tasks]
+
+    def task_losses(self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]],
+                    tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        names = self.tasks_or_all(tasks)
+        x, targets = batch
+        return {name: F.mse_loss(out, y) for name, out, y in zip(names, model(x), self._targets(targets, names))}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
+        names = self.tasks_or_all(tasks)
+        x, ys = self.to_device(self.split(split), model_device(model))
+        scores = []
+        for name, out, y in zip(names, model(x), self._targets(ys, names)):
+            loss = F.mse_loss(out, y)
+            for metric in self.metrics:
+                value = loss / self.sigmas[name] ** 2 if metric == "normalised_mse" else loss
+                scores.append(TaskMetric(name, metric, float(value), False))
+        return scores
+
+
+def regression_problem(
+    num_tasks: int = 2,
+    *,
+    sigma_range: tuple[float, float] = (1.0, 100.0),
+    sigmas: Sequence[float] | None = None,
+    num_samples: int = 5000,
+    num_val: int = 1000,
+    batch_size: int = 64,
+    data_seed: int = 0,
+    metrics: Sequence[str] = ("normalised_mse",),
+) -> RegressionProblem:
+    """GradNorm's regression with ``num_tasks`` tasks as a problem (``"mao_lab.problems:regression_problem"``).
+
+    >>> problem = regression_problem(3, num_samples=200, num_val=40)
+    >>> problem.task_names, round(problem.sigmas["task2"])
+    (('task0', 'task1', 'task2'), 100)
+    """
+    data = ImbalancedRegression(num_tasks, sigmas=sigmas, sigma_range=tuple(sigma_range), num_samples=num_samples,
+                                seed=data_seed)
+    return RegressionProblem(data, num_val=num_val, batch_size=batch_size, metrics=metrics)

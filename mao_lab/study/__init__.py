@@ -8,7 +8,17 @@
   :mod:`._figures`: the figures behind each verdict and a widget.
 """
 
-from ._design import MM4_TASKS, SINGLE_TASK_PREFIX, RunConfig, StudyDesign, full_design, smoke_design
+from ._design import (
+    MM4_TASKS,
+    SINGLE_TASK_PREFIX,
+    STUDY_FILE_KEYS,
+    RunConfig,
+    StudyDesign,
+    full_design,
+    problem_design,
+    read_study_file,
+    smoke_design,
+)
 from ._analysis import (
     BALANCE_BOUNDS,
     BALANCE_READINGS,
@@ -56,8 +66,8 @@ from ._ledger import (
     validation_levels,
     write_ledger,
 )
-from ._runs import RunTables, run_config, run_point
-from ._study import POINT_NOTEBOOK, StudyError, load_study, provenance, run_study, summarise
+from ._runs import RunTables, problem_of, run_config, run_point
+from ._study import POINT_NOTEBOOK, StudyError, gpu_resources, load_study, provenance, run_study, summarise
 from ._stats import (
     DIRECTIONS,
     VERDICTS,
@@ -134,4 +144,9 @@ __all__ = [
     "run_point",
     "smoke_design",
     "verdict",
+    "STUDY_FILE_KEYS",
+    "gpu_resources",
+    "problem_design",
+    "problem_of",
+    "read_study_file",
 ]

@@ -5,6 +5,8 @@
     python -m mao_lab.study --scheduler tcp://host:8786 --out ...  # on an existing Dask cluster
     python -m mao_lab.study --ledger-only runs/study --out docs/claims   # rewrite the ledger files from a study
     python -m mao_lab.study --estimate --workers 2                  # time every configuration, predict the wall time
+    python -m mao_lab.study --problem package.module:factory --study-file study.toml --out runs/mine   # your problem
+    python -m mao_lab.study --scheduler tcp://127.0.0.1:8786 --device cuda --out ...   # one GPU per point (README)
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._design import (
+    StudyDesign,
+    full_design,
+    problem_design,
+    read_study_file,
+    smoke_design,
+)
 from ..runner import OneLineArgumentParser, folder_argument
-from ._design import StudyDesign, full_design, smoke_design
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="time a few steps of every configuration here and predict the study's wall time; run nothing else")
     parser.add_argument("--ledger-only", type=folder_argument, default=None, metavar="STUDY_DIR",
                         help="write the ledger files of a finished study into --out, and nothing else")
+    parser.add_argument("--problem", default=None, metavar="MODULE:FACTORY",
+                        help="your problem's import path (docs/your-problem.md); default: the shipped MultiMNIST and regression")
+    parser.add_argument("--study-file", type=Path, default=None, metavar="TOML",
+                        help="a study file: problem, options, methods, p2_methods, lrs, seeds, tuning_seeds, finalists, steps, "
+                        "batch_size, eval_every, record_every")
+    parser.add_argument("--device", default=None,
+                        help="where every point trains: cpu, cuda, cuda:1 (default: the GPU when the point's machine has one); "
+                        "with a Dask client and cuda, each point holds one GPU resource")
+    parser.add_argument("--autocast", default=None, choices=("bf16", "fp16"),
+                        help="run the forward passes under torch.autocast in this precision")
     return parser
 
 
@@ -49,11 +67,43 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.ledger_only is not None and args.out is None:
         parser.error("--ledger-only needs --out (where the ledger files go)")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except (RuntimeError, TypeError):
+            parser.error(f"--device must be a torch device such as cpu, cuda or cuda:1, got {args.device!r}")
     try:
         _check_folders(args)
     except ValueError as error:
         parser.error(str(error))
     return args
+
+
+def _design(args: argparse.Namespace) -> StudyDesign:
+    """The shipped study's design, or your problem's (``--problem`` and ``--study-file``); ``ValueError`` naming
+    what is wrong."""
+    settings = read_study_file(args.study_file) if args.study_file is not None else {}
+    spec = args.problem or settings.get("problem")
+    if spec is None:
+        if settings:
+            raise ValueError(f"study file {args.study_file}: it needs a problem (problem = \"package.module:factory\" "
+                             "or --problem)")
+        design = smoke_design() if args.smoke else full_design()
+    else:
+        from ..problems import load_problem
+
+        options = dict(settings.get("options", {}))
+        problem = load_problem(spec, **options)
+        design = problem_design(problem, spec, options=options, settings=settings, smoke=args.smoke)
+    if args.steps is not None:
+        design = dataclasses.replace(design, steps=args.steps)
+    if args.device is not None and args.scheduler is None:  # the points run here: the device must be here
+        from ..experiments import resolve_device
+
+        resolve_device(args.device)
+    return design
 
 
 def _check_folders(args: argparse.Namespace) -> None:
@@ -132,9 +182,11 @@ def _run(design: StudyDesign, args: argparse.Namespace) -> int:
 
         from ..sweep import local_cluster
 
-        client = Client(args.scheduler, timeout=30) if args.scheduler else Client(local_cluster(args.workers))
+        gpus = {"GPU": 1} if str(args.device or "").startswith("cuda") else None  # one point per local worker's GPU
+        client = Client(args.scheduler, timeout=30) if args.scheduler else Client(local_cluster(args.workers, resources=gpus))
     try:
-        ledger = run_study(out, design, client=client, threads=args.threads, outputs=args.outputs)
+        ledger = run_study(out, design, client=client, threads=args.threads, outputs=args.outputs, device=args.device,
+                           autocast=args.autocast)
     except StudyError as error:
         print(f"study stopped: {error}", file=sys.stderr)
         return 1
@@ -153,14 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.ledger_only is not None:
             return _ledger_only(args.ledger_only, args.out)
-        design = smoke_design() if args.smoke else full_design()
-        if args.steps is not None:
-            design = dataclasses.replace(design, steps=args.steps)
+        design = _design(args)
         return _estimate(design, args) if args.estimate else _run(design, args)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        # A damaged study folder, an unreachable scheduler, a full disk: one line naming it, not a traceback.
+        # A bad study file, problem or design, a damaged study folder, an unreachable scheduler, a full disk:
+        # one line naming it, not a traceback, and nothing written.
         message = " ".join(str(error).split())[:500] or "no details"
-        print(f"{_parser().prog}: error: {type(error).__name__}: {message}", file=sys.stderr)
+        kind = "" if type(error) is ValueError else f"{type(error).__name__}: "  # our own checks name the problem
+        print(f"{_parser().prog}: error: {kind}{message}", file=sys.stderr)
         return 2
 
 

@@ -5,8 +5,8 @@ over the tuning seeds* (:attr:`StudyDesign.tuning_seeds <mao_lab.study.StudyDesi
 some seeds fail is not chosen on one lucky seed.  Per run, the criterion (lower is better) is
 
 * a single-task baseline: its task's validation metric (accuracy up, errors down);
-* a MultiMNIST multi-task configuration: its validation Δm% against the tuned baselines' validation metrics
-  (at their chosen rates, mean over the tuning seeds);
+* a MultiMNIST (or your problem's) multi-task configuration: its validation Δm% against the tuned baselines'
+  validation metrics, per (task, metric) (at their chosen rates, mean over the tuning seeds);
 * a regression configuration: the mean over tasks of the normalised validation MSE.
 
 A rate is eligible only if every tuning seed ran it and none of those runs diverged (a NaN or Inf loss).  The
@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiments import delta_m
-from ._design import AGGREGATORS, INDEPENDENT, SINGLE_TASK_PREFIX, WEIGHTINGS, StudyDesign
+from ._design import AGGREGATORS, INDEPENDENT, MM4_TASKS, SINGLE_TASK_PREFIX, WEIGHTINGS, StudyDesign
 from ._stats import Direction, Interval, claim_verdict, family_verdicts, mean_interval, p_value, paired_interval, verdict
 
 __all__ = [
@@ -131,27 +131,31 @@ def _signed(rows: pd.DataFrame) -> pd.Series:
     return rows["value"].where(~rows["higher_is_better"].astype(bool), -rows["value"])
 
 
-def _reference(final: pd.DataFrame, baselines: Mapping[str, str]) -> dict[str, tuple[float, bool]]:
-    """Per task: the baseline's value (mean over the seeds present) and whether higher is better."""
+def _reference(final: pd.DataFrame, baselines: Mapping[str, str]) -> dict[tuple[str, str], tuple[float, bool]]:
+    """Per (task, metric): the baseline's value (mean over the seeds present) and whether higher is better."""
     reference = {}
     for task, config in baselines.items():
         rows = final[(final["config"] == config) & (final["task"] == task)]
         if rows.empty:
             raise ValueError(f"no result of the single-task baseline {config!r}")
-        reference[task] = (float(rows["value"].mean()), bool(rows["higher_is_better"].iloc[0]))
+        for metric, part in rows.groupby("metric", sort=False):  # a task may have several metrics (your problem)
+            reference[(task, str(metric))] = (float(part["value"].mean()), bool(part["higher_is_better"].iloc[0]))
     return reference
 
 
-def _run_delta_m(rows: pd.DataFrame, reference: Mapping[str, tuple[float, bool]]) -> float:
-    values = {r.task: float(r.value) for r in rows.itertuples()}
+def _run_delta_m(rows: pd.DataFrame, reference: Mapping[tuple[str, str], tuple[float, bool]]) -> float:
+    values = {(r.task, r.metric): float(r.value) for r in rows.itertuples()}
     missing = sorted(set(values) - set(reference))
     if missing:
-        raise ValueError(f"no single-task baseline for the tasks {missing}")
-    return delta_m(values, {t: reference[t][0] for t in values}, {t: reference[t][1] for t in values})
+        raise ValueError(f"no single-task baseline for the tasks' metrics {missing}")
+    return delta_m(values, {k: reference[k][0] for k in values}, {k: reference[k][1] for k in values})
 
 
-def _baseline_choice(val: pd.DataFrame, design: StudyDesign, seeds: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, tuple[float, bool]]]:
-    """The single-task baselines' per-seed criteria, and per task the chosen baseline's value (mean over ``seeds``)."""
+def _baseline_choice(
+    val: pd.DataFrame, design: StudyDesign, seeds: Sequence[int],
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], tuple[float, bool]]]:
+    """The single-task baselines' per-seed criteria, and per (task, metric) the chosen baseline's value (mean over
+    ``seeds``; a task of your problem may have several metrics)."""
     rows: list[dict[str, Any]] = []
     for config in design.configs():
         if not config.single_task:
@@ -458,13 +462,14 @@ def final_runs(scores: pd.DataFrame, choice: pd.DataFrame) -> pd.DataFrame:
 
 
 def delta_m_runs(scores: pd.DataFrame, choice: pd.DataFrame, design: StudyDesign) -> pd.DataFrame:
-    """Δm% of every final MultiMNIST multi-task run (config, seed) against the baselines' mean over seeds."""
+    """Δm% of every final multi-task run (config, seed) of MultiMNIST or your problem against the baselines' mean
+    over seeds."""
     final = final_runs(scores, choice)
     baselines = _chosen_baselines(choice)
     reference = _reference(final, baselines)
     rows = []
     for config in design.configs():
-        if config.single_task or config.problem != "multimnist":
+        if config.single_task or config.problem == "regression":
             continue
         for seed, part in final[final["config"] == config.name].groupby("seed"):
             rows.append({"config": config.name, "setting": config.setting, "variant": config.variant, "seed": int(seed),
@@ -566,7 +571,8 @@ def ledger_from_tables(delta_m: pd.DataFrame, balance: pd.DataFrame, final: pd.D
         return _safe(lambda: paired_interval(_by_seed(table, a, value), _by_seed(table, b, value)))
 
     dm = delta_m
-    settings = [f"reg{t}" for t in design.regression_tasks] + ["mm4"]
+    main = design.main_setting  # mm4 in the shipped study, all on your problem
+    settings = [f"reg{t}" for t in design.regression_tasks] + [main]
     for setting in settings:
         mao, total = f"{setting}.mao", f"{setting}.sum"
         parts.append(_part("M1", f"{setting}: MAO − sum, worst imbalance < 0", "paired difference of the max imbalance index",
@@ -574,23 +580,24 @@ def ledger_from_tables(delta_m: pd.DataFrame, balance: pd.DataFrame, final: pd.D
         parts.append(_part("M1", f"{setting}: MAO's worst imbalance < {BALANCE_THRESHOLD}", "max imbalance index over shared layers and steps",
                            _safe(lambda mao=mao: mean_interval(_by_seed(balance, mao, "worst_imbalance"))), "less", BALANCE_THRESHOLD))
     for other in BALANCING:
-        parts.append(_part("M2", f"MAO − {other}", "paired difference of Δm% (MultiMNIST, 4 tasks)", paired(dm, "delta_m", "mm4.mao", f"mm4.{other}"), "less"))
+        parts.append(_part("M2", f"MAO − {other}", f"paired difference of Δm% ({main})", paired(dm, "delta_m", f"{main}.mao", f"{main}.{other}"), "less"))
     others = ["sum", *BALANCING, "mao"]
     for method in INDEPENDENT:
         for other in others:
-            parts.append(_part("P1", f"{method} − {other}", "paired difference of Δm% (MultiMNIST, 4 tasks)",
-                               paired(dm, "delta_m", f"mm4.{method}", f"mm4.{other}"), "less"))
+            parts.append(_part("P1", f"{method} − {other}", f"paired difference of Δm% ({main})",
+                               paired(dm, "delta_m", f"{main}.{method}", f"{main}.{other}"), "less"))
+    same, different = design.p2_settings or ("(none)", "(none)")  # no task sets: P2's parts are untested
     for method in INDEPENDENT:
         def benefit_gap(method: str = method) -> Interval:
             def benefit(setting: str) -> pd.Series:
                 return _by_seed(dm, f"{setting}.sum", "delta_m") - _by_seed(dm, f"{setting}.{method}", "delta_m")
-            return paired_interval(benefit("mm_diff").dropna(), benefit("mm_same").dropna())
+            return paired_interval(benefit(different).dropna(), benefit(same).dropna())
         parts.append(_part("P2", f"{method}: benefit over sum, different − same nature",
                            "paired difference of Δm%(sum) − Δm%(method) between the task sets", _safe(benefit_gap), "greater"))
     for method in INDEPENDENT:
         for quantity in ("distance", "path_length"):
             parts.append(_part("P3", f"{method} − sum, {quantity.replace('_', ' ')}", f"paired difference of the shared parameters' {quantity.replace('_', ' ')}",
-                               paired(final, quantity, f"mm4.{method}", "mm4.sum"), "greater"))
+                               paired(final, quantity, f"{main}.{method}", f"{main}.sum"), "greater"))
     slopes = _grouping_slopes(dm, final, design)
     parts.append(_part("P4", "slope of Δm% against group size > 0", "least-squares slope per seed (Δm% per task in a group)",
                        _safe(lambda: mean_interval(slopes["delta_m"].dropna())), "greater"))
@@ -618,11 +625,12 @@ def claims_ledger(
 
 
 def grouping_points(design: StudyDesign) -> dict[str, int]:
-    """P4's configurations at T = 4 and their group sizes: IUS is s = 1, Adam on the sum is s = T."""
-    points = {"mm4.ius": 1, "mm4.sum": len(design.config("mm4.sum").tasks)}
+    """P4's configurations on all tasks and their group sizes: IUS is s = 1, Adam on the sum is s = T."""
+    main = design.main_setting
+    points = {f"{main}.ius": 1, f"{main}.sum": len(design.tasks or MM4_TASKS)}
     for variant in design.mm4_methods:
         if variant.startswith("grouping"):
-            points[f"mm4.{variant}"] = int(variant.removeprefix("grouping"))
+            points[f"{main}.{variant}"] = int(variant.removeprefix("grouping"))
     return points
 
 

@@ -72,5 +72,5 @@ def estimate_study(design: StudyDesign, workers: int = 2, *, sample_steps: int =
     tuning = phase(design.tuning_runs_per_config)  # every rate at the first tuning seed, the finalists at the others
     final = phase(len(design.final_seeds))
     totals = {"tuning_s": tuning, "final_s": final, "total_s": tuning + final, "compute_s": float(
-        table["run_s"].sum() * (len(design.lrs) + len(design.final_seeds))), "workers": float(workers)}
+        table["run_s"].sum() * (design.tuning_runs_per_config + len(design.final_seeds))), "workers": float(workers)}
     return table, totals

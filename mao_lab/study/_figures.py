@@ -178,12 +178,13 @@ def validation_curve(scores: pd.DataFrame, choice: pd.DataFrame, config: str, de
         return rows.groupby(["seed", "step"])["value"].mean().rename("criterion").reset_index()
     last = val.groupby(["config", "seed"])["step"].transform("max")
     final = val[(val["step"] == last) & val["config"].str.contains(f".{SINGLE_TASK_PREFIX}", regex=False)]
-    reference = final.groupby("task").agg(value=("value", "mean"), higher=("higher_is_better", "first"))
+    # Keyed by (task, metric): a task of your problem may have several metrics.
+    reference = final.groupby(["task", "metric"]).agg(value=("value", "mean"), higher=("higher_is_better", "first"))
     out = []
     for (seed, step), part in rows.groupby(["seed", "step"]):
-        values = dict(zip(part["task"], part["value"]))
-        out.append({"seed": seed, "step": step, "criterion": delta_m(values, {t: float(reference.loc[t, "value"]) for t in values},
-                                                                     {t: bool(reference.loc[t, "higher"]) for t in values})})
+        values = dict(zip(zip(part["task"], part["metric"]), part["value"]))
+        out.append({"seed": seed, "step": step, "criterion": delta_m(values, {k: float(reference.loc[k, "value"]) for k in values},
+                                                                     {k: bool(reference.loc[k, "higher"]) for k in values})})
     return pd.DataFrame(out, columns=["seed", "step", "criterion"])
 
 

@@ -80,6 +80,15 @@ def _interval(row: Mapping[str, Any]) -> str:
     return f"{_number(row['estimate'])} [{_number(row['low'])}, {_number(row['high'])}]"
 
 
+def problem_line(design: StudyDesign) -> str:
+    """Which problem the ledger holds for, and at what scale (the problem's own description)."""
+    if not design.problem:
+        return ("the shipped MultiMNIST (`mao_lab.problems:multimnist_problem`) and GradNorm's regression "
+                "(`mao_lab.problems:regression_problem`)")
+    options = dict(sorted(dict(design.problem_options).items()))  # sorted: design.json keeps its keys sorted
+    return f"`{design.problem}` ({design.description or 'no description'}), options {options}"
+
+
 def regenerate_command(design: StudyDesign) -> str:
     """The documented command that makes a study of ``design`` (the full design, a smoke study, or other steps).
 
@@ -93,6 +102,9 @@ def regenerate_command(design: StudyDesign) -> str:
     """
     from ._design import full_design, smoke_design
 
+    if design.problem:  # your problem: its study file holds the rest of the design (design.json has all of it)
+        smoke = " --smoke" if design.smoke else ""
+        return f"`python -m mao_lab.study --problem {design.problem}{smoke} --study-file <your study file> --out <folder>`"
     if design.smoke:
         base, flags, out = smoke_design(), ["--smoke"], "runs/study-smoke"
     else:
@@ -135,11 +147,13 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
     lines += [
         f"Study: {len(design.seeds)} seeds ({', '.join(map(str, design.seeds))}), learning rates {', '.join(f'{lr:g}' for lr in design.lrs)} "
         f"chosen on a validation split of the training data {_tuning_text(design)}; {design.steps} steps of {design.batch_size} "
-        f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps.",
+        + ("examples of the problem below." if design.problem else
+           f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps."),
         f"Machine: {provenance.get('host', '?')}, {provenance.get('processor', '?')}, {provenance.get('cpu_count', '?')} CPUs, "
         f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, {provenance.get('workers', 0)} worker(s); "
         f"{_wall_time(provenance)}.",
         f"Commit {provenance.get('commit', '?')[:12]}{_DIRTY if provenance.get('uncommitted_changes') else ''}; {versions}.",
+        f"Problem: {problem_line(design)}.",
         f"Regenerate: {regenerate_command(design)}.",
         "",
         "| claim | statement | verdict | seeds |",
@@ -308,7 +322,8 @@ def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequ
     bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= steps]
     if bad:
         raise ValueError(f"budgets must be step counts in 1..{steps} (the study's {problem} steps), got {bad}")
-    configs = {c.name for c in design.configs() if c.problem == problem}
+    # "multimnist": the all-task problem's configurations (MultiMNIST's, or your problem's), never the regression's
+    configs = {c.name for c in design.configs() if (c.problem == "regression") == (problem == "regression")}
     val = scores[(scores["split"] == "val") & scores["config"].isin(configs)]
     full = choose_learning_rates(val, design)
     full_rates = dict(zip(full[full["chosen"]]["config"], full[full["chosen"]]["lr"]))
@@ -341,7 +356,7 @@ def _budgets_markdown(budgets: pd.DataFrame) -> str:
              "| budget | rates as chosen at the full budget | best on the four tasks: final validation Δm% | its change over the "
              "last quarter [95 % CI] | its status | configurations still improving |", "|---|---|---|---|---|---|"]
     for budget, part in budgets.groupby("budget"):
-        best = part[part["best"] & part["config"].str.startswith("mm4.")]
+        best = part[part["best"] & part["config"].str.startswith(("mm4.", "all."))]  # all tasks: shipped, or yours
         if best.empty:
             continue
         row = best.iloc[0]

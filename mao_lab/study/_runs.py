@@ -19,8 +19,9 @@ shared parameters, plus the last move.
 from __future__ import annotations
 
 import functools
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -28,12 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from .._task_gradients import TaskInputError
-from ..experiments import tensor_batches, train
-from ..problems import ImbalancedRegression, MultiMNIST, load_multimnist, multimnist_model, regression_model, task_metrics
-from ..problems import task_losses as multimnist_losses
+from ..experiments import train
+from ..experiments._training import Autocast
+from ..problems import Problem, Split, load_problem, metric_rows
 from ._design import RunConfig, StudyDesign
 
-__all__ = ["RunTables", "run_config", "run_point"]
+__all__ = ["RunTables", "problem_of", "run_config", "run_point"]
 
 SCORE_COLUMNS = ["config", "lr", "seed", "split", "step", "task", "metric", "value", "higher_is_better"]
 BALANCE_COLUMNS = ["config", "lr", "seed", "step", "layer", "imbalance", "largest_share", "largest_task"]
@@ -44,68 +45,35 @@ RunTables = dict[str, pd.DataFrame]
 """``{"scores": ..., "balance": ..., "runs": ...}`` (columns above)."""
 
 
-# -- data ---------------------------------------------------------------------------------------------
+# -- problems ------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=8)
-def _multimnist(tasks: tuple[str, ...], num_train: int, num_val: int, num_test: int) -> tuple[MultiMNIST, MultiMNIST, MultiMNIST]:
-    """Train, validation and test sets; validation is the last ``num_val`` images of the training file."""
-    whole = load_multimnist(split="train", tasks=tasks)
-    if num_train + num_val > len(whole):
-        raise ValueError(f"num_train + num_val = {num_train + num_val} exceeds the {len(whole)} training images")
-
-    def rows(part: slice) -> MultiMNIST:
-        return MultiMNIST(whole.images[part], [t[part] for t in whole.targets], whole.tasks, "train",
-                          whole.left_index[part], whole.right_index[part])
-
-    val_start = len(whole) - num_val
-    return rows(slice(0, num_train)), rows(slice(val_start, None)), load_multimnist(split="test", tasks=tasks, limit=num_test)
+def _load(spec: str, options: str) -> Problem:
+    """One problem per import path and options (as JSON) in a process: its data are loaded once."""
+    return load_problem(spec, **json.loads(options))
 
 
-@functools.lru_cache(maxsize=8)
-def _regression(num_tasks: int, num_samples: int) -> ImbalancedRegression:
-    return ImbalancedRegression(num_tasks, sigma_range=(1.0, 100.0), num_samples=num_samples, seed=0)
+def problem_of(config: RunConfig, design: StudyDesign) -> tuple[Problem, tuple[str, ...]]:
+    """The problem ``config`` trains on, and its tasks there.
+
+    The shipped study's MultiMNIST configurations load the problem of their own tasks (validation: the last
+    ``num_val`` training images), its regression ones the regression of their task count; your problem is
+    made once by its factory and each configuration trains a subset of its tasks.
+    """
+    if config.problem == "multimnist":
+        options = {"tasks": list(config.tasks), "num_train": design.num_train, "num_val": design.num_val,
+                   "num_test": design.num_test, "batch_size": design.batch_size}
+        return _load("mao_lab.problems:multimnist_problem", json.dumps(options)), config.tasks
+    if config.problem == "regression":
+        options = {"num_tasks": len(config.tasks), "num_samples": design.regression_samples,
+                   "num_val": design.regression_val, "batch_size": design.batch_size}
+        return _load("mao_lab.problems:regression_problem", json.dumps(options)), config.tasks
+    return _load(config.problem, json.dumps(dict(design.problem_options), sort_keys=True)), config.tasks
 
 
-def _multimnist_rows(model: nn.Module, data: MultiMNIST, split: str) -> list[dict[str, Any]]:
-    outputs = model(data.images)
-    return [{"split": split, "task": s.task, "metric": s.metric, "value": s.value, "higher_is_better": s.higher_is_better}
-            for s in task_metrics(outputs, list(data.targets), data.tasks)]
-
-
-def _regression_rows(model: nn.Module, problem: ImbalancedRegression, x: Tensor, ys: Sequence[Tensor], split: str) -> list[dict[str, Any]]:
-    losses = problem.task_losses(model(x), list(ys), normalize=True)
-    return [{"split": split, "task": f"task{k}", "metric": "normalised_mse", "value": float(loss), "higher_is_better": False}
-            for k, loss in enumerate(losses)]
-
-
-class _Problem:
-    """What the loop needs for one configuration: model, losses, batches, validation and test rows."""
-
-    def __init__(self, config: RunConfig, design: StudyDesign) -> None:
-        self.config = config
-        if config.problem == "multimnist":
-            train_set, val, test = _multimnist(config.tasks, design.num_train, design.num_val, design.num_test)
-            tasks = config.tasks
-            self.batches = tensor_batches(train_set.images, list(train_set.targets), design.batch_size)
-            self.train_size = len(train_set)
-            self.build = lambda: multimnist_model(tasks)
-            self.losses = lambda model, batch: dict(zip(tasks, multimnist_losses(model(batch[0]), batch[1], tasks)))
-            self.validate = lambda model: _multimnist_rows(model, val, "val")
-            self.test = lambda model: _multimnist_rows(model, test, "test")
-        else:
-            problem = _regression(len(config.tasks), design.regression_samples)
-            x, ys = problem.split("train")
-            cut = len(x) - design.regression_val
-            x_val, ys_val = x[cut:], [y[cut:] for y in ys]
-            x_test, ys_test = problem.split("test")
-            names = config.tasks
-            self.batches = tensor_batches(x[:cut], [y[:cut] for y in ys], design.batch_size)
-            self.train_size = cut
-            self.build = lambda: regression_model(problem.num_tasks, in_dim=problem.in_dim, out_dim=problem.out_dim)
-            self.losses = lambda model, batch: dict(zip(names, problem.task_losses(model(batch[0]), batch[1])))
-            self.validate = lambda model: _regression_rows(model, problem, x_val, ys_val, "val")
-            self.test = lambda model: _regression_rows(model, problem, x_test, ys_test, "test")
+def _rows(problem: Problem, model: nn.Module, split: Split, tasks: tuple[str, ...], name: str) -> list[dict[str, Any]]:
+    return metric_rows(problem.evaluate(model, split, tasks), split=name)
 
 
 # -- one run ------------------------------------------------------------------------------------------
@@ -146,23 +114,29 @@ def _balance_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return imbalance.merge(top[["step", "layer", "largest_share", "largest_task"]], on=["step", "layer"], how="left")
 
 
-def run_config(config: RunConfig, design: StudyDesign, lr: float, seed: int, *, progress: bool = False) -> RunTables:
+def run_config(
+    config: RunConfig, design: StudyDesign, lr: float, seed: int, *, progress: bool = False,
+    device: torch.device | str | None = None, autocast: Autocast = None,
+) -> RunTables:
     """Train ``config`` at ``lr`` under ``seed`` for the design's budget; the three tidy tables of the run.
+
+    ``device`` and ``autocast`` are :func:`~mao_lab.experiments.train`'s (by default the GPU when present,
+    full precision).
 
     >>> from mao_lab.study import smoke_design
     >>> design = smoke_design()
-    >>> tables = run_config(design.config("reg2.mao"), design, 1e-3, 0)
+    >>> tables = run_config(design.config("reg2.mao"), design, 1e-3, 0, device="cpu")
     >>> sorted(tables), tables["runs"][["steps", "seed"]].values.tolist()
     (['balance', 'runs', 'scores'], [[4, 0]])
     >>> sorted(tables["scores"]["split"].unique()), tables["balance"]["layer"].nunique()
     (['test', 'val'], 8)
     """
-    problem = _Problem(config, design)
+    problem, tasks = problem_of(config, design)
     meter = _PathMeter()
 
     def losses(model: nn.Module, batch: Any) -> Any:
         meter.observe(model)
-        return problem.losses(model, batch)
+        return problem.task_losses(model, batch, tasks)
 
     steps = design.steps_of(config)
     hyperparameters = dict(config.hyperparameters)
@@ -171,9 +145,10 @@ def run_config(config: RunConfig, design: StudyDesign, lr: float, seed: int, *, 
     key = {"config": config.name, "lr": float(lr), "seed": int(seed)}
     try:
         run = train(
-            problem.build, config.method, losses, steps=steps, batches=problem.batches, seed=seed, lr=lr,
+            problem, config.method, losses, tasks=tasks, batch_size=design.batch_size, steps=steps, seed=seed, lr=lr,
             hyperparameters=hyperparameters, record_every=None if config.single_task else design.record_every,
-            evaluate=problem.validate, eval_every=design.eval_every, progress=progress, desc=f"{config.name} lr={lr:g} seed={seed}",
+            evaluate=lambda model: _rows(problem, model, "validation", tasks, "val"), eval_every=design.eval_every,
+            progress=progress, desc=f"{config.name} lr={lr:g} seed={seed}", device=device, autocast=autocast,
         )
     except TaskInputError as error:  # a loss or gradient became NaN/Inf: this learning rate diverged
         runs = pd.DataFrame([{**key, "setting": config.setting, "variant": config.variant, "steps": steps,
@@ -182,31 +157,35 @@ def run_config(config: RunConfig, design: StudyDesign, lr: float, seed: int, *, 
     distance, path_length = meter.finish(run.model)
     run.model.eval()
     with torch.no_grad():
-        test_rows = problem.test(run.model)
+        test_rows = _rows(problem, run.model, "test", tasks, "test")
     scores = pd.concat([run.evaluations, pd.DataFrame([{"step": steps, **row} for row in test_rows])], ignore_index=True)
     scores = scores.assign(**key)[SCORE_COLUMNS]
     if run.metrics is not None and len(run.metrics):
         balance = _balance_rows(run.metrics).assign(**key)[BALANCE_COLUMNS]
     else:
         balance = pd.DataFrame(columns=BALANCE_COLUMNS)
-    epochs = steps * design.batch_size / problem.train_size
+    train_size = getattr(problem, "train_size", None)
+    epochs = steps * design.batch_size / train_size if train_size else math.nan
+    seconds_per_epoch = run.seconds / epochs if epochs and not math.isnan(epochs) else math.nan
     runs = pd.DataFrame([{**key, "setting": config.setting, "variant": config.variant, "steps": steps, "epochs": epochs,
-                          "seconds": run.seconds, "seconds_per_epoch": run.seconds / epochs if epochs else math.nan,
+                          "seconds": run.seconds, "seconds_per_epoch": seconds_per_epoch,
                           "distance": distance, "path_length": path_length, "status": "ok"}])[RUN_COLUMNS]
     return {"scores": scores, "balance": balance, "runs": runs}
 
 
 def run_point(
-    spec: Mapping[str, Any], *, progress: bool = True
+    spec: Mapping[str, Any], *, progress: bool = True, device: torch.device | str | None = None, autocast: Autocast = None,
 ) -> RunTables:
     """Every run of a point: ``spec`` holds ``design`` (a :class:`StudyDesign` as a dict) and ``runs``, a list of
-    ``{"config": name, "lr": ..., "seed": ...}``; the tables of all its runs concatenated."""
+    ``{"config": name, "lr": ..., "seed": ...}``; the tables of all its runs concatenated (on ``device``, under
+    ``autocast``: :func:`run_config`)."""
     from tqdm.auto import tqdm
 
     design = StudyDesign.from_dict(spec["design"])
     parts: dict[str, list[pd.DataFrame]] = {"scores": [], "balance": [], "runs": []}
     for item in tqdm(list(spec["runs"]), desc="runs", disable=not progress):
-        tables = run_config(design.config(item["config"]), design, float(item["lr"]), int(item["seed"]))
+        tables = run_config(design.config(item["config"]), design, float(item["lr"]), int(item["seed"]), device=device,
+                            autocast=autocast)
         for name, table in tables.items():
             parts[name].append(table)
     return {name: pd.concat([t for t in tables if len(t)] or tables, ignore_index=True) for name, tables in parts.items()}

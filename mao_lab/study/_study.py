@@ -44,7 +44,7 @@ from ._analysis import (
 from ._design import RunConfig, StudyDesign
 from ._ledger import levelling_by_budget, recompute_tables, validation_curves, write_ledger
 
-__all__ = ["POINT_NOTEBOOK", "StudyError", "load_study", "provenance", "run_study"]
+__all__ = ["POINT_NOTEBOOK", "StudyError", "gpu_resources", "load_study", "provenance", "run_study"]
 
 POINT_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "study" / "point.ipynb"
 """The notebook every point of the study runs."""
@@ -96,7 +96,7 @@ def _points(design: StudyDesign, runs: Sequence[tuple[RunConfig, float, int]]) -
 
 def _run_phase(
     name: str, points: Mapping[str, dict[str, Any]], out: Path, client: Any, threads: int, progress: bool, outputs: str | None,
-    timings: dict[str, dict[str, Any]],
+    timings: dict[str, dict[str, Any]], hardware: Mapping[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run one phase's points (resuming finished ones) and gather their tables; ``timings[name]`` records its wall
     time in this invocation and how many of its points an earlier invocation had finished (their time is not in it)."""
@@ -107,9 +107,12 @@ def _run_phase(
     if not points:
         timings[name] = {"points": 0, "finished_before": 0, "wall_seconds": 0.0}
         return {table: pd.DataFrame() for table in TABLES}
-    sweep = run_sweep(POINT_NOTEBOOK, {"point": list(points)}, out / name, fixed={"specs": dict(points), "threads": threads},
+    hardware = dict(hardware or {})  # device and autocast, when given: the shipped study's points stay as they were
+    sweep = run_sweep(POINT_NOTEBOOK, {"point": list(points)}, out / name,
+                      fixed={"specs": dict(points), "threads": threads, **hardware},
                       client=client, progress=progress, html=False,  # a point's notebook has no figures: skip its HTML copy
-                      outputs=None if outputs is None else f"{str(outputs).rstrip('/')}/{name}")
+                      outputs=None if outputs is None else f"{str(outputs).rstrip('/')}/{name}",
+                      resources=gpu_resources(hardware.get("device"), client))
     failed = sweep[sweep["status"] != "ok"]
     if len(failed):
         errors = "; ".join(f"{p}: {e}" for p, e in zip(failed["point"], failed["error"]))
@@ -141,6 +144,8 @@ def run_study(
     threads: int = 1,
     progress: bool = True,
     outputs: str | None = None,
+    device: str | None = None,
+    autocast: str | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) the study into ``out_dir`` and write its tables and ledger there; returns the ledger.
 
@@ -153,6 +158,9 @@ def run_study(
         progress: tqdm bars over the points.
         outputs: where the workers write each point's full folder (a folder or an fsspec URL, see
             :func:`mao_lab.sweep.run_sweep`); the small tables the study reads come back through the futures.
+        device: where each point trains (``"cpu"``, ``"cuda"``, ...); ``None``: the GPU when the point's machine
+            has one.  With a client and a CUDA device each point holds one GPU (:func:`gpu_resources`).
+        autocast: ``"bf16"`` or ``"fp16"``: the points' forward passes under :func:`torch.autocast`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,16 +170,17 @@ def run_study(
     started = time.perf_counter()
     tuning_runs = [(c, lr, design.tuning_seed) for c in design.configs() for lr in design.lrs]
     timings: dict[str, dict[str, Any]] = {}
-    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress, outputs, timings)
+    hardware = {k: v for k, v in (("device", device), ("autocast", autocast)) if v}
+    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress, outputs, timings, hardware)
     # The other tuning seeds run the first seed's best rates; the rate is chosen on the mean over every tuning seed.
     finalists = finalist_rates(choose_learning_rates(tuning["scores"], design, seeds=design.tuning_seeds[:1]), design)
     seed_runs = [(c, lr, seed) for c in design.configs() for lr in finalists.get(c.name, []) for seed in design.tuning_seeds[1:]]
-    seeds = _run_phase("tuning-seeds", _points(design, seed_runs), out, client, threads, progress, outputs, timings)
+    seeds = _run_phase("tuning-seeds", _points(design, seed_runs), out, client, threads, progress, outputs, timings, hardware)
     tuned = {name: pd.concat([t for t in (tuning[name], seeds[name]) if len(t)], ignore_index=True) for name in TABLES}
     choice = choose_learning_rates(tuned["scores"], design)
     rates = chosen_rates(choice)
     final_runs = [(c, rates[c.name], seed) for c in design.configs() if c.name in rates for seed in design.final_seeds]
-    final = _run_phase("final", _points(design, final_runs), out, client, threads, progress, outputs, timings)
+    final = _run_phase("final", _points(design, final_runs), out, client, threads, progress, outputs, timings, hardware)
     tables = {name: pd.concat([t for t in (tuned[name], final[name]) if len(t)], ignore_index=True) for name in TABLES}
     for name, table in tables.items():
         results.save_table(table, name)
@@ -179,7 +188,7 @@ def run_study(
     ledger = summarise(tables, design, choice, results)
     wall = time.perf_counter() - started
     results.save_json({**provenance(threads), "wall_seconds": wall, "phases": timings, "workers": _workers(client),
-                       "smoke": design.smoke}, "provenance")
+                       "smoke": design.smoke, **hardware}, "provenance")
     write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
                  delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice,
                  validation=validation_curves(tables["scores"], choice, design),
@@ -197,6 +206,28 @@ def summarise(tables: Mapping[str, pd.DataFrame], design: StudyDesign, choice: p
     ledger = claims_ledger(tables["scores"], tables["balance"], tables["runs"], design, choice)
     results.save_table(ledger, "ledger")
     return ledger
+
+
+def gpu_resources(device: str | None, client: Any) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when points train on a CUDA device through a Dask client: each point holds one GPU.
+
+    Raises:
+        StudyError: no worker of the client offers a ``GPU`` resource (the points would wait for ever).
+
+    >>> gpu_resources("cuda", None), gpu_resources("cpu", object())
+    (None, None)
+    """
+    if client is None or not device or not str(device).startswith("cuda"):
+        return None
+    try:
+        workers = client.scheduler_info()["workers"].values()
+        offered = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
+    except Exception:  # noqa: BLE001 - a client that cannot tell: let Dask place the points
+        return {"GPU": 1}
+    if not offered:
+        raise StudyError("no Dask worker offers a GPU resource: start one worker per GPU with "
+                         "`CUDA_VISIBLE_DEVICES=k dask worker <scheduler> --nthreads 1 --resources GPU=1` (README)")
+    return {"GPU": 1}
 
 
 def _workers(client: Any) -> int:
