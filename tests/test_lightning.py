@@ -62,8 +62,15 @@ class MultiTask(pl.LightningModule):
 def fit(method: str) -> MultiTask:
     torch.manual_seed(0)
     module = MultiTask(method)
-    trainer = pl.Trainer(max_steps=STEPS, max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=STEPS,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")

@@ -38,8 +38,11 @@ class TwoTasks(nn.Module):
         return [(self.head_a(z) - 1).pow(2).mean(), (self.head_b(z_b) + 1).abs().mean()]
 
     def reach(self) -> dict[torch.Tensor, tuple[int, ...]]:
-        return {**{p: (0, 1) for p in self.trunk.parameters()}, **{p: (0,) for p in self.head_a.parameters()},
-                **{p: (1,) for p in self.head_b.parameters()}}
+        return {
+            **{p: (0, 1) for p in self.trunk.parameters()},
+            **{p: (0,) for p in self.head_a.parameters()},
+            **{p: (1,) for p in self.head_b.parameters()},
+        }
 
 
 def batches(count: int) -> list[torch.Tensor]:
@@ -230,8 +233,12 @@ def mao_run(widening: bool) -> tuple[Callable[[], object], Callable[[], object]]
     ``widening``) the step where task 1 reaches the trunk for the first time (its moments are made there)."""
     torch.manual_seed(0)
     model = TwoTasks()
-    opt = MAO([{"params": model.trunk.parameters()},
-               {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2}])
+    opt = MAO(
+        [
+            {"params": model.trunk.parameters()},
+            {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2},
+        ]
+    )
     xs = batches(2)
     if widening:
         opt.step(model.losses(xs[0], b_reaches_trunk=False))
@@ -258,8 +265,12 @@ def test_mao_loads_its_state_after_a_failed_step(monkeypatch: pytest.MonkeyPatch
     step()
     step()
     model = TwoTasks()
-    opt = MAO([{"params": model.trunk.parameters()},
-               {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2}])
+    opt = MAO(
+        [
+            {"params": model.trunk.parameters()},
+            {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2},
+        ]
+    )
     _, saved = snapshot()  # type: ignore[misc]
     opt.load_state_dict(saved)
     assert_same(opt.state_dict(), saved)

@@ -67,7 +67,9 @@ class Keep:
         self.records.append(record)
 
 
-def setup(name: str, num_tasks: int = 3, lr: float = 1e-2, **hyper: Any) -> tuple[Net, Method, Callable[[], list[Tensor]]]:
+def setup(
+    name: str, num_tasks: int = 3, lr: float = 1e-2, **hyper: Any
+) -> tuple[Net, Method, Callable[[], list[Tensor]]]:
     net = Net(num_tasks)
     x, y = data(num_tasks)
     method = make(name, net.parameters(), lr=lr, **hyper)
@@ -81,9 +83,20 @@ def params_of(net: nn.Module) -> list[Tensor]:
 def same_state(a: Any, b: Any) -> bool:
     """Exact, recursive equality of two state dicts (tensors bit for bit)."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape \
-            and bool(torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                           and torch.equal(a.nan_to_num(), b.nan_to_num())))
+        return (
+            isinstance(a, Tensor)
+            and isinstance(b, Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(
+                torch.equal(a, b)
+                or (
+                    a.is_floating_point()
+                    and torch.equal(a.isnan(), b.isnan())
+                    and torch.equal(a.nan_to_num(), b.nan_to_num())
+                )
+            )
+        )
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
@@ -143,6 +156,7 @@ def test_a_class_registered_anywhere_is_made_by_name_and_its_name_is_written_onc
     from torchjd import scalarization
 
     try:
+
         @register("probe_sum", "a test's own copy of sum", "torchjd")
         class ProbeSum(ScalarizerMethod):
             torchjd_class = scalarization.Sum
@@ -387,7 +401,9 @@ def test_recording_does_not_change_training(name: str) -> None:
 # -- equivalences, each against an independent computation --------------------------------------------
 
 
-def adam_reference(losses_of: Callable[[Net], Tensor], steps: int, num_tasks: int = 3, lr: float = 1e-2) -> list[Tensor]:
+def adam_reference(
+    losses_of: Callable[[Net], Tensor], steps: int, num_tasks: int = 3, lr: float = 1e-2
+) -> list[Tensor]:
     net = Net(num_tasks)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
@@ -586,8 +602,10 @@ def test_dwa_weights_follow_the_loss_ratios() -> None:
 
     for _ in range(3):
         method.step(closure)
-    weights = [record.task_updates.grads[0][:, 0] / torch.tensor(a, dtype=torch.float64)
-               for record, a in zip(keep.records, [(4.0, 4.0), (2.0, 4.0), (1.0, 1.0)])]
+    weights = [
+        record.task_updates.grads[0][:, 0] / torch.tensor(a, dtype=torch.float64)
+        for record, a in zip(keep.records, [(4.0, 4.0), (2.0, 4.0), (1.0, 1.0)])
+    ]
     torch.testing.assert_close(weights[0], torch.ones(2, dtype=torch.float64))  # not two epochs yet
     torch.testing.assert_close(weights[1], torch.ones(2, dtype=torch.float64))
     rates = torch.tensor([2.0 / 4.0, 4.0 / 4.0], dtype=torch.float64)

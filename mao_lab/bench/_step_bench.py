@@ -192,8 +192,9 @@ def _torchjd_step(
     features = model.features(x)
     losses = loss_fn([head(features) for head in model.heads])
     shared, heads = _split(model)
-    mtl_backward(losses, features=features, tasks_params=heads, shared_params=shared,
-                 parallel_chunk_size=parallel_chunk_size)
+    mtl_backward(
+        losses, features=features, tasks_params=heads, shared_params=shared, parallel_chunk_size=parallel_chunk_size
+    )
     jac_to_grad(shared, _MEAN)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -340,8 +341,14 @@ def run_step_benchmark(
 
 
 def _run_config(
-    config: BenchConfig, seed: int, dev: torch.device, vmap: bool, batch: int, quick: bool,
-    budget_s: float | None, bar: _Bar,
+    config: BenchConfig,
+    seed: int,
+    dev: torch.device,
+    vmap: bool,
+    batch: int,
+    quick: bool,
+    budget_s: float | None,
+    bar: _Bar,
 ) -> dict:
     """Time every candidate of one configuration, interleaved; its ratios, memory and medians."""
     label = f"{config.model} T={config.tasks}"

@@ -129,9 +129,12 @@ class Exercise:
     def solution(self) -> _Text:
         """The answer and why — once an answer of your own has been checked (it would spoil a prediction)."""
         if not self._attempted:
-            return _Text("Solution", "check your own answer first (put it in this question's `.check(...)` and run "
-                                     "it): the solution shows after your attempt, right or wrong, so that it cannot "
-                                     "spoil a prediction. Stuck? `.hint()` nudges without giving it away.")
+            return _Text(
+                "Solution",
+                "check your own answer first (put it in this question's `.check(...)` and run "
+                "it): the solution shows after your attempt, right or wrong, so that it cannot "
+                "spoil a prediction. Stuck? `.hint()` nudges without giving it away.",
+            )
         return _Text("Solution", self._solution)
 
     @property

@@ -146,7 +146,9 @@ class BalanceMonitor(_Watcher):
     def __call__(self, record: StepRecord) -> None:
         started = self._clock()
         if record.task_updates is None:
-            raise TypeError(f"{type(self.method).__name__} hands over no per-task updates: the monitor cannot split them")
+            raise TypeError(
+                f"{type(self.method).__name__} hands over no per-task updates: the monitor cannot split them"
+            )
         step = self.steps_seen - 1
         shares = self._layer_shares(record)
         for layer, by_task in shares.items():
@@ -232,7 +234,11 @@ class BalanceMonitor(_Watcher):
 
     def _show(self, figure: dict[str, Any], text: str) -> None:
         self.output.outputs = (
-            {"output_type": "display_data", "data": {"application/vnd.plotly.v1+json": figure, "text/plain": text}, "metadata": {}},
+            {
+                "output_type": "display_data",
+                "data": {"application/vnd.plotly.v1+json": figure, "text/plain": text},
+                "metadata": {},
+            },
         )
 
     def _say_finished(self) -> None:
@@ -280,7 +286,7 @@ class BalanceMonitor(_Watcher):
         if frame.empty:
             return pd.DataFrame(columns=["run", "layer", "task", "share", "imbalance"])
         steps = np.sort(frame["step"].unique())
-        kept = frame[frame["step"].isin(steps[int(math.floor(len(steps) * (1 - tail))):])]
+        kept = frame[frame["step"].isin(steps[int(math.floor(len(steps) * (1 - tail))) :])]
         mean = kept.groupby(["layer", "task"], sort=False)[["share", "imbalance"]].mean().reset_index()
         return mean.assign(run=self.label)[["run", "layer", "task", "share", "imbalance"]]
 
@@ -300,5 +306,6 @@ class BalanceMonitor(_Watcher):
         self.close()
 
     def __repr__(self) -> str:
-        return f"BalanceMonitor({self.label!r}, every={self.every}, interval={self.interval}, refreshes={self.refreshes})"
-
+        return (
+            f"BalanceMonitor({self.label!r}, every={self.every}, interval={self.interval}, refreshes={self.refreshes})"
+        )

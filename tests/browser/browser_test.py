@@ -110,7 +110,9 @@ def free_port() -> int:
 def server(command: list[str], url: str, log: Path, cwd: Path, env: dict[str, str]) -> Iterator[None]:
     """Start a server, wait until ``url`` answers, and stop it (its process group) afterwards."""
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -137,6 +139,7 @@ def server(command: list[str], url: str, log: Path, cwd: Path, env: dict[str, st
 
 def refuses_without_token(url: str) -> bool:
     """Does the server refuse ``url`` (no token) — an error status or a redirect to its login page?"""
+
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
             return None
@@ -166,13 +169,17 @@ def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
         nbformat.write(notebook, copy)
         copies.append(copy)
         if path.stem in DEFAULT_SETTING:  # as in a fresh clone: the committed docs/ beside the notebooks, no runs/
-            default = parameterize_notebook(load_notebook_node(str(path)), {"output_dir": str(work / "out" / f"{path.stem}-default")})
+            default = parameterize_notebook(
+                load_notebook_node(str(path)), {"output_dir": str(work / "out" / f"{path.stem}-default")}
+            )
             nbformat.write(default, folder / f"{path.stem}{DEFAULT_SUFFIX}.ipynb")
             copies.append(folder / f"{path.stem}{DEFAULT_SUFFIX}.ipynb")
             if not (work / "docs").exists():
                 (work / "docs").symlink_to(ROOT / "docs")
         if path.stem == "00_quickstart":
-            bad = parameterize_notebook(load_notebook_node(str(path)), {"smoke": True, **BAD_PARAMETER, "output_dir": str(work / "out" / "bad")})
+            bad = parameterize_notebook(
+                load_notebook_node(str(path)), {"smoke": True, **BAD_PARAMETER, "output_dir": str(work / "out" / "bad")}
+            )
             nbformat.write(bad, folder / f"{path.stem}{BAD_SUFFIX}.ipynb")
             copies.append(folder / f"{path.stem}{BAD_SUFFIX}.ipynb")
     # Lab settings for the test only: every cell attached to the page, so every output renders.
@@ -328,7 +335,9 @@ def change(kind: str, control, page) -> str:  # noqa: ANN001
         for key in ("ArrowRight", "ArrowLeft", "ArrowLeft"):
             handle.press(key)
             page.wait_for_timeout(150)
-            after = control.locator(".widget-readout").inner_text() if control.locator(".widget-readout").count() else ""
+            after = (
+                control.locator(".widget-readout").inner_text() if control.locator(".widget-readout").count() else ""
+            )
             if after != before:
                 return f"{key} ({before} -> {after})"
         return ""
@@ -394,7 +403,9 @@ def exercise_widgets(page, areas, result: Result, label: str) -> None:  # noqa: 
             if redrew:
                 result.redrew += 1
             else:
-                result.problems.append(f"{label} area {a}: changing the {kind} control ({done}) did not change its figure")
+                result.problems.append(
+                    f"{label} area {a}: changing the {kind} control ({done}) did not change its figure"
+                )
                 page.screenshot(path=str(ARTIFACTS / f"{label}-area{a}-{kind}.png"), full_page=True)
 
 
@@ -402,7 +413,9 @@ def open_and_run(page, base: str, token: str, path: Path, result: Result) -> dic
     """Open ``path`` in JupyterLab, run all its cells, and wait until they finished or one failed."""
     if not page.url.startswith(f"{base}/lab"):
         page.goto(f"{base}/lab?token={token}", timeout=120_000)
-        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand('docmanager:open')", timeout=120_000)
+        page.wait_for_function(
+            "() => window.jupyterapp && window.jupyterapp.commands.hasCommand('docmanager:open')", timeout=120_000
+        )
     # Opened in the running page (no reload of JupyterLab for each notebook).
     page.evaluate(
         "async (path) => { const panel = await window.jupyterapp.commands.execute('docmanager:open', {path});"
@@ -414,8 +427,10 @@ def open_and_run(page, base: str, token: str, path: Path, result: Result) -> dic
         " return k && k.status === 'idle'; }",
         timeout=120_000,
     )
-    page.evaluate("() => { window.jupyterapp.shell.activateById(window.__panel.id);"
-                  " window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.evaluate(
+        "() => { window.jupyterapp.shell.activateById(window.__panel.id);"
+        " window.jupyterapp.commands.execute('notebook:run-all-cells'); }"
+    )
     deadline = time.monotonic() + RUN_TIMEOUT_S
     state = page.evaluate(STATE_JS)
     while time.monotonic() < deadline:
@@ -449,7 +464,7 @@ def check_page_layout(notebook, result: Result) -> None:  # noqa: ANN001
     result.problems += notebook.evaluate(LAYOUT_JS)
     lists = notebook.evaluate(RUN_LISTS_JS)
     for i, first in enumerate(lists):
-        for second in lists[i + 1:]:
+        for second in lists[i + 1 :]:
             if set(first) == set(second) and first != second:
                 result.problems.append(f"two widgets list the runs in different orders: {first} and {second}")
 
@@ -475,10 +490,14 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
     result.problems += [f"noise: {n}" for n in state["noise"]]
     result.figures = notebook.locator(".js-plotly-plot").count()
     rendered = notebook.locator(".jp-OutputArea-output:has(> .jupyter-widgets)")
-    views = [rendered.nth(i) for i in range(rendered.count()) if not rendered.nth(i).locator(".widget-hprogress").count()]
+    views = [
+        rendered.nth(i) for i in range(rendered.count()) if not rendered.nth(i).locator(".widget-hprogress").count()
+    ]
     result.widgets = len(views)
     if result.figures < state["plotly"] or result.figures == 0:
-        result.problems.append(f"{state['plotly']} plotly outputs in the notebook but {result.figures} figures rendered")
+        result.problems.append(
+            f"{state['plotly']} plotly outputs in the notebook but {result.figures} figures rendered"
+        )
     if result.widgets < state["views"]:
         result.problems.append(f"{state['views']} widget outputs in the notebook but {result.widgets} rendered")
     broken = notebook.get_by_text("Error displaying widget").count() + notebook.get_by_text("Model not found").count()
@@ -487,14 +506,18 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
     if not result.problems:
         result.exercises = state["unanswered"]
         if result.exercises != expected_exercises(path):
-            result.problems.append(f"{expected_exercises(path)} unanswered exercise checks in the notebook, {result.exercises} said so")
+            result.problems.append(
+                f"{expected_exercises(path)} unanswered exercise checks in the notebook, {result.exercises} said so"
+            )
         check_page_layout(notebook, result)
     if path.stem.endswith(DEFAULT_SUFFIX):
         result.problems += default_setting_problems(notebook, state, result)
     if not result.problems:
         exercise_widgets(page, views, result, path.stem)
         stale = notebook.evaluate(STATIC_COPIES_JS)  # none may come back after the changes either
-        result.problems += [f"after the changes, a static copy of a live widget's view is on the page: {title}" for title in stale]
+        result.problems += [
+            f"after the changes, a static copy of a live widget's view is on the page: {title}" for title in stale
+        ]
     if result.problems:
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"), full_page=True)
         (ARTIFACTS / f"{path.stem}.html").write_text(notebook.inner_html())
@@ -520,6 +543,7 @@ def default_setting_problems(notebook, state: dict, result: Result) -> list[str]
 
 def _only_under(folder: str, outside: list[str]):  # noqa: ANN202 - a Playwright route handler
     """Let requests under ``folder`` through; abort every other one and note its URL in ``outside``."""
+
     def route(r) -> None:  # noqa: ANN001 - one parameter: Playwright then passes the route alone
         if r.request.url.startswith(folder):
             r.continue_()
@@ -552,7 +576,9 @@ def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa:
             page.goto(page_path.resolve().as_uri(), timeout=120_000)
         except Exception as error:  # noqa: BLE001 - reported, and the next handout is checked
             result.problems.append(f"the page did not load: {type(error).__name__}: {str(error)[:200]}")
-        has_maths = any("$" in c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown")
+        has_maths = any(
+            "$" in c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown"
+        )
         try:
             page.wait_for_function(
                 "() => (!window.MathJax || (MathJax.Hub && MathJax.Hub.queue && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running))"
@@ -564,7 +590,9 @@ def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa:
         divs = page.locator(".plotly-graph-div").count()
         result.figures = page.locator(".plotly-graph-div:has(.main-svg)").count()
         typeset = page.locator(".MathJax, .MathJax_Display").count()
-        raw = page.evaluate("() => Array.from(document.querySelectorAll('.jp-MarkdownOutput')).filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length")
+        raw = page.evaluate(
+            "() => Array.from(document.querySelectorAll('.jp-MarkdownOutput')).filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length"
+        )
         if outside:
             result.problems.append(f"{len(outside)} requests outside the handouts folder, e.g. {outside[0][:100]}")
         if result.figures < divs or divs == 0:
@@ -582,7 +610,7 @@ def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa:
 
 def check_bad_parameter(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
     """A bad parameter stops the notebook with its message alone: one short error naming that parameter."""
-    (name, value), = BAD_PARAMETER.items()
+    ((name, value),) = BAD_PARAMETER.items()
     result = Result(f"{path.stem.removesuffix(BAD_SUFFIX)} ({name} = {value})")
     started = time.monotonic()
     state = open_and_run(page, base, token, path, result)
@@ -591,9 +619,13 @@ def check_bad_parameter(page, base: str, token: str, path: Path) -> Result:  # n
     texts = [shown.nth(i).inner_text() for i in range(shown.count())]
     lines = [line for text in texts for line in text.splitlines() if line.strip()]
     if len(state["errors"]) != 1 or len(texts) != 1:
-        result.problems.append(f"expected one error output, got {len(state['errors'])} in the notebook and {len(texts)} on the page")
+        result.problems.append(
+            f"expected one error output, got {len(state['errors'])} in the notebook and {len(texts)} on the page"
+        )
     elif len(lines) > 2 or f"`{name}` = {value}" not in texts[0]:
-        result.problems.append(f"the error shown is not a short message naming `{name}`: {len(lines)} lines: {texts[0][:300]!r}")
+        result.problems.append(
+            f"the error shown is not a short message naming `{name}`: {len(lines)} lines: {texts[0][:300]!r}"
+        )
     elif "`lr`" in texts[0] or "Traceback" in texts[0]:
         result.problems.append(f"the error shown mentions more than the bad parameter: {texts[0][:300]!r}")
     if result.problems:
@@ -608,7 +640,12 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     result = Result("explorer app (Voilà)")
     started = time.monotonic()
     remote: list[str] = []  # the page must load nothing from outside this machine (an icon font, a CDN)
-    page.on("request", lambda request: remote.append(request.url) if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+    page.on(
+        "request",
+        lambda request: (
+            remote.append(request.url) if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None
+        ),
+    )
     page.goto(url, timeout=120_000)
     page.wait_for_selector("button.widget-button:has-text('Open')", timeout=120_000)
     if page.locator(".widget-checkbox", has_text=XSS_NAME).count() != 1:
@@ -626,10 +663,15 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     result.figures = page.locator(".js-plotly-plot").count()
     app = page.locator(".widget-vbox").first
     result.widgets = 1 if app.count() else 0
-    if page.get_by_text("Traceback").count() or page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count():
+    if (
+        page.get_by_text("Traceback").count()
+        or page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
+    ):
         result.problems.append("an error is shown on the page")
     if remote:
-        result.problems.append(f"the page asked for {len(remote)} files from outside this machine, e.g. {remote[0][:100]}")
+        result.problems.append(
+            f"the page asked for {len(remote)} files from outside this machine, e.g. {remote[0][:100]}"
+        )
     if page.evaluate("() => window.__xss !== undefined") or page.locator("img[src='x']").count():
         result.problems.append(f"the run name {XSS_NAME!r} was inserted as HTML")
     if page.get_by_text(f"opened 2 runs: {XSS_NAME}", exact=False).count() == 0:
@@ -662,7 +704,9 @@ def make_demo_runs(folder: Path) -> None:
         "        for step, (x, y) in zip(range(12), data.batches(40)):\n"
         "            method.step(lambda: data.task_losses(model(x), y))\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(folder), XSS_NAME], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [sys.executable, "-c", code, str(folder), XSS_NAME], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def print_table(results: list[Result]) -> None:
@@ -671,7 +715,9 @@ def print_table(results: list[Result]) -> None:
     print("-" * len(header))
     for r in results:
         status = "ok" if not r.problems else f"FAILED ({len(r.problems)})"
-        print(f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.exercises:>9} {r.seconds:>7.1f}  {status}")
+        print(
+            f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.exercises:>9} {r.seconds:>7.1f}  {status}"
+        )
     for r in results:
         for problem in r.problems:
             print(f"  {r.name}: {problem}")
@@ -681,8 +727,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
     parser.add_argument("--no-app", action="store_true", help="skip the Voilà explorer app")
-    parser.add_argument("--only", nargs="+", metavar="PAGE",
-                        help="only these pages: notebook names or prefixes, and `app` for the explorer app")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PAGE",
+        help="only these pages: notebook names or prefixes, and `app` for the explorer app",
+    )
     parser.add_argument("--no-handouts", action="store_true", help="skip the offline handouts")
     args = parser.parse_args(argv)
     if args.only:
@@ -737,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
             if saved and not args.no_handouts:
                 print("handouts …", flush=True)
                 results += check_handouts(page, saved, work / "handouts")
-                for r in results[-len(saved):]:
+                for r in results[-len(saved) :]:
                     print(f"  {r}", flush=True)
             if not args.no_app:
                 runs = work / "app-runs"
@@ -747,7 +797,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"--port={app_port}", f"--Voila.token={token}",
                 ]  # fmt: skip
                 url = f"http://127.0.0.1:{app_port}/?token={token}"
-                app_env = {**env, "MAO_LAB_RUNS": str(runs), "JUPYTER_PATH": str(ROOT / "apps" / "share")}  # as make explorer
+                app_env = {
+                    **env,
+                    "MAO_LAB_RUNS": str(runs),
+                    "JUPYTER_PATH": str(ROOT / "apps" / "share"),
+                }  # as make explorer
                 with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", app_env):
                     if not refuses_without_token(f"http://127.0.0.1:{app_port}/"):
                         results.append(Result("Voilà token", problems=["the explorer app answers without the token"]))
