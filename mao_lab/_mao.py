@@ -7,7 +7,6 @@ dominates any parameter, whatever the scale of its loss.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,14 +16,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
-from ._copies import copyable_state
-from ._memory import check_fits, step_counter_bytes, tasks_reaching
 from ._clipping import check_max_norm, refuse_written_grads
+from ._copies import copyable_state
 from ._distributed import DistributedSetting
 from ._gradient_path import GradientPath
 from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 from ._loss_scaling import LossScaleOverflow, check_eps_for_dtypes, loss_scale, report_found_inf
 from ._mao_functional import mao
+from ._memory import check_fits, step_counter_bytes, tasks_reaching
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
     GradientReserve,

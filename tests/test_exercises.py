@@ -14,10 +14,18 @@ import pandas as pd
 import pytest
 import torch
 
-from mao_lab.exercises import MISTAKES, Feedback, check_mao_update
-from mao_lab.exercises import explorer, landscape, multimnist, quickstart, regression, workshop
+from mao_lab.exercises import (
+    MISTAKES,
+    Feedback,
+    check_mao_update,
+    explorer,
+    landscape,
+    multimnist,
+    quickstart,
+    regression,
+    workshop,
+)
 from mao_lab.exercises._judges import imbalance_by_hand
-
 
 # -- MAO's update, written as participants would ---------------------------------------------------------
 

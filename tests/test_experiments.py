@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mao_lab.experiments import (
+    PAPERS_SETTING,
     HeatmapExplorer,
     LandscapePlayground,
     RegressionPlayground,
@@ -20,31 +21,32 @@ from mao_lab.experiments import (
     balance_summary,
     compare_methods,
     conflict_band,
-    PAPERS_SETTING,
-    papers_comparison,
-    find_run_dirs,
+    distance_figure,
     final_losses,
+    find_run_dirs,
     imbalance_by_layer_figure,
     imbalance_over_steps,
     imbalance_over_steps_figure,
     is_run_dir,
+    landscape_gradients,
     landscape_trajectories,
     layer_ownership,
     load_balance_runs,
+    loss_space_figure,
     magnitude_figure,
     ownership_figure,
+    papers_comparison,
+    parameter_space_figure,
     pareto_stationary_arc,
     pareto_table,
     reach_matrix,
     reached_counts,
+    rescaling_figure,
     rescaling_gap,
-    landscape_gradients,
     train_with_recorder,
 )
-from mao_lab.experiments import distance_figure, loss_space_figure, parameter_space_figure, rescaling_figure
 from mao_lab.problems import LANDSCAPE_STARTS, PARETO_X2, ImbalancedRegression
 from mao_lab.recorder import by_module
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread for these tiny problems
 

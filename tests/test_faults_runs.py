@@ -30,8 +30,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from torch import nn
 
 from mao_lab.methods import make
-from mao_lab.recorder import Recorder, load_run
-from mao_lab.recorder import _storage
+from mao_lab.recorder import Recorder, _storage, load_run
 from mao_lab.recorder._recorder import RecorderWriteWarning
 from mao_lab.runner import main as runner_main
 from mao_lab.runner import parse_value
@@ -1025,10 +1024,10 @@ def _listening(pids: set[int]) -> set[tuple[str, int]]:
 
 @pytest.mark.parametrize("dashboard", [False, True], ids=["default", "with-dashboard"])
 def test_a_local_cluster_listens_on_loopback_only(dashboard: bool) -> None:
-    import psutil
-
     import urllib.error
     import urllib.request
+
+    import psutil
 
     with local_cluster(2, dashboard=dashboard) as cluster:
         me = psutil.Process()

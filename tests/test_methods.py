@@ -118,7 +118,7 @@ def saved(method: Method) -> dict[str, Any]:
 
 
 def test_every_method_of_the_issue_is_registered_with_a_one_line_description() -> None:
-    assert EXPECTED <= set(available())
+    assert set(available()) >= EXPECTED
     for name, description in available().items():
         assert description and "\n" not in description, name
         assert sources()[name] in ("torchjd", "mao_lab")
@@ -150,10 +150,11 @@ def test_every_declared_default_passes_its_own_check_and_the_base_options_are_de
 
 
 def test_a_class_registered_anywhere_is_made_by_name_and_its_name_is_written_once() -> None:
+    from torchjd import scalarization
+
     from mao_lab.methods import register
     from mao_lab.methods._registry import _REGISTRY
     from mao_lab.methods._weighted import ScalarizerMethod
-    from torchjd import scalarization
 
     try:
 

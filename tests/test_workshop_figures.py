@@ -26,7 +26,6 @@ from mao_lab.experiments import (
     module_level,
     origin_names,
     ownership_figure,
-    layer_ownership,
     task_metric_figure,
 )
 from mao_lab.recorder import BalanceExplorer

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._mao import MAO
-from ._core import Feedback, choice_feedback, normalise_label, require_columns
+from ._core import Feedback, choice_feedback, require_columns
 
 __all__ = [
     "imbalance_by_hand",

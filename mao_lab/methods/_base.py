@@ -26,9 +26,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError
-from .._copies import copyable_state
-from .._memory import tasks_reaching
 from .._clipping import check_max_norm, refuse_written_grads
+from .._copies import copyable_state
 from .._distributed import DistributedSetting
 from .._gradient_path import GradientPath
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
@@ -40,6 +39,7 @@ from .._loss_scaling import (
     outside_autocast,
     report_found_inf,
 )
+from .._memory import tasks_reaching
 from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
 from ._transaction import all_or_nothing

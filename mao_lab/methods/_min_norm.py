@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torchjd.aggregation import Weighting, WeightedAggregator
+from torchjd.aggregation import WeightedAggregator, Weighting
 
 from .._hyperparameters import Hyperparameter, choice
 from ._aggregated import AggregatorMethod

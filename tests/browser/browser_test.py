@@ -199,7 +199,7 @@ def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
 # -- the page ----------------------------------------------------------------------------------------------
 
 # The notebook panel's state, from JupyterLab's own model (exposed with expose_app_in_browser).
-STATE_JS = """() => {
+STATE_JS = r"""() => {
   const panel = window.__panel;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   const cells = panel.content.widgets.filter(c => c.model.type === 'code');
