@@ -354,10 +354,6 @@ class MAO(ObservableMixin, Optimizer):
         ``defaults``, ``state`` and ``param_groups``: ``check_finite`` would be lost)."""
         return copyable_state(self)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("check_finite", True)  # a copy pickled before check_finite travelled
-
     # -- memory ----------------------------------------------------------------------------------------
 
     def state_bytes(self, num_tasks: int, *, reach: Mapping[Tensor, Collection[int]] | None = None) -> int:
@@ -527,6 +523,7 @@ class MAO(ObservableMixin, Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("check_finite", True)  # a copy pickled before check_finite travelled
         for group in self.param_groups:  # groups saved before MAO had these flags
             group.setdefault("foreach", None)
             group.setdefault("fused", None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self, Union, overload
+from typing import TYPE_CHECKING, Self, overload
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ __all__ = [
     "ordered_task_losses",
 ]
 
-TaskLosses = Union[Sequence[Tensor], Mapping[str, Tensor]]
+TaskLosses = Sequence[Tensor] | Mapping[str, Tensor]
 """Per-task scalar losses: a sequence (tasks named ``task0``, ``task1``, ...) or a name → loss mapping."""
 
 

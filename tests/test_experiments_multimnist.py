@@ -78,7 +78,7 @@ def _flatten(results: dict[str, dict[str, tuple[float, float, bool]]]) -> tuple[
 
 def test_delta_m_matches_the_formula_with_several_metrics_per_task() -> None:
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _trial in range(20):
         results = {
             f"task{t}": {
                 f"m{m}": (float(rng.uniform(0.1, 5)), float(rng.uniform(0.1, 5)), bool(rng.integers(2)))

@@ -285,10 +285,10 @@ def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_me
         calls = {"n": 0}
         real_replace, real_unlink = os.replace, Path.unlink
 
-        def counted(real):  # noqa: ANN001, ANN202
+        def counted(real, calls=calls, crash_at=k + 1):  # noqa: ANN001, ANN202 - bound to this iteration's run
             def operation(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
                 calls["n"] += 1
-                if calls["n"] == k + 1:
+                if calls["n"] == crash_at:
                     raise Crash
                 return real(*args, **kwargs)
 
@@ -824,11 +824,14 @@ def test_a_dead_kernel_and_a_killed_worker_on_dask_fail_their_points_only(tmp_pa
     notebook = tiny_notebook(tmp_path)
     out = tmp_path / "sweep"
     fixed = {"faults": faults_file(tmp_path, {"2.0": "die", "3.0": "kill_worker"})}
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        with local_cluster(2) as cluster, cluster.get_client() as client:
-            table = run_sweep(
-                notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, client=client, progress=False, html=False
-            )
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        local_cluster(2) as cluster,
+        cluster.get_client() as client,
+    ):
+        table = run_sweep(
+            notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, client=client, progress=False, html=False
+        )
     assert list(table["status"]) == ["ok", "failed", "failed", "ok"]
     assert "the kernel died" in table.loc[1, "error"]
     assert "worker running this point died" in table.loc[2, "error"] and (out / "x=3.0" / "failure.json").exists()

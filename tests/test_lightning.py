@@ -84,7 +84,7 @@ def plain_loop(method: str) -> TwoTasks:
     method = make(method, net.parameters(), lr=1e-2)
     scheduler = StepLR(method, step_size=1, gamma=0.5)
     for x in data().split(8):
-        method.step(lambda: net.losses(x))
+        method.step(lambda x=x: net.losses(x))
         scheduler.step()
     return net
 

@@ -70,7 +70,7 @@ def reference_mao_step(params, per_task_grads, state, lr, betas, eps, weight_dec
 
 
 def per_task_grads(losses: list[Tensor], params: list[Tensor]) -> list[list[Tensor | None]]:
-    return [list(torch.autograd.grad(l, params, retain_graph=True, allow_unused=True)) for l in losses]
+    return [list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)) for loss in losses]
 
 
 def run_mao(net: Net, steps: int, scales=None, order=None, **kwargs) -> list[Tensor]:
@@ -650,7 +650,7 @@ def test_compute_task_gradients_matches_autograd() -> None:
     params = list(net.parameters())
     tg = compute_task_gradients(net.losses(x, y), params)
     expected = per_task_grads(net.losses(x, y), params)
-    for i, p in enumerate(params):
+    for i in range(len(params)):
         reached = tuple(k for k in range(3) if expected[k][i] is not None)
         assert tg.tasks[i] == reached
         for row, k in enumerate(reached):

@@ -66,7 +66,7 @@ def trained(name: str, width: int = 4, dtype: torch.dtype = torch.float32) -> tu
     model = TwoTasks(width, dtype)
     method = make(name, model.parameters(), lr=1e-2)
     for x in batches(2):
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
     return model, method
 
 
@@ -81,7 +81,7 @@ def test_the_estimate_is_the_optimizer_state_a_step_allocates(name: str) -> None
     estimate = method.state_bytes(2, reach=model.reach())
     assert state_bytes(name, 2, params=TwoTasks().parameters(), reach=None, lr=1e-2) >= estimate
     for x in batches(2):
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
     assert estimate == tensor_bytes(method.state_dict()["optimizer"])
     assert method.state_bytes(reach=model.reach()) == estimate  # num_tasks: the method's, once it has stepped
 

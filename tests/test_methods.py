@@ -567,7 +567,9 @@ def test_mtadam_ignores_the_scale_of_every_loss_but_the_first() -> None:
     for scale in (1.0, 1000.0):
         net, method, closure = setup("mtadam", eps=1e-14)  # eps breaks scale invariance (as in Adam)
         for _ in range(20):
-            method.step(lambda: [loss * s for loss, s in zip(closure(), (1.0, scale, 1.0 / scale))])
+            method.step(
+                lambda closure=closure, scale=scale: [loss * s for loss, s in zip(closure(), (1.0, scale, 1.0 / scale))]
+            )
         runs.append(params_of(net))
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

@@ -89,7 +89,7 @@ def test_under_the_sum_the_large_task_owns_the_trunk_and_mao_shares_it() -> None
         method = make(name, model.parameters(), lr=1e-2)
         with BalanceMonitor(model, method, every=5, label=name, clock=FakeClock()) as monitor:
             for _ in range(40):
-                method.step(lambda: losses(model, x))
+                method.step(lambda model=model: losses(model, x))
         owners[name] = monitor.ownership().set_index("task")["share"]
     assert owners["sum"]["b"] > 0.8  # the loss multiplied by 100
     assert abs(owners["mao"]["b"] - 0.5) < 0.25

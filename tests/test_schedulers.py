@@ -117,7 +117,7 @@ def run(
             rates.append(rate_of_step(model, method, x))
         else:
             applied.clear()
-            method.step(lambda: model.losses(x))
+            method.step(lambda x=x: model.losses(x))
             model_ids = {id(p) for p in model.parameters()}
             stepping_model = [r for ids, r in applied if ids & model_ids]
             assert stepping_model and len(set(stepping_model)) == 1, applied
@@ -198,7 +198,7 @@ def test_learned_weights_follow_the_scheduled_rate(applied_rates: list) -> None:
     scheduler = StepLR(method, step_size=1, gamma=0.1)
     for x in batches()[:2]:
         applied_rates.clear()
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
         scheduler.step()
     assert len(applied_rates) == 2  # the model's optimizer and the weights' one
     assert [r for _, r in applied_rates] == pytest.approx([LR / 10, LR / 10])

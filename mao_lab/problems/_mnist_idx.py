@@ -262,11 +262,8 @@ class MnistIdxMultiMNIST(DatasetProblem):
             raise ValueError(f"pairing_seed must be an int, got {pairing_seed!r}")
         train_digits, train_labels = read_mnist_idx(root, "train")
         test_digits, test_labels = read_mnist_idx(root, "test")
-        if len(train_digits) <= VALIDATION_DIGITS + 1:
-            # Tiny copies (tests, subsets) keep a sixth of their training digits for validation.
-            held_out = max(2, len(train_digits) // 6)
-        else:
-            held_out = VALIDATION_DIGITS
+        # Tiny copies (tests, subsets) keep a sixth of their training digits for validation.
+        held_out = max(2, len(train_digits) // 6) if len(train_digits) <= VALIDATION_DIGITS + 1 else VALIDATION_DIGITS
         pools = {
             "train": (train_digits[:-held_out], train_labels[:-held_out]),
             "validation": (train_digits[-held_out:], train_labels[-held_out:]),

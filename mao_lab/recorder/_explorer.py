@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
@@ -32,8 +32,8 @@ from ._storage import RunPath, combine_runs, full_tables, load_run, part_paths
 
 __all__ = ["BalanceExplorer", "ExplorerApp", "RunChecklist", "find_runs", "run_label"]
 
-Source = Union[pd.DataFrame, Recorder, RunPath]
-Sources = Union[Source, Sequence[Source], Mapping[str, Source]]
+Source = pd.DataFrame | Recorder | RunPath
+Sources = Source | Sequence[Source] | Mapping[str, Source]
 
 _ALL_LAYERS_METRICS = ("loss",)
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # one per compared run

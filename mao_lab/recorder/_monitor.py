@@ -174,10 +174,8 @@ class BalanceMonitor(_Watcher):
         squared: dict[str, dict[int, float]] = {}
         for i, (p, ks) in enumerate(zip(updates.params, updates.tasks)):
             name = self._names.get(id(p))
-            if name is None:  # a parameter the model does not name: its own layer, never merged into "(model)"
-                layer = f"(unnamed {i})"
-            else:
-                layer = module_of(name) if self.level == "module" else name
+            # A parameter the model does not name is its own layer, never merged into "(model)".
+            layer = f"(unnamed {i})" if name is None else (module_of(name) if self.level == "module" else name)
             by_task = squared.setdefault(layer, {})
             for k in ks:
                 by_task[k] = by_task.get(k, 0.0) + float(norms[k, i])

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, Union
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pandas as pd
@@ -64,7 +64,7 @@ class Observable(Protocol):
     def add_observer(self, observer: StepObserver) -> RemovableHandle: ...
 
 
-NamedParameters = Union[nn.Module, Mapping[str, Tensor], Iterable[tuple[str, Tensor]]]
+NamedParameters = nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
 
 
 class _Watcher:
