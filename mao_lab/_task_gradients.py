@@ -99,7 +99,7 @@ def match_task_order(names: tuple[str, ...], expected: tuple[str, ...] | None, b
     Traceback (most recent call last):
     ...
     mao_lab._task_gradients.TaskInputError: the tasks are named ('a', 'c'), but the state was built for ('a', 'b'): new 'c', missing 'b' (a renamed task would silently take another task's state)
-    """
+    """  # noqa: E501 - a doctest's expected exception message is one line
     if expected is None or names == expected or not by_name:
         return None
     if len(set(names)) != len(names):

@@ -190,7 +190,9 @@ def slides_html(markdown: str, title: str, assets: str = f"../{ASSETS}", *, ledg
 </div></div>
 <script src="{assets}/mathjax/MathJax.js?config={_MATHJAX_CONFIG}"></script>
 {_MATHJAX_FONTS}
-<script type="text/x-mathjax-config">MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"]], displayMath: [["$$", "$$"]]}}}});</script>
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"]], displayMath: [["$$", "$$"]]}}}});
+</script>
 <script src="{assets}/reveal/dist/reveal.js"></script>
 <script>Reveal.initialize({{hash: true, width: 1280, height: 760}});</script>
 </body></html>
@@ -303,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     assets = out / ASSETS
     size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     print(
-        f"{assets}/  {size / 1e6:.1f} MB, shared by every page (MathJax and plotly.js); hand out the whole {out}/ folder"
+        f"{assets}/  {size / 1e6:.1f} MB, shared by every page (MathJax and plotly.js);"
+        f" hand out the whole {out}/ folder"
     )
     return 0
 

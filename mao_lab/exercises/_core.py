@@ -1,4 +1,5 @@
-"""The exercise protocol, in the style of Kaggle Learn's ``learntools``: ``q.check(...)``, ``q.hint()``, ``q.solution()``.
+"""The exercise protocol, in the style of Kaggle Learn's ``learntools``: ``q.check(...)``, ``q.hint()``,
+``q.solution()``.
 
 A checker never raises on a wrong or unfinished answer: it returns a :class:`Feedback` that a notebook
 shows as a coloured box (and that a test can read: ``feedback.correct``, ``feedback.mistake``).  Only a

@@ -346,7 +346,10 @@ def rescaling_changes(answer: Any) -> Feedback:
         a, b = _two_task_trajectory(name, 1.0), _two_task_trajectory(name, 1000.0)
         moved[name] = float((a - b).abs().max() / a.abs().max())
     truth = (moved["mao"] > 1e-9, moved["adam"] > 1e-9)
-    measured = f"The checker trained both: the trunk moved by {moved['mao']:.1e} (MAO) and {moved['adam']:.1e} (Adam on the sum), relative."
+    measured = (
+        f"The checker trained both: the trunk moved by {moved['mao']:.1e} (MAO) and {moved['adam']:.1e}"
+        " (Adam on the sum), relative."
+    )
     if tuple(answer) == truth:
         return Feedback(
             "correct", f"{measured} MAO normalises each task by its own moments, so a constant factor cancels."

@@ -264,7 +264,8 @@ def delta_m(values: Mapping[Key, float], baseline: Mapping[Key, float], higher_i
 
     >>> delta_m({"acc": 0.9, "mae": 1.0}, {"acc": 0.8, "mae": 2.0}, {"acc": True, "mae": False})
     -31.25
-    >>> delta_m({("a", "x"): 2.0, ("a", "y"): 4.0, ("b", "z"): 1.0}, {("a", "x"): 1.0, ("a", "y"): 4.0, ("b", "z"): 1.0},
+    >>> delta_m({("a", "x"): 2.0, ("a", "y"): 4.0, ("b", "z"): 1.0},
+    ...         {("a", "x"): 1.0, ("a", "y"): 4.0, ("b", "z"): 1.0},
     ...         {("a", "x"): False, ("a", "y"): False, ("b", "z"): False})
     25.0
     """

@@ -233,7 +233,9 @@ def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.
                     name=method_label(method),
                     legendgroup=method,
                     showlegend=i == 0,
-                    hovertemplate=f"{method_label(method)}<br>{task}: %{{y:.4f}} (mean of {len(values)})<extra></extra>",
+                    hovertemplate=(
+                        f"{method_label(method)}<br>{task}: %{{y:.4f}} (mean of {len(values)})<extra></extra>"
+                    ),
                 ),
                 row=1,
                 col=i + 1,
@@ -379,7 +381,10 @@ def _imbalance_layout(figure: go.Figure, title: str | None, averaged: str, legen
     """The layout both imbalance-over-steps figures share: the axis range keeps a line at 0 off the x axis."""
     figure.update_layout(
         title=title
-        or f"Across steps: imbalance of the shared layers' updates<br><sup>{averaged}; 0 balanced, 1 one task owns them</sup>",
+        or (
+            "Across steps: imbalance of the shared layers' updates"
+            f"<br><sup>{averaged}; 0 balanced, 1 one task owns them</sup>"
+        ),
         xaxis_title="step",
         yaxis_title="imbalance index",
         yaxis={"range": IMBALANCE_RANGE, "zeroline": False},

@@ -204,7 +204,8 @@ def _trajectory(
     step_progress: bool,
     hyperparameters: dict[str, object],
 ) -> pd.DataFrame:
-    """One run of :func:`~mao_lab.experiments.train` from the given starts (together), positions every ``record_every``."""
+    """One run of :func:`~mao_lab.experiments.train` from the given starts (together), positions every
+    ``record_every``."""
 
     def task_losses(points: torch.nn.Module, _: None) -> list[torch.Tensor]:
         losses = landscape_losses(points.x, l1_scale).sum(0)  # the starts are independent runs: sum over them

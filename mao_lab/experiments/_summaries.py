@@ -198,12 +198,13 @@ def findings_markdown(summary: Mapping[str, Any], notebook: str, *, smoke: bool 
         notebook: ``"quickstart"``, ``"landscape"``, ``"regression"``, ``"multimnist"`` or ``"explorer"``.
         smoke: start with the smoke note (:data:`mao_lab.notebook.SMOKE_NOTE`).
 
-    >>> print(findings_markdown({"mean_imbalance": {"sum": 0.4, "mao": 0.02}, "largest_sigma_task_min_share": {"sum": 0.9, "mao": 0.3},
-    ...                          "worst_normalised_test_mse": {"sum": 0.5, "mao": 0.2}}, "regression", smoke=True))
+    >>> summary = {"mean_imbalance": {"sum": 0.4, "mao": 0.02}, "largest_sigma_task_min_share": {"sum": 0.9, "mao": 0.3},
+    ...            "worst_normalised_test_mse": {"sum": 0.5, "mao": 0.2}}
+    >>> print(findings_markdown(summary, "regression", smoke=True))
     **smoke setting: these numbers mean nothing (a few steps on a little data, to check that the notebook runs)**
     <BLANKLINE>
     **This run:** Mean imbalance of the shared layers (0 balanced, 1 one task owns them): MAO 0.02, Adam on the sum 0.4. Smallest share of a shared layer held by the largest-σ task: MAO 0.3, Adam on the sum 0.9. Worst task's normalised test MSE: MAO 0.2, Adam on the sum 0.5.
-    """
+    """  # noqa: E501 - a doctest's expected output is one markdown paragraph, one line
     writers = {
         "quickstart": lambda s: [
             "worst task's normalised test MSE: " + _ranked(s["worst_normalised_test_mse"]),

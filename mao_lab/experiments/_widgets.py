@@ -388,7 +388,10 @@ class MultiMNISTExplorer(_Playground):
         """The share view shown now."""
         figure = share_areas(self.frame, str(self.layer.value), run=self.run)
         figure.update_layout(
-            title=f"Tasks' shares of the update of {self.layer.value} — {method_label(str(self.method.value))}, seed {self.seed.value}"
+            title=(
+                f"Tasks' shares of the update of {self.layer.value} — {method_label(str(self.method.value))},"
+                f" seed {self.seed.value}"
+            )
         )
         return figure
 
@@ -397,6 +400,9 @@ class MultiMNISTExplorer(_Playground):
         grads = metric_lines(self.frame, "grad_norm", str(self.layer.value), run=self.run)
         grads.update_layout(
             yaxis_type="log",
-            title=f"Per-task gradient norm of {self.layer.value} — {method_label(str(self.method.value))}, seed {self.seed.value}",
+            title=(
+                f"Per-task gradient norm of {self.layer.value} — {method_label(str(self.method.value))},"
+                f" seed {self.seed.value}"
+            ),
         )
         show_figure(self.grad_view, grads)

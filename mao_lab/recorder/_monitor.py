@@ -9,9 +9,9 @@ cost nothing: the method then builds no record at all.
 the method keeping each task's part of that step's update.  The monitor times both and keeps an
 account: after the first refresh (shown at once), it refreshes once ``every`` steps have passed *and*
 its time so far plus one more refresh stays within ``budget`` (default 5 %) of the training time so far.
-So over a run its share of the time stays at most ``budget`` once the first refresh is paid off.  The cost it measured is shown
-under the figure and kept in :attr:`BalanceMonitor.cost_fraction`; ``python -m mao_lab.bench recorder``
-measures it from outside, side by side with the monitor off.
+So over a run its share of the time stays at most ``budget`` once the first refresh is paid off.  The cost it
+measured is shown under the figure and kept in :attr:`BalanceMonitor.cost_fraction`;
+``python -m mao_lab.bench recorder`` measures it from outside, side by side with the monitor off.
 """
 
 from __future__ import annotations
@@ -247,7 +247,10 @@ class BalanceMonitor(_Watcher):
         if self._latest is None or self._shown_step is None:
             return
         shown, total = self._shown_step + 1, self.steps_seen  # 1-based, as "of N steps" reads
-        title = f"{self.label}: each task's share of every shared layer's update, step {shown} of {total} (the last refresh)"
+        title = (
+            f"{self.label}: each task's share of every shared layer's update, step {shown} of {total}"
+            " (the last refresh)"
+        )
         self._latest["layout"]["title"]["text"] = title
         self._show(self._latest, f"<balance, step {shown} of {total}>")
         cost = self.cost_fraction
