@@ -10,7 +10,8 @@ PyPI — no browser download — and for every notebook, run in its smoke settin
   the live widget, and that widgets listing the same runs list them in the same order;
 * asserts that every figure's titles fit: no annotation (subplot title) overlaps another, no title runs
   out of the figure, no y-axis title is longer than its axis;
-* asserts that each exercise cell (``qN.check(None ...)``) says "Incomplete — set your answer first" rather than failing;
+* asserts that each exercise cell (``qN.check(None ...)``) says "Incomplete — set your answer first" rather than
+  failing;
 * for every control (dropdown, slider, toggle, multiple choice, text, button) in a widget that shows a
   figure: changes it (pressing the widget's Run button when the figure waits for it) and asserts that
   the figure changes.
@@ -28,7 +29,8 @@ The explorer app gets a third run folder named ``<img src=x onerror=...>``: its 
 no element or script may come from it.  ``--only`` picks pages (``--only app``, ``--only 05 app``).
 
 A failure saves a screenshot under ``runs/browser-test/``.  It prints a table: notebook × figures,
-widgets, controls, controls that redrew their figure, exercises, seconds.  Exit status 0 only when everything passed.  Not collected by ``pytest``.
+widgets, controls, controls that redrew their figure, exercises, seconds.  Exit status 0 only when everything
+passed.  Not collected by ``pytest``.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ STATE_JS = r"""() => {
     }
   }
   return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText, unanswered, noise};
-}"""
+}"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 # Visible figures beside a live widget (in its cell, outside every widget) whose traces equal a figure's inside
 # it: a static copy of the widget's view left on the page (it disagrees with the widget after the first change).
@@ -234,7 +236,7 @@ STATIC_COPIES_JS = """(root) => {
     copies.push(...shown.filter(gd => !gd.closest('.jupyter-widgets') && live.has(traces(gd))).map(title));
   }
   return copies;
-}"""
+}"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 # Titles that do not fit, in every visible figure: annotations (subplot titles) overlapping each other, a
 # title or axis title running out of the figure (clipped), a y-axis title longer than its axis by more than
@@ -265,7 +267,7 @@ LAYOUT_JS = """(root) => {
     }
   }
   return problems;
-}"""
+}"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 # The options of every dropdown labelled `run`, in order.
 RUN_LISTS_JS = """(root) => Array.from(root.querySelectorAll('.widget-dropdown')).filter(d => {
@@ -278,7 +280,7 @@ SIGNATURE_JS = """(root) => Array.from(root.querySelectorAll('.js-plotly-plot'))
   const traces = (gd.data || []).map(t => JSON.stringify([t.name, strip(t.x), strip(t.y), strip(t.z), t.visible]));
   const title = gd.layout && gd.layout.title ? JSON.stringify(gd.layout.title.text || gd.layout.title) : '';
   return title + '|' + traces.join(';');
-}).join('||')"""
+}).join('||')"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 
 def controls_of(area):  # noqa: ANN001 - a Playwright locator
@@ -584,14 +586,16 @@ def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa:
             page.wait_for_function(
                 "() => (!window.MathJax || (MathJax.Hub && MathJax.Hub.queue"
                 " && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running))"
-                " && Array.from(document.querySelectorAll('.plotly-graph-div')).every(d => d.querySelector('.main-svg'))",
+                " && Array.from(document.querySelectorAll('.plotly-graph-div'))"
+                ".every(d => d.querySelector('.main-svg'))",
                 timeout=HANDOUT_WAIT_MS,
             )
         divs = page.locator(".plotly-graph-div").count()
         result.figures = page.locator(".plotly-graph-div:has(.main-svg)").count()
         typeset = page.locator(".MathJax, .MathJax_Display").count()
         raw = page.evaluate(
-            "() => Array.from(document.querySelectorAll('.jp-MarkdownOutput')).filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length"
+            "() => Array.from(document.querySelectorAll('.jp-MarkdownOutput'))"
+            ".filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length"
         )
         if outside:
             result.problems.append(f"{len(outside)} requests outside the handouts folder, e.g. {outside[0][:100]}")
@@ -710,13 +714,17 @@ def make_demo_runs(folder: Path) -> None:
 
 
 def print_table(results: list[Result]) -> None:
-    header = f"{'page':<32} {'figures':>7} {'widgets':>7} {'controls':>8} {'redrew':>6} {'exercises':>9} {'seconds':>7}  status"
+    header = (
+        f"{'page':<32} {'figures':>7} {'widgets':>7} {'controls':>8} {'redrew':>6} {'exercises':>9} {'seconds':>7}"
+        "  status"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         status = "ok" if not r.problems else f"FAILED ({len(r.problems)})"
         print(
-            f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.exercises:>9} {r.seconds:>7.1f}  {status}"
+            f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.exercises:>9}"
+            f" {r.seconds:>7.1f}  {status}"
         )
     for r in results:
         for problem in r.problems:
@@ -793,8 +801,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs = work / "app-runs"
                 make_demo_runs(runs)
                 voila = [
-                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--template=offline", "--no-browser", "--Voila.ip=127.0.0.1",
-                    f"--port={app_port}", f"--Voila.token={token}",
+                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--template=offline", "--no-browser",
+                    "--Voila.ip=127.0.0.1", f"--port={app_port}", f"--Voila.token={token}",
                 ]  # fmt: skip
                 url = f"http://127.0.0.1:{app_port}/?token={token}"
                 app_env = {
