@@ -57,7 +57,8 @@ def _exercise_start(cells: list[str], module: str) -> int:
 
 
 def _defined(sources: list[str]) -> set[str]:
-    """Names that cells bind: assignments, imports, defs, loop targets, and ``globals().update(validate_parameters(...))``."""
+    """Names that cells bind: assignments, imports, defs, loop targets, and
+    ``globals().update(validate_parameters(...))``."""
     names: set[str] = set()
     for source in sources:
         tree = ast.parse(source)

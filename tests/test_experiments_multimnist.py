@@ -50,7 +50,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one tor
 
 
 def _reference_delta_m(results: dict[str, dict[str, tuple[float, float, bool]]]) -> float:
-    """The formula of docs/references.md §6 written out: 100/T sum_t 1/M_t sum_m (-1)^s (M - B) / B, s = 1 if higher is better."""
+    """The formula of docs/references.md §6 written out: 100/T sum_t 1/M_t sum_m (-1)^s (M - B) / B, s = 1 if
+    higher is better."""
     per_task = []
     for metrics in results.values():
         terms = [(-1) ** int(higher) * (m - b) / b for m, b, higher in metrics.values()]

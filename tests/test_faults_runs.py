@@ -79,7 +79,9 @@ pd.DataFrame({"x": [x, 2 * x]}).to_parquet(out / "table.parquet")
 summary = {"x": x, "seed": seed}
 if mode == "sockets":
     import psutil
-    summary["listening"] = sorted({c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == "LISTEN"})
+    summary["listening"] = sorted(
+        {c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == "LISTEN"}
+    )
 text = json.dumps(summary)
 if mode == "truncated":
     text = text[:5]
@@ -700,8 +702,8 @@ def test_two_sweeps_into_one_folder_at_once_lose_nothing_and_run_each_point_once
         import sys
         sys.path.insert(0, {str(REPOSITORY)!r})
         from mao_lab.sweep import run_sweep
-        table = run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r}, fixed={{"log": {str(log)!r}, "sleep": 1.0}},
-                          progress=False, html=False)
+        table = run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r},
+                          fixed={{"log": {str(log)!r}, "sleep": 1.0}}, progress=False, html=False)
         print(",".join(table["status"]))
     """)
     )
@@ -903,7 +905,8 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_points(tmp_pa
         import sys
         sys.path.insert(0, {str(REPOSITORY)!r})
         from mao_lab.sweep import run_sweep
-        run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r}, fixed={{"log": {str(log)!r}, "sleep": 2.0}}, progress=False, html=False)
+        run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r},
+                  fixed={{"log": {str(log)!r}, "sleep": 2.0}}, progress=False, html=False)
     """)
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

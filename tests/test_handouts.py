@@ -31,7 +31,9 @@ def executed_notebook(folder: Path) -> Path:
     from plotly.offline import get_plotlyjs
 
     init = {
-        "text/html": f'<script type="text/javascript">window.PlotlyConfig = {{}};</script>\n<script>{get_plotlyjs()}</script>'
+        "text/html": (
+            f'<script type="text/javascript">window.PlotlyConfig = {{}};</script>\n<script>{get_plotlyjs()}</script>'
+        )
     }
     code.outputs = [
         nbformat.v4.new_output("display_data", data=init),  # what the renderer sends once: plotly.js inline
