@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo smoke test bench lab workshop explorer test-browser clean study handouts slides wheelhouse answer-key
+.PHONY: setup demo smoke test lint bench lab workshop explorer test-browser clean study handouts slides wheelhouse answer-key
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ smoke: $(STAMP)           ## the same, in the notebooks' smoke settings (seconds
 
 test: $(STAMP)            ## the whole test suite, notebooks included
 	$(PY) -m pytest
+
+lint: $(STAMP)            ## ruff: lint and formatting (the settings are in pyproject.toml)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 STUDY ?= runs/study
 STUDY_FLAGS ?=

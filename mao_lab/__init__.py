@@ -5,14 +5,14 @@ The public API is re-exported here; the modules with a leading underscore are pr
 
 from ._checkpoints import CheckpointError
 from ._mao import MAO
-from ._memory import state_bytes
 from ._mao_functional import mao
+from ._memory import state_bytes
 from ._observe import ObservableMixin, StepObserver, StepRecord
 from ._task_gradients import (
     TaskGradients,
     TaskInputError,
-    TaskUpdates,
     TaskLosses,
+    TaskUpdates,
     as_task_losses,
     compute_task_gradients,
 )

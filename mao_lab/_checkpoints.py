@@ -28,7 +28,9 @@ def check_tensor(value: object, where: str, shape: tuple[int, ...], *, floating:
     if not isinstance(value, Tensor):
         raise CheckpointError(f"{where} must be a tensor, got {type(value).__name__}")
     if tuple(value.shape) != tuple(shape):
-        raise CheckpointError(f"{where} has shape {tuple(value.shape)}, expected {tuple(shape)}: saved from another model?")
+        raise CheckpointError(
+            f"{where} has shape {tuple(value.shape)}, expected {tuple(shape)}: saved from another model?"
+        )
     if floating and not value.is_floating_point():
         raise CheckpointError(f"{where} has dtype {value.dtype}, expected a floating-point dtype")
 
@@ -57,8 +59,11 @@ def check_optimizer_state(
     some), and, with ``check_param_state(p, saved, where)``, the saved state of each
     parameter against the parameter it will belong to.
     """
-    if not isinstance(state, Mapping) or not isinstance(state.get("state"), Mapping) \
-            or not isinstance(state.get("param_groups"), list):
+    if (
+        not isinstance(state, Mapping)
+        or not isinstance(state.get("state"), Mapping)
+        or not isinstance(state.get("param_groups"), list)
+    ):
         raise CheckpointError(f"{what}: not an optimizer state_dict (needs 'state' and 'param_groups')")
     params_by_id = _check_groups(state["param_groups"], optimizer.param_groups, group_checks, what)
     for key, saved in state["state"].items():
@@ -87,7 +92,9 @@ def _check_groups(
             )
         missing = sorted(set(group_checks) - set(saved))
         if missing:
-            raise CheckpointError(f"{what}: parameter group {g} has no {', '.join(missing)}: saved by another optimizer?")
+            raise CheckpointError(
+                f"{what}: parameter group {g} has no {', '.join(missing)}: saved by another optimizer?"
+            )
         for name, check in group_checks.items():
             try:
                 check(name, saved[name])

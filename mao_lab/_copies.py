@@ -25,18 +25,20 @@ from typing import Any
 __all__ = ["copyable_state"]
 
 # The instance attributes a copy leaves out (see the module docstring).
-_NOT_COPIED = frozenset({
-    "step",  # a scheduler's wrapper of the original's bound step
-    "_opt_called",
-    "_observers",
-    "_task_gradient_reserve",
-    "_optimizer_step_pre_hooks",
-    "_optimizer_step_post_hooks",
-    "_optimizer_state_dict_pre_hooks",
-    "_optimizer_state_dict_post_hooks",
-    "_optimizer_load_state_dict_pre_hooks",
-    "_optimizer_load_state_dict_post_hooks",
-})
+_NOT_COPIED = frozenset(
+    {
+        "step",  # a scheduler's wrapper of the original's bound step
+        "_opt_called",
+        "_observers",
+        "_task_gradient_reserve",
+        "_optimizer_step_pre_hooks",
+        "_optimizer_step_post_hooks",
+        "_optimizer_state_dict_pre_hooks",
+        "_optimizer_state_dict_post_hooks",
+        "_optimizer_load_state_dict_pre_hooks",
+        "_optimizer_load_state_dict_post_hooks",
+    }
+)
 
 
 def copyable_state(obj: object) -> dict[str, Any]:

@@ -109,8 +109,10 @@ class DistributedSetting:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             if value is None:
                 return None
-            raise RuntimeError(f"{owner}: distributed={value!r} but torch.distributed is not initialised "
-                               "(call torch.distributed.init_process_group first)")
+            raise RuntimeError(
+                f"{owner}: distributed={value!r} but torch.distributed is not initialised "
+                "(call torch.distributed.init_process_group first)"
+            )
         ddp = _ddp_class()
         group = None
         if ddp is not None and isinstance(value, ddp):

@@ -84,8 +84,11 @@ class GradientPath:
         """The gradient of one scalar (a weighted sum of the losses): one backward, one reduction."""
         grad_output = None if self.scale is None else torch.full_like(total, self.scale)
         with torch.enable_grad():
-            grads = list(torch.autograd.grad(total, params, grad_outputs=grad_output, allow_unused=True,
-                                             retain_graph=retain_graph))
+            grads = list(
+                torch.autograd.grad(
+                    total, params, grad_outputs=grad_output, allow_unused=True, retain_graph=retain_graph
+                )
+            )
         return self.finish(grads)
 
     def finish(self, grads: list[Tensor | None]) -> list[Tensor | None]:
@@ -120,7 +123,7 @@ class GradientPath:
         per_task = [task_grads.for_task(k) for k in range(task_grads.num_tasks)]
         flat = clipped([g for grads in per_task for g in grads], self.max_grad_norm)
         n = len(task_grads.params)
-        rows = [flat[k * n:(k + 1) * n] for k in range(task_grads.num_tasks)]
+        rows = [flat[k * n : (k + 1) * n] for k in range(task_grads.num_tasks)]
         return TaskGradients.from_per_task(rows, task_grads.params, task_grads.task_names)
 
     def given_task_gradients(self, task_grads: TaskGradients) -> TaskGradients:

@@ -64,15 +64,21 @@ def _describe(value: object) -> str:
 
 def _as_float(name: str, value: object) -> float:
     """A real number as a float: not a bool, not a string, not a tensor of more than one element."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
+    if (
+        isinstance(value, torch.Tensor)
+        and value.numel() == 1
+        and not value.dtype.is_complex
+        and value.dtype != torch.bool
+    ):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"hyperparameter {name!r} must be a number, got {_describe(value)}")
     return float(value)
 
 
-def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-           high_open: bool = False) -> Check:
+def number(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> Check:
     """A finite real number in ``[low, high]`` (ends excluded with ``low_open`` / ``high_open``)."""
 
     def check(name: str, value: object) -> float:

@@ -54,8 +54,10 @@ def loss_scale(grad_scaler: Any) -> float | None:
     if getattr(grad_scaler, "_scale", None) is None:  # not yet used: scaler.scale(...) was never called
         init = getattr(grad_scaler, "_lazy_init_scale_growth_tracker", None)
         if init is None:
-            raise RuntimeError(f"this torch {torch.__version__} GradScaler cannot be set up by mao_lab: call "
-                               "scaler.scale(torch.zeros(())) once before the first step")
+            raise RuntimeError(
+                f"this torch {torch.__version__} GradScaler cannot be set up by mao_lab: call "
+                "scaler.scale(torch.zeros(())) once before the first step"
+            )
         init(torch.device(grad_scaler._device))
     return float(grad_scaler.get_scale())
 
@@ -83,8 +85,9 @@ def found_non_finite(grads: Sequence[Tensor | None]) -> bool:
     if not present:
         return False
     norms = torch._foreach_norm(present)
-    return not all(bool(torch.stack([n for n in norms if n.device == d]).isfinite().all())
-                   for d in {n.device for n in norms})
+    return not all(
+        bool(torch.stack([n for n in norms if n.device == d]).isfinite().all()) for d in {n.device for n in norms}
+    )
 
 
 def unscaled(grads: Sequence[Tensor | None], scale: float) -> list[Tensor | None]:

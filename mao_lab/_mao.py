@@ -7,7 +7,6 @@ dominates any parameter, whatever the scale of its loss.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,14 +16,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
-from ._copies import copyable_state
-from ._memory import check_fits, step_counter_bytes, tasks_reaching
 from ._clipping import check_max_norm, refuse_written_grads
+from ._copies import copyable_state
 from ._distributed import DistributedSetting
 from ._gradient_path import GradientPath
 from ._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 from ._loss_scaling import LossScaleOverflow, check_eps_for_dtypes, loss_scale, report_found_inf
 from ._mao_functional import mao
+from ._memory import check_fits, step_counter_bytes, tasks_reaching
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
     GradientReserve,
@@ -149,8 +148,9 @@ class MAO(ObservableMixin, Optimizer):
         fused: bool | None = None,
     ) -> None:
         _check_implementation_flags(foreach, fused, "MAO")
-        given = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, reduction=reduction,
-                     task_weights=task_weights)
+        given = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, reduction=reduction, task_weights=task_weights
+        )
         defaults = checked({**ADAM_HYPERPARAMETERS, **MAO_HYPERPARAMETERS}, given, "MAO")
         # Fixed by the first step; kept in param_groups so that state_dict carries them.
         defaults.update(num_tasks=None, task_names=None)
@@ -239,8 +239,9 @@ class MAO(ObservableMixin, Optimizer):
                     names, loss_list = ordered_task_losses(given, self.task_names)
                     loss_list = path.losses(loss_list)
                 values = torch.stack([loss.detach().reshape(()) for loss in loss_list])
-                record = self._step_on_losses(names, loss_list, features=features, batched=batched,
-                                              keep=bool(observers), path=path)
+                record = self._step_on_losses(
+                    names, loss_list, features=features, batched=batched, keep=bool(observers), path=path
+                )
             else:
                 assert task_grads is not None
                 values = torch.full((task_grads.num_tasks,), float("nan"))
@@ -353,10 +354,6 @@ class MAO(ObservableMixin, Optimizer):
         ``defaults``, ``state`` and ``param_groups``: ``check_finite`` would be lost)."""
         return copyable_state(self)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("check_finite", True)  # a copy pickled before check_finite travelled
-
     # -- memory ----------------------------------------------------------------------------------------
 
     def state_bytes(self, num_tasks: int, *, reach: Mapping[Tensor, Collection[int]] | None = None) -> int:
@@ -365,8 +362,11 @@ class MAO(ObservableMixin, Optimizer):
         each parameter (one not listed: every task; without it, every parameter: an upper bound).
         See :func:`mao_lab.state_bytes`."""
         tasks_of = tasks_reaching(num_tasks, reach)
-        return sum(step_counter_bytes() + 2 * len(tasks_of(p)) * p.numel() * p.element_size()
-                   for p in self.trainable_params() if tasks_of(p))
+        return sum(
+            step_counter_bytes() + 2 * len(tasks_of(p)) * p.numel() * p.element_size()
+            for p in self.trainable_params()
+            if tasks_of(p)
+        )
 
     def _reserve_state(self, task_grads: TaskGradients) -> list[tuple[Tensor, dict[str, Any] | None]]:
         """Allocate the state this step adds (parameters stepped for the first time, tasks new to a
@@ -523,6 +523,7 @@ class MAO(ObservableMixin, Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("check_finite", True)  # a copy pickled before check_finite travelled
         for group in self.param_groups:  # groups saved before MAO had these flags
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
@@ -550,7 +551,9 @@ class MAO(ObservableMixin, Optimizer):
         check_optimizer_state(self, state, _check_param_state, _GROUP_CHECKS, "MAO")
         assert isinstance(state, Mapping)
         counts = {g.get("num_tasks") for g in state["param_groups"]} - {None}
-        names = {None if g.get("task_names") is None else tuple(g["task_names"]) for g in state["param_groups"]} - {None}
+        names = {None if g.get("task_names") is None else tuple(g["task_names"]) for g in state["param_groups"]} - {
+            None
+        }
         if len(counts) > 1 or len(names) > 1:
             raise CheckpointError(f"MAO: the parameter groups disagree on the tasks: {sorted(counts)}, {sorted(names)}")
         saved = counts.pop() if counts else None
@@ -559,22 +562,30 @@ class MAO(ObservableMixin, Optimizer):
         if names and len(next(iter(names))) != saved:
             raise CheckpointError(f"MAO: {saved} tasks but task names {next(iter(names))}")
         if self.num_tasks is not None and saved is not None and saved != self.num_tasks:
-            raise CheckpointError(f"MAO: this optimizer was stepped with {self.num_tasks} tasks; the state is for {saved}")
+            raise CheckpointError(
+                f"MAO: this optimizer was stepped with {self.num_tasks} tasks; the state is for {saved}"
+            )
         for key, param_state in state["state"].items():
             tasks = param_state["tasks"]
             if saved is None or tasks[-1] >= saved:
-                raise CheckpointError(f"MAO: parameter {key!r} has moments for tasks {tasks}, but the state has "
-                                      f"{saved} tasks")
+                raise CheckpointError(
+                    f"MAO: parameter {key!r} has moments for tasks {tasks}, but the state has {saved} tasks"
+                )
 
 
 def _check_param_state(p: Tensor, saved: Mapping[str, Any], where: str) -> None:
     """One parameter's saved MAO state: a step count, the tasks, and one pair of moments per task."""
     if set(saved) != {"step", "tasks", "exp_avg", "exp_avg_sq"}:
-        raise CheckpointError(f"{where}: state entries {sorted(saved)} are not MAO's (step, tasks, exp_avg, exp_avg_sq)")
+        raise CheckpointError(
+            f"{where}: state entries {sorted(saved)} are not MAO's (step, tasks, exp_avg, exp_avg_sq)"
+        )
     tasks = saved["tasks"]
-    if not isinstance(tasks, (tuple, list)) or not tasks or \
-            not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in tasks) or \
-            any(a >= b for a, b in zip(tasks, tasks[1:])):
+    if (
+        not isinstance(tasks, (tuple, list))
+        or not tasks
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in tasks)
+        or any(a >= b for a, b in zip(tasks, tasks[1:]))
+    ):
         raise CheckpointError(f"{where}: tasks must be increasing task indices, got {tasks!r}")
     check_step(saved["step"], f"{where}: step")
     for key in ("exp_avg", "exp_avg_sq"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self, Union, overload
+from typing import TYPE_CHECKING, Self, overload
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ __all__ = [
     "ordered_task_losses",
 ]
 
-TaskLosses = Union[Sequence[Tensor], Mapping[str, Tensor]]
+TaskLosses = Sequence[Tensor] | Mapping[str, Tensor]
 """Per-task scalar losses: a sequence (tasks named ``task0``, ``task1``, ...) or a name → loss mapping."""
 
 
@@ -75,8 +75,7 @@ def as_task_losses(losses: TaskLosses) -> tuple[tuple[str, ...], list[Tensor]]:
             raise TaskInputError(f"{where}: the loss must be a scalar, got shape {tuple(loss.shape)}")
         if not loss.requires_grad:
             raise TaskInputError(
-                f"{where}: the loss has no autograd graph (was it computed under torch.no_grad() "
-                "or detached?)"
+                f"{where}: the loss has no autograd graph (was it computed under torch.no_grad() or detached?)"
             )
     finite = torch.isfinite(torch.stack([loss.detach().reshape(()) for loss in values]))
     if not bool(finite.all()):
@@ -100,7 +99,7 @@ def match_task_order(names: tuple[str, ...], expected: tuple[str, ...] | None, b
     Traceback (most recent call last):
     ...
     mao_lab._task_gradients.TaskInputError: the tasks are named ('a', 'c'), but the state was built for ('a', 'b'): new 'c', missing 'b' (a renamed task would silently take another task's state)
-    """
+    """  # noqa: E501 - a doctest's expected exception message is one line
     if expected is None or names == expected or not by_name:
         return None
     if len(set(names)) != len(names):
@@ -116,9 +115,7 @@ def match_task_order(names: tuple[str, ...], expected: tuple[str, ...] | None, b
     return [names.index(n) for n in expected]
 
 
-def ordered_task_losses(
-    losses: TaskLosses, expected: tuple[str, ...] | None
-) -> tuple[tuple[str, ...], list[Tensor]]:
+def ordered_task_losses(losses: TaskLosses, expected: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[Tensor]]:
     """:func:`as_task_losses`, with the tasks put in the order ``expected`` (see :func:`match_task_order`).
 
     Losses given as a dict are matched by name; a list by position.  With another number of tasks
@@ -349,7 +346,9 @@ class TaskGradients(_PerTaskStacks):
                     f"parameter {i} of the gradients (shape {tuple(p.shape)}) is not one this optimizer updates"
                 )
             for row, k in enumerate(self.tasks[i]):
-                _check_like(self.rows(i)[row], p, f"task {self.task_names[k]!r} (index {k}): the gradient of parameter {i}")
+                _check_like(
+                    self.rows(i)[row], p, f"task {self.task_names[k]!r} (index {k}): the gradient of parameter {i}"
+                )
 
     @classmethod
     def from_jacobians(cls, params: Sequence[Tensor], task_names: Sequence[str] | None = None) -> TaskGradients:
@@ -622,8 +621,15 @@ def _looped_gradients(
     for k, loss in enumerate(losses):
         if hooks is not None:
             hooks.before(k)
-        grads = list(torch.autograd.grad(loss, params, grad_outputs=_seed(loss, loss_scale),
-                                         retain_graph=retain_graph or k < last, allow_unused=True))
+        grads = list(
+            torch.autograd.grad(
+                loss,
+                params,
+                grad_outputs=_seed(loss, loss_scale),
+                retain_graph=retain_graph or k < last,
+                allow_unused=True,
+            )
+        )
         if hooks is not None:
             hooks.after(grads)
             hooks.done(grads)
@@ -646,8 +652,9 @@ def _gradients_through_features(
     num_feats = len(feats)
     per_task_heads, per_task_feat_grads = [], []
     for loss in losses:  # one backward per head, stopping at the features
-        out = torch.autograd.grad(loss, feats + heads, grad_outputs=_seed(loss, loss_scale), retain_graph=True,
-                                  allow_unused=True)
+        out = torch.autograd.grad(
+            loss, feats + heads, grad_outputs=_seed(loss, loss_scale), retain_graph=True, allow_unused=True
+        )
         per_task_feat_grads.append(list(out[:num_feats]))
         per_task_heads.append(out[num_feats:])
         if hooks is not None:

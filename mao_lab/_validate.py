@@ -138,7 +138,9 @@ class Number:
     def describe(self) -> str:
         if self.positive:
             return "a positive, finite number" + (f" <= {self.max:g}" if self.max is not None else "")
-        return "a " + _bounds(self.min, self.max, "number") if (self.min, self.max) != (None, None) else "a finite number"
+        return (
+            "a " + _bounds(self.min, self.max, "number") if (self.min, self.max) != (None, None) else "a finite number"
+        )
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,9 @@ class IntList:
 
     def allows(self, value: Any) -> bool:
         return (
-            isinstance(value, (list, tuple)) and len(value) > 0 and len(set(value)) == len(value)
+            isinstance(value, (list, tuple))
+            and len(value) > 0
+            and len(set(value)) == len(value)
             and all(Int(min=self.min).allows(v) for v in value)
         )
 

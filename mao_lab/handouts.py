@@ -56,14 +56,19 @@ _MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"  # the combined configuratio
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^\"']*[\"'][^>]*>\s*</script>", re.IGNORECASE)
 _WIDGET_STATE = re.compile(r"<script type=\"application/vnd\.jupyter\.widget-state\+json\">.*?</script>", re.DOTALL)
-_MERMAID = re.compile(r"<script type=\"module\">\s*document\.addEventListener\(\"DOMContentLoaded\"[^<]*?jp-Mermaid.*?</script>", re.DOTALL)
+_MERMAID = re.compile(
+    r"<script type=\"module\">\s*document\.addEventListener\(\"DOMContentLoaded\"[^<]*?jp-Mermaid.*?</script>",
+    re.DOTALL,
+)
 # The package ships MathJax's STIX-Web fonts only (JupyterLab configures them); MathJax's defaults look for TeX fonts,
 # and without them it lays glyphs out from system fonts (hats and roots out of place).
 _MATHJAX_FONTS = (
     '<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, '
     'webFont: "STIX-Web", imageFont: null}, SVG: {font: "STIX-Web"}});</script>'
 )
-_PLOTLY_BUNDLE = re.compile(r"<script(?: type=\"text/javascript\")?>\s*/\*\*\s*\n\* plotly\.js v.*?</script>", re.DOTALL)
+_PLOTLY_BUNDLE = re.compile(
+    r"<script(?: type=\"text/javascript\")?>\s*/\*\*\s*\n\* plotly\.js v.*?</script>", re.DOTALL
+)
 
 
 def mathjax_folder() -> Path:
@@ -185,7 +190,9 @@ def slides_html(markdown: str, title: str, assets: str = f"../{ASSETS}", *, ledg
 </div></div>
 <script src="{assets}/mathjax/MathJax.js?config={_MATHJAX_CONFIG}"></script>
 {_MATHJAX_FONTS}
-<script type="text/x-mathjax-config">MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"]], displayMath: [["$$", "$$"]]}}}});</script>
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"]], displayMath: [["$$", "$$"]]}}}});
+</script>
 <script src="{assets}/reveal/dist/reveal.js"></script>
 <script>Reveal.initialize({{hash: true, width: 1280, height: 760}});</script>
 </body></html>
@@ -209,7 +216,11 @@ def write_slides(out_dir: Path, source: Path = SLIDES_DIR, claims_dir: Path | No
         text = path.read_text(encoding="utf-8")
         title = text.lstrip("# ").splitlines()[0] if text.strip() else path.stem
         page = slides_html(text, title, ledger=ledger)
-        written.append(write_atomically(folder / f"{path.stem}.html", lambda tmp, page=page: tmp.write_text(page, encoding="utf-8")))
+        written.append(
+            write_atomically(
+                folder / f"{path.stem}.html", lambda tmp, page=page: tmp.write_text(page, encoding="utf-8")
+            )
+        )
     return written
 
 
@@ -251,7 +262,9 @@ def _newest_run(root: Path) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mao_lab.handouts", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", nargs="?", help="a run folder of executed notebooks (default: the newest under runs/)")
+    parser.add_argument(
+        "run_dir", nargs="?", help="a run folder of executed notebooks (default: the newest under runs/)"
+    )
     parser.add_argument("--out", default="handouts", help="the handouts folder (default: handouts)")
     parser.add_argument("--slides", action="store_true", help="build the slides (docs/slides/*.md) instead")
     args = parser.parse_args(argv)
@@ -267,11 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else _newest_run(Path("runs"))
     if run_dir is None or not run_dir.is_dir():
-        print(f"no run folder {'at ' + str(run_dir) if run_dir else 'under runs/'}: run `make demo` first", file=sys.stderr)
+        print(
+            f"no run folder {'at ' + str(run_dir) if run_dir else 'under runs/'}: run `make demo` first",
+            file=sys.stderr,
+        )
         return 2
     executed = find_executed(run_dir)
     if not executed:
-        print(f"no executed notebook in {run_dir} (looked for <name>/<name>.ipynb): run `make demo` first", file=sys.stderr)
+        print(
+            f"no executed notebook in {run_dir} (looked for <name>/<name>.ipynb): run `make demo` first",
+            file=sys.stderr,
+        )
         return 2
     try:
         mathjax_folder()
@@ -285,7 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{page}  {page.stat().st_size / 1e6:.2f} MB")
     assets = out / ASSETS
     size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
-    print(f"{assets}/  {size / 1e6:.1f} MB, shared by every page (MathJax and plotly.js); hand out the whole {out}/ folder")
+    print(
+        f"{assets}/  {size / 1e6:.1f} MB, shared by every page (MathJax and plotly.js);"
+        f" hand out the whole {out}/ folder"
+    )
     return 0
 
 

@@ -66,8 +66,19 @@ FAILURE_FILE = "failure.json"
 RESERVED_PARAMETERS = ("output_dir",)
 # Packages whose versions go into provenance.json.
 _PACKAGES = (
-    "mao_lab", "torch", "torchjd", "numpy", "pandas", "pyarrow", "scipy", "plotly",
-    "papermill", "nbclient", "ipykernel", "dask", "distributed",
+    "mao_lab",
+    "torch",
+    "torchjd",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "plotly",
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "dask",
+    "distributed",
 )
 
 
@@ -115,7 +126,9 @@ def notebook_parameters(notebook: str | Path) -> dict[str, str]:
         declared = pm.inspect_notebook(str(notebook))
     except Exception as error:  # noqa: BLE001 - nbformat raises several kinds for a damaged file
         message = " ".join(str(error).split())[:300]
-        raise ValueError(f"{Path(notebook).name} is not a readable notebook ({type(error).__name__}: {message})") from None
+        raise ValueError(
+            f"{Path(notebook).name} is not a readable notebook ({type(error).__name__}: {message})"
+        ) from None
     return {name: info.get("default", "") for name, info in declared.items()}
 
 
@@ -179,7 +192,9 @@ def execute_notebook(
     check_parameters(notebook, [*given, "output_dir"])
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"cannot run into {dest}: it exists and is not a folder")
-    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0):
+    if cell_timeout is not None and (
+        isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0
+    ):
         raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
     try:
         lock = FolderLock(dest).__enter__()
@@ -189,7 +204,9 @@ def execute_notebook(
         recover_folder(dest)
         staged = staging_folder(dest)
         try:
-            return _run_staged(notebook, dest, staged, given, html, progress, kernel_name, required, record, cwd, cell_timeout)
+            return _run_staged(
+                notebook, dest, staged, given, html, progress, kernel_name, required, record, cwd, cell_timeout
+            )
         finally:
             shutil.rmtree(staged, ignore_errors=True)  # gone already when published
     finally:
@@ -346,10 +363,14 @@ def _git_state() -> dict[str, Any] | None:
     if not (repository / ".git").exists() or shutil.which("git") is None:
         return None
     try:
-        commit = subprocess.run(["git", "-C", str(repository), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        commit = subprocess.run(
+            ["git", "-C", str(repository), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20
+        )
         status = subprocess.run(
             ["git", "-C", str(repository), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -384,7 +405,9 @@ def _yaml12_loader() -> type:
         pass
 
     Loader.yaml_implicit_resolvers = {}
-    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
     Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(~|null|Null|NULL|)$"), ["~", "n", "N", ""])
     Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789"))
@@ -399,8 +422,14 @@ def _yaml12_loader() -> type:
 
     def real(loader: Any, node: Any) -> float:
         text = loader.construct_scalar(node)
-        value = float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
-                      .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan"))
+        value = float(
+            text.replace(".inf", "inf")
+            .replace(".Inf", "inf")
+            .replace(".INF", "inf")
+            .replace(".nan", "nan")
+            .replace(".NaN", "nan")
+            .replace(".NAN", "nan")
+        )
         if math.isinf(value) and "inf" not in text.lower():
             raise _ValueRefused(f"{text} is beyond the largest float (write .inf for infinity)")
         return value
@@ -582,8 +611,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
     parser.add_argument("--smoke", action="store_true", help="run each notebook in its smoke setting (seconds)")
     parser.add_argument("--out", type=folder_argument, default=None, help="run folder (default: runs/<date-time>)")
-    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra notebook parameter (VALUE read as YAML 1.2 / JSON: -p lr=1e-3 -p sigmas=[1,100])")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra notebook parameter (VALUE read as YAML 1.2 / JSON: -p lr=1e-3 -p sigmas=[1,100])",
+    )
     args = parser.parse_args(argv)
     try:
         if args.out is not None and args.out.exists() and not args.out.is_dir():

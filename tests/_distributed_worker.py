@@ -38,8 +38,9 @@ def batch(step: int, shard: slice) -> tuple[Tensor, Tensor]:
     """Batch ``step`` (the same on every process), cut to ``shard``."""
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(BATCH, IN, generator=g, dtype=torch.float64)
-    y = torch.randn(BATCH, NUM_TASKS, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1],
-                                                                                        dtype=torch.float64)
+    y = torch.randn(BATCH, NUM_TASKS, generator=g, dtype=torch.float64) * torch.tensor(
+        [1.0, 10.0, 0.1], dtype=torch.float64
+    )
     return x[shard], y[shard]
 
 
@@ -145,8 +146,10 @@ def main(rank: int, world: int, init_file: str, out_file: str) -> None:
     mesh = init_device_mesh("cpu", (world,))
     sharded = nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
     refusals = []
-    for step in (lambda: make("mao", [sharded]).step(lambda: [sharded.sum(), 2 * sharded.sum()]),
-                 lambda: MAO([sharded]).step([sharded.sum(), 2 * sharded.sum()])):
+    for step in (
+        lambda: make("mao", [sharded]).step(lambda: [sharded.sum(), 2 * sharded.sum()]),
+        lambda: MAO([sharded]).step([sharded.sum(), 2 * sharded.sum()]),
+    ):
         try:
             step()
             refusals.append("no error")

@@ -83,7 +83,9 @@ def test_output_file_holds_the_same_json(step_quick: tuple[dict, Path]) -> None:
 def test_recorder_quick() -> None:
     if importlib.util.find_spec("mao_lab.bench._recorder_bench") is None:
         pytest.skip("mao_lab/bench/_recorder_bench.py (the recorder benchmark) is not there yet")
-    done = _run("recorder", "--quick", timeout=900)  # a guard against a hang, not a speed goal: a busy 2-core machine took over 120 s
+    done = _run(
+        "recorder", "--quick", timeout=900
+    )  # a guard against a hang, not a speed goal: a busy 2-core machine took over 120 s
     assert done.returncode == 0, done.stderr[-2000:]
     result = _one_json_line(done.stdout)
     assert isinstance(result, dict) and result

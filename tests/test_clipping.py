@@ -74,7 +74,7 @@ def test_mao_max_grad_norm_clips_all_the_tasks_together() -> None:
     for step in range(4):
         opt.step(net.losses(step))
         flat = hand_clipped([g for grads in per_task(ref, step) for g in grads], 0.5)
-        grads = [flat[k * n:(k + 1) * n] for k in range(NUM_TASKS)]
+        grads = [flat[k * n : (k + 1) * n] for k in range(NUM_TASKS)]
         ref_opt.step(task_grads=TaskGradients.from_per_task(grads, list(ref.parameters())))
     for p, q in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)

@@ -39,7 +39,9 @@ def conflicting(seed: int, tasks: int = 3, dim: int = 6) -> np.ndarray:
 class Probe:
     """A method on one float64 parameter vector with linear losses ``offsets_k + jacobian_k . p``."""
 
-    def __init__(self, name: str, jacobian: np.ndarray, offsets: Sequence[float] | None = None, **hyperparameters: object):
+    def __init__(
+        self, name: str, jacobian: np.ndarray, offsets: Sequence[float] | None = None, **hyperparameters: object
+    ):
         self.jacobian = torch.from_numpy(jacobian)
         self.offsets = torch.tensor(offsets if offsets is not None else [10.0] * len(jacobian), dtype=torch.float64)
         self.p = torch.zeros(jacobian.shape[1], dtype=torch.float64, requires_grad=True)
@@ -168,8 +170,10 @@ def test_pcgrad_never_projects_a_gradient_on_itself() -> None:
     jacobian = np.array([[4.0, 3.0], [-2.0, -4.0], [-2.0, 0.0]])
     tasks = len(jacobian)
     without = pcgrad_candidates(jacobian)
-    with_self = [pcgrad_paper(jacobian, orders)
-                 for orders in itertools.product(*[list(itertools.permutations(range(tasks)))] * tasks)]
+    with_self = [
+        pcgrad_paper(jacobian, orders)
+        for orders in itertools.product(*[list(itertools.permutations(range(tasks)))] * tasks)
+    ]
     self_only = [c for c in with_self if min(np.abs(c - w).max() for w in without) > 1e-6]
     assert self_only  # the matrix tells the two rules apart
     for seed in range(16):
@@ -224,7 +228,9 @@ def test_cagrad_two_tasks_brute_force_worst_case_improvement() -> None:
         g0 = jacobian.mean(axis=0)
         basis, _ = np.linalg.qr(jacobian.T)  # orthonormal basis of the plane
         angles = np.linspace(0, 2 * np.pi, 400_001)
-        circle = g0 + c * np.linalg.norm(g0) * (np.cos(angles)[:, None] * basis[:, 0] + np.sin(angles)[:, None] * basis[:, 1])
+        circle = g0 + c * np.linalg.norm(g0) * (
+            np.cos(angles)[:, None] * basis[:, 0] + np.sin(angles)[:, None] * basis[:, 1]
+        )
         worst = (circle @ jacobian.T).min(axis=1)
         best = circle[np.argmax(worst)]
         d = direction("cagrad", jacobian, c=c)
@@ -364,8 +370,10 @@ def test_gradnorm_balances_the_gradient_norms_at_the_last_shared_layer() -> None
     x = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
     w1 = torch.tensor([[1.0, 0.3, -0.2], [0.1, 2.0, 0.5]], dtype=torch.float64, requires_grad=True)
     w2 = torch.tensor([[3.0, 0.0], [0.0, 0.2]], dtype=torch.float64, requires_grad=True)
-    heads = [torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True),
-             torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)]
+    heads = [
+        torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True),
+        torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True),
+    ]
     scales = (1.0, 30.0)
     params = [w1, w2, *heads]
     lr = 1e-7  # the model barely moves: the gradients stay put while the weights settle
@@ -386,16 +394,18 @@ def test_gradnorm_balances_the_gradient_norms_at_the_last_shared_layer() -> None
     assert weights.sum() == pytest.approx(2.0, rel=1e-3)
     balance = weights * norms_w2
     assert balance[0] / balance[1] == pytest.approx(1.0, abs=0.05)
-    norms_w1 = np.array([torch.linalg.norm(torch.autograd.grad(loss, w1, retain_graph=True)[0]).item()
-                         for loss in losses()])
+    norms_w1 = np.array(
+        [torch.linalg.norm(torch.autograd.grad(loss, w1, retain_graph=True)[0]).item() for loss in losses()]
+    )
     assert abs((weights * norms_w1)[0] / (weights * norms_w1)[1] - 1.0) > 0.5  # not balanced over W1
 
 
 # -- loss weightings: UW, DWA, RLW, FAMO, IMTL-L -----------------------------------------------------------
 
 
-def weights_over_steps(name: str, jacobian: np.ndarray, offsets: Sequence[float], steps: int,
-                       **hyperparameters: object) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def weights_over_steps(
+    name: str, jacobian: np.ndarray, offsets: Sequence[float], steps: int, **hyperparameters: object
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The weights of each step, and the losses each step saw (before it moved p)."""
     probe = Probe(name, jacobian, offsets, **hyperparameters)
     weights, losses = [], []
@@ -489,8 +499,13 @@ def two_head_problem(seed: int = 0) -> tuple[list[torch.Tensor], Callable[[], li
     return [trunk, *heads], losses
 
 
-def authors_loop(params: list[torch.Tensor], losses: Callable[[], list[torch.Tensor]], groups: list[list[int]],
-                 steps: int, set_to_none: bool) -> None:
+def authors_loop(
+    params: list[torch.Tensor],
+    losses: Callable[[], list[torch.Tensor]],
+    groups: list[list[int]],
+    steps: int,
+    set_to_none: bool,
+) -> None:
     """The public code's loop: for each group, zero_grad, forward, backward of the group's summed loss, one
     step of a single torch.optim.Adam.  Its torch 1.2 zero_grad zeroed existing gradients
     (``set_to_none=False`` here); today's default sets them to None."""

@@ -70,7 +70,7 @@ def test_a_copied_method_steps_its_copied_model_as_the_original(name: str, copie
     method = make(name, model.parameters(), lr=1e-2)
     xs = batches(steps_before + 3)
     for x in xs[:steps_before]:
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
 
     model_copy, method_copy = COPIERS[copier]((model, method))
     assert type(method_copy) is type(method)
@@ -78,11 +78,11 @@ def test_a_copied_method_steps_its_copied_model_as_the_original(name: str, copie
 
     before = [p.detach().clone() for p in model.parameters()]
     for x in xs[steps_before:]:
-        method_copy.step(lambda: model_copy.losses(x))
+        method_copy.step(lambda x=x: model_copy.losses(x))
     for p, b in zip(model.parameters(), before):  # stepping the copy moved nothing of the original
         assert torch.equal(p, b)
     for x in xs[steps_before:]:
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
 
     for p, q in zip(model.parameters(), model_copy.parameters()):
         assert torch.equal(p, q)

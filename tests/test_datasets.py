@@ -160,9 +160,11 @@ def test_shifted_pairs_match_the_reference_at_their_origins() -> None:
 def test_training_batches_are_an_endless_shuffle_fixed_by_the_seed(tmp_path: Path) -> None:
     write_mnist(tmp_path)
     problem = mnist_idx_multimnist(root=tmp_path, batch_size=10)
+
     def first(seed: int, n: int) -> list[torch.Tensor]:
         stream = iter(problem.batches("train", seed=seed))
         return [next(stream)[0] for _ in range(n)]
+
     a, b, c = first(0, 6), first(0, 6), first(1, 6)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
@@ -399,8 +401,16 @@ def test_synthetic_nyuv2_has_the_real_shapes_and_trains() -> None:
 
 # --- CelebA ----------------------------------------------------------------------------------------
 
-FACE_COLOURS = [(200, 50, 10), (10, 200, 50), (50, 10, 200), (120, 120, 120), (250, 250, 0), (0, 0, 0),
-                (30, 90, 150), (255, 255, 255)]
+FACE_COLOURS = [
+    (200, 50, 10),
+    (10, 200, 50),
+    (50, 10, 200),
+    (120, 120, 120),
+    (250, 250, 0),
+    (0, 0, 0),
+    (30, 90, 150),
+    (255, 255, 255),
+]
 PARTITION = [0, 0, 1, 0, 2, 0, 1, 2]  # 4 train, 2 validation, 2 test, interleaved as in the release
 
 
@@ -409,8 +419,11 @@ def write_celeba(root: Path, release_folders: bool = False, seed: int = 0) -> np
     rng = np.random.default_rng(seed)
     values = rng.choice([-1, 1], size=(len(FACE_COLOURS), len(CELEBA_ATTRIBUTES)))
     names = [f"{k + 1:06d}.jpg" for k in range(len(FACE_COLOURS))]
-    anno, evaluation, faces = (root / "Anno", root / "Eval", root / "Img" / "img_align_celeba") if release_folders \
+    anno, evaluation, faces = (
+        (root / "Anno", root / "Eval", root / "Img" / "img_align_celeba")
+        if release_folders
         else (root, root, root / "img_align_celeba")
+    )
     for folder in (anno, evaluation, faces):
         folder.mkdir(parents=True, exist_ok=True)
     for name, colour in zip(names, FACE_COLOURS):
@@ -478,8 +491,10 @@ def test_celeba_evaluate_and_losses_use_each_attributes_column(tmp_path: Path) -
         (lambda root: (root / "list_eval_partition.txt").unlink(), r"list_eval_partition.txt: missing"),
         (lambda root: (root / "img_align_celeba" / "000001.jpg").unlink(), r"000001.jpg: missing"),
         (lambda root: (root / "img_align_celeba" / "000001.jpg").write_bytes(b"no jpeg"), "not a readable image"),
-        (lambda root: _edit(root / "list_attr_celeba.txt", 1, lambda line: line.replace("Young", "")),
-         "line 2 names 39 attributes"),
+        (
+            lambda root: _edit(root / "list_attr_celeba.txt", 1, lambda line: line.replace("Young", "")),
+            "line 2 names 39 attributes",
+        ),
         (lambda root: _edit(root / "list_attr_celeba.txt", 4, lambda line: line[:-2] + " 0"), "line 5 holds a value"),
         (lambda root: _edit(root / "list_attr_celeba.txt", 0, lambda line: "9"), "where line 1 says 9"),
         (lambda root: _edit(root / "list_eval_partition.txt", 2, lambda line: line.replace(" 1", " 3")), "line 3 is"),
@@ -520,11 +535,16 @@ def test_problems_benchmark_reports_times_ratios_and_state_memory() -> None:
     from mao_lab.bench._problems_bench import ProblemBenchConfig, run_problems_benchmark
 
     configs = [
-        ProblemBenchConfig("celeba", "mao_lab.problems:celeba",
-                           {"synthetic": True, "size": 8, "width": 2, "blocks": (1, 1), "synthetic_sizes": (2, 1, 1)}),
-        ProblemBenchConfig("nyuv2", "mao_lab.problems:nyuv2",
-                           {"synthetic": True, "synthetic_shape": (8, 12), "width": 2, "levels": 2,
-                            "synthetic_sizes": (2, 1, 1)}),
+        ProblemBenchConfig(
+            "celeba",
+            "mao_lab.problems:celeba",
+            {"synthetic": True, "size": 8, "width": 2, "blocks": (1, 1), "synthetic_sizes": (2, 1, 1)},
+        ),
+        ProblemBenchConfig(
+            "nyuv2",
+            "mao_lab.problems:nyuv2",
+            {"synthetic": True, "synthetic_shape": (8, 12), "width": 2, "levels": 2, "synthetic_sizes": (2, 1, 1)},
+        ),
     ]
     result = run_problems_benchmark(threads=1, repetitions=1, batch=2, configs=configs)
     assert result["benchmark"] == "problems" and result["device"] == "cpu"

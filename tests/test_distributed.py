@@ -37,8 +37,13 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     init = tmp / "rendezvous"
     outs = [tmp / f"rank{r}.pt" for r in range(2)]
     procs = [
-        subprocess.Popen([sys.executable, str(WORKER), str(r), "2", str(init), str(outs[r])], env=_environment(),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), "2", str(init), str(outs[r])],
+            env=_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for r in range(2)
     ]
     logs = []
@@ -142,18 +147,33 @@ def test_the_readme_shows_the_ddp_example_as_it_is() -> None:
 
 
 def test_the_ddp_example_runs_under_torchrun() -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-               str(ROOT / "docs" / "examples" / "ddp_train.py")]
-    done = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        str(ROOT / "docs" / "examples" / "ddp_train.py"),
+    ]
+    done = subprocess.run(
+        command, env=_environment(), capture_output=True, text=True, timeout=600, cwd=ROOT, check=False
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "2 processes, 25 steps: replicas identical" in done.stdout
 
 
 def test_the_ddp_benchmark_quick_prints_its_json(tmp_path: Path) -> None:
     out = tmp_path / "ddp.json"
-    done = subprocess.run([sys.executable, "-m", "mao_lab.bench", "ddp", "--quick", "--output", str(out)],
-                          env=_environment(), capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mao_lab.bench", "ddp", "--quick", "--output", str(out)],
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     import json
 

@@ -14,10 +14,18 @@ import pandas as pd
 import pytest
 import torch
 
-from mao_lab.exercises import MISTAKES, Feedback, check_mao_update
-from mao_lab.exercises import explorer, landscape, multimnist, quickstart, regression, workshop
+from mao_lab.exercises import (
+    MISTAKES,
+    Feedback,
+    check_mao_update,
+    explorer,
+    landscape,
+    multimnist,
+    quickstart,
+    regression,
+    workshop,
+)
 from mao_lab.exercises._judges import imbalance_by_hand
-
 
 # -- MAO's update, written as participants would ---------------------------------------------------------
 
@@ -170,7 +178,10 @@ def test_unfinished_or_broken_answers_do_not_raise() -> None:
     assert workshop.q1.check(None).status == "incomplete"
     crashed = check_mao_update(crashes)
     assert crashed.mistake == "raised" and "RuntimeError" in crashed.message
-    assert check_mao_update(numpy_loop_answer(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1), 1)).mistake == "not_a_function"
+    assert (
+        check_mao_update(numpy_loop_answer(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1), 1)).mistake
+        == "not_a_function"
+    )
 
 
 def test_feedback_renders_in_a_notebook() -> None:
@@ -189,14 +200,24 @@ def ownership_table(shares: dict[str, dict[str, dict[str, float]]]) -> pd.DataFr
         for layer, by_task in layers.items():
             s = np.array(list(by_task.values()))
             imbalance = 1 + (s * np.log(s)).sum() / math.log(len(s))
-            rows += [{"run": run, "layer": layer, "task": t, "share": v, "imbalance": imbalance} for t, v in by_task.items()]
+            rows += [
+                {"run": run, "layer": layer, "task": t, "share": v, "imbalance": imbalance} for t, v in by_task.items()
+            ]
     return pd.DataFrame(rows)
 
 
-OWNERSHIP = ownership_table({
-    "sum": {"trunk.0": {"task0": 0.1, "task1": 0.2, "task2": 0.7}, "trunk.6": {"task0": 0.6, "task1": 0.3, "task2": 0.1}},
-    "gradnorm": {"trunk.0": {"task0": 0.1, "task1": 0.1, "task2": 0.8}, "trunk.6": {"task0": 0.34, "task1": 0.33, "task2": 0.33}},
-})
+OWNERSHIP = ownership_table(
+    {
+        "sum": {
+            "trunk.0": {"task0": 0.1, "task1": 0.2, "task2": 0.7},
+            "trunk.6": {"task0": 0.6, "task1": 0.3, "task2": 0.1},
+        },
+        "gradnorm": {
+            "trunk.0": {"task0": 0.1, "task1": 0.1, "task2": 0.8},
+            "trunk.6": {"task0": 0.34, "task1": 0.33, "task2": 0.33},
+        },
+    }
+)
 
 
 def test_layer_owner_reads_the_table() -> None:
@@ -220,23 +241,27 @@ def test_gradnorms_balanced_layer_and_the_change_of_sigma() -> None:
 
 
 def test_least_served_task_averages_the_seeds() -> None:
-    table = ownership_table({
-        "sum-seed0": {"trunk.0": {"left": 0.5, "right": 0.4, "reconstruct": 0.1}},
-        "sum-seed1": {"trunk.0": {"left": 0.3, "right": 0.6, "reconstruct": 0.1}},
-        "mao-seed0": {"trunk.0": {"left": 0.5, "right": 0.45, "reconstruct": 0.05}},
-    })
+    table = ownership_table(
+        {
+            "sum-seed0": {"trunk.0": {"left": 0.5, "right": 0.4, "reconstruct": 0.1}},
+            "sum-seed1": {"trunk.0": {"left": 0.3, "right": 0.6, "reconstruct": 0.1}},
+            "mao-seed0": {"trunk.0": {"left": 0.5, "right": 0.45, "reconstruct": 0.05}},
+        }
+    )
     assert multimnist.q1.check("reconstruct", table).correct
     assert multimnist.q1.check("left", table).mistake == "wrong_choice"
     assert multimnist.q2.check("few steps").correct  # a thought experiment: any answer reveals the reasoning
 
 
 def test_worst_final_task_uses_the_last_step() -> None:
-    curves = pd.DataFrame({
-        "method": ["Adam on the sum"] * 4 + ["MAO"] * 2,
-        "step": [10, 10, 20, 20, 20, 20],
-        "task": ["task0 (sigma=1)", "task1 (sigma=100)"] * 3,
-        "normalised_test_mse": [0.1, 0.9, 0.8, 0.2, 0.1, 0.1],  # at step 10 task1 is worse, at 20 task0
-    })
+    curves = pd.DataFrame(
+        {
+            "method": ["Adam on the sum"] * 4 + ["MAO"] * 2,
+            "step": [10, 10, 20, 20, 20, 20],
+            "task": ["task0 (sigma=1)", "task1 (sigma=100)"] * 3,
+            "normalised_test_mse": [0.1, 0.9, 0.8, 0.2, 0.1, 0.1],  # at step 10 task1 is worse, at 20 task0
+        }
+    )
     assert quickstart.q1.check("task0", curves).correct
     assert quickstart.q1.check("task1", curves).mistake == "wrong_choice"
     renamed = curves.rename(columns={"normalised_test_mse": "normalised_test_loss"})  # the notebook's newer name
@@ -248,11 +273,13 @@ def test_worst_final_task_uses_the_last_step() -> None:
 def test_steadiest_method_and_most_imbalanced() -> None:
     gaps = pd.DataFrame({"method": ["mao", "mean"], "max_gap": [1e-12, 0.4]})
     assert landscape.q1.check("mao", gaps).correct and not landscape.q1.check("mean", gaps).correct
-    balance = pd.DataFrame({
-        "run": ["sum", "sum", "sum", "mao", "mao", "mao"],
-        "layer": ["(all shared)", "trunk.0", "trunk.2", "(all shared)", "trunk.0", "trunk.2"],
-        "imbalance": [0.6, 0.5, 0.7, 0.05, 0.04, 0.06],
-    })
+    balance = pd.DataFrame(
+        {
+            "run": ["sum", "sum", "sum", "mao", "mao", "mao"],
+            "layer": ["(all shared)", "trunk.0", "trunk.2", "(all shared)", "trunk.0", "trunk.2"],
+            "imbalance": [0.6, 0.5, 0.7, 0.05, 0.04, 0.06],
+        }
+    )
     assert explorer.q2.check("sum", balance).correct and not explorer.q2.check("mao", balance).correct
     assert explorer.q3.check("trunk.2", balance, "sum").correct
     assert explorer.q3.check("trunk.0", balance, "sum").mistake == "wrong_choice"
@@ -297,8 +324,12 @@ def test_a_solution_shows_only_after_an_answer_was_checked() -> None:
     """A predict-and-check question is not spoiled: an empty check does not count, any real attempt does."""
     from mao_lab.exercises import Exercise, Feedback
 
-    q = Exercise("Which task?", lambda a: Feedback("correct" if a == "task0" else "incorrect", "judged"),
-                 hint="Look at the scales.", solution="`task0`, because of its scale.")
+    q = Exercise(
+        "Which task?",
+        lambda a: Feedback("correct" if a == "task0" else "incorrect", "judged"),
+        hint="Look at the scales.",
+        solution="`task0`, because of its scale.",
+    )
     assert "task0" not in q.solution().body and "check your own answer first" in q.solution().body
     q.check(None)
     assert "task0" not in q.solution().body  # not answered yet: still hidden

@@ -37,11 +37,17 @@ def test_a_bad_parameter_shows_one_line_naming_it_and_papermill_still_fails(tmp_
     assert len(errors) == 1
     shown = ANSI.sub("", "\n".join(errors[0]["traceback"])).splitlines()
     # What JupyterLab shows is the traceback's lines: the message alone, naming only the bad parameter.
-    assert shown == ["NotebookParameterError: bad notebook parameter `steps` = -5: it must be a positive integer"], shown
+    assert shown == ["NotebookParameterError: bad notebook parameter `steps` = -5: it must be a positive integer"], (
+        shown
+    )
 
 
 def _cells(name: str) -> list[str]:
-    return ["".join(c.source) for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"]
+    return [
+        "".join(c.source)
+        for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4).cells
+        if c.cell_type == "code"
+    ]
 
 
 def _exercise_start(cells: list[str], module: str) -> int:
@@ -51,7 +57,8 @@ def _exercise_start(cells: list[str], module: str) -> int:
 
 
 def _defined(sources: list[str]) -> set[str]:
-    """Names that cells bind: assignments, imports, defs, loop targets, and ``globals().update(validate_parameters(...))``."""
+    """Names that cells bind: assignments, imports, defs, loop targets, and
+    ``globals().update(validate_parameters(...))``."""
     names: set[str] = set()
     for source in sources:
         tree = ast.parse(source)
@@ -72,7 +79,11 @@ def test_exercise_cells_use_only_names_the_notebook_defines(name: str) -> None:
     assert start >= len(cells) - 5, "the exercises end the notebook"
     known = _defined(cells) | set(dir(builtins)) | {"display"}
     for source in cells[start:]:
-        used = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+        used = {
+            node.id
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+        }
         # `before` is bound by the exercise itself on its first run (guarded by a globals() test).
         assert used <= known | {"before"}, f"{name}: {sorted(used - known)} not defined by any cell"
     # The notebook binds, before its exercises, every table the exercises pass to a checker.
@@ -92,7 +103,7 @@ def test_every_question_an_exercise_cell_checks_exists_in_its_module(name: str) 
     asked = sorted({m for source in cells[start:] for m in re.findall(r"\b(q\d)\.check\(", source)})
     assert 2 <= len(asked) <= 4, asked
     for question in asked:
-        assert callable(getattr(getattr(module, question), "check")), question
+        assert callable(getattr(module, question).check), question
         # Unanswered (None) is what the committed notebook passes: the cell must not fail a smoke run.
         assert re.search(rf"\b{question}\.check\(None\b", "\n".join(cells[start:])), f"{question} is committed answered"
 

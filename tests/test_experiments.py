@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mao_lab.experiments import (
+    PAPERS_SETTING,
     HeatmapExplorer,
     LandscapePlayground,
     RegressionPlayground,
@@ -20,31 +21,32 @@ from mao_lab.experiments import (
     balance_summary,
     compare_methods,
     conflict_band,
-    PAPERS_SETTING,
-    papers_comparison,
-    find_run_dirs,
+    distance_figure,
     final_losses,
+    find_run_dirs,
     imbalance_by_layer_figure,
     imbalance_over_steps,
     imbalance_over_steps_figure,
     is_run_dir,
+    landscape_gradients,
     landscape_trajectories,
     layer_ownership,
     load_balance_runs,
+    loss_space_figure,
     magnitude_figure,
     ownership_figure,
+    papers_comparison,
+    parameter_space_figure,
     pareto_stationary_arc,
     pareto_table,
     reach_matrix,
     reached_counts,
+    rescaling_figure,
     rescaling_gap,
-    landscape_gradients,
     train_with_recorder,
 )
-from mao_lab.experiments import distance_figure, loss_space_figure, parameter_space_figure, rescaling_figure
 from mao_lab.problems import LANDSCAPE_STARTS, PARETO_X2, ImbalancedRegression
 from mao_lab.recorder import by_module
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread for these tiny problems
 
@@ -55,7 +57,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one tor
 @pytest.mark.parametrize("method", ["mean", "mao", "io"])
 def test_batched_starts_are_exactly_independent_runs(method: str) -> None:
     batched = landscape_trajectories([method], steps=12, lr=0.1, record_every=6, progress=False, eps=1e-16)
-    alone = landscape_trajectories([method], steps=12, lr=0.1, record_every=6, progress=False, eps=1e-16, batch_starts=False)
+    alone = landscape_trajectories(
+        [method], steps=12, lr=0.1, record_every=6, progress=False, eps=1e-16, batch_starts=False
+    )
     assert len(batched) == len(alone) == 5 * 3
     np.testing.assert_allclose(batched[["x1", "x2", "L1", "L2"]], alone[["x1", "x2", "L1", "L2"]], rtol=0, atol=1e-12)
 
@@ -65,7 +69,9 @@ def test_coupled_methods_are_not_batched_and_bad_input_is_named() -> None:
         landscape_trajectories(["mgda"], steps=1, batch_starts=True, progress=False)
     with pytest.raises(ValueError, match="unknown method"):
         landscape_trajectories(["adamm"], steps=1, progress=False)
-    frame = landscape_trajectories(["mgda", "mao"], starts=LANDSCAPE_STARTS[:2], steps=4, record_every=2, progress=False)
+    frame = landscape_trajectories(
+        ["mgda", "mao"], starts=LANDSCAPE_STARTS[:2], steps=4, record_every=2, progress=False
+    )
     assert frame["method"].drop_duplicates().tolist() == ["mgda", "mao"]
     assert frame.groupby("method", sort=False)["start"].unique().map(list).tolist() == [[0, 1], [0, 1]]
 
@@ -173,7 +179,9 @@ def adam_on_the_sum(dtype: torch.dtype, l1_scale: float, steps: int) -> np.ndarr
 def test_the_papers_setting_runs_in_float32_on_l1_times_0_1() -> None:
     steps = 300
     papers = landscape_trajectories(["sum"], record_every=steps, progress=False, **{**PAPERS_SETTING, "steps": steps})
-    lab = landscape_trajectories(["sum"], record_every=steps, progress=False, lr=1e-3, eps=1e-8, l1_scale=0.1, steps=steps)
+    lab = landscape_trajectories(
+        ["sum"], record_every=steps, progress=False, lr=1e-3, eps=1e-8, l1_scale=0.1, steps=steps
+    )
     final = papers[papers["step"] == steps][["x1", "x2"]].to_numpy()
     # Every recorded coordinate is a float32 number; the float64 run's are not.
     assert np.array_equal(final.astype(np.float32).astype(np.float64), final)
@@ -210,9 +218,11 @@ def test_reaching_in_loss_space_is_read_from_each_runs_last_point() -> None:
     }
     rows = []
     for start, (begin, end) in enumerate(finals.items()):
-        rows += [{"method": "sum", "start": start, "step": 0, "x1": begin[0], "x2": begin[1]},
-                 {"method": "sum", "start": start, "step": 50, "x1": 0.0, "x2": -8.3552},  # passes the set
-                 {"method": "sum", "start": start, "step": 100, "x1": end[0], "x2": end[1]}]
+        rows += [
+            {"method": "sum", "start": start, "step": 0, "x1": begin[0], "x2": begin[1]},
+            {"method": "sum", "start": start, "step": 50, "x1": 0.0, "x2": -8.3552},  # passes the set
+            {"method": "sum", "start": start, "step": 100, "x1": end[0], "x2": end[1]},
+        ]
     ends = np.array(list(finals.values()))
     segment = np.hypot(ends[:, 0] - np.clip(ends[:, 0], -7, 7), ends[:, 1] + 8.3552)
     assert ((segment <= 0.1) | (segment > 0.2)).all()  # no end point where the arc could change the answer
@@ -278,8 +288,13 @@ def test_typing_a_free_scale_uses_it_and_changed_settings_say_the_figures_are_ol
 @pytest.fixture(scope="module")
 def two_tasks() -> tuple[pd.DataFrame, pd.DataFrame]:
     return compare_methods(
-        ["sum", "uw", "gradnorm", "io", "mao"], num_tasks=2, sigmas=[1.0, 100.0], num_samples=1500,
-        steps=150, every=5, progress=False,
+        ["sum", "uw", "gradnorm", "io", "mao"],
+        num_tasks=2,
+        sigmas=[1.0, 100.0],
+        num_samples=1500,
+        steps=150,
+        every=5,
+        progress=False,
     )
 
 
@@ -332,7 +347,9 @@ def test_balance_helps_the_small_task(two_tasks) -> None:
 
 
 def test_shares_near_one_over_t_under_mao_with_many_tasks() -> None:
-    metrics, _ = compare_methods(["sum", "mao"], num_tasks=4, sigma_range=(1.0, 100.0), num_samples=1000, steps=100, every=5, progress=False)
+    metrics, _ = compare_methods(
+        ["sum", "mao"], num_tasks=4, sigma_range=(1.0, 100.0), num_samples=1000, steps=100, every=5, progress=False
+    )
     ownership = layer_ownership(metrics)
     mao = ownership[ownership["run"] == "mao"]["share"]
     assert mao.between(0.5 / 4, 2 / 4).all()
@@ -351,7 +368,9 @@ def test_train_with_recorder_saves_a_run_folder_and_figures_draw(tmp_path: Path,
     assert len(ownership_figure(ownership).data) == 5 * 2
     figure = magnitude_figure(two_tasks[0], "trunk.0", "grad_norm")
     assert len(figure.data) == 5 * 2 and figure.layout.annotations[0].text == "Adam on the sum"
-    assert {axis.get("type") for name, axis in figure.layout.to_plotly_json().items() if name.startswith("yaxis")} == {"log"}
+    assert {axis.get("type") for name, axis in figure.layout.to_plotly_json().items() if name.startswith("yaxis")} == {
+        "log"
+    }
     assert len(magnitude_figure(two_tasks[0], "trunk.0.weight", "update_norm").data) == 5 * 2
     with pytest.raises(ValueError, match="no layer or module"):
         magnitude_figure(two_tasks[0], "trunk.9")
@@ -360,7 +379,9 @@ def test_train_with_recorder_saves_a_run_folder_and_figures_draw(tmp_path: Path,
 def test_regression_playground_uses_its_cache_and_trains_new_settings(two_tasks) -> None:
     metrics = two_tasks[0]
     runs = {(2, 100.0, m): part for m, part in metrics.groupby("run", sort=False)}
-    playground = RegressionPlayground(num_tasks=2, sigma_max=100.0, method="sum", runs=runs, steps=6, every=2, num_samples=300)
+    playground = RegressionPlayground(
+        num_tasks=2, sigma_max=100.0, method="sum", runs=runs, steps=6, every=2, num_samples=300
+    )
     assert playground.share_view.outputs and playground.status.value == "cached run"
     assert list(playground.layer.options) == ["trunk.0", "trunk.2", "trunk.4", "trunk.6"]
     playground.layer.value = "trunk.6"
@@ -380,8 +401,15 @@ def saved_runs(tmp_path_factory) -> Path:
     """A sweep-like tree: <root>/<point>/runs/<method>/ (as 02 under mao_lab.sweep writes it)."""
     root = tmp_path_factory.mktemp("sweep")
     for point in ("T=2", "T=3"):
-        compare_methods(["sum", "mao"], num_tasks=int(point[-1]), num_samples=600, steps=20, every=2,
-                        run_root=root / point / "runs", progress=False)
+        compare_methods(
+            ["sum", "mao"],
+            num_tasks=int(point[-1]),
+            num_samples=600,
+            steps=20,
+            every=2,
+            run_root=root / point / "runs",
+            progress=False,
+        )
     return root
 
 
@@ -424,7 +452,9 @@ def test_loaded_runs_show_the_sum_imbalanced_and_mao_balanced(saved_runs: Path) 
 def test_with_small_steps_adam_on_the_mean_creeps_down_the_steep_valleys() -> None:
     """The papers' miss (lr 1e-3, 35k+ steps), at lr 3e-3 to keep the test short."""
     plateau_starts = [LANDSCAPE_STARTS[0], LANDSCAPE_STARTS[2]]  # (-8.5, 7.5) and (9, 9)
-    frame = landscape_trajectories(["mean"], starts=plateau_starts, steps=2000, lr=3e-3, record_every=500, progress=False)
+    frame = landscape_trajectories(
+        ["mean"], starts=plateau_starts, steps=2000, lr=3e-3, record_every=500, progress=False
+    )
     late = frame[frame["step"] >= 1000]
     # From step 1000 on each run sits on the floor of one task's log-valley (x1 = -5 or +5), far above
     # the Pareto set, and creeps: over the last 500 steps x2 falls by less than 0.3, a fifth of what

@@ -50,7 +50,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one tor
 
 
 def _reference_delta_m(results: dict[str, dict[str, tuple[float, float, bool]]]) -> float:
-    """The formula of docs/references.md §6 written out: 100/T sum_t 1/M_t sum_m (-1)^s (M - B) / B, s = 1 if higher is better."""
+    """The formula of docs/references.md §6 written out: 100/T sum_t 1/M_t sum_m (-1)^s (M - B) / B, s = 1 if
+    higher is better."""
     per_task = []
     for metrics in results.values():
         terms = [(-1) ** int(higher) * (m - b) / b for m, b, higher in metrics.values()]
@@ -78,10 +79,12 @@ def _flatten(results: dict[str, dict[str, tuple[float, float, bool]]]) -> tuple[
 
 def test_delta_m_matches_the_formula_with_several_metrics_per_task() -> None:
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _trial in range(20):
         results = {
-            f"task{t}": {f"m{m}": (float(rng.uniform(0.1, 5)), float(rng.uniform(0.1, 5)), bool(rng.integers(2)))
-                         for m in range(int(rng.integers(1, 4)))}
+            f"task{t}": {
+                f"m{m}": (float(rng.uniform(0.1, 5)), float(rng.uniform(0.1, 5)), bool(rng.integers(2)))
+                for m in range(int(rng.integers(1, 4)))
+            }
             for t in range(int(rng.integers(1, 5)))
         }
         values, baseline, higher = _flatten(results)
@@ -99,7 +102,9 @@ def test_delta_m_sign_convention_lower_is_better() -> None:
     assert both == pytest.approx(43.75)
     # Equal to the baseline: 0; task names and (task, "") pairs are the same keys.
     assert delta_m({"a": 3.0, "b": 0.5}, {"a": 3.0, "b": 0.5}, {"a": True, "b": False}) == 0.0
-    pairs = delta_m({("a", ""): 0.9, ("b", ""): 2.0}, {("a", ""): 0.8, ("b", ""): 1.0}, {("a", ""): True, ("b", ""): False})
+    pairs = delta_m(
+        {("a", ""): 0.9, ("b", ""): 2.0}, {("a", ""): 0.8, ("b", ""): 1.0}, {("a", ""): True, ("b", ""): False}
+    )
     assert pairs == delta_m({"a": 0.9, "b": 2.0}, {"a": 0.8, "b": 1.0}, {"a": True, "b": False}) == pytest.approx(43.75)
 
 
@@ -203,7 +208,15 @@ def test_bad_input_is_named(data) -> None:
 def comparison(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     root = tmp_path_factory.mktemp("nb03") / "runs"
     metrics, scores = compare_on_multimnist(
-        ["sum", "mao"], seeds=(0, 1), num_train=256, num_test=128, steps=8, batch_size=32, every=2, run_root=root, progress=False,
+        ["sum", "mao"],
+        seeds=(0, 1),
+        num_train=256,
+        num_test=128,
+        steps=8,
+        batch_size=32,
+        every=2,
+        run_root=root,
+        progress=False,
     )
     return root, metrics, scores
 
@@ -230,7 +243,7 @@ def test_delta_m_table_agrees_with_the_scores(comparison) -> None:
         run = final[(final["method"] == row.method) & (final["seed"] == row.seed)].set_index("task")["value"]
         signed = [(-1 if higher[t] else 1) * (run[t] - base[t]) / base[t] for t in TASKS]
         assert row.delta_m == pytest.approx(100 * np.mean(signed), rel=1e-12)
-        assert getattr(row, "change_sum") == pytest.approx(100 * (run["sum"] - base["sum"]) / base["sum"], rel=1e-12)
+        assert row.change_sum == pytest.approx(100 * (run["sum"] - base["sum"]) / base["sum"], rel=1e-12)
 
 
 def test_results_table_is_tidy(comparison) -> None:
@@ -241,7 +254,9 @@ def test_results_table_is_tidy(comparison) -> None:
     assert (results["seeds"] == 2).all()
     dm = results[results["metric"] == "delta_m"].set_index("method")
     table = delta_m_table(scores).groupby("method")["delta_m"]
-    assert dm.loc["mao", "mean"] == pytest.approx(table.mean()["mao"]) and dm.loc["mao", "std"] == pytest.approx(table.std()["mao"])
+    assert dm.loc["mao", "mean"] == pytest.approx(table.mean()["mao"]) and dm.loc["mao", "std"] == pytest.approx(
+        table.std()["mao"]
+    )
     left = results[(results["method"] == "sum") & (results["task"] == "left")].iloc[0]
     values = scores[(scores["method"] == "sum") & (scores["task"] == "left") & (scores["step"] == 8)]["value"]
     assert left["mean"] == pytest.approx(values.mean()) and left["std"] == pytest.approx(values.std(ddof=1))

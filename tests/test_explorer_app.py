@@ -17,10 +17,18 @@ from mao_lab.recorder import (
 
 
 def tiny_run(folder: Path, shares: tuple[float, float]) -> None:
-    frame = pd.DataFrame({
-        "step": [0, 0, 1, 1], "layer": "trunk.0.weight", "module": "trunk.0", "kind": "shared",
-        "task": ["a", "b", "a", "b"], "other_task": None, "metric": "update_share", "value": [*shares, *shares],
-    })
+    frame = pd.DataFrame(
+        {
+            "step": [0, 0, 1, 1],
+            "layer": "trunk.0.weight",
+            "module": "trunk.0",
+            "kind": "shared",
+            "task": ["a", "b", "a", "b"],
+            "other_task": None,
+            "metric": "update_share",
+            "value": [*shares, *shares],
+        }
+    )
     save_run(folder, frame, {"method": folder.name})
 
 
@@ -109,15 +117,20 @@ def test_bad_folders_and_empty_choices_are_reported_in_the_page(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "name, label",
-    [("x/02_imbalanced_regression/runs/sum", "02_imbalanced_regression / sum"),
-     ("03_multimnist/runs/io_seed_12", "03_multimnist / io / seed 12"), ("plain", "plain"), (".", ".")],
+    [
+        ("x/02_imbalanced_regression/runs/sum", "02_imbalanced_regression / sum"),
+        ("03_multimnist/runs/io_seed_12", "03_multimnist / io / seed 12"),
+        ("plain", "plain"),
+        (".", "."),
+    ],
 )
 def test_run_labels_name_notebook_method_and_seed(name: str, label: str) -> None:
     assert run_label(name) == label
 
 
 def test_one_run_figure_escapes_its_name() -> None:
-    frame = pd.DataFrame({"step": [0, 1], "layer": None, "task": "<b>t</b>", "other_task": None, "metric": "loss",
-                          "value": [2.0, 1.0]})
+    frame = pd.DataFrame(
+        {"step": [0, 1], "layer": None, "task": "<b>t</b>", "other_task": None, "metric": "loss", "value": [2.0, 1.0]}
+    )
     figure = BalanceExplorer({"<i>run</i>": frame}).figure
     assert figure.layout.title.text.endswith("&lt;i&gt;run&lt;/i&gt;") and figure.data[0].name == "&lt;b&gt;t&lt;/b&gt;"

@@ -67,9 +67,7 @@ def tiny_notebook(folder: Path, name: str = "tiny") -> Path:
     )
     kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = folder / f"{name}.ipynb"
-    nbformat.write(
-        new_notebook(cells=[params, body], metadata={"kernelspec": kernelspec}), path
-    )
+    nbformat.write(new_notebook(cells=[params, body], metadata={"kernelspec": kernelspec}), path)
     return path
 
 
@@ -90,9 +88,7 @@ def one_line_exit_2(
     lines = error.strip().splitlines()
     assert code == 2, error
     assert len(lines) == 1, error
-    assert not prefixed or (
-        lines[0].startswith(f"python -m {prog}") and ": error: " in lines[0]
-    ), error
+    assert not prefixed or (lines[0].startswith(f"python -m {prog}") and ": error: " in lines[0]), error
     return lines[0]
 
 
@@ -114,10 +110,7 @@ def _new_run(staged: Path) -> dict[str, str]:
 
 
 def hashes(contents: dict[str, str]) -> dict[str, str]:
-    return {
-        name: hashlib.sha256(text.encode()).hexdigest()
-        for name, text in sorted(contents.items())
-    }
+    return {name: hashlib.sha256(text.encode()).hexdigest() for name, text in sorted(contents.items())}
 
 
 @pytest.fixture
@@ -132,9 +125,7 @@ def mount_point(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(
-            f"no permission to bind-mount here ({done.stderr.strip() or done.returncode})"
-        )
+        pytest.skip(f"no permission to bind-mount here ({done.stderr.strip() or done.returncode})")
     try:
         yield folder
     finally:
@@ -144,16 +135,12 @@ def mount_point(tmp_path: Path) -> Iterator[Path]:
 def test_publishing_into_a_real_mount_point_keeps_the_finished_run(
     mount_point: Path,
 ) -> None:
-    assert files._is_mount_point(
-        mount_point
-    )  # os.path.ismount misses a bind mount of the same file system
+    assert files._is_mount_point(mount_point)  # os.path.ismount misses a bind mount of the same file system
     _old_run(mount_point)
     staged = files.staging_folder(mount_point)
     expected = _new_run(staged)
     files.publish_folder(staged, mount_point)
-    assert snapshot(mount_point) == hashes(
-        expected
-    )  # the old failure.json went with the rest of the old run
+    assert snapshot(mount_point) == hashes(expected)  # the old failure.json went with the rest of the old run
     assert tree(mount_point.parent) == [
         "run",
         "run/keep.txt",
@@ -163,21 +150,15 @@ def test_publishing_into_a_real_mount_point_keeps_the_finished_run(
 
 
 @pytest.mark.notebook
-def test_a_notebook_run_into_a_real_mount_point_keeps_its_outputs(
-    mount_point: Path, tmp_path: Path
-) -> None:
+def test_a_notebook_run_into_a_real_mount_point_keeps_its_outputs(mount_point: Path, tmp_path: Path) -> None:
     from mao_lab.runner import execute_notebook
 
     _old_run(mount_point)
     notebook = tiny_notebook(tmp_path)
     execute_notebook(notebook, mount_point, {"x": 2.0}, html=False)
     assert json.loads((mount_point / "summary.json").read_text()) == {"x": 2.0}
-    assert (mount_point / "new.txt").read_text() == "new" and not (
-        mount_point / "failure.json"
-    ).exists()
-    assert not (
-        mount_point / "keep.txt"
-    ).exists()  # the run folder is replaced as a whole
+    assert (mount_point / "new.txt").read_text() == "new" and not (mount_point / "failure.json").exists()
+    assert not (mount_point / "keep.txt").exists()  # the run folder is replaced as a whole
     assert [p.name for p in mount_point.iterdir() if p.name.startswith(".")] == []
 
 
@@ -227,12 +208,8 @@ def test_a_failure_while_filling_a_mount_point_puts_the_old_run_back_byte_for_by
     monkeypatch.setattr(files, "_move_across", disk_full_at_the_second)
     with pytest.raises(OSError, match="No space left"):
         files.publish_folder(staged, folder)
-    assert snapshot(folder / staged.name) == hashes(
-        {"sub/new.txt": "new", "keep.txt": "new"}
-    )  # the new run, whole
-    assert {
-        k: v for k, v in snapshot(folder).items() if not k.startswith(".")
-    } == before
+    assert snapshot(folder / staged.name) == hashes({"sub/new.txt": "new", "keep.txt": "new"})  # the new run, whole
+    assert {k: v for k, v in snapshot(folder).items() if not k.startswith(".")} == before
 
 
 _KILLER = """
@@ -282,17 +259,13 @@ def test_a_process_killed_at_any_rename_of_an_in_place_publication_recovers_to_o
         files.recover_folder(folder)
         seen = snapshot(folder)
         assert seen in (hashes(old_expected), hashes(new_expected)), (kill_at, seen)
-        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [], (
-            kill_at
-        )
+        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [], kill_at
         outcomes.append("new" if seen == hashes(new_expected) else "old")
         if done.returncode == 0:
             break
         assert done.returncode == 9, done.stderr
         kill_at += 1
-    assert (
-        outcomes[0] == "old" and outcomes[-1] == "new" and kill_at >= 5
-    )  # every rename was a kill point
+    assert outcomes[0] == "old" and outcomes[-1] == "new" and kill_at >= 5  # every rename was a kill point
 
 
 # -- crash: values that expand without bound -----------------------------------------------------------------
@@ -314,14 +287,10 @@ def expanded_size(levels: int, width: int = 10) -> int:
     return total + 1  # the outer list
 
 
-def test_the_audits_alias_bombs_are_refused_at_once(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_audits_alias_bombs_are_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mao_lab.sweep import main as sweep_main
 
-    bomb = alias_bomb(
-        8
-    )  # 10^8 floats once expanded: what papermill was still writing after 60 s
+    bomb = alias_bomb(8)  # 10^8 floats once expanded: what papermill was still writing after 60 s
     assert expanded_size(8) > 10**8
     notebook = tiny_notebook(tmp_path)
     out = tmp_path / "out"
@@ -354,9 +323,7 @@ def test_the_bound_counts_elements_as_expanded() -> None:
 
     walk(value)
     assert count[0] == expanded_size(levels)
-    flat = (
-        "[" + ", ".join(["1"] * (MAX_VALUE_ELEMENTS - 1)) + "]"
-    )  # the list and its items: exactly the bound
+    flat = "[" + ", ".join(["1"] * (MAX_VALUE_ELEMENTS - 1)) + "]"  # the list and its items: exactly the bound
     assert len(parse_value(flat)) == MAX_VALUE_ELEMENTS - 1
     with pytest.raises(ValueError, match="expands to more than"):
         parse_value("[" + ", ".join(["1"] * MAX_VALUE_ELEMENTS) + "]")
@@ -393,9 +360,7 @@ def test_the_bound_counts_elements_as_expanded() -> None:
         "5000-digits",
     ],
 )
-def test_values_that_are_no_parameter_are_refused_with_one_line(
-    text: str, message: str
-) -> None:
+def test_values_that_are_no_parameter_are_refused_with_one_line(text: str, message: str) -> None:
     with pytest.raises(ValueError, match="refused") as error:
         parse_value(text)
     assert message in str(error.value) and "\n" not in str(error.value)
@@ -418,12 +383,8 @@ def test_a_grid_of_too_many_points_is_refused_before_it_is_expanded(
     from mao_lab.sweep import MAX_GRID_POINTS, expand_grid
     from mao_lab.sweep import main as sweep_main
 
-    with pytest.raises(
-        ValueError, match=f"the grid has {10**20} points .* more than {MAX_GRID_POINTS}"
-    ):
-        expand_grid(
-            {f"p{k}": list(range(10)) for k in range(20)}
-        )  # 10^20 points: itertools would never finish
+    with pytest.raises(ValueError, match=f"the grid has {10**20} points .* more than {MAX_GRID_POINTS}"):
+        expand_grid({f"p{k}": list(range(10)) for k in range(20)})  # 10^20 points: itertools would never finish
     assert len(expand_grid({"p0": list(range(10)), "p1": list(range(10))})) == 100
     notebook = tiny_notebook(tmp_path)
     options = [item for k in range(6) for item in ("-g", f"p{k}=0,1,2,3,4,5,6,7,8,9")]
@@ -439,15 +400,11 @@ def test_a_grid_of_too_many_points_is_refused_before_it_is_expanded(
 # -- wrong: command lines -----------------------------------------------------------------------------------
 
 
-def test_an_empty_notebook_name_runs_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_empty_notebook_name_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mao_lab.sweep import main as sweep_main
 
     out = tmp_path / "out"
-    line = one_line_exit_2(
-        capsys, lambda: runner_main(["", "--out", str(out)]), "mao_lab.runner"
-    )
+    line = one_line_exit_2(capsys, lambda: runner_main(["", "--out", str(out)]), "mao_lab.runner")
     assert "empty notebook name" in line
     for name in ("", " "):
         line = one_line_exit_2(
@@ -456,9 +413,7 @@ def test_an_empty_notebook_name_runs_nothing(
             "mao_lab.sweep",
         )
         assert "empty notebook name" in line
-    line = one_line_exit_2(
-        capsys, lambda: runner_main(["00_quickstart", "--out", ""]), "mao_lab.runner"
-    )
+    line = one_line_exit_2(capsys, lambda: runner_main(["00_quickstart", "--out", ""]), "mao_lab.runner")
     assert "empty folder name" in line
     assert tree(tmp_path) == []
 
@@ -515,9 +470,7 @@ def test_a_sweep_into_a_folder_of_another_notebooks_points_is_refused(
     ]
 
 
-def test_a_refused_sweep_rerun_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_refused_sweep_rerun_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mao_lab.sweep import main as sweep_main
 
     notebook = tiny_notebook(tmp_path)
@@ -541,15 +494,11 @@ def test_a_refused_sweep_rerun_is_one_line(
     before = snapshot(out)
     line = one_line_exit_2(
         capsys,
-        lambda: sweep_main(
-            [str(notebook), "-g", "x=1.0", "-p", "mode=ok", "--out", str(out)]
-        ),
+        lambda: sweep_main([str(notebook), "-g", "x=1.0", "-p", "mode=ok", "--out", str(out)]),
         "mao_lab.sweep",
     )
     assert "holds a finished run with other parameters (mode differ)" in line
-    assert {
-        k: v for k, v in snapshot(out).items() if not k.startswith("sweep.")
-    } == before
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("sweep.")} == before
 
 
 @pytest.mark.parametrize(
@@ -585,10 +534,7 @@ def test_bad_sweep_options_are_one_line_before_anything_starts(
         "mao_lab.sweep",
     )
     assert message in line
-    assert (
-        tree(tmp_path) == ["FILE", "tiny.ipynb"]
-        and (tmp_path / "FILE").read_text() == "mine"
-    )
+    assert tree(tmp_path) == ["FILE", "tiny.ipynb"] and (tmp_path / "FILE").read_text() == "mine"
 
 
 # -- the study's command line ---------------------------------------------------------------------------------
@@ -712,9 +658,7 @@ def test_bench_output_that_is_a_folder_is_refused_before_the_run(
         "mao_lab.bench",
     )
     assert "is a folder, not a file" in line
-    line = one_line_exit_2(
-        capsys, lambda: bench_main(["step", "--threads", "0"]), "mao_lab.bench"
-    )
+    line = one_line_exit_2(capsys, lambda: bench_main(["step", "--threads", "0"]), "mao_lab.bench")
     assert "must be a positive integer" in line
     assert tree(tmp_path) == []
 
@@ -795,9 +739,7 @@ class Net(nn.Module):
 
     def losses(self, x: torch.Tensor, bad: bool = False) -> dict[str, torch.Tensor]:
         z = self.trunk(x).relu()
-        losses = {
-            f"t{k}": (head(z) - k).pow(2).mean() for k, head in enumerate(self.heads)
-        }
+        losses = {f"t{k}": (head(z) - k).pow(2).mean() for k, head in enumerate(self.heads)}
         if bad:
             losses["t0"] = losses["t0"] * float("nan")
         return losses
@@ -807,31 +749,21 @@ class Net(nn.Module):
 @pytest.mark.parametrize("kind", ["MAO-optimizer", "mao-method"])
 def test_a_refused_step_takes_no_step_index(every: int, kind: str) -> None:
     net = Net()
-    method = (
-        MAO(net.parameters(), lr=1e-2)
-        if kind == "MAO-optimizer"
-        else make("mao", net.parameters(), lr=1e-2)
-    )
+    method = MAO(net.parameters(), lr=1e-2) if kind == "MAO-optimizer" else make("mao", net.parameters(), lr=1e-2)
     recorder = Recorder(net, method, every=every)
     x = torch.linspace(-1, 1, 24).reshape(8, 3)
     refused = {2, 5}
     done = 0
     for attempt in range(9):
         bad = attempt in refused
-        step = (
-            method.step
-            if kind == "MAO-optimizer"
-            else (lambda losses: method.step(lambda: losses))
-        )
+        step = method.step if kind == "MAO-optimizer" else (lambda losses: method.step(lambda: losses))
         if bad:
             with pytest.raises(ValueError, match="the loss is nan"):
                 step(net.losses(x, bad=True))
         else:
             step(net.losses(x))
             done += 1
-    assert recorder.steps == [
-        k for k in range(done) if k % every == 0
-    ]  # successful steps, numbered from 0
+    assert recorder.steps == [k for k in range(done) if k % every == 0]  # successful steps, numbered from 0
 
 
 def test_a_monitor_given_another_model_is_refused() -> None:
@@ -848,19 +780,13 @@ def test_a_monitor_keeps_parameters_the_model_does_not_name_apart() -> None:
     """A partial name mapping: the unnamed shared parameters are their own layers, never "(model)"."""
     net = Net()
     optimizer = MAO(net.parameters(), lr=1e-2)
-    monitor = BalanceMonitor(
-        {"trunk.weight": net.trunk.weight}, optimizer, every=1, budget=1.0
-    )
+    monitor = BalanceMonitor({"trunk.weight": net.trunk.weight}, optimizer, every=1, budget=1.0)
     x = torch.linspace(-1, 1, 24).reshape(8, 3)
     for _ in range(2):
         optimizer.step(net.losses(x))
     layers = set(monitor.ownership()["layer"])
     monitor.close()
-    assert (
-        "trunk" in layers
-        and "(model)" not in layers
-        and any(layer.startswith("(unnamed ") for layer in layers)
-    )
+    assert "trunk" in layers and "(model)" not in layers and any(layer.startswith("(unnamed ") for layer in layers)
 
 
 # -- wrong: data a user brings --------------------------------------------------------------------------------
@@ -883,11 +809,7 @@ def _arrays() -> dict[str, np.ndarray]:
             "a digit label lies outside 0..9",
         ),
         (
-            lambda a: a.update(
-                test_images=np.where(
-                    np.arange(28) == 3, np.nan, a["test_images"].astype(np.float32)
-                )
-            ),
+            lambda a: a.update(test_images=np.where(np.arange(28) == 3, np.nan, a["test_images"].astype(np.float32))),
             "NaN, infinite or outside 0..255",
         ),
         (
@@ -900,9 +822,7 @@ def _arrays() -> dict[str, np.ndarray]:
             "label or index array of shape",
         ),
         (
-            lambda a: a.update(
-                test_left_label=a["test_left_label"].astype(np.float64) + 0.5
-            ),
+            lambda a: a.update(test_left_label=a["test_left_label"].astype(np.float64) + 0.5),
             "not integers",
         ),
         (
@@ -931,19 +851,13 @@ def test_a_users_multimnist_file_with_impossible_contents_is_refused(
     file = tmp_path / "mine.npz"
     np.savez(file, **arrays)
     before = snapshot(tmp_path)
-    with pytest.raises(
-        _multimnist.DataIntegrityError, match="mine.npz is not a valid MultiMNIST file"
-    ) as error:
-        _multimnist.load_multimnist(
-            file, split="test", tasks=("left", "right", "reconstruct")
-        )
+    with pytest.raises(_multimnist.DataIntegrityError, match="mine.npz is not a valid MultiMNIST file") as error:
+        _multimnist.load_multimnist(file, split="test", tasks=("left", "right", "reconstruct"))
     assert message in str(error.value) and "build_multimnist.py" in str(error.value)
     assert snapshot(tmp_path) == before
 
 
-def test_the_integrity_message_shows_the_checksum_that_differs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_integrity_message_shows_the_checksum_that_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file at the shipped path with a sidecar that matches it, but not the shipped checksum."""
     from mao_lab.problems import _multimnist
 
@@ -956,10 +870,7 @@ def test_the_integrity_message_shows_the_checksum_that_differs(
     with pytest.raises(_multimnist.DataIntegrityError) as error:
         _multimnist.load_multimnist(None, split="test", limit=2)
     text = str(error.value)
-    assert (
-        f"sha256 {actual}" in text
-        and f"expected {_multimnist.MULTIMNIST_SHA256}" in text
-    )
+    assert f"sha256 {actual}" in text and f"expected {_multimnist.MULTIMNIST_SHA256}" in text
     assert actual != _multimnist.MULTIMNIST_SHA256 and "MULTIMNIST_SHA256" in text
 
 
@@ -1012,12 +923,8 @@ def test_the_workshop_checker_survives_exit_and_nested_tensors() -> None:
     feedback = check_mao_update(calls_exit)
     assert feedback.status == "incorrect" and "SystemExit" in feedback.message
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # torch warns that nested tensors are a prototype
-        feedback = check_mao_update(
-            _answer_update(lambda u: torch.nested.nested_tensor([u]))
-        )
+        warnings.simplefilter("ignore")  # torch warns that nested tensors are a prototype
+        feedback = check_mao_update(_answer_update(lambda u: torch.nested.nested_tensor([u])))
     assert feedback.status == "incorrect" and "a nested tensor" in feedback.message
 
 
@@ -1026,10 +933,7 @@ def test_checkers_never_raise_on_hostile_answers() -> None:
 
     assert judges.imbalance_by_hand(10**400).status == "incorrect"
     assert judges.imbalance_by_hand(-(10**400)).status == "incorrect"
-    assert (
-        judges.imbalance_by_hand(torch.tensor(0.5, device="meta")).mistake
-        == "not_a_number"
-    )
+    assert judges.imbalance_by_hand(torch.tensor(0.5, device="meta")).mistake == "not_a_number"
     assert judges.imbalance_by_hand(0.2 + 1j).mistake == "not_a_number"
     assert judges.imbalance_by_hand(np.float64(0.2)).status == "incorrect"
     gaps = pd.DataFrame({"method": ["mao", "adam"], "max_gap": [1.0, 2.0]})
@@ -1043,9 +947,7 @@ def test_checkers_never_raise_on_hostile_answers() -> None:
             "share": [0.7, 0.3],
         }
     )
-    assert judges.layer_owner(
-        np.int64(0), ownership
-    ).correct  # numpy's int names task0 like 0 does
+    assert judges.layer_owner(np.int64(0), ownership).correct  # numpy's int names task0 like 0 does
     assert not judges.layer_owner(np.int64(1), ownership).correct
 
 
@@ -1057,10 +959,7 @@ def test_checkers_never_raise_on_hostile_answers() -> None:
 def test_the_rescaling_checker_takes_numpy_and_torch_booleans(pair: tuple) -> None:  # type: ignore[type-arg]
     from mao_lab.exercises import _judges as judges
 
-    assert (
-        judges.rescaling_changes(pair).text()
-        == judges.rescaling_changes((True, False)).text()
-    )
+    assert judges.rescaling_changes(pair).text() == judges.rescaling_changes((True, False)).text()
 
 
 def test_checkers_on_all_nan_tables_say_so_instead_of_raising() -> None:
@@ -1084,9 +983,7 @@ def test_checkers_on_all_nan_tables_say_so_instead_of_raising() -> None:
             "imbalance": [nan, nan],
         }
     )
-    balance = pd.DataFrame(
-        {"run": ["a", "b"], "layer": ["(all shared)"] * 2, "imbalance": [nan, math.inf]}
-    )
+    balance = pd.DataFrame({"run": ["a", "b"], "layer": ["(all shared)"] * 2, "imbalance": [nan, math.inf]})
     gaps = pd.DataFrame({"method": ["mao", "adam"], "max_gap": [nan, nan]})
     verdicts = [
         judges.worst_final_task("task0", curves),
@@ -1097,9 +994,7 @@ def test_checkers_on_all_nan_tables_say_so_instead_of_raising() -> None:
         judges.steadiest_method("mao", gaps),
         judges.most_imbalanced("a", balance),
     ]
-    assert all(
-        v.status == "incomplete" and v.mistake == "no_finite_values" for v in verdicts
-    ), verdicts
+    assert all(v.status == "incomplete" and v.mistake == "no_finite_values" for v in verdicts), verdicts
 
 
 def test_the_shared_helpers_of_the_suite_can_fail() -> None:
@@ -1144,9 +1039,7 @@ def test_more_bad_sweep_options_are_one_line_and_create_nothing(
     notebook = tiny_notebook(tmp_path)
     line = one_line_exit_2(
         capsys,
-        lambda: sweep_main(
-            [str(notebook), "-g", "x=1", *arguments, "--out", str(tmp_path / "out")]
-        ),
+        lambda: sweep_main([str(notebook), "-g", "x=1", *arguments, "--out", str(tmp_path / "out")]),
         "mao_lab.sweep",
     )
     assert message in line

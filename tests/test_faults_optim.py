@@ -48,13 +48,17 @@ class Net(nn.Module):
 def data(num_tasks: int = 3, step: int = 0) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(16, 4, generator=g, dtype=torch.float64)
-    return x, torch.sin(x @ torch.randn(4, num_tasks, generator=g, dtype=torch.float64)) * torch.arange(1, num_tasks + 1)
+    return x, torch.sin(x @ torch.randn(4, num_tasks, generator=g, dtype=torch.float64)) * torch.arange(
+        1, num_tasks + 1
+    )
 
 
 NAMES = ("left", "right", "sum")
 
 
-def named(net: Net, step: int = 0, order: tuple[str, ...] = NAMES, rename: dict[str, str] | None = None) -> Callable[[], dict]:
+def named(
+    net: Net, step: int = 0, order: tuple[str, ...] = NAMES, rename: dict[str, str] | None = None
+) -> Callable[[], dict]:
     """A closure returning the losses as a dict, keys in ``order`` (optionally renamed)."""
 
     def closure() -> dict[str, Tensor]:
@@ -80,10 +84,16 @@ def same(a: Any, b: Any, where: str = "state") -> None:
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         assert isinstance(a, Tensor) and isinstance(b, Tensor), where
         assert (a.dtype, a.shape, a.device) == (b.dtype, b.shape, b.device), where
-        as_bytes = (lambda t: t.detach().reshape(-1).contiguous().view(torch.uint8)) if a.dtype != torch.bool else (lambda t: t)
+        as_bytes = (
+            (lambda t: t.detach().reshape(-1).contiguous().view(torch.uint8))
+            if a.dtype != torch.bool
+            else (lambda t: t)
+        )
         assert torch.equal(as_bytes(a), as_bytes(b)), where
     elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
+        assert isinstance(b, dict) and a.keys() == b.keys(), (
+            f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
+        )
         for k in a:
             same(a[k], b[k], f"{where}/{k}")
     elif isinstance(a, (list, tuple)):
@@ -204,8 +214,11 @@ def test_checkpoint_with_one_bad_moment_late_in_the_state_changes_nothing(name: 
     for key in path[:-1]:
         holder = holder[key]
     good = holder[path[-1]]
-    holder[path[-1]] = torch.zeros(good.shape[0] + 1, *good.shape[1:], dtype=good.dtype) if corruption == "shape" \
+    holder[path[-1]] = (
+        torch.zeros(good.shape[0] + 1, *good.shape[1:], dtype=good.dtype)
+        if corruption == "shape"
         else good.to(torch.int64)
+    )
     method.step(named(net, 3))  # the live state moves on: a load that half-happened would show
     guard = unchanged(net, method)
     with pytest.raises(CheckpointError, match=corruption):
@@ -228,12 +241,15 @@ def test_checkpoint_of_another_base_optimizer_is_refused(name: str, donor_kind: 
     still_steps(net, method)
 
 
-@pytest.mark.parametrize("name, path", [
-    ("uw", ("scalarizer", "log_var")),
-    ("imtl_l", ("scalarizer", "log_scale")),
-    ("gradnorm", ("loss_weights",)),
-    ("famo", ("scalarizer", "_w")),
-])
+@pytest.mark.parametrize(
+    "name, path",
+    [
+        ("uw", ("scalarizer", "log_var")),
+        ("imtl_l", ("scalarizer", "log_scale")),
+        ("gradnorm", ("loss_weights",)),
+        ("famo", ("scalarizer", "_w")),
+    ],
+)
 def test_checkpoint_with_a_balancer_state_that_does_not_fit_is_refused(name: str, path: tuple[str, ...]) -> None:
     net, method = trained(name)
     state = saved(method.state_dict())
@@ -324,7 +340,11 @@ def _with_group(state: dict, **changes: Any) -> dict:
 MAO_CHECKPOINTS: list[tuple[str, Callable[[Net, MAO], Any], str]] = [
     ("torch Adam's state", lambda net, opt: _adam_state(Net()), "saved by another optimizer"),
     ("MTAdam's state", lambda net, opt: _mtadam_state(Net()), "MTAdam state cannot be loaded into MAO"),
-    ("one group for two", lambda net, opt: mao_trained()[1].state_dict(), "1 parameter groups saved, the optimizer has 2"),
+    (
+        "one group for two",
+        lambda net, opt: mao_trained()[1].state_dict(),
+        "1 parameter groups saved, the optimizer has 2",
+    ),
     ("2 tasks for 3", lambda net, opt: _two_task_mao_state(), "stepped with 3 tasks; the state is for 2"),
     ("lr nan in group 2", lambda net, opt: _with_group(opt.state_dict(), lr=float("nan")), "group 1.*'lr'"),
     ("weight_decay inf", lambda net, opt: _with_group(opt.state_dict(), weight_decay=float("inf")), "weight_decay"),
@@ -336,7 +356,10 @@ MAO_CHECKPOINTS: list[tuple[str, Callable[[Net, MAO], Any], str]] = [
 
 def _two_task_mao_state() -> dict:
     net = Net(num_tasks=2)
-    groups = [{"params": list(net.trunk.parameters())}, {"params": list(net.heads.parameters()) + _padding(), "lr": 3e-3}]
+    groups = [
+        {"params": list(net.trunk.parameters())},
+        {"params": list(net.heads.parameters()) + _padding(), "lr": 3e-3},
+    ]
     opt = MAO(groups, lr=1e-2)
     opt.step(net.losses(*data(2)))
     return opt.state_dict()
@@ -344,7 +367,10 @@ def _two_task_mao_state() -> dict:
 
 def _padding() -> list[Tensor]:
     # Two more head parameters, so that the 2-task layout has as many parameters per group as the 3-task one.
-    return [torch.zeros(1, 5, dtype=torch.float64, requires_grad=True), torch.zeros(1, dtype=torch.float64, requires_grad=True)]
+    return [
+        torch.zeros(1, 5, dtype=torch.float64, requires_grad=True),
+        torch.zeros(1, dtype=torch.float64, requires_grad=True),
+    ]
 
 
 def _bump_tasks(state: dict) -> dict:
@@ -463,8 +489,12 @@ def test_mao_matches_losses_and_gradients_by_name() -> None:
     same(opt_a.state_dict(), opt_b.state_dict())
     # Gradients computed elsewhere, with their names, in another order: the same step.
     params_a, params_b = list(net_a.parameters()), list(net_b.parameters())
-    grads_a = [torch.autograd.grad(loss, params_a, retain_graph=True, allow_unused=True) for loss in net_a.losses(*data(3, 6))]
-    grads_b = [torch.autograd.grad(loss, params_b, retain_graph=True, allow_unused=True) for loss in net_b.losses(*data(3, 6))]
+    grads_a = [
+        torch.autograd.grad(loss, params_a, retain_graph=True, allow_unused=True) for loss in net_a.losses(*data(3, 6))
+    ]
+    grads_b = [
+        torch.autograd.grad(loss, params_b, retain_graph=True, allow_unused=True) for loss in net_b.losses(*data(3, 6))
+    ]
     opt_a.step(task_grads=TaskGradients.from_per_task(grads_a, params_a, NAMES))
     order = [2, 0, 1]
     opt_b.step(task_grads=TaskGradients.from_per_task([grads_b[k] for k in order], params_b, [NAMES[k] for k in order]))
@@ -484,8 +514,10 @@ def test_mao_matches_losses_and_gradients_by_name() -> None:
 
 def _gradients(net: Net, step: int = 6) -> tuple[list[Tensor], list[list[Tensor | None]]]:
     params = list(net.parameters())
-    return params, [list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
-                    for loss in net.losses(*data(3, step))]
+    return params, [
+        list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+        for loss in net.losses(*data(3, step))
+    ]
 
 
 def _bad_task_grads(kind: str, net: Net) -> TaskGradients:
@@ -506,12 +538,15 @@ def _bad_task_grads(kind: str, net: Net) -> TaskGradients:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("dtype", "dtype torch.float32, expected the parameter's torch.float64"),
-    ("device", "is on meta"),
-    ("foreign parameter", "not one this optimizer updates"),
-    ("parameter twice", "listed twice"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("dtype", "dtype torch.float32, expected the parameter's torch.float64"),
+        ("device", "is on meta"),
+        ("foreign parameter", "not one this optimizer updates"),
+        ("parameter twice", "listed twice"),
+    ],
+)
 def test_mao_refuses_task_grads_that_do_not_fit_before_changing_anything(kind: str, message: str) -> None:
     net, opt = mao_trained()
     guard = unchanged(net, opt)
@@ -556,16 +591,23 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("setting, value, message", BAD_VALUES, ids=[f"{s}={v!r}" for s, v, _ in BAD_VALUES])
 @pytest.mark.parametrize("name", ALL)
-def test_bad_base_hyperparameter_is_refused_naming_the_setting(name: str, setting: str, value: Any, message: str) -> None:
+def test_bad_base_hyperparameter_is_refused_naming_the_setting(
+    name: str, setting: str, value: Any, message: str
+) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         make(name, Net().parameters(), **{setting: value})
 
 
-@pytest.mark.parametrize("setting, value, message", BAD_VALUES + [
-    ("task_weights", [1.0, float("inf"), 1.0], "'task_weights' must be a finite number"),
-    ("task_weights", "abc", "'task_weights' must be a non-empty sequence"),
-    ("reduction", "max", "'reduction' must be one of 'sum', 'mean'"),
-], ids=lambda v: repr(v)[:20])
+@pytest.mark.parametrize(
+    "setting, value, message",
+    BAD_VALUES
+    + [
+        ("task_weights", [1.0, float("inf"), 1.0], "'task_weights' must be a finite number"),
+        ("task_weights", "abc", "'task_weights' must be a non-empty sequence"),
+        ("reduction", "max", "'reduction' must be one of 'sum', 'mean'"),
+    ],
+    ids=lambda v: repr(v)[:20],
+)
 def test_mao_refuses_bad_hyperparameters_naming_the_setting(setting: str, value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         MAO(Net().parameters(), **{setting: value})
@@ -595,8 +637,12 @@ METHOD_SPECIFIC = [
 ]
 
 
-@pytest.mark.parametrize("name, setting, value, message", METHOD_SPECIFIC, ids=[f"{n}-{s}={v!r}" for n, s, v, _ in METHOD_SPECIFIC])
-def test_bad_method_hyperparameter_is_refused_naming_the_setting(name: str, setting: str, value: Any, message: str) -> None:
+@pytest.mark.parametrize(
+    "name, setting, value, message", METHOD_SPECIFIC, ids=[f"{n}-{s}={v!r}" for n, s, v, _ in METHOD_SPECIFIC]
+)
+def test_bad_method_hyperparameter_is_refused_naming_the_setting(
+    name: str, setting: str, value: Any, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         make(name, Net().parameters(), **{setting: value})
 
@@ -624,8 +670,10 @@ def test_mao_refuses_a_parameter_listed_twice(layout: str) -> None:
         MAO(groups)
 
 
-@pytest.mark.parametrize("setting, value", [("lr", float("nan")), ("lr", True), ("weight_decay", float("inf")),
-                                            ("eps", -1.0), ("task_weights", (1.0, 2.0))])
+@pytest.mark.parametrize(
+    "setting, value",
+    [("lr", float("nan")), ("lr", True), ("weight_decay", float("inf")), ("eps", -1.0), ("task_weights", (1.0, 2.0))],
+)
 def test_mao_refuses_a_group_setting_changed_to_a_bad_value_before_stepping(setting: str, value: Any) -> None:
     # A scheduler or a user may write into param_groups between steps: the step checks before moving.
     net, opt = mao_trained(groups=True)

@@ -30,8 +30,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from torch import nn
 
 from mao_lab.methods import make
-from mao_lab.recorder import Recorder, load_run
-from mao_lab.recorder import _storage
+from mao_lab.recorder import Recorder, _storage, load_run
 from mao_lab.recorder._recorder import RecorderWriteWarning
 from mao_lab.runner import main as runner_main
 from mao_lab.runner import parse_value
@@ -80,7 +79,9 @@ pd.DataFrame({"x": [x, 2 * x]}).to_parquet(out / "table.parquet")
 summary = {"x": x, "seed": seed}
 if mode == "sockets":
     import psutil
-    summary["listening"] = sorted({c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == "LISTEN"})
+    summary["listening"] = sorted(
+        {c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == "LISTEN"}
+    )
 text = json.dumps(summary)
 if mode == "truncated":
     text = text[:5]
@@ -175,8 +176,12 @@ def test_a_run_dir_that_cannot_be_written_is_refused(tmp_path: Path, monkeypatch
         Recorder(net, make("mao", net.parameters(), lr=1e-2), run_dir=tmp_path / "run")
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EIO, errno.EROFS], ids=["ENOSPC", "EACCES", "EIO", "EROFS"])
-def test_a_failed_write_during_a_step_never_fails_the_applied_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+@pytest.mark.parametrize(
+    "code", [errno.ENOSPC, errno.EACCES, errno.EIO, errno.EROFS], ids=["ENOSPC", "EACCES", "EIO", "EROFS"]
+)
+def test_a_failed_write_during_a_step_never_fails_the_applied_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
     run = tmp_path / "run"
     reference, recorded = Net(2), Net(2)
     ref_method = make("mao", reference.parameters(), lr=1e-2)
@@ -194,7 +199,9 @@ def test_a_failed_write_during_a_step_never_fails_the_applied_step(tmp_path: Pat
     with pytest.warns(RecorderWriteWarning, match="the training step itself was applied"):
         train(method, recorded, 2)  # two steps, each flush fails: neither raises
     train(ref_method, reference, 2)
-    assert state_bytes(recorded) == state_bytes(reference), "the steps were applied exactly as with a recorder that writes nothing"
+    assert state_bytes(recorded) == state_bytes(reference), (
+        "the steps were applied exactly as with a recorder that writes nothing"
+    )
     assert method.steps_taken == 3 and len(recorder) == 3
     assert [e.errno for e in recorder.errors] == [code, code]
     assert snapshot(run) == before, "a failed write leaves the folder as it was"
@@ -223,14 +230,18 @@ def test_a_run_dir_removed_mid_run_is_written_again_whole(tmp_path: Path) -> Non
     pd.testing.assert_frame_equal(frame, recorder.to_frame())
 
 
-def test_save_on_a_full_disk_raises_and_leaves_the_folder_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_on_a_full_disk_raises_and_leaves_the_folder_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     net = Net(2)
     method = make("mao", net.parameters(), lr=1e-2)
     recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2)
     train(method, net, 3)
     before = snapshot(run)
-    monkeypatch.setattr("mao_lab._files.os.fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(
+        "mao_lab._files.os.fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+    )
     with pytest.raises(OSError, match="No space left"):
         recorder.save()  # called by the user, after training: an ordinary error
     monkeypatch.undo()
@@ -276,12 +287,13 @@ def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_me
         calls = {"n": 0}
         real_replace, real_unlink = os.replace, Path.unlink
 
-        def counted(real):  # noqa: ANN001, ANN202
+        def counted(real, calls=calls, crash_at=k + 1):  # noqa: ANN001, ANN202 - bound to this iteration's run
             def operation(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
                 calls["n"] += 1
-                if calls["n"] == k + 1:
+                if calls["n"] == crash_at:
                     raise Crash
                 return real(*args, **kwargs)
+
             return operation
 
         monkeypatch.setattr(files.os, "replace", counted(real_replace))
@@ -313,14 +325,17 @@ def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_me
         if finished:
             assert params == {"run": "new"} and set(load_run(run)[0]["step"].unique()) == {0, 1, 2, 3}
             break
-    assert crash_points >= (5 if how == "overwrite-with-flushes" else 3), "every file-system operation was a crash point"
+    assert crash_points >= (5 if how == "overwrite-with-flushes" else 3), (
+        "every file-system operation was a crash point"
+    )
 
 
 def test_a_training_process_killed_during_an_overwrite_leaves_a_consistent_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     old_run(run)
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, torch
         from torch import nn
         sys.path.insert(0, {str(REPOSITORY)!r})
@@ -337,8 +352,11 @@ def test_a_training_process_killed_during_an_overwrite_leaves_a_consistent_folde
             step += 1
             if step == 3:
                 print("flushing", flush=True)
-    """))
-    process = subprocess.Popen([PYTHON, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """)
+    )
+    process = subprocess.Popen(
+        [PYTHON, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert process.stdout is not None and process.stdout.readline().strip() == "flushing"
     time.sleep(0.3)  # somewhere in the middle of the flushes
     process.send_signal(signal.SIGKILL)
@@ -353,9 +371,22 @@ def test_a_training_process_killed_during_an_overwrite_leaves_a_consistent_folde
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("1e-3", 1e-3), ("1E3", 1000.0), ("-2.5e-4", -2.5e-4), (".5", 0.5), ("3", 3), ("017", 17), ("0x1f", 31),
-        ("true", True), ("no", "no"), ("on", "on"), ("1_000", "1_000"), ("12:30", "12:30"), ("null", None),
-        ("[1, 1e2]", [1, 100.0]), ('"1e-3"', "1e-3"), ("inf", "inf"),
+        ("1e-3", 1e-3),
+        ("1E3", 1000.0),
+        ("-2.5e-4", -2.5e-4),
+        (".5", 0.5),
+        ("3", 3),
+        ("017", 17),
+        ("0x1f", 31),
+        ("true", True),
+        ("no", "no"),
+        ("on", "on"),
+        ("1_000", "1_000"),
+        ("12:30", "12:30"),
+        ("null", None),
+        ("[1, 1e2]", [1, 100.0]),
+        ('"1e-3"', "1e-3"),
+        ("inf", "inf"),
     ],
 )
 def test_values_parse_as_their_user_means_them(text: str, expected: object) -> None:
@@ -379,8 +410,20 @@ def test_values_parse_as_their_user_means_them(text: str, expected: object) -> N
         (["-p", "smoke=true"], "set by the runner"),
         (["no_such_notebook"], "no notebook matches"),
     ],
-    ids=["unknown", "open-list", "open-map", "open-quote", "nested-colons", "digit-name", "no-name", "no-equals",
-         "twice", "output_dir", "smoke", "unknown-notebook"],
+    ids=[
+        "unknown",
+        "open-list",
+        "open-map",
+        "open-quote",
+        "nested-colons",
+        "digit-name",
+        "no-name",
+        "no-equals",
+        "twice",
+        "output_dir",
+        "smoke",
+        "unknown-notebook",
+    ],
 )
 def test_bad_command_lines_get_one_line_and_exit_2_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
@@ -397,7 +440,9 @@ def test_bad_command_lines_get_one_line_and_exit_2_before_anything_runs(
 
 
 @pytest.mark.parametrize("content", ['{"cells": [', "{}", ""], ids=["truncated-json", "no-cells", "empty-file"])
-def test_a_damaged_notebook_file_is_one_line_of_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str) -> None:
+def test_a_damaged_notebook_file_is_one_line_of_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
     path = tmp_path / "broken.ipynb"
     path.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
@@ -417,7 +462,9 @@ def test_a_notebook_without_a_parameters_cell_is_refused(tmp_path: Path, capsys:
 
 def test_a_number_reaches_the_notebook_as_a_number_and_provenance_is_recorded(tmp_path: Path) -> None:
     notebook = tiny_notebook(tmp_path)
-    result = run_cli("-m", "mao_lab.runner", str(notebook), "-p", "x=1e-3", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    result = run_cli(
+        "-m", "mao_lab.runner", str(notebook), "-p", "x=1e-3", "--out", str(tmp_path / "out"), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "out" / "tiny"
     assert json.loads((folder / "summary.json").read_text())["x"] == 0.001
@@ -433,7 +480,14 @@ def test_two_runs_into_the_same_out_never_lose_a_result_silently(tmp_path: Path)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
     command = [PYTHON, "-m", "mao_lab.runner", str(notebook), "--out", str(out)]
-    first = subprocess.Popen([*command, "-p", "x=1.0", "-p", "sleep=6"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [*command, "-p", "x=1.0", "-p", "sleep=6"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = out / ".tiny.lock"
     deadline = time.time() + 120
     while not (lock.exists() and lock.read_text()) and time.time() < deadline:
@@ -448,11 +502,19 @@ def test_two_runs_into_the_same_out_never_lose_a_result_silently(tmp_path: Path)
 def test_a_runner_killed_mid_run_leaves_the_earlier_results_and_the_next_run_recovers(tmp_path: Path) -> None:
     notebook = tiny_notebook(tmp_path)
     out = tmp_path / "out"
-    assert run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=1.0", cwd=tmp_path).returncode == 0
+    assert (
+        run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=1.0", cwd=tmp_path).returncode == 0
+    )
     before = snapshot(out / "tiny")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
-    process = subprocess.Popen([PYTHON, "-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=2.0", "-p", "sleep=30"],
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [PYTHON, "-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=2.0", "-p", "sleep=30"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while not list(out.glob(".tiny.partial-*")) and time.time() < deadline:
         time.sleep(0.2)
@@ -509,7 +571,10 @@ def runs_of(log: Path) -> list[str]:
 def test_dead_kernels_and_bad_summaries_fail_their_points_only_and_rerun_when_resumed(tmp_path: Path) -> None:
     notebook = tiny_notebook(tmp_path)
     out, log = tmp_path / "sweep", tmp_path / "log.txt"
-    fixed = {"faults": faults_file(tmp_path, {"2.0": "die", "3.0": "nosummary", "4.0": "truncated", "5.0": "notobject"}), "log": str(log)}
+    fixed = {
+        "faults": faults_file(tmp_path, {"2.0": "die", "3.0": "nosummary", "4.0": "truncated", "5.0": "notobject"}),
+        "log": str(log),
+    }
     table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0, 5.0, 1.0]}, out, fixed=fixed, progress=False, html=False)
     assert list(table["status"]) == ["ok", "failed", "failed", "failed", "failed"]  # 1.0 listed twice is one point
     errors = dict(zip(table["x"], table["error"]))
@@ -543,10 +608,15 @@ def test_a_damaged_result_on_the_clients_disk_fails_the_point_until_a_rerun_succ
     saved = pd.read_parquet(out / "sweep.parquet")
     assert list(saved["status"]) == ["ok", "failed"]
     Path(fixed["faults"]).write_text("{}")
-    assert list(run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, progress=False, html=False)["status"]) == ["ok", "ok"]
+    assert list(run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, progress=False, html=False)["status"]) == [
+        "ok",
+        "ok",
+    ]
 
 
-def test_a_failure_stays_in_the_clients_folder_until_a_rerun_succeeds_when_workers_write_elsewhere(tmp_path: Path) -> None:
+def test_a_failure_stays_in_the_clients_folder_until_a_rerun_succeeds_when_workers_write_elsewhere(
+    tmp_path: Path,
+) -> None:
     notebook = tiny_notebook(tmp_path)
     out, workers = tmp_path / "client", tmp_path / "workers"
     fixed = {"faults": faults_file(tmp_path, {"2.0": "raise"})}
@@ -569,7 +639,9 @@ def test_a_smaller_grid_and_a_corrupt_table_drop_no_rows(tmp_path: Path) -> None
     smaller = run_sweep(notebook, {"x": [1.0]}, out, fixed=fixed, progress=False, html=False)
     assert list(smaller["run_id"]) == ["x=1.0"]
     saved = pd.read_parquet(out / "sweep.parquet")
-    pd.testing.assert_frame_equal(saved.sort_values("run_id", ignore_index=True), full.sort_values("run_id", ignore_index=True))
+    pd.testing.assert_frame_equal(
+        saved.sort_values("run_id", ignore_index=True), full.sort_values("run_id", ignore_index=True)
+    )
     assert (snapshot(out / "x=1.0"), snapshot(out / "x=2.0")) == folders
 
 
@@ -587,8 +659,18 @@ def test_a_smaller_grid_and_a_corrupt_table_drop_no_rows(tmp_path: Path) -> None
         ({"x-y": [1]}, {}, "not a Python identifier"),
         ({"status": ["a"]}, {}, "would hide the sweep table's column"),
     ],
-    ids=["unknown-name", "swept-and-fixed", "reserved-in-grid", "reserved-fixed", "folder-collision", "not-json",
-         "empty-values", "string-values", "bad-name", "status-column"],
+    ids=[
+        "unknown-name",
+        "swept-and-fixed",
+        "reserved-in-grid",
+        "reserved-fixed",
+        "folder-collision",
+        "not-json",
+        "empty-values",
+        "string-values",
+        "bad-name",
+        "status-column",
+    ],
 )
 def test_bad_sweeps_are_refused_before_anything_runs(tmp_path: Path, grid: dict, fixed: dict, message: str) -> None:
     notebook = tiny_notebook(tmp_path)
@@ -615,16 +697,21 @@ def test_two_sweeps_into_one_folder_at_once_lose_nothing_and_run_each_point_once
     notebook = tiny_notebook(tmp_path)
     out, log = tmp_path / "sweep", tmp_path / "log.txt"
     script = tmp_path / "sweep.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPOSITORY)!r})
         from mao_lab.sweep import run_sweep
-        table = run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r}, fixed={{"log": {str(log)!r}, "sleep": 1.0}},
-                          progress=False, html=False)
+        table = run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r},
+                          fixed={{"log": {str(log)!r}, "sleep": 1.0}}, progress=False, html=False)
         print(",".join(table["status"]))
-    """))
+    """)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [subprocess.Popen([PYTHON, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen([PYTHON, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     assert sorted(runs_of(log)) == ["1.0", "2.0", "3.0"], "each point ran once"
@@ -635,7 +722,9 @@ def test_two_sweeps_into_one_folder_at_once_lose_nothing_and_run_each_point_once
         assert set(stdout.strip().split(",")) <= {"ok", "busy"}
 
 
-def test_a_run_folder_that_cannot_be_renamed_is_filled_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_folder_that_cannot_be_renamed_is_filled_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mao_lab._files as files
 
     folder, staged = tmp_path / "run", tmp_path / ".run.partial-x"
@@ -667,7 +756,9 @@ def test_a_worker_cannot_write_outside_the_points_folder(tmp_path: Path) -> None
     from mao_lab.sweep import PointResult, _store
 
     for name in ("../evil.json", "/tmp/evil.json", "a/../../evil.json"):
-        result = _store(tmp_path / "client" / "x=1", PointResult("x=1", {"x": 1}, "ok", files={name: b"{}"}), str(tmp_path))
+        result = _store(
+            tmp_path / "client" / "x=1", PointResult("x=1", {"x": 1}, "ok", files={name: b"{}"}), str(tmp_path)
+        )
         assert result.status == "failed" and "outside the point's folder" in result.error
     assert snapshot(tmp_path) == {}
 
@@ -693,8 +784,15 @@ def test_a_hanging_notebook_fails_its_point_at_the_cell_time_limit(tmp_path: Pat
     notebook = tiny_notebook(tmp_path)
     fixed = {"faults": faults_file(tmp_path, {"2.0": "ok"})}
     started = time.time()
-    table = run_sweep(notebook, {"x": [1.0], "sleep": [0.0, 600.0]}, tmp_path / "sweep", fixed=fixed, cell_timeout=5,
-                      progress=False, html=False)
+    table = run_sweep(
+        notebook,
+        {"x": [1.0], "sleep": [0.0, 600.0]},
+        tmp_path / "sweep",
+        fixed=fixed,
+        cell_timeout=5,
+        progress=False,
+        html=False,
+    )
     assert list(table["status"]) == ["ok", "failed"] and "ran past the time limit" in table.loc[1, "error"]
     assert time.time() - started < 300
 
@@ -728,14 +826,22 @@ def test_a_dead_kernel_and_a_killed_worker_on_dask_fail_their_points_only(tmp_pa
     notebook = tiny_notebook(tmp_path)
     out = tmp_path / "sweep"
     fixed = {"faults": faults_file(tmp_path, {"2.0": "die", "3.0": "kill_worker"})}
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        with local_cluster(2) as cluster, cluster.get_client() as client:
-            table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, client=client, progress=False, html=False)
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        local_cluster(2) as cluster,
+        cluster.get_client() as client,
+    ):
+        table = run_sweep(
+            notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, client=client, progress=False, html=False
+        )
     assert list(table["status"]) == ["ok", "failed", "failed", "ok"]
     assert "the kernel died" in table.loc[1, "error"]
     assert "worker running this point died" in table.loc[2, "error"] and (out / "x=3.0" / "failure.json").exists()
     Path(fixed["faults"]).write_text("{}")
-    assert list(run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, progress=False, html=False)["status"]) == ["ok"] * 4
+    assert (
+        list(run_sweep(notebook, {"x": [1.0, 2.0, 3.0, 4.0]}, out, fixed=fixed, progress=False, html=False)["status"])
+        == ["ok"] * 4
+    )
 
 
 class _ReplyLost:
@@ -771,12 +877,22 @@ def test_a_finished_point_whose_reply_was_lost_stays_finished(tmp_path: Path, mo
     notebook = tiny_notebook(tmp_path)
     out = tmp_path / "sweep"
     fixed = {"faults": faults_file(tmp_path, {"2.0": "raise"})}
-    table = run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, client=_ClientLosingReplies({1.0, 2.0}), progress=False, html=False)
+    table = run_sweep(
+        notebook,
+        {"x": [1.0, 2.0]},
+        out,
+        fixed=fixed,
+        client=_ClientLosingReplies({1.0, 2.0}),
+        progress=False,
+        html=False,
+    )
     assert list(table["status"]) == ["ok", "failed"]
     assert not (out / "x=1.0" / "failure.json").exists() and (out / "x=1.0" / "summary.json").exists()
     assert "worker running this point died or was lost" in table.loc[1, "error"]  # nothing finished there: a failure
     finished = snapshot(out / "x=1.0")
-    rerun = run_sweep(notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, client=_ClientLosingReplies({1.0}), progress=False, html=False)
+    rerun = run_sweep(
+        notebook, {"x": [1.0, 2.0]}, out, fixed=fixed, client=_ClientLosingReplies({1.0}), progress=False, html=False
+    )
     assert list(rerun["status"]) == ["ok", "failed"] and snapshot(out / "x=1.0") == finished
 
 
@@ -784,21 +900,28 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_points(tmp_pa
     notebook = tiny_notebook(tmp_path)
     out, log = tmp_path / "sweep", tmp_path / "log.txt"
     script = tmp_path / "sweep.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPOSITORY)!r})
         from mao_lab.sweep import run_sweep
-        run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r}, fixed={{"log": {str(log)!r}, "sleep": 2.0}}, progress=False, html=False)
-    """))
+        run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r},
+                  fixed={{"log": {str(log)!r}, "sleep": 2.0}}, progress=False, html=False)
+    """)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([PYTHON, str(script)], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [PYTHON, str(script)], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 180
     while len(runs_of(log)) < 2 and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep, its kernel: all at once
     process.wait()
     finished = snapshot(out / "x=1.0")
-    table = run_sweep(notebook, {"x": [1.0, 2.0, 3.0]}, out, fixed={"log": str(log), "sleep": 2.0}, progress=False, html=False)
+    table = run_sweep(
+        notebook, {"x": [1.0, 2.0, 3.0]}, out, fixed={"log": str(log), "sleep": 2.0}, progress=False, html=False
+    )
     assert list(table["status"]) == ["ok", "ok", "ok"]
     assert runs_of(log).count("1.0") == 1 and snapshot(out / "x=1.0") == finished
     assert not list(out.glob(".*partial-*"))
@@ -839,7 +962,10 @@ def _altered_labels(data: bytes) -> bytes:
 )
 @pytest.mark.parametrize("where", ["shipped-path", "own-path-with-sidecar"])
 def test_a_corrupt_or_altered_data_file_names_itself_and_its_rebuild_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage, where: str  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    damage,
+    where: str,  # noqa: ANN001
 ) -> None:
     from mao_lab.problems import _multimnist
 
@@ -852,15 +978,15 @@ def test_a_corrupt_or_altered_data_file_names_itself_and_its_rebuild_command(
         (tmp_path / "multimnist.npz.sha256").write_text(f"{_multimnist.MULTIMNIST_SHA256}  multimnist.npz\n")
         path = file
     before = snapshot(tmp_path)
-    with pytest.raises(_multimnist.DataIntegrityError, match=r"multimnist\.npz does not match its recorded checksum") as error:
+    with pytest.raises(
+        _multimnist.DataIntegrityError, match=r"multimnist\.npz does not match its recorded checksum"
+    ) as error:
         _multimnist.load_multimnist(path, split="test", limit=2)
     assert str(file) in str(error.value) and "python data/build_multimnist.py" in str(error.value)
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize(
-    "content", [b"not a zip", b"", "missing-arrays"], ids=["garbage", "empty", "missing-arrays"]
-)
+@pytest.mark.parametrize("content", [b"not a zip", b"", "missing-arrays"], ids=["garbage", "empty", "missing-arrays"])
 def test_an_own_file_without_checksum_that_is_unreadable_gets_a_clear_error(tmp_path: Path, content: object) -> None:
     from mao_lab.problems import _multimnist
 
@@ -869,7 +995,9 @@ def test_an_own_file_without_checksum_that_is_unreadable_gets_a_clear_error(tmp_
         np.savez(file, digits=np.zeros((1, 28, 28), np.uint8))
     else:
         file.write_bytes(content)  # type: ignore[arg-type]
-    with pytest.raises(_multimnist.DataIntegrityError, match=r"mine\.npz is not a readable MultiMNIST file.*build_multimnist\.py"):
+    with pytest.raises(
+        _multimnist.DataIntegrityError, match=r"mine\.npz is not a readable MultiMNIST file.*build_multimnist\.py"
+    ):
         _multimnist.load_multimnist(file, split="test", limit=2)
 
 
@@ -902,16 +1030,18 @@ def _listening(pids: set[int]) -> set[tuple[str, int]]:
 
 @pytest.mark.parametrize("dashboard", [False, True], ids=["default", "with-dashboard"])
 def test_a_local_cluster_listens_on_loopback_only(dashboard: bool) -> None:
-    import psutil
-
     import urllib.error
     import urllib.request
+
+    import psutil
 
     with local_cluster(2, dashboard=dashboard) as cluster:
         me = psutil.Process()
         sockets = _listening({me.pid, *(c.pid for c in me.children(recursive=True))})
         try:
-            status = urllib.request.urlopen(f"http://127.0.0.1:{cluster.scheduler.http_server.port}/status", timeout=10).status
+            status = urllib.request.urlopen(
+                f"http://127.0.0.1:{cluster.scheduler.http_server.port}/status", timeout=10
+            ).status
         except urllib.error.HTTPError as error:
             status = error.code
     assert status == (200 if dashboard else 404), "the dashboard is served only when asked for"
@@ -927,7 +1057,9 @@ def test_kernels_listen_on_loopback_only(tmp_path: Path) -> None:
     assert table.loc[0, "status"] == "ok" and listening and set(listening) <= {"127.0.0.1", "::1"}
 
 
-def test_a_plain_tcp_scheduler_on_another_machine_gets_a_warning(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_plain_tcp_scheduler_on_another_machine_gets_a_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import dask.distributed
 
     import mao_lab.sweep as sweep
@@ -956,7 +1088,9 @@ def test_a_plain_tcp_scheduler_on_another_machine_gets_a_warning(monkeypatch: py
     ],
     ids=["empty-item", "no-values", "malformed", "twice", "smoke-swept", "negative-workers"],
 )
-def test_bad_sweep_command_lines_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str) -> None:
+def test_bad_sweep_command_lines_get_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
     from mao_lab.sweep import main as sweep_main
 
     notebook = tiny_notebook(tmp_path)

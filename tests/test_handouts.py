@@ -24,15 +24,27 @@ def executed_notebook(folder: Path) -> Path:
     bundle = pio.renderers["notebook"].to_mimebundle(figure.to_dict())
     notebook = nbformat.v4.new_notebook()
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2, "version_minor": 0}}
+    notebook.metadata["widgets"] = {
+        "application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2, "version_minor": 0}
+    }
     code = nbformat.v4.new_code_cell("figure.show()")
     from plotly.offline import get_plotlyjs
 
-    init = {"text/html": f"<script type=\"text/javascript\">window.PlotlyConfig = {{}};</script>\n<script>{get_plotlyjs()}</script>"}
+    init = {
+        "text/html": (
+            f'<script type="text/javascript">window.PlotlyConfig = {{}};</script>\n<script>{get_plotlyjs()}</script>'
+        )
+    }
     code.outputs = [
         nbformat.v4.new_output("display_data", data=init),  # what the renderer sends once: plotly.js inline
         nbformat.v4.new_output("display_data", data=bundle),
-        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x", "version_major": 2, "version_minor": 0}, "text/plain": "VBox()"}),
+        nbformat.v4.new_output(
+            "display_data",
+            data={
+                "application/vnd.jupyter.widget-view+json": {"model_id": "x", "version_major": 2, "version_minor": 0},
+                "text/plain": "VBox()",
+            },
+        ),
     ]
     notebook.cells = [nbformat.v4.new_markdown_cell("The rule: $$\\theta_t = \\theta_{t-1} - \\eta\\, g_t$$"), code]
     path = folder / "07_demo" / "07_demo.ipynb"
@@ -47,7 +59,9 @@ def test_a_handout_loads_only_its_assets_folder(tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
     assert not REMOTE.search(text), REMOTE.search(text)
     local = re.findall(r"""<script[^>]*src=["']([^"']+)["']""", text)
-    assert sorted(local) == sorted([f"{ASSETS}/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe", f"{ASSETS}/plotly.min.js"])
+    assert sorted(local) == sorted(
+        [f"{ASSETS}/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe", f"{ASSETS}/plotly.min.js"]
+    )
     for script in local:
         assert (page.parent / script.split("?")[0]).is_file(), script
     assert "plotly.js v" not in text and "Plotly.newPlot" in text  # plotly.js shared in assets, the figure kept
@@ -76,8 +90,10 @@ def test_slides_and_the_printable_page_are_offline_too(tmp_path: Path) -> None:
 
 
 def test_offline_html_keeps_the_page_and_drops_only_remote_loads() -> None:
-    page = ('<head><script src="https://cdn.example/require.js"></script></head><body><p>$x$</p>'
-            '<script>/**\n* plotly.js v3.0.0\n*/ x</script><div id="f"></div><script>Plotly.newPlot("f")</script></body>')
+    page = (
+        '<head><script src="https://cdn.example/require.js"></script></head><body><p>$x$</p>'
+        '<script>/**\n* plotly.js v3.0.0\n*/ x</script><div id="f"></div><script>Plotly.newPlot("f")</script></body>'
+    )
     out = offline_html(page)
     assert "cdn.example" not in out and "<p>$x$</p>" in out and 'Plotly.newPlot("f")' in out
     assert out.count("assets/plotly.min.js") == 1

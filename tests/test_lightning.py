@@ -62,8 +62,15 @@ class MultiTask(pl.LightningModule):
 def fit(method: str) -> MultiTask:
     torch.manual_seed(0)
     module = MultiTask(method)
-    trainer = pl.Trainer(max_steps=STEPS, max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=STEPS,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
@@ -77,7 +84,7 @@ def plain_loop(method: str) -> TwoTasks:
     method = make(method, net.parameters(), lr=1e-2)
     scheduler = StepLR(method, step_size=1, gamma=0.5)
     for x in data().split(8):
-        method.step(lambda: net.losses(x))
+        method.step(lambda x=x: net.losses(x))
         scheduler.step()
     return net
 

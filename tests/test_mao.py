@@ -30,7 +30,9 @@ class Net(nn.Module):
     def losses(self, x: Tensor, y: Tensor, scales: list[float] | None = None) -> list[Tensor]:
         z = self.trunk(x)
         scales = scales or [1.0] * len(self.heads)
-        return [s * ((head(z).squeeze(-1) - y[:, k]) ** 2).mean() for k, (s, head) in enumerate(zip(scales, self.heads))]
+        return [
+            s * ((head(z).squeeze(-1) - y[:, k]) ** 2).mean() for k, (s, head) in enumerate(zip(scales, self.heads))
+        ]
 
 
 def batch(num_tasks: int, step: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
@@ -68,7 +70,7 @@ def reference_mao_step(params, per_task_grads, state, lr, betas, eps, weight_dec
 
 
 def per_task_grads(losses: list[Tensor], params: list[Tensor]) -> list[list[Tensor | None]]:
-    return [list(torch.autograd.grad(l, params, retain_graph=True, allow_unused=True)) for l in losses]
+    return [list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)) for loss in losses]
 
 
 def run_mao(net: Net, steps: int, scales=None, order=None, **kwargs) -> list[Tensor]:
@@ -103,7 +105,9 @@ def test_one_task_is_adam_and_adamw_bit_for_bit(weight_decay: float, foreach: bo
     assert not torch.allclose(next(net_mao.parameters()), next(Net(1, dtype=torch.float32).parameters()))
 
 
-@pytest.mark.skipif(not _fused_verified(), reason="torch._fused_adam_ is not verified with this torch: MAO does not use it")
+@pytest.mark.skipif(
+    not _fused_verified(), reason="torch._fused_adam_ is not verified with this torch: MAO does not use it"
+)
 def test_one_task_fused_is_fused_adam_bit_for_bit() -> None:
     net_mao, net_adam = Net(1, dtype=torch.float32), Net(1, dtype=torch.float32)
     mao = MAO(net_mao.parameters(), lr=1e-2, fused=True)
@@ -143,7 +147,9 @@ def test_matches_reference_rule_for_any_number_of_tasks(num_tasks: int, options:
         grads = per_task_grads(ref_net.losses(x, y), ref_params)
         if options.get("skips") and s % 3 == 1:
             grads[-1] = [None] * len(ref_params)
-        reference_mao_step(ref_params, grads, ref_state, weights=weights, mean=options.get("reduction") == "mean", **kwargs)
+        reference_mao_step(
+            ref_params, grads, ref_state, weights=weights, mean=options.get("reduction") == "mean", **kwargs
+        )
     for p, q in zip(net.parameters(), ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
@@ -178,8 +184,13 @@ def test_every_implementation_matches_the_reference_rule(
     weights = [0.5, 2.0, 1.5] if options.get("weights") else None
     kwargs = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=options.get("weight_decay", 0.0))
     net, ref_net = Net(num_tasks, dtype=dtype), Net(num_tasks, dtype=dtype)
-    opt = MAO(net.parameters(), reduction=options.get("reduction", "sum"), task_weights=weights, **kwargs,
-              **IMPLEMENTATIONS[implementation])
+    opt = MAO(
+        net.parameters(),
+        reduction=options.get("reduction", "sum"),
+        task_weights=weights,
+        **kwargs,
+        **IMPLEMENTATIONS[implementation],
+    )
     steps_with_gaps(net, opt, 12, dtype)
     ref_params, ref_state = list(ref_net.parameters()), {}
     for s in range(12):
@@ -188,8 +199,9 @@ def test_every_implementation_matches_the_reference_rule(
             grads[1] = [None] * len(ref_params)
         if s < 4:
             grads[2] = [None] * len(ref_params)
-        reference_mao_step(ref_params, grads, ref_state, weights=weights, mean=options.get("reduction") == "mean",
-                           **kwargs)
+        reference_mao_step(
+            ref_params, grads, ref_state, weights=weights, mean=options.get("reduction") == "mean", **kwargs
+        )
     tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     for i, (p, q) in enumerate(zip(net.parameters(), ref_params)):
         torch.testing.assert_close(p, q, **tolerance)
@@ -249,8 +261,15 @@ def test_keeping_the_parts_leaves_parameters_and_state_bit_identical(
     options: dict, dtype: torch.dtype, implementation: str
 ) -> None:
     weights = [0.5, 2.0, 1.5] if options.get("weights") else None
-    kwargs = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=options.get("weight_decay", 0.0),
-                  reduction=options.get("reduction", "sum"), task_weights=weights, **IMPLEMENTATIONS[implementation])
+    kwargs = dict(
+        lr=3e-3,
+        betas=(0.8, 0.99),
+        eps=1e-6,
+        weight_decay=options.get("weight_decay", 0.0),
+        reduction=options.get("reduction", "sum"),
+        task_weights=weights,
+        **IMPLEMENTATIONS[implementation],
+    )
     plain_net, kept_net = Net(3, dtype=dtype), Net(3, dtype=dtype)
     plain, kept = MAO(plain_net.parameters(), **kwargs), MAO(kept_net.parameters(), **kwargs)
     assert all(parts is None for parts in steps_with_gaps(plain_net, plain, 12, dtype, keep=False))
@@ -291,8 +310,16 @@ def test_the_parts_are_each_tasks_step_and_sum_to_the_parameter_change(options: 
     weights = [0.5, 2.0, 1.5] if options.get("weights") else [1.0] * num_tasks
     scale = 1 / num_tasks if options.get("reduction") == "mean" else 1.0
     net = Net(num_tasks)
-    opt = MAO(net.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=decay,
-              reduction=options.get("reduction", "sum"), task_weights=weights, **IMPLEMENTATIONS[implementation])
+    opt = MAO(
+        net.parameters(),
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=decay,
+        reduction=options.get("reduction", "sum"),
+        task_weights=weights,
+        **IMPLEMENTATIONS[implementation],
+    )
     params, ref_state = list(net.parameters()), {}
     for s in range(6):
         grads = per_task_grads(net.losses(*batch(num_tasks, s)), params)
@@ -392,7 +419,11 @@ def test_fused_on_an_unverified_torch_warns_once_and_takes_the_foreach_path(monk
 def test_rescaling_a_task_loss_leaves_mao_unchanged_but_not_adam(scale: float) -> None:
     def trajectory(scales, optimizer: str) -> Tensor:
         net = Net(3, seed=1)
-        opt = MAO(net.parameters(), lr=1e-2, eps=1e-14) if optimizer == "mao" else torch.optim.Adam(net.parameters(), lr=1e-2, eps=1e-14)
+        opt = (
+            MAO(net.parameters(), lr=1e-2, eps=1e-14)
+            if optimizer == "mao"
+            else torch.optim.Adam(net.parameters(), lr=1e-2, eps=1e-14)
+        )
         for s in range(30):
             x, y = batch(3, s)
             losses = net.losses(x, y, scales)
@@ -454,7 +485,11 @@ def test_groups_frozen_parameters_and_tasks_that_reach_no_parameter_of_a_group()
     ]
     opt = MAO(groups)
     frozen_before = net.trunk[0].bias.detach().clone()
-    ref_groups = [list(ref_net.trunk.parameters()), list(ref_net.heads[0].parameters()) + list(ref_net.heads[1].parameters()), list(ref_net.heads[2].parameters())]
+    ref_groups = [
+        list(ref_net.trunk.parameters()),
+        list(ref_net.heads[0].parameters()) + list(ref_net.heads[1].parameters()),
+        list(ref_net.heads[2].parameters()),
+    ]
     ref_states: list[dict] = [{}, {}, {}]
     for s in range(15):
         x, y = batch(3, s)
@@ -478,7 +513,14 @@ def test_lr_scheduler_drives_the_learning_rate() -> None:
     for s in range(20):
         x, y = batch(2, s)
         opt.step(net.losses(x, y))
-        reference_mao_step(ref_params, per_task_grads(ref_net.losses(x, y), ref_params), ref_state, 1e-2 * 0.5 ** (s // 5), (0.9, 0.999), 1e-8)
+        reference_mao_step(
+            ref_params,
+            per_task_grads(ref_net.losses(x, y), ref_params),
+            ref_state,
+            1e-2 * 0.5 ** (s // 5),
+            (0.9, 0.999),
+            1e-8,
+        )
         scheduler.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**4)
     for p, q in zip(net.parameters(), ref_params):
@@ -586,7 +628,9 @@ def test_gradients_from_torchjd_mtl_backward() -> None:
         shared = list(net.trunk.parameters())
         jac = TaskGradients.from_jacobians(shared)
         heads = [list(h.parameters()) for h in net.heads]
-        per_task = [[None] * len(shared) + [p.grad if k == j else None for j in range(2) for p in heads[j]] for k in range(2)]
+        per_task = [
+            [None] * len(shared) + [p.grad if k == j else None for j in range(2) for p in heads[j]] for k in range(2)
+        ]
         for k in range(2):
             for i in range(len(shared)):
                 per_task[k][i] = jac.grads[i][k]
@@ -606,7 +650,7 @@ def test_compute_task_gradients_matches_autograd() -> None:
     params = list(net.parameters())
     tg = compute_task_gradients(net.losses(x, y), params)
     expected = per_task_grads(net.losses(x, y), params)
-    for i, p in enumerate(params):
+    for i in range(len(params)):
         reached = tuple(k for k in range(3) if expected[k][i] is not None)
         assert tg.tasks[i] == reached
         for row, k in enumerate(reached):
@@ -696,7 +740,12 @@ def test_bad_precomputed_gradients_and_hyperparameters() -> None:
     assert_unchanged(net, opt, before)
     with pytest.raises(TypeError, match="exactly one"):
         opt.step()
-    for kwargs, name in [({"lr": -1}, "'lr'"), ({"betas": (0.9, 1.0)}, "betas"), ({"reduction": "max"}, "reduction"), ({"task_weights": [1, math.nan]}, "task_weights")]:
+    for kwargs, name in [
+        ({"lr": -1}, "'lr'"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"reduction": "max"}, "reduction"),
+        ({"task_weights": [1, math.nan]}, "task_weights"),
+    ]:
         with pytest.raises(ValueError, match=name):
             MAO(net.parameters(), **kwargs)
     weighted = MAO(net.parameters(), task_weights=[1.0, 2.0])
@@ -727,7 +776,9 @@ def test_cuda_matches_the_reference_rule(num_tasks: int, options: dict) -> None:
         x, y = batch(num_tasks, s)
         opt.step(net.losses(x.cuda(), y.cuda()))
         grads = per_task_grads(ref_net.losses(x, y), ref_params)
-        reference_mao_step(ref_params, grads, ref_state, weights=weights, mean=options.get("reduction") == "mean", **kwargs)
+        reference_mao_step(
+            ref_params, grads, ref_state, weights=weights, mean=options.get("reduction") == "mean", **kwargs
+        )
     for p, q in zip(net.parameters(), ref_params):
         torch.testing.assert_close(p.cpu(), q, rtol=1e-9, atol=1e-11)
     assert all(state["step"].device.type == "cpu" for state in opt.state.values())  # as Adam keeps it

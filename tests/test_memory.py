@@ -38,8 +38,11 @@ class TwoTasks(nn.Module):
         return [(self.head_a(z) - 1).pow(2).mean(), (self.head_b(z_b) + 1).abs().mean()]
 
     def reach(self) -> dict[torch.Tensor, tuple[int, ...]]:
-        return {**{p: (0, 1) for p in self.trunk.parameters()}, **{p: (0,) for p in self.head_a.parameters()},
-                **{p: (1,) for p in self.head_b.parameters()}}
+        return {
+            **{p: (0, 1) for p in self.trunk.parameters()},
+            **{p: (0,) for p in self.head_a.parameters()},
+            **{p: (1,) for p in self.head_b.parameters()},
+        }
 
 
 def batches(count: int) -> list[torch.Tensor]:
@@ -63,7 +66,7 @@ def trained(name: str, width: int = 4, dtype: torch.dtype = torch.float32) -> tu
     model = TwoTasks(width, dtype)
     method = make(name, model.parameters(), lr=1e-2)
     for x in batches(2):
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
     return model, method
 
 
@@ -78,7 +81,7 @@ def test_the_estimate_is_the_optimizer_state_a_step_allocates(name: str) -> None
     estimate = method.state_bytes(2, reach=model.reach())
     assert state_bytes(name, 2, params=TwoTasks().parameters(), reach=None, lr=1e-2) >= estimate
     for x in batches(2):
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
     assert estimate == tensor_bytes(method.state_dict()["optimizer"])
     assert method.state_bytes(reach=model.reach()) == estimate  # num_tasks: the method's, once it has stepped
 
@@ -230,8 +233,12 @@ def mao_run(widening: bool) -> tuple[Callable[[], object], Callable[[], object]]
     ``widening``) the step where task 1 reaches the trunk for the first time (its moments are made there)."""
     torch.manual_seed(0)
     model = TwoTasks()
-    opt = MAO([{"params": model.trunk.parameters()},
-               {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2}])
+    opt = MAO(
+        [
+            {"params": model.trunk.parameters()},
+            {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2},
+        ]
+    )
     xs = batches(2)
     if widening:
         opt.step(model.losses(xs[0], b_reaches_trunk=False))
@@ -258,8 +265,12 @@ def test_mao_loads_its_state_after_a_failed_step(monkeypatch: pytest.MonkeyPatch
     step()
     step()
     model = TwoTasks()
-    opt = MAO([{"params": model.trunk.parameters()},
-               {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2}])
+    opt = MAO(
+        [
+            {"params": model.trunk.parameters()},
+            {"params": [*model.head_a.parameters(), *model.head_b.parameters()], "lr": 1e-2},
+        ]
+    )
     _, saved = snapshot()  # type: ignore[misc]
     opt.load_state_dict(saved)
     assert_same(opt.state_dict(), saved)

@@ -53,8 +53,9 @@ def origin_in_hull(jacobian: np.ndarray) -> bool:
     """Whether some w >= 0, sum(w) = 1 has J^T w = 0 (a linear programme, solved by HiGHS)."""
     tasks = jacobian.shape[0]
     equalities = np.vstack([jacobian.T, np.ones((1, tasks))])
-    result = linprog(np.zeros(tasks), A_eq=equalities, b_eq=np.r_[np.zeros(jacobian.shape[1]), 1.0],
-                     bounds=(0, None), method="highs")
+    result = linprog(
+        np.zeros(tasks), A_eq=equalities, b_eq=np.r_[np.zeros(jacobian.shape[1]), 1.0], bounds=(0, None), method="highs"
+    )
     return bool(result.status == 0)
 
 
@@ -314,8 +315,9 @@ def test_aggregator_direction_is_the_weighted_rows_and_keeps_dtype_and_device() 
     weights = aggregator.weighting(matrix)
     assert direction.dtype == weights.dtype == torch.float32
     torch.testing.assert_close(direction, weights @ matrix)
-    torch.testing.assert_close(aggregator.gramian_weighting(matrix.double() @ matrix.double().T), weights.double(),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        aggregator.gramian_weighting(matrix.double() @ matrix.double().T), weights.double(), atol=1e-6, rtol=0
+    )
     assert kkt_residual(matrix.double().numpy(), weights.double().numpy() / weights.double().sum().item()) < 1e-5
 
 
@@ -388,8 +390,13 @@ def test_bad_matrices_raise_a_clear_error_and_are_left_intact() -> None:
 
 def test_mgda_bench_quick_prints_accuracy_and_cost(tmp_path: Path) -> None:
     output = tmp_path / "mgda.json"
-    done = subprocess.run([sys.executable, "-m", "mao_lab.bench", "mgda", "--quick", "--output", str(output)],
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mao_lab.bench", "mgda", "--quick", "--output", str(output)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1

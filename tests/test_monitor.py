@@ -59,7 +59,11 @@ def test_shares_are_the_tasks_update_norms_of_each_shared_module_normalised() ->
     assert set(history["layer"]) == {"trunk"}  # the heads are reached by one task each: not shared
     for step in (0, 3, 6):
         record = capture.records[step]
-        trunk = [i for i, p in enumerate(record.task_updates.params) if p is model["trunk"].weight or p is model["trunk"].bias]
+        trunk = [
+            i
+            for i, p in enumerate(record.task_updates.params)
+            if p is model["trunk"].weight or p is model["trunk"].bias
+        ]
         norms = {}
         for k, name in enumerate(record.task_names):
             parts = []
@@ -72,7 +76,9 @@ def test_shares_are_the_tasks_update_norms_of_each_shared_module_normalised() ->
         for name, value in norms.items():
             assert rows.loc[name, "share"] == pytest.approx(value / total, rel=1e-6)
         s = np.array([norms["a"], norms["b"]]) / total
-        assert rows["imbalance"].iloc[0] == pytest.approx(1 + (s * np.log(s)).sum() / math.log(2), abs=1e-6)  # float32 norms
+        assert rows["imbalance"].iloc[0] == pytest.approx(
+            1 + (s * np.log(s)).sum() / math.log(2), abs=1e-6
+        )  # float32 norms
 
 
 def test_under_the_sum_the_large_task_owns_the_trunk_and_mao_shares_it() -> None:
@@ -83,7 +89,7 @@ def test_under_the_sum_the_large_task_owns_the_trunk_and_mao_shares_it() -> None
         method = make(name, model.parameters(), lr=1e-2)
         with BalanceMonitor(model, method, every=5, label=name, clock=FakeClock()) as monitor:
             for _ in range(40):
-                method.step(lambda: losses(model, x))
+                method.step(lambda model=model: losses(model, x))
         owners[name] = monitor.ownership().set_index("task")["share"]
     assert owners["sum"]["b"] > 0.8  # the loss multiplied by 100
     assert abs(owners["mao"]["b"] - 0.5) < 0.25

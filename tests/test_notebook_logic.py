@@ -72,8 +72,16 @@ def test_regression_summary_against_the_ownership_table() -> None:
         for layer in ("trunk.0", "trunk.2", "trunk.4"):
             shares = rng.dirichlet(np.ones(3))
             for k, share in enumerate(shares):
-                rows.append({"run": run, "layer": layer, "task": f"task{k}", "share": share,
-                             "owner": f"task{int(shares.argmax())}", "imbalance": float(rng.uniform())})
+                rows.append(
+                    {
+                        "run": run,
+                        "layer": layer,
+                        "task": f"task{k}",
+                        "share": share,
+                        "owner": f"task{int(shares.argmax())}",
+                        "imbalance": float(rng.uniform()),
+                    }
+                )
     # imbalance is a property of the layer: the same on each of its task rows
     ownership = pd.DataFrame(rows)
     ownership["imbalance"] = ownership.groupby(["run", "layer"])["imbalance"].transform("first")
@@ -89,31 +97,63 @@ def test_regression_summary_against_the_ownership_table() -> None:
 
 
 def test_landscape_summary_counts_reached_starts_and_misses_in_the_band() -> None:
-    pareto = pd.DataFrame({
-        "method": ["mean"] * 3 + ["mao"] * 3, "x1_start": [0.0, 9.0, -8.5] * 2, "x2_start": [0.0, 9.0, 7.5] * 2,
-        "reached": [True, True, True, True, False, False], "distance": [0.0, 0.01, 0.02, 0.0, 0.5, 0.9],
-        "arc_distance": [0.0, 0.02, 0.01, 0.0, 0.2, 1.1], "conflict_band": [False, False, False, True, True, False],
-    })
+    pareto = pd.DataFrame(
+        {
+            "method": ["mean"] * 3 + ["mao"] * 3,
+            "x1_start": [0.0, 9.0, -8.5] * 2,
+            "x2_start": [0.0, 9.0, 7.5] * 2,
+            "reached": [True, True, True, True, False, False],
+            "distance": [0.0, 0.01, 0.02, 0.0, 0.5, 0.9],
+            "arc_distance": [0.0, 0.02, 0.01, 0.0, 0.2, 1.1],
+            "conflict_band": [False, False, False, True, True, False],
+        }
+    )
     gaps = pd.DataFrame({"method": ["mao", "mean"], "max_gap": [1e-13, 2.5]})
     summary = landscape_summary(pareto, gaps, gaps.assign(max_gap=[1e-3, 2.4]))
     assert summary["reached_count"] == {"mean": 3, "mao": 1}
     assert summary["reached_from"]["mao"] == ["(0, 0)"]
     assert summary["unreached_in_conflict_band"] == {"mean": 0, "mao": 1}
-    assert summary["final_distance"]["mao"] == {"(0, 0)": 0.0, "(9, 9)": 0.2, "(-8.5, 7.5)": 0.9}  # the nearer of the two
+    assert summary["final_distance"]["mao"] == {
+        "(0, 0)": 0.0,
+        "(9, 9)": 0.2,
+        "(-8.5, 7.5)": 0.9,
+    }  # the nearer of the two
 
 
 def test_multimnist_and_explorer_summaries_pick_the_extremes() -> None:
-    results = pd.DataFrame({
-        "method": ["sum", "mao", "io"], "task": "(all)", "metric": "delta_m", "mean": [4.0, -2.0, 1.0],
-        "std": [1.0, 0.5, np.nan], "seeds": [3, 3, 1], "higher_is_better": False,
-    })
-    by_method = pd.DataFrame({"run": ["sum", "sum"], "layer": ["a", "b"], "task": "left", "share": [0.7, 0.6],
-                              "owner": "left", "owner_share": [0.7, 0.6], "imbalance": [0.2, 0.4]})
+    results = pd.DataFrame(
+        {
+            "method": ["sum", "mao", "io"],
+            "task": "(all)",
+            "metric": "delta_m",
+            "mean": [4.0, -2.0, 1.0],
+            "std": [1.0, 0.5, np.nan],
+            "seeds": [3, 3, 1],
+            "higher_is_better": False,
+        }
+    )
+    by_method = pd.DataFrame(
+        {
+            "run": ["sum", "sum"],
+            "layer": ["a", "b"],
+            "task": "left",
+            "share": [0.7, 0.6],
+            "owner": "left",
+            "owner_share": [0.7, 0.6],
+            "imbalance": [0.2, 0.4],
+        }
+    )
     summary = multimnist_summary(results, by_method, {"sum": 2.0})
     assert summary["best_delta_m_method"] == "mao" and summary["delta_m_percent"]["sum"]["seeds"] == 3
     assert summary["mean_imbalance"] == {"sum": pytest.approx(0.3)}
-    balance = pd.DataFrame({"run": ["x", "x", "y", "y"], "layer": ["l", "(all shared)"] * 2,
-                            "imbalance": [0.1, 0.1, 0.8, 0.8], "dominant_task": ["t0", "t0", "t1", "t1"]})
+    balance = pd.DataFrame(
+        {
+            "run": ["x", "x", "y", "y"],
+            "layer": ["l", "(all shared)"] * 2,
+            "imbalance": [0.1, 0.1, 0.8, 0.8],
+            "dominant_task": ["t0", "t0", "t1", "t1"],
+        }
+    )
     explorer = explorer_summary(["x", "y"], balance)
     assert (explorer["most_imbalanced_run"], explorer["least_imbalanced_run"]) == ("y", "x")
     assert explorer["dominant_task"] == {"x": "t0", "y": "t1"}
@@ -123,13 +163,18 @@ def test_multimnist_and_explorer_summaries_pick_the_extremes() -> None:
 
 
 def test_findings_state_the_summarys_numbers_and_no_others() -> None:
-    summary = {"mean_imbalance": {"sum": 0.417, "mao": 0.0213}, "largest_sigma_task_min_share": {"sum": 0.871, "mao": 0.262},
-               "worst_normalised_test_mse": {"sum": 0.593, "mao": 0.148}}
+    summary = {
+        "mean_imbalance": {"sum": 0.417, "mao": 0.0213},
+        "largest_sigma_task_min_share": {"sum": 0.871, "mao": 0.262},
+        "worst_normalised_test_mse": {"sum": 0.593, "mao": 0.148},
+    }
     text = findings_markdown(summary, "regression")
     numbers = {float(n) for n in re.findall(r"(?<![\w.])\d+\.\d+", text)}
     assert numbers == {v for values in summary.values() for v in values.values()}
     assert text.index("MAO 0.0213") < text.index("Adam on the sum 0.417")  # ranked, lowest first
-    assert SMOKE_NOTE not in text and findings_markdown(summary, "regression", smoke=True).startswith(f"**{SMOKE_NOTE}**")
+    assert SMOKE_NOTE not in text and findings_markdown(summary, "regression", smoke=True).startswith(
+        f"**{SMOKE_NOTE}**"
+    )
     changed = findings_markdown({**summary, "mean_imbalance": {"sum": 0.5, "mao": 0.0213}}, "regression")
     assert "0.417" not in changed and "0.5" in changed
     with pytest.raises(ValueError, match="notebook must be one of"):

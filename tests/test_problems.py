@@ -268,7 +268,7 @@ def test_multimnist_labels_and_images_match_their_source_digits(stored: dict[str
 def test_load_multimnist() -> None:
     data = load_multimnist(split="train", tasks=("left", "right", "sum", "reconstruct"))
     assert len(data) == 10000 and data.images.shape == (10000, 1, 28, 28)
-    assert 0 <= data.images.min() and data.images.max() <= 1
+    assert data.images.min() >= 0 and data.images.max() <= 1
     left, right, digit_sum, clean = data.targets
     assert left.dtype == right.dtype == torch.int64 and set(left.unique().tolist()) == set(range(10))
     assert torch.allclose(digit_sum, (left + right).float() / 18)

@@ -103,8 +103,13 @@ def rate_of_step(model: TwoTasks, method: Method, x: torch.Tensor) -> float:
     return float(ratios.median())
 
 
-def run(model: TwoTasks, method: Method, scheduler: LRScheduler, xs: list[torch.Tensor],
-        applied: list[tuple[frozenset[int], float]]) -> list[float]:
+def run(
+    model: TwoTasks,
+    method: Method,
+    scheduler: LRScheduler,
+    xs: list[torch.Tensor],
+    applied: list[tuple[frozenset[int], float]],
+) -> list[float]:
     """Step through ``xs`` with the scheduler; return the rate each step applied (observed, see the module)."""
     rates = []
     for x in xs:
@@ -112,7 +117,7 @@ def run(model: TwoTasks, method: Method, scheduler: LRScheduler, xs: list[torch.
             rates.append(rate_of_step(model, method, x))
         else:
             applied.clear()
-            method.step(lambda: model.losses(x))
+            method.step(lambda x=x: model.losses(x))
             model_ids = {id(p) for p in model.parameters()}
             stepping_model = [r for ids, r in applied if ids & model_ids]
             assert stepping_model and len(set(stepping_model)) == 1, applied
@@ -133,8 +138,9 @@ def test_every_method_steps_at_the_scheduled_rate(name: str, schedule: str, appl
         warnings.simplefilter("always")
         scheduler = SCHEDULES[schedule](method)
         rates = run(model, method, scheduler, batches(), applied_rates)
-    torch_warnings = [str(w.message) for w in caught if "lr_scheduler" in str(w.message) or "optimizer.step" in
-                      str(w.message)]
+    torch_warnings = [
+        str(w.message) for w in caught if "lr_scheduler" in str(w.message) or "optimizer.step" in str(w.message)
+    ]
     assert torch_warnings == []
     assert rates == pytest.approx(reference_rates(schedule), rel=1e-6)
     assert model_parameters == {id(p) for group in method.param_groups for p in group["params"]}
@@ -146,8 +152,9 @@ def test_a_resumed_run_continues_the_schedule_and_the_trajectory(name: str, appl
     model, method = setup(name)
     scheduler = OneCycleLR(method, max_lr=LR, total_steps=STEPS)
     run(model, method, scheduler, xs[:3], applied_rates)
-    saved = copy.deepcopy({"model": model.state_dict(), "method": method.state_dict(),
-                           "scheduler": scheduler.state_dict()})
+    saved = copy.deepcopy(
+        {"model": model.state_dict(), "method": method.state_dict(), "scheduler": scheduler.state_dict()}
+    )
     rates = run(model, method, scheduler, xs[3:], applied_rates)
 
     resumed_model, resumed = setup(name)
@@ -191,7 +198,7 @@ def test_learned_weights_follow_the_scheduled_rate(applied_rates: list) -> None:
     scheduler = StepLR(method, step_size=1, gamma=0.1)
     for x in batches()[:2]:
         applied_rates.clear()
-        method.step(lambda: model.losses(x))
+        method.step(lambda x=x: model.losses(x))
         scheduler.step()
     assert len(applied_rates) == 2  # the model's optimizer and the weights' one
     assert [r for _, r in applied_rates] == pytest.approx([LR / 10, LR / 10])

@@ -43,7 +43,9 @@ if mode != "nosummary":
 
 def tiny_notebook(folder: Path) -> Path:
     """A notebook with the lab's parameters contract; ``mode`` picks its fault."""
-    params = new_code_cell("smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'\nseed = 0\nbig = 0", metadata={"tags": ["parameters"]})
+    params = new_code_cell(
+        "smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'\nseed = 0\nbig = 0", metadata={"tags": ["parameters"]}
+    )
     kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = folder / "tiny.ipynb"
     nbformat.write(new_notebook(cells=[params, new_code_cell(TINY_BODY)], metadata={"kernelspec": kernelspec}), path)
@@ -52,7 +54,10 @@ def tiny_notebook(folder: Path) -> Path:
 
 def test_grid_expansion_and_bad_grids() -> None:
     assert expand_grid({"a": [1, 2], "b": ["x", "y"]}) == [
-        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}
+        {"a": 1, "b": "x"},
+        {"a": 1, "b": "y"},
+        {"a": 2, "b": "x"},
+        {"a": 2, "b": "y"},
     ]
     # a repeated value is one point; 1 and 1.0 are distinct values for a notebook that checks types
     assert expand_grid({"a": [1, 1, 1.0], "b": [[1, 2], [1, 2]]}) == [{"a": 1, "b": [1, 2]}, {"a": 1.0, "b": [1, 2]}]
@@ -74,8 +79,18 @@ def test_results_come_back_through_the_future_not_the_workers_disk(tmp_path: Pat
     worker_disk, client_disk = tmp_path / "worker", tmp_path / "client"
     results: list[PointResult] = []
     with local_cluster(2) as cluster, cluster.get_client() as client:
-        table = run_sweep(notebook, {"x": [1.0, 2.0]}, client_disk, fixed={"big": 5000}, client=client, outputs=worker_disk,
-                          progress=False, html=False, on_result=results.append, max_file_bytes=4000)
+        table = run_sweep(
+            notebook,
+            {"x": [1.0, 2.0]},
+            client_disk,
+            fixed={"big": 5000},
+            client=client,
+            outputs=worker_disk,
+            progress=False,
+            html=False,
+            on_result=results.append,
+            max_file_bytes=4000,
+        )
     assert sorted(r.point["x"] for r in results) == [1.0, 2.0] and all(r.ok for r in results)
     for result in results:
         point_dir = worker_disk / result.run_id
@@ -98,7 +113,9 @@ def test_results_come_back_through_the_future_not_the_workers_disk(tmp_path: Pat
 
     shutil.rmtree(worker_disk)
     again: list[PointResult] = []
-    resumed = run_sweep(notebook, {"x": [1.0, 2.0]}, client_disk, fixed={"big": 5000}, progress=False, on_result=again.append)
+    resumed = run_sweep(
+        notebook, {"x": [1.0, 2.0]}, client_disk, fixed={"big": 5000}, progress=False, on_result=again.append
+    )
     assert resumed.equals(table) and not worker_disk.exists()
     assert {r.run_id: r.files for r in again} == {r.run_id: r.files for r in results}
     assert read_point(client_disk / results[0].run_id).table("table").equals(results[0].table("table"))
@@ -108,7 +125,9 @@ def test_outputs_to_an_fsspec_url(tmp_path: Path) -> None:
     import fsspec
 
     notebook = tiny_notebook(tmp_path)
-    table = run_sweep(notebook, {"x": [4.0]}, tmp_path / "client", outputs="memory://h4-sweep", progress=False, html=False)
+    table = run_sweep(
+        notebook, {"x": [4.0]}, tmp_path / "client", outputs="memory://h4-sweep", progress=False, html=False
+    )
     fs = fsspec.filesystem("memory")
     rid = table.loc[0, "run_id"]
     stored = {p.rsplit("/", 1)[-1] for p in fs.find(f"/h4-sweep/{rid}")}
@@ -119,7 +138,14 @@ def test_outputs_to_an_fsspec_url(tmp_path: Path) -> None:
 
 def test_sweep_of_the_quickstart_on_a_dask_cluster_collects_summaries_and_failures(tmp_path: Path) -> None:
     with local_cluster(2) as cluster, cluster.get_client() as client:
-        table = run_sweep(QUICKSTART, {"lr": [0.003, -1.0]}, tmp_path, fixed={"smoke": True, "steps": 5}, client=client, progress=False)
+        table = run_sweep(
+            QUICKSTART,
+            {"lr": [0.003, -1.0]},
+            tmp_path,
+            fixed={"smoke": True, "steps": 5},
+            client=client,
+            progress=False,
+        )
     assert list(table["status"]) == ["ok", "failed"]
     assert "bad notebook parameter `lr`" in table.loc[1, "error"]
     assert table.loc[0, "summary.steps"] == 5
@@ -127,7 +153,9 @@ def test_sweep_of_the_quickstart_on_a_dask_cluster_collects_summaries_and_failur
     # a second call with a smaller grid resumes: the finished point is not run again, the failed row stays
     before = (tmp_path / "lr=0.003" / "00_quickstart.ipynb").stat().st_mtime_ns
     again = run_sweep(QUICKSTART, {"lr": [0.003]}, tmp_path, fixed={"smoke": True, "steps": 5}, progress=False)
-    assert list(again["run_id"]) == ["lr=0.003"] and list(again["status"]) == ["ok"] and again.loc[0, "summary.steps"] == 5
+    assert (
+        list(again["run_id"]) == ["lr=0.003"] and list(again["status"]) == ["ok"] and again.loc[0, "summary.steps"] == 5
+    )
     assert (tmp_path / "lr=0.003" / "00_quickstart.ipynb").stat().st_mtime_ns == before
     saved = pd.read_parquet(tmp_path / "sweep.parquet")
     assert list(saved["run_id"]) == ["lr=0.003", "lr=-1.0"] and list(saved["status"]) == ["ok", "failed"]
@@ -148,7 +176,9 @@ def test_point_result_travels_by_pickle() -> None:
     frame = pd.DataFrame({"a": [1, 2]})
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    result = PointResult("a=1", {"a": 1}, "ok", summary={"m": 1}, files={"t.parquet": buffer.getvalue(), "summary.json": b"{}"})
+    result = PointResult(
+        "a=1", {"a": 1}, "ok", summary={"m": 1}, files={"t.parquet": buffer.getvalue(), "summary.json": b"{}"}
+    )
     copy = pickle.loads(pickle.dumps(result))
     assert copy == result and copy.table("t").equals(frame) and copy.table_names == ["t"]
     with pytest.raises(KeyError, match="no table 'nope'"):

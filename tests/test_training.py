@@ -17,7 +17,10 @@ from mao_lab.problems import load_multimnist, multimnist_model, regression_model
 from mao_lab.recorder import load_run
 
 X = torch.randn(96, 8, generator=torch.Generator().manual_seed(1))
-YS = [torch.randn(96, 2, generator=torch.Generator().manual_seed(2)), 30 * torch.randn(96, 2, generator=torch.Generator().manual_seed(3))]
+YS = [
+    torch.randn(96, 2, generator=torch.Generator().manual_seed(2)),
+    30 * torch.randn(96, 2, generator=torch.Generator().manual_seed(3)),
+]
 
 
 def build() -> nn.Module:
@@ -35,16 +38,22 @@ def test_one_seed_fixes_the_network_and_the_batches_whatever_the_method() -> Non
         def losses(model, batch):
             seen.setdefault(name, []).append(batch[0].clone())
             return mse(model, batch)
+
         return losses
 
     start = lambda model: [{"task": "all", "metric": "weights", "value": float(model.trunk[0].weight.sum())}]  # noqa: E731
-    runs = {name: train(build, name, spying(name), steps=5, seed=7, batches=tensor_batches(X, YS, 16), evaluate=start)
-            for name in ("sum", "mao", "pcgrad")}
+    runs = {
+        name: train(build, name, spying(name), steps=5, seed=7, batches=tensor_batches(X, YS, 16), evaluate=start)
+        for name in ("sum", "mao", "pcgrad")
+    }
     first = {name: run.evaluations.query("step == 0")["value"].item() for name, run in runs.items()}
     assert len(set(first.values())) == 1  # the same initial network
     for name in ("mao", "pcgrad"):
         assert all(torch.equal(a, b) for a, b in zip(seen["sum"], seen[name]))  # the same batches, in order
-    assert runs["sum"].evaluations.query("step == 5")["value"].item() != runs["mao"].evaluations.query("step == 5")["value"].item()
+    assert (
+        runs["sum"].evaluations.query("step == 5")["value"].item()
+        != runs["mao"].evaluations.query("step == 5")["value"].item()
+    )
     other = train(build, "sum", spying("other"), steps=5, seed=8, batches=tensor_batches(X, YS, 16), evaluate=start)
     assert other.evaluations.query("step == 0")["value"].item() != first["sum"]
     assert not torch.equal(seen["other"][0], seen["sum"][0])
@@ -65,7 +74,9 @@ def test_how_often_a_run_is_evaluated_does_not_change_its_training() -> None:
         return [(0.5 + torch.rand(())) * loss for loss in mse(model, batch)]
 
     noisy = lambda model: [{"task": "t", "metric": "draw", "value": float(torch.rand(()))}]  # noqa: E731  (consumes randomness)
-    often = train(build, "sum", noisy_losses, steps=6, seed=3, batches=tensor_batches(X, YS, 16), evaluate=noisy, eval_every=1)
+    often = train(
+        build, "sum", noisy_losses, steps=6, seed=3, batches=tensor_batches(X, YS, 16), evaluate=noisy, eval_every=1
+    )
     never = train(build, "sum", noisy_losses, steps=6, seed=3, batches=tensor_batches(X, YS, 16))
     assert often.evaluations["step"].tolist() == list(range(7))
     for a, b in zip(often.model.parameters(), never.model.parameters()):
@@ -73,8 +84,14 @@ def test_how_often_a_run_is_evaluated_does_not_change_its_training() -> None:
 
 
 def test_train_losses_are_each_batch_before_the_step_and_steps_are_counted() -> None:
-    run = train(build, "sum", lambda m, b: dict(zip(["small", "large"], mse(m, b))), steps=4, seed=0,
-                batches=tensor_batches(X, YS, 32))
+    run = train(
+        build,
+        "sum",
+        lambda m, b: dict(zip(["small", "large"], mse(m, b))),
+        steps=4,
+        seed=0,
+        batches=tensor_batches(X, YS, 32),
+    )
     torch.manual_seed(0)
     model = build()  # the same initial network, built as the loop builds it
     rows = next(index_batches(96, 32, seed=0))
@@ -97,7 +114,7 @@ def test_the_single_task_baseline_is_plain_adam_on_the_one_loss() -> None:
     for epoch in range(2):  # 128 images in batches of 32: four per epoch, drawn as the docstring says
         order = torch.randperm(128, generator=torch.Generator().manual_seed(2 * 100_003 + epoch))
         for start in range(0, 128, 32)[: 6 - 4 * epoch]:
-            rows = order[start:start + 32]
+            rows = order[start : start + 32]
             adam.zero_grad()
             task_losses(model(data.images[rows]), [target[rows]], ("sum",))[0].backward()
             adam.step()
@@ -108,8 +125,17 @@ def test_the_single_task_baseline_is_plain_adam_on_the_one_loss() -> None:
 
 
 def test_the_recorder_saves_the_run(tmp_path: Path) -> None:
-    run = train(build, "mao", mse, steps=4, seed=0, batches=tensor_batches(X, YS, 16), record_every=2,
-                run_dir=tmp_path / "run", run_params={"method": "mao"})
+    run = train(
+        build,
+        "mao",
+        mse,
+        steps=4,
+        seed=0,
+        batches=tensor_batches(X, YS, 16),
+        record_every=2,
+        run_dir=tmp_path / "run",
+        run_params={"method": "mao"},
+    )
     metrics, params = load_run(tmp_path / "run")
     assert params["method"] == "mao" and sorted(metrics["step"].unique()) == [0, 2]
     assert len(metrics) == len(run.metrics)

@@ -26,7 +26,6 @@ from mao_lab.experiments import (
     module_level,
     origin_names,
     ownership_figure,
-    layer_ownership,
     task_metric_figure,
 )
 from mao_lab.recorder import BalanceExplorer
@@ -68,36 +67,69 @@ def _assert_fits(figure: go.Figure) -> None:
     axes = [figure.layout[name] for name in figure.layout.to_plotly_json() if name.startswith("xaxis")]
     domains = sorted(tuple(axis.domain or (0.0, 1.0)) for axis in axes) or [(0.0, 1.0)]
     for annotation in figure.layout.annotations:
-        if annotation.yref != "paper" or annotation.y is None or annotation.y < 1.0 - 1e-9 and annotation.yanchor != "bottom":
+        if (
+            annotation.yref != "paper"
+            or annotation.y is None
+            or annotation.y < 1.0 - 1e-9
+            and annotation.yanchor != "bottom"
+        ):
             continue  # not a subplot title
         panel = min((d for d in domains if d[0] - 1e-9 <= annotation.x <= d[1] + 1e-9), key=lambda d: d[1] - d[0])
         size = annotation.font.size or 16
         assert _text_width(annotation.text, size) <= (panel[1] - panel[0]) * width + 10, (
-            f"subplot title {annotation.text!r} is wider than its panel ({(panel[1] - panel[0]) * width:.0f} px)")
+            f"subplot title {annotation.text!r} is wider than its panel ({(panel[1] - panel[0]) * width:.0f} px)"
+        )
     for name in figure.layout.to_plotly_json():
         if name.startswith("yaxis") and figure.layout[name].title.text:
             axis = figure.layout[name]
             low, high = axis.domain or (0.0, 1.0)
             span = (high - low) * height
-            assert _text_width(axis.title.text, 14) <= span, f"{name} title {axis.title.text!r} is longer than its axis ({span:.0f} px)"
+            assert _text_width(axis.title.text, 14) <= span, (
+                f"{name} title {axis.title.text!r} is longer than its axis ({span:.0f} px)"
+            )
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> tuple[pd.DataFrame, Path]:
     root = tmp_path_factory.mktemp("runs")
     for seed in (0, 1):
-        compare_methods(["sum", "mao"], num_tasks=3, num_samples=400, steps=16, every=2, seed=seed,
-                        run_root=root / f"seed{seed}" / "runs", progress=False)
+        compare_methods(
+            ["sum", "mao"],
+            num_tasks=3,
+            num_samples=400,
+            steps=16,
+            every=2,
+            seed=seed,
+            run_root=root / f"seed{seed}" / "runs",
+            progress=False,
+        )
     metrics, _ = load_balance_runs([root])  # runs "seed0/sum", ...: named "<method>-seed<k>" as 03 names them
     metrics["run"] = metrics["run"].astype(str).str.replace(r"seed(\d)/(\w+)", r"\2-seed\1", regex=True)
     return metrics, root
 
 
 def _multimnist_like_scores() -> pd.DataFrame:
-    tasks = {"left": ("accuracy", True), "right": ("accuracy", True), "sum": ("mae", False), "reconstruct": ("mse", False)}
-    rows = [{"method": method, "seed": seed, "step": 10, "task": task, "metric": metric, "value": 0.5 + 0.1 * seed,
-             "higher_is_better": higher, "seconds": 1.0}
-            for method in ("sum", "uw", "mgda", "io", "mao", "single_task") for seed in (0, 1) for task, (metric, higher) in tasks.items()]
+    tasks = {
+        "left": ("accuracy", True),
+        "right": ("accuracy", True),
+        "sum": ("mae", False),
+        "reconstruct": ("mse", False),
+    }
+    rows = [
+        {
+            "method": method,
+            "seed": seed,
+            "step": 10,
+            "task": task,
+            "metric": metric,
+            "value": 0.5 + 0.1 * seed,
+            "higher_is_better": higher,
+            "seconds": 1.0,
+        }
+        for method in ("sum", "uw", "mgda", "io", "mao", "single_task")
+        for seed in (0, 1)
+        for task, (metric, higher) in tasks.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -110,9 +142,21 @@ def test_the_per_task_figure_and_the_across_steps_figure_fit_jupyterlabs_width(r
 
 
 def test_ownership_panels_titled_by_long_run_names_fit() -> None:
-    runs = ["02_imbalanced_regression/uw", "02_imbalanced_regression/gradnorm", "uncertainty weighting", "03_multimnist/mao-seed0", "io"]
-    ownership = pd.DataFrame([{"run": run, "layer": layer, "task": task, "share": 0.5}
-                              for run in runs for layer in ("trunk.0", "trunk.2") for task in ("task0", "task1")])
+    runs = [
+        "02_imbalanced_regression/uw",
+        "02_imbalanced_regression/gradnorm",
+        "uncertainty weighting",
+        "03_multimnist/mao-seed0",
+        "io",
+    ]
+    ownership = pd.DataFrame(
+        [
+            {"run": run, "layer": layer, "task": task, "share": 0.5}
+            for run in runs
+            for layer in ("trunk.0", "trunk.2")
+            for task in ("task0", "task1")
+        ]
+    )
     _assert_fits(ownership_figure(ownership, labels={}))
 
 
@@ -123,8 +167,7 @@ def _line_traces(figure: go.Figure) -> list[go.Scatter]:
 def test_a_balanced_run_is_drawn_off_the_x_axis_on_top_of_the_others(recorded) -> None:
     metrics, _ = recorded
     view = module_level(metrics)
-    for figure in (imbalance_over_steps_figure(view),
-                   imbalance_by_method_figure(imbalance_by_method(view))):
+    for figure in (imbalance_over_steps_figure(view), imbalance_by_method_figure(imbalance_by_method(view))):
         lines = _line_traces(figure)
         lowest = min(float(pd.Series(trace.y).mean()) for trace in lines)
         assert lowest < 0.1, "MAO's runs are balanced: their line is near 0"
@@ -149,9 +192,15 @@ def test_no_two_runs_look_alike(recorded, count: int) -> None:
 
 
 def test_run_names_say_where_each_run_came_from(tmp_path: Path) -> None:
-    folders = [tmp_path / "out" / origin / "runs" / run for origin, run in
-               [("02_imbalanced_regression", "mao"), ("02_imbalanced_regression", "sum"), ("03_multimnist", "mao-seed0"),
-                ("sweep", "lr=0.1/runs/mao")]]
+    folders = [
+        tmp_path / "out" / origin / "runs" / run
+        for origin, run in [
+            ("02_imbalanced_regression", "mao"),
+            ("02_imbalanced_regression", "sum"),
+            ("03_multimnist", "mao-seed0"),
+            ("sweep", "lr=0.1/runs/mao"),
+        ]
+    ]
     names = origin_names(folders)
     assert len(set(names)) == len(names)
     for folder, name in zip(folders, names):

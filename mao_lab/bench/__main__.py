@@ -41,10 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     problems.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     problems.add_argument("--threads", type=_positive_int, default=2, help="torch.set_num_threads (default 2)")
-    problems.add_argument("--batch", type=_positive_int, default=None,
-                          help="batch size of every model (default: CelebA 1 / NYUv2 1 on CPU, 256 / 8 on CUDA)")
-    problems.add_argument("--repetitions", type=_positive_int, default=None,
-                          help="timed repetitions per candidate (default 3 on CPU, 20 on CUDA; 1 with --quick)")
+    problems.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=None,
+        help="batch size of every model (default: CelebA 1 / NYUv2 1 on CPU, 256 / 8 on CUDA)",
+    )
+    problems.add_argument(
+        "--repetitions",
+        type=_positive_int,
+        default=None,
+        help="timed repetitions per candidate (default 3 on CPU, 20 on CUDA; 1 with --quick)",
+    )
     problems.add_argument("--only", choices=("celeba", "nyuv2"), default=None, help="run one model only")
     sub.add_parser("ddp", parents=[common], help="a step under DDP (2 gloo processes): MAO, PCGrad, UW vs DDP + Adam")
     return parser

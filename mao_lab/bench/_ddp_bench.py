@@ -60,8 +60,17 @@ def run_ddp_benchmark(quick: bool = False, seed: int = 0, timeout_s: float = 180
         env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        command = [sys.executable, "-m", "mao_lab.bench._ddp_bench", "--init", str(init), "--out", str(out),
-                   "--seed", str(seed)] + (["--quick"] if quick else [])
+        command = [
+            sys.executable,
+            "-m",
+            "mao_lab.bench._ddp_bench",
+            "--init",
+            str(init),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+        ] + (["--quick"] if quick else [])
         procs = [subprocess.Popen([*command, "--rank", str(r)], env=env) for r in range(WORLD)]
         try:
             codes = [p.wait(timeout=timeout_s) for p in procs]
@@ -117,8 +126,9 @@ def _replay(trace: list[tuple[int, torch.dtype, bool]]) -> Callable[[], None]:
     return collectives
 
 
-def _candidates(config: BenchConfig, seed: int, rank: int, half: int) -> tuple[dict[str, Callable[[], object]],
-                                                                               dict[str, int], dict[str, int]]:
+def _candidates(
+    config: BenchConfig, seed: int, rank: int, half: int
+) -> tuple[dict[str, Callable[[], object]], dict[str, int], dict[str, int]]:
     from torch.nn.parallel import DistributedDataParallel
 
     def model_copy() -> Any:
@@ -168,7 +178,7 @@ def _run_config(config: BenchConfig, seed: int, rank: int, quick: bool) -> dict[
     times: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     for r in range(repetitions):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
             dist.barrier()
             t0 = time.perf_counter()
             candidates[name]()

@@ -104,7 +104,9 @@ def run_mgda_benchmark(quick: bool = False, seed: int = 0, threads: int = 1, pro
                 bar.update(1)
         cost = []
         for tasks in COST_TASKS:
-            cost.append(_cost(tasks, QUICK_COLUMNS if quick else COLUMNS, quick, np.random.default_rng([seed, 100 + tasks])))
+            cost.append(
+                _cost(tasks, QUICK_COLUMNS if quick else COLUMNS, quick, np.random.default_rng([seed, 100 + tasks]))
+            )
             if bar is not None:
                 bar.update(1)
     finally:

@@ -23,7 +23,9 @@ __all__ = ["monitor_cost"]
 MONITOR_EVERY = 10
 
 
-def monitor_cost(model: nn.Module, method: Method, losses: Callable[[], list[Tensor]], quick: bool = False) -> dict[str, float | int]:
+def monitor_cost(
+    model: nn.Module, method: Method, losses: Callable[[], list[Tensor]], quick: bool = False
+) -> dict[str, float | int]:
     """``monitor_overhead_ratio`` (block with the monitor / block without) and the monitor's own estimate.
 
     Returns ``monitor_overhead_ratio`` (ratio of the medians), ``monitor_overhead_ratio_paired`` (median

@@ -164,8 +164,9 @@ def _run_config(config: ProblemBenchConfig, batch_size: int, repetitions: int, s
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     # The untimed calibration call of each candidate warms it up; a GPU gets one more warm-up call.
-    timings = interleaved_timings(candidates, repetitions=repetitions, warmup=int(dev.type == "cuda"),
-                                  min_sample_s=0.0, sync=synchronizer(dev))
+    timings = interleaved_timings(
+        candidates, repetitions=repetitions, warmup=int(dev.type == "cuda"), min_sample_s=0.0, sync=synchronizer(dev)
+    )
     median = {name: timings.median(name) for name in candidates}
 
     def paired(top: str, bottom: str) -> float:
@@ -182,8 +183,10 @@ def _run_config(config: ProblemBenchConfig, batch_size: int, repetitions: int, s
         "mao_vs_limit": median["mao"] / median["limit"],
         "mao_vs_adam_sum": median["mao"] / median["adam_sum"],
         "limit_vs_adam_sum": median["limit"] / median["adam_sum"],
-        "paired": {"mao_vs_limit": round(paired("mao", "limit"), 4),
-                   "mao_vs_adam_sum": round(paired("mao", "adam_sum"), 4)},
+        "paired": {
+            "mao_vs_limit": round(paired("mao", "limit"), 4),
+            "mao_vs_adam_sum": round(paired("mao", "adam_sum"), 4),
+        },
         "spread": {name: round(timings.spread(name), 4) for name in candidates},
         **_memory(inspect["model"], inspect["mao"], inspect["adam"]),
     }

@@ -16,13 +16,13 @@ model, on the same batch:
   ``torchjd_vmap`` (``parallel_chunk_size=None``), both backpropagating all tasks through the trunk
   in one vmapped call.
 
-The update alone is timed too: ``mao_update`` is ``MAO._apply_task_gradients`` (the update of ``MAO.step(task_grads=...)``) on fixed per-task
-gradients (finiteness check included), ``adam_update`` is ``Adam(foreach=True).step()`` on the same
-parameters.  MAO keeps one Adam per task, so the goal is ``mao_update <= T * adam_update``.  The same
-update is timed with each implementation of :func:`mao_lab.mao`: ``mao_update_single``
-(``foreach=False``), ``mao_update_foreach`` (``foreach=True``) and ``mao_update_fused`` (``fused=True``);
-``update_foreach_vs_single`` is what chooses the default on each device (the faster; the single-tensor
-path where they tie), ``update_fused_vs_default`` what the opt-in fused kernel gains.
+The update alone is timed too: ``mao_update`` is ``MAO._apply_task_gradients`` (the update of
+``MAO.step(task_grads=...)``) on fixed per-task gradients (finiteness check included), ``adam_update`` is
+``Adam(foreach=True).step()`` on the same parameters.  MAO keeps one Adam per task, so the goal is
+``mao_update <= T * adam_update``.  The same update is timed with each implementation of :func:`mao_lab.mao`:
+``mao_update_single`` (``foreach=False``), ``mao_update_foreach`` (``foreach=True``) and ``mao_update_fused``
+(``fused=True``); ``update_foreach_vs_single`` is what chooses the default on each device (the faster; the
+single-tensor path where they tie), ``update_fused_vs_default`` what the opt-in fused kernel gains.
 
 All candidates of a configuration are timed interleaved (see :mod:`._timing`); every ratio is a ratio
 of medians, and ``paired`` gives the median of the per-repetition ratios, which cancels slow drifts of
@@ -192,8 +192,9 @@ def _torchjd_step(
     features = model.features(x)
     losses = loss_fn([head(features) for head in model.heads])
     shared, heads = _split(model)
-    mtl_backward(losses, features=features, tasks_params=heads, shared_params=shared,
-                 parallel_chunk_size=parallel_chunk_size)
+    mtl_backward(
+        losses, features=features, tasks_params=heads, shared_params=shared, parallel_chunk_size=parallel_chunk_size
+    )
     jac_to_grad(shared, _MEAN)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -340,8 +341,14 @@ def run_step_benchmark(
 
 
 def _run_config(
-    config: BenchConfig, seed: int, dev: torch.device, vmap: bool, batch: int, quick: bool,
-    budget_s: float | None, bar: _Bar,
+    config: BenchConfig,
+    seed: int,
+    dev: torch.device,
+    vmap: bool,
+    batch: int,
+    quick: bool,
+    budget_s: float | None,
+    bar: _Bar,
 ) -> dict:
     """Time every candidate of one configuration, interleaved; its ratios, memory and medians."""
     label = f"{config.model} T={config.tasks}"

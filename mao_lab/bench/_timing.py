@@ -6,6 +6,7 @@ candidate alike, and the medians over repetitions compare like with like.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import statistics
@@ -23,10 +24,9 @@ def fix_threads(threads: int) -> int:
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
-    try:
+    # RuntimeError: already fixed once parallel work has started, harmless for these benchmarks.
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(threads)
-    except RuntimeError:  # already fixed once parallel work has started: harmless for these benchmarks
-        pass
     return torch.get_num_threads()
 
 

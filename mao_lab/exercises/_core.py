@@ -1,4 +1,5 @@
-"""The exercise protocol, in the style of Kaggle Learn's ``learntools``: ``q.check(...)``, ``q.hint()``, ``q.solution()``.
+"""The exercise protocol, in the style of Kaggle Learn's ``learntools``: ``q.check(...)``, ``q.hint()``,
+``q.solution()``.
 
 A checker never raises on a wrong or unfinished answer: it returns a :class:`Feedback` that a notebook
 shows as a coloured box (and that a test can read: ``feedback.correct``, ``feedback.mistake``).  Only a
@@ -129,9 +130,12 @@ class Exercise:
     def solution(self) -> _Text:
         """The answer and why — once an answer of your own has been checked (it would spoil a prediction)."""
         if not self._attempted:
-            return _Text("Solution", "check your own answer first (put it in this question's `.check(...)` and run "
-                                     "it): the solution shows after your attempt, right or wrong, so that it cannot "
-                                     "spoil a prediction. Stuck? `.hint()` nudges without giving it away.")
+            return _Text(
+                "Solution",
+                "check your own answer first (put it in this question's `.check(...)` and run "
+                "it): the solution shows after your attempt, right or wrong, so that it cannot "
+                "spoil a prediction. Stuck? `.hint()` nudges without giving it away.",
+            )
         return _Text("Solution", self._solution)
 
     @property

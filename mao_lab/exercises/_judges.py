@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._mao import MAO
-from ._core import Feedback, choice_feedback, normalise_label, require_columns
+from ._core import Feedback, choice_feedback, require_columns
 
 __all__ = [
     "imbalance_by_hand",
@@ -45,8 +45,12 @@ def _never_raises_on_data(judge: Callable[..., Feedback]) -> Callable[..., Feedb
         try:
             return judge(*args, **kwargs)
         except _Unjudgeable as error:
-            return Feedback("incomplete", str(error), "no_finite_values",
-                            "A diverged run (a learning rate too large?) leaves NaN; run the cells above again.")
+            return Feedback(
+                "incomplete",
+                str(error),
+                "no_finite_values",
+                "A diverged run (a learning rate too large?) leaves NaN; run the cells above again.",
+            )
 
     return checked
 
@@ -55,8 +59,9 @@ def _finite(values: pd.Series, what: str) -> pd.Series:
     """``values`` without NaN; none left means the run has nothing to judge against."""
     finite = values[np.isfinite(pd.to_numeric(values, errors="coerce").astype(float))]
     if finite.empty:
-        raise _Unjudgeable(f"every {what} in your run's table is NaN or infinite, so there is nothing to compare "
-                           "your answer with.")
+        raise _Unjudgeable(
+            f"every {what} in your run's table is NaN or infinite, so there is nothing to compare your answer with."
+        )
     return finite
 
 
@@ -68,7 +73,9 @@ def _task_prefix(label: object) -> str:
 @_never_raises_on_data
 def worst_final_task(answer: Any, curves: pd.DataFrame, method: str = "Adam on the sum") -> Feedback:
     """Which task has the largest normalised test error at the last step under ``method`` (notebook 00)."""
-    value = next((c for c in ("normalised_test_loss", "normalised_test_mse") if c in curves.columns), "normalised_test_loss")
+    value = next(
+        (c for c in ("normalised_test_loss", "normalised_test_mse") if c in curves.columns), "normalised_test_loss"
+    )
     require_columns(curves, ["method", "step", "task", value], "curves")
     rows = curves[curves["method"] == method]
     if rows.empty:
@@ -77,7 +84,9 @@ def worst_final_task(answer: Any, curves: pd.DataFrame, method: str = "Adam on t
     worst = last.loc[_finite(last[value], value).idxmax()]
     tasks = sorted({_task_prefix(t) for t in rows["task"]})
     return choice_feedback(
-        answer, _task_prefix(worst["task"]), tasks,
+        answer,
+        _task_prefix(worst["task"]),
+        tasks,
         f"Its normalised test error at the last step is {worst[value]:.3g}, the largest under {method}.",
         "Adam normalises the summed gradient, which the task with the largest σ dominates. Which task does that leave?",
     )
@@ -103,7 +112,9 @@ def layer_owner(answer: Any, ownership: pd.DataFrame, run: str = "sum", layer: s
         raise ValueError(f"run {run!r} has no shared layer {layer!r}; it has {sorted(table['layer'].unique())}")
     top = rows.loc[_finite(rows["share"], "share").idxmax()]
     return choice_feedback(
-        answer, top["task"], list(rows["task"]),
+        answer,
+        top["task"],
+        list(rows["task"]),
         f"It has {top['share']:.0%} of {layer}'s update in run {run!r}.",
         "Look at the tasks' scales σ: whose gradient is largest when the losses are simply added?",
     )
@@ -116,7 +127,9 @@ def least_served_task(answer: Any, ownership: pd.DataFrame, run: str = "sum") ->
     mean = table.groupby("task", sort=False)["share"].mean()
     task = str(_finite(mean, "share").idxmin())
     return choice_feedback(
-        answer, task, list(mean.index),
+        answer,
+        task,
+        list(mean.index),
         f"Its mean share of the shared layers in run {run!r} is {mean[task]:.1%}.",
         "Compare the size of each task's loss gradient: a classification loss, a regression and a pixel-wise "
         "reconstruction averaged over 784 pixels.",
@@ -133,7 +146,9 @@ def most_balanced_layer(answer: Any, ownership: pd.DataFrame, run: str = "gradno
     imbalance = rows.assign(layer=rows["layer"].astype(str)).groupby("layer", sort=False)["imbalance"].mean()
     best = str(_finite(imbalance, "imbalance index").idxmin())
     return choice_feedback(
-        answer, best, list(imbalance.index),
+        answer,
+        best,
+        list(imbalance.index),
         f"Its mean imbalance index is {imbalance[best]:.2f} (0 = balanced).",
         "GradNorm measures the gradient norms at one layer only. Which one?",
     )
@@ -150,7 +165,9 @@ def owner_share_direction(
     share_before, share_after = (float(_finite(s, f"share of {layer}").max()) for s in shares)
     truth = "smaller" if share_after < share_before else "larger"
     return choice_feedback(
-        answer, truth, ["smaller", "larger"],
+        answer,
+        truth,
+        ["smaller", "larger"],
         f"The largest share of {layer} went from {share_before:.0%} to {share_after:.0%}.",
         "With every σ equal, is any task's gradient larger than the others'?",
     )
@@ -162,7 +179,9 @@ def steadiest_method(answer: Any, gaps: pd.DataFrame) -> Feedback:
     require_columns(gaps, ["method", "max_gap"], "gaps")
     best = gaps.loc[_finite(gaps["max_gap"], "max_gap").idxmin()]
     return choice_feedback(
-        answer, str(best["method"]), [str(m) for m in gaps["method"]],
+        answer,
+        str(best["method"]),
+        [str(m) for m in gaps["method"]],
         f"Its trajectories move by at most {best['max_gap']:.2g} when L1 is rescaled.",
         "Which method divides each task's gradient by that task's own running size?",
     )
@@ -188,7 +207,9 @@ def most_imbalanced(answer: Any, balance: pd.DataFrame, *, by: str = "run", run:
         raise ValueError(f"balance has no rows for by={by!r}, run={run!r}")
     top = str(_finite(rows, "imbalance index").idxmax())
     return choice_feedback(
-        answer, top, list(rows.index),
+        answer,
+        top,
+        list(rows.index),
         f"Its imbalance index is {rows[top]:.2f} (1 = one task owns it).",
         "The index is 0 when every task has an equal share and 1 when one task has all of it.",
     )
@@ -221,15 +242,28 @@ def imbalance_by_hand(answer: Any, shares: Sequence[float] = (0.7, 0.2, 0.1)) ->
     if math.isclose(value, truth, abs_tol=5e-3):
         return Feedback("correct", f"1 − H(s)/log {len(s)} = {truth:.3f}.")
     slips = {
-        "entropy_only": (entropy, "that is the entropy H(s) itself: divide by log n to bring it to 0..1, then take 1 minus it."),
-        "entropy_base2": (entropy / math.log(2), "that is the entropy in bits: divide by log₂ n, then take 1 minus it."),
-        "missing_one_minus": (entropy / math.log(len(s)), "that is the normalised entropy (1 = balanced): the index is 1 minus it."),
+        "entropy_only": (
+            entropy,
+            "that is the entropy H(s) itself: divide by log n to bring it to 0..1, then take 1 minus it.",
+        ),
+        "entropy_base2": (
+            entropy / math.log(2),
+            "that is the entropy in bits: divide by log₂ n, then take 1 minus it.",
+        ),
+        "missing_one_minus": (
+            entropy / math.log(len(s)),
+            "that is the normalised entropy (1 = balanced): the index is 1 minus it.",
+        ),
     }
     for key, (slip, hint) in slips.items():
         if math.isclose(value, slip, abs_tol=5e-3):
             return Feedback("incorrect", f"{value:g} is not the index.", key, hint)
-    return Feedback("incorrect", f"{value:g} is not the index.", "wrong_number",
-                    "H(s) = −Σ s_k log s_k; the index is 1 − H(s) / log n, with n the number of tasks.")
+    return Feedback(
+        "incorrect",
+        f"{value:g} is not the index.",
+        "wrong_number",
+        "H(s) = −Σ s_k log s_k; the index is 1 − H(s) / log n, with n the number of tasks.",
+    )
 
 
 def _real_number(answer: Any) -> float | None:
@@ -300,19 +334,31 @@ def rescaling_changes(answer: Any) -> Feedback:
     """
     pair = tuple(_boolean(a) for a in answer) if isinstance(answer, (tuple, list)) and len(answer) == 2 else None
     if pair is None or None in pair:
-        return Feedback("incorrect", f"{_shown(answer)} is not a pair of booleans.", "bad_format",
-                        "Answer `(mao_changes, adam_changes)`, e.g. `(True, False)`.")
+        return Feedback(
+            "incorrect",
+            f"{_shown(answer)} is not a pair of booleans.",
+            "bad_format",
+            "Answer `(mao_changes, adam_changes)`, e.g. `(True, False)`.",
+        )
     answer = pair
     moved = {}
     for name in ("mao", "adam"):
         a, b = _two_task_trajectory(name, 1.0), _two_task_trajectory(name, 1000.0)
         moved[name] = float((a - b).abs().max() / a.abs().max())
     truth = (moved["mao"] > 1e-9, moved["adam"] > 1e-9)
-    measured = f"The checker trained both: the trunk moved by {moved['mao']:.1e} (MAO) and {moved['adam']:.1e} (Adam on the sum), relative."
+    measured = (
+        f"The checker trained both: the trunk moved by {moved['mao']:.1e} (MAO) and {moved['adam']:.1e}"
+        " (Adam on the sum), relative."
+    )
     if tuple(answer) == truth:
-        return Feedback("correct", f"{measured} MAO normalises each task by its own moments, so a constant factor cancels.")
+        return Feedback(
+            "correct", f"{measured} MAO normalises each task by its own moments, so a constant factor cancels."
+        )
     wrong = "MAO" if answer[0] != truth[0] else "Adam on the sum"
-    return Feedback("incorrect", f"not for {wrong}.", "wrong_prediction",
-                    "In m̂_k / √v̂_k a constant factor c on task k's loss appears as c / |c|. Under Adam on the sum, "
-                    "the factor changes which task dominates the summed gradient.")
-
+    return Feedback(
+        "incorrect",
+        f"not for {wrong}.",
+        "wrong_prediction",
+        "In m̂_k / √v̂_k a constant factor c on task k's loss appears as c / |c|. Under Adam on the sum, "
+        "the factor changes which task dominates the summed gradient.",
+    )

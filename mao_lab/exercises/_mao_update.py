@@ -97,7 +97,7 @@ MISTAKES: dict[str, Mistake] = {
         Mistake(
             "mean_over_tasks",
             "your updates are the tasks' steps averaged, not summed.",
-            "MAO's default (`reduction=\"sum\"`) adds the tasks' steps; averaging is `reduction=\"mean\"`.",
+            'MAO\'s default (`reduction="sum"`) adds the tasks\' steps; averaging is `reduction="mean"`.',
         ),
         Mistake(
             "wrong_sign",
@@ -140,7 +140,7 @@ def reference_mao_update(
     return update, exp_avg, exp_avg_sq
 
 
-SOLUTION = '''```python
+SOLUTION = """```python
 def mao_update(grads, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
     beta1, beta2 = betas
     exp_avg = beta1 * exp_avg + (1 - beta1) * grads             # m_k, one per task
@@ -151,7 +151,7 @@ def mao_update(grads, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
     return update, exp_avg, exp_avg_sq
 ```
 Every task is normalised by its own moments before the tasks are added, so a task with a huge loss moves
-each parameter by about `lr`, like every other task.'''
+each parameter by about `lr`, like every other task."""
 
 
 # -- the checker's own versions of the mistakes (same inputs and outputs as the participant's function) --
@@ -308,8 +308,12 @@ def check_mao_update(function: object) -> Feedback:
     if function is None or function is Ellipsis:
         return Feedback("incomplete", "define `mao_update` first, then run this cell again.")
     if not callable(function):
-        return Feedback("incorrect", f"expected a function, got {type(function).__name__}.", "not_a_function",
-                        "Pass the function itself: `q1.check(mao_update)`, without calling it.")
+        return Feedback(
+            "incorrect",
+            f"expected a function, got {type(function).__name__}.",
+            "not_a_function",
+            "Pass the function itself: `q1.check(mao_update)`, without calling it.",
+        )
     grads = _scenario_grads()
     try:
         answer = _run(function, grads)
@@ -317,30 +321,51 @@ def check_mao_update(function: object) -> Feedback:
         return Feedback("incomplete", "`mao_update` still raises NotImplementedError: fill in its body.")
     except _BadReturn as bad:
         if bad.problem:
-            return Feedback("incorrect", f"`mao_update` returned three tensors, but {bad.problem}.", "bad_return",
-                            "Keep every operation on the real CPU tensors you were given; return plain tensors.")
+            return Feedback(
+                "incorrect",
+                f"`mao_update` returned three tensors, but {bad.problem}.",
+                "bad_return",
+                "Keep every operation on the real CPU tensors you were given; return plain tensors.",
+            )
         if bad.value is None:
-            return Feedback("incomplete", "`mao_update` returns nothing yet: it must return (update, exp_avg, exp_avg_sq).")
-        return Feedback("incorrect", f"`mao_update` returned {type(bad.value).__name__}, not three tensors.", "bad_return",
-                        "Return a tuple of three tensors: `return update, exp_avg, exp_avg_sq`.")
+            return Feedback(
+                "incomplete", "`mao_update` returns nothing yet: it must return (update, exp_avg, exp_avg_sq)."
+            )
+        return Feedback(
+            "incorrect",
+            f"`mao_update` returned {type(bad.value).__name__}, not three tensors.",
+            "bad_return",
+            "Return a tuple of three tensors: `return update, exp_avg, exp_avg_sq`.",
+        )
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the participant's code failed (or called exit()): show it
         message = " ".join(str(error).split())[:300]
-        return Feedback("incorrect", f"`mao_update` raised {type(error).__name__}: {message}", "raised",
-                        "Read the error; all the arguments are tensors of shape (T, ...) except step (an int).")
+        return Feedback(
+            "incorrect",
+            f"`mao_update` raised {type(error).__name__}: {message}",
+            "raised",
+            "Read the error; all the arguments are tensors of shape (T, ...) except step (an int).",
+        )
     expected = _mao_updates(grads)
     if _close(answer, expected):
-        return Feedback("correct", f"your update equals mao_lab.MAO's at all {STEPS} steps, for three tasks whose "
-                        "gradient scales differ by 10⁷.")
+        return Feedback(
+            "correct",
+            f"your update equals mao_lab.MAO's at all {STEPS} steps, for three tasks whose "
+            "gradient scales differ by 10⁷.",
+        )
     for variant, mistake in _VARIANTS.items():
         if _close(answer, _run(_variant(variant), grads)):  # the checker's own code: it does not raise
             found = MISTAKES[mistake]
             return Feedback("incorrect", found.diagnosis, mistake, found.hint)
     step, error = _largest_error(answer, expected)
     where = "a different shape" if math.isinf(error) else f"a relative error of {error:.2g}"
-    return Feedback("incorrect", f"your update first differs from MAO's at step {step} ({where}), and matches none "
-                    "of the typical mistakes the checker knows.", "unrecognised",
-                    "Write the four lines one by one: the two moments per task, their bias corrections, each task's "
-                    "normalised step, then the sum over tasks times lr.")
+    return Feedback(
+        "incorrect",
+        f"your update first differs from MAO's at step {step} ({where}), and matches none "
+        "of the typical mistakes the checker knows.",
+        "unrecognised",
+        "Write the four lines one by one: the two moments per task, their bias corrections, each task's "
+        "normalised step, then the sum over tasks times lr.",
+    )
 
 
 def mao_update_exercise() -> Exercise:

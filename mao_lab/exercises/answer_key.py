@@ -55,8 +55,16 @@ def answer_key_markdown() -> str:
         lines += [f"## {number} · {module} — `{notebook}.ipynb`", ""]
         for label, question in questions(module).items():
             kind = "thought experiment" if type(question).__name__ == "ThoughtExperiment" else "checked"
-            lines += [f"### {label} ({kind})", "", f"**Question.** {question.prompt}", "",
-                      f"**Hint.** {question.hint().body}", "", f"**Solution.** {question.answer}", ""]
+            lines += [
+                f"### {label} ({kind})",
+                "",
+                f"**Question.** {question.prompt}",
+                "",
+                f"**Hint.** {question.hint().body}",
+                "",
+                f"**Solution.** {question.answer}",
+                "",
+            ]
     return "\n".join(lines)
 
 

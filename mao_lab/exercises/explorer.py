@@ -19,7 +19,7 @@ q1 = Exercise(
 )
 
 q2 = Exercise(
-    "Predict: which run is the most imbalanced over its shared layers? `q2.check(\"sum\", balance)`",
+    'Predict: which run is the most imbalanced over its shared layers? `q2.check("sum", balance)`',
     partial(most_imbalanced, by="run"),
     hint="Which method lets the task with the largest gradient take the whole update?",
     solution="Read it from the `(all shared)` rows of `balance`: usually Adam on the sum, where the largest task "
@@ -27,7 +27,7 @@ q2 = Exercise(
 )
 
 q3 = Exercise(
-    "Predict: in that run, which shared layer is the most imbalanced? `q3.check(\"trunk.0\", balance, \"sum\")`",
+    'Predict: in that run, which shared layer is the most imbalanced? `q3.check("trunk.0", balance, "sum")`',
     lambda answer, balance, run: most_imbalanced(answer, balance, by="layer", run=run),
     hint="Use the explorer: metric `imbalance`, then switch between the layers.",
     solution="Read it from `balance` (the rows of that run), or in the explorer: metric `imbalance`, one layer "

@@ -9,7 +9,7 @@ __all__ = ["q1", "q2"]
 
 q1 = Exercise(
     "Predict: when L1 is multiplied by 0.1, whose trajectories stay where they were? "
-    "`q1.check(\"mao\" or \"mean\", gaps)` with the notebook's rescaling table `gaps`.",
+    '`q1.check("mao" or "mean", gaps)` with the notebook\'s rescaling table `gaps`.',
     steadiest_method,
     hint="Which method divides each task's gradient by that task's own running size?",
     solution="`mao`: each task is normalised by its own moments, so a constant factor on L1 cancels (with "

@@ -9,7 +9,7 @@ __all__ = ["q1", "q2"]
 
 q1 = Exercise(
     "Predict: under Adam on the sum, which task gets the smallest share of the shared layers? "
-    "`q1.check(\"reconstruct\", ownership)` (the per-seed runs sum-seed0, sum-seed1, ... are averaged).",
+    '`q1.check("reconstruct", ownership)` (the per-seed runs sum-seed0, sum-seed1, ... are averaged).',
     least_served_task,
     hint="Compare the sizes of the losses: two cross-entropies, a regression of the digits' sum, and a pixel "
     "reconstruction averaged over 784 pixels.",

@@ -9,7 +9,7 @@ __all__ = ["q1", "q2", "q3"]
 
 q1 = Exercise(
     "Predict: which task does Adam on the summed loss leave behind (the larger normalised test error at the "
-    "end)? `q1.check(\"task0\" or \"task1\", curves)`",
+    'end)? `q1.check("task0" or "task1", curves)`',
     worst_final_task,
     hint="The summed gradient is dominated by the task with the larger σ; Adam normalises that sum as a whole.",
     solution="`task0`, the task with σ = 1 when `sigmas = [1, 100]`: its gradient is about 100 times smaller, so "

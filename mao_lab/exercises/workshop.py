@@ -21,7 +21,7 @@ q2 = Exercise(
 
 q3 = Exercise(
     "Watch the live monitor while Adam on the sum trains: which task owns trunk.0? "
-    "`q3.check(\"task2\", monitor.ownership(), \"sum\")`",
+    '`q3.check("task2", monitor.ownership(), "sum")`',
     layer_owner,
     hint="The monitor's bars show each task's share of trunk.0's update; the largest σ is the last task's.",
     solution="The task with the largest σ (the last one): under the sum its gradient dominates every shared layer. "

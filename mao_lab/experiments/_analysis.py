@@ -102,13 +102,15 @@ def layer_ownership(frame: pd.DataFrame, *, level: str = "module", tail: float =
     parts = []
     for run, rows in frame.groupby("run", sort=False, observed=True):
         steps = np.sort(rows["step"].unique())
-        kept = steps[int(math.floor(len(steps) * (1 - tail))):]
+        kept = steps[int(math.floor(len(steps) * (1 - tail))) :]
         rows = rows[rows["step"].isin(kept)]
         shares = rows[rows["metric"] == "update_share"]
         counts = shares.groupby("layer", observed=True)["task"].nunique()
         multi = set(counts[counts > 1].index.astype(str))  # reached by several tasks: shared
         shares = shares[shares["layer"].astype(str).isin(multi)]
-        mean = shares.groupby(["layer", "task"], sort=False, observed=True)["value"].mean().rename("share").reset_index()
+        mean = (
+            shares.groupby(["layer", "task"], sort=False, observed=True)["value"].mean().rename("share").reset_index()
+        )
         imbalance = rows[rows["metric"] == "imbalance"].groupby("layer", observed=True)["value"].mean()
         mean["layer"] = mean["layer"].astype(str)
         mean["task"] = mean["task"].astype(str)
@@ -131,9 +133,11 @@ def method_ownership(ownership: pd.DataFrame) -> pd.DataFrame:
     """
     parsed = ownership["run"].map(parse_run_name)
     frame = ownership.assign(run=parsed.str[0])
-    mean = (frame.groupby(["run", "layer", "task"], sort=False)
-            .agg(share=("share", "mean"), imbalance=("imbalance", "mean"), num_tasks=("num_tasks", "first"))
-            .reset_index())
+    mean = (
+        frame.groupby(["run", "layer", "task"], sort=False)
+        .agg(share=("share", "mean"), imbalance=("imbalance", "mean"), num_tasks=("num_tasks", "first"))
+        .reset_index()
+    )
     top = mean.loc[mean.groupby(["run", "layer"], sort=False)["share"].idxmax()].set_index(["run", "layer"])
     index = pd.MultiIndex.from_frame(mean[["run", "layer"]])
     mean["owner"] = top["task"].reindex(index).to_numpy()
@@ -151,7 +155,10 @@ def largest_shares(ownership: pd.DataFrame) -> dict[str, dict[str, dict[str, Any
     """
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for (run, layer), part in ownership.groupby(["run", "layer"], sort=False):
-        result.setdefault(str(run), {})[str(layer)] = {"task": str(part["owner"].iloc[0]), "share": float(part["owner_share"].iloc[0])}
+        result.setdefault(str(run), {})[str(layer)] = {
+            "task": str(part["owner"].iloc[0]),
+            "share": float(part["owner_share"].iloc[0]),
+        }
     return result
 
 
@@ -169,8 +176,11 @@ def imbalance_over_steps(frame: pd.DataFrame) -> pd.DataFrame:
     """Per run and step, the imbalance index averaged over the shared layers (0 balanced, 1 one task owns all)."""
     rows = _shared_imbalance(frame)
     table = rows.groupby(["run", "step"], sort=False)["value"].mean().rename("imbalance").reset_index()
-    return table.sort_values(["run", "step"], kind="stable", key=lambda c: c if c.name == "step" else c.map(
-        {r: i for i, r in enumerate(pd.unique(rows["run"]))})).reset_index(drop=True)
+    return table.sort_values(
+        ["run", "step"],
+        kind="stable",
+        key=lambda c: c if c.name == "step" else c.map({r: i for i, r in enumerate(pd.unique(rows["run"]))}),
+    ).reset_index(drop=True)
 
 
 def imbalance_by_method(frame: pd.DataFrame) -> pd.DataFrame:
@@ -180,8 +190,12 @@ def imbalance_by_method(frame: pd.DataFrame) -> pd.DataFrame:
     """
     table = imbalance_over_steps(frame)
     table["method"] = table["run"].map(lambda r: parse_run_name(r)[0])
-    return (table.groupby(["method", "step"], sort=False)["imbalance"].agg(["mean", "std", "count"]).reset_index()
-            .rename(columns={"count": "seeds"}))
+    return (
+        table.groupby(["method", "step"], sort=False)["imbalance"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+        .rename(columns={"count": "seeds"})
+    )
 
 
 def balance_summary(frame: pd.DataFrame, *, tail: float = 0.5) -> pd.DataFrame:
@@ -195,29 +209,37 @@ def balance_summary(frame: pd.DataFrame, *, tail: float = 0.5) -> pd.DataFrame:
     rows = []
     for run, part in frame.groupby(frame["run"].astype(str), sort=False):
         steps = np.sort(part["step"].unique())
-        part = part[part["step"].isin(steps[int(math.floor(len(steps) * (1 - tail))):])]
+        part = part[part["step"].isin(steps[int(math.floor(len(steps) * (1 - tail))) :])]
         imbalance = part[part["metric"] == "imbalance"]
         layers = [str(x) for x in pd.unique(imbalance["layer"].dropna())]
         shares = part[(part["metric"] == "update_share") & part["layer"].astype(str).isin(layers)]
         mean_share = shares.groupby([shares["layer"].astype(str), shares["task"].astype(str)])["value"].mean()
         for layer in layers:
-            layer_shares = mean_share.loc[layer] if layer in mean_share.index.get_level_values(0) else pd.Series(dtype=float)
-            rows.append({
-                "run": run, "layer": layer,
-                "imbalance": float(imbalance[imbalance["layer"].astype(str) == layer]["value"].mean()),
-                "dominant_task": str(layer_shares.idxmax()) if len(layer_shares) else None,
-                "dominant_share": float(layer_shares.max()) if len(layer_shares) else math.nan,
-                "num_tasks": int(len(layer_shares)),
-            })
+            layer_shares = (
+                mean_share.loc[layer] if layer in mean_share.index.get_level_values(0) else pd.Series(dtype=float)
+            )
+            rows.append(
+                {
+                    "run": run,
+                    "layer": layer,
+                    "imbalance": float(imbalance[imbalance["layer"].astype(str) == layer]["value"].mean()),
+                    "dominant_task": str(layer_shares.idxmax()) if len(layer_shares) else None,
+                    "dominant_share": float(layer_shares.max()) if len(layer_shares) else math.nan,
+                    "num_tasks": int(len(layer_shares)),
+                }
+            )
         if layers:
             mine = [r for r in rows if r["run"] == run]
-            rows.append({
-                "run": run, "layer": "(all shared)",
-                "imbalance": float(np.mean([r["imbalance"] for r in mine])),
-                "dominant_task": pd.Series([r["dominant_task"] for r in mine]).mode().iloc[0],
-                "dominant_share": float(np.mean([r["dominant_share"] for r in mine])),
-                "num_tasks": int(max(r["num_tasks"] for r in mine)),
-            })
+            rows.append(
+                {
+                    "run": run,
+                    "layer": "(all shared)",
+                    "imbalance": float(np.mean([r["imbalance"] for r in mine])),
+                    "dominant_task": pd.Series([r["dominant_task"] for r in mine]).mode().iloc[0],
+                    "dominant_share": float(np.mean([r["dominant_share"] for r in mine])),
+                    "num_tasks": int(max(r["num_tasks"] for r in mine)),
+                }
+            )
     return pd.DataFrame(rows, columns=["run", "layer", "imbalance", "dominant_task", "dominant_share", "num_tasks"])
 
 
@@ -242,7 +264,8 @@ def delta_m(values: Mapping[Key, float], baseline: Mapping[Key, float], higher_i
 
     >>> delta_m({"acc": 0.9, "mae": 1.0}, {"acc": 0.8, "mae": 2.0}, {"acc": True, "mae": False})
     -31.25
-    >>> delta_m({("a", "x"): 2.0, ("a", "y"): 4.0, ("b", "z"): 1.0}, {("a", "x"): 1.0, ("a", "y"): 4.0, ("b", "z"): 1.0},
+    >>> delta_m({("a", "x"): 2.0, ("a", "y"): 4.0, ("b", "z"): 1.0},
+    ...         {("a", "x"): 1.0, ("a", "y"): 4.0, ("b", "z"): 1.0},
     ...         {("a", "x"): False, ("a", "y"): False, ("b", "z"): False})
     25.0
     """
@@ -251,12 +274,16 @@ def delta_m(values: Mapping[Key, float], baseline: Mapping[Key, float], higher_i
         raise ValueError("delta_m needs at least one metric")
     if set(values) != set(baseline) or not set(values) <= set(higher_is_better):
         odd = sorted(map(str, set(values) ^ set(baseline) | (set(values) - set(higher_is_better))))
-        raise ValueError(f"values and baseline must have the same keys, and higher_is_better one for each; mismatch at {odd}")
+        raise ValueError(
+            f"values and baseline must have the same keys, and higher_is_better one for each; mismatch at {odd}"
+        )
     by_task: dict[str, list[float]] = {}
     for (task, _), key in keys.items():
         value, base = float(values[key]), float(baseline[key])
         if base == 0 or not math.isfinite(base) or not math.isfinite(value):
-            raise ValueError(f"metric {key!r}: the baseline must be finite and non-zero and the value finite, got {base} and {value}")
+            raise ValueError(
+                f"metric {key!r}: the baseline must be finite and non-zero and the value finite, got {base} and {value}"
+            )
         sign = -1.0 if higher_is_better[key] else 1.0
         by_task.setdefault(task, []).append(sign * (value - base) / base)
     return 100.0 * float(np.mean([np.mean(changes) for changes in by_task.values()]))
@@ -273,7 +300,9 @@ def _baseline(scores: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["method"] == SINGLE_TASK]
     if rows.empty:
         raise ValueError(f"the scores hold no single-task baseline (method {SINGLE_TASK!r})")
-    return rows.groupby(["task", "metric"], sort=False).agg(value=("value", "mean"), higher_is_better=("higher_is_better", "first"))
+    return rows.groupby(["task", "metric"], sort=False).agg(
+        value=("value", "mean"), higher_is_better=("higher_is_better", "first")
+    )
 
 
 def delta_m_table(scores: pd.DataFrame) -> pd.DataFrame:
@@ -306,15 +335,24 @@ def multimnist_results(scores: pd.DataFrame) -> pd.DataFrame:
     ``task = "(all)"``, ``metric = "delta_m"`` row (%, lower is better)."""
     final = _final(scores)
     order = list(pd.unique(final["method"]))
-    table = (final.groupby(["method", "task", "metric"], sort=False)
-             .agg(higher_is_better=("higher_is_better", "first"), mean=("value", "mean"), std=("value", "std"), seeds=("seed", "nunique"))
-             .reset_index())
+    table = (
+        final.groupby(["method", "task", "metric"], sort=False)
+        .agg(
+            higher_is_better=("higher_is_better", "first"),
+            mean=("value", "mean"),
+            std=("value", "std"),
+            seeds=("seed", "nunique"),
+        )
+        .reset_index()
+    )
     if (final["method"] == SINGLE_TASK).any() and (final["method"] != SINGLE_TASK).any():
         dm = delta_m_table(scores).groupby("method", sort=False)["delta_m"].agg(["mean", "std", "count"]).reset_index()
         dm = dm.rename(columns={"count": "seeds"}).assign(task="(all)", metric="delta_m", higher_is_better=False)
         table = pd.concat([table, dm[table.columns]], ignore_index=True)
     table["method"] = pd.Categorical(table["method"], categories=order)
-    return table.sort_values("method", kind="stable", ignore_index=True).assign(method=lambda t: t["method"].astype(str))
+    return table.sort_values("method", kind="stable", ignore_index=True).assign(
+        method=lambda t: t["method"].astype(str)
+    )
 
 
 def _mean_std(row: pd.Series) -> str:
@@ -335,8 +373,12 @@ def results_wide(table: pd.DataFrame) -> pd.DataFrame:
     column = table["task"] + " " + table["metric"]
     column = column.where(table["metric"] != "delta_m", "Δm%")
     shown = table.assign(value=table.apply(_mean_std, axis=1), column=column)
-    columns = [c for c in pd.unique(shown["column"]) if c != "Δm%"] + (["Δm%"] if (shown["column"] == "Δm%").any() else [])
-    wide = shown.pivot(index="method", columns="column", values="value").reindex(index=list(pd.unique(table["method"])), columns=columns)
+    columns = [c for c in pd.unique(shown["column"]) if c != "Δm%"] + (
+        ["Δm%"] if (shown["column"] == "Δm%").any() else []
+    )
+    wide = shown.pivot(index="method", columns="column", values="value").reindex(
+        index=list(pd.unique(table["method"])), columns=columns
+    )
     wide.index = [method_label(m) for m in wide.index]
     wide.columns.name = None
     return wide.fillna("")

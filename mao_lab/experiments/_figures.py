@@ -52,7 +52,9 @@ def line_styles(count: int) -> list[dict[str, str]]:
     >>> [(style["color"], style["dash"]) for style in line_styles(22)[19:]]
     [('#17BECF', 'solid'), ('#636EFA', 'dash'), ('#EF553B', 'dash')]
     """
-    return [{"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]} for i in range(count)]
+    return [
+        {"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]} for i in range(count)
+    ]
 
 
 def _colors(methods: Sequence[str]) -> dict[str, str]:
@@ -98,14 +100,22 @@ def _run_panels(runs: list[str], labels: Mapping[str, str] | None) -> tuple[go.F
     rows = math.ceil(len(runs) / columns)
     titles = [wrap_title(_label(r, labels), 80 // columns) for r in runs]
     lines = max(title.count("<br>") + 1 for title in titles)
-    figure = make_subplots(rows=rows, cols=columns, shared_yaxes=True, subplot_titles=titles,
-                           horizontal_spacing=0.03, vertical_spacing=0.12 + 0.04 * lines)
+    figure = make_subplots(
+        rows=rows,
+        cols=columns,
+        shared_yaxes=True,
+        subplot_titles=titles,
+        horizontal_spacing=0.03,
+        vertical_spacing=0.12 + 0.04 * lines,
+    )
     figure.update_annotations(font_size=12)
     figure.update_layout(margin={"t": 80 + 16 * lines})
     return figure, rows, columns
 
 
-def ownership_figure(ownership: pd.DataFrame, *, labels: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
+def ownership_figure(
+    ownership: pd.DataFrame, *, labels: Mapping[str, str] | None = None, title: str | None = None
+) -> go.Figure:
     """Stacked bars: for each run (a panel) and shared layer (a bar), each task's share of the update.
 
     A bar filled by one colour is a layer that one task trains alone; equal slices are a balanced layer.
@@ -120,14 +130,23 @@ def ownership_figure(ownership: pd.DataFrame, *, labels: Mapping[str, str] | Non
         for k, task in enumerate(tasks):
             values = part[part["task"] == task].set_index("layer")["share"].reindex(layers)
             figure.add_trace(
-                go.Bar(x=layers, y=values.to_numpy(), name=task, legendgroup=task, showlegend=i == 0,
-                       marker_color=colors[k % len(colors)],
-                       hovertemplate="%{x}<br>" + task + ": %{y:.3f}<extra>" + _label(run, labels) + "</extra>"),
-                row=i // columns + 1, col=i % columns + 1,
+                go.Bar(
+                    x=layers,
+                    y=values.to_numpy(),
+                    name=task,
+                    legendgroup=task,
+                    showlegend=i == 0,
+                    marker_color=colors[k % len(colors)],
+                    hovertemplate="%{x}<br>" + task + ": %{y:.3f}<extra>" + _label(run, labels) + "</extra>",
+                ),
+                row=i // columns + 1,
+                col=i % columns + 1,
             )
     figure.update_layout(
-        barmode="stack", title=title or "Who trains each shared layer: the tasks' shares of its update",
-        legend_title_text="task", height=360 * rows + 60,
+        barmode="stack",
+        title=title or "Who trains each shared layer: the tasks' shares of its update",
+        legend_title_text="task",
+        height=360 * rows + 60,
     )
     figure.update_yaxes(range=[0, 1])
     figure.update_yaxes(title_text="share of the update", col=1)
@@ -163,14 +182,23 @@ def magnitude_figure(
         for k, task in enumerate(tasks):
             series = part[part["task"] == task].sort_values("step")
             figure.add_trace(
-                go.Scatter(x=series["step"], y=series["value"], mode="lines", name=task, legendgroup=task,
-                           showlegend=i == 0, line={"color": colors[k % len(colors)]}),
-                row=i // columns + 1, col=i % columns + 1,
+                go.Scatter(
+                    x=series["step"],
+                    y=series["value"],
+                    mode="lines",
+                    name=task,
+                    legendgroup=task,
+                    showlegend=i == 0,
+                    line={"color": colors[k % len(colors)]},
+                ),
+                row=i // columns + 1,
+                col=i % columns + 1,
             )
     names = {"grad_norm": "gradient norm", "update_norm": "update norm", "update_share": "share of the update"}
     figure.update_layout(
         title=title or f"Per-task {names[metric]} of {layer} over the steps",
-        legend_title_text="task", height=330 * rows + 60,
+        legend_title_text="task",
+        height=330 * rows + 60,
     )
     figure.update_xaxes(title_text="step")
     figure.update_yaxes(type="log" if metric != "update_share" else "linear")  # every panel: the axes are shared
@@ -196,21 +224,56 @@ def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.
         part = final[final["task"] == task]
         for method in methods:
             values = part[part["method"] == method]["value"]
-            figure.add_trace(go.Bar(
-                x=[method_label(method)], y=[values.mean()], error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
-                marker_color=colors[method], name=method_label(method), legendgroup=method, showlegend=i == 0,
-                hovertemplate=f"{method_label(method)}<br>{task}: %{{y:.4f}} (mean of {len(values)})<extra></extra>"), row=1, col=i + 1)
-            figure.add_trace(go.Scatter(
-                x=[method_label(method)] * len(values), y=values.to_numpy(), mode="markers", marker={"color": "black", "size": 5},
-                name="seeds", legendgroup="seeds", showlegend=i == 0 and method == methods[0],
-                hovertemplate=f"{method_label(method)}<br>one seed: %{{y:.4f}}<extra></extra>"), row=1, col=i + 1)
+            figure.add_trace(
+                go.Bar(
+                    x=[method_label(method)],
+                    y=[values.mean()],
+                    error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
+                    marker_color=colors[method],
+                    name=method_label(method),
+                    legendgroup=method,
+                    showlegend=i == 0,
+                    hovertemplate=(
+                        f"{method_label(method)}<br>{task}: %{{y:.4f}} (mean of {len(values)})<extra></extra>"
+                    ),
+                ),
+                row=1,
+                col=i + 1,
+            )
+            figure.add_trace(
+                go.Scatter(
+                    x=[method_label(method)] * len(values),
+                    y=values.to_numpy(),
+                    mode="markers",
+                    marker={"color": "black", "size": 5},
+                    name="seeds",
+                    legendgroup="seeds",
+                    showlegend=i == 0 and method == methods[0],
+                    hovertemplate=f"{method_label(method)}<br>one seed: %{{y:.4f}}<extra></extra>",
+                ),
+                row=1,
+                col=i + 1,
+            )
         base = part[part["method"] == SINGLE_TASK]["value"]
         if len(base):
-            figure.add_hline(y=float(base.mean()), line_dash="dash", line_color="gray", row=1, col=i + 1,
-                             annotation_text="single task", annotation_position="top left")
-    figure.update_layout(title=title or "Test metric of every task, by method<br><sup>bar: mean over seeds; whisker: std; dots: seeds</sup>",
-                         barmode="overlay", height=480, margin={"t": 120}, legend_title_text="method",
-                         legend={"orientation": "h", "yanchor": "top", "y": -0.04})  # below: the panels get the width
+            figure.add_hline(
+                y=float(base.mean()),
+                line_dash="dash",
+                line_color="gray",
+                row=1,
+                col=i + 1,
+                annotation_text="single task",
+                annotation_position="top left",
+            )
+    figure.update_layout(
+        title=title
+        or "Test metric of every task, by method<br><sup>bar: mean over seeds; whisker: std; dots: seeds</sup>",
+        barmode="overlay",
+        height=480,
+        margin={"t": 120},
+        legend_title_text="method",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.04},
+    )  # below: the panels get the width
     figure.update_xaxes(showticklabels=False)
     return figure
 
@@ -225,14 +288,33 @@ def delta_m_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figur
     figure = go.Figure()
     for method in methods:
         values = table[table["method"] == method]["delta_m"]
-        figure.add_trace(go.Bar(x=[method_label(method)], y=[values.mean()], marker_color=colors[method], name=method_label(method),
-                                error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
-                                hovertemplate=f"{method_label(method)}<br>Δm %{{y:.2f}}% (mean of {len(values)})<extra></extra>"))
-        figure.add_trace(go.Scatter(x=[method_label(method)] * len(values), y=values.to_numpy(), mode="markers", showlegend=False,
-                                    marker={"color": "black", "size": 6}, hovertemplate="one seed: %{y:.2f}%<extra></extra>"))
+        figure.add_trace(
+            go.Bar(
+                x=[method_label(method)],
+                y=[values.mean()],
+                marker_color=colors[method],
+                name=method_label(method),
+                error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
+                hovertemplate=f"{method_label(method)}<br>Δm %{{y:.2f}}% (mean of {len(values)})<extra></extra>",
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=[method_label(method)] * len(values),
+                y=values.to_numpy(),
+                mode="markers",
+                showlegend=False,
+                marker={"color": "black", "size": 6},
+                hovertemplate="one seed: %{y:.2f}%<extra></extra>",
+            )
+        )
     figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
-    figure.update_layout(title=title or "Δm% against the single-task baselines (lower is better; below 0 beats them)",
-                         yaxis_title="Δm (%)", showlegend=False, height=420)
+    figure.update_layout(
+        title=title or "Δm% against the single-task baselines (lower is better; below 0 beats them)",
+        yaxis_title="Δm (%)",
+        showlegend=False,
+        height=420,
+    )
     return figure
 
 
@@ -247,11 +329,30 @@ def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None)
         part = parts[method]
         spread = part["std"].fillna(0.0).to_numpy()
         steps, mean = part["step"].to_numpy(), part["mean"].to_numpy()
-        figure.add_trace(go.Scatter(x=np.concatenate([steps, steps[::-1]]), y=np.concatenate([mean + spread, (mean - spread)[::-1]]),
-                                    fill="toself", fillcolor=styles[method]["color"], opacity=0.2, line={"width": 0},
-                                    hoverinfo="skip", showlegend=False, legendgroup=method))
-        figure.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=method_label(method), legendgroup=method, legendrank=i + 1,
-                                    line={**styles[method], "width": LINE_WIDTH}))
+        figure.add_trace(
+            go.Scatter(
+                x=np.concatenate([steps, steps[::-1]]),
+                y=np.concatenate([mean + spread, (mean - spread)[::-1]]),
+                fill="toself",
+                fillcolor=styles[method]["color"],
+                opacity=0.2,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=method,
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=steps,
+                y=mean,
+                mode="lines",
+                name=method_label(method),
+                legendgroup=method,
+                legendrank=i + 1,
+                line={**styles[method], "width": LINE_WIDTH},
+            )
+        )
     return _imbalance_layout(figure, title, "mean over the layers; band: ±std over seeds", "method")
 
 
@@ -263,17 +364,32 @@ def imbalance_over_steps_figure(frame: pd.DataFrame, *, title: str | None = None
     figure = go.Figure()
     for i in _lowest_on_top([float(part["imbalance"].mean()) for _, part in parts]):
         run, part = parts[i]
-        figure.add_trace(go.Scatter(x=part["step"], y=part["imbalance"], mode="lines", name=run, legendrank=i + 1,
-                                    line={**styles[i], "width": LINE_WIDTH}))
+        figure.add_trace(
+            go.Scatter(
+                x=part["step"],
+                y=part["imbalance"],
+                mode="lines",
+                name=run,
+                legendrank=i + 1,
+                line={**styles[i], "width": LINE_WIDTH},
+            )
+        )
     return _imbalance_layout(figure, title, "mean over the shared layers", "run")
 
 
 def _imbalance_layout(figure: go.Figure, title: str | None, averaged: str, legend: str) -> go.Figure:
     """The layout both imbalance-over-steps figures share: the axis range keeps a line at 0 off the x axis."""
     figure.update_layout(
-        title=title or f"Across steps: imbalance of the shared layers' updates<br><sup>{averaged}; 0 balanced, 1 one task owns them</sup>",
-        xaxis_title="step", yaxis_title="imbalance index", yaxis={"range": IMBALANCE_RANGE, "zeroline": False},
-        legend_title_text=legend, margin={"t": 100},
+        title=title
+        or (
+            "Across steps: imbalance of the shared layers' updates"
+            f"<br><sup>{averaged}; 0 balanced, 1 one task owns them</sup>"
+        ),
+        xaxis_title="step",
+        yaxis_title="imbalance index",
+        yaxis={"range": IMBALANCE_RANGE, "zeroline": False},
+        legend_title_text=legend,
+        margin={"t": 100},
     )
     return figure
 
@@ -287,18 +403,30 @@ def imbalance_by_layer_figure(frame: pd.DataFrame, *, tail: float = 0.5, title: 
     grid = summary.pivot(index="run", columns="layer", values="imbalance").reindex(index=runs, columns=layers)
     owner = summary.pivot(index="run", columns="layer", values="dominant_task").reindex(index=runs, columns=layers)
     share = summary.pivot(index="run", columns="layer", values="dominant_share").reindex(index=runs, columns=layers)
-    text = [[f"{o} {s:.2f}" if isinstance(o, str) else "" for o, s in zip(orow, srow)]
-            for orow, srow in zip(owner.to_numpy(), share.to_numpy())]
+    text = [
+        [f"{o} {s:.2f}" if isinstance(o, str) else "" for o, s in zip(orow, srow)]
+        for orow, srow in zip(owner.to_numpy(), share.to_numpy())
+    ]
     figure = go.Figure(
         go.Heatmap(
-            z=grid.to_numpy(), x=layers, y=runs, zmin=0, zmax=1, colorscale="Viridis", text=text,
-            texttemplate="%{text}", colorbar={"title": {"text": "imbalance"}},
+            z=grid.to_numpy(),
+            x=layers,
+            y=runs,
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            text=text,
+            texttemplate="%{text}",
+            colorbar={"title": {"text": "imbalance"}},
             hovertemplate="%{y}<br>%{x}<br>imbalance %{z:.3f}<br>largest share: %{text}<extra></extra>",
         )
     )
     figure.update_layout(
-        title=title or "Across layers: mean imbalance per shared layer<br><sup>text: the task with the largest share</sup>",
-        xaxis_title="shared layer", yaxis_title="run", yaxis={"autorange": "reversed"},
+        title=title
+        or "Across layers: mean imbalance per shared layer<br><sup>text: the task with the largest share</sup>",
+        xaxis_title="shared layer",
+        yaxis_title="run",
+        yaxis={"autorange": "reversed"},
         height=max(300, 60 * len(runs) + 160),
     )
     return figure

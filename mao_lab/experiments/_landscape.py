@@ -77,11 +77,13 @@ PAPERS_SETTING: Mapping[str, Any] = MappingProxyType(
 ``lr = 1e-3`` with its default ``eps``, 35 000 steps (FAMO's code: 50 000).  Keyword arguments of
 :func:`landscape_trajectories`.  The papers then read the runs in loss space (:func:`loss_distance`)."""
 
-PAPERS_VARIANTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "papers (float32, L1 x 0.1)": MappingProxyType({}),
-    "float64, L1 x 0.1": MappingProxyType({"dtype": torch.float64}),
-    "float64, L1 x 1": MappingProxyType({"dtype": torch.float64, "l1_scale": 1.0}),
-})
+PAPERS_VARIANTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "papers (float32, L1 x 0.1)": MappingProxyType({}),
+        "float64, L1 x 0.1": MappingProxyType({"dtype": torch.float64}),
+        "float64, L1 x 1": MappingProxyType({"dtype": torch.float64, "l1_scale": 1.0}),
+    }
+)
 """The settings :func:`papers_comparison` runs: :data:`PAPERS_SETTING`, then with the lab's precision,
 then also with the lab's scale (CAGrad's own toy), each otherwise as the papers ran it."""
 
@@ -162,7 +164,15 @@ def landscape_trajectories(
         plan += [(method, list(range(len(starts))))] if batched else [(method, [k]) for k in range(len(starts))]
     parts = [
         _trajectory(
-            method, [starts[k] for k in indices], indices, l1_scale, steps, lr, record_every, dtype, step_progress,
+            method,
+            [starts[k] for k in indices],
+            indices,
+            l1_scale,
+            steps,
+            lr,
+            record_every,
+            dtype,
+            step_progress,
             hyperparameters,
         )
         for method, indices in tqdm(plan, desc="landscape runs", disable=not progress)
@@ -183,10 +193,19 @@ class _Points(torch.nn.Module):
 
 
 def _trajectory(
-    method: str, starts: Sequence[tuple[float, float]], indices: list[int], l1_scale: float, steps: int, lr: float,
-    record_every: int, dtype: torch.dtype, step_progress: bool, hyperparameters: dict[str, object],
+    method: str,
+    starts: Sequence[tuple[float, float]],
+    indices: list[int],
+    l1_scale: float,
+    steps: int,
+    lr: float,
+    record_every: int,
+    dtype: torch.dtype,
+    step_progress: bool,
+    hyperparameters: dict[str, object],
 ) -> pd.DataFrame:
-    """One run of :func:`~mao_lab.experiments.train` from the given starts (together), positions every ``record_every``."""
+    """One run of :func:`~mao_lab.experiments.train` from the given starts (together), positions every
+    ``record_every``."""
 
     def task_losses(points: torch.nn.Module, _: None) -> list[torch.Tensor]:
         losses = landscape_losses(points.x, l1_scale).sum(0)  # the starts are independent runs: sum over them
@@ -194,15 +213,28 @@ def _trajectory(
 
     def position(points: torch.nn.Module) -> list[dict[str, Any]]:
         unscaled = landscape_losses(points.x)
-        return [{"start": k, "x1": float(x[0]), "x2": float(x[1]), "L1": float(loss[0]), "L2": float(loss[1])}
-                for k, x, loss in zip(indices, points.x, unscaled)]
+        return [
+            {"start": k, "x1": float(x[0]), "x2": float(x[1]), "L1": float(loss[0]), "L2": float(loss[1])}
+            for k, x, loss in zip(indices, points.x, unscaled)
+        ]
 
-    run = train(lambda: _Points(starts, dtype), method, task_losses, steps=steps, lr=lr, hyperparameters=hyperparameters,
-                evaluate=position, eval_every=record_every, progress=step_progress)
+    run = train(
+        lambda: _Points(starts, dtype),
+        method,
+        task_losses,
+        steps=steps,
+        lr=lr,
+        hyperparameters=hyperparameters,
+        evaluate=position,
+        eval_every=record_every,
+        progress=step_progress,
+    )
     return run.evaluations.assign(method=method)[["method", "start", "step", "x1", "x2", "L1", "L2"]]
 
 
-def landscape_gradients(points: np.ndarray | Sequence[float] | torch.Tensor, l1_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def landscape_gradients(
+    points: np.ndarray | Sequence[float] | torch.Tensor, l1_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The landscape's two task gradients ``(dL1/dx * l1_scale, dL2/dx)`` at ``points`` (shape ``(..., 2)``),
     as float64 arrays.
 
@@ -354,7 +386,9 @@ def pareto_table(trajectories: pd.DataFrame, tol: float = 0.1, loss_tol: float =
     table["reached_in_loss_space"] = table["loss_distance"] <= loss_tol
     table = table.reset_index()
     order = {m: i for i, m in enumerate(pd.unique(trajectories["method"]))}
-    return table.sort_values(["method", "start"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+    return table.sort_values(["method", "start"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(
+        drop=True
+    )
 
 
 def reach_matrix(table: pd.DataFrame, space: str = "parameter") -> pd.DataFrame:

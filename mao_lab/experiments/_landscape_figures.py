@@ -35,9 +35,7 @@ def _cell(index: int, columns: int) -> dict[str, int]:
     return {"row": index // columns + 1, "col": index % columns + 1}
 
 
-def _add_runs(
-    figure: go.Figure, rows: pd.DataFrame, x: str, y: str, showlegend: bool, cell: dict[str, int]
-) -> None:
+def _add_runs(figure: go.Figure, rows: pd.DataFrame, x: str, y: str, showlegend: bool, cell: dict[str, int]) -> None:
     """Each start's run in ``rows``, column ``x`` against ``y``: a line with markers at its start
     (circle) and end (cross), coloured by start.  Parameter and loss space plot runs the same way."""
     for start, part in rows.groupby("start", sort=True):
@@ -46,8 +44,14 @@ def _add_runs(
         label = _start_label(part)
         figure.add_trace(
             go.Scatter(
-                x=part[x], y=part[y], mode="lines", line={"color": color, "width": 2}, name=label,
-                legendgroup=label, showlegend=showlegend, customdata=part["step"],
+                x=part[x],
+                y=part[y],
+                mode="lines",
+                line={"color": color, "width": 2},
+                name=label,
+                legendgroup=label,
+                showlegend=showlegend,
+                customdata=part["step"],
                 hovertemplate=f"step %{{customdata}}<br>{x} %{{x:.3f}}<br>{y} %{{y:.3f}}<extra>{label}</extra>",
             ),
             **cell,
@@ -55,8 +59,13 @@ def _add_runs(
         ends = part.iloc[[0, -1]]
         figure.add_trace(
             go.Scatter(
-                x=ends[x], y=ends[y], mode="markers", marker={"color": color, "size": [9, 11], "symbol": ["circle", "x"]},
-                legendgroup=label, showlegend=False, hoverinfo="skip",
+                x=ends[x],
+                y=ends[y],
+                mode="markers",
+                marker={"color": color, "size": [9, 11], "symbol": ["circle", "x"]},
+                legendgroup=label,
+                showlegend=False,
+                hoverinfo="skip",
             ),
             **cell,
         )
@@ -69,8 +78,12 @@ def parameter_space_figure(
     trajectories from every start (circle: start, cross: end)."""
     methods = [str(m) for m in pd.unique(trajectories["method"])]
     figure, _, columns = _grid(
-        methods, title or f"Trajectories in parameter space over the mean loss (L1 scaled by {l1_scale:g})",
-        shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.04, vertical_spacing=0.08,
+        methods,
+        title or f"Trajectories in parameter space over the mean loss (L1 scaled by {l1_scale:g})",
+        shared_xaxes=True,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.08,
     )
     grid_x1, grid_x2, loss1, loss2 = landscape_grid(lim=lim, n=n, l1_scale=l1_scale)
     mean = (loss1 + loss2) / 2
@@ -79,23 +92,42 @@ def parameter_space_figure(
         cell = _cell(i, columns)
         figure.add_trace(
             go.Contour(
-                x=grid_x1[0], y=grid_x2[:, 0], z=mean, colorscale="Greys", reversescale=True, ncontours=25,
-                showscale=False, opacity=0.55, hoverinfo="skip", contours={"showlines": False}, name="mean loss",
+                x=grid_x1[0],
+                y=grid_x2[:, 0],
+                z=mean,
+                colorscale="Greys",
+                reversescale=True,
+                ncontours=25,
+                showscale=False,
+                opacity=0.55,
+                hoverinfo="skip",
+                contours={"showlines": False},
+                name="mean loss",
                 showlegend=False,
             ),
             **cell,
         )
         figure.add_trace(
             go.Scatter(
-                x=list(PARETO_X1_RANGE), y=[PARETO_X2, PARETO_X2], mode="lines", line={"color": "black", "width": 4},
-                name="Pareto segment (papers)", legendgroup="pareto", showlegend=i == 0,
+                x=list(PARETO_X1_RANGE),
+                y=[PARETO_X2, PARETO_X2],
+                mode="lines",
+                line={"color": "black", "width": 4},
+                name="Pareto segment (papers)",
+                legendgroup="pareto",
+                showlegend=i == 0,
             ),
             **cell,
         )
         figure.add_trace(
             go.Scatter(
-                x=arc["x1"], y=arc["x2"], mode="lines", line={"color": "crimson", "width": 2, "dash": "dot"},
-                name="Pareto-stationary arc (exact)", legendgroup="arc", showlegend=i == 0,
+                x=arc["x1"],
+                y=arc["x2"],
+                mode="lines",
+                line={"color": "crimson", "width": 2, "dash": "dot"},
+                name="Pareto-stationary arc (exact)",
+                legendgroup="arc",
+                showlegend=i == 0,
             ),
             **cell,
         )
@@ -109,8 +141,12 @@ def loss_space_figure(trajectories: pd.DataFrame, *, title: str | None = None) -
     """Per method, the runs in loss space (unscaled ``L1`` against ``L2``) with the Pareto front."""
     methods = [str(m) for m in pd.unique(trajectories["method"])]
     figure, _, columns = _grid(
-        methods, title or "Trajectories in loss space (L1 unscaled) and the Pareto front",
-        shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.04, vertical_spacing=0.08,
+        methods,
+        title or "Trajectories in loss space (L1 unscaled) and the Pareto front",
+        shared_xaxes=True,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.08,
     )
     arc = pareto_stationary_arc(141)
     import torch
@@ -121,8 +157,13 @@ def loss_space_figure(trajectories: pd.DataFrame, *, title: str | None = None) -
         cell = _cell(i, columns)
         figure.add_trace(
             go.Scatter(
-                x=front[:, 0], y=front[:, 1], mode="lines", line={"color": "black", "width": 4},
-                name="Pareto front", legendgroup="front", showlegend=i == 0,
+                x=front[:, 0],
+                y=front[:, 1],
+                mode="lines",
+                line={"color": "black", "width": 4},
+                name="Pareto front",
+                legendgroup="front",
+                showlegend=i == 0,
             ),
             **cell,
         )
@@ -138,8 +179,12 @@ def distance_figure(trajectories: pd.DataFrame, tol: float | None = None, *, tit
 
     methods = [str(m) for m in pd.unique(trajectories["method"])]
     figure, _, columns = _grid(
-        methods, title or "Distance to the Pareto set over the steps", shared_xaxes=True, shared_yaxes=True,
-        horizontal_spacing=0.04, vertical_spacing=0.1,
+        methods,
+        title or "Distance to the Pareto set over the steps",
+        shared_xaxes=True,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.1,
     )
     points = trajectories[["x1", "x2"]].to_numpy(copy=True)
     distance = np.minimum(pareto_distance(points).numpy(), arc_distance(points))
@@ -151,7 +196,12 @@ def distance_figure(trajectories: pd.DataFrame, tol: float | None = None, *, tit
             label = _start_label(part)
             figure.add_trace(
                 go.Scatter(
-                    x=part["step"], y=part["distance"], mode="lines", name=label, legendgroup=label, showlegend=i == 0,
+                    x=part["step"],
+                    y=part["distance"],
+                    mode="lines",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=i == 0,
                     line={"color": _COLORS[int(start) % len(_COLORS)]},
                 ),
                 **cell,
@@ -168,7 +218,9 @@ def rescaling_figure(trajectories: pd.DataFrame, *, lim: float = 10.0, title: st
     methods = [str(m) for m in pd.unique(trajectories["method"])]
     scales = list(pd.unique(trajectories["l1_scale"]))
     figure, _, columns = _grid(
-        methods, title or "Does rescaling L1 change the trajectory? (solid vs dashed)", shared_yaxes=True,
+        methods,
+        title or "Does rescaling L1 change the trajectory? (solid vs dashed)",
+        shared_yaxes=True,
         horizontal_spacing=0.05,
     )
     dashes = ["solid", "dash", "dot", "dashdot"]
@@ -176,8 +228,15 @@ def rescaling_figure(trajectories: pd.DataFrame, *, lim: float = 10.0, title: st
     for i, method in enumerate(methods):
         cell = _cell(i, columns)
         figure.add_trace(
-            go.Scatter(x=arc["x1"], y=arc["x2"], mode="lines", line={"color": "black", "width": 4}, name="Pareto set",
-                       legendgroup="pareto", showlegend=i == 0),
+            go.Scatter(
+                x=arc["x1"],
+                y=arc["x2"],
+                mode="lines",
+                line={"color": "black", "width": 4},
+                name="Pareto set",
+                legendgroup="pareto",
+                showlegend=i == 0,
+            ),
             **cell,
         )
         for j, scale in enumerate(scales):
@@ -187,9 +246,17 @@ def rescaling_figure(trajectories: pd.DataFrame, *, lim: float = 10.0, title: st
                 name = f"L1 x {scale:g}"
                 figure.add_trace(
                     go.Scatter(
-                        x=part["x1"], y=part["x2"], mode="lines", name=name, legendgroup=name,
+                        x=part["x1"],
+                        y=part["x2"],
+                        mode="lines",
+                        name=name,
+                        legendgroup=name,
                         showlegend=i == 0 and int(start) == int(rows["start"].min()),
-                        line={"color": _COLORS[int(start) % len(_COLORS)], "dash": dashes[j % len(dashes)], "width": 3 - j},
+                        line={
+                            "color": _COLORS[int(start) % len(_COLORS)],
+                            "dash": dashes[j % len(dashes)],
+                            "width": 3 - j,
+                        },
                     ),
                     **cell,
                 )

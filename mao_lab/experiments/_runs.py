@@ -85,7 +85,9 @@ def find_run_dirs(patterns: str | os.PathLike[str] | Iterable[str | os.PathLike[
     return found
 
 
-def load_balance_runs(patterns: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_balance_runs(
+    patterns: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load every run found by :func:`find_run_dirs` into one table with a ``run`` column.
 
     Returns:

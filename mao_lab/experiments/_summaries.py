@@ -35,7 +35,9 @@ def _mean_imbalance(ownership: pd.DataFrame) -> dict[str, float]:
     return {run: float(part.groupby("layer")["imbalance"].first().mean()) for run, part in _by_run(ownership).items()}
 
 
-def landscape_summary(pareto: pd.DataFrame, gaps: pd.DataFrame, gaps_default_eps: pd.DataFrame, **settings: Any) -> dict[str, Any]:
+def landscape_summary(
+    pareto: pd.DataFrame, gaps: pd.DataFrame, gaps_default_eps: pd.DataFrame, **settings: Any
+) -> dict[str, Any]:
     """Notebook 01: who reached the Pareto set from where, how far the others stopped, and the rescaling gaps.
 
     Args:
@@ -53,6 +55,7 @@ def landscape_summary(pareto: pd.DataFrame, gaps: pd.DataFrame, gaps_default_eps
     >>> summary["unreached_in_conflict_band"], summary["rescaling_max_gap_eps_1e-8"], summary["steps"]
     ({'mao': 1}, {'mao': 0.001}, 10)
     """
+
     def label(row: Any) -> str:
         return f"({row.x1_start:g}, {row.x2_start:g})"
 
@@ -65,9 +68,12 @@ def landscape_summary(pareto: pd.DataFrame, gaps: pd.DataFrame, gaps_default_eps
         "reached_count": {m: int(part["reached"].sum()) for m, part in runs.items()},
         "reached_from": {m: [label(r) for r in part[part["reached"]].itertuples()] for m, part in runs.items()},
         "final_distance": {
-            m: {label(r): round(float(min(r.distance, r.arc_distance)), 4) for r in part.itertuples()} for m, part in runs.items()
+            m: {label(r): round(float(min(r.distance, r.arc_distance)), 4) for r in part.itertuples()}
+            for m, part in runs.items()
         },
-        "unreached_in_conflict_band": {m: int((part["conflict_band"] & ~part["reached"]).sum()) for m, part in runs.items()},
+        "unreached_in_conflict_band": {
+            m: int((part["conflict_band"] & ~part["reached"]).sum()) for m, part in runs.items()
+        },
         "rescaling_max_gap": per_method(gaps, "max_gap"),
         "rescaling_max_gap_eps_1e-8": per_method(gaps_default_eps, "max_gap"),
         "rescaling_final_x1_mean": {
@@ -76,7 +82,9 @@ def landscape_summary(pareto: pd.DataFrame, gaps: pd.DataFrame, gaps_default_eps
     }
 
 
-def regression_summary(ownership: pd.DataFrame, final: pd.DataFrame, largest_task: str, **settings: Any) -> dict[str, Any]:
+def regression_summary(
+    ownership: pd.DataFrame, final: pd.DataFrame, largest_task: str, **settings: Any
+) -> dict[str, Any]:
     """Notebook 02: the largest-sigma task's smallest and largest share of a shared layer, each run's mean
     imbalance, each layer's owner, and the worst task's normalised test loss.
 
@@ -99,8 +107,10 @@ def regression_summary(ownership: pd.DataFrame, final: pd.DataFrame, largest_tas
         "largest_sigma_task_min_share": {run: float(shares.min()) for run, shares in largest.items()},
         "largest_sigma_task_max_share": {run: float(shares.max()) for run, shares in largest.items()},
         "mean_imbalance": _mean_imbalance(ownership),
-        "layer_owner": {run: {str(k): str(v) for k, v in part.groupby("layer", sort=False)["owner"].first().items()}
-                        for run, part in runs.items()},
+        "layer_owner": {
+            run: {str(k): str(v) for k, v in part.groupby("layer", sort=False)["owner"].first().items()}
+            for run, part in runs.items()
+        },
         "worst_normalised_test_mse": {str(m): float(w) for m, w in zip(final["method"], final["worst"])},
     }
 
@@ -132,10 +142,17 @@ def multimnist_summary(
     final = results[results["metric"] != "delta_m"]
     return {
         **settings,
-        "delta_m_percent": {str(m): {"mean": float(r["mean"]), "std": float(r["std"]), "seeds": int(r["seeds"])} for m, r in dm.iterrows()},
+        "delta_m_percent": {
+            str(m): {"mean": float(r["mean"]), "std": float(r["std"]), "seeds": int(r["seeds"])}
+            for m, r in dm.iterrows()
+        },
         "best_delta_m_method": str(dm["mean"].idxmin()) if len(dm) else None,
-        "test_metric_mean": {m: dict(zip(p["task"], p["mean"].astype(float))) for m, p in _by_run(final, "method").items()},
-        "test_metric_std": {m: dict(zip(p["task"], p["std"].astype(float))) for m, p in _by_run(final, "method").items()},
+        "test_metric_mean": {
+            m: dict(zip(p["task"], p["mean"].astype(float))) for m, p in _by_run(final, "method").items()
+        },
+        "test_metric_std": {
+            m: dict(zip(p["task"], p["std"].astype(float))) for m, p in _by_run(final, "method").items()
+        },
         "largest_share_per_shared_layer": largest_shares(by_method),
         "mean_imbalance": _mean_imbalance(by_method),
         "train_seconds_per_run": {str(m): float(s) for m, s in seconds.items()},
@@ -162,7 +179,8 @@ def explorer_summary(runs: Sequence[str], balance: pd.DataFrame, **settings: Any
         "most_imbalanced_run": str(overall.index[-1]),
         "least_imbalanced_run": str(overall.index[0]),
         "most_imbalanced_layer": {
-            run: str(part.sort_values("imbalance", kind="stable")["layer"].iloc[-1]) for run, part in _by_run(layers).items()
+            run: str(part.sort_values("imbalance", kind="stable")["layer"].iloc[-1])
+            for run, part in _by_run(layers).items()
         },
     }
 
@@ -180,32 +198,42 @@ def findings_markdown(summary: Mapping[str, Any], notebook: str, *, smoke: bool 
         notebook: ``"quickstart"``, ``"landscape"``, ``"regression"``, ``"multimnist"`` or ``"explorer"``.
         smoke: start with the smoke note (:data:`mao_lab.notebook.SMOKE_NOTE`).
 
-    >>> print(findings_markdown({"mean_imbalance": {"sum": 0.4, "mao": 0.02}, "largest_sigma_task_min_share": {"sum": 0.9, "mao": 0.3},
-    ...                          "worst_normalised_test_mse": {"sum": 0.5, "mao": 0.2}}, "regression", smoke=True))
+    >>> summary = {"mean_imbalance": {"sum": 0.4, "mao": 0.02}, "largest_sigma_task_min_share": {"sum": 0.9, "mao": 0.3},
+    ...            "worst_normalised_test_mse": {"sum": 0.5, "mao": 0.2}}
+    >>> print(findings_markdown(summary, "regression", smoke=True))
     **smoke setting: these numbers mean nothing (a few steps on a little data, to check that the notebook runs)**
     <BLANKLINE>
     **This run:** Mean imbalance of the shared layers (0 balanced, 1 one task owns them): MAO 0.02, Adam on the sum 0.4. Smallest share of a shared layer held by the largest-σ task: MAO 0.3, Adam on the sum 0.9. Worst task's normalised test MSE: MAO 0.2, Adam on the sum 0.5.
-    """
+    """  # noqa: E501 - a doctest's expected output is one markdown paragraph, one line
     writers = {
         "quickstart": lambda s: [
             "worst task's normalised test MSE: " + _ranked(s["worst_normalised_test_mse"]),
             f"Adam on the sum's worst task is {s['worst_task_ratio_adam_over_mao']:.3g} times MAO's",
         ],
         "landscape": lambda s: [
-            "reached the Pareto set from " + ", ".join(f"{method_label(m)} {n} of {len(s['final_distance'][m])}" for m, n in s["reached_count"].items()) + " starts",
-            "misses that ended in the conflict band: " + ", ".join(f"{method_label(m)} {n}" for m, n in s["unreached_in_conflict_band"].items()),
-            "largest gap between the runs with L1 × 1 and L1 rescaled (eps as set): " + _ranked(s["rescaling_max_gap"], 2),
+            "reached the Pareto set from "
+            + ", ".join(
+                f"{method_label(m)} {n} of {len(s['final_distance'][m])}" for m, n in s["reached_count"].items()
+            )
+            + " starts",
+            "misses that ended in the conflict band: "
+            + ", ".join(f"{method_label(m)} {n}" for m, n in s["unreached_in_conflict_band"].items()),
+            "largest gap between the runs with L1 × 1 and L1 rescaled (eps as set): "
+            + _ranked(s["rescaling_max_gap"], 2),
             "the same with eps = 1e-8: " + _ranked(s["rescaling_max_gap_eps_1e-8"], 2),
         ],
         "regression": lambda s: [
             "mean imbalance of the shared layers (0 balanced, 1 one task owns them): " + _ranked(s["mean_imbalance"]),
-            "smallest share of a shared layer held by the largest-σ task: " + _ranked(s["largest_sigma_task_min_share"]),
+            "smallest share of a shared layer held by the largest-σ task: "
+            + _ranked(s["largest_sigma_task_min_share"]),
             "worst task's normalised test MSE: " + _ranked(s["worst_normalised_test_mse"]),
         ],
         "multimnist": lambda s: [
             "Δm% (mean over seeds; lower is better, below 0 beats the single-task baselines): "
             + _ranked({m: v["mean"] for m, v in s["delta_m_percent"].items()}),
-            f"lowest Δm%: {method_label(s['best_delta_m_method'])}" if s.get("best_delta_m_method") else "no Δm% (no baselines)",
+            f"lowest Δm%: {method_label(s['best_delta_m_method'])}"
+            if s.get("best_delta_m_method")
+            else "no Δm% (no baselines)",
             "mean imbalance of the shared layers: " + _ranked(s["mean_imbalance"]),
         ],
         "explorer": lambda s: [
@@ -215,5 +243,7 @@ def findings_markdown(summary: Mapping[str, Any], notebook: str, *, smoke: bool 
     }
     if notebook not in writers:
         raise ValueError(f"notebook must be one of {', '.join(map(repr, writers))}, got {notebook!r}")
-    text = "**This run:** " + " ".join(sentence[0].upper() + sentence[1:] + "." for sentence in writers[notebook](summary))
+    text = "**This run:** " + " ".join(
+        sentence[0].upper() + sentence[1:] + "." for sentence in writers[notebook](summary)
+    )
     return f"**{smoke_note(True)}**\n\n{text}" if smoke else text

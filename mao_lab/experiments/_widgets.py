@@ -97,7 +97,11 @@ class LandscapePlayground(_Playground):
         self.lr = widgets.FloatLogSlider(value=lr, base=10, min=-4, max=-0.5, description="lr", readout_format=".1e")
         # Steps of 1: the slider must be able to show whatever the notebook ran with (a smoke run's 30 as well).
         self.steps = widgets.IntSlider(value=steps, min=1, max=max(5000, steps), step=1, description="steps")
-        self.eps = widgets.Dropdown(options=[("1e-16", 1e-16), ("1e-8 (Adam's default)", 1e-8)], value=eps if eps in (1e-16, 1e-8) else 1e-16, description="eps")
+        self.eps = widgets.Dropdown(
+            options=[("1e-16", 1e-16), ("1e-8 (Adam's default)", 1e-8)],
+            value=eps if eps in (1e-16, 1e-8) else 1e-16,
+            description="eps",
+        )
         self.button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.status = widgets.Label()
         self.log = widgets.Output()
@@ -108,10 +112,12 @@ class LandscapePlayground(_Playground):
         self.free_scale.observe(lambda _: setattr(self.scale, "value", "free"), names="value")
         for control in (self.methods, self.scale, self.free_scale, self.eps, self.lr, self.steps):
             control.observe(lambda _: self._mark_out_of_date(), names="value")
-        controls = widgets.VBox([
-            widgets.HBox([self.methods, widgets.VBox([self.scale, self.free_scale, self.eps])]),
-            widgets.HBox([self.lr, self.steps, self.button, self.status]),
-        ])
+        controls = widgets.VBox(
+            [
+                widgets.HBox([self.methods, widgets.VBox([self.scale, self.free_scale, self.eps])]),
+                widgets.HBox([self.lr, self.steps, self.button, self.status]),
+            ]
+        )
         self.widget = widgets.VBox([controls, self.log, self.parameter_view, self.loss_view, self.table_view])
         self.trajectories: pd.DataFrame | None = None
         if trajectories is not None:
@@ -134,8 +140,12 @@ class LandscapePlayground(_Playground):
         self.log.outputs = ()
         with self.log:
             frame = landscape_trajectories(
-                list(self.methods.value), l1_scale=self.l1_scale, steps=int(self.steps.value), lr=float(self.lr.value),
-                record_every=self.record_every, eps=float(self.eps.value),
+                list(self.methods.value),
+                l1_scale=self.l1_scale,
+                steps=int(self.steps.value),
+                lr=float(self.lr.value),
+                record_every=self.record_every,
+                eps=float(self.eps.value),
             )
         self._show(frame)
         self.status.value = f"done in {time.perf_counter() - started:.1f} s"
@@ -193,13 +203,22 @@ class RegressionPlayground(_Playground):
         self.sigma_min = float(sigma_min)
         self.cache: dict[tuple[int, float, str], pd.DataFrame] = {}
         for key, frame in (runs or {}).items():
-            self.cache[(int(key[0]), float(key[1]), str(key[2]))] = by_module(frame.drop(columns=["run"], errors="ignore"))
+            self.cache[(int(key[0]), float(key[1]), str(key[2]))] = by_module(
+                frame.drop(columns=["run"], errors="ignore")
+            )
         self.num_tasks = widgets.IntSlider(value=num_tasks, min=2, max=10, description="tasks T")
         low = math.log10(self.sigma_min)
         self.sigma_max = widgets.FloatLogSlider(
-            value=sigma_max, base=10, min=low, max=max(low + 4, math.log10(sigma_max)), description="σ max", readout_format=".3g"
+            value=sigma_max,
+            base=10,
+            min=low,
+            max=max(low + 4, math.log10(sigma_max)),
+            description="σ max",
+            readout_format=".3g",
         )
-        self.method = widgets.Dropdown(options=[(method_label(m), m) for m in methods], value=method, description="method")
+        self.method = widgets.Dropdown(
+            options=[(method_label(m), m) for m in methods], value=method, description="method"
+        )
         self.layer = widgets.Dropdown(options=[layer], value=layer, description="layer")
         self.button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.status = widgets.Label()
@@ -209,10 +228,12 @@ class RegressionPlayground(_Playground):
         for control in (self.num_tasks, self.sigma_max, self.method):
             control.observe(lambda _: self._redraw(), names="value")
         self.layer.observe(lambda _: self._redraw(), names="value")
-        controls = widgets.VBox([
-            widgets.HBox([self.num_tasks, self.sigma_max]),
-            widgets.HBox([self.method, self.layer, self.button, self.status]),
-        ])
+        controls = widgets.VBox(
+            [
+                widgets.HBox([self.num_tasks, self.sigma_max]),
+                widgets.HBox([self.method, self.layer, self.button, self.status]),
+            ]
+        )
         self.widget = widgets.VBox([controls, self.log, self.share_view, self.grad_view, self.update_view])
         self._redraw()
 
@@ -235,8 +256,11 @@ class RegressionPlayground(_Playground):
             self.log.outputs = ()
             with self.log:
                 metrics, _ = compare_methods(
-                    [self.method.value], num_tasks=int(self.num_tasks.value), sigma_range=(self.sigma_min, float(self.sigma_max.value)),
-                    progress=True, **self.options,
+                    [self.method.value],
+                    num_tasks=int(self.num_tasks.value),
+                    sigma_range=(self.sigma_min, float(self.sigma_max.value)),
+                    progress=True,
+                    **self.options,
                 )
             frame = by_module(metrics.drop(columns=["run"]))
             self.cache[self._key()] = frame
@@ -261,7 +285,10 @@ class RegressionPlayground(_Playground):
         share = share_areas(frame, self.layer.value)
         share.update_layout(title=f"Tasks' shares of the update of {self.layer.value} — {where}")
         show_figure(self.share_view, share)
-        for view, metric, name in ((self.grad_view, "grad_norm", "gradient"), (self.update_view, "update_norm", "update")):
+        for view, metric, name in (
+            (self.grad_view, "grad_norm", "gradient"),
+            (self.update_view, "update_norm", "update"),
+        ):
             figure = metric_lines(frame, metric, self.layer.value)
             figure.update_layout(title=f"Per-task {name} norm of {self.layer.value} — {where}", yaxis_type="log")
             show_figure(view, figure)
@@ -275,7 +302,9 @@ class RegressionPlayground(_Playground):
             raise ValueError("the current setting has not been trained: call run()")
         t, sigma_max, method = self._key()
         figure = share_areas(frame, self.layer.value)
-        figure.update_layout(title=f"Playground: shares of {self.layer.value} — {method_label(method)}, T={t}, σ max {sigma_max:.3g}")
+        figure.update_layout(
+            title=f"Playground: shares of {self.layer.value} — {method_label(method)}, T={t}, σ max {sigma_max:.3g}"
+        )
         return figure
 
 
@@ -325,19 +354,29 @@ class MultiMNISTExplorer(_Playground):
         method, seed, layer: the starting choices.
     """
 
-    def __init__(self, frame: pd.DataFrame, *, method: str | None = None, seed: int | None = None, layer: str | None = None) -> None:
+    def __init__(
+        self, frame: pd.DataFrame, *, method: str | None = None, seed: int | None = None, layer: str | None = None
+    ) -> None:
         self.frame = module_level(frame)
         runs = [parse_run_name(r) for r in pd.unique(self.frame["run"].astype(str))]
         methods = list(dict.fromkeys(m for m, _ in runs))
         seeds = sorted({s for _, s in runs})
         layers = shared_layers(self.frame)
-        self.method = widgets.Dropdown(options=[(method_label(m), m) for m in methods], value=method if method in methods else methods[0], description="method")
+        self.method = widgets.Dropdown(
+            options=[(method_label(m), m) for m in methods],
+            value=method if method in methods else methods[0],
+            description="method",
+        )
         self.seed = widgets.Dropdown(options=seeds, value=seed if seed in seeds else seeds[0], description="seed")
-        self.layer = widgets.Dropdown(options=layers, value=layer if layer in layers else layers[0], description="layer")
+        self.layer = widgets.Dropdown(
+            options=layers, value=layer if layer in layers else layers[0], description="layer"
+        )
         self.share_view, self.grad_view = widgets.Output(), widgets.Output()
         for control in (self.method, self.seed, self.layer):
             control.observe(lambda _: self._redraw(), names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.method, self.seed, self.layer]), self.share_view, self.grad_view])
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.method, self.seed, self.layer]), self.share_view, self.grad_view]
+        )
         self._redraw()
 
     @property
@@ -348,11 +387,22 @@ class MultiMNISTExplorer(_Playground):
     def static_figure(self) -> go.Figure:
         """The share view shown now."""
         figure = share_areas(self.frame, str(self.layer.value), run=self.run)
-        figure.update_layout(title=f"Tasks' shares of the update of {self.layer.value} — {method_label(str(self.method.value))}, seed {self.seed.value}")
+        figure.update_layout(
+            title=(
+                f"Tasks' shares of the update of {self.layer.value} — {method_label(str(self.method.value))},"
+                f" seed {self.seed.value}"
+            )
+        )
         return figure
 
     def _redraw(self) -> None:
         show_figure(self.share_view, self.static_figure())
         grads = metric_lines(self.frame, "grad_norm", str(self.layer.value), run=self.run)
-        grads.update_layout(yaxis_type="log", title=f"Per-task gradient norm of {self.layer.value} — {method_label(str(self.method.value))}, seed {self.seed.value}")
+        grads.update_layout(
+            yaxis_type="log",
+            title=(
+                f"Per-task gradient norm of {self.layer.value} — {method_label(str(self.method.value))},"
+                f" seed {self.seed.value}"
+            ),
+        )
         show_figure(self.grad_view, grads)

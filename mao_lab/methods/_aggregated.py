@@ -138,9 +138,9 @@ def _per_parameter(
         if len(ks) > 1:
             assert direction is not None
             n = p.numel()
-            grads.append(direction[start:start + n].view_as(p).to(p.dtype))
+            grads.append(direction[start : start + n].view_as(p).to(p.dtype))
             if rows is not None:
-                parts.append(rows[:, start:start + n].reshape(num_tasks, *p.shape).to(p.dtype))
+                parts.append(rows[:, start : start + n].reshape(num_tasks, *p.shape).to(p.dtype))
                 part_tasks.append(tuple(range(num_tasks)))
             start += n
         else:

@@ -74,7 +74,11 @@ class _ReplayedDraws(Seeded, AggregatorMethod):
         return self.rows_replaying_draws(matrix)
 
 
-@register("mgda_fw", "MGDA by TorchJD's Frank-Wolfe (eps 1e-3, 100 iterations): approximate for 3+ tasks (Sener & Koltun 2018)", "torchjd")
+@register(
+    "mgda_fw",
+    "MGDA by TorchJD's Frank-Wolfe (eps 1e-3, 100 iterations): approximate for 3+ tasks (Sener & Koltun 2018)",
+    "torchjd",
+)
 class MGDAMethod(AggregatorMethod):
     """MGDA's min-norm direction estimated by Sener & Koltun's Frank-Wolfe solver with TorchJD's
     defaults (stops when the step falls below 1e-3, at most 100 iterations).  Exact for two tasks; with
@@ -166,7 +170,11 @@ class NashMTLMethod(AggregatorMethod):
         load_nash_mtl_state(self.aggregator, state)
 
 
-@register("aligned_mtl", "Aligned-MTL: the gradient matrix aligned to a well-conditioned one (Senushkin et al. 2023)", "torchjd")
+@register(
+    "aligned_mtl",
+    "Aligned-MTL: the gradient matrix aligned to a well-conditioned one (Senushkin et al. 2023)",
+    "torchjd",
+)
 class AlignedMTLMethod(AggregatorMethod):
     """Aligned-MTL with uniform preference; ``scale_mode`` picks the eigenvalue that sets the scale.
 
@@ -180,7 +188,9 @@ class AlignedMTLMethod(AggregatorMethod):
         return aggregation.AlignedMTL(scale_mode=self.hparams["scale_mode"])
 
 
-@register("upgrad", "UPGrad: every task gradient projected onto the dual cone, averaged (Quinton & Rey 2024)", "torchjd")
+@register(
+    "upgrad", "UPGrad: every task gradient projected onto the dual cone, averaged (Quinton & Rey 2024)", "torchjd"
+)
 class UPGradMethod(AggregatorMethod):
     """UPGrad with uniform preference (quadprog projector): each task gradient projected onto the dual
     cone of all of them, averaged.  TorchJD solves the projections' dual on the trace-normalised Gram

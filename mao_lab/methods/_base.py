@@ -26,9 +26,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError
-from .._copies import copyable_state
-from .._memory import tasks_reaching
 from .._clipping import check_max_norm, refuse_written_grads
+from .._copies import copyable_state
 from .._distributed import DistributedSetting
 from .._gradient_path import GradientPath
 from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
@@ -40,6 +39,7 @@ from .._loss_scaling import (
     outside_autocast,
     report_found_inf,
 )
+from .._memory import tasks_reaching
 from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
 from ._transaction import all_or_nothing
@@ -68,11 +68,15 @@ def trainable_parameters(params: Iterable[Tensor], owner: str) -> list[Tensor]:
     first_at: dict[int, int] = {}
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
-            raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, not a tensor (parameter groups "
-                            "are for mao_lab.MAO; a method takes one flat list)")
+            raise TypeError(
+                f"{owner}: parameter {i} is a {type(p).__name__}, not a tensor (parameter groups "
+                "are for mao_lab.MAO; a method takes one flat list)"
+            )
         if id(p) in first_at:
-            raise ValueError(f"{owner}: parameter {i} (shape {tuple(p.shape)}) is listed twice (it is parameter "
-                             f"{first_at[id(p)]}); list every parameter once")
+            raise ValueError(
+                f"{owner}: parameter {i} (shape {tuple(p.shape)}) is listed twice (it is parameter "
+                f"{first_at[id(p)]}); list every parameter once"
+            )
         first_at[id(p)] = i
         if p.requires_grad:
             kept.append(p)
@@ -191,8 +195,9 @@ class Method(ObservableMixin, Optimizer, ABC):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.__dict__.get("_own_param_groups"):
-            raise ValueError(f"method {self.name!r} steps one flat list of parameters; parameter groups are "
-                             "for mao_lab.MAO")
+            raise ValueError(
+                f"method {self.name!r} steps one flat list of parameters; parameter groups are for mao_lab.MAO"
+            )
         super().add_param_group(param_group)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -349,16 +354,24 @@ class Method(ObservableMixin, Optimizer, ABC):
         num_tasks, names = state["num_tasks"], state["task_names"]
         if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1):
             raise CheckpointError(f"method {self.name!r}: num_tasks must be None or an integer >= 1, got {num_tasks!r}")
-        if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_tasks
-                                  or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+        if names is not None and (
+            not isinstance(names, (list, tuple))
+            or len(names) != num_tasks
+            or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+        ):
             raise CheckpointError(f"method {self.name!r}: task_names must be {num_tasks} distinct names, got {names!r}")
         steps = state["steps_taken"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise CheckpointError(f"method {self.name!r}: steps_taken must be an integer >= 0, got {steps!r}")
         if self.num_tasks is not None and num_tasks is not None and num_tasks != self.num_tasks:
-            raise CheckpointError(f"method {self.name!r} is set up for {self.num_tasks} tasks; the state is for {num_tasks}")
+            raise CheckpointError(
+                f"method {self.name!r} is set up for {self.num_tasks} tasks; the state is for {num_tasks}"
+            )
         if self.task_names is not None and names is not None and set(names) != set(self.task_names):
-            raise CheckpointError(f"method {self.name!r} trains the tasks {self.task_names}; the state is for {tuple(names)}")
+            raise CheckpointError(
+                f"method {self.name!r} trains the tasks {self.task_names}; the state is for {tuple(names)}"
+            )
         self._check_optimizer_state(state["optimizer"])
         self._check_extra_state(state)
 

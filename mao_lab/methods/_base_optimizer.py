@@ -55,8 +55,13 @@ class BaseOptimizer:
         self.kind = kind
         if kind == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                list(params), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                foreach=True, decoupled_weight_decay=True,
+                list(params),
+                lr=lr,
+                betas=tuple(betas),
+                eps=eps,
+                weight_decay=weight_decay,
+                foreach=True,
+                decoupled_weight_decay=True,
             )
         elif kind == "sgd":
             self.optimizer = torch.optim.SGD(list(params), lr=lr, weight_decay=weight_decay, foreach=True)

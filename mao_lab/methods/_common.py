@@ -38,8 +38,12 @@ class Seeded(Method):
 
     def _check_extra_state(self, state: Mapping[str, Any]) -> None:
         super()._check_extra_state(state)
-        check_tensor(state.get("generator"), f"method {self.name!r}: the generator state",
-                     tuple(self._generator.get_state().shape), floating=False)
+        check_tensor(
+            state.get("generator"),
+            f"method {self.name!r}: the generator state",
+            tuple(self._generator.get_state().shape),
+            floating=False,
+        )
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         super()._load_extra_state(state)
@@ -105,8 +109,9 @@ def check_finite_gradients(
         return
     if losses is not None and params is not None:
         try:
-            per_task = compute_task_gradients(dict(zip(names or [f"task{k}" for k in range(len(losses))], losses)),
-                                              params, retain_graph=True)
+            per_task = compute_task_gradients(
+                dict(zip(names or [f"task{k}" for k in range(len(losses))], losses)), params, retain_graph=True
+            )
         except RuntimeError:  # the graph is gone: fall through to the generic message
             per_task = None
         if per_task is not None:

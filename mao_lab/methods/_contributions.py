@@ -81,7 +81,9 @@ def weighted_parts(task_grads: TaskGradients, weights: Tensor) -> TaskGradients:
 
 
 @torch.no_grad()
-def preconditioned_parts(parts: TaskGradients, base: BaseOptimizer, stepped: Sequence[bool] | None = None) -> TaskUpdates:
+def preconditioned_parts(
+    parts: TaskGradients, base: BaseOptimizer, stepped: Sequence[bool] | None = None
+) -> TaskUpdates:
     """``c_k = D ⊙ d_k``: each task's part of the direction through the base optimizer's preconditioner.
 
     Parameters the optimizer did not step (``stepped[i]`` false, or no task part) get no entries.

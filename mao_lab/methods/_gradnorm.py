@@ -72,8 +72,9 @@ class GradNormMethod(WeightedLossMethod):
         super().__init__(params, **kwargs)
         shared = self.hparams["shared_param"]
         if shared is not None and shared >= len(self.params):
-            raise ValueError(f"hyperparameter 'shared_param' must be < {len(self.params)} (the number of params), "
-                             f"got {shared}")
+            raise ValueError(
+                f"hyperparameter 'shared_param' must be < {len(self.params)} (the number of params), got {shared}"
+            )
 
     def _build(self, num_tasks: int) -> None:
         self.loss_weights = torch.ones(num_tasks, requires_grad=True)
@@ -104,8 +105,12 @@ class GradNormMethod(WeightedLossMethod):
         else:
             path = self._path  # each task's layer gradient averaged over replicas (one reduction), unscaled
             with torch.enable_grad():
-                local = [torch.autograd.grad(loss, layer, grad_outputs=path.seed(loss), retain_graph=True,
-                                             allow_unused=True)[0] for loss in graph_losses]
+                local = [
+                    torch.autograd.grad(
+                        loss, layer, grad_outputs=path.seed(loss), retain_graph=True, allow_unused=True
+                    )[0]
+                    for loss in graph_losses
+                ]
             grads = torch.stack([g if g is not None else torch.zeros_like(layer) for g in path.finish(local)])
         norms = torch.linalg.vector_norm(grads.detach().reshape(len(graph_losses), -1), dim=1).float()
         if not bool(torch.isfinite(norms).all()):

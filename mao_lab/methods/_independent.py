@@ -75,7 +75,8 @@ class IndependentStepsMethod(SteppedMethod):
 
     hyperparameters = {
         "unreached_grad": Hyperparameter(
-            "none", choice("none", "zero"),
+            "none",
+            choice("none", "zero"),
             "what a parameter the group's loss does not reach gets: 'none' (skipped) or 'zero' (torch 1.2's zero_grad)",
         )
     }
@@ -110,7 +111,7 @@ class IndependentStepsMethod(SteppedMethod):
             return [tuple(range(start, min(start + size, num_tasks))) for start in range(0, num_tasks, size)]
         if self.partition is None or self.redraw:
             order = torch.randperm(num_tasks, generator=self._generator).tolist()  # type: ignore[attr-defined]
-            self.partition = [tuple(sorted(order[start:start + size])) for start in range(0, num_tasks, size)]
+            self.partition = [tuple(sorted(order[start : start + size])) for start in range(0, num_tasks, size)]
         return list(self.partition)
 
     def _optimizer_for(self, group: int) -> BaseOptimizer:
@@ -181,7 +182,9 @@ class IndependentStepsMethod(SteppedMethod):
                 check_finite_gradients(grads, [losses[k] for k in group], [names[k] for k in group], self.params)
         grads = path.clip_total(grads)
         if self.zero_unreached:
-            grads = [torch.zeros_like(p) if g is None and optimizer.has_state(p) else g for p, g in zip(self.params, grads)]
+            grads = [
+                torch.zeros_like(p) if g is None and optimizer.has_state(p) else g for p, g in zip(self.params, grads)
+            ]
         before = [p.detach().clone() if record and g is not None else None for p, g in zip(self.params, grads)]
         optimizer.step(self.params, grads)
         if record:
@@ -217,7 +220,9 @@ class IndependentStepsMethod(SteppedMethod):
             for k, g_k in reaching:
                 per_task_updates[k][i] = D * g_k + history
 
-    def _in_task_order(self, names: tuple[str, ...], per_task: dict[int, list[Tensor | None]]) -> list[list[Tensor | None]]:
+    def _in_task_order(
+        self, names: tuple[str, ...], per_task: dict[int, list[Tensor | None]]
+    ) -> list[list[Tensor | None]]:
         return [per_task.get(k, [None] * len(self.params)) for k in range(len(names))]
 
     # -- state ---------------------------------------------------------------------------------------

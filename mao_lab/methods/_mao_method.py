@@ -28,8 +28,9 @@ class MAOMethod(OptimizerMethod):
     def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         hp = self.hparams
-        self.optimizer = MAO(self.params, hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"], hp["reduction"],
-                             hp["task_weights"])
+        self.optimizer = MAO(
+            self.params, hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"], hp["reduction"], hp["task_weights"]
+        )
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         names, losses = self._losses(closure)

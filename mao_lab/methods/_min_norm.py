@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torchjd.aggregation import Weighting, WeightedAggregator
+from torchjd.aggregation import WeightedAggregator, Weighting
 
 from .._hyperparameters import Hyperparameter, choice
 from ._aggregated import AggregatorMethod
@@ -113,7 +113,7 @@ def gramian(matrix: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     gram = torch.zeros(rows, rows, dtype=dtype, device=matrix.device)
     step = max(1, _GRAM_CHUNK_ELEMENTS // max(rows, 1))
     for start in range(0, columns, step):
-        block = matrix[:, start:start + step].to(dtype)
+        block = matrix[:, start : start + step].to(dtype)
         gram += block @ block.T
     return gram
 
@@ -191,7 +191,12 @@ def _checked_matrix(matrix: Tensor) -> Tensor:
 
 
 def _checked_gramian(gramian: Tensor) -> np.ndarray:
-    gram = _checked_float_matrix(gramian, "the Gram matrix", square=True).detach().to(device="cpu", dtype=torch.float64).numpy()
+    gram = (
+        _checked_float_matrix(gramian, "the Gram matrix", square=True)
+        .detach()
+        .to(device="cpu", dtype=torch.float64)
+        .numpy()
+    )
     if not np.isfinite(gram).all():
         raise ValueError("the Gram matrix contains NaN or Inf (so do the gradients, or they overflow)")
     diagonal = np.diag(gram)
@@ -338,7 +343,10 @@ def _tolerance(relative: float, norm2: float, norms: np.ndarray, weights: np.nda
 # -- the method ------------------------------------------------------------------------------------------
 
 
-@register("mgda", "MGDA: the exact min-norm point of the convex hull of the task gradients (Désidéri 2012; Sener & Koltun 2018)")
+@register(
+    "mgda",
+    "MGDA: the exact min-norm point of the convex hull of the task gradients (Désidéri 2012; Sener & Koltun 2018)",
+)
 class ExactMGDAMethod(AggregatorMethod):
     """MGDA with the exact min-norm direction (:class:`ExactMGDA`) for any number of tasks.
 

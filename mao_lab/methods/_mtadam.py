@@ -109,13 +109,17 @@ class MTAdam(Optimizer):
             plan.commit(p, state)
         if not keep_task_updates:
             return None
-        return TaskUpdates(task_grads.task_names, tuple(p for p, _, _ in planned),
-                           tuple(state["tasks"] for _, state, _ in planned),
-                           tuple(plan.parts for _, _, plan in planned))
+        return TaskUpdates(
+            task_grads.task_names,
+            tuple(p for p, _, _ in planned),
+            tuple(state["tasks"] for _, state, _ in planned),
+            tuple(plan.parts for _, _, plan in planned),
+        )
 
     @staticmethod
-    def _planned(p: Tensor, state: dict[str, Any], group: dict[str, Any], reaching: tuple[int, ...],
-                 grads: Tensor) -> _Planned:
+    def _planned(
+        p: Tensor, state: dict[str, Any], group: dict[str, Any], reaching: tuple[int, ...], grads: Tensor
+    ) -> _Planned:
         """The step of ``p``, computed out of place (the state and ``p`` are left as they are)."""
         beta1, beta2 = group["betas"]
         rows = [state["tasks"].index(k) for k in reaching]
@@ -145,8 +149,12 @@ class MTAdam(Optimizer):
         """The bytes of the state once every parameter has been stepped: per parameter, a step counter, and
         per task reaching it a running norm, a flag and two moments (see :func:`mao_lab.state_bytes`)."""
         tasks_of = tasks_reaching(num_tasks, reach)
-        return sum(step_counter_bytes() + 2 * len(tasks_of(p)) * (p.numel() + 1) * p.element_size()
-                   for group in self.param_groups for p in group["params"] if tasks_of(p))
+        return sum(
+            step_counter_bytes() + 2 * len(tasks_of(p)) * (p.numel() + 1) * p.element_size()
+            for group in self.param_groups
+            for p in group["params"]
+            if tasks_of(p)
+        )
 
     def _reserve_state(self, task_grads: TaskGradients) -> None:
         """Make the state of every parameter this step reaches (zeros for tasks new to it), checked to fit

@@ -53,7 +53,9 @@ def register(name: str, description: str, source: str = "mao_lab", *, replace: b
             raise TypeError(f"register({name!r}) decorates a subclass of mao_lab.methods.Method, got {cls!r}")
         earlier = _REGISTRY.get(name)
         reloaded = earlier is not None and (earlier.cls.__module__, earlier.cls.__qualname__) == (
-            cls.__module__, cls.__qualname__)  # the same module executed again (importlib.reload, doctests)
+            cls.__module__,
+            cls.__qualname__,
+        )  # the same module executed again (importlib.reload, doctests)
         if earlier is not None and not (replace or reloaded):
             raise ValueError(f"method {name!r} is already registered (by {earlier.cls.__qualname__})")
         if "name" in vars(cls) and vars(cls)["name"] != name:

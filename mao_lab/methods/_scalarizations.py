@@ -156,8 +156,12 @@ class FAMOMethod(ScalarizerMethod):
         if bounds is not None and len(bounds) != num_tasks:
             raise TaskInputError(f"famo: 'min_losses' has {len(bounds)} entries but there are {num_tasks} tasks")
         hp = self.hparams
-        return scalarization.FAMO(num_tasks, None if bounds is None else torch.tensor(bounds),
-                                  lr=hp["weights_lr"], weight_decay=hp["weights_decay"])
+        return scalarization.FAMO(
+            num_tasks,
+            None if bounds is None else torch.tensor(bounds),
+            lr=hp["weights_lr"],
+            weight_decay=hp["weights_decay"],
+        )
 
     def _step(self, closure: LossClosure, record: bool) -> StepRecord:
         step_record = super()._step(closure, record)

@@ -13,7 +13,7 @@ or resumes wrongly.
 Traceback (most recent call last):
 ...
 ImportError: mao_lab.methods relies on internals of torchjd 0.18 (the state of DWA, FAMO, GradVac and Nash-MTL, the random draws of PCGrad, GradVac and GradDrop), found torchjd 0.19.1: install the pinned version, pip install 'torchjd==0.18.0' (requirements.txt)
-"""
+"""  # noqa: E501 - a doctest's expected exception message is one line
 
 from __future__ import annotations
 

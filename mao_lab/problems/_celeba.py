@@ -46,12 +46,46 @@ from ._model import MultiTaskNet
 __all__ = ["CELEBA_ATTRIBUTES", "CELEBA_LAYOUT", "CelebA", "ResNet18Trunk", "celeba", "celeba_model"]
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
-    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
-    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
-    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
-    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
-    "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 """The 40 attributes, in the order of ``list_attr_celeba.txt``'s columns."""
 
@@ -203,8 +237,10 @@ class ResNet18Trunk(nn.Module):
         stages, c_in = [], width
         for k, count in enumerate(blocks):
             c_out = width * 2**k
-            stages += [BasicBlock(c_in if j == 0 else c_out, c_out, (1 if k == 0 else 2) if j == 0 else 1)
-                       for j in range(count)]
+            stages += [
+                BasicBlock(c_in if j == 0 else c_out, c_out, (1 if k == 0 else 2) if j == 0 else 1)
+                for j in range(count)
+            ]
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.features = c_in
@@ -213,8 +249,9 @@ class ResNet18Trunk(nn.Module):
         return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
 
 
-def celeba_model(tasks: Sequence[str] = CELEBA_ATTRIBUTES, width: int = 64,
-                 blocks: Sequence[int] = (2, 2, 2, 2)) -> MultiTaskNet:
+def celeba_model(
+    tasks: Sequence[str] = CELEBA_ATTRIBUTES, width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2)
+) -> MultiTaskNet:
     """The ResNet-18-style trunk and one logit per attribute (``(B,)`` each).
 
     >>> [tuple(y.shape) for y in celeba_model(("Smiling", "Young"), width=4, blocks=(1, 1))(torch.zeros(2, 3, 8, 8))]
@@ -247,8 +284,9 @@ class CelebA(DatasetProblem):
         pin_memory: bool = False,
         synthetic_sizes: tuple[int, int, int] = (1024, 256, 256),
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory)
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, pin_memory=pin_memory
+        )
         for name, value in (("size", size), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -256,8 +294,10 @@ class CelebA(DatasetProblem):
         self._splits: dict[str, Dataset]
         if synthetic:
             attributes = CELEBA_ATTRIBUTES
-            self._splits = {split: SyntheticCelebA(n, size, seed) for seed, (split, n) in
-                            enumerate(zip(("train", "validation", "test"), synthetic_sizes))}
+            self._splits = {
+                split: SyntheticCelebA(n, size, seed)
+                for seed, (split, n) in enumerate(zip(("train", "validation", "test"), synthetic_sizes))
+            }
         else:
             folder = require_folder(root, CELEBA_LAYOUT)
             attributes, images, labels = read_attributes(_locate(folder, "list_attr_celeba.txt", "Anno"))
@@ -265,9 +305,11 @@ class CelebA(DatasetProblem):
             faces = _locate(folder, "img_align_celeba", "Img")
             unassigned = [name for name in images if name not in partition]
             if unassigned:
-                raise DatasetLayoutError.of(folder / "list_eval_partition.txt",
-                                            f"no partition for {unassigned[0]} ({len(unassigned)} images)",
-                                            CELEBA_LAYOUT)
+                raise DatasetLayoutError.of(
+                    folder / "list_eval_partition.txt",
+                    f"no partition for {unassigned[0]} ({len(unassigned)} images)",
+                    CELEBA_LAYOUT,
+                )
             chosen = np.array([partition[name] for name in images])
             self._splits = {}
             for split, code in PARTITIONS.items():
@@ -279,8 +321,10 @@ class CelebA(DatasetProblem):
         self.task_names = self.attributes if tasks is None else self._known(tasks)
         sizes = " / ".join(str(len(self._splits[s])) for s in ("train", "validation", "test"))  # type: ignore[arg-type]
         source = "synthetic CelebA-shaped faces" if synthetic else "CelebA aligned faces"
-        self.description = (f"{source} at {size}x{size} ({sizes} train/validation/test), {len(self.task_names)} "
-                            f"attributes; ResNet-18-style trunk, width {width}")
+        self.description = (
+            f"{source} at {size}x{size} ({sizes} train/validation/test), {len(self.task_names)} "
+            f"attributes; ResNet-18-style trunk, width {width}"
+        )
 
     def _known(self, tasks: Sequence[str]) -> tuple[str, ...]:
         if isinstance(tasks, str):
@@ -299,12 +343,15 @@ class CelebA(DatasetProblem):
     def _columns(self, names: Sequence[str]) -> list[int]:
         return [self.attributes.index(name) for name in names]
 
-    def task_losses(self, model: nn.Module, batch: tuple[Tensor, Tensor],
-                    tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def task_losses(
+        self, model: nn.Module, batch: tuple[Tensor, Tensor], tasks: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         images, labels = batch
-        return {name: F.binary_cross_entropy_with_logits(logit, labels[:, column])
-                for name, logit, column in zip(names, model(images), self._columns(names))}
+        return {
+            name: F.binary_cross_entropy_with_logits(logit, labels[:, column])
+            for name, logit, column in zip(names, model(images), self._columns(names))
+        }
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: Split, tasks: Sequence[str] | None = None) -> list[TaskMetric]:

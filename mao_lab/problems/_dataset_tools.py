@@ -56,8 +56,11 @@ class BatchedDataset(Dataset):
 
 def check_loader_options(batch_size: int, eval_batch_size: int, num_workers: int, pin_memory: bool) -> None:
     """Reject what a ``DataLoader`` would only reject later, or silently misuse."""
-    for name, value, minimum in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                 ("num_workers", num_workers, 0)):
+    for name, value, minimum in (
+        ("batch_size", batch_size, 1),
+        ("eval_batch_size", eval_batch_size, 1),
+        ("num_workers", num_workers, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     if not isinstance(pin_memory, bool):
@@ -120,12 +123,20 @@ class DatasetProblem(Problem):
 
 
 def _loader(
-    data: Dataset, sampler: Any, batch_size: int, drop_last: bool, num_workers: int, pin_memory: bool,
+    data: Dataset,
+    sampler: Any,
+    batch_size: int,
+    drop_last: bool,
+    num_workers: int,
+    pin_memory: bool,
     persistent: bool = False,
 ) -> DataLoader:
     batch_sampler = BatchSampler(sampler, batch_size, drop_last)
-    common: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory,
-                              "persistent_workers": persistent and num_workers > 0}
+    common: dict[str, Any] = {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": persistent and num_workers > 0,
+    }
     if isinstance(data, BatchedDataset):
         # The sampler yields lists of indices and the dataset returns whole batches: nothing to collate.
         return DataLoader(data, sampler=batch_sampler, batch_size=None, **common)

@@ -146,7 +146,8 @@ def read_mnist_idx(root: str | os.PathLike[str], split: str) -> tuple[np.ndarray
         raise DatasetLayoutError.of(images_file, f"images of {digits.shape[1:]} pixels, not 28x28", MNIST_IDX_LAYOUT)
     if labels.shape != digits.shape[:1]:
         raise DatasetLayoutError.of(
-            labels_file, f"{labels.shape[0]} labels for {digits.shape[0]} images in {images_file.name}",
+            labels_file,
+            f"{labels.shape[0]} labels for {digits.shape[0]} images in {images_file.name}",
             MNIST_IDX_LAYOUT,
         )
     if labels.size and labels.max() > 9:
@@ -197,7 +198,11 @@ class _PairedDigits(BatchedDataset):
     """One split in memory; ``self[indices]`` is ``(images (b, 1, 28, 28) in [0, 1], {task: target})``."""
 
     def __init__(
-        self, images: np.ndarray, left_label: np.ndarray, right_label: np.ndarray, clean_left: np.ndarray | None,
+        self,
+        images: np.ndarray,
+        left_label: np.ndarray,
+        right_label: np.ndarray,
+        clean_left: np.ndarray | None,
         tasks: Sequence[str],
     ) -> None:
         self.images = torch.from_numpy(images)
@@ -247,8 +252,9 @@ class MnistIdxMultiMNIST(DatasetProblem):
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory)
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, pin_memory=pin_memory
+        )
         self.task_names = _check_tasks(tasks)
         if isinstance(max_shift, bool) or not isinstance(max_shift, int) or not 0 <= max_shift <= 8:
             raise ValueError(f"max_shift must be an int in 0..8 (pixels of the 36x36 canvas), got {max_shift!r}")
@@ -256,11 +262,8 @@ class MnistIdxMultiMNIST(DatasetProblem):
             raise ValueError(f"pairing_seed must be an int, got {pairing_seed!r}")
         train_digits, train_labels = read_mnist_idx(root, "train")
         test_digits, test_labels = read_mnist_idx(root, "test")
-        if len(train_digits) <= VALIDATION_DIGITS + 1:
-            # Tiny copies (tests, subsets) keep a sixth of their training digits for validation.
-            held_out = max(2, len(train_digits) // 6)
-        else:
-            held_out = VALIDATION_DIGITS
+        # Tiny copies (tests, subsets) keep a sixth of their training digits for validation.
+        held_out = max(2, len(train_digits) // 6) if len(train_digits) <= VALIDATION_DIGITS + 1 else VALIDATION_DIGITS
         pools = {
             "train": (train_digits[:-held_out], train_labels[:-held_out]),
             "validation": (train_digits[-held_out:], train_labels[-held_out:]),
@@ -287,8 +290,9 @@ class MnistIdxMultiMNIST(DatasetProblem):
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         return multimnist_model(self.tasks_or_all(tasks))
 
-    def task_losses(self, model: nn.Module, batch: tuple[Tensor, dict[str, Tensor]],
-                    tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def task_losses(
+        self, model: nn.Module, batch: tuple[Tensor, dict[str, Tensor]], tasks: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         images, targets = batch
         losses = task_losses(model(images), [targets[k] for k in names], names)
@@ -309,8 +313,10 @@ class MnistIdxMultiMNIST(DatasetProblem):
                 count += len(images)
         finally:
             model.train(was_training)
-        return [TaskMetric(k, MULTIMNIST_TASKS[k].metric, total / count, MULTIMNIST_TASKS[k].higher_is_better)
-                for k, total in zip(names, totals)]
+        return [
+            TaskMetric(k, MULTIMNIST_TASKS[k].metric, total / count, MULTIMNIST_TASKS[k].higher_is_better)
+            for k, total in zip(names, totals)
+        ]
 
     def task_sets(self) -> Mapping[str, tuple[str, ...]]:
         sets = {"same_nature": ("left", "right"), "different_nature": ("left", "sum", "reconstruct")}

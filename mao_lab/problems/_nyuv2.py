@@ -82,8 +82,9 @@ def _numbered(folder: Path) -> int:
         raise DatasetLayoutError.of(folder, "no <i>.npy files", NYUV2_LAYOUT)
     if numbers != list(range(len(numbers))):
         missing = sorted(set(range(numbers[-1] + 1)) - set(numbers))
-        raise DatasetLayoutError.of(folder / f"{missing[0]}.npy", "missing (files must be numbered 0..n-1)",
-                                    NYUV2_LAYOUT)
+        raise DatasetLayoutError.of(
+            folder / f"{missing[0]}.npy", "missing (files must be numbered 0..n-1)", NYUV2_LAYOUT
+        )
     return len(numbers)
 
 
@@ -117,8 +118,12 @@ class NYUv2Files(Dataset):
         counts = {m: _numbered(folder / m) for m in MODALITIES}
         if len(set(counts.values())) != 1:
             raise DatasetLayoutError.of(
-                folder, "modalities hold different numbers of files (" + ", ".join(f"{m}: {n}" for m, n in
-                                                                               counts.items()) + ")", NYUV2_LAYOUT)
+                folder,
+                "modalities hold different numbers of files ("
+                + ", ".join(f"{m}: {n}" for m, n in counts.items())
+                + ")",
+                NYUV2_LAYOUT,
+            )
         self.folder = folder
         self.indices = list(range(counts["image"])) if indices is None else list(indices)
         self.shape = self[0][0].shape[-2:] if self.indices else None  # reads (and checks) the first item
@@ -131,8 +136,9 @@ class NYUv2Files(Dataset):
         try:
             array = np.load(file, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
-            raise DatasetLayoutError.of(file, f"not a readable .npy file ({type(error).__name__}: {error})",
-                                        NYUV2_LAYOUT) from None
+            raise DatasetLayoutError.of(
+                file, f"not a readable .npy file ({type(error).__name__}: {error})", NYUV2_LAYOUT
+            ) from None
         return _channels_first(array, CHANNELS[modality], file)
 
     def __getitem__(self, item: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -140,12 +146,16 @@ class NYUv2Files(Dataset):
         arrays = {m: self._load(m, index) for m in MODALITIES}
         sizes = {m: a.shape[-2:] for m, a in arrays.items()}
         if len(set(sizes.values())) != 1:
-            raise DatasetLayoutError.of(self.folder / "*" / f"{index}.npy",
-                                        f"modalities of different sizes {sizes}", NYUV2_LAYOUT)
+            raise DatasetLayoutError.of(
+                self.folder / "*" / f"{index}.npy", f"modalities of different sizes {sizes}", NYUV2_LAYOUT
+            )
         label = np.rint(arrays["label"]).astype(np.int64)
         if label.size and (label.min() < -1 or label.max() >= NUM_CLASSES):
-            raise DatasetLayoutError.of(self.folder / "label" / f"{index}.npy",
-                                        f"labels {label.min()}..{label.max()} outside -1..12", NYUV2_LAYOUT)
+            raise DatasetLayoutError.of(
+                self.folder / "label" / f"{index}.npy",
+                f"labels {label.min()}..{label.max()} outside -1..12",
+                NYUV2_LAYOUT,
+            )
         image = torch.from_numpy(np.ascontiguousarray(arrays["image"], dtype=np.float32))
         return image, {
             "segmentation": torch.from_numpy(label),
@@ -271,8 +281,9 @@ class NYUv2(DatasetProblem):
         synthetic_shape: tuple[int, int] = NYUV2_SHAPE,
         synthetic_sizes: tuple[int, int, int] = (64, 16, 16),
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory)
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, pin_memory=pin_memory
+        )
         for name, value in (("width", width), ("levels", levels), ("validation_size", validation_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -280,8 +291,10 @@ class NYUv2(DatasetProblem):
         self._splits: dict[str, Dataset]
         if synthetic:
             shape = tuple(synthetic_shape)
-            self._splits = {split: SyntheticNYUv2(n, shape, seed) for seed, (split, n) in  # type: ignore[arg-type]
-                            enumerate(zip(("train", "validation", "test"), synthetic_sizes))}
+            self._splits = {
+                split: SyntheticNYUv2(n, shape, seed)
+                for seed, (split, n) in enumerate(zip(("train", "validation", "test"), synthetic_sizes))  # type: ignore[arg-type]
+            }
             self.description = f"synthetic NYUv2-shaped data ({shape[0]}x{shape[1]}); SegNet-style trunk, width {width}"
             return
         folder = require_folder(root, NYUV2_LAYOUT)
@@ -305,8 +318,9 @@ class NYUv2(DatasetProblem):
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         return nyuv2_model(self.tasks_or_all(tasks), self.width, self.levels)
 
-    def task_losses(self, model: nn.Module, batch: tuple[Tensor, dict[str, Tensor]],
-                    tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def task_losses(
+        self, model: nn.Module, batch: tuple[Tensor, dict[str, Tensor]], tasks: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         image, targets = batch
         return {task: _LOSSES[task](output, targets[task]) for task, output in zip(names, model(image))}
@@ -338,8 +352,13 @@ _LOSSES = {"segmentation": segmentation_loss, "depth": depth_loss, "normal": nor
 METRICS: Mapping[str, tuple[tuple[str, bool], ...]] = {
     "segmentation": (("miou", True), ("pixel_accuracy", True)),
     "depth": (("abs_error", False), ("rel_error", False)),
-    "normal": (("angle_mean", False), ("angle_median", False), ("within_11.25", True), ("within_22.5", True),
-               ("within_30", True)),
+    "normal": (
+        ("angle_mean", False),
+        ("angle_median", False),
+        ("within_11.25", True),
+        ("within_22.5", True),
+        ("within_30", True),
+    ),
 }
 """Each task's metrics, in the order MTAN prints them, with whether higher is better."""
 

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
@@ -32,8 +32,8 @@ from ._storage import RunPath, combine_runs, full_tables, load_run, part_paths
 
 __all__ = ["BalanceExplorer", "ExplorerApp", "RunChecklist", "find_runs", "run_label"]
 
-Source = Union[pd.DataFrame, Recorder, RunPath]
-Sources = Union[Source, Sequence[Source], Mapping[str, Source]]
+Source = pd.DataFrame | Recorder | RunPath
+Sources = Source | Sequence[Source] | Mapping[str, Source]
 
 _ALL_LAYERS_METRICS = ("loss",)
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # one per compared run
@@ -99,7 +99,9 @@ def _combined(sources: Sources) -> pd.DataFrame:
         raise ValueError("BalanceExplorer needs at least one table, recorder or run folder")
     frames = []
     for name, frame in named.items():
-        frames.append(frame.drop(columns=["run"]).assign(run=name) if "run" in frame.columns else frame.assign(run=name))
+        frames.append(
+            frame.drop(columns=["run"]).assign(run=name) if "run" in frame.columns else frame.assign(run=name)
+        )
     return combine_runs(frames)
 
 
@@ -136,8 +138,12 @@ class BalanceExplorer:
 
         self.run = widgets.Dropdown(options=runs, value=runs[0], description="run")
         # Other runs drawn on the same figure: nothing ticked at first (one run, as the explorer opens).
-        self.compare = {name: widgets.Checkbox(value=False, description=name, indent=False, tooltip=name,
-                                               layout=widgets.Layout(width="auto")) for name in runs}
+        self.compare = {
+            name: widgets.Checkbox(
+                value=False, description=name, indent=False, tooltip=name, layout=widgets.Layout(width="auto")
+            )
+            for name in runs
+        }
         self.metric = widgets.Dropdown(description="metric")
         self.layer = widgets.Dropdown(description="layer")
         self.steps = widgets.IntRangeSlider(description="steps", continuous_update=False)
@@ -155,8 +161,12 @@ class BalanceExplorer:
         controls = widgets.HBox([self.run, self.metric, self.layer])
         rows: list[widgets.Widget] = [controls, self.steps]
         if len(runs) > 1:
-            rows.append(widgets.HBox([widgets.Label("compare with:"), *self.compare.values()],
-                                     layout=widgets.Layout(flex_flow="row wrap")))
+            rows.append(
+                widgets.HBox(
+                    [widgets.Label("compare with:"), *self.compare.values()],
+                    layout=widgets.Layout(flex_flow="row wrap"),
+                )
+            )
         self.widget = widgets.VBox([*rows, self._output])
         self._sync_compare()
         self._redraw()
@@ -179,7 +189,9 @@ class BalanceExplorer:
         title and the line's dash (the task keeps its colour across runs)."""
         layer = None if self.metric.value in _ALL_LAYERS_METRICS else self.layer.value
         runs = self.shown_runs()
-        figures = [metric_lines(self.frame, self.metric.value, layer, run=run, steps=tuple(self.steps.value)) for run in runs]
+        figures = [
+            metric_lines(self.frame, self.metric.value, layer, run=run, steps=tuple(self.steps.value)) for run in runs
+        ]
         first = figures[0]
         title = str(first.layout.title.text).rsplit(" — ", 1)[0]
         if len(runs) == 1:
@@ -193,12 +205,20 @@ class BalanceExplorer:
         for i, (run, part) in enumerate(zip(runs, figures)):
             for trace in part.data:
                 colour = tasks.setdefault(str(trace.name), colours[len(tasks) % len(colours)])
-                trace.update(name=_text(trace.name), legendgroup=run, legendgrouptitle_text=_text(run),
-                             line={"color": colour, "dash": _DASHES[i % len(_DASHES)]})
+                trace.update(
+                    name=_text(trace.name),
+                    legendgroup=run,
+                    legendgrouptitle_text=_text(run),
+                    line={"color": colour, "dash": _DASHES[i % len(_DASHES)]},
+                )
                 figure.add_trace(trace)
-        figure.update_layout(title_text=f"{title} — {len(runs)} runs", xaxis_title="step",
-                             yaxis_title=first.layout.yaxis.title.text, legend_title_text=first.layout.legend.title.text,
-                             legend_groupclick="toggleitem")
+        figure.update_layout(
+            title_text=f"{title} — {len(runs)} runs",
+            xaxis_title="step",
+            yaxis_title=first.layout.yaxis.title.text,
+            legend_title_text=first.layout.legend.title.text,
+            legend_groupclick="toggleitem",
+        )
         return figure
 
     def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
@@ -300,7 +320,9 @@ def find_runs(root: RunPath) -> dict[str, Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"no folder at {root}")
     found = {}
-    for folder in sorted({p.parent for pattern in ("metrics.parquet", "metrics.csv", "metrics.part-*") for p in root.rglob(pattern)}):
+    for folder in sorted(
+        {p.parent for pattern in ("metrics.parquet", "metrics.csv", "metrics.part-*") for p in root.rglob(pattern)}
+    ):
         if full_tables(folder) or part_paths(folder):
             name = folder.relative_to(root).as_posix()
             found[name] = folder
@@ -336,8 +358,13 @@ class RunChecklist:
         repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
         # A checkbox's description is plain text (ipywidgets escapes it): a run's name is never read as HTML.
         self.boxes = {
-            name: widgets.Checkbox(value=False, description=name if labels[name] in repeated else labels[name],
-                                   tooltip=name, indent=False, layout=widgets.Layout(width="auto"))
+            name: widgets.Checkbox(
+                value=False,
+                description=name if labels[name] in repeated else labels[name],
+                tooltip=name,
+                indent=False,
+                layout=widgets.Layout(width="auto"),
+            )
             for name in names
         }
         self.widget.children = tuple(self.boxes.values())

@@ -62,10 +62,7 @@ def _series_name(task: object, other_task: object, metric: str) -> str:
 
 def _series(rows: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
     """Rows split into one series per task (per task pair for cosines, a single one for imbalance)."""
-    names = [
-        _series_name(t, o, metric)
-        for t, o in zip(rows["task"].astype(object), rows["other_task"].astype(object))
-    ]
+    names = [_series_name(t, o, metric) for t, o in zip(rows["task"].astype(object), rows["other_task"].astype(object))]
     labelled = rows.assign(_series=names)
     return {name: part for name, part in labelled.groupby("_series", sort=False, observed=True)}
 
@@ -86,7 +83,9 @@ def share_heatmap(frame: pd.DataFrame, task: str, *, run: str | None = None) -> 
     """
     rows = _rows(frame, "update_share", run)
     if task not in set(rows["task"].astype(object)):
-        raise ValueError(f"no update shares of task {task!r}; tasks: {sorted(map(str, rows['task'].dropna().unique()))}")
+        raise ValueError(
+            f"no update shares of task {task!r}; tasks: {sorted(map(str, rows['task'].dropna().unique()))}"
+        )
     layers = _layer_order(rows)
     mine = rows[rows["task"] == task]
     grid = mine.pivot_table(index="layer", columns="step", values="value", aggfunc="mean", observed=True)
@@ -123,12 +122,16 @@ def share_areas(frame: pd.DataFrame, layer: str, *, run: str | None = None) -> g
     rows = _rows(frame, "update_share", run)
     rows = rows[rows["layer"] == layer]
     if rows.empty:
-        raise ValueError(f"no update shares for layer {layer!r}; layers: {_layer_order(_rows(frame, 'update_share', run))}")
+        raise ValueError(
+            f"no update shares for layer {layer!r}; layers: {_layer_order(_rows(frame, 'update_share', run))}"
+        )
     figure = go.Figure()
     for name, part in _series(rows, "update_share").items():
         part = part.sort_values("step")
         figure.add_trace(
-            go.Scatter(x=part["step"].to_numpy(), y=part["value"].to_numpy(), name=name, mode="lines", stackgroup="shares")
+            go.Scatter(
+                x=part["step"].to_numpy(), y=part["value"].to_numpy(), name=name, mode="lines", stackgroup="shares"
+            )
         )
     figure.update_layout(
         title=_title(f"Tasks' shares of the update of {layer}", run),

@@ -178,7 +178,9 @@ def decode(layout: Layout, steps: np.ndarray, values: np.ndarray) -> _Rows:
 
     for i, layer in enumerate(layout.layers):
         kind = "shared" if len(layout.tasks_of(i)) > 1 else "task"
-        _layer_rows(rows, steps, layer, kind, names, layout.grad_tasks[i], grams[i], layout.update_tasks[i], update_norms[i])
+        _layer_rows(
+            rows, steps, layer, kind, names, layout.grad_tasks[i], grams[i], layout.update_tasks[i], update_norms[i]
+        )
     for k, name in enumerate(names):
         rows.add(steps, losses[:, k], "loss", task=name)
     return rows
@@ -247,7 +249,9 @@ def by_module(frame: pd.DataFrame) -> pd.DataFrame:
 
     if len(update_norms):
         total = update_norms.groupby(keys, sort=False)["value"].transform("sum")
-        shares = update_norms.assign(value=np.where(total > 0, update_norms["value"] / total.where(total > 0, 1.0), np.nan))
+        shares = update_norms.assign(
+            value=np.where(total > 0, update_norms["value"] / total.where(total > 0, 1.0), np.nan)
+        )
         parts.append(shares.assign(metric="update_share"))
         positive = shares["value"] > 0
         entropy = (
@@ -268,12 +272,18 @@ def by_module(frame: pd.DataFrame) -> pd.DataFrame:
         norms = frame[frame["metric"] == "grad_norm"].set_index([*keys[:-1], "layer", "task"])["value"]
         where = [*keys[:-1], "layer"]
         norm_a = norms.reindex(pd.MultiIndex.from_frame(cosines[[*where, "task"]])).to_numpy()
-        norm_b = norms.reindex(pd.MultiIndex.from_frame(cosines[[*where, "other_task"]].set_axis([*where, "task"], axis=1))).to_numpy()
+        norm_b = norms.reindex(
+            pd.MultiIndex.from_frame(cosines[[*where, "other_task"]].set_axis([*where, "task"], axis=1))
+        ).to_numpy()
         inner = np.nan_to_num(cosines["value"].to_numpy() * norm_a * norm_b)
-        summed = cosines.assign(value=inner).groupby([*keys, "task", "other_task"], sort=False)["value"].sum().reset_index()
+        summed = (
+            cosines.assign(value=inner).groupby([*keys, "task", "other_task"], sort=False)["value"].sum().reset_index()
+        )
         module_norms = grad_norms.set_index([*keys, "task"])["value"]
         a = module_norms.reindex(pd.MultiIndex.from_frame(summed[[*keys, "task"]])).to_numpy()
-        b = module_norms.reindex(pd.MultiIndex.from_frame(summed[[*keys, "other_task"]].set_axis([*keys, "task"], axis=1))).to_numpy()
+        b = module_norms.reindex(
+            pd.MultiIndex.from_frame(summed[[*keys, "other_task"]].set_axis([*keys, "task"], axis=1))
+        ).to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
             parts.append(summed.assign(value=summed["value"].to_numpy() / (a * b), metric="cosine"))
 

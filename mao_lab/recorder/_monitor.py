@@ -9,9 +9,9 @@ cost nothing: the method then builds no record at all.
 the method keeping each task's part of that step's update.  The monitor times both and keeps an
 account: after the first refresh (shown at once), it refreshes once ``every`` steps have passed *and*
 its time so far plus one more refresh stays within ``budget`` (default 5 %) of the training time so far.
-So over a run its share of the time stays at most ``budget`` once the first refresh is paid off.  The cost it measured is shown
-under the figure and kept in :attr:`BalanceMonitor.cost_fraction`; ``python -m mao_lab.bench recorder``
-measures it from outside, side by side with the monitor off.
+So over a run its share of the time stays at most ``budget`` once the first refresh is paid off.  The cost it
+measured is shown under the figure and kept in :attr:`BalanceMonitor.cost_fraction`;
+``python -m mao_lab.bench recorder`` measures it from outside, side by side with the monitor off.
 """
 
 from __future__ import annotations
@@ -146,7 +146,9 @@ class BalanceMonitor(_Watcher):
     def __call__(self, record: StepRecord) -> None:
         started = self._clock()
         if record.task_updates is None:
-            raise TypeError(f"{type(self.method).__name__} hands over no per-task updates: the monitor cannot split them")
+            raise TypeError(
+                f"{type(self.method).__name__} hands over no per-task updates: the monitor cannot split them"
+            )
         step = self.steps_seen - 1
         shares = self._layer_shares(record)
         for layer, by_task in shares.items():
@@ -172,10 +174,8 @@ class BalanceMonitor(_Watcher):
         squared: dict[str, dict[int, float]] = {}
         for i, (p, ks) in enumerate(zip(updates.params, updates.tasks)):
             name = self._names.get(id(p))
-            if name is None:  # a parameter the model does not name: its own layer, never merged into "(model)"
-                layer = f"(unnamed {i})"
-            else:
-                layer = module_of(name) if self.level == "module" else name
+            # A parameter the model does not name is its own layer, never merged into "(model)".
+            layer = f"(unnamed {i})" if name is None else (module_of(name) if self.level == "module" else name)
             by_task = squared.setdefault(layer, {})
             for k in ks:
                 by_task[k] = by_task.get(k, 0.0) + float(norms[k, i])
@@ -232,7 +232,11 @@ class BalanceMonitor(_Watcher):
 
     def _show(self, figure: dict[str, Any], text: str) -> None:
         self.output.outputs = (
-            {"output_type": "display_data", "data": {"application/vnd.plotly.v1+json": figure, "text/plain": text}, "metadata": {}},
+            {
+                "output_type": "display_data",
+                "data": {"application/vnd.plotly.v1+json": figure, "text/plain": text},
+                "metadata": {},
+            },
         )
 
     def _say_finished(self) -> None:
@@ -243,7 +247,10 @@ class BalanceMonitor(_Watcher):
         if self._latest is None or self._shown_step is None:
             return
         shown, total = self._shown_step + 1, self.steps_seen  # 1-based, as "of N steps" reads
-        title = f"{self.label}: each task's share of every shared layer's update, step {shown} of {total} (the last refresh)"
+        title = (
+            f"{self.label}: each task's share of every shared layer's update, step {shown} of {total}"
+            " (the last refresh)"
+        )
         self._latest["layout"]["title"]["text"] = title
         self._show(self._latest, f"<balance, step {shown} of {total}>")
         cost = self.cost_fraction
@@ -280,7 +287,7 @@ class BalanceMonitor(_Watcher):
         if frame.empty:
             return pd.DataFrame(columns=["run", "layer", "task", "share", "imbalance"])
         steps = np.sort(frame["step"].unique())
-        kept = frame[frame["step"].isin(steps[int(math.floor(len(steps) * (1 - tail))):])]
+        kept = frame[frame["step"].isin(steps[int(math.floor(len(steps) * (1 - tail))) :])]
         mean = kept.groupby(["layer", "task"], sort=False)[["share", "imbalance"]].mean().reset_index()
         return mean.assign(run=self.label)[["run", "layer", "task", "share", "imbalance"]]
 
@@ -300,5 +307,6 @@ class BalanceMonitor(_Watcher):
         self.close()
 
     def __repr__(self) -> str:
-        return f"BalanceMonitor({self.label!r}, every={self.every}, interval={self.interval}, refreshes={self.refreshes})"
-
+        return (
+            f"BalanceMonitor({self.label!r}, every={self.every}, interval={self.interval}, refreshes={self.refreshes})"
+        )

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, Union
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pandas as pd
@@ -64,7 +64,7 @@ class Observable(Protocol):
     def add_observer(self, observer: StepObserver) -> RemovableHandle: ...
 
 
-NamedParameters = Union[nn.Module, Mapping[str, Tensor], Iterable[tuple[str, Tensor]]]
+NamedParameters = nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
 
 
 class _Watcher:
@@ -175,7 +175,9 @@ class Recorder(_Watcher):
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
-        if flush_every is not None and (isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1):
+        if flush_every is not None and (
+            isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1
+        ):
             raise ValueError(f"flush_every must be a positive int or None, got {flush_every!r}")
         if flush_every is not None and run_dir is None:
             raise ValueError("flush_every needs a run_dir to flush to")
@@ -351,7 +353,9 @@ class Recorder(_Watcher):
             pieces.append(torch.linalg.vector_norm(_flat(updates.grads[j]), dim=1))
         pieces.append(record.losses.detach().reshape(-1))
         device = pieces[0].device
-        return torch.cat([p.to(device=device, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32) for p in pieces])
+        return torch.cat(
+            [p.to(device=device, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32) for p in pieces]
+        )
 
     def _layout_index(self, record: StepRecord, grads: TaskGradients, updates: TaskGradients) -> int:
         key = (
@@ -427,9 +431,15 @@ class Recorder(_Watcher):
             chosen = [i for i in positions if layouts[i] == index]
             values = torch.stack([self._values[i] for i in chosen]).double().numpy()
             parts.append(decode(self._layout_list[index], steps[chosen], values).frame())
-        frame = parts[0] if len(parts) == 1 else normalise_dtypes(
-            pd.concat([p.astype({c: object for c in p.columns if c not in ("step", "value")}) for p in parts], ignore_index=True)
-            .sort_values("step", kind="stable", ignore_index=True)
+        frame = (
+            parts[0]
+            if len(parts) == 1
+            else normalise_dtypes(
+                pd.concat(
+                    [p.astype({c: object for c in p.columns if c not in ("step", "value")}) for p in parts],
+                    ignore_index=True,
+                ).sort_values("step", kind="stable", ignore_index=True)
+            )
         )
         return by_module(frame) if level == "module" else frame
 
@@ -446,7 +456,9 @@ class Recorder(_Watcher):
         for i, layer in enumerate(layout.layers):
             tasks = [layout.task_names[k] for k in layout.tasks_of(i)]
             shared = len(tasks) > 1
-            rows.append((layer, module_of(layer), "shared" if shared else "task", None if shared else tasks[0], tuple(tasks)))
+            rows.append(
+                (layer, module_of(layer), "shared" if shared else "task", None if shared else tasks[0], tuple(tasks))
+            )
         return pd.DataFrame(rows, columns=["layer", "module", "kind", "owner", "tasks"]).set_index("layer")
 
     # -- storage ---------------------------------------------------------------------------------------
@@ -482,7 +494,9 @@ class Recorder(_Watcher):
             path.unlink(missing_ok=True)
         self._flushed = 0
         warnings.warn(
-            RecorderWriteWarning(f"files of this run disappeared from {self.run_dir}; every recorded step is written again"),
+            RecorderWriteWarning(
+                f"files of this run disappeared from {self.run_dir}; every recorded step is written again"
+            ),
             stacklevel=3,
         )
 

@@ -219,6 +219,8 @@ def load_runs(
 
 def combine_runs(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate tables that each carry a ``run`` column, putting ``run`` first."""
-    frame = pd.concat([f.astype({c: object for c in f.columns if c not in ("step", "value")}) for f in frames], ignore_index=True)
+    frame = pd.concat(
+        [f.astype({c: object for c in f.columns if c not in ("step", "value")}) for f in frames], ignore_index=True
+    )
     frame = frame[["run", *[c for c in frame.columns if c != "run"]]]
     return normalise_dtypes(frame)

@@ -10,7 +10,8 @@ PyPI — no browser download — and for every notebook, run in its smoke settin
   the live widget, and that widgets listing the same runs list them in the same order;
 * asserts that every figure's titles fit: no annotation (subplot title) overlaps another, no title runs
   out of the figure, no y-axis title is longer than its axis;
-* asserts that each exercise cell (``qN.check(None ...)``) says "Incomplete — set your answer first" rather than failing;
+* asserts that each exercise cell (``qN.check(None ...)``) says "Incomplete — set your answer first" rather than
+  failing;
 * for every control (dropdown, slider, toggle, multiple choice, text, button) in a widget that shows a
   figure: changes it (pressing the widget's Run button when the figure waits for it) and asserts that
   the figure changes.
@@ -28,7 +29,8 @@ The explorer app gets a third run folder named ``<img src=x onerror=...>``: its 
 no element or script may come from it.  ``--only`` picks pages (``--only app``, ``--only 05 app``).
 
 A failure saves a screenshot under ``runs/browser-test/``.  It prints a table: notebook × figures,
-widgets, controls, controls that redrew their figure, exercises, seconds.  Exit status 0 only when everything passed.  Not collected by ``pytest``.
+widgets, controls, controls that redrew their figure, exercises, seconds.  Exit status 0 only when everything
+passed.  Not collected by ``pytest``.
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ def free_port() -> int:
 def server(command: list[str], url: str, log: Path, cwd: Path, env: dict[str, str]) -> Iterator[None]:
     """Start a server, wait until ``url`` answers, and stop it (its process group) afterwards."""
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -137,6 +141,7 @@ def server(command: list[str], url: str, log: Path, cwd: Path, env: dict[str, st
 
 def refuses_without_token(url: str) -> bool:
     """Does the server refuse ``url`` (no token) — an error status or a redirect to its login page?"""
+
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
             return None
@@ -166,13 +171,17 @@ def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
         nbformat.write(notebook, copy)
         copies.append(copy)
         if path.stem in DEFAULT_SETTING:  # as in a fresh clone: the committed docs/ beside the notebooks, no runs/
-            default = parameterize_notebook(load_notebook_node(str(path)), {"output_dir": str(work / "out" / f"{path.stem}-default")})
+            default = parameterize_notebook(
+                load_notebook_node(str(path)), {"output_dir": str(work / "out" / f"{path.stem}-default")}
+            )
             nbformat.write(default, folder / f"{path.stem}{DEFAULT_SUFFIX}.ipynb")
             copies.append(folder / f"{path.stem}{DEFAULT_SUFFIX}.ipynb")
             if not (work / "docs").exists():
                 (work / "docs").symlink_to(ROOT / "docs")
         if path.stem == "00_quickstart":
-            bad = parameterize_notebook(load_notebook_node(str(path)), {"smoke": True, **BAD_PARAMETER, "output_dir": str(work / "out" / "bad")})
+            bad = parameterize_notebook(
+                load_notebook_node(str(path)), {"smoke": True, **BAD_PARAMETER, "output_dir": str(work / "out" / "bad")}
+            )
             nbformat.write(bad, folder / f"{path.stem}{BAD_SUFFIX}.ipynb")
             copies.append(folder / f"{path.stem}{BAD_SUFFIX}.ipynb")
     # Lab settings for the test only: every cell attached to the page, so every output renders.
@@ -192,7 +201,7 @@ def prepare_workspace(work: Path, names: list[str]) -> list[Path]:
 # -- the page ----------------------------------------------------------------------------------------------
 
 # The notebook panel's state, from JupyterLab's own model (exposed with expose_app_in_browser).
-STATE_JS = """() => {
+STATE_JS = r"""() => {
   const panel = window.__panel;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   const cells = panel.content.widgets.filter(c => c.model.type === 'code');
@@ -211,7 +220,7 @@ STATE_JS = """() => {
     }
   }
   return {kernel: kernel ? kernel.status : 'none', cells: cells.length, pending, errors, plotly, views, viewText, unanswered, noise};
-}"""
+}"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 # Visible figures beside a live widget (in its cell, outside every widget) whose traces equal a figure's inside
 # it: a static copy of the widget's view left on the page (it disagrees with the widget after the first change).
@@ -227,7 +236,7 @@ STATIC_COPIES_JS = """(root) => {
     copies.push(...shown.filter(gd => !gd.closest('.jupyter-widgets') && live.has(traces(gd))).map(title));
   }
   return copies;
-}"""
+}"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 # Titles that do not fit, in every visible figure: annotations (subplot titles) overlapping each other, a
 # title or axis title running out of the figure (clipped), a y-axis title longer than its axis by more than
@@ -258,7 +267,7 @@ LAYOUT_JS = """(root) => {
     }
   }
   return problems;
-}"""
+}"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 # The options of every dropdown labelled `run`, in order.
 RUN_LISTS_JS = """(root) => Array.from(root.querySelectorAll('.widget-dropdown')).filter(d => {
@@ -271,7 +280,7 @@ SIGNATURE_JS = """(root) => Array.from(root.querySelectorAll('.js-plotly-plot'))
   const traces = (gd.data || []).map(t => JSON.stringify([t.name, strip(t.x), strip(t.y), strip(t.z), t.visible]));
   const title = gd.layout && gd.layout.title ? JSON.stringify(gd.layout.title.text || gd.layout.title) : '';
   return title + '|' + traces.join(';');
-}).join('||')"""
+}).join('||')"""  # noqa: E501 - JavaScript run in the page, one statement a line
 
 
 def controls_of(area):  # noqa: ANN001 - a Playwright locator
@@ -328,7 +337,9 @@ def change(kind: str, control, page) -> str:  # noqa: ANN001
         for key in ("ArrowRight", "ArrowLeft", "ArrowLeft"):
             handle.press(key)
             page.wait_for_timeout(150)
-            after = control.locator(".widget-readout").inner_text() if control.locator(".widget-readout").count() else ""
+            after = (
+                control.locator(".widget-readout").inner_text() if control.locator(".widget-readout").count() else ""
+            )
             if after != before:
                 return f"{key} ({before} -> {after})"
         return ""
@@ -394,7 +405,9 @@ def exercise_widgets(page, areas, result: Result, label: str) -> None:  # noqa: 
             if redrew:
                 result.redrew += 1
             else:
-                result.problems.append(f"{label} area {a}: changing the {kind} control ({done}) did not change its figure")
+                result.problems.append(
+                    f"{label} area {a}: changing the {kind} control ({done}) did not change its figure"
+                )
                 page.screenshot(path=str(ARTIFACTS / f"{label}-area{a}-{kind}.png"), full_page=True)
 
 
@@ -402,7 +415,9 @@ def open_and_run(page, base: str, token: str, path: Path, result: Result) -> dic
     """Open ``path`` in JupyterLab, run all its cells, and wait until they finished or one failed."""
     if not page.url.startswith(f"{base}/lab"):
         page.goto(f"{base}/lab?token={token}", timeout=120_000)
-        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand('docmanager:open')", timeout=120_000)
+        page.wait_for_function(
+            "() => window.jupyterapp && window.jupyterapp.commands.hasCommand('docmanager:open')", timeout=120_000
+        )
     # Opened in the running page (no reload of JupyterLab for each notebook).
     page.evaluate(
         "async (path) => { const panel = await window.jupyterapp.commands.execute('docmanager:open', {path});"
@@ -414,8 +429,10 @@ def open_and_run(page, base: str, token: str, path: Path, result: Result) -> dic
         " return k && k.status === 'idle'; }",
         timeout=120_000,
     )
-    page.evaluate("() => { window.jupyterapp.shell.activateById(window.__panel.id);"
-                  " window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.evaluate(
+        "() => { window.jupyterapp.shell.activateById(window.__panel.id);"
+        " window.jupyterapp.commands.execute('notebook:run-all-cells'); }"
+    )
     deadline = time.monotonic() + RUN_TIMEOUT_S
     state = page.evaluate(STATE_JS)
     while time.monotonic() < deadline:
@@ -449,7 +466,7 @@ def check_page_layout(notebook, result: Result) -> None:  # noqa: ANN001
     result.problems += notebook.evaluate(LAYOUT_JS)
     lists = notebook.evaluate(RUN_LISTS_JS)
     for i, first in enumerate(lists):
-        for second in lists[i + 1:]:
+        for second in lists[i + 1 :]:
             if set(first) == set(second) and first != second:
                 result.problems.append(f"two widgets list the runs in different orders: {first} and {second}")
 
@@ -475,10 +492,14 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
     result.problems += [f"noise: {n}" for n in state["noise"]]
     result.figures = notebook.locator(".js-plotly-plot").count()
     rendered = notebook.locator(".jp-OutputArea-output:has(> .jupyter-widgets)")
-    views = [rendered.nth(i) for i in range(rendered.count()) if not rendered.nth(i).locator(".widget-hprogress").count()]
+    views = [
+        rendered.nth(i) for i in range(rendered.count()) if not rendered.nth(i).locator(".widget-hprogress").count()
+    ]
     result.widgets = len(views)
     if result.figures < state["plotly"] or result.figures == 0:
-        result.problems.append(f"{state['plotly']} plotly outputs in the notebook but {result.figures} figures rendered")
+        result.problems.append(
+            f"{state['plotly']} plotly outputs in the notebook but {result.figures} figures rendered"
+        )
     if result.widgets < state["views"]:
         result.problems.append(f"{state['views']} widget outputs in the notebook but {result.widgets} rendered")
     broken = notebook.get_by_text("Error displaying widget").count() + notebook.get_by_text("Model not found").count()
@@ -487,14 +508,18 @@ def check_notebook(page, base: str, token: str, path: Path) -> Result:  # noqa: 
     if not result.problems:
         result.exercises = state["unanswered"]
         if result.exercises != expected_exercises(path):
-            result.problems.append(f"{expected_exercises(path)} unanswered exercise checks in the notebook, {result.exercises} said so")
+            result.problems.append(
+                f"{expected_exercises(path)} unanswered exercise checks in the notebook, {result.exercises} said so"
+            )
         check_page_layout(notebook, result)
     if path.stem.endswith(DEFAULT_SUFFIX):
         result.problems += default_setting_problems(notebook, state, result)
     if not result.problems:
         exercise_widgets(page, views, result, path.stem)
         stale = notebook.evaluate(STATIC_COPIES_JS)  # none may come back after the changes either
-        result.problems += [f"after the changes, a static copy of a live widget's view is on the page: {title}" for title in stale]
+        result.problems += [
+            f"after the changes, a static copy of a live widget's view is on the page: {title}" for title in stale
+        ]
     if result.problems:
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"), full_page=True)
         (ARTIFACTS / f"{path.stem}.html").write_text(notebook.inner_html())
@@ -520,6 +545,7 @@ def default_setting_problems(notebook, state: dict, result: Result) -> list[str]
 
 def _only_under(folder: str, outside: list[str]):  # noqa: ANN202 - a Playwright route handler
     """Let requests under ``folder`` through; abort every other one and note its URL in ``outside``."""
+
     def route(r) -> None:  # noqa: ANN001 - one parameter: Playwright then passes the route alone
         if r.request.url.startswith(folder):
             r.continue_()
@@ -552,19 +578,25 @@ def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa:
             page.goto(page_path.resolve().as_uri(), timeout=120_000)
         except Exception as error:  # noqa: BLE001 - reported, and the next handout is checked
             result.problems.append(f"the page did not load: {type(error).__name__}: {str(error)[:200]}")
-        has_maths = any("$" in c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown")
-        try:
+        has_maths = any(
+            "$" in c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown"
+        )
+        # Any failure to settle is fine here: what is missing is counted and reported below.
+        with contextlib.suppress(Exception):
             page.wait_for_function(
-                "() => (!window.MathJax || (MathJax.Hub && MathJax.Hub.queue && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running))"
-                " && Array.from(document.querySelectorAll('.plotly-graph-div')).every(d => d.querySelector('.main-svg'))",
+                "() => (!window.MathJax || (MathJax.Hub && MathJax.Hub.queue"
+                " && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running))"
+                " && Array.from(document.querySelectorAll('.plotly-graph-div'))"
+                ".every(d => d.querySelector('.main-svg'))",
                 timeout=HANDOUT_WAIT_MS,
             )
-        except Exception:  # noqa: BLE001, S110 - what is missing is counted and reported below
-            pass
         divs = page.locator(".plotly-graph-div").count()
         result.figures = page.locator(".plotly-graph-div:has(.main-svg)").count()
         typeset = page.locator(".MathJax, .MathJax_Display").count()
-        raw = page.evaluate("() => Array.from(document.querySelectorAll('.jp-MarkdownOutput')).filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length")
+        raw = page.evaluate(
+            "() => Array.from(document.querySelectorAll('.jp-MarkdownOutput'))"
+            ".filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length"
+        )
         if outside:
             result.problems.append(f"{len(outside)} requests outside the handouts folder, e.g. {outside[0][:100]}")
         if result.figures < divs or divs == 0:
@@ -582,7 +614,7 @@ def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa:
 
 def check_bad_parameter(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
     """A bad parameter stops the notebook with its message alone: one short error naming that parameter."""
-    (name, value), = BAD_PARAMETER.items()
+    ((name, value),) = BAD_PARAMETER.items()
     result = Result(f"{path.stem.removesuffix(BAD_SUFFIX)} ({name} = {value})")
     started = time.monotonic()
     state = open_and_run(page, base, token, path, result)
@@ -591,9 +623,13 @@ def check_bad_parameter(page, base: str, token: str, path: Path) -> Result:  # n
     texts = [shown.nth(i).inner_text() for i in range(shown.count())]
     lines = [line for text in texts for line in text.splitlines() if line.strip()]
     if len(state["errors"]) != 1 or len(texts) != 1:
-        result.problems.append(f"expected one error output, got {len(state['errors'])} in the notebook and {len(texts)} on the page")
+        result.problems.append(
+            f"expected one error output, got {len(state['errors'])} in the notebook and {len(texts)} on the page"
+        )
     elif len(lines) > 2 or f"`{name}` = {value}" not in texts[0]:
-        result.problems.append(f"the error shown is not a short message naming `{name}`: {len(lines)} lines: {texts[0][:300]!r}")
+        result.problems.append(
+            f"the error shown is not a short message naming `{name}`: {len(lines)} lines: {texts[0][:300]!r}"
+        )
     elif "`lr`" in texts[0] or "Traceback" in texts[0]:
         result.problems.append(f"the error shown mentions more than the bad parameter: {texts[0][:300]!r}")
     if result.problems:
@@ -608,7 +644,12 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     result = Result("explorer app (Voilà)")
     started = time.monotonic()
     remote: list[str] = []  # the page must load nothing from outside this machine (an icon font, a CDN)
-    page.on("request", lambda request: remote.append(request.url) if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+    page.on(
+        "request",
+        lambda request: (
+            remote.append(request.url) if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None
+        ),
+    )
     page.goto(url, timeout=120_000)
     page.wait_for_selector("button.widget-button:has-text('Open')", timeout=120_000)
     if page.locator(".widget-checkbox", has_text=XSS_NAME).count() != 1:
@@ -626,10 +667,15 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     result.figures = page.locator(".js-plotly-plot").count()
     app = page.locator(".widget-vbox").first
     result.widgets = 1 if app.count() else 0
-    if page.get_by_text("Traceback").count() or page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count():
+    if (
+        page.get_by_text("Traceback").count()
+        or page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
+    ):
         result.problems.append("an error is shown on the page")
     if remote:
-        result.problems.append(f"the page asked for {len(remote)} files from outside this machine, e.g. {remote[0][:100]}")
+        result.problems.append(
+            f"the page asked for {len(remote)} files from outside this machine, e.g. {remote[0][:100]}"
+        )
     if page.evaluate("() => window.__xss !== undefined") or page.locator("img[src='x']").count():
         result.problems.append(f"the run name {XSS_NAME!r} was inserted as HTML")
     if page.get_by_text(f"opened 2 runs: {XSS_NAME}", exact=False).count() == 0:
@@ -662,16 +708,24 @@ def make_demo_runs(folder: Path) -> None:
         "        for step, (x, y) in zip(range(12), data.batches(40)):\n"
         "            method.step(lambda: data.task_losses(model(x), y))\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(folder), XSS_NAME], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [sys.executable, "-c", code, str(folder), XSS_NAME], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def print_table(results: list[Result]) -> None:
-    header = f"{'page':<32} {'figures':>7} {'widgets':>7} {'controls':>8} {'redrew':>6} {'exercises':>9} {'seconds':>7}  status"
+    header = (
+        f"{'page':<32} {'figures':>7} {'widgets':>7} {'controls':>8} {'redrew':>6} {'exercises':>9} {'seconds':>7}"
+        "  status"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         status = "ok" if not r.problems else f"FAILED ({len(r.problems)})"
-        print(f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.exercises:>9} {r.seconds:>7.1f}  {status}")
+        print(
+            f"{r.name:<32} {r.figures:>7} {r.widgets:>7} {r.controls:>8} {r.redrew:>6} {r.exercises:>9}"
+            f" {r.seconds:>7.1f}  {status}"
+        )
     for r in results:
         for problem in r.problems:
             print(f"  {r.name}: {problem}")
@@ -681,8 +735,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebook names or prefixes (default: all)")
     parser.add_argument("--no-app", action="store_true", help="skip the Voilà explorer app")
-    parser.add_argument("--only", nargs="+", metavar="PAGE",
-                        help="only these pages: notebook names or prefixes, and `app` for the explorer app")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PAGE",
+        help="only these pages: notebook names or prefixes, and `app` for the explorer app",
+    )
     parser.add_argument("--no-handouts", action="store_true", help="skip the offline handouts")
     args = parser.parse_args(argv)
     if args.only:
@@ -737,17 +795,21 @@ def main(argv: list[str] | None = None) -> int:
             if saved and not args.no_handouts:
                 print("handouts …", flush=True)
                 results += check_handouts(page, saved, work / "handouts")
-                for r in results[-len(saved):]:
+                for r in results[-len(saved) :]:
                     print(f"  {r}", flush=True)
             if not args.no_app:
                 runs = work / "app-runs"
                 make_demo_runs(runs)
                 voila = [
-                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--template=offline", "--no-browser", "--Voila.ip=127.0.0.1",
-                    f"--port={app_port}", f"--Voila.token={token}",
+                    str(VENV_BIN / "voila"), "balance_explorer.ipynb", "--template=offline", "--no-browser",
+                    "--Voila.ip=127.0.0.1", f"--port={app_port}", f"--Voila.token={token}",
                 ]  # fmt: skip
                 url = f"http://127.0.0.1:{app_port}/?token={token}"
-                app_env = {**env, "MAO_LAB_RUNS": str(runs), "JUPYTER_PATH": str(ROOT / "apps" / "share")}  # as make explorer
+                app_env = {
+                    **env,
+                    "MAO_LAB_RUNS": str(runs),
+                    "JUPYTER_PATH": str(ROOT / "apps" / "share"),
+                }  # as make explorer
                 with server(voila, url, ARTIFACTS / "voila.log", ROOT / "apps", app_env):
                     if not refuses_without_token(f"http://127.0.0.1:{app_port}/"):
                         results.append(Result("Voilà token", problems=["the explorer app answers without the token"]))
