@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import pandas as pd
 
 from ._files import write_atomically
-from ._validate import __all__ as _REQUIREMENTS  # the requirements a spec is made of, re-exported for the notebooks
 from ._validate import Bool, Choice, Choices, Int, IntList, Number, NumberList, Requirement, Text, require  # noqa: F401
+from ._validate import __all__ as _REQUIREMENTS  # the requirements a spec is made of, re-exported for the notebooks
 
 __all__ = [
     *_REQUIREMENTS,
@@ -149,8 +149,10 @@ an import path 'package.module:factory' of a Problem (module 'mao_lab.problems' 
         return load_problem(str(value), **options)
     except (ValueError, TypeError) as error:
         reason = str(error).split(": ", 1)[-1]
-        raise NotebookParameterError(f"bad notebook parameter `{name}` = {value!r}: it must be an import path "
-                                     f"'package.module:factory' of a Problem ({reason})") from None
+        raise NotebookParameterError(
+            f"bad notebook parameter `{name}` = {value!r}: it must be an import path "
+            f"'package.module:factory' of a Problem ({reason})"
+        ) from None
 
 
 def check_device(name: str, value: object) -> str | None:
@@ -277,7 +279,9 @@ def display_live(live: LiveView) -> None:
     # again, 5 MB into the notebook each time).
     bundle = pio.renderers._build_mime_bundle(figure.to_dict())
     copy = display(bundle, raw=True, display_id=True)
-    signal.observe(lambda change: copy.update({"text/plain": ""}, raw=True) if change["new"] else None, names="rendered")
+    signal.observe(
+        lambda change: copy.update({"text/plain": ""}, raw=True) if change["new"] else None, names="rendered"
+    )
 
 
 _RENDER_SIGNAL_JS = """

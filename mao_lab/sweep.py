@@ -122,7 +122,9 @@ class PointResult:
             if data is not None:
                 return read(io.BytesIO(data))
         if any(f"{name}{s}" in self.left_out for s in (".parquet", ".csv")):
-            raise KeyError(f"table {name!r} of point {self.run_id} is too large to come back; read it from {self.outputs}")
+            raise KeyError(
+                f"table {name!r} of point {self.run_id} is too large to come back; read it from {self.outputs}"
+            )
         raise KeyError(f"point {self.run_id} has no table {name!r}; tables: {', '.join(self.table_names) or 'none'}")
 
     @property
@@ -131,6 +133,7 @@ class PointResult:
 
 
 # -- the grid ----------------------------------------------------------------------------------------
+
 
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid's values, in a stable order; a value listed twice is one point.
@@ -142,7 +145,9 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     for name in names:
         values = grid[name]
         if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"grid name {name!r} is not a Python identifier, so no notebook can have it as a parameter")
+            raise ValueError(
+                f"grid name {name!r} is not a Python identifier, so no notebook can have it as a parameter"
+            )
         if name in RESERVED_PARAMETERS:
             raise ValueError(f"grid name {name!r} is set by the sweep itself")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
@@ -167,7 +172,9 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     for point in points:
         other = ids.setdefault(run_id(point), point)
         if other is not point:
-            raise ValueError(f"grid points {other} and {point} would share the folder {run_id(point)!r}; make the values distinct")
+            raise ValueError(
+                f"grid points {other} and {point} would share the folder {run_id(point)!r}; make the values distinct"
+            )
     return points
 
 
@@ -218,6 +225,7 @@ def _short(value: Any) -> str:
 
 # -- one point (runs on a worker) ----------------------------------------------------------------------
 
+
 def run_point(
     notebook: str | Path,
     run_id: str,
@@ -246,16 +254,27 @@ def run_point(
         with _notebook_here(notebook, notebook_text) as local_notebook:
             options = {"html": html, "cell_timeout": cell_timeout}
             if _is_url(outputs):
-                return _run_to_url(local_notebook, run_id, point, fixed, destination, options, max_file_bytes, max_total_bytes)
+                return _run_to_url(
+                    local_notebook, run_id, point, fixed, destination, options, max_file_bytes, max_total_bytes
+                )
             folder = Path(destination)
-            return _run_local(local_notebook, run_id, point, fixed, folder, folder, options, max_file_bytes, max_total_bytes)
+            return _run_local(
+                local_notebook, run_id, point, fixed, folder, folder, options, max_file_bytes, max_total_bytes
+            )
     except Exception as error:  # noqa: BLE001 - one broken point must not stop the sweep
         return PointResult(run_id, point, "failed", f"{type(error).__name__}: {error}", outputs=destination)
 
 
 def _run_local(
-    notebook: Path, rid: str, point: dict[str, Any], fixed: Mapping[str, Any], folder: Path, shown: Any,
-    options: Mapping[str, Any], max_file_bytes: int, max_total_bytes: int,
+    notebook: Path,
+    rid: str,
+    point: dict[str, Any],
+    fixed: Mapping[str, Any],
+    folder: Path,
+    shown: Any,
+    options: Mapping[str, Any],
+    max_file_bytes: int,
+    max_total_bytes: int,
 ) -> PointResult:
     record = {"sweep": {"run_id": rid, "point": point, "outputs": str(shown)}}
     done = _collect(folder, rid, point, str(shown), max_file_bytes, max_total_bytes)
@@ -271,8 +290,14 @@ def _run_local(
 
 
 def _run_to_url(
-    notebook: Path, rid: str, point: dict[str, Any], fixed: Mapping[str, Any], url: str,
-    options: Mapping[str, Any], max_file_bytes: int, max_total_bytes: int,
+    notebook: Path,
+    rid: str,
+    point: dict[str, Any],
+    fixed: Mapping[str, Any],
+    url: str,
+    options: Mapping[str, Any],
+    max_file_bytes: int,
+    max_total_bytes: int,
 ) -> PointResult:
     import fsspec
 
@@ -284,7 +309,9 @@ def _run_to_url(
             fs, remote = fsspec.core.url_to_fs(url)
             fs.makedirs(remote, exist_ok=True)
             # The small files last: a reader who finds provenance.json finds the rest.
-            files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name in (PROVENANCE_FILE, FAILURE_FILE))
+            files = sorted(
+                (p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name in (PROVENANCE_FILE, FAILURE_FILE)
+            )
             for path in files:
                 target = f"{remote.rstrip('/')}/{path.relative_to(folder).as_posix()}"
                 fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -313,15 +340,25 @@ class _notebook_here:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def _collect(folder: Path, rid: str, point: dict[str, Any], shown: str, max_file_bytes: int, max_total_bytes: int) -> PointResult:
+def _collect(
+    folder: Path, rid: str, point: dict[str, Any], shown: str, max_file_bytes: int, max_total_bytes: int
+) -> PointResult:
     """Read a point's folder into a :class:`PointResult`: its status and the files small enough to send."""
     files: dict[str, bytes] = {}
     left_out: dict[str, int] = {}
     budget = max_total_bytes
-    candidates = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
-        key=lambda p: (p.name not in (SUMMARY_FILE, PROVENANCE_FILE, FAILURE_FILE), p.stat().st_size, str(p)),
-    ) if folder.is_dir() else []
+    candidates = (
+        sorted(
+            (
+                p
+                for p in folder.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            ),
+            key=lambda p: (p.name not in (SUMMARY_FILE, PROVENANCE_FILE, FAILURE_FILE), p.stat().st_size, str(p)),
+        )
+        if folder.is_dir()
+        else []
+    )
     for path in candidates:
         name, size = path.relative_to(folder).as_posix(), path.stat().st_size
         essential = name in (SUMMARY_FILE, PROVENANCE_FILE, FAILURE_FILE)
@@ -364,17 +401,29 @@ def _json_object(data: bytes | None, name: str) -> tuple[dict[str, Any] | None, 
     return value, ""
 
 
-def read_point(folder: str | Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> PointResult:
+def read_point(
+    folder: str | Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+) -> PointResult:
     """A point's folder on the client's disk as a :class:`PointResult` (what a resumed sweep reports)."""
     folder = Path(folder)
     result = _collect(folder, folder.name, {}, str(folder), max_file_bytes, max_total_bytes)
     sweep = (result.provenance or {}).get("sweep", {})
     outputs = sweep.get("outputs") or str(folder)
-    return PointResult(result.run_id, dict(sweep.get("point", {})), result.status, result.error, result.summary,
-                       result.provenance, result.files, result.left_out, outputs)
+    return PointResult(
+        result.run_id,
+        dict(sweep.get("point", {})),
+        result.status,
+        result.error,
+        result.summary,
+        result.provenance,
+        result.files,
+        result.left_out,
+        outputs,
+    )
 
 
 # -- the sweep (runs on the client) ----------------------------------------------------------------------
+
 
 def run_sweep(
     notebook: str | Path,
@@ -484,7 +533,9 @@ def _check_limits(max_file_bytes: int, max_total_bytes: int, cell_timeout: float
     for name, value in (("max_file_bytes", max_file_bytes), ("max_total_bytes", max_total_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0):
+    if cell_timeout is not None and (
+        isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0
+    ):
         raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
 
 
@@ -500,8 +551,14 @@ def _resolve_target(outputs: str | Path | None, out: Path) -> str:
 
 
 def _results(
-    notebook: Path, todo: Sequence[tuple[str, dict[str, Any]]], fixed: Mapping[str, Any], target: str,
-    client: Any, options: Mapping[str, Any], out: Path, resources: Mapping[str, float] | None = None,
+    notebook: Path,
+    todo: Sequence[tuple[str, dict[str, Any]]],
+    fixed: Mapping[str, Any],
+    target: str,
+    client: Any,
+    options: Mapping[str, Any],
+    out: Path,
+    resources: Mapping[str, float] | None = None,
 ) -> Iterator[PointResult]:
     """Each point's result as it arrives: one after another here, or from a Dask client as they finish."""
     if client is None:
@@ -512,8 +569,18 @@ def _results(
 
     text = notebook.read_text(encoding="utf-8")  # workers need not see the client's files
     futures = {
-        client.submit(run_point, str(notebook), rid, point, fixed, target, notebook_text=text, pure=False,
-                      resources=dict(resources) if resources else None, **options): (rid, point)
+        client.submit(
+            run_point,
+            str(notebook),
+            rid,
+            point,
+            fixed,
+            target,
+            notebook_text=text,
+            pure=False,
+            resources=dict(resources) if resources else None,
+            **options,
+        ): (rid, point)
         for rid, point in todo
     }
     for future in as_completed(futures):
@@ -521,12 +588,20 @@ def _results(
         try:
             yield future.result()
         except Exception as error:  # noqa: BLE001 - a killed worker (KilledWorker), a lost connection
-            yield _lost_point(out / rid, rid, point, fixed, target, error, options["max_file_bytes"], options["max_total_bytes"])
+            yield _lost_point(
+                out / rid, rid, point, fixed, target, error, options["max_file_bytes"], options["max_total_bytes"]
+            )
 
 
 def _lost_point(
-    folder: Path, rid: str, point: dict[str, Any], fixed: Mapping[str, Any], target: str, error: BaseException,
-    max_file_bytes: int, max_total_bytes: int,
+    folder: Path,
+    rid: str,
+    point: dict[str, Any],
+    fixed: Mapping[str, Any],
+    target: str,
+    error: BaseException,
+    max_file_bytes: int,
+    max_total_bytes: int,
 ) -> PointResult:
     """What to record when a point's Dask future raised instead of returning.
 
@@ -538,11 +613,18 @@ def _lost_point(
         done = _collect(folder, rid, point, str(folder), max_file_bytes, max_total_bytes)
         if done.ok and _same_parameters((done.provenance or {}).get("parameters"), {**fixed, **point}):
             return done
-    return PointResult(rid, point, "failed", f"the Dask worker running this point died or was lost: {type(error).__name__}: {error}",
-                       outputs=f"{target}/{rid}")
+    return PointResult(
+        rid,
+        point,
+        "failed",
+        f"the Dask worker running this point died or was lost: {type(error).__name__}: {error}",
+        outputs=f"{target}/{rid}",
+    )
 
 
-def _check_sweep_parameters(notebook: Path, points: list[dict[str, Any]], grid: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+def _check_sweep_parameters(
+    notebook: Path, points: list[dict[str, Any]], grid: Mapping[str, Any], fixed: Mapping[str, Any]
+) -> None:
     clash = sorted(set(grid) & set(_STATUS_COLUMNS))
     if clash:
         raise ValueError(f"grid name {', '.join(map(repr, clash))} would hide the sweep table's column of that name")
@@ -563,7 +645,11 @@ def _same_parameters(stored: Any, wanted: Mapping[str, Any]) -> bool:
 
 
 def _refuse_other_parameters(
-    out: Path, ids: Sequence[str], points: Sequence[Mapping[str, Any]], fixed: Mapping[str, Any], rows: Mapping[str, Any]
+    out: Path,
+    ids: Sequence[str],
+    points: Sequence[Mapping[str, Any]],
+    fixed: Mapping[str, Any],
+    rows: Mapping[str, Any],
 ) -> None:
     """A finished point run with other fixed parameters would be skipped as done: refuse instead."""
     for rid, point in zip(ids, points):
@@ -573,7 +659,9 @@ def _refuse_other_parameters(
         wanted = {**fixed, **point}
         if not _same_parameters(stored, wanted):
             stored = stored if isinstance(stored, dict) else {}
-            changed = sorted(k for k in set(stored) | set(wanted) if _canonical(stored.get(k)) != _canonical(wanted.get(k)))
+            changed = sorted(
+                k for k in set(stored) | set(wanted) if _canonical(stored.get(k)) != _canonical(wanted.get(k))
+            )
             raise ValueError(
                 f"{out / rid} holds a finished run with other parameters ({', '.join(changed)} differ), which this "
                 "sweep would take as done: choose another out_dir, or remove that folder to run it again"
@@ -624,10 +712,18 @@ def _store(folder: Path, result: PointResult, target: str) -> PointResult:
     files = dict(result.files)
     unsafe = [n for n in files if Path(n).is_absolute() or ".." in Path(n).parts or not n]
     if unsafe:
-        return PointResult(result.run_id, result.point, "failed", f"the worker sent files outside the point's folder: {unsafe}",
-                           outputs=result.outputs)
+        return PointResult(
+            result.run_id,
+            result.point,
+            "failed",
+            f"the worker sent files outside the point's folder: {unsafe}",
+            outputs=result.outputs,
+        )
     if not files:  # the worker died before it could report: the client records the failure itself
-        failure = {"error": result.error, "provenance": {"sweep": {"run_id": result.run_id, "point": result.point, "outputs": result.outputs}}}
+        failure = {
+            "error": result.error,
+            "provenance": {"sweep": {"run_id": result.run_id, "point": result.point, "outputs": result.outputs}},
+        }
         files[FAILURE_FILE] = (json.dumps(failure, indent=2, sort_keys=True, default=repr) + "\n").encode()
     try:
         for name, data in sorted(files.items(), key=lambda item: item[0] in (PROVENANCE_FILE, FAILURE_FILE)):
@@ -637,13 +733,30 @@ def _store(folder: Path, result: PointResult, target: str) -> PointResult:
         if result.status == "ok":
             (folder / FAILURE_FILE).unlink(missing_ok=True)  # only now: the success is fully written
     except OSError as error:
-        return PointResult(result.run_id, result.point, "failed", f"the run finished but its results could not be saved in {folder}: {error}",
-                           result.summary, result.provenance, result.files, result.left_out, result.outputs)
+        return PointResult(
+            result.run_id,
+            result.point,
+            "failed",
+            f"the run finished but its results could not be saved in {folder}: {error}",
+            result.summary,
+            result.provenance,
+            result.files,
+            result.left_out,
+            result.outputs,
+        )
     return result
 
 
 def _pending_row(rid: str, point: Mapping[str, Any], out: Path) -> dict[str, Any]:
-    return {**point, "run_id": rid, "status": "pending", "error": "", "run_dir": str(out / rid), "outputs": "", "wall_s": math.nan}
+    return {
+        **point,
+        "run_id": rid,
+        "status": "pending",
+        "error": "",
+        "run_dir": str(out / rid),
+        "outputs": "",
+        "wall_s": math.nan,
+    }
 
 
 def _row_from_disk(folder: Path) -> dict[str, Any] | None:
@@ -680,13 +793,21 @@ def _scan_rows(out: Path, known: Mapping[str, dict[str, Any]] | None = None) -> 
     return rows
 
 
-def _save_table(out: Path, rows: Mapping[str, dict[str, Any]], first: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
+def _save_table(
+    out: Path, rows: Mapping[str, dict[str, Any]], first: Sequence[str], names: Sequence[str]
+) -> pd.DataFrame:
     """Write the sweep table: this grid's points first, in grid order, then the folder's other points."""
     order = [r for r in first if r in rows] + sorted(r for r in rows if r not in set(first))
     table = pd.DataFrame([rows[r] for r in order])
     others = [c for c in table.columns if c not in _STATUS_COLUMNS and not c.startswith("summary.") and c not in names]
     leading = [*[n for n in names if n in table.columns], *others]
-    table = table[[*leading, *[c for c in _STATUS_COLUMNS if c in table.columns], *[c for c in table.columns if c.startswith("summary.")]]]
+    table = table[
+        [
+            *leading,
+            *[c for c in _STATUS_COLUMNS if c in table.columns],
+            *[c for c in table.columns if c.startswith("summary.")],
+        ]
+    ]
     with FolderLock(out / f"{TABLE_NAME}.table", wait=True):  # two sweeps into one folder write the table in turn
         try:
             write_atomically(out / f"{TABLE_NAME}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
@@ -713,6 +834,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "summary.") -> dict[str, Any
 
 # -- Dask ----------------------------------------------------------------------------------------------
 
+
 def local_cluster(workers: int, *, dashboard: bool = False, resources: Mapping[str, float] | None = None) -> Any:
     """A local Dask cluster whose every socket listens on 127.0.0.1 only.
 
@@ -724,7 +846,11 @@ def local_cluster(workers: int, *, dashboard: bool = False, resources: Mapping[s
     """
     from dask.distributed import LocalCluster
 
-    http = {"dashboard": True, "dashboard_address": "127.0.0.1:8787"} if dashboard else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+    http = (
+        {"dashboard": True, "dashboard_address": "127.0.0.1:8787"}
+        if dashboard
+        else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+    )
     return LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
@@ -803,6 +929,7 @@ def connect(scheduler: str, *, tls: tuple[str, str, str] | None = None) -> Any:
 
 # -- command line -------------------------------------------------------------------------------------
 
+
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     """``-g NAME=V1,V2`` options; values read like ``-p`` values (``1e-3`` is a number).
 
@@ -850,15 +977,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="python -m mao_lab.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("notebook", help="notebook name or prefix, e.g. 00_quickstart")
     parser.add_argument("-g", "--grid", action="append", default=[], metavar="NAME=V1,V2,...", help="a swept parameter")
-    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="a fixed parameter")
+    parser.add_argument(
+        "-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="a fixed parameter"
+    )
     parser.add_argument("--smoke", action="store_true", help="every run in the notebook's smoke setting")
-    parser.add_argument("--out", type=folder_argument, default=Path("runs/sweep"), help="the client's folder (table and small results)")
-    parser.add_argument("--outputs", default=None, help="where workers write full run folders: a folder or an fsspec URL (default: --out)")
+    parser.add_argument(
+        "--out", type=folder_argument, default=Path("runs/sweep"), help="the client's folder (table and small results)"
+    )
+    parser.add_argument(
+        "--outputs",
+        default=None,
+        help="where workers write full run folders: a folder or an fsspec URL (default: --out)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers")
-    parser.add_argument("--dashboard", action="store_true", help="with --workers: serve Dask's dashboard on 127.0.0.1:8787")
-    parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tls://... or an SSH-tunnelled tcp://127.0.0.1:...)")
-    parser.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS", help="fail a point whose notebook cell runs longer")
-    parser.add_argument("--tls", nargs=3, default=None, metavar=("CA", "CERT", "KEY"), help="files for a tls:// scheduler")
+    parser.add_argument(
+        "--dashboard", action="store_true", help="with --workers: serve Dask's dashboard on 127.0.0.1:8787"
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of an existing Dask scheduler (tls://... or an SSH-tunnelled tcp://127.0.0.1:...)",
+    )
+    parser.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a point whose notebook cell runs longer",
+    )
+    parser.add_argument(
+        "--tls", nargs=3, default=None, metavar=("CA", "CERT", "KEY"), help="files for a tls:// scheduler"
+    )
     args = parser.parse_args(argv)
     try:
         notebook = _one_notebook(args.notebook)
@@ -893,7 +1042,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dask.distributed import Client
 
             client = Client(local_cluster(args.workers, dashboard=args.dashboard))
-        table = run_sweep(notebook, grid, args.out, fixed=fixed, client=client, outputs=args.outputs, cell_timeout=args.cell_timeout)
+        table = run_sweep(
+            notebook, grid, args.out, fixed=fixed, client=client, outputs=args.outputs, cell_timeout=args.cell_timeout
+        )
     except (ValueError, OSError) as error:  # a refused rerun, an unreachable scheduler, an unwritable --out
         parser.error(" ".join(str(error).split()))
     finally:

@@ -49,7 +49,9 @@ def test_a_folder_without_the_tables_gives_none_and_no_ledger_is_a_clear_error(t
 
 
 @pytest.mark.parametrize("claim", list(CLAIMS))
-def test_each_claim_figure_names_its_unit_labels_its_thresholds_and_shapes_its_verdicts(committed: dict, claim: str) -> None:
+def test_each_claim_figure_names_its_unit_labels_its_thresholds_and_shapes_its_verdicts(
+    committed: dict, claim: str
+) -> None:
     figure = readable_claim_figure(committed["ledger"], claim)
     parts = [r for r in rows("ledger") if r["claim"] == claim and r["part"] != "(claim)"]
     assert figure.layout.xaxis.title.text == CLAIM_UNITS[claim]

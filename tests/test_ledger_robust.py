@@ -126,8 +126,18 @@ def _balance_rows(design: StudyDesign, worst: dict[str, float]) -> tuple[pd.Data
                 for layer in ("a", "b", "c"):
                     start_peak = 0.3 if step == 0 else 0.0  # a start-up peak that the late reading leaves out
                     value = worst[config.variant] * rng.uniform(0.2, 1.0) + start_peak
-                    rows.append({"config": config.name, "lr": 1e-3, "seed": seed, "step": step, "layer": layer,
-                                 "imbalance": value, "largest_share": 1 / len(config.tasks) + value / 2, "largest_task": "x"})
+                    rows.append(
+                        {
+                            "config": config.name,
+                            "lr": 1e-3,
+                            "seed": seed,
+                            "step": step,
+                            "layer": layer,
+                            "imbalance": value,
+                            "largest_share": 1 / len(config.tasks) + value / 2,
+                            "largest_task": "x",
+                        }
+                    )
     return pd.DataFrame(rows), pd.DataFrame(choice)
 
 
@@ -188,8 +198,19 @@ def _two_seed_scores(design: StudyDesign) -> pd.DataFrame:
         for (lr, seed), value in criteria.items():
             for step, scale in ((0, 1.0), (4, value)):
                 for task in config.tasks:
-                    rows.append({"config": config.name, "lr": lr, "seed": seed, "split": "val", "step": step, "task": task,
-                                 "metric": "normalised_mse", "value": scale, "higher_is_better": False})
+                    rows.append(
+                        {
+                            "config": config.name,
+                            "lr": lr,
+                            "seed": seed,
+                            "split": "val",
+                            "step": step,
+                            "task": task,
+                            "metric": "normalised_mse",
+                            "value": scale,
+                            "higher_is_better": False,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -215,17 +236,27 @@ def test_divergences_count_non_finite_losses_and_runs_worse_than_at_step_0() -> 
     scores = _two_seed_scores(design)
     choice = choose_learning_rates(scores, design)
     runs = scores[["config", "lr", "seed"]].drop_duplicates().assign(status="ok")
-    runs.loc[(runs["config"] == "reg4.mao") & (runs["lr"] == 1e-3) & (runs["seed"] == 0), "status"] = "diverged: NaN loss"
+    runs.loc[(runs["config"] == "reg4.mao") & (runs["lr"] == 1e-3) & (runs["seed"] == 0), "status"] = (
+        "diverged: NaN loss"
+    )
     outcomes = run_outcomes(scores, runs, choice, design)
     counts = divergence_counts(outcomes).set_index("config")
     # worse than at step 0: only (1e-2, seed 1), criterion 2.0 > 1.0, in every regression configuration
-    assert counts.loc["reg2.sum"].to_dict() == {"runs": 6, "diverged": 1, "non_finite": 0, "worse": 1, "chosen_runs": 2,
-                                               "chosen_diverged": 0}
+    assert counts.loc["reg2.sum"].to_dict() == {
+        "runs": 6,
+        "diverged": 1,
+        "non_finite": 0,
+        "worse": 1,
+        "chosen_runs": 2,
+        "chosen_diverged": 0,
+    }
     assert counts.loc["reg4.mao", "non_finite"] == 1 and counts.loc["reg4.mao", "diverged"] == 2
 
 
 def test_an_older_design_with_one_tuning_seed_still_loads() -> None:
-    old = {k: v for k, v in smoke_design().as_dict().items() if k not in ("tuning_seeds", "finalists")} | {"tuning_seed": 0}
+    old = {k: v for k, v in smoke_design().as_dict().items() if k not in ("tuning_seeds", "finalists")} | {
+        "tuning_seed": 0
+    }
     design = StudyDesign.from_dict(old)
     assert design.tuning_seeds == (0,) and design.finalists is None and design.final_seeds == (1, 2)
     with pytest.raises(ValueError, match="tuning_seeds or the older tuning_seed"):
@@ -257,19 +288,27 @@ def independent_intervals(folder: Path) -> dict[tuple[str, str], tuple[float, fl
         return _t((left.loc[seeds] - right.loc[seeds]).to_numpy())
 
     for setting in ("reg2", "reg4", "reg8", "mm4"):
-        out[("M1", f"{setting}: MAO − sum, worst imbalance < 0")] = paired(balance, "worst_imbalance", f"{setting}.mao", f"{setting}.sum")
-        out[("M1", f"{setting}: MAO's worst imbalance < 0.1")] = _t(_series(balance, f"{setting}.mao", "worst_imbalance").to_numpy())
+        out[("M1", f"{setting}: MAO − sum, worst imbalance < 0")] = paired(
+            balance, "worst_imbalance", f"{setting}.mao", f"{setting}.sum"
+        )
+        out[("M1", f"{setting}: MAO's worst imbalance < 0.1")] = _t(
+            _series(balance, f"{setting}.mao", "worst_imbalance").to_numpy()
+        )
     others = ["uw", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "imtl_g", "mtadam"]
     for other in others:
         out[("M2", f"MAO − {other}")] = paired(dm, "delta_m", "mm4.mao", f"mm4.{other}")
     for method in ("ius", "io"):
         for other in ["sum", *others, "mao"]:
             out[("P1", f"{method} − {other}")] = paired(dm, "delta_m", f"mm4.{method}", f"mm4.{other}")
-        gap = ((_series(dm, "mm_diff.sum", "delta_m") - _series(dm, f"mm_diff.{method}", "delta_m"))
-               - (_series(dm, "mm_same.sum", "delta_m") - _series(dm, f"mm_same.{method}", "delta_m"))).dropna()
+        gap = (
+            (_series(dm, "mm_diff.sum", "delta_m") - _series(dm, f"mm_diff.{method}", "delta_m"))
+            - (_series(dm, "mm_same.sum", "delta_m") - _series(dm, f"mm_same.{method}", "delta_m"))
+        ).dropna()
         out[("P2", f"{method}: benefit over sum, different − same nature")] = _t(gap.to_numpy())
         for quantity in ("distance", "path_length"):
-            out[("P3", f"{method} − sum, {quantity.replace('_', ' ')}")] = paired(final, quantity, f"mm4.{method}", "mm4.sum")
+            out[("P3", f"{method} − sum, {quantity.replace('_', ' ')}")] = paired(
+                final, quantity, f"mm4.{method}", "mm4.sum"
+            )
     sizes = {"mm4.ius": 1, "mm4.grouping2": 2, "mm4.grouping3": 3, "mm4.sum": 4}
     slopes: dict[str, list[float]] = {"delta_m": [], "seconds_per_epoch": []}
     for seed in sorted(set(dm["seed"])):
@@ -294,7 +333,9 @@ def check_every_interval(folder: Path) -> int:
         assert (row.estimate, row.low, row.high) == pytest.approx((estimate, low, high), rel=1e-5, abs=1e-9), row.part
         inside = low <= row.threshold <= high
         above = low > row.threshold
-        assert row.verdict == ("inconclusive" if inside else "supported" if above == (row.direction == "greater") else "not supported")
+        assert row.verdict == (
+            "inconclusive" if inside else "supported" if above == (row.direction == "greater") else "not supported"
+        )
     return len(parts)
 
 
@@ -306,8 +347,15 @@ def ledger_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tables = recompute_tables(scores, balance, runs, design)
     ledger = claims_ledger(scores, balance, runs, design)
     folder = tmp_path_factory.mktemp("claims")
-    write_ledger(folder, ledger, {"commit": "abc"}, design, tables=tables, learning_rates=tables["learning_rates"],
-                 delta_m_intervals=pd.DataFrame(columns=["config", "setting", "variant", "estimate", "low", "high", "n"]))
+    write_ledger(
+        folder,
+        ledger,
+        {"commit": "abc"},
+        design,
+        tables=tables,
+        learning_rates=tables["learning_rates"],
+        delta_m_intervals=pd.DataFrame(columns=["config", "setting", "variant", "estimate", "low", "high", "n"]),
+    )
     return folder
 
 
@@ -326,7 +374,9 @@ def test_the_committed_ledger_is_recomputable_or_says_what_needs_a_rerun() -> No
     for row in parts.itertuples():
         inside = row.low <= row.threshold <= row.high
         above = row.low > row.threshold
-        assert row.verdict == ("inconclusive" if inside else "supported" if above == (row.direction == "greater") else "not supported")
+        assert row.verdict == (
+            "inconclusive" if inside else "supported" if above == (row.direction == "greater") else "not supported"
+        )
         assert row.low <= row.estimate <= row.high
     text = (DOCS / "ledger.md").read_text()
     assert "Sections that need a rerun of the study" in text and "family-wise" in text
@@ -348,12 +398,20 @@ def test_ledger_only_recomputes_an_edited_ledger_and_reproduces_itself(ledger_fo
     _, differences = ledger_only(edited, out)
     assert any("MAO − dwa" in d for d in differences)
     row = pd.read_csv(out / "ledger.csv").set_index("part").loc["MAO − dwa"]
-    assert (row["estimate"], row["low"], row["high"]) == pytest.approx((truth["estimate"], truth["low"], truth["high"]), rel=1e-5)
+    assert (row["estimate"], row["low"], row["high"]) == pytest.approx(
+        (truth["estimate"], truth["low"], truth["high"]), rel=1e-5
+    )
     assert row["verdict"] == truth["verdict"]
     assert check_every_interval(out) == 44
     again = tmp_path / "again"  # recomputing the recomputed folder gives it back byte for byte
     ledger_only(out, again)
-    for name in ("ledger.csv", "ledger.md", "m1_sensitivity.csv", "divergences.csv", *(f"{n}.csv" for n in RECOMPUTE_TABLES)):
+    for name in (
+        "ledger.csv",
+        "ledger.md",
+        "m1_sensitivity.csv",
+        "divergences.csv",
+        *(f"{n}.csv" for n in RECOMPUTE_TABLES),
+    ):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
@@ -387,7 +445,9 @@ def test_an_older_ledger_folder_is_verified_from_its_intervals_and_lists_what_ne
     assert not (tmp_path / "refused").exists()
 
 
-def test_ledger_only_on_a_missing_folder_says_so_in_one_line_and_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ledger_only_on_a_missing_folder_says_so_in_one_line_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def exit_code(argv: list[str]) -> int | str | None:
         try:  # the command line's own check exits from the parser; the ledger's returns 2
             return main(argv)

@@ -21,28 +21,82 @@ NOTEBOOKS = find_notebooks()
 EXPECTED_FILES = {
     "00_quickstart": ["test_curves.parquet", "test_curves.html", "summary.json", "plotly.min.js"],
     "01_toy_landscape": [
-        "trajectories.parquet", "pareto.parquet", "reach.parquet", "rescaling.parquet", "rescaled_trajectories.parquet",
-        "parameter_space.html", "loss_space.html", "distance.html", "rescaling.html", "summary.json", "plotly.min.js",
+        "trajectories.parquet",
+        "pareto.parquet",
+        "reach.parquet",
+        "rescaling.parquet",
+        "rescaled_trajectories.parquet",
+        "parameter_space.html",
+        "loss_space.html",
+        "distance.html",
+        "rescaling.html",
+        "summary.json",
+        "plotly.min.js",
     ],
     "02_imbalanced_regression": [
-        "balance.parquet", "losses.parquet", "ownership.parquet", "final_losses.parquet", "ownership.html",
-        "grad_norms.html", "update_norms.html", "test_curves.html", "summary.json", "plotly.min.js",
-        "runs/sum/metrics.parquet", "runs/sum/params.json", "runs/mao/metrics.parquet", "runs/mao/params.json",
+        "balance.parquet",
+        "losses.parquet",
+        "ownership.parquet",
+        "final_losses.parquet",
+        "ownership.html",
+        "grad_norms.html",
+        "update_norms.html",
+        "test_curves.html",
+        "summary.json",
+        "plotly.min.js",
+        "runs/sum/metrics.parquet",
+        "runs/sum/params.json",
+        "runs/mao/metrics.parquet",
+        "runs/mao/params.json",
     ],
     "03_multimnist": [
-        "balance.parquet", "scores.parquet", "results.parquet", "delta_m.parquet", "ownership.parquet",
-        "ownership_by_method.parquet", "imbalance_over_steps.parquet", "samples.html", "task_metrics.html", "delta_m.html",
-        "ownership.html", "imbalance_over_steps.html", "explorer.html", "summary.json", "plotly.min.js",
-        "runs/sum-seed0/metrics.parquet", "runs/sum-seed0/params.json", "runs/mao-seed1/metrics.parquet", "runs/mao-seed1/params.json",
+        "balance.parquet",
+        "scores.parquet",
+        "results.parquet",
+        "delta_m.parquet",
+        "ownership.parquet",
+        "ownership_by_method.parquet",
+        "imbalance_over_steps.parquet",
+        "samples.html",
+        "task_metrics.html",
+        "delta_m.html",
+        "ownership.html",
+        "imbalance_over_steps.html",
+        "explorer.html",
+        "summary.json",
+        "plotly.min.js",
+        "runs/sum-seed0/metrics.parquet",
+        "runs/sum-seed0/params.json",
+        "runs/mao-seed1/metrics.parquet",
+        "runs/mao-seed1/params.json",
     ],
     "04_balance_explorer": [
-        "balance.parquet", "runs.parquet", "balance_summary.parquet", "ownership.parquet", "imbalance_over_steps.html",
-        "imbalance_by_layer.html", "ownership.html", "explorer.html", "share_heatmap.html", "summary.json",
-        "plotly.min.js", "demo_runs/sum/metrics.parquet", "demo_runs/mao/metrics.parquet",
+        "balance.parquet",
+        "runs.parquet",
+        "balance_summary.parquet",
+        "ownership.parquet",
+        "imbalance_over_steps.html",
+        "imbalance_by_layer.html",
+        "ownership.html",
+        "explorer.html",
+        "share_heatmap.html",
+        "summary.json",
+        "plotly.min.js",
+        "demo_runs/sum/metrics.parquet",
+        "demo_runs/mao/metrics.parquet",
     ],
     "07_your_problem": [
-        "my_problem.py", "ownership.parquet", "ownership.html", "scores.parquet", "results.parquet", "delta_m.html",
-        "summary.json", "runs/sum/metrics.parquet", "runs/mao/metrics.parquet", "study/ledger.md", "study/design.json",
+        "my_problem.py",
+        "ownership.parquet",
+        "ownership.html",
+        "scores.parquet",
+        "results.parquet",
+        "delta_m.html",
+        "summary.json",
+        "runs/sum/metrics.parquet",
+        "runs/mao/metrics.parquet",
+        "study/ledger.md",
+        "study/design.json",
     ],
 }
 
@@ -51,11 +105,22 @@ EXPECTED_FILES = {
 SUMMARY_KEYS = {
     "00_quickstart": {"worst_normalised_test_mse", "worst_task_ratio_adam_over_mao"},
     "01_toy_landscape": {"reached_count", "final_distance", "unreached_in_conflict_band", "rescaling_max_gap"},
-    "02_imbalanced_regression": {"largest_sigma_task_min_share", "mean_imbalance", "layer_owner", "worst_normalised_test_mse"},
+    "02_imbalanced_regression": {
+        "largest_sigma_task_min_share",
+        "mean_imbalance",
+        "layer_owner",
+        "worst_normalised_test_mse",
+    },
     "03_multimnist": {"delta_m_percent", "best_delta_m_method", "largest_share_per_shared_layer", "mean_imbalance"},
     "04_balance_explorer": {"runs", "mean_imbalance", "most_imbalanced_run", "least_imbalanced_run"},
     "05_claims": {"verdicts", "smoke", "seeds", "tables", "parts"},
-    "07_your_problem": {"delta_m_percent", "best_delta_m_method", "largest_share_per_shared_layer", "mean_imbalance", "problem"},
+    "07_your_problem": {
+        "delta_m_percent",
+        "best_delta_m_method",
+        "largest_share_per_shared_layer",
+        "mean_imbalance",
+        "problem",
+    },
 }
 
 
@@ -107,7 +172,9 @@ def test_notebook_runs_in_its_smoke_setting(path: Path, tmp_path: Path) -> None:
     "parameters, message",
     [({"lr": -1.0}, "bad notebook parameter `lr` = -1.0"), ({"steps": 0}, "bad notebook parameter `steps` = 0")],
 )
-def test_bad_parameter_fails_with_the_notebooks_message_and_keeps_results(tmp_path: Path, parameters: dict, message: str) -> None:
+def test_bad_parameter_fails_with_the_notebooks_message_and_keeps_results(
+    tmp_path: Path, parameters: dict, message: str
+) -> None:
     path = NOTEBOOK_DIR / "00_quickstart.ipynb"
     (tmp_path / "summary.json").write_text('{"earlier": "result"}')
     with pytest.raises(NotebookRunError, match=message.replace("`", ".")):
@@ -130,15 +197,30 @@ def test_runner_rejects_unknown_notebooks() -> None:
         ("02_imbalanced_regression", {"methods": ["sum", "nope"]}, "bad notebook parameter `methods`"),
         ("03_multimnist", {"tasks": ["left", "colour"]}, "bad notebook parameter `tasks` = ['left', 'colour']"),
         ("04_balance_explorer", {"run_dirs": ["no/such/folder"]}, "bad notebook parameter `run_dirs`"),
-        ("03_multimnist", {"problem": "mao_lab.problems:nope"}, "bad notebook parameter `problem` = 'mao_lab.problems:nope'"),
+        (
+            "03_multimnist",
+            {"problem": "mao_lab.problems:nope"},
+            "bad notebook parameter `problem` = 'mao_lab.problems:nope'",
+        ),
         ("04_balance_explorer", {"problem": "no_such_module:factory"}, "bad notebook parameter `problem`"),
         ("03_multimnist", {"device": "tpu"}, "bad notebook parameter `device` = 'tpu'"),
         ("07_your_problem", {"autocast": "fp8"}, "bad notebook parameter `autocast` = 'fp8'"),
     ],
-    ids=["01-unknown-method", "01-negative-lr", "02-unknown-method", "03-unknown-task", "04-missing-runs",
-         "03-unknown-problem", "04-unknown-problem", "03-unknown-device", "07-unknown-autocast"],
+    ids=[
+        "01-unknown-method",
+        "01-negative-lr",
+        "02-unknown-method",
+        "03-unknown-task",
+        "04-missing-runs",
+        "03-unknown-problem",
+        "04-unknown-problem",
+        "03-unknown-device",
+        "07-unknown-autocast",
+    ],
 )
-def test_bad_parameter_stops_the_toy_notebooks_with_their_message(tmp_path: Path, notebook: str, parameters: dict, message: str) -> None:
+def test_bad_parameter_stops_the_toy_notebooks_with_their_message(
+    tmp_path: Path, notebook: str, parameters: dict, message: str
+) -> None:
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
     with pytest.raises(NotebookRunError, match=re.escape(message).replace("`", ".")):
         execute_notebook(path, tmp_path, {"smoke": True, **parameters}, html=False)
@@ -146,11 +228,19 @@ def test_bad_parameter_stops_the_toy_notebooks_with_their_message(tmp_path: Path
 
 
 def test_the_balance_explorer_opens_the_runs_of_the_regression_notebook(tmp_path: Path) -> None:
-    regression = execute_notebook(NOTEBOOK_DIR / "02_imbalanced_regression.ipynb", tmp_path / "02",
-                                  {"smoke": True, "methods": ["sum", "mao"], "num_tasks": 3}, html=False)
+    regression = execute_notebook(
+        NOTEBOOK_DIR / "02_imbalanced_regression.ipynb",
+        tmp_path / "02",
+        {"smoke": True, "methods": ["sum", "mao"], "num_tasks": 3},
+        html=False,
+    )
     assert regression.is_file()
-    execute_notebook(NOTEBOOK_DIR / "04_balance_explorer.ipynb", tmp_path / "04",
-                     {"smoke": True, "run_dirs": [str(tmp_path / "02")]}, html=False)
+    execute_notebook(
+        NOTEBOOK_DIR / "04_balance_explorer.ipynb",
+        tmp_path / "04",
+        {"smoke": True, "run_dirs": [str(tmp_path / "02")]},
+        html=False,
+    )
     summary = json.loads((tmp_path / "04" / "summary.json").read_text())
     # 04 names each run by where it came from: the folder 02 wrote (its output folder, here "02").
     assert sorted(summary["runs"]) == ["02/mao", "02/sum"] and summary["most_imbalanced_run"] == "02/sum"
@@ -159,18 +249,30 @@ def test_the_balance_explorer_opens_the_runs_of_the_regression_notebook(tmp_path
 
 def test_notebook_03_and_04_run_on_another_problem_by_its_import_path(tmp_path: Path) -> None:
     """03's comparison and 04's demo runs on the regression, named by its import path (any Problem would do)."""
-    problem = {"problem": "mao_lab.problems:regression_problem",
-               "problem_options": {"num_tasks": 3, "num_samples": 300, "num_val": 60}}
-    execute_notebook(NOTEBOOK_DIR / "03_multimnist.ipynb", tmp_path / "03",
-                     {"smoke": True, **problem, "tasks": [], "layer": "", "methods": ["sum", "mao"], "device": "cpu"},
-                     html=False)
+    problem = {
+        "problem": "mao_lab.problems:regression_problem",
+        "problem_options": {"num_tasks": 3, "num_samples": 300, "num_val": 60},
+    }
+    execute_notebook(
+        NOTEBOOK_DIR / "03_multimnist.ipynb",
+        tmp_path / "03",
+        {"smoke": True, **problem, "tasks": [], "layer": "", "methods": ["sum", "mao"], "device": "cpu"},
+        html=False,
+    )
     scores = pd.read_parquet(tmp_path / "03" / "scores.parquet")
     assert set(scores["task"]) == {"task0", "task1", "task2"} and set(scores["metric"]) == {"normalised_mse"}
     assert not (tmp_path / "03" / "samples.html").exists()  # MultiMNIST's pictures only for MultiMNIST
     assert {"sum", "mao"} <= set(json.loads((tmp_path / "03" / "summary.json").read_text())["delta_m_percent"])
-    execute_notebook(NOTEBOOK_DIR / "04_balance_explorer.ipynb", tmp_path / "04",
-                     {"smoke": True, **problem, "device": "cpu", "autocast": "bf16"}, html=False)
-    assert sorted(json.loads((tmp_path / "04" / "summary.json").read_text())["runs"]) == ["demo_runs/mao", "demo_runs/sum"]
+    execute_notebook(
+        NOTEBOOK_DIR / "04_balance_explorer.ipynb",
+        tmp_path / "04",
+        {"smoke": True, **problem, "device": "cpu", "autocast": "bf16"},
+        html=False,
+    )
+    assert sorted(json.loads((tmp_path / "04" / "summary.json").read_text())["runs"]) == [
+        "demo_runs/mao",
+        "demo_runs/sum",
+    ]
     params = json.loads((tmp_path / "04" / "demo_runs" / "mao" / "params.json").read_text())
     assert params["problem"] == "regression" and params["tasks"] == ["task0", "task1", "task2"]
 

@@ -53,20 +53,30 @@ TASKS = ("left", "right", "sum", "reconstruct")
 # -- the references: the code before the interface ----------------------------------------------------------
 
 
-def _old_study_multimnist(tasks: tuple[str, ...], num_train: int, num_val: int, num_test: int, batch_size: int) -> dict[str, Any]:
+def _old_study_multimnist(
+    tasks: tuple[str, ...], num_train: int, num_val: int, num_test: int, batch_size: int
+) -> dict[str, Any]:
     """The study's old MultiMNIST closures (validation = the last ``num_val`` training images)."""
     whole = load_multimnist(split="train", tasks=tasks)
 
     def rows(part: slice) -> MultiMNIST:
-        return MultiMNIST(whole.images[part], [t[part] for t in whole.targets], whole.tasks, "train",
-                          whole.left_index[part], whole.right_index[part])
+        return MultiMNIST(
+            whole.images[part],
+            [t[part] for t in whole.targets],
+            whole.tasks,
+            "train",
+            whole.left_index[part],
+            whole.right_index[part],
+        )
 
     train_set, val = rows(slice(0, num_train)), rows(slice(len(whole) - num_val, None))
     test = load_multimnist(split="test", tasks=tasks, limit=num_test)
 
     def scored(model: nn.Module, data: MultiMNIST) -> list[dict[str, Any]]:
-        return [{"task": s.task, "metric": s.metric, "value": s.value, "higher_is_better": s.higher_is_better}
-                for s in task_metrics(model(data.images), list(data.targets), data.tasks)]
+        return [
+            {"task": s.task, "metric": s.metric, "value": s.value, "higher_is_better": s.higher_is_better}
+            for s in task_metrics(model(data.images), list(data.targets), data.tasks)
+        ]
 
     return {
         "build": lambda: multimnist_model(tasks),
@@ -85,8 +95,10 @@ def _old_study_regression(num_tasks: int, num_samples: int, num_val: int, batch_
 
     def scored(model: nn.Module, inputs: torch.Tensor, targets: list[torch.Tensor]) -> list[dict[str, Any]]:
         losses = problem.task_losses(model(inputs), targets, normalize=True)
-        return [{"task": f"task{k}", "metric": "normalised_mse", "value": float(loss), "higher_is_better": False}
-                for k, loss in enumerate(losses)]
+        return [
+            {"task": f"task{k}", "metric": "normalised_mse", "value": float(loss), "higher_is_better": False}
+            for k, loss in enumerate(losses)
+        ]
 
     return {
         "build": lambda: regression_model(num_tasks, in_dim=problem.in_dim, out_dim=problem.out_dim),
@@ -112,8 +124,17 @@ def _assert_same_run(old, new) -> None:
 def test_multimnist_problem_trains_bit_for_bit_as_the_study_did(method: str, tasks: tuple[str, ...]) -> None:
     old = _old_study_multimnist(tasks, 96, 32, 32, 16)
     problem = multimnist_problem(tasks, num_train=96, num_val=32, num_test=32, batch_size=16)
-    reference = train(old["build"], method, old["losses"], steps=7, batches=old["batches"], seed=3, evaluate=old["validate"],
-                      eval_every=3, record_every=2)
+    reference = train(
+        old["build"],
+        method,
+        old["losses"],
+        steps=7,
+        batches=old["batches"],
+        seed=3,
+        evaluate=old["validate"],
+        eval_every=3,
+        record_every=2,
+    )
     run = train(problem, method, steps=7, seed=3, evaluate="validation", eval_every=3, record_every=2, device="cpu")
     _assert_same_run(reference, run)
     pd.testing.assert_frame_equal(reference.metrics, run.metrics)
@@ -125,7 +146,9 @@ def test_a_task_subset_of_the_problem_is_the_problem_of_those_tasks() -> None:
     """The study trains ``mm_same`` on a problem loaded with two tasks; the four-task problem's subset is the same run."""
     old = _old_study_multimnist(("left", "right"), 64, 16, 16, 16)
     whole = multimnist_problem(num_train=64, num_val=16, num_test=16, batch_size=16)
-    reference = train(old["build"], "ius", old["losses"], steps=5, batches=old["batches"], seed=1, evaluate=old["validate"])
+    reference = train(
+        old["build"], "ius", old["losses"], steps=5, batches=old["batches"], seed=1, evaluate=old["validate"]
+    )
     run = train(whole, "ius", tasks=("left", "right"), steps=5, seed=1, evaluate="validation", device="cpu")
     _assert_same_run(reference, run)
 
@@ -134,8 +157,17 @@ def test_a_task_subset_of_the_problem_is_the_problem_of_those_tasks() -> None:
 def test_regression_problem_trains_bit_for_bit_as_the_study_did(num_tasks: int) -> None:
     old = _old_study_regression(num_tasks, 400, 64, 16)
     problem = regression_problem(num_tasks, num_samples=400, num_val=64, batch_size=16)
-    reference = train(old["build"], "mao", old["losses"], steps=9, batches=old["batches"], seed=2, evaluate=old["validate"],
-                      eval_every=4, record_every=3)
+    reference = train(
+        old["build"],
+        "mao",
+        old["losses"],
+        steps=9,
+        batches=old["batches"],
+        seed=2,
+        evaluate=old["validate"],
+        eval_every=4,
+        record_every=3,
+    )
     run = train(problem, "mao", steps=9, seed=2, evaluate="validation", eval_every=4, record_every=3, device="cpu")
     _assert_same_run(reference, run)
     with torch.no_grad():
@@ -148,18 +180,27 @@ def test_regression_problem_trains_bit_for_bit_as_the_study_did(num_tasks: int) 
 @pytest.fixture(scope="module")
 def splits() -> tuple[MultiMNIST, MultiMNIST]:
     return load_multimnist(tasks=("left", "sum", "reconstruct"), limit=96), load_multimnist(
-        split="test", tasks=("left", "sum", "reconstruct"), limit=48)
+        split="test", tasks=("left", "sum", "reconstruct"), limit=48
+    )
 
 
-def _old_train_multimnist(method: str, data: MultiMNIST, test: MultiMNIST, *, steps: int, batch_size: int, seed: int,
-                          every: int | None) -> Any:
+def _old_train_multimnist(
+    method: str, data: MultiMNIST, test: MultiMNIST, *, steps: int, batch_size: int, seed: int, every: int | None
+) -> Any:
     tasks = tuple(data.tasks)
-    return train(lambda: multimnist_model(tasks, seed=seed), method,
-                 lambda model, batch: dict(zip(tasks, task_losses(model(batch[0]), batch[1], tasks))), steps=steps,
-                 batches=tensor_batches(data.images, data.targets, batch_size), seed=seed,
-                 evaluate=lambda model: [{"task": s.task, "metric": s.metric, "value": s.value,
-                                          "higher_is_better": s.higher_is_better} for s in evaluate_multimnist(model, test)],
-                 record_every=every)
+    return train(
+        lambda: multimnist_model(tasks, seed=seed),
+        method,
+        lambda model, batch: dict(zip(tasks, task_losses(model(batch[0]), batch[1], tasks))),
+        steps=steps,
+        batches=tensor_batches(data.images, data.targets, batch_size),
+        seed=seed,
+        evaluate=lambda model: [
+            {"task": s.task, "metric": s.metric, "value": s.value, "higher_is_better": s.higher_is_better}
+            for s in evaluate_multimnist(model, test)
+        ],
+        record_every=every,
+    )
 
 
 @pytest.mark.parametrize("method", ["mao", "rlw"])  # RLW draws its weights after the network is built
@@ -186,12 +227,21 @@ def test_train_with_recorder_is_what_it_was() -> None:
     names = ["task0", "task1", "task2"]
     x_test, y_test = data.split("test")
     reference = train(
-        lambda: regression_model(3, in_dim=8, out_dim=4, seed=5), "rlw",
-        lambda model, batch: dict(zip(names, data.task_losses(model(batch[0]), batch[1]))), steps=8,
-        batches=tensor_batches(*data.split("train"), 16), seed=5, record_every=2, eval_every=4,
-        evaluate=lambda model: [{"task": n, "test_loss": float(v)} for n, v in zip(names, data.task_losses(model(x_test), y_test))],
+        lambda: regression_model(3, in_dim=8, out_dim=4, seed=5),
+        "rlw",
+        lambda model, batch: dict(zip(names, data.task_losses(model(batch[0]), batch[1]))),
+        steps=8,
+        batches=tensor_batches(*data.split("train"), 16),
+        seed=5,
+        record_every=2,
+        eval_every=4,
+        evaluate=lambda model: [
+            {"task": n, "test_loss": float(v)} for n, v in zip(names, data.task_losses(model(x_test), y_test))
+        ],
     )
-    metrics, losses = train_with_recorder(data, "rlw", steps=8, batch_size=16, seed=5, every=2, eval_every=4, device="cpu")
+    metrics, losses = train_with_recorder(
+        data, "rlw", steps=8, batch_size=16, seed=5, every=2, eval_every=4, device="cpu"
+    )
     pd.testing.assert_frame_equal(reference.metrics, metrics)
     assert losses["test_loss"].tolist() == reference.evaluations["test_loss"].tolist()
 
@@ -257,21 +307,33 @@ def test_cuda_run_matches_the_cpu_run_closely() -> None:
 def test_load_problem_finds_the_shipped_problems_and_names_bad_paths() -> None:
     problem = load_problem("mao_lab.problems:regression_problem", num_tasks=3, num_samples=200, num_val=40)
     assert isinstance(problem, RegressionProblem) and problem.task_names == ("task0", "task1", "task2")
-    assert isinstance(load_problem("mao_lab.problems:multimnist_problem", tasks=("left",), num_train=8, num_val=8,
-                                   num_test=8), MultiMNISTProblem)
-    for spec, message in [("mao_lab.problems", "expected an import path"), ("no_such_module:f", "cannot import"),
-                          ("mao_lab.problems:regression_model", "returned MultiTaskNet, not a Problem")]:
+    assert isinstance(
+        load_problem("mao_lab.problems:multimnist_problem", tasks=("left",), num_train=8, num_val=8, num_test=8),
+        MultiMNISTProblem,
+    )
+    for spec, message in [
+        ("mao_lab.problems", "expected an import path"),
+        ("no_such_module:f", "cannot import"),
+        ("mao_lab.problems:regression_model", "returned MultiTaskNet, not a Problem"),
+    ]:
         with pytest.raises(ValueError, match=message):
             load_problem(spec, **({"num_tasks": 2} if "regression_model" in spec else {}))
 
 
 def test_problem_splits_metrics_and_task_sets() -> None:
     problem = multimnist_problem(num_train=32, num_val=16, num_test=16, batch_size=8)
-    assert dict(problem.task_sets()) == {"same_nature": ("left", "right"), "different_nature": ("left", "sum", "reconstruct")}
+    assert dict(problem.task_sets()) == {
+        "same_nature": ("left", "right"),
+        "different_nature": ("left", "sum", "reconstruct"),
+    }
     metrics = problem.evaluate(multimnist_model(TASKS, seed=0).eval(), "validation")
     assert all(isinstance(m, TaskMetric) for m in metrics)
     assert [(m.task, m.metric, m.higher_is_better) for m in metrics] == [
-        ("left", "accuracy", True), ("right", "accuracy", True), ("sum", "mae", False), ("reconstruct", "mse", False)]
+        ("left", "accuracy", True),
+        ("right", "accuracy", True),
+        ("sum", "mae", False),
+        ("reconstruct", "mse", False),
+    ]
     one_pass = list(problem.batches("test", batch_size=6))
     assert [len(images) for images, _ in one_pass] == [6, 6, 4]  # one pass, the last batch smaller
     with pytest.raises(ValueError, match="without a validation split"):

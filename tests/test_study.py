@@ -58,12 +58,15 @@ def test_a_runs_first_steps_are_a_shorter_run(config: str) -> None:
     short = dataclasses.replace(long, steps=4)
     whole = run_config(long.config(config), long, 1e-3, 1)
     part = run_config(short.config(config), short, 1e-3, 1)
+
     def val(scores: pd.DataFrame) -> pd.DataFrame:
         return scores[scores["split"] == "val"]
 
     cut, mine = val(whole["scores"]), val(part["scores"])
     assert sorted(mine["step"].unique()) == [0, 2, 4] and sorted(cut["step"].unique()) == [0, 2, 4, 6, 8]
-    pd.testing.assert_frame_equal(mine.reset_index(drop=True), cut[cut["step"] <= 4].reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(
+        mine.reset_index(drop=True), cut[cut["step"] <= 4].reset_index(drop=True), check_exact=True
+    )
     balance = whole["balance"][whole["balance"]["step"] < 4].reset_index(drop=True)  # records are taken at steps 0..3
     assert len(balance) > 0
     pd.testing.assert_frame_equal(part["balance"].reset_index(drop=True), balance, check_exact=True)
@@ -120,11 +123,23 @@ def test_the_point_notebook_names_a_bad_parameter(tmp_path: Path) -> None:
 
 
 @pytest.mark.notebook
-def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     study = tmp_path / "study"
     assert main(["--smoke", "--out", str(study)]) == 0
-    for name in ("ledger.csv", "ledger.md", "ledger.json", "design.json", "provenance.json", "scores.parquet",
-                 "balance.parquet", "runs.parquet", "learning_rates.parquet", "delta_m.parquet"):
+    for name in (
+        "ledger.csv",
+        "ledger.md",
+        "ledger.json",
+        "design.json",
+        "provenance.json",
+        "scores.parquet",
+        "balance.parquet",
+        "runs.parquet",
+        "learning_rates.parquet",
+        "delta_m.parquet",
+    ):
         assert (study / name).is_file(), name
     ledger = pd.read_csv(study / "ledger.csv")
     claims = ledger[ledger["part"] == "(claim)"]
@@ -162,7 +177,15 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
 
     docs = tmp_path / "docs"
     assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with
-    for name in ("ledger.csv", "ledger.md", "ledger.json", "methods.csv", "validation.csv", "levelling.csv", "budgets.csv"):
+    for name in (
+        "ledger.csv",
+        "ledger.md",
+        "ledger.json",
+        "methods.csv",
+        "validation.csv",
+        "levelling.csv",
+        "budgets.csv",
+    ):
         assert (docs / name).read_text() == (study / name).read_text(), name
     # validation.csv: the regression's criterion written out by hand (mean validation value over tasks, then seeds)
     validation = pd.read_csv(docs / "validation.csv")
@@ -191,7 +214,9 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     with pytest.raises(ValueError, match=r"budgets must be step counts in 1\.\.4"):
         levelling_by_budget(scores, design, [5])
     methods = pd.read_csv(docs / "methods.csv")
-    assert set(methods["config"]) == {c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"}
+    assert set(methods["config"]) == {
+        c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"
+    }
     # every interval of the smoke ledger, recomputed by scipy from the per-seed tables written beside it
     spec = importlib.util.spec_from_file_location("_ledger_robust", Path(__file__).with_name("test_ledger_robust.py"))
     assert spec is not None and spec.loader is not None
@@ -208,7 +233,15 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["smoke"] is True and summary["best_mm4_levelling"] in LEVELLING_STATUSES
     assert summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
-    for figure in ("claim_M1", "claim_P4", "balance_reg8", "learning_rate_mm4", "validation_curve", "compute", "spread"):
+    for figure in (
+        "claim_M1",
+        "claim_P4",
+        "balance_reg8",
+        "learning_rate_mm4",
+        "validation_curve",
+        "compute",
+        "spread",
+    ):
         assert (out / f"{figure}.html").is_file(), figure
     assert "mean nothing" in (out / "05_claims.html").read_text()
 
@@ -242,15 +275,35 @@ num_val = 60
 def test_the_shipped_design_is_what_it_was() -> None:
     """The design's configurations written out from the module docstring's table, and its design.json keys."""
     design = full_design()
-    mm4 = ("sum", "uw", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "imtl_g", "mtadam", "mao", "ius", "io",
-           "grouping2", "grouping3")
+    mm4 = (
+        "sum",
+        "uw",
+        "dwa",
+        "gradnorm",
+        "mgda",
+        "pcgrad",
+        "cagrad",
+        "imtl_g",
+        "mtadam",
+        "mao",
+        "ius",
+        "io",
+        "grouping2",
+        "grouping3",
+    )
     expected = [f"mm4.{v}" for v in mm4] + [f"mm4.single-{t}" for t in ("left", "right", "sum", "reconstruct")]
     expected += [f"{s}.{v}" for s in ("mm_same", "mm_diff") for v in ("sum", "ius", "io")]
     expected += [f"reg{t}.{v}" for t in (2, 4, 8) for v in ("sum", "mao")]
     assert [c.name for c in design.configs()] == expected
     assert {c.problem for c in design.configs()} == {"multimnist", "regression"}
     assert set(design.as_dict()) == {f.name for f in dataclasses.fields(design)} - {
-        "problem", "problem_options", "tasks", "same_nature", "different_nature", "description"}
+        "problem",
+        "problem_options",
+        "tasks",
+        "same_nature",
+        "different_nature",
+        "description",
+    }
     assert StudyDesign.from_dict(design.as_dict()) == design
 
 
@@ -263,10 +316,15 @@ class _Sets:
 
 
 def test_a_problem_design_has_its_settings_and_refuses_what_does_not_fit() -> None:
-    design = problem_design(_Sets(), "pkg.mod:factory", settings={"methods": ["sum", "mao", "ius", "grouping3"]}, smoke=True)
+    design = problem_design(
+        _Sets(), "pkg.mod:factory", settings={"methods": ["sum", "mao", "ius", "grouping3"]}, smoke=True
+    )
     names = [c.name for c in design.configs()]
-    assert names == (["all.sum", "all.mao", "all.ius", "all.grouping3"] + [f"all.single-{t}" for t in "abcd"]
-                     + [f"{s}.{v}" for s in ("same", "diff") for v in ("sum", "ius", "io")])
+    assert names == (
+        ["all.sum", "all.mao", "all.ius", "all.grouping3"]
+        + [f"all.single-{t}" for t in "abcd"]
+        + [f"{s}.{v}" for s in ("same", "diff") for v in ("sum", "ius", "io")]
+    )
     assert design.config("diff.io").tasks == ("a", "c", "d") and design.main_setting == "all"
     assert StudyDesign.from_dict(json.loads(json.dumps(design.as_dict()))) == design  # design.json round trip
     with pytest.raises(ValueError, match="group size strictly between 1 and the 4 tasks"):
@@ -302,20 +360,43 @@ def test_rates_are_chosen_on_the_tuning_seeds_against_a_reference_per_task_and_m
                 for task in config.tasks:
                     for metric, higher in metrics[task]:
                         # acc and err agree, so a baseline's rate is the same whichever metric ranks it
-                        value = accuracy if metric == "acc" else 1 - accuracy if metric == "err" else float(rng.uniform(1, 3))
+                        value = (
+                            accuracy
+                            if metric == "acc"
+                            else 1 - accuracy
+                            if metric == "err"
+                            else float(rng.uniform(1, 3))
+                        )
                         values[(config.name, lr, seed, task, metric)] = value
-                        rows.append({"config": config.name, "lr": lr, "seed": seed, "task": task, "metric": metric,
-                                     "value": value, "higher_is_better": higher, "split": "val", "step": design.steps})
+                        rows.append(
+                            {
+                                "config": config.name,
+                                "lr": lr,
+                                "seed": seed,
+                                "task": task,
+                                "metric": metric,
+                                "value": value,
+                                "higher_is_better": higher,
+                                "split": "val",
+                                "step": design.steps,
+                            }
+                        )
     scores = pd.DataFrame(rows)
     # the baselines by hand: the rate with the best mean over both tuning seeds, then each metric's mean there
     reference = {}
     for task in ("a", "b"):
         metric, higher = metrics[task][0]
         sign = -1 if higher else 1
-        means = {lr: np.mean([sign * values[(f"all.single-{task}", lr, s, task, metric)] for s in (0, 1)]) for lr in design.lrs}
+        means = {
+            lr: np.mean([sign * values[(f"all.single-{task}", lr, s, task, metric)] for s in (0, 1)])
+            for lr in design.lrs
+        }
         best = min(means, key=means.get)
         for metric, higher in metrics[task]:
-            reference[(task, metric)] = (np.mean([values[(f"all.single-{task}", best, s, task, metric)] for s in (0, 1)]), higher)
+            reference[(task, metric)] = (
+                np.mean([values[(f"all.single-{task}", best, s, task, metric)] for s in (0, 1)]),
+                higher,
+            )
     criteria = tuning_criteria(scores, design).set_index(["config", "lr", "seed"])["criterion"]
     for config in ("all.sum", "all.mao"):
         for lr in design.lrs:
@@ -332,20 +413,37 @@ def test_rates_are_chosen_on_the_tuning_seeds_against_a_reference_per_task_and_m
     assert float(picked["lr"].iloc[0]) == min(mean, key=mean.get) and int(picked["seeds"].iloc[0]) == 2
 
 
-@pytest.mark.parametrize("text, message", [
-    ("steps = 4\nbogus = 1\n", r"unknown key\(s\) \['bogus'\]"),
-    ("steps = 'many'\n", "steps must be training steps"),
-    ("lrs = [0.1, 'x']\n", "lrs must be the learning-rate grid"),
-    ("steps = \n", "is not valid TOML"),
-])
-def test_a_bad_study_file_is_named_and_nothing_is_written(tmp_path: Path, text: str, message: str,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("steps = 4\nbogus = 1\n", r"unknown key\(s\) \['bogus'\]"),
+        ("steps = 'many'\n", "steps must be training steps"),
+        ("lrs = [0.1, 'x']\n", "lrs must be the learning-rate grid"),
+        ("steps = \n", "is not valid TOML"),
+    ],
+)
+def test_a_bad_study_file_is_named_and_nothing_is_written(
+    tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     file = tmp_path / "study.toml"
     file.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_study_file(file)
     out = tmp_path / "out"
-    assert main(["--smoke", "--problem", "mao_lab.problems:regression_problem", "--study-file", str(file), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "--smoke",
+                "--problem",
+                "mao_lab.problems:regression_problem",
+                "--study-file",
+                str(file),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(file) in error
     assert not out.exists()

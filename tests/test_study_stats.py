@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mao_lab.study import LEVELLING_STATUSES, combine_verdicts, levelling_off, mean_interval, paired_interval, validation_levels, verdict
+from mao_lab.study import (
+    LEVELLING_STATUSES,
+    combine_verdicts,
+    levelling_off,
+    mean_interval,
+    paired_interval,
+    validation_levels,
+    verdict,
+)
 from mao_lab.study._analysis import claims_ledger
 from mao_lab.study._design import MM4_TASKS, StudyDesign, smoke_design
 
@@ -118,22 +126,60 @@ def _synthetic_tables(design: StudyDesign, good: str, effect: float) -> tuple[pd
                         if config.problem == "regression":
                             value, up = 0.1 * (1 + lr_penalty), False
                         else:
-                            quality = (0.0 if config.single_task else -0.1) - lr_penalty + seed_noise[seed] + rng.normal(0, 0.002)
+                            quality = (
+                                (0.0 if config.single_task else -0.1)
+                                - lr_penalty
+                                + seed_noise[seed]
+                                + rng.normal(0, 0.002)
+                            )
                             if config.variant == good:
                                 quality += effect
                             value, up = base[task] * (1 + quality if higher[task] else 1 - quality), higher[task]
-                        scores.append({"config": config.name, "lr": lr, "seed": seed, "split": split, "step": 10, "task": task,
-                                       "metric": "m", "value": value, "higher_is_better": up})
+                        scores.append(
+                            {
+                                "config": config.name,
+                                "lr": lr,
+                                "seed": seed,
+                                "split": split,
+                                "step": 10,
+                                "task": task,
+                                "metric": "m",
+                                "value": value,
+                                "higher_is_better": up,
+                            }
+                        )
                 if not config.single_task:
                     worst = 0.02 if config.variant == "mao" else 0.5
                     for step in (0, 5):
-                        balance.append({"config": config.name, "lr": lr, "seed": seed, "step": step, "layer": "trunk.0.weight",
-                                        "imbalance": worst + rng.normal(0, 0.001), "largest_share": 0.5, "largest_task": config.tasks[0]})
-                runs.append({"config": config.name, "setting": config.setting, "variant": config.variant, "lr": lr, "seed": seed,
-                             "steps": 10, "epochs": 1.0, "seconds": 1.0, "status": "ok",
-                             "seconds_per_epoch": {"ius": 4.0, "grouping2": 2.0, "grouping3": 2.0}.get(config.variant, 1.0) + rng.normal(0, 0.01),
-                             "distance": (2.0 if config.variant in ("ius", "io") else 1.0) + rng.normal(0, 0.01),
-                             "path_length": (20.0 if config.variant in ("ius", "io") else 10.0) + rng.normal(0, 0.01)})
+                        balance.append(
+                            {
+                                "config": config.name,
+                                "lr": lr,
+                                "seed": seed,
+                                "step": step,
+                                "layer": "trunk.0.weight",
+                                "imbalance": worst + rng.normal(0, 0.001),
+                                "largest_share": 0.5,
+                                "largest_task": config.tasks[0],
+                            }
+                        )
+                runs.append(
+                    {
+                        "config": config.name,
+                        "setting": config.setting,
+                        "variant": config.variant,
+                        "lr": lr,
+                        "seed": seed,
+                        "steps": 10,
+                        "epochs": 1.0,
+                        "seconds": 1.0,
+                        "status": "ok",
+                        "seconds_per_epoch": {"ius": 4.0, "grouping2": 2.0, "grouping3": 2.0}.get(config.variant, 1.0)
+                        + rng.normal(0, 0.01),
+                        "distance": (2.0 if config.variant in ("ius", "io") else 1.0) + rng.normal(0, 0.01),
+                        "path_length": (20.0 if config.variant in ("ius", "io") else 10.0) + rng.normal(0, 0.01),
+                    }
+                )
     return pd.DataFrame(scores), pd.DataFrame(balance), pd.DataFrame(runs)
 
 
@@ -174,7 +220,9 @@ def test_the_ledger_calls_no_effect_inconclusive_and_chooses_rates_on_validation
     assert set(MM4_TASKS) <= set(scores["task"])
 
 
-def _curves(final_change: np.ndarray, *, steps: tuple[int, ...] = (0, 50, 100, 150, 200), config: str = "mm4.x") -> pd.DataFrame:
+def _curves(
+    final_change: np.ndarray, *, steps: tuple[int, ...] = (0, 50, 100, 150, 200), config: str = "mm4.x"
+) -> pd.DataFrame:
     """Per-seed validation curves whose value at the last step differs from the value at 150 by ``final_change``."""
     rows = []
     for seed, change in enumerate(final_change):
@@ -219,11 +267,16 @@ def test_the_ledger_page_says_which_phases_a_resumed_study_did_earlier_and_how_t
     from mao_lab.study._analysis import LEDGER_COLUMNS
 
     empty = pd.DataFrame(columns=LEDGER_COLUMNS)
-    phases = {"tuning": {"points": 30, "finished_before": 30, "wall_seconds": 6.0},
-              "final": {"points": 30, "finished_before": 2, "wall_seconds": 594.0}}
+    phases = {
+        "tuning": {"points": 30, "finished_before": 30, "wall_seconds": 6.0},
+        "final": {"points": 30, "finished_before": 2, "wall_seconds": 594.0},
+    }
     text = ledger_markdown(empty, {"wall_seconds": 600.0, "phases": phases}, smoke_design())
-    assert "wall time 10 min in the invocation that finished the study, which resumed points finished earlier " \
-           "(tuning 30 of 30 points, final 2 of 30 points); their time is not counted (tuning 0.1 min, final 9.9 min)" in text
+    assert (
+        "wall time 10 min in the invocation that finished the study, which resumed points finished earlier "
+        "(tuning 30 of 30 points, final 2 of 30 points); their time is not counted (tuning 0.1 min, final 9.9 min)"
+        in text
+    )
     fresh = {name: {**p, "finished_before": 0} for name, p in phases.items()}
     assert "resumed" not in ledger_markdown(empty, {"wall_seconds": 600.0, "phases": fresh}, smoke_design())
     assert 'Regenerate: `make study STUDY=runs/study-smoke STUDY_FLAGS="--smoke"`' in text

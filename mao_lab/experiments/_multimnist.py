@@ -41,8 +41,18 @@ SCORE_COLUMNS = ["method", "seed", "step", "task", "metric", "value", "higher_is
 
 
 def _train(
-    method: str, train_data: MultiMNIST, test: MultiMNIST, *, steps: int, lr: float, batch_size: int, seed: int,
-    label: str, device: torch.device | str | None = None, autocast: Autocast = None, **options: Any,
+    method: str,
+    train_data: MultiMNIST,
+    test: MultiMNIST,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    label: str,
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
+    **options: Any,
 ) -> TrainingRun:
     """The one loop on MultiMNIST (:class:`~mao_lab.problems.MultiMNISTProblem`): the network of ``train_data``'s
     tasks, scored on ``test`` at the start and end.
@@ -50,8 +60,19 @@ def _train(
     The network is seeded on its own (:func:`~mao_lab.problems.multimnist_model` with ``seed``), as these
     functions always did, so the method's random draws start from the fresh seed."""
     problem = MultiMNISTProblem(train_data, test, batch_size=batch_size, eval_batch_size=1000)
-    return run_on_problem(problem, method, problem.task_names, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                          label=label, device=device, autocast=autocast, **options)
+    return run_on_problem(
+        problem,
+        method,
+        problem.task_names,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        label=label,
+        device=device,
+        autocast=autocast,
+        **options,
+    )
 
 
 def _scores(run: TrainingRun, method: str, seed: int) -> pd.DataFrame:
@@ -108,11 +129,35 @@ def train_multimnist(
     require("steps", steps, Int(min=1))
     if tuple(test.tasks) != tuple(train.tasks):
         raise ValueError(f"train and test must have the same tasks, got {train.tasks} and {test.tasks}")
-    params = {"problem": "multimnist", "method": method, "label": method_label(method), "tasks": list(train.tasks),
-              "seed": seed, "steps": steps, "lr": lr, "batch_size": batch_size, "every": every, **hyperparameters}
-    run = _train(method, train, test, steps=steps, lr=lr, batch_size=batch_size, seed=seed, label=run_name(method, seed),
-                 hyperparameters=hyperparameters, record_every=every, run_dir=run_dir, run_params=params, progress=progress,
-                 device=device, autocast=autocast)
+    params = {
+        "problem": "multimnist",
+        "method": method,
+        "label": method_label(method),
+        "tasks": list(train.tasks),
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "every": every,
+        **hyperparameters,
+    }
+    run = _train(
+        method,
+        train,
+        test,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        label=run_name(method, seed),
+        hyperparameters=hyperparameters,
+        record_every=every,
+        run_dir=run_dir,
+        run_params=params,
+        progress=progress,
+        device=device,
+        autocast=autocast,
+    )
     return run.metrics, _scores(run, method, seed)
 
 
@@ -145,8 +190,19 @@ def train_single_task(
     """
     require("steps", steps, Int(min=1))
     train, test = _one_task(train, task), _one_task(test, task)
-    run = _train(method, train, test, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                 label=f"{task} alone, seed {seed}", progress=progress, device=device, autocast=autocast)
+    run = _train(
+        method,
+        train,
+        test,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        label=f"{task} alone, seed {seed}",
+        progress=progress,
+        device=device,
+        autocast=autocast,
+    )
     return _scores(run, SINGLE_TASK, seed)
 
 
@@ -183,11 +239,15 @@ def compare_on_multimnist(
     """
     unknown = [m for m in methods if m not in available()]
     if not methods or unknown:
-        raise ValueError(f"methods must name at least one method; unknown: {unknown}; available: {', '.join(available())}")
+        raise ValueError(
+            f"methods must name at least one method; unknown: {unknown}; available: {', '.join(available())}"
+        )
     train = load_multimnist(data_path, "train", tuple(tasks), limit=num_train)
     test = load_multimnist(data_path, "test", tuple(tasks), limit=num_test)
     shared = {k: options[k] for k in ("steps", "lr", "batch_size", "device", "autocast") if k in options}
-    jobs = [(m, s) for s in seeds for m in methods] + ([(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in tasks] if baselines else [])
+    jobs = [(m, s) for s in seeds for m in methods] + (
+        [(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in tasks] if baselines else []
+    )
     metrics, scores = [], []
     bar = tqdm(jobs, desc="runs", disable=not progress)
     for job, seed in bar:

@@ -35,8 +35,18 @@ SCORE_COLUMNS = ["method", "seed", "step", "task", "metric", "value", "higher_is
 
 
 def run_on_problem(
-    problem: Problem, method: str, tasks: Sequence[str], *, steps: int, lr: float, batch_size: int | None, seed: int,
-    label: str, split: Split = "test", device: torch.device | str | None = None, autocast: Autocast = None,
+    problem: Problem,
+    method: str,
+    tasks: Sequence[str],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int | None,
+    seed: int,
+    label: str,
+    split: Split = "test",
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
     **options: Any,
 ) -> TrainingRun:
     """The one loop on ``problem``'s ``tasks``, scored on ``split`` at the start and the end.
@@ -49,10 +59,20 @@ def run_on_problem(
         with seeded_init(seed):
             return problem.build_model(names)
 
-    return train(build, method, lambda model, batch: problem.task_losses(model, batch, names), steps=steps,
-                 batches=lambda s: problem.batches("train", seed=s, batch_size=batch_size), seed=seed, lr=lr,
-                 evaluate=lambda model: metric_rows(problem.evaluate(model, split, names)), desc=label,
-                 device=resolve_device(device), autocast=autocast, **options)
+    return train(
+        build,
+        method,
+        lambda model, batch: problem.task_losses(model, batch, names),
+        steps=steps,
+        batches=lambda s: problem.batches("train", seed=s, batch_size=batch_size),
+        seed=seed,
+        lr=lr,
+        evaluate=lambda model: metric_rows(problem.evaluate(model, split, names)),
+        desc=label,
+        device=resolve_device(device),
+        autocast=autocast,
+        **options,
+    )
 
 
 def _scores(run: TrainingRun, method: str, seed: int) -> pd.DataFrame:
@@ -95,12 +115,36 @@ def train_on_problem(
         raise ValueError(f"unknown method {method!r}; available: {', '.join(available())}")
     require("steps", steps, Int(min=1))
     names = problem.tasks_or_all(tasks)
-    params = {"problem": problem.name, "method": method, "label": method_label(method), "tasks": list(names),
-              "seed": seed, "steps": steps, "lr": lr, "batch_size": batch_size, "every": every, **hyperparameters}
-    run = run_on_problem(problem, method, names, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                         label=run_name(method, seed), split=split, device=device, autocast=autocast,
-                         hyperparameters=hyperparameters, record_every=every, run_dir=run_dir if every else None,
-                         run_params=params, progress=progress)
+    params = {
+        "problem": problem.name,
+        "method": method,
+        "label": method_label(method),
+        "tasks": list(names),
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "every": every,
+        **hyperparameters,
+    }
+    run = run_on_problem(
+        problem,
+        method,
+        names,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        label=run_name(method, seed),
+        split=split,
+        device=device,
+        autocast=autocast,
+        hyperparameters=hyperparameters,
+        record_every=every,
+        run_dir=run_dir if every else None,
+        run_params=params,
+        progress=progress,
+    )
     return run.metrics, _scores(run, method, seed)
 
 
@@ -135,10 +179,14 @@ def compare_on_problem(
     """
     unknown = [m for m in methods if m not in available()]
     if not methods or unknown:
-        raise ValueError(f"methods must name at least one method; unknown: {unknown}; available: {', '.join(available())}")
+        raise ValueError(
+            f"methods must name at least one method; unknown: {unknown}; available: {', '.join(available())}"
+        )
     names = problem.tasks_or_all(tasks)
     shared = {k: options[k] for k in ("steps", "lr", "batch_size", "split", "device", "autocast") if k in options}
-    jobs = [(m, s) for s in seeds for m in methods] + ([(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in names] if baselines else [])
+    jobs = [(m, s) for s in seeds for m in methods] + (
+        [(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in names] if baselines else []
+    )
     metrics, scores = [], []
     bar = tqdm(jobs, desc="runs", disable=not progress)
     for job, seed in bar:

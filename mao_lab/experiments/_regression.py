@@ -70,20 +70,44 @@ def train_with_recorder(
             return data.build_model()
 
     def test_losses(model: torch.nn.Module) -> list[dict[str, Any]]:
-        return [{"task": s.task, "sigma": data.sigmas[s.task], "test_loss": s.value} for s in data.evaluate(model, "test")]
+        return [
+            {"task": s.task, "sigma": data.sigmas[s.task], "test_loss": s.value} for s in data.evaluate(model, "test")
+        ]
 
     params = {
-        "method": method, "label": method_label(method), "num_tasks": problem.num_tasks,
-        "sigmas": problem.sigmas.tolist(), "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
-        "every": every, **hyperparameters,
+        "method": method,
+        "label": method_label(method),
+        "num_tasks": problem.num_tasks,
+        "sigmas": problem.sigmas.tolist(),
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "every": every,
+        **hyperparameters,
     }
     run = train(
-        build, method, data.task_losses, steps=steps, batches=lambda s: data.batches("train", seed=s), seed=seed, lr=lr,
-        hyperparameters=hyperparameters, record_every=every, run_dir=run_dir, run_params=params,
-        evaluate=test_losses, eval_every=eval_every or max(1, steps // 20), progress=progress, desc=method_label(method),
-        device=target, autocast=autocast,
+        build,
+        method,
+        data.task_losses,
+        steps=steps,
+        batches=lambda s: data.batches("train", seed=s),
+        seed=seed,
+        lr=lr,
+        hyperparameters=hyperparameters,
+        record_every=every,
+        run_dir=run_dir,
+        run_params=params,
+        evaluate=test_losses,
+        eval_every=eval_every or max(1, steps // 20),
+        progress=progress,
+        desc=method_label(method),
+        device=target,
+        autocast=autocast,
     )
-    losses = run.evaluations.merge(run.train_losses.rename(columns={"loss": "train_loss"}), on=["step", "task"], how="left")
+    losses = run.evaluations.merge(
+        run.train_losses.rename(columns={"loss": "train_loss"}), on=["step", "task"], how="left"
+    )
     losses = losses.assign(method=method, normalised_test_loss=losses["test_loss"] / losses["sigma"] ** 2)
     columns = ["method", "step", "task", "sigma", "train_loss", "test_loss", "normalised_test_loss"]
     return run.metrics, losses[columns]
@@ -109,7 +133,9 @@ def compare_methods(
         ``(metrics, losses)``: the recorder tables of all runs combined (a ``run`` column holding the
         method's name first) and the loss tables concatenated.
     """
-    problem = ImbalancedRegression(num_tasks, sigmas=sigmas, sigma_range=tuple(sigma_range), num_samples=num_samples, seed=data_seed)
+    problem = ImbalancedRegression(
+        num_tasks, sigmas=sigmas, sigma_range=tuple(sigma_range), num_samples=num_samples, seed=data_seed
+    )
     metrics, losses = [], []
     for method in tqdm(list(methods), desc="methods", disable=not progress):
         run_dir = Path(run_root) / method if run_root is not None else None

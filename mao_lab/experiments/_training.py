@@ -197,7 +197,7 @@ def train(
         with tqdm(total=steps, desc=desc or method_name, disable=not progress, leave=False) as bar:
             for step, batch in zip(range(1, steps + 1), _batches(batches, seed)):
                 batch = move(batch, target)
-                losses.add(method, lambda: forward(model, batch))
+                losses.add(method, lambda batch=batch: forward(model, batch))
                 bar.update()
                 if evaluate is not None and (step == steps or (eval_every is not None and step % eval_every == 0)):
                     _evaluate(model, evaluate, step, rows, target)
@@ -265,7 +265,11 @@ def _check_arguments(method_name: str, steps: int, seed: int, record_every: int 
 
 
 def _recorder(
-    model: nn.Module, method: Method, every: int | None, run_dir: str | os.PathLike[str] | None, params: Mapping[str, Any] | None
+    model: nn.Module,
+    method: Method,
+    every: int | None,
+    run_dir: str | os.PathLike[str] | None,
+    params: Mapping[str, Any] | None,
 ) -> Recorder | None:
     if every is None:
         return None
@@ -325,11 +329,19 @@ def resolve_autocast(autocast: Autocast) -> torch.dtype | None:
 
 
 def _from_problem(
-    build_model: Callable[[], nn.Module] | Problem, task_losses: TaskLossFn | None,
-    batches: Callable[[int], Iterable[Batch]] | None, evaluate: Evaluate | str | None, tasks: Sequence[str] | None,
+    build_model: Callable[[], nn.Module] | Problem,
+    task_losses: TaskLossFn | None,
+    batches: Callable[[int], Iterable[Batch]] | None,
+    evaluate: Evaluate | str | None,
+    tasks: Sequence[str] | None,
     batch_size: int | None,
-) -> tuple[Callable[[], nn.Module], TaskLossFn, Callable[[int], Iterable[Batch]] | None, Evaluate | None,
-           Callable[[Batch, torch.device], Batch]]:
+) -> tuple[
+    Callable[[], nn.Module],
+    TaskLossFn,
+    Callable[[int], Iterable[Batch]] | None,
+    Evaluate | None,
+    Callable[[Batch, torch.device], Batch],
+]:
     """``build_model, task_losses, batches, evaluate`` and a batch mover, from a problem or as given."""
     if not isinstance(build_model, Problem):
         for name, value in (("tasks", tasks), ("batch_size", batch_size)):

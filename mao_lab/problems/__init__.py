@@ -13,6 +13,8 @@ found by an import path (:func:`load_problem`).  The shipped ones: :func:`multim
 (``"mao_lab.problems:regression_problem"``).
 """
 
+from ._celeba import CELEBA_ATTRIBUTES, CELEBA_LAYOUT, CelebA, ResNet18Trunk, celeba, celeba_model
+from ._dense_metrics import DepthScores, NormalScores, SegmentationScores, depth_loss, normal_loss, segmentation_loss
 from ._interface import (
     SPLITS,
     Problem,
@@ -56,6 +58,7 @@ from ._multimnist import (
     task_losses,
     task_metrics,
 )
+from ._nyuv2 import NYUV2_LAYOUT, NYUV2_TASKS, NYUv2, SegNetTrunk, nyuv2, nyuv2_model
 from ._regression import (
     REGRESSION_METRICS,
     ImbalancedRegression,
@@ -125,8 +128,6 @@ __all__ += [
     "read_mnist_idx",
 ]
 
-from ._dense_metrics import DepthScores, NormalScores, SegmentationScores, depth_loss, normal_loss, segmentation_loss
-from ._nyuv2 import NYUV2_LAYOUT, NYUV2_TASKS, NYUv2, SegNetTrunk, nyuv2, nyuv2_model
 
 __all__ += [
     "NYUV2_LAYOUT",
@@ -143,6 +144,5 @@ __all__ += [
     "segmentation_loss",
 ]
 
-from ._celeba import CELEBA_ATTRIBUTES, CELEBA_LAYOUT, CelebA, ResNet18Trunk, celeba, celeba_model
 
 __all__ += ["CELEBA_ATTRIBUTES", "CELEBA_LAYOUT", "CelebA", "ResNet18Trunk", "celeba", "celeba_model"]

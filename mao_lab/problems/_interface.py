@@ -146,7 +146,9 @@ class Problem(ABC):
         chosen = tuple(tasks)
         for task in chosen:
             if task not in self.task_names:
-                raise ValueError(f"problem {self.name!r}: unknown task {task!r}; its tasks are {tuple(self.task_names)}")
+                raise ValueError(
+                    f"problem {self.name!r}: unknown task {task!r}; its tasks are {tuple(self.task_names)}"
+                )
         if len(set(chosen)) != len(chosen) or not chosen:
             raise ValueError(f"problem {self.name!r}: tasks must be distinct and at least one, got {chosen}")
         return chosen
@@ -254,8 +256,13 @@ class _SeededBatchSampler(torch.utils.data.Sampler):
 
 
 def seeded_loader(
-    dataset: torch.utils.data.Dataset, batch_size: int, seed: int, *, num_workers: int = 0,
-    pin_memory: bool | None = None, collate_fn: Any = None,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    seed: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    collate_fn: Any = None,
 ) -> Iterator[Any]:
     """An endless stream of training batches of ``dataset`` in :func:`index_batches`' order, from a ``DataLoader``
     that keeps a GPU fed: ``num_workers`` processes load the next batches while the GPU trains, in pinned memory
@@ -275,7 +282,9 @@ def seeded_loader(
     pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
     sampler = _SeededBatchSampler(len(dataset), batch_size, seed)  # type: ignore[arg-type]
     options: dict[str, Any] = {} if collate_fn is None else {"collate_fn": collate_fn}
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, **options)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, **options
+    )
     return iter(loader)
 
 
@@ -290,10 +299,13 @@ def verify_problem(problem: Problem, *, batch_size: int = 4) -> list[str]:
     >>> verify_problem(regression_problem(2, num_samples=100, num_val=20))[:2]
     ['tasks: task0, task1', 'network: 8 shared parameter tensors, 2 heads']
     """
+
     def fail(message: str) -> ValueError:
         return ValueError(f"problem {getattr(problem, 'name', '?')!r}: {message}")
 
-    missing = [m for m in ("build_model", "batches", "task_losses", "evaluate", "tasks_or_all") if not hasattr(problem, m)]
+    missing = [
+        m for m in ("build_model", "batches", "task_losses", "evaluate", "tasks_or_all") if not hasattr(problem, m)
+    ]
     if missing:
         raise ValueError(f"expected a Problem, got {type(problem).__name__} (no {', '.join(missing)})")
     tasks = problem.tasks_or_all(None)
@@ -302,7 +314,9 @@ def verify_problem(problem: Problem, *, batch_size: int = 4) -> list[str]:
     seen = [f"tasks: {', '.join(tasks)}"]
     model = problem.build_model(tasks)
     if not hasattr(model, "shared_parameters") or getattr(model, "num_tasks", None) != len(tasks):
-        raise fail(f"build_model(tasks) must return a MultiTaskNet with one head per task ({len(tasks)}), got {model!r}")
+        raise fail(
+            f"build_model(tasks) must return a MultiTaskNet with one head per task ({len(tasks)}), got {model!r}"
+        )
     seen.append(f"network: {len(list(model.shared_parameters()))} shared parameter tensors, {model.num_tasks} heads")
     first = next(iter(problem.batches("train", seed=0, batch_size=batch_size)), None)
     again = next(iter(problem.batches("train", seed=0, batch_size=batch_size)), None)
@@ -312,8 +326,10 @@ def verify_problem(problem: Problem, *, batch_size: int = 4) -> list[str]:
         raise fail("batches('train', seed=0) gave two different first batches: the seed must fix the order")
     losses = problem.task_losses(model, first, tasks)
     if not isinstance(losses, Mapping) or tuple(losses) != tasks:
-        raise fail(f"task_losses must return a dict of the tasks in order {tasks}, got {type(losses).__name__} "
-                   f"{list(losses) if isinstance(losses, Mapping) else ''}")
+        raise fail(
+            f"task_losses must return a dict of the tasks in order {tasks}, got {type(losses).__name__} "
+            f"{list(losses) if isinstance(losses, Mapping) else ''}"
+        )
     for task, loss in losses.items():
         if not isinstance(loss, Tensor) or loss.dim() != 0 or not torch.isfinite(loss) or not loss.requires_grad:
             raise fail(f"the loss of task {task!r} must be a finite scalar tensor with a gradient, got {loss!r}")

@@ -72,6 +72,7 @@ REBUILD_COMMAND = "python data/build_multimnist.py"
 class DataIntegrityError(ValueError):
     """A data file does not match its recorded checksum, or cannot be read: it is corrupt or was altered."""
 
+
 IMAGE_SIZE = 28
 CANVAS_SIZE = 36
 RIGHT_OFFSET = 6
@@ -399,6 +400,7 @@ def _check_contents(
     A user's own file has no checksum to vouch for it; a label outside 0..9 would train on a class that
     does not exist, and a NaN pixel would turn every loss into NaN many steps later.
     """
+
     def refuse(problem: str) -> DataIntegrityError:
         return DataIntegrityError(
             f"{file} is not a valid MultiMNIST file: {problem}. Rebuild it with: {REBUILD_COMMAND}"
@@ -506,9 +508,7 @@ def multimnist_model(tasks: Sequence[str] = ("left", "right"), seed: int | None 
         return MultiTaskNet(trunk, [_head(name, 50) for name in names])
 
 
-def _check_matching(
-    outputs: Sequence[Tensor], targets: Sequence[Tensor], tasks: Sequence[str]
-) -> tuple[str, ...]:
+def _check_matching(outputs: Sequence[Tensor], targets: Sequence[Tensor], tasks: Sequence[str]) -> tuple[str, ...]:
     names = _check_tasks(tasks)
     if len(outputs) != len(names) or len(targets) != len(names):
         raise ValueError(
@@ -537,9 +537,7 @@ def task_losses(outputs: Sequence[Tensor], targets: Sequence[Tensor], tasks: Seq
 
 
 @torch.no_grad()
-def task_metrics(
-    outputs: Sequence[Tensor], targets: Sequence[Tensor], tasks: Sequence[str]
-) -> list[TaskMetric]:
+def task_metrics(outputs: Sequence[Tensor], targets: Sequence[Tensor], tasks: Sequence[str]) -> list[TaskMetric]:
     """Per-task scores: accuracy (classification), MAE of the digit sum in digit units, per-pixel MSE.
 
     >>> outputs = [torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([0.5])]
@@ -623,8 +621,9 @@ class MultiMNISTProblem(Problem):
     ) -> None:
         for split, data in (("test", test), ("validation", validation)):
             if data is not None and tuple(data.tasks) != tuple(train.tasks):
-                raise ValueError(f"the {split} split's tasks {data.tasks} differ from the training split's "
-                                 f"{train.tasks}")
+                raise ValueError(
+                    f"the {split} split's tasks {data.tasks} differ from the training split's {train.tasks}"
+                )
         for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 allowed = "an int >= 1" + (" or None" if option == "eval_batch_size" else "")
@@ -635,8 +634,10 @@ class MultiMNISTProblem(Problem):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         sizes = ", ".join(f"{len(d)} {k}" for k, d in self.splits.items() if d is not None)
-        self.description = (f"MultiMNIST ({sizes} images of two overlaid MNIST digits, 28x28), Sener & Koltun's "
-                            f"LeNet-style network, {len(self.task_names)} tasks: {', '.join(self.task_names)}")
+        self.description = (
+            f"MultiMNIST ({sizes} images of two overlaid MNIST digits, 28x28), Sener & Koltun's "
+            f"LeNet-style network, {len(self.task_names)} tasks: {', '.join(self.task_names)}"
+        )
 
     def split(self, split: str) -> MultiMNIST:
         """The dataset of ``split``; ``ValueError`` if the problem was made without it."""
@@ -665,8 +666,9 @@ class MultiMNISTProblem(Problem):
     def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
         return [targets[self.task_names.index(task)] for task in tasks]
 
-    def task_losses(self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]],
-                    tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def task_losses(
+        self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]], tasks: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         images, targets = batch
         return dict(zip(names, task_losses(model(images), self._targets(targets, names), names)))
@@ -720,10 +722,17 @@ def multimnist_problem(
         raise ValueError(f"num_train + num_val = {num_train + num_val} exceeds the {len(whole)} training images")
 
     def rows(part: slice) -> MultiMNIST:
-        return MultiMNIST(whole.images[part], [t[part] for t in whole.targets], whole.tasks, "train",
-                          whole.left_index[part], whole.right_index[part])
+        return MultiMNIST(
+            whole.images[part],
+            [t[part] for t in whole.targets],
+            whole.tasks,
+            "train",
+            whole.left_index[part],
+            whole.right_index[part],
+        )
 
     test = load_multimnist(path, split="test", tasks=tuple(tasks), limit=num_test)
     validation = rows(slice(len(whole) - num_val, None)) if num_val else None
-    return MultiMNISTProblem(rows(slice(0, num_train)), test, validation, batch_size=batch_size,
-                             eval_batch_size=eval_batch_size)
+    return MultiMNISTProblem(
+        rows(slice(0, num_train)), test, validation, batch_size=batch_size, eval_batch_size=eval_batch_size
+    )

@@ -291,8 +291,14 @@ class RegressionProblem(Problem):
 
     name = "regression"
 
-    def __init__(self, data: ImbalancedRegression, *, num_val: int = 0, batch_size: int = 64,
-                 metrics: Sequence[str] = ("normalised_mse",)) -> None:
+    def __init__(
+        self,
+        data: ImbalancedRegression,
+        *,
+        num_val: int = 0,
+        batch_size: int = 64,
+        metrics: Sequence[str] = ("normalised_mse",),
+    ) -> None:
         require("num_val", num_val, Int(min=0, max=data.num_train - 1))
         require("batch_size", batch_size, Int(min=1))
         unknown = [m for m in metrics if m not in REGRESSION_METRICS]
@@ -312,9 +318,11 @@ class RegressionProblem(Problem):
         }
         self.sigmas = dict(zip(self.task_names, data.sigmas.tolist()))
         scales = ", ".join(f"{s:.3g}" for s in data.sigmas.tolist())
-        self.description = (f"GradNorm's imbalanced regression: {data.num_tasks} tasks of scales "
-                            f"{scales}, {cut} training, {num_val} validation, "
-                            f"{data.num_samples - data.num_train} test samples in R^{data.in_dim}; a 4-layer ReLU MLP")
+        self.description = (
+            f"GradNorm's imbalanced regression: {data.num_tasks} tasks of scales "
+            f"{scales}, {cut} training, {num_val} validation, "
+            f"{data.num_samples - data.num_train} test samples in R^{data.in_dim}; a 4-layer ReLU MLP"
+        )
 
     def split(self, split: str) -> tuple[Tensor, list[Tensor]]:
         """``(inputs, [targets per task])`` of ``split``."""
@@ -344,8 +352,9 @@ class RegressionProblem(Problem):
     def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
         return [targets[self.task_names.index(task)] for task in tasks]
 
-    def task_losses(self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]],
-                    tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def task_losses(
+        self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]], tasks: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         x, targets = batch
         return {name: F.mse_loss(out, y) for name, out, y in zip(names, model(x), self._targets(targets, names))}
@@ -380,6 +389,7 @@ def regression_problem(
     >>> problem.task_names, round(problem.sigmas["task2"])
     (('task0', 'task1', 'task2'), 100)
     """
-    data = ImbalancedRegression(num_tasks, sigmas=sigmas, sigma_range=tuple(sigma_range), num_samples=num_samples,
-                                seed=data_seed)
+    data = ImbalancedRegression(
+        num_tasks, sigmas=sigmas, sigma_range=tuple(sigma_range), num_samples=num_samples, seed=data_seed
+    )
     return RegressionProblem(data, num_val=num_val, batch_size=batch_size, metrics=metrics)

@@ -8,17 +8,6 @@
   :mod:`._figures`: the figures behind each verdict and a widget.
 """
 
-from ._design import (
-    MM4_TASKS,
-    SINGLE_TASK_PREFIX,
-    STUDY_FILE_KEYS,
-    RunConfig,
-    StudyDesign,
-    full_design,
-    problem_design,
-    read_study_file,
-    smoke_design,
-)
 from ._analysis import (
     BALANCE_BOUNDS,
     BALANCE_READINGS,
@@ -36,6 +25,17 @@ from ._analysis import (
     run_outcomes,
     worst_balance,
 )
+from ._design import (
+    MM4_TASKS,
+    SINGLE_TASK_PREFIX,
+    STUDY_FILE_KEYS,
+    RunConfig,
+    StudyDesign,
+    full_design,
+    problem_design,
+    read_study_file,
+    smoke_design,
+)
 from ._figures import (
     ClaimsExplorer,
     balance_figure,
@@ -48,26 +48,24 @@ from ._figures import (
     validation_curve,
     validation_curve_figure,
 )
-from . import _figures
 from ._ledger import (
-    RECOMPUTE_TABLES,
-    LedgerInputError,
-    ledger_only,
-    recompute_tables,
-    verdict_moves,
     BUDGET_FRACTIONS,
     LEVELLING_FRACTION,
     LEVELLING_STATUSES,
+    RECOMPUTE_TABLES,
+    LedgerInputError,
     ledger_markdown,
+    ledger_only,
     levelling_by_budget,
     levelling_off,
     load_ledger,
+    recompute_tables,
     validation_curves,
     validation_levels,
+    verdict_moves,
     write_ledger,
 )
 from ._runs import RunTables, problem_of, run_config, run_point
-from ._study import POINT_NOTEBOOK, StudyError, gpu_resources, load_study, provenance, run_study, summarise
 from ._stats import (
     DIRECTIONS,
     VERDICTS,
@@ -83,9 +81,19 @@ from ._stats import (
     paired_interval,
     verdict,
 )
+from ._study import POINT_NOTEBOOK, StudyError, gpu_resources, load_study, provenance, run_study, summarise
 
 __all__ = [
-    *_figures.__all__,  # the figures and the explorer, listed once where they are defined
+    "ClaimsExplorer",
+    "balance_figure",
+    "claim_figure",
+    "compute_figure",
+    "delta_m_figure",
+    "final_table",
+    "learning_rate_figure",
+    "spread_figure",
+    "validation_curve",
+    "validation_curve_figure",
     "BALANCE_BOUNDS",
     "BALANCE_READINGS",
     "BALANCE_THRESHOLD",

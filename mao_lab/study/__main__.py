@@ -1,12 +1,12 @@
 """``python -m mao_lab.study``: run (or resume) the claims study and write its ledger.
 
-    python -m mao_lab.study --workers 2 --out runs/study          # the full study (make study)
-    python -m mao_lab.study --smoke --out runs/study-smoke         # the tiny CI study: its numbers mean nothing
-    python -m mao_lab.study --scheduler tcp://host:8786 --out ...  # on an existing Dask cluster
-    python -m mao_lab.study --ledger-only runs/study --out docs/claims   # rewrite the ledger files from a study
-    python -m mao_lab.study --estimate --workers 2                  # time every configuration, predict the wall time
-    python -m mao_lab.study --problem package.module:factory --study-file study.toml --out runs/mine   # your problem
-    python -m mao_lab.study --scheduler tcp://127.0.0.1:8786 --device cuda --out ...   # one GPU per point (README)
+python -m mao_lab.study --workers 2 --out runs/study          # the full study (make study)
+python -m mao_lab.study --smoke --out runs/study-smoke         # the tiny CI study: its numbers mean nothing
+python -m mao_lab.study --scheduler tcp://host:8786 --out ...  # on an existing Dask cluster
+python -m mao_lab.study --ledger-only runs/study --out docs/claims   # rewrite the ledger files from a study
+python -m mao_lab.study --estimate --workers 2                  # time every configuration, predict the wall time
+python -m mao_lab.study --problem package.module:factory --study-file study.toml --out runs/mine   # your problem
+python -m mao_lab.study --scheduler tcp://127.0.0.1:8786 --device cuda --out ...   # one GPU per point (README)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..runner import OneLineArgumentParser, folder_argument
 from ._design import (
     StudyDesign,
     full_design,
@@ -24,34 +25,69 @@ from ._design import (
     read_study_file,
     smoke_design,
 )
-from ..runner import OneLineArgumentParser, folder_argument
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="python -m mao_lab.study", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=folder_argument, default=None, help="the study folder (default runs/study, or runs/study-smoke)")
+    parser.add_argument(
+        "--out", type=folder_argument, default=None, help="the study folder (default runs/study, or runs/study-smoke)"
+    )
     parser.add_argument("--smoke", action="store_true", help="the tiny study (seconds; its numbers mean nothing)")
-    parser.add_argument("--workers", type=int, default=0, help="start a local Dask cluster with this many workers (one thread each)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="start a local Dask cluster with this many workers (one thread each)"
+    )
     parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
-    parser.add_argument("--outputs", default=None, help="where workers write the points' full folders (a folder or an fsspec URL; "
-                        "default: inside --out); small tables always come back through the Dask futures")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="MultiMNIST training steps of every run (default: the design's; fewer if the machine is busy)")
+    parser.add_argument(
+        "--outputs",
+        default=None,
+        help="where workers write the points' full folders (a folder or an fsspec URL; "
+        "default: inside --out); small tables always come back through the Dask futures",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="MultiMNIST training steps of every run (default: the design's; fewer if the machine is busy)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point (fixed and recorded)")
-    parser.add_argument("--estimate", action="store_true",
-                        help="time a few steps of every configuration here and predict the study's wall time; run nothing else")
-    parser.add_argument("--ledger-only", type=folder_argument, default=None, metavar="STUDY_DIR",
-                        help="write the ledger files of a finished study into --out, and nothing else")
-    parser.add_argument("--problem", default=None, metavar="MODULE:FACTORY",
-                        help="your problem's import path (docs/your-problem.md); default: the shipped MultiMNIST and regression")
-    parser.add_argument("--study-file", type=Path, default=None, metavar="TOML",
-                        help="a study file: problem, options, methods, p2_methods, lrs, seeds, tuning_seeds, finalists, steps, "
-                        "batch_size, eval_every, record_every")
-    parser.add_argument("--device", default=None,
-                        help="where every point trains: cpu, cuda, cuda:1 (default: the GPU when the point's machine has one); "
-                        "with a Dask client and cuda, each point holds one GPU resource")
-    parser.add_argument("--autocast", default=None, choices=("bf16", "fp16"),
-                        help="run the forward passes under torch.autocast in this precision")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time a few steps of every configuration here and predict the study's wall time; run nothing else",
+    )
+    parser.add_argument(
+        "--ledger-only",
+        type=folder_argument,
+        default=None,
+        metavar="STUDY_DIR",
+        help="write the ledger files of a finished study into --out, and nothing else",
+    )
+    parser.add_argument(
+        "--problem",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="your problem's import path (docs/your-problem.md); default: the shipped MultiMNIST and regression",
+    )
+    parser.add_argument(
+        "--study-file",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="a study file: problem, options, methods, p2_methods, lrs, seeds, tuning_seeds, finalists, steps, "
+        "batch_size, eval_every, record_every",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where every point trains: cpu, cuda, cuda:1 (default: the GPU when the point's machine has one); "
+        "with a Dask client and cuda, each point holds one GPU resource",
+    )
+    parser.add_argument(
+        "--autocast",
+        default=None,
+        choices=("bf16", "fp16"),
+        help="run the forward passes under torch.autocast in this precision",
+    )
     return parser
 
 
@@ -88,8 +124,9 @@ def _design(args: argparse.Namespace) -> StudyDesign:
     spec = args.problem or settings.get("problem")
     if spec is None:
         if settings:
-            raise ValueError(f"study file {args.study_file}: it needs a problem (problem = \"package.module:factory\" "
-                             "or --problem)")
+            raise ValueError(
+                f'study file {args.study_file}: it needs a problem (problem = "package.module:factory" or --problem)'
+            )
         design = smoke_design() if args.smoke else full_design()
     else:
         from ..problems import load_problem
@@ -138,8 +175,10 @@ def _readable_json_object(path: Path) -> None:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{path} is damaged ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
-                         "restore it, or choose another folder") from None
+        raise ValueError(
+            f"{path} is damaged ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+            "restore it, or choose another folder"
+        ) from None
     if not isinstance(value, dict):
         kind = type(value).__name__
         message = f"{path} is damaged (a JSON {kind}, not an object); restore it, or choose another folder"
@@ -167,8 +206,11 @@ def _ledger_only(study_dir: Path, out: Path) -> int:
     for path in written:
         print(path)
     if differences:
-        print(f"--ledger-only: the stored ledger differs from the recomputed one in {len(differences)} row(s), e.g. "
-              f"{differences[0]}; the recomputed ledger was written", file=sys.stderr)
+        print(
+            f"--ledger-only: the stored ledger differs from the recomputed one in {len(differences)} row(s), e.g. "
+            f"{differences[0]}; the recomputed ledger was written",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -183,10 +225,21 @@ def _run(design: StudyDesign, args: argparse.Namespace) -> int:
         from ..sweep import local_cluster
 
         gpus = {"GPU": 1} if str(args.device or "").startswith("cuda") else None  # one point per local worker's GPU
-        client = Client(args.scheduler, timeout=30) if args.scheduler else Client(local_cluster(args.workers, resources=gpus))
+        client = (
+            Client(args.scheduler, timeout=30)
+            if args.scheduler
+            else Client(local_cluster(args.workers, resources=gpus))
+        )
     try:
-        ledger = run_study(out, design, client=client, threads=args.threads, outputs=args.outputs, device=args.device,
-                           autocast=args.autocast)
+        ledger = run_study(
+            out,
+            design,
+            client=client,
+            threads=args.threads,
+            outputs=args.outputs,
+            device=args.device,
+            autocast=args.autocast,
+        )
     except StudyError as error:
         print(f"study stopped: {error}", file=sys.stderr)
         return 1

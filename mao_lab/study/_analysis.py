@@ -51,7 +51,16 @@ import pandas as pd
 
 from ..experiments import delta_m
 from ._design import AGGREGATORS, INDEPENDENT, MM4_TASKS, SINGLE_TASK_PREFIX, WEIGHTINGS, StudyDesign
-from ._stats import Direction, Interval, claim_verdict, family_verdicts, mean_interval, p_value, paired_interval, verdict
+from ._stats import (
+    Direction,
+    Interval,
+    claim_verdict,
+    family_verdicts,
+    mean_interval,
+    p_value,
+    paired_interval,
+    verdict,
+)
 
 __all__ = [
     "BALANCE_BOUNDS",
@@ -108,8 +117,21 @@ CLAIMS: dict[str, str] = {
 }
 """The six claims of the two papers' abstracts, as the ledger states them."""
 
-LEDGER_COLUMNS = ["claim", "part", "effect", "direction", "threshold", "estimate", "low", "high", "seeds", "verdict",
-                  "p_value", "p_holm", "family_verdict"]
+LEDGER_COLUMNS = [
+    "claim",
+    "part",
+    "effect",
+    "direction",
+    "threshold",
+    "estimate",
+    "low",
+    "high",
+    "seeds",
+    "verdict",
+    "p_value",
+    "p_holm",
+    "family_verdict",
+]
 """A part's row: its interval and verdict, then the two-sided p-value of its t-test, that p-value Holm-adjusted over
 the parts of its claim, and the part's family-wise verdict (:func:`~mao_lab.study.family_verdicts`)."""
 
@@ -152,7 +174,9 @@ def _run_delta_m(rows: pd.DataFrame, reference: Mapping[tuple[str, str], tuple[f
 
 
 def _baseline_choice(
-    val: pd.DataFrame, design: StudyDesign, seeds: Sequence[int],
+    val: pd.DataFrame,
+    design: StudyDesign,
+    seeds: Sequence[int],
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], tuple[float, bool]]]:
     """The single-task baselines' per-seed criteria, and per (task, metric) the chosen baseline's value (mean over
     ``seeds``; a task of your problem may have several metrics)."""
@@ -163,7 +187,9 @@ def _baseline_choice(
         task = config.tasks[0]
         for lr in design.lrs:
             for seed in seeds:
-                part = val[(val["config"] == config.name) & (val["lr"] == lr) & (val["seed"] == seed) & (val["task"] == task)]
+                part = val[
+                    (val["config"] == config.name) & (val["lr"] == lr) & (val["seed"] == seed) & (val["task"] == task)
+                ]
                 criterion = float(_signed(part).iloc[0]) if len(part) else math.nan
                 rows.append({"config": config.name, "lr": lr, "seed": seed, "criterion": criterion})
     if not rows:
@@ -217,7 +243,9 @@ def tuning_criteria(scores: pd.DataFrame, design: StudyDesign, seeds: Sequence[i
     return pd.DataFrame(rows, columns=["config", "lr", "seed", "criterion"])
 
 
-def choose_learning_rates(scores: pd.DataFrame, design: StudyDesign, seeds: Sequence[int] | None = None) -> pd.DataFrame:
+def choose_learning_rates(
+    scores: pd.DataFrame, design: StudyDesign, seeds: Sequence[int] | None = None
+) -> pd.DataFrame:
     """The validation criterion of every configuration at every rate (mean over the tuning seeds), and the chosen rate.
 
     Args:
@@ -265,8 +293,10 @@ def finalist_rates(choice: pd.DataFrame, design: StudyDesign) -> dict[str, list[
     """
     finite = choice.dropna(subset=["criterion"])
     limit = design.finalists or len(design.lrs)
-    return {str(config): [float(lr) for lr in part.sort_values("criterion", kind="stable")["lr"].head(limit)]
-            for config, part in finite.groupby("config", sort=False)}
+    return {
+        str(config): [float(lr) for lr in part.sort_values("criterion", kind="stable")["lr"].head(limit)]
+        for config, part in finite.groupby("config", sort=False)
+    }
 
 
 def _chosen_baselines(table: pd.DataFrame) -> dict[str, str]:
@@ -339,9 +369,20 @@ def run_outcomes(scores: pd.DataFrame, runs: pd.DataFrame, choice: pd.DataFrame,
         start, final = ends.get(key, (math.nan, math.nan))
         non_finite = str(run.status) != "ok" or not math.isfinite(final)
         worse = bool(math.isfinite(start) and math.isfinite(final) and final > start)
-        rows.append({"config": key[0], "lr": key[1], "seed": key[2], "chosen": rates.get(key[0]) == key[1],
-                     "status": str(run.status), "start": start, "final": final, "non_finite": non_finite, "worse": worse,
-                     "diverged": non_finite or worse})
+        rows.append(
+            {
+                "config": key[0],
+                "lr": key[1],
+                "seed": key[2],
+                "chosen": rates.get(key[0]) == key[1],
+                "status": str(run.status),
+                "start": start,
+                "final": final,
+                "non_finite": non_finite,
+                "worse": worse,
+                "diverged": non_finite or worse,
+            }
+        )
     columns = ["config", "lr", "seed", "chosen", "status", "start", "final", "non_finite", "worse", "diverged"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -359,10 +400,20 @@ def divergence_counts(outcomes: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for config, part in outcomes.groupby("config", sort=False):
         chosen = part[part["chosen"].astype(bool)]
-        rows.append({"config": config, "runs": len(part), "diverged": int(part["diverged"].sum()),
-                     "non_finite": int(part["non_finite"].sum()), "worse": int(part["worse"].sum()),
-                     "chosen_runs": len(chosen), "chosen_diverged": int(chosen["diverged"].sum())})
-    return pd.DataFrame(rows, columns=["config", "runs", "diverged", "non_finite", "worse", "chosen_runs", "chosen_diverged"])
+        rows.append(
+            {
+                "config": config,
+                "runs": len(part),
+                "diverged": int(part["diverged"].sum()),
+                "non_finite": int(part["non_finite"].sum()),
+                "worse": int(part["worse"].sum()),
+                "chosen_runs": len(chosen),
+                "chosen_diverged": int(chosen["diverged"].sum()),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["config", "runs", "diverged", "non_finite", "worse", "chosen_runs", "chosen_diverged"]
+    )
 
 
 # -- balance (M1) -----------------------------------------------------------------------------------------
@@ -384,19 +435,42 @@ def balance_summary(balance: pd.DataFrame, choice: pd.DataFrame, design: StudyDe
         late = part[part["step"] > LATE_FRACTION * part["step"].max()]
         count = tasks.get(str(config), 0)
         worst_share = float(part["largest_share"].max())
-        out.append({"config": config, "setting": str(config).split(".")[0], "seed": int(seed), "tasks": count,
-                    "worst_imbalance": float(part["imbalance"].max()),
-                    "p95_imbalance": float(np.percentile(part["imbalance"].dropna(), 95)) if part["imbalance"].notna().any() else math.nan,
-                    "late_imbalance": float(late["imbalance"].max()) if len(late) else math.nan,
-                    "worst_share": worst_share, "share_excess": worst_share - 1 / count if count else math.nan})
-    columns = ["config", "setting", "seed", "tasks", "worst_imbalance", "p95_imbalance", "late_imbalance", "worst_share", "share_excess"]
+        out.append(
+            {
+                "config": config,
+                "setting": str(config).split(".")[0],
+                "seed": int(seed),
+                "tasks": count,
+                "worst_imbalance": float(part["imbalance"].max()),
+                "p95_imbalance": float(np.percentile(part["imbalance"].dropna(), 95))
+                if part["imbalance"].notna().any()
+                else math.nan,
+                "late_imbalance": float(late["imbalance"].max()) if len(late) else math.nan,
+                "worst_share": worst_share,
+                "share_excess": worst_share - 1 / count if count else math.nan,
+            }
+        )
+    columns = [
+        "config",
+        "setting",
+        "seed",
+        "tasks",
+        "worst_imbalance",
+        "p95_imbalance",
+        "late_imbalance",
+        "worst_share",
+        "share_excess",
+    ]
     return pd.DataFrame(out, columns=columns)
 
 
 def _m1_settings(summary: pd.DataFrame) -> list[str]:
     configs = set(summary["config"])
-    return [str(c).removesuffix(".mao") for c in pd.unique(summary["config"]) if str(c).endswith(".mao")
-            and f"{str(c).removesuffix('.mao')}.sum" in configs]
+    return [
+        str(c).removesuffix(".mao")
+        for c in pd.unique(summary["config"])
+        if str(c).endswith(".mao") and f"{str(c).removesuffix('.mao')}.sum" in configs
+    ]
 
 
 def m1_sensitivity(summary: pd.DataFrame, bounds: Sequence[float] = BALANCE_BOUNDS) -> pd.DataFrame:
@@ -416,15 +490,39 @@ def m1_sensitivity(summary: pd.DataFrame, bounds: Sequence[float] = BALANCE_BOUN
             own = _safe(lambda mao=mao: mean_interval(mao.dropna()))
             for bound in bounds:
                 rows.append(_sensitivity_row(reading, setting, f"MAO < {bound:g}", bound, bound, own))
-    columns = ["reading", "setting", "part", "bound", "direction", "threshold", "estimate", "low", "high", "seeds", "verdict"]
+    columns = [
+        "reading",
+        "setting",
+        "part",
+        "bound",
+        "direction",
+        "threshold",
+        "estimate",
+        "low",
+        "high",
+        "seeds",
+        "verdict",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _sensitivity_row(reading: str, setting: str, part: str, bound: float, threshold: float, interval: Interval | None) -> dict[str, Any]:
+def _sensitivity_row(
+    reading: str, setting: str, part: str, bound: float, threshold: float, interval: Interval | None
+) -> dict[str, Any]:
     interval = interval or Interval(math.nan, math.nan, math.nan, 0)
-    return {"reading": reading, "setting": setting, "part": part, "bound": bound, "direction": "less", "threshold": threshold,
-            "estimate": interval.estimate, "low": interval.low, "high": interval.high, "seeds": interval.n,
-            "verdict": verdict(interval, "less", threshold)}
+    return {
+        "reading": reading,
+        "setting": setting,
+        "part": part,
+        "bound": bound,
+        "direction": "less",
+        "threshold": threshold,
+        "estimate": interval.estimate,
+        "low": interval.low,
+        "high": interval.high,
+        "seeds": interval.n,
+        "verdict": verdict(interval, "less", threshold),
+    }
 
 
 def m1_sensitivity_verdicts(table: pd.DataFrame) -> pd.DataFrame:
@@ -443,12 +541,20 @@ def m1_sensitivity_verdicts(table: pd.DataFrame) -> pd.DataFrame:
             family, _ = family_verdicts(intervals, list(parts["direction"]), list(parts["threshold"]))
             own = list(parts["verdict"])
             bounded = part[part["bound"] == bound]
-            rows.append({"reading": reading, "bound": float(bound),
-                         "differences_supported": f"{int((differences['verdict'] == 'supported').sum())} of {len(differences)}",
-                         "bounds_supported": f"{int((bounded['verdict'] == 'supported').sum())} of {len(bounded)}",
-                         "family_not_supported": int(sum(v == "not supported" for v in family)),
-                         "verdict": claim_verdict(own, family)})
-    return pd.DataFrame(rows, columns=["reading", "bound", "differences_supported", "bounds_supported", "family_not_supported", "verdict"])
+            rows.append(
+                {
+                    "reading": reading,
+                    "bound": float(bound),
+                    "differences_supported": f"{int((differences['verdict'] == 'supported').sum())} of {len(differences)}",
+                    "bounds_supported": f"{int((bounded['verdict'] == 'supported').sum())} of {len(bounded)}",
+                    "family_not_supported": int(sum(v == "not supported" for v in family)),
+                    "verdict": claim_verdict(own, family),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=["reading", "bound", "differences_supported", "bounds_supported", "family_not_supported", "verdict"],
+    )
 
 
 # -- final results ------------------------------------------------------------------------------------------
@@ -472,8 +578,15 @@ def delta_m_runs(scores: pd.DataFrame, choice: pd.DataFrame, design: StudyDesign
         if config.single_task or config.problem == "regression":
             continue
         for seed, part in final[final["config"] == config.name].groupby("seed"):
-            rows.append({"config": config.name, "setting": config.setting, "variant": config.variant, "seed": int(seed),
-                         "delta_m": _run_delta_m(part, reference)})
+            rows.append(
+                {
+                    "config": config.name,
+                    "setting": config.setting,
+                    "variant": config.variant,
+                    "seed": int(seed),
+                    "delta_m": _run_delta_m(part, reference),
+                }
+            )
     return pd.DataFrame(rows, columns=["config", "setting", "variant", "seed", "delta_m"])
 
 
@@ -481,8 +594,11 @@ def worst_balance(balance: pd.DataFrame, choice: pd.DataFrame) -> pd.DataFrame:
     """Per final run: the largest imbalance index and the largest task share over every shared layer and step."""
     picked = choice[choice["chosen"]][["config", "lr"]]
     rows = balance.merge(picked, on=["config", "lr"])
-    return (rows.groupby(["config", "seed"]).agg(worst_imbalance=("imbalance", "max"), worst_share=("largest_share", "max"))
-            .reset_index())
+    return (
+        rows.groupby(["config", "seed"])
+        .agg(worst_imbalance=("imbalance", "max"), worst_share=("largest_share", "max"))
+        .reset_index()
+    )
 
 
 def method_intervals(per_seed: pd.DataFrame, value: str, by: Sequence[str] = ("config",)) -> pd.DataFrame:
@@ -503,12 +619,23 @@ def _by_seed(table: pd.DataFrame, config: str, value: str) -> pd.Series:
     return pd.Series(rows[value].to_numpy(dtype=float), index=rows["seed"].astype(int).to_numpy())
 
 
-def _part(claim: str, part: str, effect: str, interval: Interval | None, direction: Direction, threshold: float = 0.0) -> dict[str, Any]:
+def _part(
+    claim: str, part: str, effect: str, interval: Interval | None, direction: Direction, threshold: float = 0.0
+) -> dict[str, Any]:
     if interval is None:  # a configuration had no successful runs
         interval = Interval(math.nan, math.nan, math.nan, 0)
-    return {"claim": claim, "part": part, "effect": effect, "direction": direction, "threshold": threshold,
-            "estimate": interval.estimate, "low": interval.low, "high": interval.high, "seeds": interval.n,
-            "verdict": verdict(interval, direction, threshold)}
+    return {
+        "claim": claim,
+        "part": part,
+        "effect": effect,
+        "direction": direction,
+        "threshold": threshold,
+        "estimate": interval.estimate,
+        "low": interval.low,
+        "high": interval.high,
+        "seeds": interval.n,
+        "verdict": verdict(interval, direction, threshold),
+    }
 
 
 def _safe(compute: Callable[[], Interval]) -> Interval | None:
@@ -535,8 +662,11 @@ def ledger_from_parts(parts: pd.DataFrame) -> pd.DataFrame:
         parts[column] = parts[column].astype(float)
     seeds = pd.to_numeric(parts["seeds"], errors="coerce").fillna(0).astype(int)
     intervals = [Interval(r.estimate, r.low, r.high, int(n)) for r, n in zip(parts.itertuples(), seeds)]
-    broken = [f"{r.claim} {r.part}: {r.estimate:g} [{r.low:g}, {r.high:g}]" for r, i in zip(parts.itertuples(), intervals)
-              if all(math.isfinite(v) for v in (i.estimate, i.low, i.high)) and not i.low <= i.estimate <= i.high]
+    broken = [
+        f"{r.claim} {r.part}: {r.estimate:g} [{r.low:g}, {r.high:g}]"
+        for r, i in zip(parts.itertuples(), intervals)
+        if all(math.isfinite(v) for v in (i.estimate, i.low, i.high)) and not i.low <= i.estimate <= i.high
+    ]
     if broken:
         raise ValueError(f"{len(broken)} part(s) whose estimate lies outside its interval: {'; '.join(broken[:3])}")
     parts["seeds"] = seeds
@@ -546,16 +676,28 @@ def ledger_from_parts(parts: pd.DataFrame) -> pd.DataFrame:
     claims = []
     for claim in pd.unique(parts["claim"]):
         rows = parts.index[parts["claim"] == claim]
-        family, adjusted = family_verdicts([intervals[i] for i in rows], list(parts.loc[rows, "direction"]),
-                                           list(parts.loc[rows, "threshold"]))
+        family, adjusted = family_verdicts(
+            [intervals[i] for i in rows], list(parts.loc[rows, "direction"]), list(parts.loc[rows, "threshold"])
+        )
         parts.loc[rows, "p_holm"] = adjusted
         parts.loc[rows, "family_verdict"] = family
-        claims.append({"claim": claim, "part": "(claim)", "effect": CLAIMS.get(str(claim), ""),
-                       "verdict": claim_verdict(parts.loc[rows, "verdict"], family), "seeds": int(parts.loc[rows, "seeds"].min())})
-    return pd.concat([pd.DataFrame(claims).reindex(columns=LEDGER_COLUMNS), parts.reindex(columns=LEDGER_COLUMNS)], ignore_index=True)
+        claims.append(
+            {
+                "claim": claim,
+                "part": "(claim)",
+                "effect": CLAIMS.get(str(claim), ""),
+                "verdict": claim_verdict(parts.loc[rows, "verdict"], family),
+                "seeds": int(parts.loc[rows, "seeds"].min()),
+            }
+        )
+    return pd.concat(
+        [pd.DataFrame(claims).reindex(columns=LEDGER_COLUMNS), parts.reindex(columns=LEDGER_COLUMNS)], ignore_index=True
+    )
 
 
-def ledger_from_tables(delta_m: pd.DataFrame, balance: pd.DataFrame, final: pd.DataFrame, design: StudyDesign) -> pd.DataFrame:
+def ledger_from_tables(
+    delta_m: pd.DataFrame, balance: pd.DataFrame, final: pd.DataFrame, design: StudyDesign
+) -> pd.DataFrame:
     """The ledger from the study's small per-seed tables (what ``docs/claims/`` keeps to recompute it).
 
     Args:
@@ -575,34 +717,95 @@ def ledger_from_tables(delta_m: pd.DataFrame, balance: pd.DataFrame, final: pd.D
     settings = [f"reg{t}" for t in design.regression_tasks] + [main]
     for setting in settings:
         mao, total = f"{setting}.mao", f"{setting}.sum"
-        parts.append(_part("M1", f"{setting}: MAO − sum, worst imbalance < 0", "paired difference of the max imbalance index",
-                           paired(balance, "worst_imbalance", mao, total), "less"))
-        parts.append(_part("M1", f"{setting}: MAO's worst imbalance < {BALANCE_THRESHOLD}", "max imbalance index over shared layers and steps",
-                           _safe(lambda mao=mao: mean_interval(_by_seed(balance, mao, "worst_imbalance"))), "less", BALANCE_THRESHOLD))
+        parts.append(
+            _part(
+                "M1",
+                f"{setting}: MAO − sum, worst imbalance < 0",
+                "paired difference of the max imbalance index",
+                paired(balance, "worst_imbalance", mao, total),
+                "less",
+            )
+        )
+        parts.append(
+            _part(
+                "M1",
+                f"{setting}: MAO's worst imbalance < {BALANCE_THRESHOLD}",
+                "max imbalance index over shared layers and steps",
+                _safe(lambda mao=mao: mean_interval(_by_seed(balance, mao, "worst_imbalance"))),
+                "less",
+                BALANCE_THRESHOLD,
+            )
+        )
     for other in BALANCING:
-        parts.append(_part("M2", f"MAO − {other}", f"paired difference of Δm% ({main})", paired(dm, "delta_m", f"{main}.mao", f"{main}.{other}"), "less"))
+        parts.append(
+            _part(
+                "M2",
+                f"MAO − {other}",
+                f"paired difference of Δm% ({main})",
+                paired(dm, "delta_m", f"{main}.mao", f"{main}.{other}"),
+                "less",
+            )
+        )
     others = ["sum", *BALANCING, "mao"]
     for method in INDEPENDENT:
         for other in others:
-            parts.append(_part("P1", f"{method} − {other}", f"paired difference of Δm% ({main})",
-                               paired(dm, "delta_m", f"{main}.{method}", f"{main}.{other}"), "less"))
+            parts.append(
+                _part(
+                    "P1",
+                    f"{method} − {other}",
+                    f"paired difference of Δm% ({main})",
+                    paired(dm, "delta_m", f"{main}.{method}", f"{main}.{other}"),
+                    "less",
+                )
+            )
     same, different = design.p2_settings or ("(none)", "(none)")  # no task sets: P2's parts are untested
     for method in INDEPENDENT:
+
         def benefit_gap(method: str = method) -> Interval:
             def benefit(setting: str) -> pd.Series:
                 return _by_seed(dm, f"{setting}.sum", "delta_m") - _by_seed(dm, f"{setting}.{method}", "delta_m")
+
             return paired_interval(benefit(different).dropna(), benefit(same).dropna())
-        parts.append(_part("P2", f"{method}: benefit over sum, different − same nature",
-                           "paired difference of Δm%(sum) − Δm%(method) between the task sets", _safe(benefit_gap), "greater"))
+
+        parts.append(
+            _part(
+                "P2",
+                f"{method}: benefit over sum, different − same nature",
+                "paired difference of Δm%(sum) − Δm%(method) between the task sets",
+                _safe(benefit_gap),
+                "greater",
+            )
+        )
     for method in INDEPENDENT:
         for quantity in ("distance", "path_length"):
-            parts.append(_part("P3", f"{method} − sum, {quantity.replace('_', ' ')}", f"paired difference of the shared parameters' {quantity.replace('_', ' ')}",
-                               paired(final, quantity, f"{main}.{method}", f"{main}.sum"), "greater"))
+            parts.append(
+                _part(
+                    "P3",
+                    f"{method} − sum, {quantity.replace('_', ' ')}",
+                    f"paired difference of the shared parameters' {quantity.replace('_', ' ')}",
+                    paired(final, quantity, f"{main}.{method}", f"{main}.sum"),
+                    "greater",
+                )
+            )
     slopes = _grouping_slopes(dm, final, design)
-    parts.append(_part("P4", "slope of Δm% against group size > 0", "least-squares slope per seed (Δm% per task in a group)",
-                       _safe(lambda: mean_interval(slopes["delta_m"].dropna())), "greater"))
-    parts.append(_part("P4", "slope of seconds per epoch against group size < 0", "least-squares slope per seed (s per task in a group)",
-                       _safe(lambda: mean_interval(slopes["seconds_per_epoch"].dropna())), "less"))
+    parts.append(
+        _part(
+            "P4",
+            "slope of Δm% against group size > 0",
+            "least-squares slope per seed (Δm% per task in a group)",
+            _safe(lambda: mean_interval(slopes["delta_m"].dropna())),
+            "greater",
+        )
+    )
+    parts.append(
+        _part(
+            "P4",
+            "slope of seconds per epoch against group size < 0",
+            "least-squares slope per seed (s per task in a group)",
+            _safe(lambda: mean_interval(slopes["seconds_per_epoch"].dropna())),
+            "less",
+        )
+    )
     return ledger_from_parts(pd.DataFrame(parts))
 
 
@@ -614,14 +817,21 @@ def final_table(runs: pd.DataFrame, choice: pd.DataFrame) -> pd.DataFrame:
 
 
 def claims_ledger(
-    scores: pd.DataFrame, balance: pd.DataFrame, runs: pd.DataFrame, design: StudyDesign,
+    scores: pd.DataFrame,
+    balance: pd.DataFrame,
+    runs: pd.DataFrame,
+    design: StudyDesign,
     choice: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The ledger: one ``part = "(claim)"`` row per claim with its verdict, then one row per part of every claim
     (:func:`ledger_from_tables` on the per-seed tables derived from the study's tables)."""
     choice = choose_learning_rates(scores, design) if choice is None else choice
-    return ledger_from_tables(delta_m_runs(scores, choice, design), balance_summary(balance, choice, design),
-                              final_table(runs, choice), design)
+    return ledger_from_tables(
+        delta_m_runs(scores, choice, design),
+        balance_summary(balance, choice, design),
+        final_table(runs, choice),
+        design,
+    )
 
 
 def grouping_points(design: StudyDesign) -> dict[str, int]:
@@ -649,6 +859,11 @@ def _grouping_slopes(dm: pd.DataFrame, final: pd.DataFrame, design: StudyDesign)
                 deltas.append(float(d.iloc[0]))
                 seconds.append(float(s.iloc[0]))
         if len(set(sizes)) >= 2:
-            rows.append({"seed": seed, "delta_m": float(np.polyfit(sizes, deltas, 1)[0]),
-                         "seconds_per_epoch": float(np.polyfit(sizes, seconds, 1)[0])})
+            rows.append(
+                {
+                    "seed": seed,
+                    "delta_m": float(np.polyfit(sizes, deltas, 1)[0]),
+                    "seconds_per_epoch": float(np.polyfit(sizes, seconds, 1)[0]),
+                }
+            )
     return pd.DataFrame(rows, columns=["seed", "delta_m", "seconds_per_epoch"])

@@ -73,8 +73,20 @@ INDEPENDENT: tuple[str, ...] = ("ius", "io")
 # Measured median step times on one thread (MultiMNIST, 4 tasks, batch 64), relative to Adam on the sum;
 # only used to start the longest points first.
 _RELATIVE_COST: dict[str, float] = {
-    "sum": 1.0, "uw": 1.1, "dwa": 1.0, "gradnorm": 1.1, "mgda": 2.4, "pcgrad": 2.1, "cagrad": 2.6,
-    "imtl_g": 2.0, "mtadam": 2.3, "mao": 2.0, "ius": 3.9, "io": 4.0, "grouping": 2.0, "single": 0.8,
+    "sum": 1.0,
+    "uw": 1.1,
+    "dwa": 1.0,
+    "gradnorm": 1.1,
+    "mgda": 2.4,
+    "pcgrad": 2.1,
+    "cagrad": 2.6,
+    "imtl_g": 2.0,
+    "mtadam": 2.3,
+    "mao": 2.0,
+    "ius": 3.9,
+    "io": 4.0,
+    "grouping": 2.0,
+    "single": 0.8,
 }
 
 
@@ -187,7 +199,16 @@ class StudyDesign:
     regression_tasks: tuple[int, ...] = (2, 4, 8)
     eval_every: int = 100
     record_every: int = 20
-    mm4_methods: tuple[str, ...] = ("sum", *WEIGHTINGS, *AGGREGATORS, "mtadam", "mao", *INDEPENDENT, "grouping2", "grouping3")
+    mm4_methods: tuple[str, ...] = (
+        "sum",
+        *WEIGHTINGS,
+        *AGGREGATORS,
+        "mtadam",
+        "mao",
+        *INDEPENDENT,
+        "grouping2",
+        "grouping3",
+    )
     p2_methods: tuple[str, ...] = ("sum", *INDEPENDENT)
     regression_methods: tuple[str, ...] = ("sum", "mao")
     configs_per_point: int = 1
@@ -202,21 +223,45 @@ class StudyDesign:
     def __post_init__(self) -> None:
         if len(self.lrs) < 3 or len(set(self.lrs)) != len(self.lrs) or not all(lr > 0 for lr in self.lrs):
             raise ValueError(f"lrs must hold at least three different positive learning rates, got {self.lrs}")
-        if (not self.tuning_seeds or not set(self.tuning_seeds) <= set(self.seeds) or len(set(self.seeds)) != len(self.seeds)
-                or len(set(self.tuning_seeds)) != len(self.tuning_seeds)):
-            raise ValueError(f"seeds must be different and include the different tuning_seeds={self.tuning_seeds}, got {self.seeds}")
-        if self.finalists is not None and (isinstance(self.finalists, bool) or not isinstance(self.finalists, int)
-                                           or not 1 <= self.finalists <= len(self.lrs)):
-            raise ValueError(f"finalists must be None or an int in 1..{len(self.lrs)} (the rates), got {self.finalists!r}")
+        if (
+            not self.tuning_seeds
+            or not set(self.tuning_seeds) <= set(self.seeds)
+            or len(set(self.seeds)) != len(self.seeds)
+            or len(set(self.tuning_seeds)) != len(self.tuning_seeds)
+        ):
+            raise ValueError(
+                f"seeds must be different and include the different tuning_seeds={self.tuning_seeds}, got {self.seeds}"
+            )
+        if self.finalists is not None and (
+            isinstance(self.finalists, bool)
+            or not isinstance(self.finalists, int)
+            or not 1 <= self.finalists <= len(self.lrs)
+        ):
+            raise ValueError(
+                f"finalists must be None or an int in 1..{len(self.lrs)} (the rates), got {self.finalists!r}"
+            )
         if not self.smoke and len(self.seeds) < 5:
             raise ValueError(f"the full study needs at least 5 seeds, got {self.seeds}")
-        for name in ("steps", "regression_steps", "batch_size", "num_train", "num_val", "num_test", "regression_samples",
-                     "regression_val", "eval_every", "record_every", "configs_per_point"):
+        for name in (
+            "steps",
+            "regression_steps",
+            "batch_size",
+            "num_train",
+            "num_val",
+            "num_test",
+            "regression_samples",
+            "regression_val",
+            "eval_every",
+            "record_every",
+            "configs_per_point",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.num_train + self.num_val > 10_000:
-            raise ValueError(f"num_train + num_val must fit the 10000 training images, got {self.num_train} + {self.num_val}")
+            raise ValueError(
+                f"num_train + num_val must fit the 10000 training images, got {self.num_train} + {self.num_val}"
+            )
         if self.regression_val >= 0.8 * self.regression_samples - self.batch_size:
             raise ValueError(f"regression_val={self.regression_val} leaves too few regression training samples")
         if self.problem:
@@ -233,15 +278,19 @@ class StudyDesign:
                 raise ValueError(f"{name} names tasks {unknown} that the problem does not have ({self.tasks})")
         from ..methods import available
 
-        unknown = [v for v in (*self.mm4_methods, *self.p2_methods) if v not in available() and not v.startswith("grouping")]
+        unknown = [
+            v for v in (*self.mm4_methods, *self.p2_methods) if v not in available() and not v.startswith("grouping")
+        ]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(available())} (and groupingS)")
         for variant in self.mm4_methods:
             if variant.startswith("grouping"):
                 size = variant.removeprefix("grouping")
                 if not size.isdigit() or not 1 < int(size) < len(self.tasks):
-                    raise ValueError(f"method {variant!r}: a group size strictly between 1 and the {len(self.tasks)} tasks, "
-                                     f"as in grouping2")
+                    raise ValueError(
+                        f"method {variant!r}: a group size strictly between 1 and the {len(self.tasks)} tasks, "
+                        f"as in grouping2"
+                    )
 
     @property
     def main_setting(self) -> str:
@@ -343,8 +392,19 @@ def full_design() -> StudyDesign:
 def smoke_design() -> StudyDesign:
     """A tiny study with every configuration and claim, for CI: its numbers mean nothing."""
     return StudyDesign(
-        seeds=(0, 1, 2), steps=4, regression_steps=4, batch_size=16, num_train=64, num_val=32, num_test=32,
-        regression_samples=400, regression_val=64, eval_every=2, record_every=2, configs_per_point=100, smoke=True,
+        seeds=(0, 1, 2),
+        steps=4,
+        regression_steps=4,
+        batch_size=16,
+        num_train=64,
+        num_val=32,
+        num_test=32,
+        regression_samples=400,
+        regression_val=64,
+        eval_every=2,
+        record_every=2,
+        configs_per_point=100,
+        smoke=True,
     )
 
 
@@ -396,19 +456,41 @@ def read_study_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = sorted(set(data) - set(STUDY_FILE_KEYS))
     if unknown:
         raise ValueError(f"study file {file}: unknown key(s) {unknown}; known: {sorted(STUDY_FILE_KEYS)}")
-    kinds = {"problem": str, "options": dict, "methods": list, "p2_methods": list, "lrs": list, "seeds": list,
-             "tuning_seeds": list, "finalists": int, "steps": int, "batch_size": int, "eval_every": int, "record_every": int}
+    kinds = {
+        "problem": str,
+        "options": dict,
+        "methods": list,
+        "p2_methods": list,
+        "lrs": list,
+        "seeds": list,
+        "tuning_seeds": list,
+        "finalists": int,
+        "steps": int,
+        "batch_size": int,
+        "eval_every": int,
+        "record_every": int,
+    }
     for key, value in data.items():
         if not isinstance(value, kinds[key]) or isinstance(value, bool):
             raise ValueError(f"study file {file}: {key} must be {STUDY_FILE_KEYS[key]}, got {value!r}")
-    for key, kind in (("methods", str), ("p2_methods", str), ("lrs", (int, float)), ("seeds", int), ("tuning_seeds", int)):
+    for key, kind in (
+        ("methods", str),
+        ("p2_methods", str),
+        ("lrs", (int, float)),
+        ("seeds", int),
+        ("tuning_seeds", int),
+    ):
         if key in data and not all(isinstance(v, kind) and not isinstance(v, bool) for v in data[key]):
             raise ValueError(f"study file {file}: {key} must be {STUDY_FILE_KEYS[key]}, got {data[key]!r}")
     return data
 
 
 def problem_design(
-    problem: Any, spec: str, *, options: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None,
+    problem: Any,
+    spec: str,
+    *,
+    options: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
     smoke: bool = False,
 ) -> StudyDesign:
     """The study of your ``problem`` (a :class:`~mao_lab.problems.Problem` made by ``spec(**options)``).
@@ -428,14 +510,24 @@ def problem_design(
     base = smoke_design() if smoke else full_design()
     tasks = tuple(problem.task_names)
     sets = dict(problem.task_sets())
-    methods = tuple(settings.pop("methods", None) or [
-        v for v in base.mm4_methods if not v.startswith("grouping") or int(v.removeprefix("grouping")) < len(tasks)])
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()
-                              if k not in ("problem", "options")}
+    methods = tuple(
+        settings.pop("methods", None)
+        or [v for v in base.mm4_methods if not v.startswith("grouping") or int(v.removeprefix("grouping")) < len(tasks)]
+    )
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k not in ("problem", "options")
+    }
     if "seeds" in fields and "tuning_seeds" not in fields:  # the rates are chosen on the mean over the first seeds
         fields["tuning_seeds"] = fields["seeds"][: len(base.tuning_seeds)]
     return dataclasses.replace(
-        base, mm4_methods=methods, regression_tasks=(), problem=spec, problem_options=dict(options or {}), tasks=tasks,
-        same_nature=tuple(sets.get("same_nature", ())), different_nature=tuple(sets.get("different_nature", ())),
-        description=str(getattr(problem, "description", "") or ""), **fields,
+        base,
+        mm4_methods=methods,
+        regression_tasks=(),
+        problem=spec,
+        problem_options=dict(options or {}),
+        tasks=tasks,
+        same_nature=tuple(sets.get("same_nature", ())),
+        different_nature=tuple(sets.get("different_nature", ())),
+        description=str(getattr(problem, "description", "") or ""),
+        **fields,
     )

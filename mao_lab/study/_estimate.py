@@ -36,8 +36,9 @@ def schedule(durations: Sequence[float], workers: int) -> float:
     return max(free)
 
 
-def estimate_study(design: StudyDesign, workers: int = 2, *, sample_steps: int = 40, startup_seconds: float = 8.0,
-                   threads: int = 1) -> tuple[pd.DataFrame, dict[str, float]]:
+def estimate_study(
+    design: StudyDesign, workers: int = 2, *, sample_steps: int = 40, startup_seconds: float = 8.0, threads: int = 1
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Time ``sample_steps`` steps of every configuration (lr 1e-3, seed 0) and predict the study's wall time.
 
     Returns:
@@ -45,8 +46,13 @@ def estimate_study(design: StudyDesign, workers: int = 2, *, sample_steps: int =
         predicted seconds of one run; totals: predicted seconds of the tuning and final phases and in all.
     """
     torch.set_num_threads(threads)
-    sample = dataclasses.replace(design, steps=sample_steps, regression_steps=sample_steps, eval_every=sample_steps,
-                                 record_every=min(design.record_every, sample_steps))
+    sample = dataclasses.replace(
+        design,
+        steps=sample_steps,
+        regression_steps=sample_steps,
+        eval_every=sample_steps,
+        record_every=min(design.record_every, sample_steps),
+    )
     rows = []
     for config in design.configs():
         started = time.perf_counter()
@@ -71,6 +77,11 @@ def estimate_study(design: StudyDesign, workers: int = 2, *, sample_steps: int =
 
     tuning = phase(design.tuning_runs_per_config)  # every rate at the first tuning seed, the finalists at the others
     final = phase(len(design.final_seeds))
-    totals = {"tuning_s": tuning, "final_s": final, "total_s": tuning + final, "compute_s": float(
-        table["run_s"].sum() * (design.tuning_runs_per_config + len(design.final_seeds))), "workers": float(workers)}
+    totals = {
+        "tuning_s": tuning,
+        "final_s": final,
+        "total_s": tuning + final,
+        "compute_s": float(table["run_s"].sum() * (design.tuning_runs_per_config + len(design.final_seeds))),
+        "workers": float(workers),
+    }
     return table, totals

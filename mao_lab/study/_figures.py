@@ -48,7 +48,9 @@ def _titled(figure: go.Figure, title: str, note: str = "", **layout: Any) -> go.
     """Set ``title`` (and a smaller ``note`` under it), both wrapped, with a top margin that holds them."""
     lines = wrap_title(title, _TITLE_CHARS).split("<br>")
     notes = [f"<sup>{line}</sup>" for line in wrap_title(note, _NOTE_CHARS).split("<br>")] if note else []
-    figure.update_layout(title="<br>".join(lines + notes), margin={"t": 40 + 24 * len(lines) + 16 * len(notes)}, **layout)
+    figure.update_layout(
+        title="<br>".join(lines + notes), margin={"t": 40 + 24 * len(lines) + 16 * len(notes)}, **layout
+    )
     return figure
 
 
@@ -59,17 +61,42 @@ def learning_rate_figure(choice: pd.DataFrame, setting: str) -> go.Figure:
     for i, (config, rows) in enumerate(part.groupby("config", sort=False)):
         rows = rows.sort_values("lr")
         color = _PALETTE[i % len(_PALETTE)]
-        figure.add_trace(go.Scatter(x=rows["lr"], y=rows["criterion"], mode="lines+markers", name=config.split(".", 1)[1],
-                                    line={"color": color}, legendgroup=config))
+        figure.add_trace(
+            go.Scatter(
+                x=rows["lr"],
+                y=rows["criterion"],
+                mode="lines+markers",
+                name=config.split(".", 1)[1],
+                line={"color": color},
+                legendgroup=config,
+            )
+        )
         picked = rows[rows["chosen"]]
-        figure.add_trace(go.Scatter(x=picked["lr"], y=picked["criterion"], mode="markers", showlegend=False, legendgroup=config,
-                                    marker={"size": 14, "symbol": "circle-open", "color": color, "line": {"width": 2}},
-                                    hovertemplate="chosen: lr %{x:g}<extra></extra>"))
+        figure.add_trace(
+            go.Scatter(
+                x=picked["lr"],
+                y=picked["criterion"],
+                mode="markers",
+                showlegend=False,
+                legendgroup=config,
+                marker={"size": 14, "symbol": "circle-open", "color": color, "line": {"width": 2}},
+                hovertemplate="chosen: lr %{x:g}<extra></extra>",
+            )
+        )
     regression = setting.startswith("reg")
-    note = ("mean normalised validation MSE" if regression else "validation Δm% (single-task baselines: their own metric, signed)")
-    return _titled(figure, f"{setting}: validation criterion against the learning rate (ring: the chosen rate)",
-                   f"{note}; lower is better", xaxis={"type": "log", "title": "learning rate"},
-                   yaxis_title="validation MSE (norm.)" if regression else "validation Δm%", legend_title_text="method")
+    note = (
+        "mean normalised validation MSE"
+        if regression
+        else "validation Δm% (single-task baselines: their own metric, signed)"
+    )
+    return _titled(
+        figure,
+        f"{setting}: validation criterion against the learning rate (ring: the chosen rate)",
+        f"{note}; lower is better",
+        xaxis={"type": "log", "title": "learning rate"},
+        yaxis_title="validation MSE (norm.)" if regression else "validation Δm%",
+        legend_title_text="method",
+    )
 
 
 def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
@@ -80,34 +107,66 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
     colors = {"supported": "#2ca02c", "not supported": "#d62728", "inconclusive": "#7f7f7f"}
     figure = go.Figure()
     for verdict, rows in parts.groupby("verdict", sort=False):
-        figure.add_trace(go.Scatter(
-            x=rows["estimate"], y=rows["part"], mode="markers", name=str(verdict), marker={"color": colors[str(verdict)], "size": 9},
-            error_x={"type": "data", "symmetric": False, "array": (rows["high"] - rows["estimate"]).to_numpy(),
-                     "arrayminus": (rows["estimate"] - rows["low"]).to_numpy()},
-            customdata=np.stack([rows["low"], rows["high"], rows["seeds"]], axis=1),
-            hovertemplate="%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], %{customdata[2]} seeds<extra></extra>"))
+        figure.add_trace(
+            go.Scatter(
+                x=rows["estimate"],
+                y=rows["part"],
+                mode="markers",
+                name=str(verdict),
+                marker={"color": colors[str(verdict)], "size": 9},
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (rows["high"] - rows["estimate"]).to_numpy(),
+                    "arrayminus": (rows["estimate"] - rows["low"]).to_numpy(),
+                },
+                customdata=np.stack([rows["low"], rows["high"], rows["seeds"]], axis=1),
+                hovertemplate="%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], %{customdata[2]} seeds<extra></extra>",
+            )
+        )
     for threshold in pd.unique(parts["threshold"]):
         figure.add_vline(x=float(threshold), line_dash="dash", line_color="gray")
     verdict = ledger[(ledger["claim"] == claim) & (ledger["part"] == "(claim)")]["verdict"]
-    return _titled(figure, f"{claim}: {CLAIMS[claim]} — {verdict.iloc[0] if len(verdict) else '?'}",
-                   xaxis_title="effect: estimate and 95 % interval over seeds", height=max(360, 34 * len(parts) + 200),
-                   legend_title_text="part verdict")
+    return _titled(
+        figure,
+        f"{claim}: {CLAIMS[claim]} — {verdict.iloc[0] if len(verdict) else '?'}",
+        xaxis_title="effect: estimate and 95 % interval over seeds",
+        height=max(360, 34 * len(parts) + 200),
+        legend_title_text="part verdict",
+    )
 
 
 def delta_m_figure(intervals: pd.DataFrame, setting: str = "mm4") -> go.Figure:
     """Δm% of every method of ``setting``: mean and 95 % interval over the seeds (lower is better)."""
     part = intervals[intervals["setting"] == setting].sort_values("estimate")
-    figure = go.Figure(go.Scatter(
-        x=part["variant"], y=part["estimate"], mode="markers", marker={"size": 10},
-        error_y={"type": "data", "symmetric": False, "array": (part["high"] - part["estimate"]).to_numpy(),
-                 "arrayminus": (part["estimate"] - part["low"]).to_numpy()},
-        hovertemplate="%{x}: Δm %{y:.2f}%<extra></extra>"))
+    figure = go.Figure(
+        go.Scatter(
+            x=part["variant"],
+            y=part["estimate"],
+            mode="markers",
+            marker={"size": 10},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (part["high"] - part["estimate"]).to_numpy(),
+                "arrayminus": (part["estimate"] - part["low"]).to_numpy(),
+            },
+            hovertemplate="%{x}: Δm %{y:.2f}%<extra></extra>",
+        )
+    )
     figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
-    return _titled(figure, f"{setting}: Δm% against the single-task baselines", "mean and 95 % interval over seeds; lower is better",
-                   yaxis_title="Δm (%)", xaxis_title="method")
+    return _titled(
+        figure,
+        f"{setting}: Δm% against the single-task baselines",
+        "mean and 95 % interval over seeds; lower is better",
+        yaxis_title="Δm (%)",
+        xaxis_title="method",
+    )
 
 
-def balance_figure(balance: pd.DataFrame, choice: pd.DataFrame, setting: str, *, statistic: str = "imbalance") -> go.Figure:
+def balance_figure(
+    balance: pd.DataFrame, choice: pd.DataFrame, setting: str, *, statistic: str = "imbalance"
+) -> go.Figure:
     """Per method of ``setting``: the worst shared layer's ``imbalance`` (or ``largest_share``) at every recorded
     step, mean over the final seeds with a min–max band; the dashed line is M1's bound."""
     picked = choice[choice["chosen"]][["config", "lr"]]
@@ -118,24 +177,51 @@ def balance_figure(balance: pd.DataFrame, choice: pd.DataFrame, setting: str, *,
     for i, (config, part) in enumerate(worst.groupby("config", sort=False)):
         stats = part.groupby("step")[statistic].agg(["mean", "min", "max"]).reset_index()
         color = _PALETTE[i % len(_PALETTE)]
-        figure.add_trace(go.Scatter(x=np.concatenate([stats["step"], stats["step"][::-1]]),
-                                    y=np.concatenate([stats["max"], stats["min"][::-1]]), fill="toself", fillcolor=color,
-                                    opacity=0.15, line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=config))
-        figure.add_trace(go.Scatter(x=stats["step"], y=stats["mean"], mode="lines", name=config.split(".", 1)[1],
-                                    line={"color": color}, legendgroup=config))
+        figure.add_trace(
+            go.Scatter(
+                x=np.concatenate([stats["step"], stats["step"][::-1]]),
+                y=np.concatenate([stats["max"], stats["min"][::-1]]),
+                fill="toself",
+                fillcolor=color,
+                opacity=0.15,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=config,
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=stats["step"],
+                y=stats["mean"],
+                mode="lines",
+                name=config.split(".", 1)[1],
+                line={"color": color},
+                legendgroup=config,
+            )
+        )
     if statistic == "imbalance":
         figure.add_hline(y=BALANCE_THRESHOLD, line_dash="dash", line_color="gray")
     label = "imbalance index" if statistic == "imbalance" else "largest task share"
-    return _titled(figure, f"{setting}: the worst shared layer's {label} at every recorded step",
-                   "the largest over the shared layers; mean over seeds, band: min–max", xaxis_title="step",
-                   yaxis_title=f"worst {'imbalance' if statistic == 'imbalance' else 'share'}", yaxis={"range": [0, 1]},
-                   legend_title_text="method")
+    return _titled(
+        figure,
+        f"{setting}: the worst shared layer's {label} at every recorded step",
+        "the largest over the shared layers; mean over seeds, band: min–max",
+        xaxis_title="step",
+        yaxis_title=f"worst {'imbalance' if statistic == 'imbalance' else 'share'}",
+        yaxis={"range": [0, 1]},
+        legend_title_text="method",
+    )
 
 
 def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4") -> go.Figure:
     """P3: each method's distance of the shared parameters from their start and path length (mean, 95 % interval)."""
     picked = choice[choice["chosen"]][["config", "lr"]]
-    final = runs[(runs["status"] == "ok") & runs["config"].str.startswith(f"{setting}.") & ~runs["variant"].str.startswith(SINGLE_TASK_PREFIX)]
+    final = runs[
+        (runs["status"] == "ok")
+        & runs["config"].str.startswith(f"{setting}.")
+        & ~runs["variant"].str.startswith(SINGLE_TASK_PREFIX)
+    ]
     final = final.merge(picked, on=["config", "lr"])
     figure = go.Figure()
     for quantity, color in (("distance", "#1f77b4"), ("path_length", "#ff7f0e")):
@@ -144,15 +230,33 @@ def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4"
             interval = mean_interval(part[quantity].to_numpy())
             rows.append((variant, interval.estimate, interval.low, interval.high))
         table = pd.DataFrame(rows, columns=["variant", "estimate", "low", "high"])
-        figure.add_trace(go.Scatter(x=table["variant"], y=table["estimate"], mode="markers", name=quantity.replace("_", " "),
-                                    marker={"color": color, "size": 9},
-                                    error_y={"type": "data", "symmetric": False, "array": (table["high"] - table["estimate"]).to_numpy(),
-                                             "arrayminus": (table["estimate"] - table["low"]).to_numpy()}))
-    return _titled(figure, f"{setting}: how far the shared parameters went", "mean and 95 % interval over seeds; each method at its chosen rate",
-                   yaxis={"type": "log", "title": "Euclidean norm"}, xaxis_title="method")
+        figure.add_trace(
+            go.Scatter(
+                x=table["variant"],
+                y=table["estimate"],
+                mode="markers",
+                name=quantity.replace("_", " "),
+                marker={"color": color, "size": 9},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (table["high"] - table["estimate"]).to_numpy(),
+                    "arrayminus": (table["estimate"] - table["low"]).to_numpy(),
+                },
+            )
+        )
+    return _titled(
+        figure,
+        f"{setting}: how far the shared parameters went",
+        "mean and 95 % interval over seeds; each method at its chosen rate",
+        yaxis={"type": "log", "title": "Euclidean norm"},
+        xaxis_title="method",
+    )
 
 
-def compute_figure(delta_m_runs: pd.DataFrame, runs: pd.DataFrame, choice: pd.DataFrame, design: StudyDesign) -> go.Figure:
+def compute_figure(
+    delta_m_runs: pd.DataFrame, runs: pd.DataFrame, choice: pd.DataFrame, design: StudyDesign
+) -> go.Figure:
     """P4: Δm% against seconds per epoch for group sizes 1 (IUS) … T (Adam on the sum), one dot per seed."""
     points = grouping_points(design)
     picked = choice[choice["chosen"]][["config", "lr"]]
@@ -161,11 +265,25 @@ def compute_figure(delta_m_runs: pd.DataFrame, runs: pd.DataFrame, choice: pd.Da
     figure = go.Figure()
     for i, (config, size) in enumerate(sorted(points.items(), key=lambda kv: kv[1])):
         part = merged[merged["config"] == config]
-        figure.add_trace(go.Scatter(x=part["seconds_per_epoch"], y=part["delta_m"], mode="markers", name=f"s = {size} ({config.split('.', 1)[1]})",
-                                    marker={"size": 9, "color": _PALETTE[i % len(_PALETTE)]},
-                                    hovertemplate="seed %{text}<br>%{x:.2f} s/epoch, Δm %{y:.2f}%<extra></extra>", text=part["seed"]))
-    return _titled(figure, "P4: Δm% against compute for group sizes s", "one dot per seed; lower and left is better",
-                   xaxis_title="seconds per epoch (training steps only)", yaxis_title="Δm (%)", legend_title_text="group size")
+        figure.add_trace(
+            go.Scatter(
+                x=part["seconds_per_epoch"],
+                y=part["delta_m"],
+                mode="markers",
+                name=f"s = {size} ({config.split('.', 1)[1]})",
+                marker={"size": 9, "color": _PALETTE[i % len(_PALETTE)]},
+                hovertemplate="seed %{text}<br>%{x:.2f} s/epoch, Δm %{y:.2f}%<extra></extra>",
+                text=part["seed"],
+            )
+        )
+    return _titled(
+        figure,
+        "P4: Δm% against compute for group sizes s",
+        "one dot per seed; lower and left is better",
+        xaxis_title="seconds per epoch (training steps only)",
+        yaxis_title="Δm (%)",
+        legend_title_text="group size",
+    )
 
 
 def validation_curve(scores: pd.DataFrame, choice: pd.DataFrame, config: str, design: StudyDesign) -> pd.DataFrame:
@@ -183,8 +301,17 @@ def validation_curve(scores: pd.DataFrame, choice: pd.DataFrame, config: str, de
     out = []
     for (seed, step), part in rows.groupby(["seed", "step"]):
         values = dict(zip(zip(part["task"], part["metric"]), part["value"]))
-        out.append({"seed": seed, "step": step, "criterion": delta_m(values, {k: float(reference.loc[k, "value"]) for k in values},
-                                                                     {k: bool(reference.loc[k, "higher"]) for k in values})})
+        out.append(
+            {
+                "seed": seed,
+                "step": step,
+                "criterion": delta_m(
+                    values,
+                    {k: float(reference.loc[k, "value"]) for k in values},
+                    {k: bool(reference.loc[k, "higher"]) for k in values},
+                ),
+            }
+        )
     return pd.DataFrame(out, columns=["seed", "step", "criterion"])
 
 
@@ -192,13 +319,26 @@ def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
     """One line per seed of :func:`validation_curve`, and their mean."""
     figure = go.Figure()
     for seed, part in curve.groupby("seed"):
-        figure.add_trace(go.Scatter(x=part["step"], y=part["criterion"], mode="lines", name=f"seed {seed}", opacity=0.5))
+        figure.add_trace(
+            go.Scatter(x=part["step"], y=part["criterion"], mode="lines", name=f"seed {seed}", opacity=0.5)
+        )
     mean = curve.groupby("step")["criterion"].mean()
-    figure.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name="mean", line={"color": "black", "width": 3}))
+    figure.add_trace(
+        go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name="mean", line={"color": "black", "width": 3})
+    )
     label = "validation MSE (norm.)" if config.startswith("reg") else "validation Δm%"
-    note = "mean normalised validation MSE" if config.startswith("reg") else "validation Δm% against the single-task baselines"
-    return _titled(figure, f"{config}: the validation curve at its chosen learning rate", f"{note}; lower is better",
-                   xaxis_title="step", yaxis_title=label)
+    note = (
+        "mean normalised validation MSE"
+        if config.startswith("reg")
+        else "validation Δm% against the single-task baselines"
+    )
+    return _titled(
+        figure,
+        f"{config}: the validation curve at its chosen learning rate",
+        f"{note}; lower is better",
+        xaxis_title="step",
+        yaxis_title=label,
+    )
 
 
 class ClaimsExplorer:
@@ -215,15 +355,26 @@ class ClaimsExplorer:
         configs = [str(c) for c in pd.unique(choice["config"])]
         tasks = sorted({t for c in design.configs() for t in c.tasks})
         self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
-        self.config = widgets.Dropdown(options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method")
+        self.config = widgets.Dropdown(
+            options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method"
+        )
         self.task = widgets.Dropdown(options=tasks, value=tasks[0], description="task")
         self.views = {name: widgets.Output() for name in ("claim", "curve", "balance", "task")}
         self.figures: dict[str, go.Figure] = {}
         self.claim.observe(lambda _: self._draw_claim(), names="value")
         self.config.observe(lambda _: self._draw_config(), names="value")
         self.task.observe(lambda _: self._draw_task(), names="value")
-        self.widget = widgets.VBox([self.claim, self.views["claim"], self.config, self.views["curve"], self.views["balance"],
-                                    self.task, self.views["task"]])
+        self.widget = widgets.VBox(
+            [
+                self.claim,
+                self.views["claim"],
+                self.config,
+                self.views["curve"],
+                self.views["balance"],
+                self.task,
+                self.views["task"],
+            ]
+        )
         self._draw_claim()
         self._draw_config()
         self._draw_task()
@@ -245,14 +396,29 @@ class ClaimsExplorer:
     def _draw_task(self) -> None:
         task = str(self.task.value)
         picked = self.study["learning_rates"][self.study["learning_rates"]["chosen"]][["config", "lr"]]
-        val = self.study["scores"][(self.study["scores"]["split"] == "val") & (self.study["scores"]["task"] == task)].merge(picked, on=["config", "lr"])
+        val = self.study["scores"][
+            (self.study["scores"]["split"] == "val") & (self.study["scores"]["task"] == task)
+        ].merge(picked, on=["config", "lr"])
         figure = go.Figure()
         for i, (config, part) in enumerate(val.groupby("config", sort=False)):
             mean = part.groupby("step")["value"].mean()
-            figure.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name=config, line={"color": _PALETTE[i % len(_PALETTE)]}))
+            figure.add_trace(
+                go.Scatter(
+                    x=mean.index,
+                    y=mean.to_numpy(),
+                    mode="lines",
+                    name=config,
+                    line={"color": _PALETTE[i % len(_PALETTE)]},
+                )
+            )
         metric = str(val["metric"].iloc[0]) if len(val) else ""
-        _titled(figure, f"{task}: validation {metric} over the steps", "mean over seeds; each method at its chosen rate",
-                xaxis_title="step", yaxis_title=metric)
+        _titled(
+            figure,
+            f"{task}: validation {metric} over the steps",
+            "mean over seeds; each method at its chosen rate",
+            xaxis_title="step",
+            yaxis_title=metric,
+        )
         self.figures["task"] = figure
         show_figure(self.views["task"], figure)
 

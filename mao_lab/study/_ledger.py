@@ -83,8 +83,10 @@ def _interval(row: Mapping[str, Any]) -> str:
 def problem_line(design: StudyDesign) -> str:
     """Which problem the ledger holds for, and at what scale (the problem's own description)."""
     if not design.problem:
-        return ("the shipped MultiMNIST (`mao_lab.problems:multimnist_problem`) and GradNorm's regression "
-                "(`mao_lab.problems:regression_problem`)")
+        return (
+            "the shipped MultiMNIST (`mao_lab.problems:multimnist_problem`) and GradNorm's regression "
+            "(`mao_lab.problems:regression_problem`)"
+        )
     options = dict(sorted(dict(design.problem_options).items()))  # sorted: design.json keeps its keys sorted
     return f"`{design.problem}` ({design.description or 'no description'}), options {options}"
 
@@ -104,7 +106,9 @@ def regenerate_command(design: StudyDesign) -> str:
 
     if design.problem:  # your problem: its study file holds the rest of the design (design.json has all of it)
         smoke = " --smoke" if design.smoke else ""
-        return f"`python -m mao_lab.study --problem {design.problem}{smoke} --study-file <your study file> --out <folder>`"
+        return (
+            f"`python -m mao_lab.study --problem {design.problem}{smoke} --study-file <your study file> --out <folder>`"
+        )
     if design.smoke:
         base, flags, out = smoke_design(), ["--smoke"], "runs/study-smoke"
     else:
@@ -114,14 +118,20 @@ def regenerate_command(design: StudyDesign) -> str:
         out += f"-{design.steps}"
     tuning = {"tuning_seeds": base.tuning_seeds, "finalists": base.finalists}
     older = design.tuning_seeds != base.tuning_seeds or design.finalists != base.finalists
-    other = sorted(k for k, v in dataclasses.replace(design, steps=base.steps, **tuning).as_dict().items() if base.as_dict()[k] != v)
+    other = sorted(
+        k
+        for k, v in dataclasses.replace(design, steps=base.steps, **tuning).as_dict().items()
+        if base.as_dict()[k] != v
+    )
     if other:
         return f"no documented command: this design differs from the full study in more than its steps ({', '.join(other)})"
     make = f'make study STUDY={out} STUDY_FLAGS="{" ".join(flags)}"' if flags else "make study"
     command = f"`{make}` (or `python -m mao_lab.study --workers 2 {' '.join(flags + [''])}--out {out}`)"
     if older:
-        command += (f"; it runs the current design, which chooses the rates {_tuning_text(base)} "
-                    f"(this study: {_tuning_text(design)})")
+        command += (
+            f"; it runs the current design, which chooses the rates {_tuning_text(base)} "
+            f"(this study: {_tuning_text(design)})"
+        )
     return command
 
 
@@ -129,10 +139,17 @@ def _wall_time(provenance: Mapping[str, Any]) -> str:
     """The wall time, saying which phases an earlier invocation had partly done (their time is not counted)."""
     text = f"wall time {_number(provenance.get('wall_seconds', math.nan) / 60, 3)} min"
     phases = provenance.get("phases") or {}
-    resumed = [f"{name} {p['finished_before']} of {p['points']} points" for name, p in phases.items() if p.get("finished_before")]
+    resumed = [
+        f"{name} {p['finished_before']} of {p['points']} points"
+        for name, p in phases.items()
+        if p.get("finished_before")
+    ]
     if resumed:
-        text += (" in the invocation that finished the study, which resumed points finished earlier ("
-                 + ", ".join(resumed) + "); their time is not counted")
+        text += (
+            " in the invocation that finished the study, which resumed points finished earlier ("
+            + ", ".join(resumed)
+            + "); their time is not counted"
+        )
     if phases:
         text += " (" + ", ".join(f"{name} {_number(p['wall_seconds'] / 60, 3)} min" for name, p in phases.items()) + ")"
     return text
@@ -147,8 +164,11 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
     lines += [
         f"Study: {len(design.seeds)} seeds ({', '.join(map(str, design.seeds))}), learning rates {', '.join(f'{lr:g}' for lr in design.lrs)} "
         f"chosen on a validation split of the training data {_tuning_text(design)}; {design.steps} steps of {design.batch_size} "
-        + ("examples of the problem below." if design.problem else
-           f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps."),
+        + (
+            "examples of the problem below."
+            if design.problem
+            else f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps."
+        ),
         f"Machine: {provenance.get('host', '?')}, {provenance.get('processor', '?')}, {provenance.get('cpu_count', '?')} CPUs, "
         f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, {provenance.get('workers', 0)} worker(s); "
         f"{_wall_time(provenance)}.",
@@ -162,29 +182,40 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
     claims = ledger[ledger["part"] == "(claim)"]
     for row in claims.to_dict("records"):
         lines.append(f"| {row['claim']} | {CLAIMS[row['claim']]} | **{row['verdict']}** | {_number(row['seeds'])} |")
-    lines += ["", CLAIM_RULE, "",
-              "Every part: the 95 % t-interval over seeds (paired by seed for differences) and its own verdict; then the "
-              "two-sided p-value of its t-test against the threshold, Holm-adjusted over the parts of its claim, and the "
-              "family-wise verdict it gives (5 % for the whole claim). "
-              f"M1's bound {BALANCE_THRESHOLD} on the worst imbalance index is the lab's, not the paper's: the section "
-              "*M1 under other bounds and readings* shows how the verdict moves with it.", "",
-              "| claim | part | effect | estimate [95 % CI] | predicted | seeds | verdict | Holm p | family-wise |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        CLAIM_RULE,
+        "",
+        "Every part: the 95 % t-interval over seeds (paired by seed for differences) and its own verdict; then the "
+        "two-sided p-value of its t-test against the threshold, Holm-adjusted over the parts of its claim, and the "
+        "family-wise verdict it gives (5 % for the whole claim). "
+        f"M1's bound {BALANCE_THRESHOLD} on the worst imbalance index is the lab's, not the paper's: the section "
+        "*M1 under other bounds and readings* shows how the verdict moves with it.",
+        "",
+        "| claim | part | effect | estimate [95 % CI] | predicted | seeds | verdict | Holm p | family-wise |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in ledger[ledger["part"] != "(claim)"].to_dict("records"):
         side = "<" if row["direction"] == "less" else ">"
-        lines.append(f"| {row['claim']} | {row['part']} | {row['effect']} | {_interval(row)} | {side} {_number(row['threshold'])} "
-                     f"| {_number(row['seeds'])} | {row['verdict']} | {_p(row.get('p_holm'))} | {row.get('family_verdict') or '—'} |")
+        lines.append(
+            f"| {row['claim']} | {row['part']} | {row['effect']} | {_interval(row)} | {side} {_number(row['threshold'])} "
+            f"| {_number(row['seeds'])} | {row['verdict']} | {_p(row.get('p_holm'))} | {row.get('family_verdict') or '—'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-_DIRTY = (" (with uncommitted changes: the working tree differed from this commit, so the commit alone may not "
-          "reproduce these numbers)")
+_DIRTY = (
+    " (with uncommitted changes: the working tree differed from this commit, so the commit alone may not "
+    "reproduce these numbers)"
+)
 
-CLAIM_RULE = ("**Verdict rule.** A part is *supported* if its whole 95 % interval lies on the side the claim predicts, "
-              "*not supported* if it lies wholly on the other side, else *inconclusive*. A claim is *supported* only if "
-              "every part is supported by its own interval (an intersection-union test: 5 % without a correction), "
-              "*not supported* if some part is not supported under the **family-wise** reading (Holm over the parts of "
-              "the claim), else *inconclusive*.")
+CLAIM_RULE = (
+    "**Verdict rule.** A part is *supported* if its whole 95 % interval lies on the side the claim predicts, "
+    "*not supported* if it lies wholly on the other side, else *inconclusive*. A claim is *supported* only if "
+    "every part is supported by its own interval (an intersection-union test: 5 % without a correction), "
+    "*not supported* if some part is not supported under the **family-wise** reading (Holm over the parts of "
+    "the claim), else *inconclusive*."
+)
 """How ``ledger.md`` states the claim rule (:func:`~mao_lab.study.claim_verdict`)."""
 
 
@@ -204,10 +235,17 @@ def _tuning_text(design: StudyDesign) -> str:
 
 def _methods_markdown(intervals: pd.DataFrame, rates: pd.DataFrame) -> str:
     chosen = dict(zip(rates[rates["chosen"]]["config"], rates[rates["chosen"]]["lr"]))
-    lines = ["", "## Δm% of every method (test metrics against the single-task baselines; lower is better)", "",
-             "| setting | method | Δm% [95 % CI] | seeds | chosen learning rate |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Δm% of every method (test metrics against the single-task baselines; lower is better)",
+        "",
+        "| setting | method | Δm% [95 % CI] | seeds | chosen learning rate |",
+        "|---|---|---|---|---|",
+    ]
     for row in intervals.to_dict("records"):
-        lines.append(f"| {row['setting']} | {row['variant']} | {_interval(row)} | {row['n']} | {_number(chosen.get(row['config']))} |")
+        lines.append(
+            f"| {row['setting']} | {row['variant']} | {_interval(row)} | {row['n']} | {_number(chosen.get(row['config']))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -278,9 +316,18 @@ def levelling_off(curves: pd.DataFrame, fraction: float = LEVELLING_FRACTION) ->
             status = "getting worse"
         else:
             status = "levelled off"
-        rows.append({"config": config, "from_step": int(start), "to_step": int(last),
-                     "change": change.estimate if change else math.nan, "low": change.low if change else math.nan,
-                     "high": change.high if change else math.nan, "seeds": change.n if change else 0, "status": status})
+        rows.append(
+            {
+                "config": config,
+                "from_step": int(start),
+                "to_step": int(last),
+                "change": change.estimate if change else math.nan,
+                "low": change.low if change else math.nan,
+                "high": change.high if change else math.nan,
+                "seeds": change.n if change else 0,
+                "status": status,
+            }
+        )
     return pd.DataFrame(rows, columns=["config", "from_step", "to_step", "change", "low", "high", "seeds", "status"])
 
 
@@ -288,8 +335,9 @@ BUDGET_FRACTIONS = (0.5, 0.75, 1.0)
 """The budgets :func:`levelling_by_budget` reads by default, as fractions of the study's MultiMNIST steps."""
 
 
-def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequence[int] | None = None,
-                        problem: str = "multimnist") -> pd.DataFrame:
+def levelling_by_budget(
+    scores: pd.DataFrame, design: StudyDesign, budgets: Sequence[int] | None = None, problem: str = "multimnist"
+) -> pd.DataFrame:
     """What a study of the same design with ``budgets`` MultiMNIST steps would have chosen and read, from this
     study's runs cut at each budget.
 
@@ -318,7 +366,9 @@ def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequ
     steps = design.steps if problem == "multimnist" else design.regression_steps
     field_name = "steps" if problem == "multimnist" else "regression_steps"
     if budgets is None:
-        budgets = sorted({max(design.eval_every, int(steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS})
+        budgets = sorted(
+            {max(design.eval_every, int(steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS}
+        )
     bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= steps]
     if bad:
         raise ValueError(f"budgets must be step counts in 1..{steps} (the study's {problem} steps), got {bad}")
@@ -335,7 +385,9 @@ def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequ
         if curves.empty:
             continue
         levels = validation_levels(curves)
-        final = levels[levels["step"] == levels.groupby("config")["step"].transform("max")].set_index("config")["criterion"]
+        final = levels[levels["step"] == levels.groupby("config")["step"].transform("max")].set_index("config")[
+            "criterion"
+        ]
         best = set(_best_per_setting(levels).values())
         rates = dict(zip(choice[choice["chosen"]]["config"], choice[choice["chosen"]]["lr"]))
         table = levelling_off(curves).assign(budget=budget)
@@ -344,17 +396,37 @@ def levelling_by_budget(scores: pd.DataFrame, design: StudyDesign, budgets: Sequ
         table["final"] = table["config"].map(final)
         table["best"] = table["config"].isin(best)
         frames.append(table)
-    columns = ["budget", "config", "lr", "same_rate", "final", "best", "from_step", "to_step", "change", "low", "high", "seeds", "status"]
+    columns = [
+        "budget",
+        "config",
+        "lr",
+        "same_rate",
+        "final",
+        "best",
+        "from_step",
+        "to_step",
+        "change",
+        "low",
+        "high",
+        "seeds",
+        "status",
+    ]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def _budgets_markdown(budgets: pd.DataFrame) -> str:
-    lines = ["", "## The levelling rule at shorter budgets (this study's runs cut at each budget)", "",
-             "What a study of this design with fewer MultiMNIST steps would have chosen and read (`budgets.csv`; "
-             "`mao_lab.study.levelling_by_budget`): a run's first B steps are a B-step run, so this is exact for every "
-             "configuration whose rate at B is this study's.", "",
-             "| budget | rates as chosen at the full budget | best on the four tasks: final validation Δm% | its change over the "
-             "last quarter [95 % CI] | its status | configurations still improving |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## The levelling rule at shorter budgets (this study's runs cut at each budget)",
+        "",
+        "What a study of this design with fewer MultiMNIST steps would have chosen and read (`budgets.csv`; "
+        "`mao_lab.study.levelling_by_budget`): a run's first B steps are a B-step run, so this is exact for every "
+        "configuration whose rate at B is this study's.",
+        "",
+        "| budget | rates as chosen at the full budget | best on the four tasks: final validation Δm% | its change over the "
+        "last quarter [95 % CI] | its status | configurations still improving |",
+        "|---|---|---|---|---|---|",
+    ]
     for budget, part in budgets.groupby("budget"):
         best = part[part["best"] & part["config"].str.startswith(("mm4.", "all."))]  # all tasks: shipped, or yours
         if best.empty:
@@ -362,8 +434,10 @@ def _budgets_markdown(budgets: pd.DataFrame) -> str:
         row = best.iloc[0]
         change = _interval({"estimate": float(row["change"]), "low": float(row["low"]), "high": float(row["high"])})
         improving = int((part["status"] == "still improving").sum())
-        lines.append(f"| {int(budget)} | {int(part['same_rate'].sum())} of {len(part)} | {row['config']}: {_number(float(row['final']))} "
-                     f"| {change} | {row['status']} | {improving} of {len(part)} |")
+        lines.append(
+            f"| {int(budget)} | {int(part['same_rate'].sum())} of {len(part)} | {row['config']}: {_number(float(row['final']))} "
+            f"| {change} | {row['status']} | {improving} of {len(part)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -371,24 +445,35 @@ def _best_per_setting(levels: pd.DataFrame) -> dict[str, str]:
     """The configuration with the lowest final mean criterion in each setting (``mm4``, ``reg2`` ...)."""
     final = levels[levels["step"] == levels.groupby("config")["step"].transform("max")]
     final = final.assign(setting=final["config"].str.split(".").str[0])
-    return {str(s): str(part.loc[part["criterion"].idxmin(), "config"]) for s, part in final.groupby("setting", sort=False)}
+    return {
+        str(s): str(part.loc[part["criterion"].idxmin(), "config"]) for s, part in final.groupby("setting", sort=False)
+    }
 
 
 def _validation_markdown(curves: pd.DataFrame) -> str:
     levels, levelling = validation_levels(curves), levelling_off(curves).set_index("config")
     best = _best_per_setting(levels)
-    lines = ["", "## Has the validation criterion levelled off? (chosen rate; lower is better)", "",
-             "Validation Δm% on MultiMNIST, mean normalised validation MSE on the regression: its mean over seeds at the "
-             f"last three evaluation steps, and the change over the last quarter of the budget (from the last evaluation at "
-             f"or before {LEVELLING_FRACTION:g} of the final step) with its 95 % t-interval, paired by seed. "
-             "*still improving*: the interval lies below 0; *levelled off*: it holds 0; *getting worse*: it lies above 0.", "",
-             "Best configuration of each setting (lowest final validation criterion): "
-             + "; ".join(f"{config} ({levelling['status'].get(config, 'unknown')})" for config in best.values()) + ".", "",
-             "| configuration | last three evaluations (step: mean) | change over the last quarter [95 % CI] | status |",
-             "|---|---|---|---|"]
+    lines = [
+        "",
+        "## Has the validation criterion levelled off? (chosen rate; lower is better)",
+        "",
+        "Validation Δm% on MultiMNIST, mean normalised validation MSE on the regression: its mean over seeds at the "
+        f"last three evaluation steps, and the change over the last quarter of the budget (from the last evaluation at "
+        f"or before {LEVELLING_FRACTION:g} of the final step) with its 95 % t-interval, paired by seed. "
+        "*still improving*: the interval lies below 0; *levelled off*: it holds 0; *getting worse*: it lies above 0.",
+        "",
+        "Best configuration of each setting (lowest final validation criterion): "
+        + "; ".join(f"{config} ({levelling['status'].get(config, 'unknown')})" for config in best.values())
+        + ".",
+        "",
+        "| configuration | last three evaluations (step: mean) | change over the last quarter [95 % CI] | status |",
+        "|---|---|---|---|",
+    ]
     for config, part in levels.groupby("config", sort=False):
         tail = part.sort_values("step").tail(3)
-        shown = ", ".join(f"{int(step)}: {_number(float(value))}" for step, value in zip(tail["step"], tail["criterion"]))
+        shown = ", ".join(
+            f"{int(step)}: {_number(float(value))}" for step, value in zip(tail["step"], tail["criterion"])
+        )
         if config in levelling.index:
             row = levelling.loc[config]
             change = _interval({"estimate": float(row["change"]), "low": float(row["low"]), "high": float(row["high"])})
@@ -421,7 +506,9 @@ class LedgerInputError(ValueError):
     """A folder the ledger cannot be (re)computed from: missing, empty of a study, or with inconsistent tables."""
 
 
-def recompute_tables(scores: pd.DataFrame, balance: pd.DataFrame, runs: pd.DataFrame, design: StudyDesign) -> dict[str, pd.DataFrame]:
+def recompute_tables(
+    scores: pd.DataFrame, balance: pd.DataFrame, runs: pd.DataFrame, design: StudyDesign
+) -> dict[str, pd.DataFrame]:
     """The :data:`RECOMPUTE_TABLES` of a study from its raw tables (the rates chosen afresh from ``scores``)."""
     choice = choose_learning_rates(scores, design)
     test = final_runs(scores, choice)
@@ -445,16 +532,27 @@ def verdict_moves(previous: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame
     """
     key = ["claim", "part"]
     merged = previous[key + ["verdict", "estimate", "low", "high"]].merge(
-        current[key + ["verdict", "estimate", "low", "high"]], on=key, how="outer", suffixes=("_before", "_after"), sort=False)
+        current[key + ["verdict", "estimate", "low", "high"]],
+        on=key,
+        how="outer",
+        suffixes=("_before", "_after"),
+        sort=False,
+    )
     rows = []
     for row in merged.to_dict("records"):
         before, after = row["verdict_before"], row["verdict_after"]
         if row["part"] != "(claim)" and before == after:
             continue
-        rows.append({"claim": row["claim"], "part": row["part"], "before": before if isinstance(before, str) else "—",
-                     "after": after if isinstance(after, str) else "—",
-                     "before_interval": _interval({k: _float(row[f"{k}_before"]) for k in ("estimate", "low", "high")}),
-                     "after_interval": _interval({k: _float(row[f"{k}_after"]) for k in ("estimate", "low", "high")})})
+        rows.append(
+            {
+                "claim": row["claim"],
+                "part": row["part"],
+                "before": before if isinstance(before, str) else "—",
+                "after": after if isinstance(after, str) else "—",
+                "before_interval": _interval({k: _float(row[f"{k}_before"]) for k in ("estimate", "low", "high")}),
+                "after_interval": _interval({k: _float(row[f"{k}_after"]) for k in ("estimate", "low", "high")}),
+            }
+        )
     return pd.DataFrame(rows, columns=["claim", "part", "before", "after", "before_interval", "after_interval"])
 
 
@@ -467,14 +565,22 @@ def _float(value: Any) -> float:
 
 def _moves_markdown(moves: pd.DataFrame) -> str:
     claims, parts = moves[moves["part"] == "(claim)"], moves[moves["part"] != "(claim)"]
-    lines = ["", f"## How the verdicts moved from the previous ledger (`{PREVIOUS_LEDGER}/`)", "",
-             "Every claim, then every part whose verdict changed (a part's own verdict, by its interval).", "",
-             "| claim | before | after |", "|---|---|---|"]
+    lines = [
+        "",
+        f"## How the verdicts moved from the previous ledger (`{PREVIOUS_LEDGER}/`)",
+        "",
+        "Every claim, then every part whose verdict changed (a part's own verdict, by its interval).",
+        "",
+        "| claim | before | after |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['claim']} | {r['before']} | **{r['after']}** |" for r in claims.to_dict("records")]
     if len(parts):
         lines += ["", "| claim | part | before | after |", "|---|---|---|---|"]
-        lines += [f"| {r['claim']} | {r['part']} | {r['before']} {r['before_interval']} | {r['after']} {r['after_interval']} |"
-                  for r in parts.to_dict("records")]
+        lines += [
+            f"| {r['claim']} | {r['part']} | {r['before']} {r['before_interval']} | {r['after']} {r['after_interval']} |"
+            for r in parts.to_dict("records")
+        ]
     else:
         lines += ["", "No part's own verdict changed."]
     return "\n".join(lines) + "\n"
@@ -483,27 +589,50 @@ def _moves_markdown(moves: pd.DataFrame) -> str:
 def _family_markdown(ledger: pd.DataFrame) -> str:
     parts = ledger[(ledger["part"] != "(claim)") & ledger["family_verdict"].notna() & (ledger["family_verdict"] != "")]
     moved = parts[parts["family_verdict"] != parts["verdict"]]
-    lines = ["", "## Where the family-wise reading differs from the parts' own", "",
-             f"{len(moved)} of {len(parts)} parts read differently once Holm's correction is applied over the parts of each claim "
-             "(their own 95 % interval excludes the threshold, the Holm-adjusted p-value is not below 5 %)."]
+    lines = [
+        "",
+        "## Where the family-wise reading differs from the parts' own",
+        "",
+        f"{len(moved)} of {len(parts)} parts read differently once Holm's correction is applied over the parts of each claim "
+        "(their own 95 % interval excludes the threshold, the Holm-adjusted p-value is not below 5 %).",
+    ]
     if len(moved):
-        lines += ["", "| claim | part | estimate [95 % CI] | own verdict | Holm p | family-wise |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['claim']} | {r['part']} | {_interval(r)} | {r['verdict']} | {_p(r['p_holm'])} | {r['family_verdict']} |"
-                  for r in moved.to_dict("records")]
+        lines += [
+            "",
+            "| claim | part | estimate [95 % CI] | own verdict | Holm p | family-wise |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['claim']} | {r['part']} | {_interval(r)} | {r['verdict']} | {_p(r['p_holm'])} | {r['family_verdict']} |"
+            for r in moved.to_dict("records")
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _sensitivity_markdown(table: pd.DataFrame) -> str:
     verdicts = m1_sensitivity_verdicts(table)
-    lines = ["", "## M1 under other bounds and readings", "",
-             f"The ledger's M1 reads a run's *worst* imbalance index (the largest over every shared layer and recorded step) "
-             f"against the bound {BALANCE_THRESHOLD}. Both are the lab's choice: the paper gives neither a number nor a reading. "
-             "Here the claim is read again under the bounds " + ", ".join(f"{b:g}" for b in BALANCE_BOUNDS) + " and these readings "
-             "(`m1_sensitivity.csv`; `mao_lab.study.m1_sensitivity`):", ""]
+    lines = [
+        "",
+        "## M1 under other bounds and readings",
+        "",
+        f"The ledger's M1 reads a run's *worst* imbalance index (the largest over every shared layer and recorded step) "
+        f"against the bound {BALANCE_THRESHOLD}. Both are the lab's choice: the paper gives neither a number nor a reading. "
+        "Here the claim is read again under the bounds "
+        + ", ".join(f"{b:g}" for b in BALANCE_BOUNDS)
+        + " and these readings "
+        "(`m1_sensitivity.csv`; `mao_lab.study.m1_sensitivity`):",
+        "",
+    ]
     lines += [f"- `{name}`: {text}" for name, text in BALANCE_READINGS.items()]
-    lines += ["", "MAO − Adam on the sum comes first: it needs no bound.", "",
-              "| reading | setting | MAO − sum [95 % CI] | verdict | " + " | ".join(f"MAO < {b:g}" for b in BALANCE_BOUNDS) + " |",
-              "|---|---|---|---|" + "---|" * len(BALANCE_BOUNDS)]
+    lines += [
+        "",
+        "MAO − Adam on the sum comes first: it needs no bound.",
+        "",
+        "| reading | setting | MAO − sum [95 % CI] | verdict | "
+        + " | ".join(f"MAO < {b:g}" for b in BALANCE_BOUNDS)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(BALANCE_BOUNDS),
+    ]
     for (reading, setting), part in table.groupby(["reading", "setting"], sort=False):
         difference = part[part["bound"].isna()].iloc[0]
         own = part[part["bound"].notna()]
@@ -511,52 +640,95 @@ def _sensitivity_markdown(table: pd.DataFrame) -> str:
         for bound in BALANCE_BOUNDS:
             row = own[np.isclose(own["bound"], bound)]
             cells.append(f"{_interval(row.iloc[0].to_dict())}: {row.iloc[0]['verdict']}" if len(row) else "—")
-        lines.append(f"| {reading} | {setting} | {_interval(difference.to_dict())} | {difference['verdict']} | " + " | ".join(cells) + " |")
-    lines += ["", "M1's verdict under each reading and bound (the claim rule above; its parts: every setting's MAO − sum and "
-              "MAO < bound):", "", "| reading | bound | MAO − sum supported | MAO < bound supported | verdict |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {reading} | {setting} | {_interval(difference.to_dict())} | {difference['verdict']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "M1's verdict under each reading and bound (the claim rule above; its parts: every setting's MAO − sum and "
+        "MAO < bound):",
+        "",
+        "| reading | bound | MAO − sum supported | MAO < bound supported | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for row in verdicts.to_dict("records"):
-        mark = " (the ledger's)" if row["reading"] == "worst_imbalance" and math.isclose(row["bound"], BALANCE_THRESHOLD) else ""
-        lines.append(f"| {row['reading']} | {row['bound']:g}{mark} | {row['differences_supported']} | {row['bounds_supported']} "
-                     f"| {row['verdict']} |")
+        mark = (
+            " (the ledger's)"
+            if row["reading"] == "worst_imbalance" and math.isclose(row["bound"], BALANCE_THRESHOLD)
+            else ""
+        )
+        lines.append(
+            f"| {row['reading']} | {row['bound']:g}{mark} | {row['differences_supported']} | {row['bounds_supported']} "
+            f"| {row['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _divergence_markdown(counts: pd.DataFrame, design: StudyDesign) -> str:
-    lines = ["", "## Divergences (`divergences.csv`, per run in `outcomes.csv`)", "",
-             "A run diverged if its loss became non-finite, or if its final validation criterion is worse than at step 0. "
-             f"Rates chosen {_tuning_text(design)}; a rate at which a tuning seed diverged is never chosen.", "",
-             f"{int(counts['diverged'].sum())} of {int(counts['runs'].sum())} runs diverged; "
-             f"{int(counts['chosen_diverged'].sum())} of {int(counts['chosen_runs'].sum())} at the chosen rates.", "",
-             "| configuration | runs | diverged (non-finite, worse than at step 0) | at the chosen rate |", "|---|---|---|---|"]
+    lines = [
+        "",
+        "## Divergences (`divergences.csv`, per run in `outcomes.csv`)",
+        "",
+        "A run diverged if its loss became non-finite, or if its final validation criterion is worse than at step 0. "
+        f"Rates chosen {_tuning_text(design)}; a rate at which a tuning seed diverged is never chosen.",
+        "",
+        f"{int(counts['diverged'].sum())} of {int(counts['runs'].sum())} runs diverged; "
+        f"{int(counts['chosen_diverged'].sum())} of {int(counts['chosen_runs'].sum())} at the chosen rates.",
+        "",
+        "| configuration | runs | diverged (non-finite, worse than at step 0) | at the chosen rate |",
+        "|---|---|---|---|",
+    ]
     for row in counts.to_dict("records"):
-        lines.append(f"| {row['config']} | {row['runs']} | {row['diverged']} ({row['non_finite']}, {row['worse']}) "
-                     f"| {row['chosen_diverged']} of {row['chosen_runs']} |")
+        lines.append(
+            f"| {row['config']} | {row['runs']} | {row['diverged']} ({row['non_finite']}, {row['worse']}) "
+            f"| {row['chosen_diverged']} of {row['chosen_runs']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _rerun_markdown(missing: Sequence[str]) -> str:
-    lines = ["", "## Sections that need a rerun of the study", "",
-             "This ledger was rewritten from a folder without the per-seed tables (an older study). Every verdict was "
-             "recomputed from its stored interval, and the family-wise reading from the same intervals; these need the "
-             "study's runs (`make study`):", ""]
+    lines = [
+        "",
+        "## Sections that need a rerun of the study",
+        "",
+        "This ledger was rewritten from a folder without the per-seed tables (an older study). Every verdict was "
+        "recomputed from its stored interval, and the family-wise reading from the same intervals; these need the "
+        "study's runs (`make study`):",
+        "",
+    ]
     return "\n".join(lines + [f"- {item}" for item in missing]) + "\n"
 
 
 def _per_seed_markdown(delta_m: pd.DataFrame) -> str:
     table = delta_m.pivot_table(index="config", columns="seed", values="delta_m", sort=False)
-    lines = ["", "## Δm% per seed (`delta_m.csv`)", "", "| configuration | " + " | ".join(f"seed {s}" for s in table.columns) + " |",
-             "|---|" + "---|" * len(table.columns)]
+    lines = [
+        "",
+        "## Δm% per seed (`delta_m.csv`)",
+        "",
+        "| configuration | " + " | ".join(f"seed {s}" for s in table.columns) + " |",
+        "|---|" + "---|" * len(table.columns),
+    ]
     for config, row in table.iterrows():
         lines.append(f"| {config} | " + " | ".join(_number(float(v)) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_ledger(
-    out_dir: str | os.PathLike[str], ledger: pd.DataFrame, provenance: Mapping[str, Any], design: StudyDesign,
-    *, delta_m_intervals: pd.DataFrame | None = None, learning_rates: pd.DataFrame | None = None,
-    validation: pd.DataFrame | None = None, budgets: pd.DataFrame | None = None,
-    tables: Mapping[str, pd.DataFrame] | None = None, previous: pd.DataFrame | None = None,
-    needs_rerun: Sequence[str] = (), levelling: pd.DataFrame | None = None,
+    out_dir: str | os.PathLike[str],
+    ledger: pd.DataFrame,
+    provenance: Mapping[str, Any],
+    design: StudyDesign,
+    *,
+    delta_m_intervals: pd.DataFrame | None = None,
+    learning_rates: pd.DataFrame | None = None,
+    validation: pd.DataFrame | None = None,
+    budgets: pd.DataFrame | None = None,
+    tables: Mapping[str, pd.DataFrame] | None = None,
+    previous: pd.DataFrame | None = None,
+    needs_rerun: Sequence[str] = (),
+    levelling: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write ``ledger.csv``, ``ledger.json`` (ledger, design, provenance) and ``ledger.md`` into ``out_dir``; with
     the study's ``delta_m_intervals`` and ``learning_rates`` tables also ``methods.csv`` (each method's Δm% interval
@@ -575,12 +747,20 @@ def write_ledger(
         previous = pd.read_csv(out / PREVIOUS_LEDGER / "ledger.csv")
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(ledger.to_json(orient="records"))
-    document = {"smoke": design.smoke, "claims": CLAIMS, "ledger": records, "design": design.as_dict(), "provenance": dict(provenance)}
+    document = {
+        "smoke": design.smoke,
+        "claims": CLAIMS,
+        "ledger": records,
+        "design": design.as_dict(),
+        "provenance": dict(provenance),
+    }
     text = ledger_markdown(ledger, provenance, design)
     written = []
 
     def csv(name: str, table: pd.DataFrame) -> None:
-        written.append(write_atomically(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g")))
+        written.append(
+            write_atomically(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+        )
 
     if "family_verdict" in ledger:
         text += _family_markdown(ledger)
@@ -595,8 +775,12 @@ def write_ledger(
         counts = divergence_counts(tables["outcomes"])
         text += _divergence_markdown(counts, design)
         csv("divergences", counts)
-        for name in RECOMPUTE_TABLES:  # every digit (pandas writes the shortest repr): recomputing gives the same ledger
-            written.append(write_atomically(out / f"{name}.csv", lambda tmp, t=tables[name]: t.to_csv(tmp, index=False)))
+        for (
+            name
+        ) in RECOMPUTE_TABLES:  # every digit (pandas writes the shortest repr): recomputing gives the same ledger
+            written.append(
+                write_atomically(out / f"{name}.csv", lambda tmp, t=tables[name]: t.to_csv(tmp, index=False))
+            )
     if delta_m_intervals is not None and learning_rates is not None:
         picked = learning_rates[learning_rates["chosen"]][["config", "lr"]].rename(columns={"lr": "chosen_lr"})
         methods = delta_m_intervals.drop(columns=["chosen_lr"], errors="ignore").merge(picked, on="config", how="left")
@@ -616,17 +800,25 @@ def write_ledger(
         csv("budgets", budgets)
     written += [
         write_atomically(out / "ledger.csv", lambda tmp: ledger.to_csv(tmp, index=False, float_format="%.6g")),
-        write_atomically(out / "ledger.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")),
+        write_atomically(
+            out / "ledger.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        ),
         write_atomically(out / "ledger.md", lambda tmp: tmp.write_text(text)),
     ]
     return written
 
 
 def _levelling_markdown(levelling: pd.DataFrame) -> str:
-    lines = ["", "## Has the validation criterion levelled off? (chosen rate; lower is better)", "",
-             "From the older study's `levelling.csv` (each status re-read from its interval; the per-seed curves that "
-             "would recompute the intervals need a rerun).", "",
-             "| configuration | change over the last quarter [95 % CI] | status |", "|---|---|---|"]
+    lines = [
+        "",
+        "## Has the validation criterion levelled off? (chosen rate; lower is better)",
+        "",
+        "From the older study's `levelling.csv` (each status re-read from its interval; the per-seed curves that "
+        "would recompute the intervals need a rerun).",
+        "",
+        "| configuration | change over the last quarter [95 % CI] | status |",
+        "|---|---|---|",
+    ]
     for row in levelling.to_dict("records"):
         change = {"estimate": _float(row["change"]), "low": _float(row["low"]), "high": _float(row["high"])}
         lines.append(f"| {row['config']} | {_interval(change)} | {row['status']} |")
@@ -641,7 +833,9 @@ def load_ledger(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(folder) / "ledger.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no ledger at {path}: write one with `python -m mao_lab.study --ledger-only STUDY_DIR --out {folder}`")
+        raise FileNotFoundError(
+            f"no ledger at {path}: write one with `python -m mao_lab.study --ledger-only STUDY_DIR --out {folder}`"
+        )
     document = json.loads(path.read_text())
     ledger = pd.DataFrame(document["ledger"]).reindex(columns=LEDGER_COLUMNS)
     return {"design": StudyDesign.from_dict(document["design"]), "provenance": document["provenance"], "ledger": ledger}
@@ -660,12 +854,18 @@ def _tables_from_folder(folder: Path, design: StudyDesign) -> dict[str, pd.DataF
     mine = sorted(zip(choice[choice["chosen"]]["config"], choice[choice["chosen"]]["lr"]))
     theirs = sorted(zip(stored[stored["chosen"].astype(bool)]["config"], stored[stored["chosen"].astype(bool)]["lr"]))
     if mine != theirs:
-        raise LedgerInputError(f"{folder}/learning_rates.csv chooses other rates than tuning.csv gives "
-                               f"({sorted(set(theirs) ^ set(mine))[:3]}): fix or regenerate the folder")
+        raise LedgerInputError(
+            f"{folder}/learning_rates.csv chooses other rates than tuning.csv gives "
+            f"({sorted(set(theirs) ^ set(mine))[:3]}): fix or regenerate the folder"
+        )
     delta_m = delta_m_runs(tables["test_metrics"], choice, design)
     merged = delta_m.merge(tables["delta_m"], on=["config", "seed"], how="outer", suffixes=("", "_stored"))
-    if len(merged) != len(delta_m) or not np.allclose(merged["delta_m"], merged["delta_m_stored"], rtol=1e-4, atol=1e-6):
-        raise LedgerInputError(f"{folder}/delta_m.csv disagrees with the Δm% that test_metrics.csv gives: fix or regenerate the folder")
+    if len(merged) != len(delta_m) or not np.allclose(
+        merged["delta_m"], merged["delta_m_stored"], rtol=1e-4, atol=1e-6
+    ):
+        raise LedgerInputError(
+            f"{folder}/delta_m.csv disagrees with the Δm% that test_metrics.csv gives: fix or regenerate the folder"
+        )
     return {**tables, "learning_rates": choice, "delta_m": delta_m}
 
 
@@ -705,7 +905,9 @@ def ledger_only(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         if (folder / "provenance.json").is_file():  # a study's own folder: its raw tables
             study = load_study(folder)
             design, provenance, stored = study["design"], study["provenance"], study["ledger"]
-            tables: dict[str, pd.DataFrame] | None = recompute_tables(study["scores"], study["balance"], study["runs"], design)
+            tables: dict[str, pd.DataFrame] | None = recompute_tables(
+                study["scores"], study["balance"], study["runs"], design
+            )
             budgets = levelling_by_budget(study["scores"], design)
         elif (folder / "ledger.json").is_file():
             document = load_ledger(folder)
@@ -719,7 +921,9 @@ def ledger_only(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             if (folder / "budgets.csv").is_file():
                 budgets = _checked_levelling(pd.read_csv(folder / "budgets.csv"))
         else:
-            raise LedgerInputError(f"{folder} holds neither a finished study (provenance.json) nor a ledger (ledger.json)")
+            raise LedgerInputError(
+                f"{folder} holds neither a finished study (provenance.json) nor a ledger (ledger.json)"
+            )
         if tables is not None:
             ledger = ledger_from_tables(tables["delta_m"], tables["balance_summary"], tables["final_runs"], design)
             validation = tables["validation_seeds"]
@@ -736,9 +940,19 @@ def ledger_only(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise LedgerInputError(f"cannot recompute the ledger of {folder}: {error}") from error
     differences = _differences(stored, ledger)
     learning_rates = tables["learning_rates"] if tables is not None else _chosen_from_methods(intervals)
-    written = write_ledger(out_dir, ledger, provenance, design, delta_m_intervals=intervals if intervals is not None else None,
-                           learning_rates=learning_rates, validation=validation, budgets=budgets, tables=tables,
-                           needs_rerun=needs_rerun, levelling=levelling)
+    written = write_ledger(
+        out_dir,
+        ledger,
+        provenance,
+        design,
+        delta_m_intervals=intervals if intervals is not None else None,
+        learning_rates=learning_rates,
+        validation=validation,
+        budgets=budgets,
+        tables=tables,
+        needs_rerun=needs_rerun,
+        levelling=levelling,
+    )
     return written, differences
 
 
@@ -768,12 +982,15 @@ def _differences(stored: pd.DataFrame, ledger: pd.DataFrame) -> list[str]:
     if stored is None or not len(stored):
         return []
     key = ["claim", "part"]
-    merged = stored[key + ["verdict", "estimate"]].merge(ledger[key + ["verdict", "estimate"]], on=key, how="outer",
-                                                        suffixes=("_stored", ""))
+    merged = stored[key + ["verdict", "estimate"]].merge(
+        ledger[key + ["verdict", "estimate"]], on=key, how="outer", suffixes=("_stored", "")
+    )
     out = []
     for row in merged.to_dict("records"):
         a, b = _float(row["estimate_stored"]), _float(row["estimate"])
-        same_estimate = (math.isnan(a) and math.isnan(b)) or (math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9))
+        same_estimate = (math.isnan(a) and math.isnan(b)) or (
+            math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9)
+        )
         if row["verdict_stored"] != row["verdict"] or not same_estimate:
             out.append(f"{row['claim']} {row['part']}: stored {row['verdict_stored']}, recomputed {row['verdict']}")
     return out

@@ -38,8 +38,20 @@ __all__ = ["RunTables", "problem_of", "run_config", "run_point"]
 
 SCORE_COLUMNS = ["config", "lr", "seed", "split", "step", "task", "metric", "value", "higher_is_better"]
 BALANCE_COLUMNS = ["config", "lr", "seed", "step", "layer", "imbalance", "largest_share", "largest_task"]
-RUN_COLUMNS = ["config", "setting", "variant", "lr", "seed", "steps", "epochs", "seconds", "seconds_per_epoch",
-               "distance", "path_length", "status"]
+RUN_COLUMNS = [
+    "config",
+    "setting",
+    "variant",
+    "lr",
+    "seed",
+    "steps",
+    "epochs",
+    "seconds",
+    "seconds_per_epoch",
+    "distance",
+    "path_length",
+    "status",
+]
 
 RunTables = dict[str, pd.DataFrame]
 """``{"scores": ..., "balance": ..., "runs": ...}`` (columns above)."""
@@ -62,12 +74,21 @@ def problem_of(config: RunConfig, design: StudyDesign) -> tuple[Problem, tuple[s
     made once by its factory and each configuration trains a subset of its tasks.
     """
     if config.problem == "multimnist":
-        options = {"tasks": list(config.tasks), "num_train": design.num_train, "num_val": design.num_val,
-                   "num_test": design.num_test, "batch_size": design.batch_size}
+        options = {
+            "tasks": list(config.tasks),
+            "num_train": design.num_train,
+            "num_val": design.num_val,
+            "num_test": design.num_test,
+            "batch_size": design.batch_size,
+        }
         return _load("mao_lab.problems:multimnist_problem", json.dumps(options)), config.tasks
     if config.problem == "regression":
-        options = {"num_tasks": len(config.tasks), "num_samples": design.regression_samples,
-                   "num_val": design.regression_val, "batch_size": design.batch_size}
+        options = {
+            "num_tasks": len(config.tasks),
+            "num_samples": design.regression_samples,
+            "num_val": design.regression_val,
+            "batch_size": design.batch_size,
+        }
         return _load("mao_lab.problems:regression_problem", json.dumps(options)), config.tasks
     return _load(config.problem, json.dumps(dict(design.problem_options), sort_keys=True)), config.tasks
 
@@ -105,7 +126,9 @@ class _PathMeter:
 def _balance_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per step and shared parameter tensor: the imbalance index and the largest task's share of the update."""
     shared = metrics[metrics["kind"].astype(str) == "shared"]
-    imbalance = shared[shared["metric"].astype(str) == "imbalance"][["step", "layer", "value"]].rename(columns={"value": "imbalance"})
+    imbalance = shared[shared["metric"].astype(str) == "imbalance"][["step", "layer", "value"]].rename(
+        columns={"value": "imbalance"}
+    )
     shares = shared[shared["metric"].astype(str) == "update_share"].dropna(subset=["value"])
     top = shares.loc[shares.groupby(["step", "layer"], sort=False, observed=True)["value"].idxmax()]
     top = top[["step", "layer", "value", "task"]].rename(columns={"value": "largest_share", "task": "largest_task"})
@@ -115,8 +138,14 @@ def _balance_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_config(
-    config: RunConfig, design: StudyDesign, lr: float, seed: int, *, progress: bool = False,
-    device: torch.device | str | None = None, autocast: Autocast = None,
+    config: RunConfig,
+    design: StudyDesign,
+    lr: float,
+    seed: int,
+    *,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
 ) -> RunTables:
     """Train ``config`` at ``lr`` under ``seed`` for the design's budget; the three tidy tables of the run.
 
@@ -145,20 +174,47 @@ def run_config(
     key = {"config": config.name, "lr": float(lr), "seed": int(seed)}
     try:
         run = train(
-            problem, config.method, losses, tasks=tasks, batch_size=design.batch_size, steps=steps, seed=seed, lr=lr,
-            hyperparameters=hyperparameters, record_every=None if config.single_task else design.record_every,
-            evaluate=lambda model: _rows(problem, model, "validation", tasks, "val"), eval_every=design.eval_every,
-            progress=progress, desc=f"{config.name} lr={lr:g} seed={seed}", device=device, autocast=autocast,
+            problem,
+            config.method,
+            losses,
+            tasks=tasks,
+            batch_size=design.batch_size,
+            steps=steps,
+            seed=seed,
+            lr=lr,
+            hyperparameters=hyperparameters,
+            record_every=None if config.single_task else design.record_every,
+            evaluate=lambda model: _rows(problem, model, "validation", tasks, "val"),
+            eval_every=design.eval_every,
+            progress=progress,
+            desc=f"{config.name} lr={lr:g} seed={seed}",
+            device=device,
+            autocast=autocast,
         )
     except TaskInputError as error:  # a loss or gradient became NaN/Inf: this learning rate diverged
-        runs = pd.DataFrame([{**key, "setting": config.setting, "variant": config.variant, "steps": steps,
-                              "status": f"diverged: {error}"}]).reindex(columns=RUN_COLUMNS)
-        return {"scores": pd.DataFrame(columns=SCORE_COLUMNS), "balance": pd.DataFrame(columns=BALANCE_COLUMNS), "runs": runs}
+        runs = pd.DataFrame(
+            [
+                {
+                    **key,
+                    "setting": config.setting,
+                    "variant": config.variant,
+                    "steps": steps,
+                    "status": f"diverged: {error}",
+                }
+            ]
+        ).reindex(columns=RUN_COLUMNS)
+        return {
+            "scores": pd.DataFrame(columns=SCORE_COLUMNS),
+            "balance": pd.DataFrame(columns=BALANCE_COLUMNS),
+            "runs": runs,
+        }
     distance, path_length = meter.finish(run.model)
     run.model.eval()
     with torch.no_grad():
         test_rows = _rows(problem, run.model, "test", tasks, "test")
-    scores = pd.concat([run.evaluations, pd.DataFrame([{"step": steps, **row} for row in test_rows])], ignore_index=True)
+    scores = pd.concat(
+        [run.evaluations, pd.DataFrame([{"step": steps, **row} for row in test_rows])], ignore_index=True
+    )
     scores = scores.assign(**key)[SCORE_COLUMNS]
     if run.metrics is not None and len(run.metrics):
         balance = _balance_rows(run.metrics).assign(**key)[BALANCE_COLUMNS]
@@ -167,14 +223,31 @@ def run_config(
     train_size = getattr(problem, "train_size", None)
     epochs = steps * design.batch_size / train_size if train_size else math.nan
     seconds_per_epoch = run.seconds / epochs if epochs and not math.isnan(epochs) else math.nan
-    runs = pd.DataFrame([{**key, "setting": config.setting, "variant": config.variant, "steps": steps, "epochs": epochs,
-                          "seconds": run.seconds, "seconds_per_epoch": seconds_per_epoch,
-                          "distance": distance, "path_length": path_length, "status": "ok"}])[RUN_COLUMNS]
+    runs = pd.DataFrame(
+        [
+            {
+                **key,
+                "setting": config.setting,
+                "variant": config.variant,
+                "steps": steps,
+                "epochs": epochs,
+                "seconds": run.seconds,
+                "seconds_per_epoch": seconds_per_epoch,
+                "distance": distance,
+                "path_length": path_length,
+                "status": "ok",
+            }
+        ]
+    )[RUN_COLUMNS]
     return {"scores": scores, "balance": balance, "runs": runs}
 
 
 def run_point(
-    spec: Mapping[str, Any], *, progress: bool = True, device: torch.device | str | None = None, autocast: Autocast = None,
+    spec: Mapping[str, Any],
+    *,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+    autocast: Autocast = None,
 ) -> RunTables:
     """Every run of a point: ``spec`` holds ``design`` (a :class:`StudyDesign` as a dict) and ``runs``, a list of
     ``{"config": name, "lr": ..., "seed": ...}``; the tables of all its runs concatenated (on ``device``, under
@@ -184,8 +257,16 @@ def run_point(
     design = StudyDesign.from_dict(spec["design"])
     parts: dict[str, list[pd.DataFrame]] = {"scores": [], "balance": [], "runs": []}
     for item in tqdm(list(spec["runs"]), desc="runs", disable=not progress):
-        tables = run_config(design.config(item["config"]), design, float(item["lr"]), int(item["seed"]), device=device,
-                            autocast=autocast)
+        tables = run_config(
+            design.config(item["config"]),
+            design,
+            float(item["lr"]),
+            int(item["seed"]),
+            device=device,
+            autocast=autocast,
+        )
         for name, table in tables.items():
             parts[name].append(table)
-    return {name: pd.concat([t for t in tables if len(t)] or tables, ignore_index=True) for name, tables in parts.items()}
+    return {
+        name: pd.concat([t for t in tables if len(t)] or tables, ignore_index=True) for name, tables in parts.items()
+    }

@@ -242,7 +242,9 @@ def family_verdicts(
     """
     level = _check_level(level)
     if not len(intervals) == len(directions) == len(thresholds):
-        raise ValueError(f"one direction and threshold per interval: {len(intervals)}, {len(directions)}, {len(thresholds)}")
+        raise ValueError(
+            f"one direction and threshold per interval: {len(intervals)}, {len(directions)}, {len(thresholds)}"
+        )
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise ValueError(f"directions must be among {DIRECTIONS}, got {bad}")
@@ -257,7 +259,9 @@ def family_verdicts(
     return verdicts, adjusted
 
 
-def claim_verdict(parts: Sequence[Verdict] | Iterable[Verdict], family: Sequence[Verdict] | Iterable[Verdict]) -> Verdict:
+def claim_verdict(
+    parts: Sequence[Verdict] | Iterable[Verdict], family: Sequence[Verdict] | Iterable[Verdict]
+) -> Verdict:
     """A claim's verdict from its parts' own verdicts and their family-wise verdicts (:func:`family_verdicts`).
 
     ``supported`` if every part is supported by its own interval (an intersection-union test needs no

@@ -60,9 +60,18 @@ def provenance(threads: int) -> dict[str, Any]:
     """Where and with what the numbers were made: commit, host, CPU, thread count, package versions."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                                    text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     versions = {}
@@ -72,9 +81,15 @@ def provenance(threads: int) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        "commit": commit, "uncommitted_changes": dirty, "host": socket.gethostname(), "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-        "threads_per_point": threads, "versions": versions,
+        "commit": commit,
+        "uncommitted_changes": dirty,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "threads_per_point": threads,
+        "versions": versions,
     }
 
 
@@ -95,8 +110,15 @@ def _points(design: StudyDesign, runs: Sequence[tuple[RunConfig, float, int]]) -
 
 
 def _run_phase(
-    name: str, points: Mapping[str, dict[str, Any]], out: Path, client: Any, threads: int, progress: bool, outputs: str | None,
-    timings: dict[str, dict[str, Any]], hardware: Mapping[str, str] | None = None,
+    name: str,
+    points: Mapping[str, dict[str, Any]],
+    out: Path,
+    client: Any,
+    threads: int,
+    progress: bool,
+    outputs: str | None,
+    timings: dict[str, dict[str, Any]],
+    hardware: Mapping[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run one phase's points (resuming finished ones) and gather their tables; ``timings[name]`` records its wall
     time in this invocation and how many of its points an earlier invocation had finished (their time is not in it)."""
@@ -108,22 +130,33 @@ def _run_phase(
         timings[name] = {"points": 0, "finished_before": 0, "wall_seconds": 0.0}
         return {table: pd.DataFrame() for table in TABLES}
     hardware = dict(hardware or {})  # device and autocast, when given: the shipped study's points stay as they were
-    sweep = run_sweep(POINT_NOTEBOOK, {"point": list(points)}, out / name,
-                      fixed={"specs": dict(points), "threads": threads, **hardware},
-                      client=client, progress=progress, html=False,  # a point's notebook has no figures: skip its HTML copy
-                      outputs=None if outputs is None else f"{str(outputs).rstrip('/')}/{name}",
-                      resources=gpu_resources(hardware.get("device"), client))
+    sweep = run_sweep(
+        POINT_NOTEBOOK,
+        {"point": list(points)},
+        out / name,
+        fixed={"specs": dict(points), "threads": threads, **hardware},
+        client=client,
+        progress=progress,
+        html=False,  # a point's notebook has no figures: skip its HTML copy
+        outputs=None if outputs is None else f"{str(outputs).rstrip('/')}/{name}",
+        resources=gpu_resources(hardware.get("device"), client),
+    )
     failed = sweep[sweep["status"] != "ok"]
     if len(failed):
         errors = "; ".join(f"{p}: {e}" for p, e in zip(failed["point"], failed["error"]))
-        raise StudyError(f"{len(failed)} point(s) of the {name} phase failed (run the study again to retry them): {errors}")
+        raise StudyError(
+            f"{len(failed)} point(s) of the {name} phase failed (run the study again to retry them): {errors}"
+        )
     tables: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES}
     for run_dir in sweep["run_dir"]:  # the client's copy of each point's small tables
         folder = ResultsFolder(run_dir)
         for table in TABLES:
             tables[table].append(folder.load_table(table))
-    timings[name] = {"points": len(points), "finished_before": min(finished_before, len(points)),
-                     "wall_seconds": time.perf_counter() - started}
+    timings[name] = {
+        "points": len(points),
+        "finished_before": min(finished_before, len(points)),
+        "wall_seconds": time.perf_counter() - started,
+    }
     return {table: pd.concat([p for p in parts if len(p)], ignore_index=True) for table, parts in tables.items()}
 
 
@@ -132,7 +165,9 @@ def _check_folder(out: Path, design: StudyDesign) -> None:
     if stored.exists():
         previous = json.loads(stored.read_text())
         if previous != design.as_dict():
-            changed = sorted(k for k in set(previous) | set(design.as_dict()) if previous.get(k) != design.as_dict().get(k))
+            changed = sorted(
+                k for k in set(previous) | set(design.as_dict()) if previous.get(k) != design.as_dict().get(k)
+            )
             raise StudyError(f"{out} holds a study of another design (fields {changed} differ): choose another --out")
 
 
@@ -171,11 +206,17 @@ def run_study(
     tuning_runs = [(c, lr, design.tuning_seed) for c in design.configs() for lr in design.lrs]
     timings: dict[str, dict[str, Any]] = {}
     hardware = {k: v for k, v in (("device", device), ("autocast", autocast)) if v}
-    tuning = _run_phase("tuning", _points(design, tuning_runs), out, client, threads, progress, outputs, timings, hardware)
+    tuning = _run_phase(
+        "tuning", _points(design, tuning_runs), out, client, threads, progress, outputs, timings, hardware
+    )
     # The other tuning seeds run the first seed's best rates; the rate is chosen on the mean over every tuning seed.
     finalists = finalist_rates(choose_learning_rates(tuning["scores"], design, seeds=design.tuning_seeds[:1]), design)
-    seed_runs = [(c, lr, seed) for c in design.configs() for lr in finalists.get(c.name, []) for seed in design.tuning_seeds[1:]]
-    seeds = _run_phase("tuning-seeds", _points(design, seed_runs), out, client, threads, progress, outputs, timings, hardware)
+    seed_runs = [
+        (c, lr, seed) for c in design.configs() for lr in finalists.get(c.name, []) for seed in design.tuning_seeds[1:]
+    ]
+    seeds = _run_phase(
+        "tuning-seeds", _points(design, seed_runs), out, client, threads, progress, outputs, timings, hardware
+    )
     tuned = {name: pd.concat([t for t in (tuning[name], seeds[name]) if len(t)], ignore_index=True) for name in TABLES}
     choice = choose_learning_rates(tuned["scores"], design)
     rates = chosen_rates(choice)
@@ -187,17 +228,34 @@ def run_study(
     results.save_table(choice, "learning_rates")
     ledger = summarise(tables, design, choice, results)
     wall = time.perf_counter() - started
-    results.save_json({**provenance(threads), "wall_seconds": wall, "phases": timings, "workers": _workers(client),
-                       "smoke": design.smoke, **hardware}, "provenance")
-    write_ledger(out, ledger, json.loads((out / "provenance.json").read_text()), design,
-                 delta_m_intervals=results.load_table("delta_m_intervals"), learning_rates=choice,
-                 validation=validation_curves(tables["scores"], choice, design),
-                 budgets=levelling_by_budget(tables["scores"], design),
-                 tables=recompute_tables(tables["scores"], tables["balance"], tables["runs"], design))
+    results.save_json(
+        {
+            **provenance(threads),
+            "wall_seconds": wall,
+            "phases": timings,
+            "workers": _workers(client),
+            "smoke": design.smoke,
+            **hardware,
+        },
+        "provenance",
+    )
+    write_ledger(
+        out,
+        ledger,
+        json.loads((out / "provenance.json").read_text()),
+        design,
+        delta_m_intervals=results.load_table("delta_m_intervals"),
+        learning_rates=choice,
+        validation=validation_curves(tables["scores"], choice, design),
+        budgets=levelling_by_budget(tables["scores"], design),
+        tables=recompute_tables(tables["scores"], tables["balance"], tables["runs"], design),
+    )
     return ledger
 
 
-def summarise(tables: Mapping[str, pd.DataFrame], design: StudyDesign, choice: pd.DataFrame, results: ResultsFolder) -> pd.DataFrame:
+def summarise(
+    tables: Mapping[str, pd.DataFrame], design: StudyDesign, choice: pd.DataFrame, results: ResultsFolder
+) -> pd.DataFrame:
     """The derived tables (Δm% per run and per configuration, worst balance per run) and the ledger, saved."""
     dm = delta_m_runs(tables["scores"], choice, design)
     results.save_table(dm, "delta_m")
@@ -225,8 +283,10 @@ def gpu_resources(device: str | None, client: Any) -> dict[str, float] | None:
     except Exception:  # noqa: BLE001 - a client that cannot tell: let Dask place the points
         return {"GPU": 1}
     if not offered:
-        raise StudyError("no Dask worker offers a GPU resource: start one worker per GPU with "
-                         "`CUDA_VISIBLE_DEVICES=k dask worker <scheduler> --nthreads 1 --resources GPU=1` (README)")
+        raise StudyError(
+            "no Dask worker offers a GPU resource: start one worker per GPU with "
+            "`CUDA_VISIBLE_DEVICES=k dask worker <scheduler> --nthreads 1 --resources GPU=1` (README)"
+        )
     return {"GPU": 1}
 
 
@@ -248,8 +308,13 @@ def load_study(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """
     folder = ResultsFolder(study_dir)
     if not (folder.path / "provenance.json").exists():
-        raise FileNotFoundError(f"{folder.path} holds no finished study (no provenance.json): run `python -m mao_lab.study --out {folder.path}`")
-    data: dict[str, Any] = {"design": StudyDesign.from_dict(folder.load_json("design")), "provenance": folder.load_json("provenance")}
+        raise FileNotFoundError(
+            f"{folder.path} holds no finished study (no provenance.json): run `python -m mao_lab.study --out {folder.path}`"
+        )
+    data: dict[str, Any] = {
+        "design": StudyDesign.from_dict(folder.load_json("design")),
+        "provenance": folder.load_json("provenance"),
+    }
     for name in (*TABLES, "learning_rates", "delta_m", "delta_m_intervals", "worst_balance", "ledger"):
         data[name] = folder.load_table(name)
     return data

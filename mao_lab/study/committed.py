@@ -120,15 +120,24 @@ def readable_claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
         sides = sorted(set(parts[parts["threshold"] == threshold]["direction"]))
         wanted = " / ".join("claim: left of it" if side == "less" else "claim: right of it" for side in sides)
         top = i % 2 == 0  # two lines close together: one label at the top, the other at the bottom
-        figure.add_annotation(x=threshold, xref="x", y=1 if top else 0, yref="paper", yanchor="top" if top else "bottom",
-                              xanchor="left" if threshold <= middle else "right",  # the label stays on the plot
-                              showarrow=False, font={"size": 11, "color": "gray"},
-                              text=f" dashed: threshold {threshold:g} ({wanted}) ")
+        figure.add_annotation(
+            x=threshold,
+            xref="x",
+            y=1 if top else 0,
+            yref="paper",
+            yanchor="top" if top else "bottom",
+            xanchor="left" if threshold <= middle else "right",  # the label stays on the plot
+            showarrow=False,
+            font={"size": 11, "color": "gray"},
+            text=f" dashed: threshold {threshold:g} ({wanted}) ",
+        )
     figure.update_layout(xaxis_title=CLAIM_UNITS.get(claim, "effect"))
     verdict = ledger[(ledger["claim"] == claim) & (ledger["part"] == "(claim)")]["verdict"]
     if len(verdict):
         title = figure.layout.title.text
-        head, _, tail = title.rpartition(str(verdict.iloc[0]))  # the verdict ends the title (perhaps after a line break)
+        head, _, tail = title.rpartition(
+            str(verdict.iloc[0])
+        )  # the verdict ends the title (perhaps after a line break)
         figure.update_layout(title_text=f"{head}{verdict_label(verdict.iloc[0])}{tail}" if head else title)
     return figure
 
@@ -140,14 +149,25 @@ def chosen_rate_figure(methods: pd.DataFrame, design: StudyDesign) -> go.Figure:
     tables only (``make study``; then 05 draws it)."""
     figure = go.Figure()
     for i, (setting, rows) in enumerate(methods.groupby("setting", sort=False)):
-        figure.add_trace(go.Scatter(x=rows["config"], y=rows["chosen_lr"], mode="markers", name=setting,
-                                    marker={"size": 11, "color": _PALETTE[i % len(_PALETTE)]},
-                                    hovertemplate="%{x}: lr %{y:g}<extra></extra>"))
+        figure.add_trace(
+            go.Scatter(
+                x=rows["config"],
+                y=rows["chosen_lr"],
+                mode="markers",
+                name=setting,
+                marker={"size": 11, "color": _PALETTE[i % len(_PALETTE)]},
+                hovertemplate="%{x}: lr %{y:g}<extra></extra>",
+            )
+        )
     lrs = sorted(float(lr) for lr in design.lrs)
-    return _titled(figure, "The learning rate chosen for every method (tuning seed, validation split)",
-                   "from docs/claims/methods.csv; the criterion at every rate needs the study's tables (make study)",
-                   xaxis_title="configuration (setting.method)", legend_title_text="setting",
-                   yaxis={"type": "log", "title": "chosen learning rate", "tickvals": lrs, "ticktext": [f"{lr:g}" for lr in lrs]})
+    return _titled(
+        figure,
+        "The learning rate chosen for every method (tuning seed, validation split)",
+        "from docs/claims/methods.csv; the criterion at every rate needs the study's tables (make study)",
+        xaxis_title="configuration (setting.method)",
+        legend_title_text="setting",
+        yaxis={"type": "log", "title": "chosen learning rate", "tickvals": lrs, "ticktext": [f"{lr:g}" for lr in lrs]},
+    )
 
 
 def validation_levels_figure(validation: pd.DataFrame, configs: Sequence[str], title: str = "") -> go.Figure:
@@ -156,14 +176,26 @@ def validation_levels_figure(validation: pd.DataFrame, configs: Sequence[str], t
     for i, config in enumerate(configs):
         rows = validation[validation["config"] == config].sort_values("step")
         width = 3 if i == 0 else 1.5
-        figure.add_trace(go.Scatter(x=rows["step"], y=rows["criterion"], mode="lines+markers", name=config,
-                                    line={"color": _PALETTE[i % len(_PALETTE)], "width": width}))
+        figure.add_trace(
+            go.Scatter(
+                x=rows["step"],
+                y=rows["criterion"],
+                mode="lines+markers",
+                name=config,
+                line={"color": _PALETTE[i % len(_PALETTE)], "width": width},
+            )
+        )
     regression = all(str(c).startswith("reg") for c in configs)
     label = "validation MSE (norm.)" if regression else "validation Δm%"
-    note = ("mean normalised validation MSE" if regression else "validation Δm% against the single-task baselines")
-    return _titled(figure, title or f"{', '.join(configs)}: validation criterion over the steps",
-                   f"{note}, mean over seeds; lower is better", xaxis_title="step", yaxis_title=label,
-                   legend_title_text="configuration")
+    note = "mean normalised validation MSE" if regression else "validation Δm% against the single-task baselines"
+    return _titled(
+        figure,
+        title or f"{', '.join(configs)}: validation criterion over the steps",
+        f"{note}, mean over seeds; lower is better",
+        xaxis_title="step",
+        yaxis_title=label,
+        legend_title_text="configuration",
+    )
 
 
 def balance_summary_figure(ledger: pd.DataFrame) -> go.Figure:
@@ -175,32 +207,76 @@ def balance_summary_figure(ledger: pd.DataFrame) -> go.Figure:
     settings = [str(p).split(":", 1)[0] for p in own["part"]]
     difference = {str(p).split(":", 1)[0]: float(e) for p, e in zip(differences["part"], differences["estimate"])}
     figure = go.Figure()
-    figure.add_trace(go.Scatter(
-        x=settings, y=own["estimate"], mode="markers", name="MAO", marker={"size": 11, "color": _PALETTE[0]},
-        error_y={"type": "data", "symmetric": False, "array": (own["high"] - own["estimate"]).to_numpy(),
-                 "arrayminus": (own["estimate"] - own["low"]).to_numpy()}))
+    figure.add_trace(
+        go.Scatter(
+            x=settings,
+            y=own["estimate"],
+            mode="markers",
+            name="MAO",
+            marker={"size": 11, "color": _PALETTE[0]},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (own["high"] - own["estimate"]).to_numpy(),
+                "arrayminus": (own["estimate"] - own["low"]).to_numpy(),
+            },
+        )
+    )
     sums = [float(e) - difference[s] for s, e in zip(settings, own["estimate"]) if s in difference]
-    figure.add_trace(go.Scatter(x=[s for s in settings if s in difference], y=sums, mode="markers", name="Adam on the sum",
-                                marker={"size": 11, "symbol": "square", "color": _PALETTE[1]}))
-    figure.add_hline(y=BALANCE_THRESHOLD, line_dash="dash", line_color="gray", annotation_text=f"M1's bound {BALANCE_THRESHOLD:g}",
-                     annotation_position="top left")
-    return _titled(figure, "M1: the worst shared layer's imbalance over training, per setting",
-                   "mean over seeds (MAO: with its 95 % interval); from the ledger — balance at every step needs make study",
-                   xaxis_title="setting", yaxis={"range": [0, 1.05], "title": "worst imbalance"}, legend_title_text="method")
+    figure.add_trace(
+        go.Scatter(
+            x=[s for s in settings if s in difference],
+            y=sums,
+            mode="markers",
+            name="Adam on the sum",
+            marker={"size": 11, "symbol": "square", "color": _PALETTE[1]},
+        )
+    )
+    figure.add_hline(
+        y=BALANCE_THRESHOLD,
+        line_dash="dash",
+        line_color="gray",
+        annotation_text=f"M1's bound {BALANCE_THRESHOLD:g}",
+        annotation_position="top left",
+    )
+    return _titled(
+        figure,
+        "M1: the worst shared layer's imbalance over training, per setting",
+        "mean over seeds (MAO: with its 95 % interval); from the ledger — balance at every step needs make study",
+        xaxis_title="setting",
+        yaxis={"range": [0, 1.05], "title": "worst imbalance"},
+        legend_title_text="method",
+    )
 
 
 def grouping_figure(methods: pd.DataFrame, design: StudyDesign) -> go.Figure:
     """P4 from ``methods.csv``: Δm% (mean, 95 % interval) against the group size s (1: IUS … T: Adam on the sum)."""
     points = grouping_points(design)
     rows = methods[methods["config"].isin(points)].assign(size=lambda t: t["config"].map(points)).sort_values("size")
-    figure = go.Figure(go.Scatter(
-        x=rows["size"], y=rows["estimate"], mode="lines+markers", marker={"size": 11}, text=rows["variant"],
-        error_y={"type": "data", "symmetric": False, "array": (rows["high"] - rows["estimate"]).to_numpy(),
-                 "arrayminus": (rows["estimate"] - rows["low"]).to_numpy()},
-        hovertemplate="s = %{x} (%{text}): Δm %{y:.2f}%<extra></extra>", name="Δm%"))
-    return _titled(figure, "P4: Δm% against the group size s (s = 1: IUS, s = 4: Adam on the sum)",
-                   "mean and 95 % interval over seeds, from methods.csv; seconds per epoch need make study",
-                   xaxis={"title": "tasks per group s", "tickvals": rows["size"].tolist()}, yaxis_title="Δm (%)")
+    figure = go.Figure(
+        go.Scatter(
+            x=rows["size"],
+            y=rows["estimate"],
+            mode="lines+markers",
+            marker={"size": 11},
+            text=rows["variant"],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (rows["high"] - rows["estimate"]).to_numpy(),
+                "arrayminus": (rows["estimate"] - rows["low"]).to_numpy(),
+            },
+            hovertemplate="s = %{x} (%{text}): Δm %{y:.2f}%<extra></extra>",
+            name="Δm%",
+        )
+    )
+    return _titled(
+        figure,
+        "P4: Δm% against the group size s (s = 1: IUS, s = 4: Adam on the sum)",
+        "mean and 95 % interval over seeds, from methods.csv; seconds per epoch need make study",
+        xaxis={"title": "tasks per group s", "tickvals": rows["size"].tolist()},
+        yaxis_title="Δm (%)",
+    )
 
 
 class CommittedExplorer:
@@ -218,16 +294,18 @@ class CommittedExplorer:
         configs = [str(c) for c in pd.unique(validation["config"])]
         settings = [str(s) for s in pd.unique(methods["setting"])]
         self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
-        self.config = widgets.Dropdown(options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0],
-                                       description="method")
+        self.config = widgets.Dropdown(
+            options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method"
+        )
         self.setting = widgets.Dropdown(options=settings, value=settings[0], description="setting")
         self.views = {name: widgets.Output() for name in ("claim", "curve", "setting")}
         self.figures: dict[str, go.Figure] = {}
         self.claim.observe(lambda _: self._draw_claim(), names="value")
         self.config.observe(lambda _: self._draw_config(), names="value")
         self.setting.observe(lambda _: self._draw_setting(), names="value")
-        self.widget = widgets.VBox([self.claim, self.views["claim"], self.config, self.views["curve"],
-                                    self.setting, self.views["setting"]])
+        self.widget = widgets.VBox(
+            [self.claim, self.views["claim"], self.config, self.views["curve"], self.setting, self.views["setting"]]
+        )
         self._draw_claim()
         self._draw_config()
         self._draw_setting()
@@ -239,9 +317,12 @@ class CommittedExplorer:
     def _draw_config(self) -> None:
         config = str(self.config.value)
         reference = f"{config.split('.', 1)[0]}.sum"
-        configs = [config] + ([reference] if reference != config and reference in set(self.committed["validation"]["config"]) else [])
-        self.figures["curve"] = validation_levels_figure(self.committed["validation"], configs,
-                                                         f"{config}: the validation curve at its chosen learning rate")
+        configs = [config] + (
+            [reference] if reference != config and reference in set(self.committed["validation"]["config"]) else []
+        )
+        self.figures["curve"] = validation_levels_figure(
+            self.committed["validation"], configs, f"{config}: the validation curve at its chosen learning rate"
+        )
         show_figure(self.views["curve"], self.figures["curve"])
 
     def _draw_setting(self) -> None:
@@ -258,4 +339,3 @@ class CommittedExplorer:
         from IPython.display import display
 
         display(self.widget)
-
