@@ -62,7 +62,9 @@ class NotebookParameterError(ValueError):
     examples of other parameters would send a reader after a parameter that is fine.  (IPython calls an
     exception's ``_render_traceback_`` for the lines it shows; papermill still fails the run with the message.)
 
-    >>> NotebookParameterError("bad notebook parameter `steps` = -5: it must be a positive integer")._render_traceback_()
+    >>> NotebookParameterError(
+    ...     "bad notebook parameter `steps` = -5: it must be a positive integer"
+    ... )._render_traceback_()
     ['\\x1b[0;31mNotebookParameterError\\x1b[0m: bad notebook parameter `steps` = -5: it must be a positive integer']
     """
 
@@ -133,7 +135,8 @@ def check_choice(name: str, value: object, valid: Iterable[str]) -> str:
 
 
 def check_problem(name: str, value: object, **options: Any) -> Any:
-    """The :class:`~mao_lab.problems.Problem` an import path ``"package.module:factory"`` names (``factory(**options)``).
+    """The :class:`~mao_lab.problems.Problem` an import path ``"package.module:factory"`` names
+    (``factory(**options)``).
 
     >>> check_problem("problem", "mao_lab.problems:nope")
     Traceback (most recent call last):

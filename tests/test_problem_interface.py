@@ -143,7 +143,10 @@ def test_multimnist_problem_trains_bit_for_bit_as_the_study_did(method: str, tas
 
 
 def test_a_task_subset_of_the_problem_is_the_problem_of_those_tasks() -> None:
-    """The study trains ``mm_same`` on a problem loaded with two tasks; the four-task problem's subset is the same run."""
+    """The study trains ``mm_same`` on a problem loaded with two tasks.
+
+    The four-task problem's subset is the same run.
+    """
     old = _old_study_multimnist(("left", "right"), 64, 16, 16, 16)
     whole = multimnist_problem(num_train=64, num_val=16, num_test=16, batch_size=16)
     reference = train(
@@ -250,7 +253,10 @@ def test_train_with_recorder_is_what_it_was() -> None:
 
 
 def test_autocast_bf16_on_the_cpu_is_a_plain_autocast_adam_loop() -> None:
-    """``train(problem, "sum", autocast="bf16")``: the forward under ``torch.autocast``, float32 losses, Adam on their sum."""
+    """``train(problem, "sum", autocast="bf16")``.
+
+    The forward under ``torch.autocast``, float32 losses, Adam on their sum.
+    """
     problem = regression_problem(2, num_samples=200, num_val=40, batch_size=16)
     run = train(problem, "sum", steps=5, seed=1, device="cpu", autocast="bf16")
     assert run.train_losses["loss"].notna().all()

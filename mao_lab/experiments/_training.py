@@ -160,7 +160,8 @@ def train(
     >>> from mao_lab.problems import regression_model
     >>> x, ys = torch.randn(64, 8), [torch.randn(64, 2), 10 * torch.randn(64, 2)]
     >>> losses = lambda model, batch: [((out - y) ** 2).mean() for out, y in zip(model(batch[0]), batch[1])]
-    >>> test = lambda model: [{"task": k, "metric": "mse", "value": float(v)} for k, v in enumerate(losses(model, (x, ys)))]
+    >>> test = lambda model: [{"task": k, "metric": "mse", "value": float(v)}
+    ...                       for k, v in enumerate(losses(model, (x, ys)))]
     >>> run = train(lambda: regression_model(2, in_dim=8, hidden=4, out_dim=2), "mao", losses, steps=6,
     ...             batches=tensor_batches(x, ys, batch_size=16), evaluate=test, eval_every=3, record_every=2)
     >>> run.evaluations["step"].unique().tolist(), sorted(run.metrics["step"].unique().tolist())

@@ -102,13 +102,20 @@ LATE_FRACTION = 0.1
 BALANCE_READINGS: dict[str, str] = {
     "worst_imbalance": "imbalance index, largest over every shared layer and recorded step (the ledger's reading)",
     "p95_imbalance": "imbalance index, 95th percentile over every shared layer and recorded step",
-    "late_imbalance": "imbalance index, largest over every shared layer and the recorded steps after the first 10 % of the run",
-    "share_excess": "the largest task's share of a shared layer's update minus 1/T (0: equal shares), largest over layers and steps",
+    "late_imbalance": (
+        "imbalance index, largest over every shared layer and the recorded steps after the first 10 % of the run"
+    ),
+    "share_excess": (
+        "the largest task's share of a shared layer's update minus 1/T (0: equal shares), largest over layers and steps"
+    ),
 }
 """M1's readings of a run's balance: a column of :func:`balance_summary` and what it is (0 is balanced)."""
 
 CLAIMS: dict[str, str] = {
-    "M1": "MAO produces balanced learning across tasks, in every shared layer, throughout training, for any number of tasks",
+    "M1": (
+        "MAO produces balanced learning across tasks, in every shared layer, throughout training, "
+        "for any number of tasks"
+    ),
     "M2": "MAO outperforms previous task-balancing methods (loss weightings and gradient aggregators)",
     "P1": "Independent task steps (IUS / IO) reach better metrics than Adam on the sum and other MTL methods",
     "P2": "That benefit is largest when the tasks are of different nature",
@@ -306,7 +313,10 @@ def _chosen_baselines(table: pd.DataFrame) -> dict[str, str]:
 
 
 def chosen_rates(choice: pd.DataFrame) -> dict[str, float]:
-    """``{config: chosen lr}`` from :func:`choose_learning_rates`'s table (configurations that all diverged are absent)."""
+    """``{config: chosen lr}`` from :func:`choose_learning_rates`'s table.
+
+    Configurations that all diverged are absent.
+    """
     picked = choice[choice["chosen"]]
     return {str(c): float(lr) for c, lr in zip(picked["config"], picked["lr"])}
 
@@ -545,7 +555,9 @@ def m1_sensitivity_verdicts(table: pd.DataFrame) -> pd.DataFrame:
                 {
                     "reading": reading,
                     "bound": float(bound),
-                    "differences_supported": f"{int((differences['verdict'] == 'supported').sum())} of {len(differences)}",
+                    "differences_supported": (
+                        f"{int((differences['verdict'] == 'supported').sum())} of {len(differences)}"
+                    ),
                     "bounds_supported": f"{int((bounded['verdict'] == 'supported').sum())} of {len(bounded)}",
                     "family_not_supported": int(sum(v == "not supported" for v in family)),
                     "verdict": claim_verdict(own, family),
@@ -810,7 +822,10 @@ def ledger_from_tables(
 
 
 def final_table(runs: pd.DataFrame, choice: pd.DataFrame) -> pd.DataFrame:
-    """The final runs at the chosen rates that finished: ``config, seed, lr, seconds_per_epoch, distance, path_length``."""
+    """The final runs at the chosen rates that finished.
+
+    Columns: ``config, seed, lr, seconds_per_epoch, distance, path_length``.
+    """
     picked = choice[choice["chosen"]][["config", "lr"]]
     final = runs[runs["status"] == "ok"].merge(picked, on=["config", "lr"])
     return final[["config", "seed", "lr", "seconds_per_epoch", "distance", "path_length"]].reset_index(drop=True)

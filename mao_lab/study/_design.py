@@ -500,7 +500,8 @@ def problem_design(
     problem's task count are dropped from the defaults (a study file's are checked).
 
     >>> from mao_lab.problems import regression_problem
-    >>> design = problem_design(regression_problem(3, num_samples=200, num_val=40), "mao_lab.problems:regression_problem",
+    >>> design = problem_design(regression_problem(3, num_samples=200, num_val=40),
+    ...                         "mao_lab.problems:regression_problem",
     ...                         options={"num_tasks": 3, "num_samples": 200, "num_val": 40},
     ...                         settings={"methods": ["sum", "mao"], "steps": 5}, smoke=True)
     >>> [c.name for c in design.configs()][:3], design.steps

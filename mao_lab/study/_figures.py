@@ -55,7 +55,10 @@ def _titled(figure: go.Figure, title: str, note: str = "", **layout: Any) -> go.
 
 
 def learning_rate_figure(choice: pd.DataFrame, setting: str) -> go.Figure:
-    """Each configuration's validation criterion (lower is better) against the learning rate; a ring marks the choice."""
+    """Each configuration's validation criterion (lower is better) against the learning rate.
+
+    A ring marks the choice.
+    """
     part = choice[choice["config"].str.startswith(f"{setting}.")]
     figure = go.Figure()
     for i, (config, rows) in enumerate(part.groupby("config", sort=False)):
@@ -121,7 +124,10 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
                     "arrayminus": (rows["estimate"] - rows["low"]).to_numpy(),
                 },
                 customdata=np.stack([rows["low"], rows["high"], rows["seeds"]], axis=1),
-                hovertemplate="%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], %{customdata[2]} seeds<extra></extra>",
+                hovertemplate=(
+                    "%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
+                    "%{customdata[2]} seeds<extra></extra>"
+                ),
             )
         )
     for threshold in pd.unique(parts["threshold"]):

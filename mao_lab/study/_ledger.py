@@ -101,7 +101,7 @@ def regenerate_command(design: StudyDesign) -> str:
     '`make study STUDY=runs/study-1600 STUDY_FLAGS="--steps 1600"` (or `python -m mao_lab.study --workers 2 --steps 1600 --out runs/study-1600`)'
     >>> regenerate_command(dataclasses.replace(full_design(), lrs=(1e-3, 1e-2, 1e-1)))
     'no documented command: this design differs from the full study in more than its steps (lrs)'
-    """
+    """  # noqa: E501 (a doctest's expected output is one line)
     from ._design import full_design, smoke_design
 
     if design.problem:  # your problem: its study file holds the rest of the design (design.json has all of it)
@@ -124,7 +124,10 @@ def regenerate_command(design: StudyDesign) -> str:
         if base.as_dict()[k] != v
     )
     if other:
-        return f"no documented command: this design differs from the full study in more than its steps ({', '.join(other)})"
+        return (
+            "no documented command: this design differs from the full study in more than its steps "
+            f"({', '.join(other)})"
+        )
     make = f'make study STUDY={out} STUDY_FLAGS="{" ".join(flags)}"' if flags else "make study"
     command = f"`{make}` (or `python -m mao_lab.study --workers 2 {' '.join(flags + [''])}--out {out}`)"
     if older:
@@ -162,17 +165,24 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
     if design.smoke:
         lines += [SMOKE_WARNING, ""]
     lines += [
-        f"Study: {len(design.seeds)} seeds ({', '.join(map(str, design.seeds))}), learning rates {', '.join(f'{lr:g}' for lr in design.lrs)} "
-        f"chosen on a validation split of the training data {_tuning_text(design)}; {design.steps} steps of {design.batch_size} "
+        f"Study: {len(design.seeds)} seeds ({', '.join(map(str, design.seeds))}), "
+        f"learning rates {', '.join(f'{lr:g}' for lr in design.lrs)} "
+        f"chosen on a validation split of the training data {_tuning_text(design)}; "
+        f"{design.steps} steps of {design.batch_size} "
         + (
             "examples of the problem below."
             if design.problem
-            else f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps."
+            else (
+                f"MultiMNIST images ({design.num_train} training images), {design.regression_steps} regression steps."
+            )
         ),
-        f"Machine: {provenance.get('host', '?')}, {provenance.get('processor', '?')}, {provenance.get('cpu_count', '?')} CPUs, "
-        f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, {provenance.get('workers', 0)} worker(s); "
+        f"Machine: {provenance.get('host', '?')}, {provenance.get('processor', '?')}, "
+        f"{provenance.get('cpu_count', '?')} CPUs, "
+        f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, "
+        f"{provenance.get('workers', 0)} worker(s); "
         f"{_wall_time(provenance)}.",
-        f"Commit {provenance.get('commit', '?')[:12]}{_DIRTY if provenance.get('uncommitted_changes') else ''}; {versions}.",
+        f"Commit {provenance.get('commit', '?')[:12]}"
+        f"{_DIRTY if provenance.get('uncommitted_changes') else ''}; {versions}.",
         f"Problem: {problem_line(design)}.",
         f"Regenerate: {regenerate_command(design)}.",
         "",
@@ -198,8 +208,10 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
     for row in ledger[ledger["part"] != "(claim)"].to_dict("records"):
         side = "<" if row["direction"] == "less" else ">"
         lines.append(
-            f"| {row['claim']} | {row['part']} | {row['effect']} | {_interval(row)} | {side} {_number(row['threshold'])} "
-            f"| {_number(row['seeds'])} | {row['verdict']} | {_p(row.get('p_holm'))} | {row.get('family_verdict') or '—'} |"
+            f"| {row['claim']} | {row['part']} | {row['effect']} | {_interval(row)} "
+            f"| {side} {_number(row['threshold'])} "
+            f"| {_number(row['seeds'])} | {row['verdict']} | {_p(row.get('p_holm'))} "
+            f"| {row.get('family_verdict') or '—'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -244,7 +256,8 @@ def _methods_markdown(intervals: pd.DataFrame, rates: pd.DataFrame) -> str:
     ]
     for row in intervals.to_dict("records"):
         lines.append(
-            f"| {row['setting']} | {row['variant']} | {_interval(row)} | {row['n']} | {_number(chosen.get(row['config']))} |"
+            f"| {row['setting']} | {row['variant']} | {_interval(row)} | {row['n']} "
+            f"| {_number(chosen.get(row['config']))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -423,7 +436,8 @@ def _budgets_markdown(budgets: pd.DataFrame) -> str:
         "`mao_lab.study.levelling_by_budget`): a run's first B steps are a B-step run, so this is exact for every "
         "configuration whose rate at B is this study's.",
         "",
-        "| budget | rates as chosen at the full budget | best on the four tasks: final validation Δm% | its change over the "
+        "| budget | rates as chosen at the full budget | best on the four tasks: final validation Δm% "
+        "| its change over the "
         "last quarter [95 % CI] | its status | configurations still improving |",
         "|---|---|---|---|---|---|",
     ]
@@ -435,7 +449,8 @@ def _budgets_markdown(budgets: pd.DataFrame) -> str:
         change = _interval({"estimate": float(row["change"]), "low": float(row["low"]), "high": float(row["high"])})
         improving = int((part["status"] == "still improving").sum())
         lines.append(
-            f"| {int(budget)} | {int(part['same_rate'].sum())} of {len(part)} | {row['config']}: {_number(float(row['final']))} "
+            f"| {int(budget)} | {int(part['same_rate'].sum())} of {len(part)} "
+            f"| {row['config']}: {_number(float(row['final']))} "
             f"| {change} | {row['status']} | {improving} of {len(part)} |"
         )
     return "\n".join(lines) + "\n"
@@ -578,7 +593,8 @@ def _moves_markdown(moves: pd.DataFrame) -> str:
     if len(parts):
         lines += ["", "| claim | part | before | after |", "|---|---|---|---|"]
         lines += [
-            f"| {r['claim']} | {r['part']} | {r['before']} {r['before_interval']} | {r['after']} {r['after_interval']} |"
+            f"| {r['claim']} | {r['part']} | {r['before']} {r['before_interval']} "
+            f"| {r['after']} {r['after_interval']} |"
             for r in parts.to_dict("records")
         ]
     else:
@@ -593,7 +609,8 @@ def _family_markdown(ledger: pd.DataFrame) -> str:
         "",
         "## Where the family-wise reading differs from the parts' own",
         "",
-        f"{len(moved)} of {len(parts)} parts read differently once Holm's correction is applied over the parts of each claim "
+        f"{len(moved)} of {len(parts)} parts read differently "
+        "once Holm's correction is applied over the parts of each claim "
         "(their own 95 % interval excludes the threshold, the Holm-adjusted p-value is not below 5 %).",
     ]
     if len(moved):
@@ -603,7 +620,8 @@ def _family_markdown(ledger: pd.DataFrame) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['claim']} | {r['part']} | {_interval(r)} | {r['verdict']} | {_p(r['p_holm'])} | {r['family_verdict']} |"
+            f"| {r['claim']} | {r['part']} | {_interval(r)} | {r['verdict']} "
+            f"| {_p(r['p_holm'])} | {r['family_verdict']} |"
             for r in moved.to_dict("records")
         ]
     return "\n".join(lines) + "\n"
@@ -615,8 +633,10 @@ def _sensitivity_markdown(table: pd.DataFrame) -> str:
         "",
         "## M1 under other bounds and readings",
         "",
-        f"The ledger's M1 reads a run's *worst* imbalance index (the largest over every shared layer and recorded step) "
-        f"against the bound {BALANCE_THRESHOLD}. Both are the lab's choice: the paper gives neither a number nor a reading. "
+        "The ledger's M1 reads a run's *worst* imbalance index "
+        "(the largest over every shared layer and recorded step) "
+        f"against the bound {BALANCE_THRESHOLD}. "
+        "Both are the lab's choice: the paper gives neither a number nor a reading. "
         "Here the claim is read again under the bounds "
         + ", ".join(f"{b:g}" for b in BALANCE_BOUNDS)
         + " and these readings "

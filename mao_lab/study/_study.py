@@ -309,7 +309,8 @@ def load_study(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
     folder = ResultsFolder(study_dir)
     if not (folder.path / "provenance.json").exists():
         raise FileNotFoundError(
-            f"{folder.path} holds no finished study (no provenance.json): run `python -m mao_lab.study --out {folder.path}`"
+            f"{folder.path} holds no finished study (no provenance.json): "
+            f"run `python -m mao_lab.study --out {folder.path}`"
         )
     data: dict[str, Any] = {
         "design": StudyDesign.from_dict(folder.load_json("design")),
