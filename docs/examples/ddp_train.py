@@ -7,11 +7,11 @@ from mao_lab import MAO
 from mao_lab.methods import make
 from mao_lab.problems import ImbalancedRegression, regression_model
 
-dist.init_process_group("gloo")                       # "nccl" on GPUs; torchrun sets rank and world size
+dist.init_process_group("gloo")  # "nccl" on GPUs; torchrun sets rank and world size
 rank, world = dist.get_rank(), dist.get_world_size()
 data = ImbalancedRegression(num_tasks=2, sigmas=[1.0, 100.0], num_samples=2_000)
-model = DDP(regression_model(num_tasks=2))            # DDP starts every process from rank 0's weights
-optimizer = MAO(model.parameters(), lr=1e-3)          # averages over the default group by itself
+model = DDP(regression_model(num_tasks=2))  # DDP starts every process from rank 0's weights
+optimizer = MAO(model.parameters(), lr=1e-3)  # averages over the default group by itself
 other = DDP(regression_model(num_tasks=2))
 pcgrad = make("pcgrad", other.parameters(), lr=1e-3)  # every method of mao_lab.methods does too
 for x, targets in data.batches(batch_size=64, seed=0, drop_last=True):
@@ -20,7 +20,7 @@ for x, targets in data.batches(batch_size=64, seed=0, drop_last=True):
     optimizer.step(data.task_losses(model(x), targets))
     pcgrad.step(lambda x=x, targets=targets: data.task_losses(other(x), targets))
 
-for net in (model, other):                            # every process holds the same weights, bit for bit
+for net in (model, other):  # every process holds the same weights, bit for bit
     flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     copies = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(copies, flat)
