@@ -578,7 +578,7 @@ def _results(
             target,
             notebook_text=text,
             pure=False,
-            resources=dict(resources) if resources else None,
+            **({"resources": dict(resources)} if resources else {}),  # Dask's own keyword, only when asked for
             **options,
         ): (rid, point)
         for rid, point in todo
