@@ -414,20 +414,31 @@ FACE_COLOURS = [
 PARTITION = [0, 0, 1, 0, 2, 0, 1, 2]  # 4 train, 2 validation, 2 test, interleaved as in the release
 
 
-def write_celeba(root: Path, release_folders: bool = False, seed: int = 0) -> np.ndarray:
-    """The aligned release: 178 x 218 JPEGs, the attribute list (with its -1/1 values) and the partition."""
+def write_celeba(root: Path, release_folders: bool = False, seed: int = 0, kaggle: bool = False) -> np.ndarray:
+    """The aligned release: 178 x 218 JPEGs, the attribute list (with its -1/1 values) and the partition.
+
+    With ``kaggle``, as Kaggle's copy unzips: the JPEGs in ``img_align_celeba/img_align_celeba/`` and the two
+    lists as CSV files with a header row (``image_id,...``) at the root.
+    """
     rng = np.random.default_rng(seed)
     values = rng.choice([-1, 1], size=(len(FACE_COLOURS), len(CELEBA_ATTRIBUTES)))
     names = [f"{k + 1:06d}.jpg" for k in range(len(FACE_COLOURS))]
     anno, evaluation, faces = (
         (root / "Anno", root / "Eval", root / "Img" / "img_align_celeba")
         if release_folders
-        else (root, root, root / "img_align_celeba")
+        else (root, root, root / "img_align_celeba" / "img_align_celeba" if kaggle else root / "img_align_celeba")
     )
     for folder in (anno, evaluation, faces):
         folder.mkdir(parents=True, exist_ok=True)
     for name, colour in zip(names, FACE_COLOURS):
         Image.new("RGB", (178, 218), colour).save(faces / name, quality=95)
+    if kaggle:
+        header = ",".join(("image_id", *CELEBA_ATTRIBUTES))
+        rows = [",".join([name, *(str(v) for v in row)]) for name, row in zip(names, values)]
+        (root / "list_attr_celeba.csv").write_text("\n".join([header, *rows]) + "\n")
+        partition = "".join(f"{n},{p}\n" for n, p in zip(names, PARTITION))
+        (root / "list_eval_partition.csv").write_text("image_id,partition\n" + partition)
+        return values
     # As released: the count, the names with a trailing space, values padded to two characters.
     lines = [str(len(names)), " ".join(CELEBA_ATTRIBUTES) + " "]
     lines += [name + " " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, values)]
@@ -436,9 +447,11 @@ def write_celeba(root: Path, release_folders: bool = False, seed: int = 0) -> np
     return values
 
 
-@pytest.mark.parametrize("release_folders", [False, True])
-def test_celeba_reads_the_official_partition_and_labels(tmp_path: Path, release_folders: bool) -> None:
-    values = write_celeba(tmp_path, release_folders)
+@pytest.mark.parametrize(
+    ("release_folders", "kaggle"), [(False, False), (True, False), (False, True)], ids=["flat", "release", "kaggle"]
+)
+def test_celeba_reads_the_official_partition_and_labels(tmp_path: Path, release_folders: bool, kaggle: bool) -> None:
+    values = write_celeba(tmp_path, release_folders, kaggle=kaggle)
     problem = load_problem("mao_lab.problems:celeba", root=str(tmp_path), size=64, width=2, blocks=(1, 1))
     assert problem.task_names == CELEBA_ATTRIBUTES and len(problem.task_names) == 40
     for split, code in (("train", 0), ("validation", 1), ("test", 2)):
@@ -452,6 +465,37 @@ def test_celeba_reads_the_official_partition_and_labels(tmp_path: Path, release_
             expected = torch.tensor(FACE_COLOURS[row], dtype=torch.float32)[:, None, None] / 255
             assert (image - expected).abs().max() <= 3 / 255
             assert labels.tolist() == [1.0 if v == 1 else 0.0 for v in values[row]]
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda root: (root / "list_attr_celeba.csv").unlink(), r"list_attr_celeba.txt: missing \(nor .*\.csv\)"),
+        (
+            lambda root: _edit(root / "list_attr_celeba.csv", 0, lambda line: line.replace("image_id", "file")),
+            "list_attr_celeba.csv: line 1 is not the header",
+        ),
+        (
+            lambda root: _edit(root / "list_attr_celeba.csv", 3, lambda line: line.rsplit(",", 1)[0] + ",0"),
+            "list_attr_celeba.csv: line 4 holds a value",
+        ),
+        (
+            lambda root: _edit(root / "list_eval_partition.csv", 3, lambda line: line.replace(",1", ",3")),
+            "list_eval_partition.csv: line 4 is not",
+        ),
+        (
+            lambda root: (root / "img_align_celeba" / "img_align_celeba" / "000001.jpg").unlink(),
+            r"img_align_celeba/img_align_celeba/000001.jpg: missing",
+        ),
+    ],
+)
+def test_a_malformed_kaggle_celeba_folder_is_one_line_naming_the_file(tmp_path: Path, damage, fragment: str) -> None:
+    write_celeba(tmp_path, kaggle=True)
+    damage(tmp_path)
+    with pytest.raises(DatasetLayoutError) as caught:
+        celeba(root=tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and re.search(fragment, message) and "img_align_celeba/img_align_celeba/" in message
 
 
 class ConstantLogits(nn.Module):

@@ -1,11 +1,14 @@
 """CelebA: 40 binary face attributes, one task each (T = 40), as Sener & Koltun (2018) and FAMO pose it.
 
 Read from the user's copy of the aligned-and-cropped release (Liu et al., ICCV 2015), in either of the
-two layouts it is distributed in::
+two layouts it is distributed in, or as Kaggle's copy unzips it::
 
-    <root>/list_attr_celeba.txt          <root>/Anno/list_attr_celeba.txt
-    <root>/list_eval_partition.txt   or  <root>/Eval/list_eval_partition.txt
-    <root>/img_align_celeba/*.jpg        <root>/Img/img_align_celeba/*.jpg
+    <root>/list_attr_celeba.txt          <root>/Anno/list_attr_celeba.txt        <root>/list_attr_celeba.csv
+    <root>/list_eval_partition.txt   or  <root>/Eval/list_eval_partition.txt  or <root>/list_eval_partition.csv
+    <root>/img_align_celeba/*.jpg        <root>/Img/img_align_celeba/*.jpg       <root>/img_align_celeba/img_align_celeba/*.jpg
+
+Kaggle's CSV files hold the same table with commas and a header row (``image_id,5_o_Clock_Shadow,...`` and
+``image_id,partition``) instead of the count line.
 
 ``list_attr_celeba.txt``: the number of images, a line of the 40 attribute names, then one line per image,
 ``000001.jpg`` and 40 values of ``-1`` or ``1``.  ``list_eval_partition.txt``: ``000001.jpg 0`` per image,
@@ -92,7 +95,8 @@ CELEBA_ATTRIBUTES: tuple[str, ...] = (
 CELEBA_LAYOUT = (
     "<root>/list_attr_celeba.txt (count, 40 attribute names, then '<name>.jpg' and 40 values -1/1 per line), "
     "<root>/list_eval_partition.txt ('<name>.jpg 0|1|2' per line) and <root>/img_align_celeba/<name>.jpg "
-    "(or the release's Anno/, Eval/ and Img/img_align_celeba/ subfolders; see docs/datasets.md)"
+    "(or the release's Anno/, Eval/ and Img/img_align_celeba/ subfolders, or Kaggle's list_attr_celeba.csv, "
+    "list_eval_partition.csv and img_align_celeba/img_align_celeba/; see docs/datasets.md)"
 )
 
 PARTITIONS = {"train": 0, "validation": 1, "test": 2}
@@ -102,48 +106,84 @@ PARTITIONS = {"train": 0, "validation": 1, "test": 2}
 
 
 def _locate(root: Path, name: str, subfolder: str) -> Path:
-    for candidate in (root / name, root / subfolder / name):
+    """``root/name`` or ``root/subfolder/name``, or for a ``.txt`` list Kaggle's ``root/<stem>.csv``."""
+    candidates = [root / name, root / subfolder / name]
+    if name.endswith(".txt"):
+        candidates.append(root / name.replace(".txt", ".csv"))
+    for candidate in candidates:
         if candidate.exists():
             return candidate
-    raise DatasetLayoutError.of(root / name, f"missing (nor {subfolder}/{name})", CELEBA_LAYOUT)
+    others = " nor ".join(str(c.relative_to(root)) for c in candidates[1:])
+    raise DatasetLayoutError.of(root / name, f"missing (nor {others})", CELEBA_LAYOUT)
+
+
+def _locate_faces(root: Path) -> Path:
+    """The folder of the JPEGs: ``img_align_celeba`` or ``Img/img_align_celeba``, or Kaggle's doubly nested
+    ``img_align_celeba/img_align_celeba`` (its zip holds the release's folder inside a folder of the same name)."""
+    faces = _locate(root, "img_align_celeba", "Img")
+    nested = faces / "img_align_celeba"
+    return nested if nested.is_dir() else faces
+
+
+def _split_row(line: str, csv: bool) -> list[str]:
+    return [field.strip() for field in line.split(",")] if csv else line.split()
 
 
 def read_attributes(file: Path) -> tuple[tuple[str, ...], list[str], np.ndarray]:
-    """``list_attr_celeba.txt``: the attribute names, the image names, and ``uint8 (n, 40)`` labels in {0, 1}."""
+    """``list_attr_celeba.txt`` (or Kaggle's ``.csv``): the attribute names, the image names, and ``uint8 (n, 40)``
+    labels in {0, 1}.
+
+    The release's text file starts with the number of images and a line of the 40 names; Kaggle's CSV with
+    a header ``image_id,<the 40 names>``.  Either way, one row per image follows: its file name, 40 values -1/1.
+    """
     lines = _read_lines(file)
-    if len(lines) < 2 or not lines[0].strip().isdigit():
-        raise DatasetLayoutError.of(file, "line 1 is not the number of images", CELEBA_LAYOUT)
-    names = tuple(lines[1].split())
+    csv = file.suffix == ".csv"
+    if csv:
+        header = _split_row(lines[0], csv=True) if lines else []
+        if not header or header[0] != "image_id":
+            raise DatasetLayoutError.of(file, "line 1 is not the header 'image_id,<40 attribute names>'", CELEBA_LAYOUT)
+        names, first, declared = tuple(header[1:]), 2, None
+    else:
+        if len(lines) < 2 or not lines[0].strip().isdigit():
+            raise DatasetLayoutError.of(file, "line 1 is not the number of images", CELEBA_LAYOUT)
+        names, first, declared = tuple(lines[1].split()), 3, int(lines[0])
     if len(names) != len(CELEBA_ATTRIBUTES):
-        raise DatasetLayoutError.of(file, f"line 2 names {len(names)} attributes, not 40", CELEBA_LAYOUT)
-    rows = [line.split() for line in lines[2:] if line.strip()]
-    if len(rows) != int(lines[0]):
-        raise DatasetLayoutError.of(file, f"{len(rows)} image lines where line 1 says {int(lines[0])}", CELEBA_LAYOUT)
+        where = "line 1" if csv else "line 2"
+        raise DatasetLayoutError.of(file, f"{where} names {len(names)} attributes, not 40", CELEBA_LAYOUT)
+    rows = [_split_row(line, csv) for line in lines[first - 1 :] if line.strip()]
+    if declared is not None and len(rows) != declared:
+        raise DatasetLayoutError.of(file, f"{len(rows)} image lines where line 1 says {declared}", CELEBA_LAYOUT)
     images, values = [], np.empty((len(rows), len(names)), dtype=np.int8)
     for k, row in enumerate(rows):
         if len(row) != len(names) + 1:
-            raise DatasetLayoutError.of(file, f"line {k + 3} has {len(row) - 1} values, not 40", CELEBA_LAYOUT)
+            raise DatasetLayoutError.of(file, f"line {k + first} has {len(row) - 1} values, not 40", CELEBA_LAYOUT)
         try:
             values[k] = [int(v) for v in row[1:]]
         except ValueError:
-            problem = f"line {k + 3} holds a value that is not -1 or 1"
+            problem = f"line {k + first} holds a value that is not -1 or 1"
             raise DatasetLayoutError.of(file, problem, CELEBA_LAYOUT) from None
         images.append(row[0])
     if not np.isin(values, (-1, 1)).all():
         bad = int(np.flatnonzero(~np.isin(values, (-1, 1)).all(axis=1))[0])
-        raise DatasetLayoutError.of(file, f"line {bad + 3} holds a value that is not -1 or 1", CELEBA_LAYOUT)
+        raise DatasetLayoutError.of(file, f"line {bad + first} holds a value that is not -1 or 1", CELEBA_LAYOUT)
     return names, images, (values > 0).astype(np.uint8)
 
 
 def read_partition(file: Path) -> dict[str, int]:
-    """``list_eval_partition.txt``: image name -> 0 (train), 1 (validation) or 2 (test)."""
+    """``list_eval_partition.txt`` (or Kaggle's ``.csv``, after its header ``image_id,partition``):
+    image name -> 0 (train), 1 (validation) or 2 (test)."""
+    csv = file.suffix == ".csv"
+    lines = _read_lines(file)
+    if csv and (not lines or _split_row(lines[0], csv=True) != ["image_id", "partition"]):
+        raise DatasetLayoutError.of(file, "line 1 is not the header 'image_id,partition'", CELEBA_LAYOUT)
+    expected = "'<name>.jpg,0|1|2'" if csv else "'<name>.jpg 0|1|2'"
     partition = {}
-    for k, line in enumerate(_read_lines(file)):
-        row = line.split()
+    for k, line in enumerate(lines[1:] if csv else lines, start=2 if csv else 1):
+        row = _split_row(line, csv) if line.strip() else []
         if not row:
             continue
         if len(row) != 2 or row[1] not in ("0", "1", "2"):
-            raise DatasetLayoutError.of(file, f"line {k + 1} is not '<name>.jpg 0|1|2'", CELEBA_LAYOUT)
+            raise DatasetLayoutError.of(file, f"line {k} is not {expected}", CELEBA_LAYOUT)
         partition[row[0]] = int(row[1])
     return partition
 
@@ -301,12 +341,13 @@ class CelebA(DatasetProblem):
         else:
             folder = require_folder(root, CELEBA_LAYOUT)
             attributes, images, labels = read_attributes(_locate(folder, "list_attr_celeba.txt", "Anno"))
-            partition = read_partition(_locate(folder, "list_eval_partition.txt", "Eval"))
-            faces = _locate(folder, "img_align_celeba", "Img")
+            partition_file = _locate(folder, "list_eval_partition.txt", "Eval")
+            partition = read_partition(partition_file)
+            faces = _locate_faces(folder)
             unassigned = [name for name in images if name not in partition]
             if unassigned:
                 raise DatasetLayoutError.of(
-                    folder / "list_eval_partition.txt",
+                    partition_file,
                     f"no partition for {unassigned[0]} ({len(unassigned)} images)",
                     CELEBA_LAYOUT,
                 )
