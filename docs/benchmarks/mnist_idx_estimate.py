@@ -81,9 +81,10 @@ def main() -> int:
     print(output)
     record: dict[str, object] = {
         "benchmark": "mnist_idx_study_estimate",
-        "command": f"python -m mao_lab.study --study-file <synthetic>/mnist_idx.toml --estimate --workers {args.workers}",
+        "command": "python -m mao_lab.study --study-file <synthetic>/mnist_idx.toml --estimate "
+        f"--workers {args.workers}",
         "data": "synthetic IDX files of MNIST's sizes (60000 + 10000 random 28x28 digits)",
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
         "workers": args.workers,
         "mnist_idx_predicted_min": minutes,

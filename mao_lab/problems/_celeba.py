@@ -1,11 +1,17 @@
 """CelebA: 40 binary face attributes, one task each (T = 40), as Sener & Koltun (2018) and FAMO pose it.
 
 Read from the user's copy of the aligned-and-cropped release (Liu et al., ICCV 2015), in either of the
-two layouts it is distributed in, or as Kaggle's copy unzips it::
+two layouts it is distributed in::
 
-    <root>/list_attr_celeba.txt          <root>/Anno/list_attr_celeba.txt        <root>/list_attr_celeba.csv
-    <root>/list_eval_partition.txt   or  <root>/Eval/list_eval_partition.txt  or <root>/list_eval_partition.csv
-    <root>/img_align_celeba/*.jpg        <root>/Img/img_align_celeba/*.jpg       <root>/img_align_celeba/img_align_celeba/*.jpg
+    <root>/list_attr_celeba.txt          <root>/Anno/list_attr_celeba.txt
+    <root>/list_eval_partition.txt   or  <root>/Eval/list_eval_partition.txt
+    <root>/img_align_celeba/*.jpg        <root>/Img/img_align_celeba/*.jpg
+
+or as Kaggle's copy unzips it::
+
+    <root>/list_attr_celeba.csv
+    <root>/list_eval_partition.csv
+    <root>/img_align_celeba/img_align_celeba/*.jpg
 
 Kaggle's CSV files hold the same table with commas and a header row (``image_id,5_o_Clock_Shadow,...`` and
 ``image_id,partition``) instead of the count line.
