@@ -25,11 +25,17 @@ $(STAMP): requirements.txt pyproject.toml config/ipython_kernel_config.py config
 	cp config/lab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
-demo: $(STAMP)            ## run every notebook headlessly into runs/<time>/ with HTML copies
-	$(PY) -m mao_lab.runner
+# The HTML copies are then made offline (mao_lab.handouts --in-place): MathJax and plotly.js once in
+# runs/<time>/assets/, no CDN; they are rewritten even when a notebook failed, and the runner's status is kept.
+DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
+DEMO_OUT ?= runs/$(DEMO_STAMP)
+demo: $(STAMP)            ## run every notebook headlessly into runs/<time>/ with offline HTML copies (DEMO_OUT=folder)
+	$(PY) -m mao_lab.runner --out $(DEMO_OUT); status=$$?; \
+		$(PY) -m mao_lab.handouts $(DEMO_OUT) --in-place && exit $$status
 
 smoke: $(STAMP)           ## the same, in the notebooks' smoke settings (seconds)
-	$(PY) -m mao_lab.runner --smoke
+	$(PY) -m mao_lab.runner --smoke --out $(DEMO_OUT); status=$$?; \
+		$(PY) -m mao_lab.handouts $(DEMO_OUT) --in-place && exit $$status
 
 test: $(STAMP)            ## the whole test suite, notebooks included
 	$(PY) -m pytest
