@@ -29,11 +29,11 @@ $(STAMP): requirements.txt pyproject.toml config/ipython_kernel_config.py config
 # runs/<time>/assets/, no CDN; they are rewritten even when a notebook failed, and the runner's status is kept.
 DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
 DEMO_OUT ?= runs/$(DEMO_STAMP)
-demo: $(STAMP)            ## run every notebook headlessly into runs/<time>/ with offline HTML copies (DEMO_OUT=folder)
+demo: $(STAMP)            ## every notebook into runs/<time>/ with offline HTML copies (about 13 min; docs/workshop.md)
 	$(PY) -m mao_lab.runner --out $(DEMO_OUT); status=$$?; \
 		$(PY) -m mao_lab.handouts $(DEMO_OUT) --in-place && exit $$status
 
-smoke: $(STAMP)           ## the same, in the notebooks' smoke settings (seconds)
+smoke: $(STAMP)           ## the same, in the notebooks' smoke settings (about 6 min; docs/workshop.md)
 	$(PY) -m mao_lab.runner --smoke --out $(DEMO_OUT); status=$$?; \
 		$(PY) -m mao_lab.handouts $(DEMO_OUT) --in-place && exit $$status
 
