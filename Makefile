@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo smoke test lint bench lab workshop explorer test-browser clean study handouts slides wheelhouse answer-key
+.PHONY: setup demo smoke test lint bench lab workshop room explorer test-browser clean study handouts slides wheelhouse answer-key
 
 setup: $(STAMP)
 
@@ -25,11 +25,17 @@ $(STAMP): requirements.txt pyproject.toml config/ipython_kernel_config.py config
 	cp config/lab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
-demo: $(STAMP)            ## run every notebook headlessly into runs/<time>/ with HTML copies
-	$(PY) -m mao_lab.runner
+# The HTML copies are then made offline (mao_lab.handouts --in-place): MathJax and plotly.js once in
+# runs/<time>/assets/, no CDN; they are rewritten even when a notebook failed, and the runner's status is kept.
+DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
+DEMO_OUT ?= runs/$(DEMO_STAMP)
+demo: $(STAMP)            ## every notebook into runs/<time>/ with offline HTML copies (about 13 min; docs/workshop.md)
+	$(PY) -m mao_lab.runner --out $(DEMO_OUT); status=$$?; \
+		$(PY) -m mao_lab.handouts $(DEMO_OUT) --in-place && exit $$status
 
-smoke: $(STAMP)           ## the same, in the notebooks' smoke settings (seconds)
-	$(PY) -m mao_lab.runner --smoke
+smoke: $(STAMP)           ## the same, in the notebooks' smoke settings (about 6 min; docs/workshop.md)
+	$(PY) -m mao_lab.runner --smoke --out $(DEMO_OUT); status=$$?; \
+		$(PY) -m mao_lab.handouts $(DEMO_OUT) --in-place && exit $$status
 
 test: $(STAMP)            ## the whole test suite, notebooks included
 	$(PY) -m pytest
@@ -58,6 +64,15 @@ workshop: $(STAMP)        ## JupyterLab on copies of the notebooks in my-noteboo
 	mkdir -p my-notebooks
 	for nb in notebooks/*.ipynb; do test -e my-notebooks/$$(basename $$nb) || cp $$nb my-notebooks/; done
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=my-notebooks $(ALLOW_ROOT)
+
+# One machine for a room: a JupyterLab per participant (127.0.0.1, own port, token and copy of notebooks/ in
+# room/pNN/), behind one reverse proxy (docs/workshop.md has the nginx blocks: `python -m mao_lab.classroom nginx`).
+PARTICIPANTS ?= 2
+PORT_BASE ?= 8901
+PUBLIC_URL ?=
+room: $(STAMP)            ## a JupyterLab per participant; prints each one's link (PARTICIPANTS=n, PUBLIC_URL=https://host/)
+	$(PY) -m mao_lab.classroom room --participants $(PARTICIPANTS) --port-base $(PORT_BASE) \
+		$(if $(PUBLIC_URL),--public-url $(PUBLIC_URL))
 
 explorer: $(STAMP)        ## the balance explorer as a web page (Voilà) on 127.0.0.1 with a token; RUNS=folder
 	cd apps && MAO_LAB_RUNS="$(abspath $(RUNS))" JUPYTER_PATH="$(abspath apps/share)" \

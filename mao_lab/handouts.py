@@ -14,6 +14,9 @@ run folder (``make demo`` writes one) into ``handouts/<notebook>.html`` beside o
 
 Hand out the whole folder (the pages find ``assets/`` beside them).  ``main`` prints each page's size.
 
+``make demo`` makes its own HTML copies offline the same way (``--in-place``, :func:`offline_run`): each run folder's
+``<run>/<name>/<name>.html`` is rewritten to load MathJax and plotly.js from one shared ``<run>/assets/``.
+
 ``make slides`` (``--slides``) builds the opening and wrap-up slides from ``docs/slides/*.md`` (slides separated
 by ``---`` lines) as reveal.js pages in ``handouts/slides/``: reveal.js 4.0.2 is vendored in
 ``docs/slides/reveal.js`` (MIT), the maths typeset by the same local MathJax, so they too open offline.  A
@@ -24,6 +27,7 @@ writes ``handouts/handout.html``, the printable one-page handout (``docs/handout
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -41,6 +45,7 @@ __all__ = [
     "markdown_page",
     "mathjax_folder",
     "offline_html",
+    "offline_run",
     "slides_html",
     "write_assets",
     "write_slides",
@@ -136,19 +141,39 @@ def _without_widget_views(notebook: object) -> None:
             cell.outputs = [o for o in cell.outputs if _WIDGET_VIEW not in o.get("data", {})]
 
 
-def export_handout(executed: Path, out_dir: Path) -> Path:
-    """Write ``out_dir/<notebook>.html`` from an executed notebook, loading only ``out_dir/assets``."""
+def export_handout(executed: Path, out_dir: Path, *, page: Path | None = None) -> Path:
+    """Write ``out_dir/<notebook>.html`` (or ``page``) from an executed notebook, loading only ``out_dir/assets``.
+
+    ``page`` may lie in a folder below ``out_dir`` (``make demo``'s ``<run>/<name>/<name>.html``): its links to the
+    assets are then relative to its own folder (``../assets/...``).
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
     notebook = nbformat.read(executed, as_version=4)
     _without_widget_views(notebook)
-    write_assets(out_dir)
-    exporter = HTMLExporter(mathjax_url=f"{ASSETS}/mathjax/MathJax.js?config={_MATHJAX_CONFIG}")
+    assets_dir = write_assets(out_dir)
+    target = page if page is not None else out_dir / f"{executed.stem}.html"
+    assets = Path(os.path.relpath(assets_dir.resolve(), target.parent.resolve())).as_posix()
+    exporter = HTMLExporter(mathjax_url=f"{assets}/mathjax/MathJax.js?config={_MATHJAX_CONFIG}")
     body, _ = exporter.from_notebook_node(notebook)
-    page = offline_html(body)
-    target = out_dir / f"{executed.stem}.html"
-    return write_atomically(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    html = offline_html(body, assets)
+    return write_atomically(target, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+
+
+def offline_run(run_dir: Path) -> list[Path]:
+    """Rewrite a run folder's HTML copies offline in place: ``<name>/<name>.html`` beside its executed notebook.
+
+    MathJax and plotly.js go once into ``run_dir/assets/``; each page loads them from there (``../assets``).
+    Only the HTML copies change: the executed notebooks, tables and figures stay byte for byte.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no executed notebook.
+    """
+    executed = find_executed(run_dir)
+    if not executed:
+        raise FileNotFoundError(f"no executed notebook in {run_dir} (looked for <name>/<name>.ipynb)")
+    return [export_handout(notebook, run_dir, page=notebook.with_suffix(".html")) for notebook in executed]
 
 
 def _ledger_table(claims_dir: Path) -> str:
@@ -267,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="handouts", help="the handouts folder (default: handouts)")
     parser.add_argument("--slides", action="store_true", help="build the slides (docs/slides/*.md) instead")
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="make the run folder's own HTML copies offline (make demo), with one shared <run>/assets/",
+    )
     args = parser.parse_args(argv)
     if args.slides:
         try:
@@ -297,17 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModuleNotFoundError, FileNotFoundError) as error:
         print(error, file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = run_dir if args.in_place else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for notebook in executed:
-        page = export_handout(notebook, out)
+    pages = offline_run(run_dir) if args.in_place else [export_handout(notebook, out) for notebook in executed]
+    for page in pages:
         print(f"{page}  {page.stat().st_size / 1e6:.2f} MB")
     assets = out / ASSETS
     size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
-    print(
-        f"{assets}/  {size / 1e6:.1f} MB, shared by every page (MathJax and plotly.js);"
-        f" hand out the whole {out}/ folder"
-    )
+    where = "the HTML copies load nothing from the internet" if args.in_place else f"hand out the whole {out}/ folder"
+    print(f"{assets}/  {size / 1e6:.1f} MB, shared by every page (MathJax and plotly.js); {where}")
     return 0
 
 

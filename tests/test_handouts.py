@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -98,3 +100,35 @@ def test_offline_html_keeps_the_page_and_drops_only_remote_loads() -> None:
     assert "cdn.example" not in out and "<p>$x$</p>" in out and 'Plotly.newPlot("f")' in out
     assert out.count("assets/plotly.min.js") == 1
     assert slides_html("# A\n\n---\n\n# B", "t").count("<section>") == 2
+
+
+def test_in_place_makes_a_run_folders_html_copies_offline_and_leaves_the_rest(tmp_path: Path) -> None:
+    from mao_lab.runner import export_html
+
+    source = executed_notebook(tmp_path / "run")
+    copy = export_html(source)  # the runner's HTML copy, as `python -m mao_lab.runner` leaves it: CDN scripts
+    assert REMOTE.search(copy.read_text(encoding="utf-8"))
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p != copy}
+    assert main([str(tmp_path / "run"), "--in-place"]) == 0
+    text = copy.read_text(encoding="utf-8")
+    assert not REMOTE.search(text), REMOTE.search(text)
+    local = re.findall(r"""<script[^>]*src=["']([^"']+)["']""", text)
+    assert sorted(local) == sorted(
+        ["../assets/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe", "../assets/plotly.min.js"]
+    )
+    for script in local:  # resolved from the page's own folder, as a browser does
+        assert (copy.parent / script.split("?")[0]).resolve().is_file(), script
+    assert all(path.read_bytes() == content for path, content in before.items())  # notebook and tables intact
+    assert not list((tmp_path / "run").glob("*.html"))  # no second page beside the run's folders
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("target", ["demo", "smoke"])
+def test_make_demo_makes_the_folder_it_ran_into_offline(target: str, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "the-run"
+    shown = subprocess.run(
+        ["make", "-n", "-C", str(root), target, f"DEMO_OUT={out}"], capture_output=True, text=True, check=True
+    ).stdout
+    runner = shown.index(f"-m mao_lab.runner {'--smoke ' if target == 'smoke' else ''}--out {out};")
+    assert shown.index(f"-m mao_lab.handouts {out} --in-place", runner) > runner

@@ -30,6 +30,7 @@ HARNESS = (
     "mao_lab.notebook",
     "mao_lab.experiments",
     "mao_lab.handouts",
+    "mao_lab.classroom",
 )
 
 DISPLAY_MODULES = ("mao_lab.recorder._explorer", "mao_lab.recorder._monitor", "mao_lab.recorder._figures")

@@ -23,10 +23,14 @@ the claims explorer must show, and every control of the explorer must redraw its
 
 Each notebook run in JupyterLab is saved and turned into a handout (:mod:`mao_lab.handouts`), which is opened
 with every request outside the handouts folder blocked (Playwright routes): its equations must be typeset,
-its figures drawn, and no request may leave the folder.
+its figures drawn, and no request may leave the folder.  So is one page of ``make demo``'s run folder (06's,
+made offline by ``python -m mao_lab.handouts <run> --in-place`` as the demo does), with every request outside
+the run folder blocked.
 
 The explorer app gets a third run folder named ``<img src=x onerror=...>``: its name must show as text, and
-no element or script may come from it.  ``--only`` picks pages (``--only app``, ``--only 05 app``).
+no element or script may come from it.  Then ``make room`` starts a JupyterLab for each of two participants:
+A's link must open JupyterLab and a notebook whose kernel starts; A's token and A's login cookie must not open
+B's server.  ``--only`` picks pages (``--only app``, ``--only 05 app``, ``--only room``).
 
 A failure saves a screenshot under ``runs/browser-test/``.  It prints a table: notebook × figures,
 widgets, controls, controls that redrew their figure, exercises, seconds.  Exit status 0 only when everything
@@ -37,10 +41,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
+import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +77,8 @@ DEFAULT_SUFFIX = "-default"  # a copy run with the notebook's own parameters (05
 DEFAULT_SETTING = ("05_claims",)  # the notebooks also run in their default setting
 XSS_NAME = "<img src=x onerror=window.__xss=1>"  # a run folder's name that must show as text
 HANDOUT_WAIT_MS = 20_000  # a handout's MathJax and figures, drawn
+ROOM_SIZE = 2  # make room's participants in the test
+DEMO_PAGE = "06_workshop_mao_update"  # the page of `make demo`'s run folder checked offline (maths and figures)
 
 
 @dataclass
@@ -556,10 +565,47 @@ def _only_under(folder: str, outside: list[str]):  # noqa: ANN202 - a Playwright
     return route
 
 
-def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa: ANN001
-    """Handouts of the saved notebooks, opened with the network blocked: equations typeset, figures drawn."""
+def check_offline_page(page, page_path: Path, folder: Path, notebook: Path, result: Result) -> None:  # noqa: ANN001
+    """Open ``page_path`` with every request outside ``folder`` blocked: equations typeset, figures drawn."""
     import nbformat
 
+    outside: list[str] = []
+    page.route("**/*", _only_under(folder.resolve().as_uri(), outside))
+    try:
+        page.goto(page_path.resolve().as_uri(), timeout=120_000)
+    except Exception as error:  # noqa: BLE001 - reported, and the next page is checked
+        result.problems.append(f"the page did not load: {type(error).__name__}: {str(error)[:200]}")
+    has_maths = any("$" in c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown")
+    # Any failure to settle is fine here: what is missing is counted and reported below.
+    with contextlib.suppress(Exception):
+        page.wait_for_function(
+            "() => (!window.MathJax || (MathJax.Hub && MathJax.Hub.queue"
+            " && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running))"
+            " && Array.from(document.querySelectorAll('.plotly-graph-div'))"
+            ".every(d => d.querySelector('.main-svg'))",
+            timeout=HANDOUT_WAIT_MS,
+        )
+    divs = page.locator(".plotly-graph-div").count()
+    result.figures = page.locator(".plotly-graph-div:has(.main-svg)").count()
+    typeset = page.locator(".MathJax, .MathJax_Display").count()
+    raw = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.jp-MarkdownOutput'))"
+        ".filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length"
+    )
+    if outside:
+        result.problems.append(f"{len(outside)} requests outside {folder.name}/, e.g. {outside[0][:100]}")
+    if result.figures < divs or divs == 0:
+        result.problems.append(f"{result.figures} of {divs} figures drawn with the network blocked")
+    if has_maths and (typeset == 0 or raw):
+        result.problems.append(f"equations not typeset offline ({typeset} typeset, {raw} cells with raw LaTeX)")
+    result.widgets = typeset
+    page.unroute("**/*")
+    if result.problems:
+        page.screenshot(path=str(ARTIFACTS / f"{page_path.stem}-offline.png"), full_page=True)
+
+
+def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa: ANN001
+    """Handouts of the saved notebooks, opened with the network blocked: equations typeset, figures drawn."""
     from mao_lab.handouts import export_handout
 
     results = []
@@ -572,44 +618,36 @@ def check_handouts(page, saved: list[Path], out: Path) -> list[Result]:  # noqa:
             result.problems.append(f"export failed: {type(error).__name__}: {error}")
             results.append(result)
             continue
-        outside: list[str] = []
-        page.route("**/*", _only_under(out.resolve().as_uri(), outside))
-        try:
-            page.goto(page_path.resolve().as_uri(), timeout=120_000)
-        except Exception as error:  # noqa: BLE001 - reported, and the next handout is checked
-            result.problems.append(f"the page did not load: {type(error).__name__}: {str(error)[:200]}")
-        has_maths = any(
-            "$" in c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown"
-        )
-        # Any failure to settle is fine here: what is missing is counted and reported below.
-        with contextlib.suppress(Exception):
-            page.wait_for_function(
-                "() => (!window.MathJax || (MathJax.Hub && MathJax.Hub.queue"
-                " && !MathJax.Hub.queue.pending && !MathJax.Hub.queue.running))"
-                " && Array.from(document.querySelectorAll('.plotly-graph-div'))"
-                ".every(d => d.querySelector('.main-svg'))",
-                timeout=HANDOUT_WAIT_MS,
-            )
-        divs = page.locator(".plotly-graph-div").count()
-        result.figures = page.locator(".plotly-graph-div:has(.main-svg)").count()
-        typeset = page.locator(".MathJax, .MathJax_Display").count()
-        raw = page.evaluate(
-            "() => Array.from(document.querySelectorAll('.jp-MarkdownOutput'))"
-            ".filter(e => /\\$\\$|\\\\frac|\\\\hat/.test(e.innerText)).length"
-        )
-        if outside:
-            result.problems.append(f"{len(outside)} requests outside the handouts folder, e.g. {outside[0][:100]}")
-        if result.figures < divs or divs == 0:
-            result.problems.append(f"{result.figures} of {divs} figures drawn with the network blocked")
-        if has_maths and (typeset == 0 or raw):
-            result.problems.append(f"equations not typeset offline ({typeset} typeset, {raw} cells with raw LaTeX)")
-        result.widgets = typeset
-        page.unroute("**/*")
-        if result.problems:
-            page.screenshot(path=str(ARTIFACTS / f"handout-{notebook.stem}.png"), full_page=True)
+        check_offline_page(page, page_path, out, notebook, result)
         result.seconds = time.monotonic() - started
         results.append(result)
     return results
+
+
+def check_demo_page(page, notebook: Path, run: Path) -> Result:  # noqa: ANN001
+    """One page of ``make demo``'s run folder, made as the demo makes it, opened with the network blocked.
+
+    ``notebook`` (saved after its run in JupyterLab) goes where the runner puts an executed notebook,
+    ``<run>/<name>/<name>.ipynb``; the runner's HTML copy is written beside it (:func:`mao_lab.runner.export_html`)
+    and made offline by the command ``make demo`` runs next (``python -m mao_lab.handouts <run> --in-place``).
+    """
+    from mao_lab.handouts import main as handouts_main
+    from mao_lab.runner import export_html
+
+    result = Result(f"demo page {notebook.stem}"[:32])
+    started = time.monotonic()
+    executed = run / notebook.stem / notebook.name
+    executed.parent.mkdir(parents=True)
+    shutil.copy(notebook, executed)
+    export_html(executed)
+    with contextlib.redirect_stdout(io.StringIO()):  # the sizes it prints
+        status = handouts_main([str(run), "--in-place"])  # what `make demo` runs after the runner
+    if status != 0:
+        result.problems.append(f"`python -m mao_lab.handouts {run} --in-place` exited with {status}")
+    else:
+        check_offline_page(page, executed.with_suffix(".html"), run, notebook, result)
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def check_bad_parameter(page, base: str, token: str, path: Path) -> Result:  # noqa: ANN001
@@ -692,6 +730,103 @@ def check_app(page, url: str) -> Result:  # noqa: ANN001
     return result
 
 
+def _status(url: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status of ``url`` as a browser would first see it (redirects not followed)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            return None
+
+    try:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=20) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def check_room(page, work: Path, env: dict[str, str]) -> Result:  # noqa: ANN001
+    """``make room`` for two participants: A's link opens JupyterLab and a notebook (its kernel starts); A's token
+    and A's login cookie do not open B's server, B's own token does."""
+    result = Result(f"room ({ROOM_SIZE} participants)")
+    started = time.monotonic()
+    port_base = free_port()
+    while not all(_port_free(port_base + i) for i in range(ROOM_SIZE)):
+        port_base = free_port()
+    command = [
+        sys.executable, "-m", "mao_lab.classroom", "room", f"--participants={ROOM_SIZE}",
+        f"--dir={work / 'room'}", f"--port-base={port_base}",
+    ]  # fmt: skip
+    log = ARTIFACTS / "room.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "servers running" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        seats = re.findall(r"^(p\d\d)\s+(\d+)\s+(http://\S+token=(\S+))$", log.read_text(), re.MULTILINE)
+        if len(seats) != ROOM_SIZE:
+            result.problems.append(f"the room printed {len(seats)} links, not {ROOM_SIZE}: {log.read_text()[-500:]}")
+            return result
+        (a, a_port, a_url, a_token), (b, b_port, _, b_token) = seats[:2]
+        contents = "http://127.0.0.1:{port}/{name}/api/contents/notebooks"
+        b_api = contents.format(port=b_port, name=b)
+        if _status(f"{b_api}?token={a_token}") not in (401, 403):
+            result.problems.append(f"{a}'s token opens {b}'s server")
+        if _status(f"{b_api}?token={b_token}") != 200:
+            result.problems.append(f"{b}'s own token does not open {b}'s server")
+        notebook = "notebooks/00_quickstart.ipynb"
+        page.goto(a_url.replace("/lab?", f"/lab/tree/{notebook}?"), timeout=120_000)
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+        sessions = f"http://127.0.0.1:{a_port}/{a}/api/sessions?token={a_token}"
+        kernel = ""
+        while time.monotonic() < deadline + 60 and kernel != "idle":
+            with urllib.request.urlopen(sessions, timeout=20) as response:
+                listed = json.loads(response.read())
+            kernel = next((s["kernel"]["execution_state"] for s in listed if s["path"] == notebook), "")
+            time.sleep(0.5)
+        if kernel != "idle":
+            result.problems.append(f"{notebook} opened in {a}'s JupyterLab but its kernel is {kernel or 'missing'}")
+        result.figures = page.locator(".jp-NotebookPanel .jp-Cell").count()  # the notebook's cells, shown
+        cookie = next((c for c in page.context.cookies() if c["name"] == f"username-127-0-0-1-{a_port}"), None)
+        if cookie is None:
+            result.problems.append(f"{a}'s JupyterLab set no login cookie")
+        else:
+            a_api = contents.format(port=a_port, name=a)
+            if _status(a_api, {"Cookie": f"{cookie['name']}={cookie['value']}"}) != 200:
+                result.problems.append(
+                    f"{a}'s login cookie does not open {a}'s own server (the check below means nothing)"
+                )
+            replayed = {"Cookie": f"username-127-0-0-1-{b_port}={cookie['value']}"}
+            if _status(b_api, replayed) not in (401, 403):
+                result.problems.append(f"{a}'s login cookie, sent to {b}'s server, opens it")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            result.problems.append("the room did not stop within 60 s of SIGTERM")
+    if process.returncode not in (0, -signal.SIGTERM) and not result.problems:
+        result.problems.append(f"the room exited with {process.returncode}: {log.read_text()[-500:]}")
+    if result.problems:
+        page.screenshot(path=str(ARTIFACTS / "room.png"), full_page=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def make_demo_runs(folder: Path) -> None:
     """Two small recorded runs (Adam on the sum and MAO) for the explorer app to open."""
     code = (
@@ -739,13 +874,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="+",
         metavar="PAGE",
-        help="only these pages: notebook names or prefixes, and `app` for the explorer app",
+        help="only these pages: notebook names or prefixes, `app` for the explorer app, `room` for make room",
     )
     parser.add_argument("--no-handouts", action="store_true", help="skip the offline handouts")
+    parser.add_argument("--no-room", action="store_true", help="skip make room (a server per participant)")
     args = parser.parse_args(argv)
     if args.only:
         args.no_app = "app" not in args.only
-        args.notebooks = [name for name in args.only if name != "app"]
+        args.no_room = "room" not in args.only
+        args.notebooks = [name for name in args.only if name not in ("app", "room")]
     from playwright.sync_api import sync_playwright
 
     chromium = ensure_chromium()
@@ -776,8 +913,13 @@ def main(argv: list[str] | None = None) -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})  # a laptop screen, JupyterLab as it opens
-            with server(lab, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab.log", work, env):
-                if not refuses_without_token(f"{base}/api/contents"):
+            lab_server = (  # not started when only the app or the room are checked
+                server(lab, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab.log", work, env)
+                if copies
+                else contextlib.nullcontext()
+            )
+            with lab_server:
+                if copies and not refuses_without_token(f"{base}/api/contents"):
                     results.append(Result("JupyterLab token", problems=["JupyterLab answers without the token"]))
                 for copy in copies:
                     print(f"{copy.stem} …", flush=True)
@@ -797,6 +939,9 @@ def main(argv: list[str] | None = None) -> int:
                 results += check_handouts(page, saved, work / "handouts")
                 for r in results[-len(saved) :]:
                     print(f"  {r}", flush=True)
+                demo = next((c for c in saved if c.stem == DEMO_PAGE), saved[0])  # one page: maths and figures
+                results.append(check_demo_page(page, demo, work / "demo-run"))
+                print(f"  {results[-1]}", flush=True)
             if not args.no_app:
                 runs = work / "app-runs"
                 make_demo_runs(runs)
@@ -819,6 +964,17 @@ def main(argv: list[str] | None = None) -> int:
                         traceback.print_exc()
                         page.screenshot(path=str(ARTIFACTS / "explorer-app-crash.png"), full_page=True)
                         results.append(Result("explorer app (Voilà)", problems=[f"{type(error).__name__}: {error}"]))
+            if not args.no_room:
+                print("room …", flush=True)
+                try:
+                    results.append(check_room(page, work, env))
+                except Exception as error:  # noqa: BLE001
+                    traceback.print_exc()
+                    page.screenshot(path=str(ARTIFACTS / "room-crash.png"), full_page=True)
+                    results.append(
+                        Result(f"room ({ROOM_SIZE} participants)", problems=[f"{type(error).__name__}: {error}"])
+                    )
+                print(f"  {results[-1]}", flush=True)
             browser.close()
     print_table(results)
     elapsed = time.monotonic() - started
