@@ -157,18 +157,22 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
     ledger, ledger_md = pd.read_csv(study / "ledger.csv"), (study / "ledger.md").read_text()
     document = json.loads((study / "ledger.json").read_text())
     resumed = main(["--smoke", "--out", str(study)])  # the same command again: nothing runs again
+    ran_again = executed()
+    resumed_ledger, resumed_ledger_md = pd.read_csv(study / "ledger.csv"), (study / "ledger.md").read_text()
+    resumed_phases = json.loads((study / "provenance.json").read_text())["phases"]
+    ledger_only = main(["--ledger-only", str(study), "--out", str(docs)])  # what docs/claims/ is made with
     return SmokeStudy(
         folder=study,
         docs=docs,
-        exits=(first, resumed, main(["--ledger-only", str(study), "--out", str(docs)])),  # how docs/claims/ is made
+        exits=(first, resumed, ledger_only),
         files=files,
         ledger=ledger,
         ledger_md=ledger_md,
         document=document,
-        executed=(ran, executed()),
-        resumed_ledger=pd.read_csv(study / "ledger.csv"),
-        resumed_ledger_md=(study / "ledger.md").read_text(),
-        resumed_phases=json.loads((study / "provenance.json").read_text())["phases"],
+        executed=(ran, ran_again),
+        resumed_ledger=resumed_ledger,
+        resumed_ledger_md=resumed_ledger_md,
+        resumed_phases=resumed_phases,
     )
 
 
