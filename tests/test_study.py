@@ -317,27 +317,27 @@ def test_the_ledger_folder_recomputes_itself_byte_for_byte(smoke_study: SmokeStu
 
 @pytest.mark.notebook
 def test_05_claims_reads_the_study_folder(smoke_study: SmokeStudy, tmp_path: Path) -> None:
-    params = {"smoke": True, "study_dir": str(smoke_study.folder), "claim": "P4"}
-    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", tmp_path, params)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    out, params = tmp_path / "claims", {"smoke": True, "study_dir": str(smoke_study.folder), "claim": "P4"}
+    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, params)
+    summary = json.loads((out / "summary.json").read_text())
     claims = _claims(smoke_study)
     assert summary["smoke"] is True and summary["best_mm4_levelling"] in LEVELLING_STATUSES
     assert summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
     figures = ("claim_M1", "claim_P4", "balance_reg8", "learning_rate_mm4", "validation_curve", "compute", "spread")
     for figure in figures:
-        assert (tmp_path / f"{figure}.html").is_file(), figure
-    assert "mean nothing" in (tmp_path / "05_claims.html").read_text()
+        assert (out / f"{figure}.html").is_file(), figure
+    assert "mean nothing" in (out / "05_claims.html").read_text()
 
 
 @pytest.mark.notebook
 def test_05_claims_reads_a_ledger_folder_without_tables(smoke_study: SmokeStudy, tmp_path: Path) -> None:
     """A folder like the committed docs/claims: ledger.json, no tables."""
-    docs = smoke_study.docs
-    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", tmp_path, {"smoke": True, "study_dir": str(docs)}, html=False)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    docs, out = smoke_study.docs, tmp_path / "ledger-only"
+    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(docs)}, html=False)
+    summary = json.loads((out / "summary.json").read_text())
     claims = _claims(smoke_study)
     assert summary["tables"] is False and summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
-    assert (tmp_path / "claim_M2.html").is_file() and not (tmp_path / "compute.html").exists()
+    assert (out / "claim_M2.html").is_file() and not (out / "compute.html").exists()
     assert not (docs / "provenance.json").exists()  # it made no study of its own there
 
 
