@@ -8,10 +8,12 @@ Usage: python tests/_distributed_worker.py RANK WORLD_SIZE INIT_FILE OUT_FILE
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from _helpers import Net as SharedNet  # tests/ is on the path: pytest's pythonpath, or this script's folder
 
 NUM_TASKS = 3
 STEPS = 5
@@ -19,19 +21,12 @@ BATCH = 16
 IN, HIDDEN = 5, 8
 
 
-class Net(nn.Module):
-    """A shared trunk and one linear head per task; forward returns the heads' outputs."""
+class Net(SharedNet):
+    """The shared net on a trunk IN-HIDDEN, float64, seeding the global RNG (every rank draws PCGrad's order
+    from it); calling it gives the heads' outputs."""
 
     def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.trunk = nn.Sequential(nn.Linear(IN, HIDDEN), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(HIDDEN, 1) for _ in range(NUM_TASKS))
-        self.double()
-
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        z = self.trunk(x)
-        return tuple(head(z).squeeze(-1) for head in self.heads)
+        super().__init__(NUM_TASKS, widths=(IN, HIDDEN), seed_globally=True)
 
 
 def batch(step: int, shard: slice) -> tuple[Tensor, Tensor]:
@@ -44,7 +39,7 @@ def batch(step: int, shard: slice) -> tuple[Tensor, Tensor]:
     return x[shard], y[shard]
 
 
-def task_losses(outputs: tuple[Tensor, ...], y: Tensor) -> list[Tensor]:
+def task_losses(outputs: Sequence[Tensor], y: Tensor) -> list[Tensor]:
     """Mean squared errors: the mean over a half-batch, averaged over two equal halves, is the whole's."""
     return [(out - y[:, k]).pow(2).mean() for k, out in enumerate(outputs)]
 

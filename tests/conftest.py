@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+pytest.register_assert_rewrite("_helpers")  # its asserts explain themselves as the tests' own do
+
 
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:

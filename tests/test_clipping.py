@@ -7,29 +7,29 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mao_lab import MAO, TaskGradients
 from mao_lab.methods import available, make
+
+from _helpers import Net as SharedNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NUM_TASKS = 3
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(NUM_TASKS))
-        self.double()
+class Net(SharedNet):
+    """The shared net on a trunk 5-8, three heads, float64, seeding the global RNG (PCGrad draws from it)."""
 
-    def losses(self, step: int) -> list[Tensor]:
+    def __init__(self) -> None:
+        super().__init__(NUM_TASKS, widths=(5, 8), seed_globally=True)
+
+    def losses(self, step: int) -> list[Tensor]:  # type: ignore[override]
+        """The losses on batch ``step``, the tasks' targets on scales 1, 30 and 0.1."""
         g = torch.Generator().manual_seed(step)
         x = torch.randn(16, 5, generator=g, dtype=torch.float64)
         y = torch.randn(16, NUM_TASKS, generator=g, dtype=torch.float64) * torch.tensor([1.0, 30.0, 0.1]).double()
-        z = self.trunk(x)
-        return [(head(z).squeeze(-1) - y[:, k]).pow(2).mean() for k, head in enumerate(self.heads)]
+        return super().losses(x, y)
 
 
 def hand_clipped(grads: list[Tensor | None], max_norm: float) -> list[Tensor | None]:

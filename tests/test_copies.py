@@ -21,6 +21,8 @@ from torch.optim.lr_scheduler import StepLR
 from mao_lab import MAO
 from mao_lab.methods import available, make
 
+from _helpers import assert_same
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 Copier = Callable[[object], object]
@@ -43,22 +45,6 @@ class TwoTasks(nn.Module):
 def batches(count: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     return [torch.randn(8, 3, generator=generator) for _ in range(count)]
-
-
-def assert_same(a: object, b: object) -> None:
-    """Equal tensors (bit for bit, dtype included), equal everything else, at every leaf."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str)
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    else:
-        assert a == b
 
 
 @pytest.mark.parametrize("steps_before", [0, 2])

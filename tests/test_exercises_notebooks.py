@@ -111,10 +111,11 @@ def test_every_question_an_exercise_cell_checks_exists_in_its_module(name: str) 
 def test_the_static_copy_of_a_live_widget_stays_headless_and_goes_once_a_browser_draws_the_widget() -> None:
     import ipywidgets as widgets
     import plotly.graph_objects as go
+    import plotly.io as pio
     from IPython.core.displaypub import CapturingDisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
 
-    from mao_lab.notebook import display_live
+    from mao_lab.notebook import display_live, setup_plotly
 
     class Live:
         widget = widgets.IntSlider()
@@ -124,6 +125,10 @@ def test_the_static_copy_of_a_live_widget_stays_headless_and_goes_once_a_browser
 
     shell = InteractiveShell.instance()
     shell.display_pub, publisher = CapturingDisplayPublisher(), shell.display_pub
+    # The renderers every notebook sets before it displays a live view.  Not left to plotly's default: that is
+    # chosen once, when plotly first renders, from whether an IPython shell existed then (another test decides).
+    renderers = pio.renderers.default
+    setup_plotly()
     try:
         display_live(Live())
         # (plotly's notebook renderer may first display its script once: not counted.)
@@ -150,3 +155,4 @@ def test_the_static_copy_of_a_live_widget_stays_headless_and_goes_once_a_browser
         assert len(shell.display_pub.outputs) == before + 2
     finally:
         shell.display_pub = publisher
+        pio.renderers.default = renderers

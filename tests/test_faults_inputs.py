@@ -16,14 +16,13 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from nbformat.v4 import new_code_cell, new_notebook
 from torch import nn
 
 from mao_lab import MAO
@@ -34,6 +33,9 @@ from mao_lab.recorder._frame import empty_frame
 from mao_lab.recorder._storage import RunFileError, save_run
 from mao_lab.runner import MAX_VALUE_DEPTH, MAX_VALUE_ELEMENTS, parse_value
 from mao_lab.runner import main as runner_main
+
+from _helpers import Net as SharedNet
+from _helpers import write_notebook
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SHIPPED = REPOSITORY / "data" / "multimnist.npz"
@@ -55,20 +57,13 @@ def tree(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
-def tiny_notebook(folder: Path, name: str = "tiny") -> Path:
-    """A notebook with the lab's contract (``smoke``, ``output_dir``) that writes ``summary.json``."""
-    params = new_code_cell(
-        "smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'",
-        metadata={"tags": ["parameters"]},
-    )
-    body = new_code_cell(
-        "import json, pathlib\nout = pathlib.Path(output_dir)\nout.mkdir(parents=True, exist_ok=True)\n"
-        "(out / 'summary.json').write_text(json.dumps({'x': x}))\n(out / 'new.txt').write_text('new')"
-    )
-    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = folder / f"{name}.ipynb"
-    nbformat.write(new_notebook(cells=[params, body], metadata={"kernelspec": kernelspec}), path)
-    return path
+TINY_PARAMETERS = "smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'"
+TINY_BODY = (
+    "import json, pathlib\nout = pathlib.Path(output_dir)\nout.mkdir(parents=True, exist_ok=True)\n"
+    "(out / 'summary.json').write_text(json.dumps({'x': x}))\n(out / 'new.txt').write_text('new')"
+)
+# A notebook with the lab's contract (``smoke``, ``output_dir``) that writes ``summary.json``.
+tiny_notebook = partial(write_notebook, parameters=TINY_PARAMETERS, body=TINY_BODY)
 
 
 def one_line_exit_2(
@@ -730,15 +725,14 @@ def test_load_run_names_the_damaged_file_and_changes_nothing(
     assert snapshot(run) == before
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.trunk = nn.Linear(3, 4)
-        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(2))
+class Net(SharedNet):
+    """The shared net on a trunk 3-4 with ReLU and two heads, float32, seeding the global RNG."""
 
-    def losses(self, x: torch.Tensor, bad: bool = False) -> dict[str, torch.Tensor]:
-        z = self.trunk(x).relu()
+    def __init__(self) -> None:
+        super().__init__(2, dtype=torch.float32, widths=(3, 4), activation=nn.ReLU, seed_globally=True)
+
+    def losses(self, x: torch.Tensor, bad: bool = False) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        z = self.trunk(x)
         losses = {f"t{k}": (head(z) - k).pow(2).mean() for k, head in enumerate(self.heads)}
         if bad:
             losses["t0"] = losses["t0"] * float("nan")
@@ -780,7 +774,7 @@ def test_a_monitor_keeps_parameters_the_model_does_not_name_apart() -> None:
     """A partial name mapping: the unnamed shared parameters are their own layers, never "(model)"."""
     net = Net()
     optimizer = MAO(net.parameters(), lr=1e-2)
-    monitor = BalanceMonitor({"trunk.weight": net.trunk.weight}, optimizer, every=1, budget=1.0)
+    monitor = BalanceMonitor({"trunk.weight": net.trunk[0].weight}, optimizer, every=1, budget=1.0)
     x = torch.linspace(-1, 1, 24).reshape(8, 3)
     for _ in range(2):
         optimizer.step(net.losses(x))

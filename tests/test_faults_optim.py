@@ -9,18 +9,19 @@ method where the fault applies, so a new method is attacked too.
 from __future__ import annotations
 
 import copy
-import io
-import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mao_lab import MAO, CheckpointError, TaskGradients, TaskInputError
 from mao_lab.methods import Method, available, hyperparameter_names, make
 from mao_lab.methods._mtadam import MTAdam
+
+from _helpers import Net as SharedNet
+from _helpers import Unchanged, assert_same, saved, unchanged
 
 ALL = sorted(available())
 
@@ -31,18 +32,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one tor
 # -- a three-task problem whose trunk width can change (a checkpoint of "another model size") ----------
 
 
-class Net(nn.Module):
-    def __init__(self, hidden: int = 8, num_tasks: int = 3, seed: int = 0) -> None:
-        super().__init__()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.trunk = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 5), nn.Tanh())
-            self.heads = nn.ModuleList(nn.Linear(5, 1) for _ in range(num_tasks))
-        self.double()
+class Net(SharedNet):
+    """The shared net on a trunk 4-``hidden``-5, in float64."""
 
-    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
-        z = self.trunk(x)
-        return [((head(z).squeeze(-1) - y[:, k]) ** 2).mean() for k, head in enumerate(self.heads)]
+    def __init__(self, hidden: int = 8, num_tasks: int = 3, seed: int = 0) -> None:
+        super().__init__(num_tasks, seed, widths=(4, hidden, 5))
 
 
 def data(num_tasks: int = 3, step: int = 0) -> tuple[Tensor, Tensor]:
@@ -77,59 +71,6 @@ def trained(name: str, hidden: int = 8, steps: int = 2, num_tasks: int = 3, **hy
 
 
 # -- byte-for-byte comparison ------------------------------------------------------------------------------
-
-
-def same(a: Any, b: Any, where: str = "state") -> None:
-    """Exact recursive equality: tensors by dtype, shape and every byte (NaNs where NaNs were)."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        assert isinstance(a, Tensor) and isinstance(b, Tensor), where
-        assert (a.dtype, a.shape, a.device) == (b.dtype, b.shape, b.device), where
-        as_bytes = (
-            (lambda t: t.detach().reshape(-1).contiguous().view(torch.uint8))
-            if a.dtype != torch.bool
-            else (lambda t: t)
-        )
-        assert torch.equal(as_bytes(a), as_bytes(b)), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (
-            f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
-        )
-        for k in a:
-            same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-class Unchanged:
-    """Snapshot of parameters and state; ``check()`` asserts both are byte for byte as they were."""
-
-    def __init__(self, params: list[Tensor], state_of: Callable[[], dict]) -> None:
-        self.params, self.state_of = params, state_of
-        self.before = [p.detach().clone() for p in params]
-        self.state = copy.deepcopy(state_of())
-
-    def check(self) -> None:
-        for i, (p, q) in enumerate(zip(self.params, self.before)):
-            same(p.detach(), q, f"parameter {i}")
-        same(self.state_of(), self.state)
-
-
-def unchanged(net: nn.Module, method: Method | MAO) -> Unchanged:
-    return Unchanged(list(net.parameters()), method.state_dict)
-
-
-def saved(state: dict) -> dict:
-    """Through torch.save / torch.load(weights_only=True), as a checkpoint on disk."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def still_steps(net: Net, method: Method, step: int = 5) -> None:
@@ -417,9 +358,9 @@ def test_the_same_tasks_in_another_order_are_the_same_tasks(name: str) -> None:
         runs.append((net, method, losses))
     (net_a, method_a, losses_a), (net_b, method_b, losses_b) = runs
     for p, q in zip(net_a.parameters(), net_b.parameters()):
-        same(p.detach(), q.detach())
-    same(method_a.state_dict(), method_b.state_dict())
-    same(losses_a, losses_b)  # returned in the order of method.task_names
+        assert_same(p.detach(), q.detach())
+    assert_same(method_a.state_dict(), method_b.state_dict())
+    assert_same(losses_a, losses_b)  # returned in the order of method.task_names
     assert method_b.task_names == NAMES
 
 
@@ -478,7 +419,7 @@ def test_a_resumed_method_matches_tasks_by_name(name: str) -> None:
     resumed.load_state_dict(state)
     resumed.step(named(resumed_net, 4, ("right", "sum", "left")))
     for p, q in zip(net.parameters(), resumed_net.parameters()):
-        same(p.detach(), q.detach())
+        assert_same(p.detach(), q.detach())
 
 
 def test_mao_matches_losses_and_gradients_by_name() -> None:
@@ -486,7 +427,7 @@ def test_mao_matches_losses_and_gradients_by_name() -> None:
     net_b, opt_b = mao_trained()
     opt_a.step(named(net_a, 5)())
     opt_b.step(named(net_b, 5, ("sum", "right", "left"))())
-    same(opt_a.state_dict(), opt_b.state_dict())
+    assert_same(opt_a.state_dict(), opt_b.state_dict())
     # Gradients computed elsewhere, with their names, in another order: the same step.
     params_a, params_b = list(net_a.parameters()), list(net_b.parameters())
     grads_a = [
@@ -498,9 +439,9 @@ def test_mao_matches_losses_and_gradients_by_name() -> None:
     opt_a.step(task_grads=TaskGradients.from_per_task(grads_a, params_a, NAMES))
     order = [2, 0, 1]
     opt_b.step(task_grads=TaskGradients.from_per_task([grads_b[k] for k in order], params_b, [NAMES[k] for k in order]))
-    same(opt_a.state_dict(), opt_b.state_dict())
+    assert_same(opt_a.state_dict(), opt_b.state_dict())
     for p, q in zip(params_a, params_b):
-        same(p.detach(), q.detach())
+        assert_same(p.detach(), q.detach())
     guard = unchanged(net_b, opt_b)
     with pytest.raises(TaskInputError, match="new 'product'"):
         opt_b.step(task_grads=TaskGradients.from_per_task(grads_b, params_b, ("left", "right", "product")))

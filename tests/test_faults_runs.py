@@ -19,6 +19,7 @@ import sys
 import textwrap
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import nbformat
@@ -35,6 +36,8 @@ from mao_lab.recorder._recorder import RecorderWriteWarning
 from mao_lab.runner import main as runner_main
 from mao_lab.runner import parse_value
 from mao_lab.sweep import expand_grid, local_cluster, run_sweep
+
+from _helpers import Net, write_notebook
 
 pytestmark = pytest.mark.notebook
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -68,6 +71,8 @@ if log:
     with open(log, "a") as stream:
         stream.write(f"{x}\\n")
 time.sleep(sleep)
+while hold and not pathlib.Path(hold).exists():       # the test says when this run may finish
+    time.sleep(0.05)
 if mode == "die":
     os.kill(os.getpid(), 9)                             # what the out-of-memory killer does
 if mode == "kill_worker":
@@ -92,16 +97,22 @@ if mode != "nosummary":
 """
 
 
-def tiny_notebook(folder: Path, name: str = "tiny") -> Path:
-    """A notebook with the lab's contract (``smoke``, ``output_dir``); ``mode`` picks its fault."""
-    params = new_code_cell(
-        "smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'\nseed = 0\nsleep = 0.0\nfaults = ''\nlog = ''",
-        metadata={"tags": ["parameters"]},
-    )
-    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = folder / f"{name}.ipynb"
-    nbformat.write(new_notebook(cells=[params, new_code_cell(TINY_BODY)], metadata={"kernelspec": kernelspec}), path)
-    return path
+# A notebook with the lab's contract (``smoke``, ``output_dir``); ``mode`` picks its fault, and ``hold`` (a path) keeps
+# it running until that file exists: a second runner then surely finds the first one at work.
+TINY_PARAMETERS = "\n".join(
+    [
+        "smoke = False",
+        "output_dir = 'out'",
+        "x = 1.0",
+        "mode = 'ok'",
+        "seed = 0",
+        "sleep = 0.0",
+        "faults = ''",
+        "log = ''",
+        "hold = ''",
+    ]
+)
+tiny_notebook = partial(write_notebook, parameters=TINY_PARAMETERS, body=TINY_BODY)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -112,22 +123,16 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
 # -- class 4: the recorder never hides an applied step ------------------------------------------------
 
 
-class Net(nn.Module):
-    def __init__(self, tasks: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.trunk = nn.Linear(3, 4)
-        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(tasks))
-
-    def losses(self, x: torch.Tensor) -> list[torch.Tensor]:
-        z = self.trunk(x).relu()
-        return [(head(z) - k).pow(2).mean() for k, head in enumerate(self.heads)]
+def tiny_net(tasks: int) -> Net:
+    """The shared net on a trunk 3-4 with ReLU, one head per task, float32, seeding the global RNG."""
+    return Net(tasks, dtype=torch.float32, widths=(3, 4), activation=nn.ReLU, seed_globally=True)
 
 
 def train(method, net: Net, steps: int) -> None:  # noqa: ANN001
+    """``steps`` steps towards the targets 0, 1, ... (head ``k`` predicts ``k``)."""
     x = torch.linspace(-1, 1, 24).reshape(8, 3)
     for _ in range(steps):
-        method.step(lambda: net.losses(x))
+        method.step(lambda: [(prediction - k).pow(2).mean() for k, prediction in enumerate(net(x))])
 
 
 def state_bytes(net: nn.Module) -> bytes:
@@ -136,7 +141,7 @@ def state_bytes(net: nn.Module) -> bytes:
 
 def old_run(folder: Path, tasks: int = 3) -> dict[str, str]:
     """A finished earlier run (3 tasks, params {'run': 'old'}) in ``folder``; returns its snapshot."""
-    net = Net(tasks)
+    net = tiny_net(tasks)
     method = make("mao", net.parameters(), lr=1e-2)
     with Recorder(net, method, run_dir=folder, params={"run": "old"}):
         train(method, net, 3)
@@ -156,7 +161,7 @@ def old_run(folder: Path, tasks: int = 3) -> dict[str, str]:
 def test_an_unusable_run_dir_is_refused_when_the_recorder_is_made(tmp_path: Path, make_bad, error) -> None:  # noqa: ANN001
     (tmp_path / "a-file").write_bytes(b"precious")
     before = snapshot(tmp_path)
-    net = Net(2)
+    net = tiny_net(2)
     method = make("mao", net.parameters(), lr=1e-2)
     with pytest.raises(error, match="run_dir"):
         Recorder(net, method, run_dir=make_bad(tmp_path), params={"a": 1})
@@ -171,7 +176,7 @@ def test_a_run_dir_that_cannot_be_written_is_refused(tmp_path: Path, monkeypatch
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)  # what a read-only folder does (the tests may run as root)
-    net = Net(2)
+    net = tiny_net(2)
     with pytest.raises(PermissionError, match="run_dir .* cannot be used as a writable folder"):
         Recorder(net, make("mao", net.parameters(), lr=1e-2), run_dir=tmp_path / "run")
 
@@ -183,7 +188,7 @@ def test_a_failed_write_during_a_step_never_fails_the_applied_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
     run = tmp_path / "run"
-    reference, recorded = Net(2), Net(2)
+    reference, recorded = tiny_net(2), tiny_net(2)
     ref_method = make("mao", reference.parameters(), lr=1e-2)
     Recorder(reference, ref_method)  # the same steps, recorded in memory: a recorder whose writes cannot fail
     method = make("mao", recorded.parameters(), lr=1e-2)
@@ -218,7 +223,7 @@ def test_a_run_dir_removed_mid_run_is_written_again_whole(tmp_path: Path) -> Non
     import shutil
 
     run = tmp_path / "run"
-    net = Net(2)
+    net = tiny_net(2)
     method = make("mao", net.parameters(), lr=1e-2)
     recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2)
     train(method, net, 4)
@@ -234,7 +239,7 @@ def test_save_on_a_full_disk_raises_and_leaves_the_folder_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
-    net = Net(2)
+    net = tiny_net(2)
     method = make("mao", net.parameters(), lr=1e-2)
     recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2)
     train(method, net, 3)
@@ -254,9 +259,9 @@ def test_overwrite_keeps_the_earlier_run_whole_until_the_first_write(tmp_path: P
     run = tmp_path / "run"
     before = old_run(run)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        Recorder(Net(2), make("mao", Net(2).parameters(), lr=1e-2), run_dir=run, params={"run": "new"})
+        Recorder(tiny_net(2), make("mao", tiny_net(2).parameters(), lr=1e-2), run_dir=run, params={"run": "new"})
     assert snapshot(run) == before
-    net = Net(2)
+    net = tiny_net(2)
     method = make("mao", net.parameters(), lr=1e-2)
     recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=5, overwrite=True)
     train(method, net, 2)  # no flush yet: a crash now leaves the earlier run exactly as it was
@@ -300,7 +305,7 @@ def test_a_crash_at_any_write_of_an_overwrite_never_pairs_new_params_with_old_me
         monkeypatch.setattr(Path, "unlink", counted(real_unlink))
         finished = False
         try:
-            net = Net(2)
+            net = tiny_net(2)
             method = make("mao", net.parameters(), lr=1e-2)
             if how == "overwrite-with-flushes":
                 recorder = Recorder(net, method, run_dir=run, params={"run": "new"}, flush_every=2, overwrite=True)
@@ -477,23 +482,26 @@ def test_a_number_reaches_the_notebook_as_a_number_and_provenance_is_recorded(tm
 
 def test_two_runs_into_the_same_out_never_lose_a_result_silently(tmp_path: Path) -> None:
     notebook = tiny_notebook(tmp_path)
-    out = tmp_path / "out"
+    out, release = tmp_path / "out", tmp_path / "release"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
     command = [PYTHON, "-m", "mao_lab.runner", str(notebook), "--out", str(out)]
-    first = subprocess.Popen(
-        [*command, "-p", "x=1.0", "-p", "sleep=6"],
+    first = subprocess.Popen(  # holds its run open until `release` exists: the second surely meets it at work
+        [*command, "-p", "x=1.0", "-p", f"hold={release}"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    lock = out / ".tiny.lock"
-    deadline = time.time() + 120
-    while not (lock.exists() and lock.read_text()) and time.time() < deadline:
-        time.sleep(0.2)
-    second = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=2.0", cwd=tmp_path)
-    first_out, first_err = first.communicate(timeout=240)
+    try:
+        lock = out / ".tiny.lock"
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text()) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        second = run_cli("-m", "mao_lab.runner", str(notebook), "--out", str(out), "-p", "x=2.0", cwd=tmp_path)
+    finally:
+        release.touch()
+        _, first_err = first.communicate(timeout=240)
     assert first.returncode == 0, first_err
     assert second.returncode == 1 and "is in use by another run (pid" in second.stderr
     assert json.loads((out / "tiny" / "summary.json").read_text())["x"] == 1.0  # the first run's result, whole
@@ -693,20 +701,27 @@ def test_a_finished_point_of_other_fixed_parameters_is_not_taken_as_done(tmp_pat
     assert snapshot(out) == before
 
 
-def test_two_sweeps_into_one_folder_at_once_lose_nothing_and_run_each_point_once(tmp_path: Path) -> None:
-    notebook = tiny_notebook(tmp_path)
-    out, log = tmp_path / "sweep", tmp_path / "log.txt"
-    script = tmp_path / "sweep.py"
+def sweep_script(folder: Path, notebook: Path, out: Path, log: Path, sleep: float) -> Path:
+    """A script sweeping ``notebook`` over x = 1, 2, 3 into ``out`` (each point appends its x to ``log``, then
+    sleeps ``sleep`` s) that prints the points' statuses: a sweep in a process of its own, to run twice or kill."""
+    script = folder / "sweep.py"
     script.write_text(
         textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPOSITORY)!r})
         from mao_lab.sweep import run_sweep
         table = run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r},
-                          fixed={{"log": {str(log)!r}, "sleep": 1.0}}, progress=False, html=False)
+                          fixed={{"log": {str(log)!r}, "sleep": {sleep!r}}}, progress=False, html=False)
         print(",".join(table["status"]))
     """)
     )
+    return script
+
+
+def test_two_sweeps_into_one_folder_at_once_lose_nothing_and_run_each_point_once(tmp_path: Path) -> None:
+    notebook = tiny_notebook(tmp_path)
+    out, log = tmp_path / "sweep", tmp_path / "log.txt"
+    script = sweep_script(tmp_path, notebook, out, log, sleep=1.0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     processes = [
         subprocess.Popen([PYTHON, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -899,16 +914,7 @@ def test_a_finished_point_whose_reply_was_lost_stays_finished(tmp_path: Path, mo
 def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_points(tmp_path: Path) -> None:
     notebook = tiny_notebook(tmp_path)
     out, log = tmp_path / "sweep", tmp_path / "log.txt"
-    script = tmp_path / "sweep.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPOSITORY)!r})
-        from mao_lab.sweep import run_sweep
-        run_sweep({str(notebook)!r}, {{"x": [1.0, 2.0, 3.0]}}, {str(out)!r},
-                  fixed={{"log": {str(log)!r}, "sleep": 2.0}}, progress=False, html=False)
-    """)
-    )
+    script = sweep_script(tmp_path, notebook, out, log, sleep=2.0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [PYTHON, str(script)], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

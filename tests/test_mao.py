@@ -14,25 +14,9 @@ from torch import Tensor, nn
 from mao_lab import MAO, TaskGradients, TaskInputError, compute_task_gradients, mao
 from mao_lab._mao_functional import _fused_verified
 
+from _helpers import Net, unchanged  # Net: a trunk 5-8-6 and one head per task, float64 unless told
+
 # -- a small multi-task network and a reference implementation written from the paper's rule ----------
-
-
-class Net(nn.Module):
-    """A shared trunk and one linear head per task."""
-
-    def __init__(self, num_tasks: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(6, 1) for _ in range(num_tasks))
-        self.to(dtype)
-
-    def losses(self, x: Tensor, y: Tensor, scales: list[float] | None = None) -> list[Tensor]:
-        z = self.trunk(x)
-        scales = scales or [1.0] * len(self.heads)
-        return [
-            s * ((head(z).squeeze(-1) - y[:, k]) ** 2).mean() for k, (s, head) in enumerate(zip(scales, self.heads))
-        ]
 
 
 def batch(num_tasks: int, step: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
@@ -369,12 +353,12 @@ def test_foreach_and_fused_are_checked_and_travel_in_the_state_dict() -> None:
 
 def test_both_flags_set_on_a_group_later_raise_and_change_nothing() -> None:
     net, opt = trained()
-    before = snapshot(net, opt)
+    guard = unchanged(net, opt)
     opt.param_groups[0].update(foreach=True, fused=True)
     with pytest.raises(RuntimeError, match="parameter group 0: `fused` and `foreach` cannot be `True` together"):
         opt.step(net.losses(*batch(3, 5)))
     opt.param_groups[0].update(foreach=None, fused=None)
-    assert_unchanged(net, opt, before)
+    guard.check()
 
 
 def test_the_functional_mao_refuses_lists_that_do_not_line_up() -> None:
@@ -660,25 +644,6 @@ def test_compute_task_gradients_matches_autograd() -> None:
 # -- bad input: a clear error, and nothing changed ------------------------------------------------------
 
 
-def snapshot(net: nn.Module, opt: MAO) -> tuple[dict, dict]:
-    return copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
-
-
-def assert_unchanged(net: nn.Module, opt: MAO, before: tuple[dict, dict]) -> None:
-    params, state = before
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, params[k]), f"parameter {k} changed"
-    now = opt.state_dict()
-    assert now["param_groups"] == state["param_groups"]
-    assert now["state"].keys() == state["state"].keys()
-    for i, s in state["state"].items():
-        for key, value in s.items():
-            if isinstance(value, Tensor):
-                assert torch.equal(now["state"][i][key], value), f"state {i}/{key} changed"
-            else:
-                assert now["state"][i][key] == value
-
-
 def trained() -> tuple[Net, MAO]:
     net = Net(3)
     opt = MAO(net.parameters(), lr=1e-2)
@@ -721,23 +686,23 @@ def bad_losses(net: Net, kind: str):
 )
 def test_bad_input_raises_a_named_error_and_changes_nothing(kind: str, message: str) -> None:
     net, opt = trained()
-    before = snapshot(net, opt)
+    guard = unchanged(net, opt)
     with pytest.raises(TaskInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         opt.step(bad_losses(net, kind))
-    assert_unchanged(net, opt, before)
+    guard.check()
     opt.step(net.losses(*batch(3, 8)))  # and it still works afterwards
 
 
 def test_bad_precomputed_gradients_and_hyperparameters() -> None:
     net, opt = trained()
-    before = snapshot(net, opt)
+    guard = unchanged(net, opt)
     params = list(net.parameters())
     grads = per_task_grads(net.losses(*batch(3, 9)), params)
     grads[0][2] = grads[0][2].clone()
     grads[0][2][0] = float("inf")
     with pytest.raises(TaskInputError, match="task 'task0' .*parameter 2"):
         opt.step(task_grads=TaskGradients.from_per_task(grads, params))
-    assert_unchanged(net, opt, before)
+    guard.check()
     with pytest.raises(TypeError, match="exactly one"):
         opt.step()
     for kwargs, name in [

@@ -21,6 +21,8 @@ import mao_lab._memory
 from mao_lab import MAO, state_bytes
 from mao_lab.methods import Method, available, make
 
+from _helpers import assert_same
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -148,7 +150,7 @@ def test_a_state_that_will_not_fit_is_refused_before_anything_changes(
     monkeypatch.setattr(mao_lab._memory, "free_bytes", lambda device: 100)
     with pytest.raises(torch.OutOfMemoryError, match=r"state for 2 tasks needs .* which has 100 bytes free"):
         step()
-    assert_same(before, (model.state_dict(), opt.state_dict()))
+    assert_same(before, (model.state_dict(), opt.state_dict()), ordered=True)
     monkeypatch.undo()
     step()
     assert tensor_bytes(opt.state_dict()) > 0
@@ -174,21 +176,6 @@ class Allocations:
             return allocate(*args, **kwargs)
 
         return counted
-
-
-def assert_same(a: object, b: object) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), (list(a), list(b))
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    else:
-        assert a == b
 
 
 @contextlib.contextmanager
@@ -221,10 +208,10 @@ def check_every_allocation_failure(make_run: Callable[[], tuple[Callable[[], obj
             Allocations(monkeypatch, fail_at=k)
             with pytest.raises(torch.OutOfMemoryError, match="injected"):
                 step()
-        assert_same(before, snapshot())
-        assert_same(before, reference)
+        assert_same(before, snapshot(), ordered=True)
+        assert_same(before, reference, ordered=True)
         step()
-        assert_same(stepped, snapshot())
+        assert_same(stepped, snapshot(), ordered=True)
     return count
 
 
@@ -273,7 +260,7 @@ def test_mao_loads_its_state_after_a_failed_step(monkeypatch: pytest.MonkeyPatch
     )
     _, saved = snapshot()  # type: ignore[misc]
     opt.load_state_dict(saved)
-    assert_same(opt.state_dict(), saved)
+    assert_same(opt.state_dict(), saved, ordered=True)
 
 
 @pytest.mark.parametrize("name", sorted(available()))

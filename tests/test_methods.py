@@ -3,8 +3,6 @@ against an independent computation (stock ``torch.optim.Adam``, hand-written loo
 
 from __future__ import annotations
 
-import io
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +14,8 @@ from torchjd import aggregation
 from mao_lab import StepRecord, TaskInputError
 from mao_lab.methods import Method, available, hyperparameter_names, make, sources
 from mao_lab.methods._task_parts import graddrop_rows, gradvac_coefficients, pcgrad_coefficients
+
+from _helpers import Net, assert_same, saved, unchanged
 
 ALL = sorted(available())
 SINGLE_FORWARD = [m for m in ALL if m not in ("sus", "ius", "io", "grouping")]
@@ -30,20 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one tor
 
 
 # -- a small three-task problem: a shared trunk, one head per task, targets from teacher functions -------
-
-
-class Net(nn.Module):
-    def __init__(self, num_tasks: int = 3, seed: int = 0) -> None:
-        super().__init__()
-        with torch.random.fork_rng():  # never touch the global RNG: the methods are checked not to
-            torch.manual_seed(seed)
-            self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())
-            self.heads = nn.ModuleList(nn.Linear(6, 1) for _ in range(num_tasks))
-        self.double()
-
-    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
-        z = self.trunk(x)
-        return [((head(z).squeeze(-1) - y[:, k]) ** 2).mean() for k, head in enumerate(self.heads)]
 
 
 def data(num_tasks: int = 3, seed: int = 1) -> tuple[Tensor, Tensor]:
@@ -78,40 +64,6 @@ def setup(
 
 def params_of(net: nn.Module) -> list[Tensor]:
     return [p.detach().clone() for p in net.parameters()]
-
-
-def same_state(a: Any, b: Any) -> bool:
-    """Exact, recursive equality of two state dicts (tensors bit for bit)."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return (
-            isinstance(a, Tensor)
-            and isinstance(b, Tensor)
-            and a.dtype == b.dtype
-            and a.shape == b.shape
-            and bool(
-                torch.equal(a, b)
-                or (
-                    a.is_floating_point()
-                    and torch.equal(a.isnan(), b.isnan())
-                    and torch.equal(a.nan_to_num(), b.nan_to_num())
-                )
-            )
-        )
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
-def saved(method: Method) -> dict[str, Any]:
-    """The state dict after a round trip through ``torch.save`` / ``torch.load(weights_only=True)``."""
-    buffer = io.BytesIO()
-    torch.save(method.state_dict(), buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 # -- the registry ------------------------------------------------------------------------------------
@@ -248,7 +200,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(name: str) -> None:
     net, method, closure = setup(name)
     for _ in range(3):
         method.step(closure)
-    state, weights = saved(method), params_of(net)
+    state, weights = saved(method.state_dict()), params_of(net)
     for _ in range(3):
         method.step(closure)
 
@@ -262,7 +214,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(name: str) -> None:
         resumed.step(resumed_closure)
     for a, b in zip(net.parameters(), resumed_net.parameters()):
         assert torch.equal(a, b), name
-    assert same_state(saved(method), saved(resumed))
+    assert_same(saved(method.state_dict()), saved(resumed.state_dict()))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -270,7 +222,7 @@ def test_nan_loss_is_refused_naming_the_task_and_leaves_everything_untouched(nam
     net, method, closure = setup(name)
     for _ in range(2):
         method.step(closure)
-    before, state = params_of(net), saved(method)
+    guard = unchanged(net, method)
 
     def poisoned() -> list[Tensor]:
         losses = closure()
@@ -278,15 +230,14 @@ def test_nan_loss_is_refused_naming_the_task_and_leaves_everything_untouched(nam
 
     with pytest.raises(TaskInputError, match="task1"):
         method.step(poisoned)
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    assert same_state(state, saved(method))
+    guard.check()
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_nan_gradient_behind_a_finite_loss_is_refused_naming_the_task(name: str) -> None:
     net, method, closure = setup(name)
     method.step(closure)
-    before, state = params_of(net), saved(method)
+    guard = unchanged(net, method)
     weight = net.trunk[2].weight
 
     def poisoned() -> list[Tensor]:  # sqrt'(0) * abs'(0) = inf * 0: the loss is finite, its gradient NaN
@@ -295,19 +246,17 @@ def test_nan_gradient_behind_a_finite_loss_is_refused_naming_the_task(name: str)
 
     with pytest.raises(TaskInputError, match="task2"):
         method.step(poisoned)
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    assert same_state(state, saved(method))
+    guard.check()
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_task_count_mismatch_is_refused_and_leaves_everything_untouched(name: str) -> None:
     net, method, closure = setup(name)
     method.step(closure)
-    before, state = params_of(net), saved(method)
+    guard = unchanged(net, method)
     with pytest.raises(TaskInputError, match="3 tasks"):
         method.step(lambda: closure()[:2])
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    assert same_state(state, saved(method))
+    guard.check()
 
     declared = make(name, Net().parameters(), num_tasks=2)
     with pytest.raises(TaskInputError, match="2 tasks"):
@@ -619,7 +568,7 @@ def test_dwa_weights_follow_the_loss_ratios() -> None:
 def test_failure_at_a_later_sub_step_restores_parameters_and_optimizers(name: str) -> None:
     net, method, closure = setup(name, group_size=1)
     method.step(closure)
-    before, state = params_of(net), saved(method)
+    guard = unchanged(net, method)
     calls = []
 
     def fails_on_third_forward() -> list[Tensor]:
@@ -630,14 +579,13 @@ def test_failure_at_a_later_sub_step_restores_parameters_and_optimizers(name: st
     with pytest.raises(TaskInputError, match="task0"):
         method.step(fails_on_third_forward)
     assert len(calls) == 3  # two sub-steps had moved the parameters before the failure
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    assert same_state(state, saved(method))
+    guard.check()
 
 
 def test_famo_failure_after_the_step_restores_everything() -> None:
     net, method, closure = setup("famo")
     method.step(closure)
-    before, state = params_of(net), saved(method)
+    guard = unchanged(net, method)
     calls = []
 
     def fails_after_the_step() -> list[Tensor]:
@@ -647,8 +595,7 @@ def test_famo_failure_after_the_step_restores_everything() -> None:
 
     with pytest.raises(TaskInputError, match="task1"):
         method.step(fails_after_the_step)
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    assert same_state(state, saved(method))
+    guard.check()
 
 
 def test_closure_returning_a_dict_names_the_tasks() -> None:

@@ -5,52 +5,35 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mao_lab import MAO
 from mao_lab.methods import available, make
+
+from _helpers import Net as SharedNet
+from _helpers import assert_same
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NUM_TASKS = 3
 SCALES = torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64)
 
 
-class Net(nn.Module):
-    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(NUM_TASKS))
-        self.to(dtype)
+class Net(SharedNet):
+    """The shared net on a trunk 5-8, three heads, in ``dtype``, seeding the global RNG (PCGrad draws from it)."""
 
-    def losses(self, step: int) -> list[Tensor]:
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__(NUM_TASKS, dtype=dtype, widths=(5, 8), seed_globally=True)
+
+    def losses(self, step: int) -> list[Tensor]:  # type: ignore[override]
+        """The losses on batch ``step`` (drawn in float64, then cast to the net's dtype)."""
         dtype = next(self.parameters()).dtype
         g = torch.Generator().manual_seed(step)
         x = torch.randn(16, 5, generator=g, dtype=torch.float64).to(dtype)
         y = (torch.randn(16, NUM_TASKS, generator=g, dtype=torch.float64) * SCALES).to(dtype)
-        z = self.trunk(x)
-        return [(head(z).squeeze(-1) - y[:, k]).pow(2).mean() for k, head in enumerate(self.heads)]
-
-
-def _bytes_equal(a: Any, b: Any, where: str = "state") -> None:
-    """Recursive equality, tensors byte for byte."""
-    if isinstance(a, Tensor):
-        assert isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _bytes_equal(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _bytes_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+        return super().losses(x, y)
 
 
 def _scaler(scale: float) -> torch.amp.GradScaler:
@@ -91,8 +74,8 @@ def test_an_overflowing_step_is_skipped_changes_nothing_and_lowers_the_scale(nam
     assert method.skipped_steps == 1 and method.steps_taken == 1
     torch.testing.assert_close(losses, torch.stack([loss.detach() for loss in net.losses(1)]))
     for p, before in zip(net.parameters(), params):
-        _bytes_equal(p.detach(), before, "parameter")
-    _bytes_equal(method.state_dict(), state)
+        assert_same(p.detach(), before, "parameter")
+    assert_same(method.state_dict(), state)
     assert scaler.get_scale() == 2.0**126  # backoff_factor 0.5, as after any skipped step
     method.step(lambda: net.losses(1), grad_scaler=_scaler(1.0))  # and the method still steps
     assert method.steps_taken == 2
@@ -124,8 +107,8 @@ def test_mao_with_torch_gradscaler_step_and_an_overflow() -> None:
         scaler.update()
     assert opt.skipped_steps == 1 and scaler.get_scale() == 2.0**126
     for p, q in zip(scaled.parameters(), before):
-        _bytes_equal(p.detach(), q)
-    _bytes_equal(opt.state_dict(), state)
+        assert_same(p.detach(), q)
+    assert_same(opt.state_dict(), state)
 
 
 def test_mao_is_invariant_to_a_loss_scale_up_to_eps() -> None:

@@ -109,6 +109,11 @@ def _old_study_regression(num_tasks: int, num_samples: int, num_val: int, batch_
     }
 
 
+def _old_run(old: dict[str, Any], method: str, **options: Any) -> Any:
+    """``train`` as the study called it: on the old study's model, losses, batches and validation."""
+    return train(old["build"], method, old["losses"], batches=old["batches"], evaluate=old["validate"], **options)
+
+
 def _assert_same_run(old, new) -> None:
     pd.testing.assert_frame_equal(old.evaluations, new.evaluations)
     pd.testing.assert_frame_equal(old.train_losses, new.train_losses)
@@ -124,17 +129,7 @@ def _assert_same_run(old, new) -> None:
 def test_multimnist_problem_trains_bit_for_bit_as_the_study_did(method: str, tasks: tuple[str, ...]) -> None:
     old = _old_study_multimnist(tasks, 96, 32, 32, 16)
     problem = multimnist_problem(tasks, num_train=96, num_val=32, num_test=32, batch_size=16)
-    reference = train(
-        old["build"],
-        method,
-        old["losses"],
-        steps=7,
-        batches=old["batches"],
-        seed=3,
-        evaluate=old["validate"],
-        eval_every=3,
-        record_every=2,
-    )
+    reference = _old_run(old, method, steps=7, seed=3, eval_every=3, record_every=2)
     run = train(problem, method, steps=7, seed=3, evaluate="validation", eval_every=3, record_every=2, device="cpu")
     _assert_same_run(reference, run)
     pd.testing.assert_frame_equal(reference.metrics, run.metrics)
@@ -149,9 +144,7 @@ def test_a_task_subset_of_the_problem_is_the_problem_of_those_tasks() -> None:
     """
     old = _old_study_multimnist(("left", "right"), 64, 16, 16, 16)
     whole = multimnist_problem(num_train=64, num_val=16, num_test=16, batch_size=16)
-    reference = train(
-        old["build"], "ius", old["losses"], steps=5, batches=old["batches"], seed=1, evaluate=old["validate"]
-    )
+    reference = _old_run(old, "ius", steps=5, seed=1)
     run = train(whole, "ius", tasks=("left", "right"), steps=5, seed=1, evaluate="validation", device="cpu")
     _assert_same_run(reference, run)
 
@@ -160,17 +153,7 @@ def test_a_task_subset_of_the_problem_is_the_problem_of_those_tasks() -> None:
 def test_regression_problem_trains_bit_for_bit_as_the_study_did(num_tasks: int) -> None:
     old = _old_study_regression(num_tasks, 400, 64, 16)
     problem = regression_problem(num_tasks, num_samples=400, num_val=64, batch_size=16)
-    reference = train(
-        old["build"],
-        "mao",
-        old["losses"],
-        steps=9,
-        batches=old["batches"],
-        seed=2,
-        evaluate=old["validate"],
-        eval_every=4,
-        record_every=3,
-    )
+    reference = _old_run(old, "mao", steps=9, seed=2, eval_every=4, record_every=3)
     run = train(problem, "mao", steps=9, seed=2, evaluate="validation", eval_every=4, record_every=3, device="cpu")
     _assert_same_run(reference, run)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mao_lab import MAO, StepRecord, TaskGradients, compute_task_gradients
 from mao_lab.methods import LossClosure, Method, available, make
@@ -31,27 +31,19 @@ from mao_lab.recorder import (
     share_heatmap,
 )
 
+from _helpers import Net as SharedNet
+
 # -- a small multi-task problem ----------------------------------------------------------------------
 
 
-class Net(nn.Module):
-    """A shared trunk of two linear layers and one linear head per task."""
+class Net(SharedNet):
+    """The shared net on a trunk 5-16-8, in float32 unless told; its losses are named ``t0``, ``t1``, ..."""
 
     def __init__(self, num_tasks: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        generator = torch.random.fork_rng(devices=[])
-        with generator:
-            torch.manual_seed(seed)
-            self.trunk = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh())
-            self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(num_tasks))
-        self.to(dtype)
+        super().__init__(num_tasks, seed, dtype, widths=(5, 16, 8))
 
-    def losses(self, x: Tensor, y: Tensor, scales: Iterable[float]) -> dict[str, Tensor]:
-        z = self.trunk(x)
-        return {
-            f"t{k}": s * (head(z).squeeze(1) - y[k]).pow(2).mean()
-            for k, (head, s) in enumerate(zip(self.heads, scales))
-        }
+    def losses(self, x: Tensor, y: Tensor, scales: Iterable[float]) -> dict[str, Tensor]:  # type: ignore[override]
+        return {f"t{k}": s * (out - y[k]).pow(2).mean() for k, (out, s) in enumerate(zip(self(x), scales))}
 
 
 def batch(num_tasks: int, seed: int = 1, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:

@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -122,39 +123,89 @@ def test_the_point_notebook_names_a_bad_parameter(tmp_path: Path) -> None:
         execute_notebook(POINT_NOTEBOOK, tmp_path, {"point": "nowhere", "specs": {"somewhere": {}}}, html=False)
 
 
-@pytest.mark.notebook
-def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    study = tmp_path / "study"
-    assert main(["--smoke", "--out", str(study)]) == 0
-    for name in (
-        "ledger.csv",
-        "ledger.md",
-        "ledger.json",
-        "design.json",
-        "provenance.json",
-        "scores.parquet",
-        "balance.parquet",
-        "runs.parquet",
-        "learning_rates.parquet",
-        "delta_m.parquet",
-    ):
-        assert (study / name).is_file(), name
-    ledger = pd.read_csv(study / "ledger.csv")
-    claims = ledger[ledger["part"] == "(claim)"]
-    assert list(claims["claim"]) == list(CLAIMS)
-    assert set(ledger["verdict"]) <= set(VERDICTS)
-    assert "mean nothing" in (study / "ledger.md").read_text()
+# -- the smoke study end to end: run once for the tests below, resumed, its ledger recomputed, read by 05_claims ---
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeStudy:
+    """``python -m mao_lab.study --smoke`` run into ``folder``, run again there (a resume), then ``--ledger-only``
+    into ``docs``: the exit codes, and what the first and the second run left, read right after each."""
+
+    folder: Path
+    docs: Path
+    exits: tuple[int, int, int]  # the first run, the resume, --ledger-only
+    files: frozenset[str]  # the first run's files
+    ledger: pd.DataFrame  # ledger.csv after the first run
+    ledger_md: str  # ledger.md after the first run
+    document: dict[str, Any]  # ledger.json after the first run
+    executed: tuple[list[str], list[str]]  # the point notebooks after the first run and after the resume
+    resumed_ledger: pd.DataFrame
+    resumed_ledger_md: str
+    resumed_phases: dict[str, Any]  # provenance.json's phases after the resume
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
+    root = tmp_path_factory.mktemp("smoke")
+    study, docs = root / "study", root / "docs"
+
+    def executed() -> list[str]:
+        return sorted(p.name for p in study.glob("*/*/point.ipynb"))
+
+    first = main(["--smoke", "--out", str(study)])
+    files, ran = frozenset(p.name for p in study.iterdir() if p.is_file()), executed()
+    ledger, ledger_md = pd.read_csv(study / "ledger.csv"), (study / "ledger.md").read_text()
     document = json.loads((study / "ledger.json").read_text())
+    resumed = main(["--smoke", "--out", str(study)])  # the same command again: nothing runs again
+    ran_again = executed()
+    resumed_ledger, resumed_ledger_md = pd.read_csv(study / "ledger.csv"), (study / "ledger.md").read_text()
+    resumed_phases = json.loads((study / "provenance.json").read_text())["phases"]
+    ledger_only = main(["--ledger-only", str(study), "--out", str(docs)])  # what docs/claims/ is made with
+    return SmokeStudy(
+        folder=study,
+        docs=docs,
+        exits=(first, resumed, ledger_only),
+        files=files,
+        ledger=ledger,
+        ledger_md=ledger_md,
+        document=document,
+        executed=(ran, ran_again),
+        resumed_ledger=resumed_ledger,
+        resumed_ledger_md=resumed_ledger_md,
+        resumed_phases=resumed_phases,
+    )
+
+
+def _chosen(smoke: SmokeStudy) -> pd.DataFrame:
+    """learning_rates.parquet: every rate tried per configuration, ``chosen`` marking the one the study kept."""
+    return pd.read_parquet(smoke.folder / "learning_rates.parquet")
+
+
+def _claims(smoke: SmokeStudy) -> pd.DataFrame:
+    return smoke.ledger[smoke.ledger["part"] == "(claim)"]
+
+
+@pytest.mark.notebook
+def test_the_smoke_study_writes_its_tables_and_a_verdict_for_every_claim(smoke_study: SmokeStudy) -> None:
+    assert smoke_study.exits[0] == 0
+    tables = ("ledger.csv", "ledger.md", "ledger.json", "design.json", "provenance.json")
+    tables += ("scores.parquet", "balance.parquet", "runs.parquet", "learning_rates.parquet", "delta_m.parquet")
+    assert set(tables) <= smoke_study.files, set(tables) - smoke_study.files
+    assert list(_claims(smoke_study)["claim"]) == list(CLAIMS)
+    assert set(smoke_study.ledger["verdict"]) <= set(VERDICTS)
+    assert "mean nothing" in smoke_study.ledger_md
+    document = smoke_study.document
     assert document["smoke"] is True and document["provenance"]["threads_per_point"] == 1
     phases = document["provenance"]["phases"]
     assert set(phases) == {"tuning", "tuning-seeds", "final"}
     assert all(p["finished_before"] == 0 and p["points"] > 0 for p in phases.values())
-    design = smoke_design()
-    choice = pd.read_parquet(study / "learning_rates.parquet")
+
+
+@pytest.mark.notebook
+def test_the_smoke_study_chooses_one_rate_per_configuration_on_the_tuning_seeds(smoke_study: SmokeStudy) -> None:
+    design, choice = smoke_design(), _chosen(smoke_study)
     assert choice.groupby("config")["chosen"].sum().eq(1).all()  # one rate per configuration
-    runs = pd.read_parquet(study / "runs.parquet")
+    runs = pd.read_parquet(smoke_study.folder / "runs.parquet")
     final = runs.merge(choice[choice["chosen"]][["config", "lr"]], on=["config", "lr"])
     assert (final.groupby("config")["seed"].nunique() == len(design.seeds)).all()  # every seed, paired
     assert set(runs["lr"]) == set(design.lrs)
@@ -166,17 +217,25 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(
     assert (second.groupby("config")["lr"].nunique() == design.finalists).any()
     picked = choice[choice["chosen"]]
     assert (picked["seeds"] == len(design.tuning_seeds)).all()  # every chosen rate is a mean over both tuning seeds
-    executed = sorted(p.name for p in study.glob("*/*/point.ipynb"))
-    capsys.readouterr()
-    assert main(["--smoke", "--out", str(study)]) == 0  # resumes: nothing runs again, the same ledger
-    assert sorted(p.name for p in study.glob("*/*/point.ipynb")) == executed
-    pd.testing.assert_frame_equal(pd.read_csv(study / "ledger.csv"), ledger)
-    phases = json.loads((study / "provenance.json").read_text())["phases"]
-    assert all(p["finished_before"] == p["points"] for p in phases.values())  # this invocation ran none of them
-    assert "which resumed points finished earlier" in (study / "ledger.md").read_text()
 
-    docs = tmp_path / "docs"
-    assert main(["--ledger-only", str(study), "--out", str(docs)]) == 0  # what docs/claims/ is made with
+
+@pytest.mark.notebook
+def test_the_smoke_study_run_again_resumes_running_nothing_and_writes_the_same_ledger(
+    smoke_study: SmokeStudy,
+) -> None:
+    assert smoke_study.exits[1] == 0
+    first, resumed = smoke_study.executed
+    assert first and resumed == first
+    pd.testing.assert_frame_equal(smoke_study.resumed_ledger, smoke_study.ledger)
+    phases = smoke_study.resumed_phases
+    assert all(p["finished_before"] == p["points"] for p in phases.values())  # this invocation ran none of them
+    assert "which resumed points finished earlier" in smoke_study.resumed_ledger_md
+
+
+@pytest.mark.notebook
+def test_the_ledger_folder_holds_the_studys_ledger_and_its_tables(smoke_study: SmokeStudy) -> None:
+    assert smoke_study.exits[2] == 0
+    study, docs = smoke_study.folder, smoke_study.docs
     for name in (
         "ledger.csv",
         "ledger.md",
@@ -187,69 +246,98 @@ def test_the_smoke_study_runs_end_to_end_resumes_and_05_claims_reads_it(
         "budgets.csv",
     ):
         assert (docs / name).read_text() == (study / name).read_text(), name
-    # validation.csv: the regression's criterion written out by hand (mean validation value over tasks, then seeds)
-    validation = pd.read_csv(docs / "validation.csv")
-    scores = pd.read_parquet(study / "scores.parquet")
+    assert "levelled off" in (docs / "ledger.md").read_text()
+    methods = pd.read_csv(docs / "methods.csv")
+    assert set(methods["config"]) == {
+        c.name for c in smoke_design().configs() if not c.single_task and c.problem == "multimnist"
+    }
+
+
+def _regression_validation(smoke: SmokeStudy) -> tuple[str, pd.DataFrame]:
+    """The regression configuration the study kept, and its validation scores at its chosen rate."""
+    choice, scores = _chosen(smoke), pd.read_parquet(smoke.folder / "scores.parquet")
     reg = next(c for c in choice[choice["chosen"]]["config"] if c.startswith("reg"))
     rate = float(choice[choice["chosen"] & (choice["config"] == reg)]["lr"].iloc[0])
-    val = scores[(scores["config"] == reg) & (scores["split"] == "val") & (scores["lr"] == rate)]
+    return reg, scores[(scores["config"] == reg) & (scores["split"] == "val") & (scores["lr"] == rate)]
+
+
+@pytest.mark.notebook
+def test_the_validation_criterion_is_the_mean_over_tasks_then_seeds(smoke_study: SmokeStudy) -> None:
+    """validation.csv: the regression's criterion written out by hand."""
+    reg, val = _regression_validation(smoke_study)
+    validation = pd.read_csv(smoke_study.docs / "validation.csv")
     by_hand = val.groupby(["seed", "step"])["value"].mean().groupby("step").mean()
     mine = validation[validation["config"] == reg].set_index("step")["criterion"]
     np.testing.assert_allclose(mine.to_numpy(), by_hand.loc[mine.index].to_numpy(), rtol=1e-5)
     assert list(mine.index) == sorted(by_hand.index) and not validation["config"].str.contains("single").any()
-    assert "levelled off" in (docs / "ledger.md").read_text()
-    # levelling.csv: the regression's change over the last quarter, paired by seed, by hand
+
+
+@pytest.mark.notebook
+def test_levelling_is_the_change_over_the_last_quarter_paired_by_seed(smoke_study: SmokeStudy) -> None:
+    """levelling.csv: the regression's change, by hand."""
+    reg, val = _regression_validation(smoke_study)
     per_seed = val.groupby(["seed", "step"])["value"].mean().unstack("step")
-    levelling = pd.read_csv(docs / "levelling.csv").set_index("config").loc[reg]
+    levelling = pd.read_csv(smoke_study.docs / "levelling.csv").set_index("config").loc[reg]
     last, start = per_seed.columns.max(), max(s for s in per_seed.columns if s <= 0.75 * per_seed.columns.max())
     assert (levelling["from_step"], levelling["to_step"]) == (start, last)
     assert levelling["change"] == pytest.approx((per_seed[last] - per_seed[start]).mean(), rel=1e-5)
-    # budgets.csv: at the study's own budget the rule reads exactly what levelling.csv says
+
+
+@pytest.mark.notebook
+def test_at_the_studys_own_budget_the_budgets_table_reads_the_levelling_table(smoke_study: SmokeStudy) -> None:
+    design, docs = smoke_design(), smoke_study.docs
     budgets = pd.read_csv(docs / "budgets.csv")
     assert set(budgets["budget"]) == {2, 4}  # the evaluation steps at 0.5, 0.75 and 1 of the 4 smoke steps
     own = budgets[budgets["budget"] == design.steps].set_index("config")
     read = pd.read_csv(docs / "levelling.csv").set_index("config").loc[own.index]
     assert own["same_rate"].all() and (own["status"] == read["status"]).all()
     np.testing.assert_allclose(own["change"].to_numpy(), read["change"].to_numpy(), rtol=1e-5, equal_nan=True)
+    scores = pd.read_parquet(smoke_study.folder / "scores.parquet")
     with pytest.raises(ValueError, match=r"budgets must be step counts in 1\.\.4"):
         levelling_by_budget(scores, design, [5])
-    methods = pd.read_csv(docs / "methods.csv")
-    assert set(methods["config"]) == {
-        c.name for c in design.configs() if not c.single_task and c.problem == "multimnist"
-    }
-    # every interval of the smoke ledger, recomputed by scipy from the per-seed tables written beside it
+
+
+@pytest.mark.notebook
+def test_every_interval_of_the_smoke_ledger_is_scipys(smoke_study: SmokeStudy) -> None:
+    """Recomputed by scipy from the per-seed tables written beside the ledger."""
     spec = importlib.util.spec_from_file_location("_ledger_robust", Path(__file__).with_name("test_ledger_robust.py"))
     assert spec is not None and spec.loader is not None
     robust = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(robust)
-    assert robust.check_every_interval(docs) == 44
-    again = tmp_path / "docs-again"  # the ledger folder recomputes itself from its own tables, byte for byte
+    assert robust.check_every_interval(smoke_study.docs) == 44
+
+
+@pytest.mark.notebook
+def test_the_ledger_folder_recomputes_itself_byte_for_byte(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+    docs, again = smoke_study.docs, tmp_path / "docs-again"
     assert main(["--ledger-only", str(docs), "--out", str(again)]) == 0
     assert (again / "ledger.csv").read_bytes() == (docs / "ledger.csv").read_bytes()
     assert (again / "m1_sensitivity.csv").read_bytes() == (docs / "m1_sensitivity.csv").read_bytes()
 
-    out = tmp_path / "claims"
-    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(study), "claim": "P4"})
+
+@pytest.mark.notebook
+def test_05_claims_reads_the_study_folder(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+    out, params = tmp_path / "claims", {"smoke": True, "study_dir": str(smoke_study.folder), "claim": "P4"}
+    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, params)
     summary = json.loads((out / "summary.json").read_text())
+    claims = _claims(smoke_study)
     assert summary["smoke"] is True and summary["best_mm4_levelling"] in LEVELLING_STATUSES
     assert summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
-    for figure in (
-        "claim_M1",
-        "claim_P4",
-        "balance_reg8",
-        "learning_rate_mm4",
-        "validation_curve",
-        "compute",
-        "spread",
-    ):
+    figures = ("claim_M1", "claim_P4", "balance_reg8", "learning_rate_mm4", "validation_curve", "compute", "spread")
+    for figure in figures:
         assert (out / f"{figure}.html").is_file(), figure
     assert "mean nothing" in (out / "05_claims.html").read_text()
 
-    ledger_only = tmp_path / "ledger-only"  # a folder like the committed docs/claims: ledger.json, no tables
-    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", ledger_only, {"smoke": True, "study_dir": str(docs)}, html=False)
-    summary = json.loads((ledger_only / "summary.json").read_text())
+
+@pytest.mark.notebook
+def test_05_claims_reads_a_ledger_folder_without_tables(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+    """A folder like the committed docs/claims: ledger.json, no tables."""
+    docs, out = smoke_study.docs, tmp_path / "ledger-only"
+    execute_notebook(NOTEBOOK_DIR / "05_claims.ipynb", out, {"smoke": True, "study_dir": str(docs)}, html=False)
+    summary = json.loads((out / "summary.json").read_text())
+    claims = _claims(smoke_study)
     assert summary["tables"] is False and summary["verdicts"] == dict(zip(claims["claim"], claims["verdict"]))
-    assert (ledger_only / "claim_M2.html").is_file() and not (ledger_only / "compute.html").exists()
+    assert (out / "claim_M2.html").is_file() and not (out / "compute.html").exists()
     assert not (docs / "provenance.json").exists()  # it made no study of its own there
 
 

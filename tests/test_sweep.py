@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import io
 import json
+from functools import partial
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
 from mao_lab.runner import NOTEBOOK_DIR
 from mao_lab.sweep import PointResult, expand_grid, local_cluster, main, read_point, run_id, run_sweep
+
+from _helpers import write_notebook
 
 pytestmark = pytest.mark.notebook
 QUICKSTART = NOTEBOOK_DIR / "00_quickstart.ipynb"
@@ -41,15 +42,12 @@ if mode != "nosummary":
 """
 
 
-def tiny_notebook(folder: Path) -> Path:
-    """A notebook with the lab's parameters contract; ``mode`` picks its fault."""
-    params = new_code_cell(
-        "smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'\nseed = 0\nbig = 0", metadata={"tags": ["parameters"]}
-    )
-    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = folder / "tiny.ipynb"
-    nbformat.write(new_notebook(cells=[params, new_code_cell(TINY_BODY)], metadata={"kernelspec": kernelspec}), path)
-    return path
+# A notebook with the lab's parameters contract; ``mode`` picks its fault.
+tiny_notebook = partial(
+    write_notebook,
+    parameters="smoke = False\noutput_dir = 'out'\nx = 1.0\nmode = 'ok'\nseed = 0\nbig = 0",
+    body=TINY_BODY,
+)
 
 
 def test_grid_expansion_and_bad_grids() -> None:
