@@ -415,16 +415,31 @@ def test_fused_on_a_torch_without_the_cpu_kernel_warns_once_and_takes_the_foreac
 
 @pytest.mark.skipif(not _fused_supported(warn=False), reason="this torch has no fused Adam kernel on the CPU")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_the_cpu_default_fuses_where_tasks_meet_and_is_adam_where_one_task_reaches(dtype: torch.dtype) -> None:
+def test_the_cpu_default_fuses_where_tasks_meet_and_is_adam_where_one_task_reaches(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # mao() with neither flag, on fixed gradients: a parameter with several rows gets the fused kernel's
     # bits, one with a single row foreach's (= the single-tensor path's = Adam's on the CPU); half
-    # precision, which the kernel does not take, foreach's.
+    # precision, which the kernel does not take, foreach's.  A spy on the kernel's entry point says which
+    # moments it was handed (its arithmetic may or may not differ from foreach's in the last bit).
+    import mao_lab._mao_functional as functional
+
+    handed: dict[str, set[int]] = {}
+    current = ["default"]
+
+    def spy(*args: object, **kwargs: object) -> None:
+        handed.setdefault(current[0], set()).update(t.data_ptr() for t in args[2])  # type: ignore[attr-defined]
+        return torch.optim.adam.adam(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(functional, "torch_adam", spy)
     g = torch.Generator().manual_seed(0)
     shapes_rows = [((4, 3), 3), ((5,), 2), ((3, 2), 1), ((2,), 1)]
     grads = [[torch.randn(shape, generator=g).to(dtype) for _ in range(rows)] for shape, rows in shapes_rows]
     start = [torch.randn(shape, generator=g).to(dtype) for shape, _ in shapes_rows]
     results = {}
+    moments = {}
     for name, flags in (("default", {}), ("fused", {"fused": True}), ("foreach", {"foreach": True})):
+        current[0] = name
         params = [p.clone() for p in start]
         m = [torch.zeros(rows, *shape, dtype=dtype) for shape, rows in shapes_rows]
         v = [torch.zeros(rows, *shape, dtype=dtype) for shape, rows in shapes_rows]
@@ -436,12 +451,15 @@ def test_the_cpu_default_fuses_where_tasks_meet_and_is_adam_where_one_task_reach
                 weight_decay=0.01, **flags)  # fmt: skip
         assert [float(t) for t in steps] == [3.0] * len(shapes_rows)
         results[name] = (params, m, v)
+        moments[name] = [{row.data_ptr() for row in rows_of_m} for rows_of_m in m]
+    kernel_takes = dtype != torch.bfloat16
     for i, (_, rows) in enumerate(shapes_rows):
-        expected = "fused" if rows > 1 and dtype != torch.bfloat16 else "foreach"
+        expected = "fused" if rows > 1 and kernel_takes else "foreach"
         for got, want in zip(results["default"], results[expected]):
             assert torch.equal(got[i], want[i]), (i, expected)
-    if dtype != torch.bfloat16:  # the kernel's arithmetic is not foreach's: the choice above is a real one
-        assert not torch.equal(results["fused"][0][0], results["foreach"][0][0])
+        assert (moments["default"][i] <= handed.get("default", set())) == (expected == "fused"), i
+        assert (moments["fused"][i] <= handed.get("fused", set())) == kernel_takes, i
+    assert "foreach" not in handed
 
 
 # -- invariances -------------------------------------------------------------------------------------
