@@ -103,11 +103,13 @@ class MAO(ObservableMixin, Optimizer):
             or a ``ProcessGroup`` / the ``DistributedDataParallel`` module to average over its group.
         max_grad_norm: clip all the tasks' gradients together to this norm (``None``: no clipping).
         max_task_grad_norm: clip each task's gradient to this norm, before its moments see it.
-        foreach: the ``torch._foreach_*`` implementation (default: on any device but the CPU, where the
-            single-tensor one is measured faster on the models where the update matters; see :func:`mao_lab.mao`).
-        fused: torch's private fused CPU Adam kernel, one pass per parameter and task; used only when
-            asked for, on a torch version it was verified with (otherwise a warning and foreach).
-            ``foreach`` and ``fused`` cannot both be ``True``.
+        foreach: the ``torch._foreach_*`` implementation for every parameter (``False``: the single-tensor
+            reference loop).
+        fused: torch's fused Adam kernel (``torch.optim.adam.adam(..., fused=True)``), one pass per
+            parameter and task, for every parameter it takes (CPU, single or double precision; foreach for
+            the others).  ``foreach`` and ``fused`` cannot both be ``True``.  With neither: on the CPU the
+            fused kernel where tasks meet and foreach (Adam's arithmetic) where one task reaches, foreach on
+            CUDA; the faster, as measured by ``python -m mao_lab.bench step`` (see :func:`mao_lab.mao`).
 
     Use it by handing the per-task losses to :meth:`step`; it computes the per-task gradients itself:
 
@@ -461,7 +463,7 @@ class MAO(ObservableMixin, Optimizer):
                 weight_decay=group["weight_decay"], task_updates_out=parts,
             )  # fmt: skip
             # A later group running out of memory would leave this group stepped: no undo then.  (The first
-            # call allocates before it modifies; the single-tensor path allocates nothing after that.)
+            # call allocates its buffers before it modifies anything.)
             self.__dict__["_arithmetic_began"] = True
             if parts is not None:
                 kept.update(zip(lists.indices, parts))

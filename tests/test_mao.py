@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mao_lab import MAO, TaskGradients, TaskInputError, compute_task_gradients, mao
-from mao_lab._mao_functional import _fused_verified
+from mao_lab._mao_functional import _fused_supported
 
 from _helpers import Net, unchanged  # Net: a trunk 5-8-6 and one head per task, float64 unless told
 
@@ -89,9 +89,7 @@ def test_one_task_is_adam_and_adamw_bit_for_bit(weight_decay: float, foreach: bo
     assert not torch.allclose(next(net_mao.parameters()), next(Net(1, dtype=torch.float32).parameters()))
 
 
-@pytest.mark.skipif(
-    not _fused_verified(), reason="torch._fused_adam_ is not verified with this torch: MAO does not use it"
-)
+@pytest.mark.skipif(not _fused_supported(warn=False), reason="this torch has no fused Adam kernel on the CPU")
 def test_one_task_fused_is_fused_adam_bit_for_bit() -> None:
     net_mao, net_adam = Net(1, dtype=torch.float32), Net(1, dtype=torch.float32)
     mao = MAO(net_mao.parameters(), lr=1e-2, fused=True)
@@ -138,7 +136,7 @@ def test_matches_reference_rule_for_any_number_of_tasks(num_tasks: int, options:
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
-IMPLEMENTATIONS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+IMPLEMENTATIONS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}, "default": {}}
 
 
 def steps_with_gaps(net: Net, opt: MAO, steps: int, dtype: torch.dtype, keep: bool = False) -> list:
@@ -261,8 +259,8 @@ def test_keeping_the_parts_leaves_parameters_and_state_bit_identical(
     assert_same_bits(plain_net, plain, kept_net, kept)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_a_recorder_on_the_step_leaves_the_trajectory_bit_identical(foreach: bool) -> None:
+@pytest.mark.parametrize("foreach", [False, True, None])
+def test_a_recorder_on_the_step_leaves_the_trajectory_bit_identical(foreach: bool | None) -> None:
     # The recorder's path: step(losses) with an observer that wants the record (gradients and parts kept).
     plain_net, recorded_net = Net(3), Net(3)
     kwargs = dict(lr=1e-2, task_weights=[1.0, 3.0, 0.5], reduction="mean", weight_decay=0.01, foreach=foreach)
@@ -376,24 +374,77 @@ def test_the_functional_mao_refuses_lists_that_do_not_line_up() -> None:
     assert torch.equal(p, torch.zeros(3)) and not m.any() and float(step) == 0.0
 
 
-def test_fused_on_an_unverified_torch_warns_once_and_takes_the_foreach_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_on_a_torch_without_the_cpu_kernel_warns_once_and_takes_the_foreach_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import mao_lab._mao_functional as functional
 
-    monkeypatch.setattr(functional, "_FUSED_VERIFIED", ())
+    monkeypatch.setattr(functional, "_FUSED_CPU_SINCE", (999, 0))
     monkeypatch.setattr(functional, "_fused_warned", False)
-    nets = {name: Net(3) for name in ("fused", "foreach")}
+    nets = {name: Net(3) for name in ("fused", "foreach", "default")}
     opts = {name: MAO(net.parameters(), lr=1e-2, **IMPLEMENTATIONS[name]) for name, net in nets.items()}
-    unverified = "private kernel verified with torch .* using the foreach implementation"
-    with pytest.warns(RuntimeWarning, match=unverified):
+    with pytest.warns(RuntimeWarning, match="has no fused Adam kernel on the CPU .* using the foreach implementation"):
         opts["fused"].step(nets["fused"].losses(*batch(3, 0)))
-    opts["foreach"].step(nets["foreach"].losses(*batch(3, 0)))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once is enough
+        warnings.simplefilter("error")  # once is enough; the default falls back without a word
+        opts["foreach"].step(nets["foreach"].losses(*batch(3, 0)))
+        opts["default"].step(nets["default"].losses(*batch(3, 0)))
         for s in range(1, 4):
             for name, net in nets.items():
                 opts[name].step(net.losses(*batch(3, s)))
-    for p, q in zip(nets["fused"].parameters(), nets["foreach"].parameters()):
-        assert torch.equal(p, q)
+    for name in ("fused", "default"):
+        for p, q in zip(nets[name].parameters(), nets["foreach"].parameters()):
+            assert torch.equal(p, q)
+
+
+@pytest.mark.skipif(not _fused_supported(warn=False), reason="this torch has no fused Adam kernel on the CPU")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_cpu_default_fuses_where_tasks_meet_and_is_adam_where_one_task_reaches(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mao() with neither flag, on fixed gradients: a parameter with several rows gets the fused kernel's
+    # bits, one with a single row foreach's (= the single-tensor path's = Adam's on the CPU); half
+    # precision, which the kernel does not take, foreach's.  A spy on the kernel's entry point says which
+    # moments it was handed (its arithmetic may or may not differ from foreach's in the last bit).
+    import mao_lab._mao_functional as functional
+
+    handed: dict[str, set[int]] = {}
+    current = ["default"]
+    kernel = functional.torch_adam
+
+    def spy(*args: object, **kwargs: object) -> None:
+        handed.setdefault(current[0], set()).update(t.data_ptr() for t in args[2])  # type: ignore[attr-defined]
+        return kernel(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(functional, "torch_adam", spy)
+    g = torch.Generator().manual_seed(0)
+    shapes_rows = [((4, 3), 3), ((5,), 2), ((3, 2), 1), ((2,), 1)]
+    grads = [[torch.randn(shape, generator=g).to(dtype) for _ in range(rows)] for shape, rows in shapes_rows]
+    start = [torch.randn(shape, generator=g).to(dtype) for shape, _ in shapes_rows]
+    results = {}
+    moments = {}
+    for name, flags in (("default", {}), ("fused", {"fused": True}), ("foreach", {"foreach": True})):
+        current[0] = name
+        params = [p.clone() for p in start]
+        m = [torch.zeros(rows, *shape, dtype=dtype) for shape, rows in shapes_rows]
+        v = [torch.zeros(rows, *shape, dtype=dtype) for shape, rows in shapes_rows]
+        steps = [torch.tensor(0.0) for _ in shapes_rows]
+        weights = [[0.5 * (r + 1) for r in range(rows)] for _, rows in shapes_rows]
+        for s in range(3):
+            step_grads = [[row * (s + 1) for row in rows] for rows in grads]
+            mao(params, step_grads, m, v, steps, task_weights=weights, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-6,
+                weight_decay=0.01, **flags)  # fmt: skip
+        assert [float(t) for t in steps] == [3.0] * len(shapes_rows)
+        results[name] = (params, m, v)
+        moments[name] = [{row.data_ptr() for row in rows_of_m} for rows_of_m in m]
+    kernel_takes = dtype != torch.bfloat16
+    for i, (_, rows) in enumerate(shapes_rows):
+        expected = "fused" if rows > 1 and kernel_takes else "foreach"
+        for got, want in zip(results["default"], results[expected]):
+            assert torch.equal(got[i], want[i]), (i, expected)
+        assert (moments["default"][i] <= handed.get("default", set())) == (expected == "fused"), i
+        assert (moments["fused"][i] <= handed.get("fused", set())) == kernel_takes, i
+    assert "foreach" not in handed
 
 
 # -- invariances -------------------------------------------------------------------------------------

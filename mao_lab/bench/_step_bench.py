@@ -20,9 +20,11 @@ The update alone is timed too: ``mao_update`` is ``MAO._apply_task_gradients`` (
 ``MAO.step(task_grads=...)``) on fixed per-task gradients (finiteness check included), ``adam_update`` is
 ``Adam(foreach=True).step()`` on the same parameters.  MAO keeps one Adam per task, so the goal is
 ``mao_update <= T * adam_update``.  The same update is timed with each implementation of :func:`mao_lab.mao`:
-``mao_update_single`` (``foreach=False``), ``mao_update_foreach`` (``foreach=True``) and ``mao_update_fused``
-(``fused=True``); ``update_foreach_vs_single`` is what chooses the default on each device (the faster; the
-single-tensor path where they tie), ``update_fused_vs_default`` what the opt-in fused kernel gains.
+``mao_update_single`` (``foreach=False``, the reference loop), ``mao_update_foreach`` (``foreach=True``) and
+``mao_update_fused`` (``fused=True``); ``update_foreach_vs_single`` and ``update_fused_vs_single`` are what
+chose the default on each device (the faster; see ``mao_lab._mao_functional._default_to_fused_or_foreach``),
+``update_default_vs_single`` what the default gains over the reference and ``update_fused_vs_default`` what
+fusing every parameter (one task's too) would add.
 
 All candidates of a configuration are timed interleaved (see :mod:`._timing`); every ratio is a ratio
 of medians, and ``paired`` gives the median of the per-repetition ratios, which cancels slow drifts of
@@ -51,7 +53,7 @@ from torchjd.aggregation import Mean
 from .. import MAO, compute_task_gradients
 from ..methods import make
 from ..problems import MultiTaskNet, multimnist_model, seeded_init, task_losses
-from ._timing import Timings, fix_threads, interleaved_timings, synchronizer
+from ._timing import Timings, fix_threads, interleaved_timings, synchronizer, thread_clock
 
 __all__ = ["BenchConfig", "STEP_CONFIGS", "run_step_benchmark"]
 
@@ -270,6 +272,8 @@ RATIOS = {
     "update_share_of_step": ("mao_update", "mao", False),
     # mao_lab.mao's implementations of the update, against each other.
     "update_foreach_vs_single": ("mao_update_foreach", "mao_update_single", False),
+    "update_fused_vs_single": ("mao_update_fused", "mao_update_single", False),
+    "update_default_vs_single": ("mao_update", "mao_update_single", False),
     "update_fused_vs_default": ("mao_update_fused", "mao_update", False),
 }
 VMAP_RATIOS = {
@@ -297,6 +301,7 @@ def run_step_benchmark(
     progress: bool = True,
     budget_s: float | None = None,
     vmap: bool | None = None,
+    cpu_time: bool = False,
 ) -> dict:
     """Run the step benchmark and return its JSON-ready result (see the module docstring).
 
@@ -310,9 +315,12 @@ def run_step_benchmark(
         budget_s: seconds of timing per configuration in a full run (default 40); the number of
             repetitions (between 7 and 60) is what fits.
         vmap: also time the vmapped trunk backward (default: on CUDA only).
+        cpu_time: time the thread's CPU time instead of the wall clock (CPU, ``threads=1`` only): on a
+            machine that other work loads, waiting for a core is not counted.
     """
     dev = _checked_device(device)
     threads = fix_threads(threads)
+    clock = thread_clock(threads, dev) if cpu_time else time.perf_counter
     vmap = dev.type == "cuda" if vmap is None else vmap
     batch = QUICK_BATCH if quick else BATCH
     started = time.perf_counter()
@@ -321,7 +329,7 @@ def run_step_benchmark(
     results = []
     with _progress(len(configs), progress) as bar:
         for config in configs:
-            results.append(_run_config(config, seed, dev, vmap, batch, quick, budget_s, bar))
+            results.append(_run_config(config, seed, dev, vmap, batch, quick, budget_s, bar, clock))
             bar.update(1)
     import torchjd
 
@@ -330,6 +338,7 @@ def run_step_benchmark(
         "device": str(dev),
         "device_name": _device_name(dev),
         "threads": threads,
+        "clock": "thread CPU time" if cpu_time else "wall",
         "quick": quick,
         "seed": seed,
         "torch": torch.__version__,
@@ -349,6 +358,7 @@ def _run_config(
     quick: bool,
     budget_s: float | None,
     bar: _Bar,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """Time every candidate of one configuration, interleaved; its ratios, memory and medians."""
     label = f"{config.model} T={config.tasks}"
@@ -363,6 +373,7 @@ def _run_config(
         min_repetitions=MIN_REPETITIONS,
         sync=synchronizer(dev),
         on_plan=lambda reps: bar.set_postfix_str(f"{label}: {reps} repetitions"),
+        clock=clock,
     )
     ratios, paired = _ratios(timings, config.tasks, vmap)
     entry: dict[str, object] = {"model": config.model, "tasks": config.tasks, "batch": batch, **ratios}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timings", "fix_threads", "interleaved_timings", "synchronizer"]
+__all__ = ["Timings", "fix_threads", "interleaved_timings", "synchronizer", "thread_clock"]
 
 
 def fix_threads(threads: int) -> int:
@@ -28,6 +28,14 @@ def fix_threads(threads: int) -> int:
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(threads)
     return torch.get_num_threads()
+
+
+def thread_clock(threads: int, device: torch.device) -> Callable[[], float]:
+    """``time.thread_time``, for timings that a loaded machine barely disturbs: the CPU time of this
+    thread, which is all of the work only with one torch thread on the CPU (refused otherwise)."""
+    if threads != 1 or device.type != "cpu":
+        raise ValueError(f"CPU-time timing needs the CPU and threads=1 (got {device.type}, threads={threads})")
+    return time.thread_time
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:
@@ -67,6 +75,7 @@ def interleaved_timings(
     sync: Callable[[], None] = lambda: None,
     on_plan: Callable[[int], None] | None = None,
     progress: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Timings:
     """Time every candidate ``repetitions`` times, round-robin, and return per-call seconds.
 
@@ -78,6 +87,10 @@ def interleaved_timings(
     With ``budget_s``, the number of repetitions is what fits in that many seconds (estimated from
     one timed call of each candidate), at least ``min_repetitions`` and at most ``repetitions``;
     ``on_plan`` is told the number chosen.
+
+    ``clock`` reads the time: wall-clock seconds by default; ``time.thread_time`` counts only the CPU
+    time of the calling thread, which a loaded machine barely disturbs (with one torch thread, all of
+    the work; see :func:`thread_clock`).
     """
     names = list(candidates)
     for name in names:
@@ -87,10 +100,10 @@ def interleaved_timings(
     inner = {}
     per_repetition = 0.0
     for name in names:
-        t0 = time.perf_counter()
+        t0 = clock()
         candidates[name]()
         sync()
-        once = max(time.perf_counter() - t0, 1e-7)
+        once = max(clock() - t0, 1e-7)
         inner[name] = max(1, math.ceil(min_sample_s / once))
         per_repetition += once * inner[name]
     if budget_s is not None:
@@ -107,11 +120,11 @@ def interleaved_timings(
             for name in names[shift:] + names[:shift]:
                 fn, n = candidates[name], inner[name]
                 sync()
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in range(n):
                     fn()
                 sync()
-                samples[name].append((time.perf_counter() - t0) / n)
+                samples[name].append((clock() - t0) / n)
             if gc_was_enabled:
                 gc.enable()
             if progress is not None:
