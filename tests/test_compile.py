@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mao_lab import MAO, TaskInputError, compute_task_gradients
-from mao_lab._task_gradients import check_task_reach
+from mao_lab._task_gradients import _COMPILED_NODE, _COMPILED_NODE_MODULE, check_task_reach
 from mao_lab.methods import make
 from mao_lab.problems import MultiTaskNet, regression_model
 
@@ -87,6 +87,17 @@ def test_whole_model_compile_turns_unreached_heads_into_zeros(whole) -> None:
     fused = torch.autograd.grad(_losses(compiled, 0)[0], head, allow_unused=True)
     assert all(g is None for g in eager)
     assert all(g is not None and not g.any() for g in fused)
+
+
+def test_compiled_nodes_are_what_the_check_looks_for(whole) -> None:
+    """The check knows a compiled node by its class name and skips its walk until the module that makes
+    such classes is imported: both must name what this torch makes."""
+    _, compiled = whole
+    node = _losses(compiled, 0)[0].grad_fn
+    while type(node).__name__ != _COMPILED_NODE and node is not None:
+        node = node.next_functions[0][0]
+    assert node is not None, f"no {_COMPILED_NODE} node in a compiled model's graph"
+    assert type(node)._forward_cls.__module__ == _COMPILED_NODE_MODULE
 
 
 # -- the whole model compiled: a clear error, nothing changed ------------------------------------------------
