@@ -7,12 +7,14 @@ gradient aggregator and the recorder can all use the same tensors without a seco
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self, overload
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import Node
 
 from ._clipping import clipped
 from ._loss_scaling import LossScaleOverflow, found_non_finite, unscaled
@@ -26,6 +28,7 @@ __all__ = [
     "TaskInputError",
     "TaskLosses",
     "as_task_losses",
+    "check_task_reach",
     "compute_task_gradients",
     "match_task_order",
     "ordered_task_losses",
@@ -42,7 +45,9 @@ class TaskInputError(ValueError):
 def as_task_losses(losses: TaskLosses) -> tuple[tuple[str, ...], list[Tensor]]:
     """Validate per-task losses and return ``(task_names, losses)``.
 
-    Every loss must be a finite scalar tensor attached to an autograd graph.
+    Every loss must be a finite scalar tensor attached to an autograd graph, and the graphs must tell
+    which parameters each task reaches: a model compiled whole by ``torch.compile`` is refused with a
+    clear error (see :func:`check_task_reach`).
 
     >>> w = torch.ones(2, requires_grad=True)
     >>> as_task_losses({"a": w.sum(), "b": (2 * w).sum()})[0]
@@ -81,7 +86,90 @@ def as_task_losses(losses: TaskLosses) -> tuple[tuple[str, ...], list[Tensor]]:
     if not bool(finite.all()):
         k = int((~finite).nonzero()[0])
         raise TaskInputError(f"task {names[k]!r} (index {k}): the loss is {values[k].item()}")
+    check_task_reach(values, names)
     return names, values
+
+
+# AOTAutograd (under every ``torch.compile`` backend but "eager") turns a compiled graph into one
+# autograd node of this class, made by this module: until the module is imported no such node exists.
+_COMPILED_NODE = "CompiledFunctionBackward"
+_COMPILED_NODE_MODULE = "torch._functorch._aot_autograd.runtime_wrappers"
+
+
+def check_task_reach(losses: Sequence[Tensor], task_names: Sequence[str] | None = None) -> None:
+    """Refuse losses whose graphs hide which parameters each task reaches: a model compiled whole.
+
+    Every per-task method learns which parameters a task reaches from autograd: a parameter the task's
+    loss does not reach gets the gradient ``None`` (MAO keeps no moments for that task there, IUS does
+    not step it, an aggregator does not count the task there).  ``torch.compile`` (any backend but
+    ``"eager"``) makes a compiled graph one autograd node, whose backward gives every input a gradient
+    (zeros where ``None`` was meant) whichever of its outputs a loss uses.  Compiled whole, a multi-task
+    model therefore makes every task seem to reach every head: MAO would keep moments it does not need,
+    and IUS, IO and the aggregators would silently train otherwise.
+
+    So this raises :class:`TaskInputError` when the losses of two tasks enter one compiled node through
+    different sets of its outputs (each task using its own prediction, say) and more than one of the
+    node's inputs takes a gradient.  Other compiled nodes keep eager mode's reach and pass: tasks that
+    enter a node through the same outputs reach the same parameters below it in eager mode too, and a
+    node with one input taking a gradient passes it to every task that enters it.  A compiled shared
+    trunk is entered by every task through its one output, the features: compile the trunk only,
+    ``model.trunk = torch.compile(model.trunk)``.  The check is conservative: a compiled module with
+    several outputs that the tasks use differently is refused even if each output reads every input.
+
+    :func:`as_task_losses` calls it, so every method's ``step``, :meth:`MAO.step <mao_lab.MAO.step>` and
+    :func:`compute_task_gradients` refuse such losses before they change anything.  Cost: nothing until
+    a graph has been compiled in the process (AOTAutograd's module is not imported before); then one
+    walk of the losses' graphs, and one per task only where tasks enter a compiled node through several
+    outputs.
+
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> check_task_reach([w.sum(), (2 * w).sum()])  # no compiled graph: nothing to refuse
+    """
+    if _COMPILED_NODE_MODULE not in sys.modules:
+        return
+    entries = _compiled_node_entries(losses)  # a compiled node -> the outputs the losses enter it by
+    suspects = [node for node, outputs in entries.items() if len(outputs) > 1 and _differentiable_inputs(node) > 1]
+    if not suspects:
+        return
+    names = tuple(task_names) if task_names is not None else _default_names(len(losses))
+    per_task = [_compiled_node_entries([loss]) for loss in losses]
+    for node in suspects:
+        used = [(k, frozenset(found[node])) for k, found in enumerate(per_task) if found.get(node)]
+        for k, outputs in used[1:]:
+            j, first = used[0]
+            if outputs != first:
+                raise TaskInputError(
+                    f"tasks {names[j]!r} (index {j}) and {names[k]!r} (index {k}) use different outputs "
+                    f"({sorted(first)} and {sorted(outputs)}) of one torch.compile graph: a compiled graph is "
+                    "a single autograd node, so every task would get zero gradients (not None) for the "
+                    "parameters only the other tasks reach, and per-task moments, independent steps and "
+                    "gradient aggregators would silently treat them as shared. Compile the shared trunk "
+                    "only, e.g. model.trunk = torch.compile(model.trunk), not the whole model; nothing "
+                    "was changed"
+                )
+
+
+def _compiled_node_entries(losses: Sequence[Tensor]) -> dict[Node, set[int]]:
+    """Every compiled node in the graphs of ``losses``, with the indices of its outputs the graphs enter
+    it by (an edge of autograd's graph names the output of the node it leads to)."""
+    entries: dict[Node, set[int]] = {}
+    edges: list[tuple[Node | None, int]] = [(loss.grad_fn, loss.output_nr) for loss in losses]
+    seen: set[Node] = set()
+    while edges:
+        node, output = edges.pop()
+        if node is None:
+            continue
+        if type(node).__name__ == _COMPILED_NODE:
+            entries.setdefault(node, set()).add(output)
+        if node not in seen:
+            seen.add(node)
+            edges.extend(node.next_functions)
+    return entries
+
+
+def _differentiable_inputs(node: Node) -> int:
+    """How many of a node's inputs take a gradient (with one, every task reaches the same thing)."""
+    return sum(child is not None for child, _ in node.next_functions)
 
 
 def match_task_order(names: tuple[str, ...], expected: tuple[str, ...] | None, by_name: bool) -> list[int] | None:
