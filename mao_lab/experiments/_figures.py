@@ -278,44 +278,73 @@ def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.
     return figure
 
 
-def delta_m_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """Bars of :func:`delta_m_table`: each method's Delta_m (mean over seeds, std whisker, seeds as dots).
+def delta_m_figure(table: pd.DataFrame, *, setting: str | None = None, title: str | None = None) -> go.Figure:
+    """Each method's Delta_m% against the single-task baselines, as a bar with a whisker (lower is better).
 
+    ``table`` is either one row per run (:func:`delta_m_table`: ``method``, ``delta_m``), drawn as the mean over
+    seeds with a std whisker and each seed as a dot, or one row per method with an interval already computed
+    (the study's ``delta_m_intervals`` and ``methods.csv``: ``variant``, ``estimate``, ``low``, ``high``),
+    drawn as the estimate with its interval.  ``setting`` keeps the rows of one setting of the study.
     Below 0 (the dashed line) a method beats the single-task baselines on average.
     """
-    methods = [str(m) for m in pd.unique(table["method"])]
+    if setting is not None:
+        table = table[table["setting"] == setting]
+    per_seed = "delta_m" in table.columns
+    bars = _seed_spread(table) if per_seed else table.rename(columns={"variant": "method"}).sort_values("estimate")
+    methods = [str(m) for m in bars["method"]]
     colors = _colors(methods)
     figure = go.Figure()
-    for method in methods:
-        values = table[table["method"] == method]["delta_m"]
+    for method, (_, row) in zip(methods, bars.iterrows()):
+        label = method_label(method)
         figure.add_trace(
             go.Bar(
-                x=[method_label(method)],
-                y=[values.mean()],
+                x=[label],
+                y=[row["estimate"]],
                 marker_color=colors[method],
-                name=method_label(method),
-                error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
-                hovertemplate=f"{method_label(method)}<br>Δm %{{y:.2f}}% (mean of {len(values)})<extra></extra>",
+                name=label,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [row["high"] - row["estimate"]],
+                    "arrayminus": [row["estimate"] - row["low"]],
+                },
+                hovertemplate=f"{label}<br>Δm %{{y:.2f}}% (mean of {row['n']})<extra></extra>",
             )
         )
-        figure.add_trace(
-            go.Scatter(
-                x=[method_label(method)] * len(values),
-                y=values.to_numpy(),
-                mode="markers",
-                showlegend=False,
-                marker={"color": "black", "size": 6},
-                hovertemplate="one seed: %{y:.2f}%<extra></extra>",
+        if per_seed:
+            values = table[table["method"] == method]["delta_m"]
+            figure.add_trace(
+                go.Scatter(
+                    x=[label] * len(values),
+                    y=values.to_numpy(),
+                    mode="markers",
+                    showlegend=False,
+                    marker={"color": "black", "size": 6},
+                    hovertemplate="one seed: %{y:.2f}%<extra></extra>",
+                )
             )
-        )
     figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
+    whisker = "whisker: std over seeds; dots: seeds" if per_seed else "whisker: 95 % interval over seeds"
+    head = f"{setting}: " if setting is not None else ""
     figure.update_layout(
-        title=title or "Δm% against the single-task baselines (lower is better; below 0 beats them)",
+        title=title or f"{head}Δm% against the single-task baselines<br><sup>mean; {whisker}; lower is better</sup>",
         yaxis_title="Δm (%)",
         showlegend=False,
         height=420,
+        margin={"t": 100},
     )
     return figure
+
+
+def _seed_spread(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per method (in order of appearance): the mean ``delta_m`` over seeds and mean ± std (0 for one seed)."""
+    rows = []
+    for method in pd.unique(per_run["method"]):
+        values = per_run[per_run["method"] == method]["delta_m"]
+        spread = float(values.std()) if len(values) > 1 else 0.0
+        mean = float(values.mean())
+        rows.append({"method": method, "estimate": mean, "low": mean - spread, "high": mean + spread, "n": len(values)})
+    return pd.DataFrame(rows, columns=["method", "estimate", "low", "high", "n"])
 
 
 def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:

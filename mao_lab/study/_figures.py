@@ -2,7 +2,7 @@
 
 Every function takes the tables of :func:`~mao_lab.study.load_study` and returns a plotly figure:
 the validation criterion against the learning rate (how each rate was chosen), the intervals of every
-part of a claim (the verdict), Δm% per method, balance over the training steps (M1), distance and path
+part of a claim (the verdict), balance over the training steps (M1), distance and path
 length (P3), Δm% against seconds per epoch (P4) and the best method's validation curve (did it level off?).
 """
 
@@ -28,7 +28,6 @@ __all__ = [
     "balance_figure",
     "claim_figure",
     "compute_figure",
-    "delta_m_figure",
     "final_table",
     "learning_rate_figure",
     "spread_figure",
@@ -139,34 +138,6 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
         xaxis_title="effect: estimate and 95 % interval over seeds",
         height=max(360, 34 * len(parts) + 200),
         legend_title_text="part verdict",
-    )
-
-
-def delta_m_figure(intervals: pd.DataFrame, setting: str = "mm4") -> go.Figure:
-    """Δm% of every method of ``setting``: mean and 95 % interval over the seeds (lower is better)."""
-    part = intervals[intervals["setting"] == setting].sort_values("estimate")
-    figure = go.Figure(
-        go.Scatter(
-            x=part["variant"],
-            y=part["estimate"],
-            mode="markers",
-            marker={"size": 10},
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": (part["high"] - part["estimate"]).to_numpy(),
-                "arrayminus": (part["estimate"] - part["low"]).to_numpy(),
-            },
-            hovertemplate="%{x}: Δm %{y:.2f}%<extra></extra>",
-        )
-    )
-    figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
-    return _titled(
-        figure,
-        f"{setting}: Δm% against the single-task baselines",
-        "mean and 95 % interval over seeds; lower is better",
-        yaxis_title="Δm (%)",
-        xaxis_title="method",
     )
 
 

@@ -29,10 +29,10 @@ import ipywidgets as widgets
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..experiments import show_figure
+from ..experiments import delta_m_figure, show_figure
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, grouping_points
 from ._design import StudyDesign
-from ._figures import _PALETTE, _titled, claim_figure, delta_m_figure
+from ._figures import _PALETTE, _titled, claim_figure
 from ._ledger import load_ledger
 
 __all__ = [
@@ -327,7 +327,7 @@ class CommittedExplorer:
 
     def _draw_setting(self) -> None:
         setting = str(self.setting.value)
-        figure = delta_m_figure(self.committed["methods"], setting)
+        figure = delta_m_figure(self.committed["methods"], setting=setting)
         self.figures["setting"] = figure
         show_figure(self.views["setting"], figure)
 
