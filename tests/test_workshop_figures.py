@@ -143,7 +143,9 @@ def test_the_per_task_figure_and_the_across_steps_figure_fit_jupyterlabs_width(r
 
 
 def test_one_delta_m_figure_draws_runs_and_intervals() -> None:
-    runs = pd.DataFrame({"method": ["sum", "sum", "sum", "mao"], "seed": [0, 1, 2, 0], "delta_m": [1.0, 2.0, 6.0, -4.0]})
+    runs = pd.DataFrame(
+        {"method": ["sum", "sum", "sum", "mao"], "seed": [0, 1, 2, 0], "delta_m": [1.0, 2.0, 6.0, -4.0]}
+    )
     figure = delta_m_figure(runs)
     _assert_fits(figure)
     bars = [trace for trace in figure.data if trace.type == "bar"]
