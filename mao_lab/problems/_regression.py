@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._validate import Int, require
-from ._interface import Problem, TaskMetric, index_batches, model_device
+from ._interface import Problem, TaskMetric, index_batches, model_device, stored_split
 from ._model import MultiTaskNet, seeded_init
 
 __all__ = ["ImbalancedRegression", "RegressionProblem", "geometric_sigmas", "regression_model", "regression_problem"]
@@ -326,12 +326,7 @@ class RegressionProblem(Problem):
 
     def split(self, split: str) -> tuple[Tensor, list[Tensor]]:
         """``(inputs, [targets per task])`` of ``split``."""
-        if split not in self._splits:
-            raise ValueError(f"problem {self.name!r}: unknown split {split!r}; splits: {list(self._splits)}")
-        part = self._splits[split]
-        if part is None:
-            raise ValueError(f"problem {self.name!r} was made without a {split} split (num_val=0)")
-        return part
+        return stored_split(self.name, self._splits, split, "num_val=0")
 
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         names = self.tasks_or_all(tasks)
