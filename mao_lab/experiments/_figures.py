@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,41 @@ def line_styles(count: int) -> list[dict[str, str]]:
     return [
         {"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]} for i in range(count)
     ]
+
+
+def interval_whisker(rows: pd.DataFrame | pd.Series) -> dict[str, Any]:
+    """Plotly's ``error_x`` or ``error_y`` for intervals: from each row's ``estimate`` up to its ``high`` and down
+    to its ``low`` (``rows`` a table, or one row).
+
+    >>> whisker = interval_whisker(pd.Series({"estimate": 2.0, "low": 1.5, "high": 4.0}))
+    >>> whisker["array"].tolist(), whisker["arrayminus"].tolist()
+    ([2.0], [0.5])
+    """
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": np.atleast_1d(np.asarray(rows["high"] - rows["estimate"], dtype=float)),
+        "arrayminus": np.atleast_1d(np.asarray(rows["estimate"] - rows["low"], dtype=float)),
+    }
+
+
+def band(
+    x: Sequence[float], low: Sequence[float], high: Sequence[float], *, color: str, opacity: float, group: str
+) -> go.Scatter:
+    """A filled band from ``low`` to ``high`` over ``x``, without a legend entry or hover, in legend group ``group``
+    (so that it hides with its line)."""
+    x, low, high = (np.asarray(values) for values in (x, low, high))
+    return go.Scatter(
+        x=np.concatenate([x, x[::-1]]),
+        y=np.concatenate([high, low[::-1]]),
+        fill="toself",
+        fillcolor=color,
+        opacity=opacity,
+        line={"width": 0},
+        hoverinfo="skip",
+        showlegend=False,
+        legendgroup=group,
+    )
 
 
 def _colors(methods: Sequence[str]) -> dict[str, str]:
@@ -302,12 +338,7 @@ def delta_m_figure(table: pd.DataFrame, *, setting: str | None = None, title: st
                 y=[row["estimate"]],
                 marker_color=colors[method],
                 name=label,
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [row["high"] - row["estimate"]],
-                    "arrayminus": [row["estimate"] - row["low"]],
-                },
+                error_y=interval_whisker(row),
                 hovertemplate=f"{label}<br>Δm %{{y:.2f}}% (mean of {row['n']})<extra></extra>",
             )
         )
@@ -359,17 +390,7 @@ def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None)
         spread = part["std"].fillna(0.0).to_numpy()
         steps, mean = part["step"].to_numpy(), part["mean"].to_numpy()
         figure.add_trace(
-            go.Scatter(
-                x=np.concatenate([steps, steps[::-1]]),
-                y=np.concatenate([mean + spread, (mean - spread)[::-1]]),
-                fill="toself",
-                fillcolor=styles[method]["color"],
-                opacity=0.2,
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=method,
-            )
+            band(steps, mean - spread, mean + spread, color=styles[method]["color"], opacity=0.2, group=method)
         )
         figure.add_trace(
             go.Scatter(

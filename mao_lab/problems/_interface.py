@@ -153,6 +153,10 @@ class Problem(ABC):
             raise ValueError(f"problem {self.name!r}: tasks must be distinct and at least one, got {chosen}")
         return chosen
 
+    def targets_of(self, targets: Sequence[Tensor], tasks: Sequence[str]) -> list[Tensor]:
+        """The targets of ``tasks`` among ``targets`` (one per task of :attr:`task_names`, in that order)."""
+        return [targets[self.task_names.index(task)] for task in tasks]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, tasks={tuple(self.task_names)})"
 

@@ -654,15 +654,12 @@ class MultiMNISTProblem(Problem):
             for start in range(0, len(data), size):
                 yield data.images[start : start + size], [target[start : start + size] for target in data.targets]
 
-    def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
-        return [targets[self.task_names.index(task)] for task in tasks]
-
     def task_losses(
         self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]], tasks: Sequence[str] | None = None
     ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         images, targets = batch
-        return dict(zip(names, task_losses(model(images), self._targets(targets, names), names)))
+        return dict(zip(names, task_losses(model(images), self.targets_of(targets, names), names)))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
@@ -678,7 +675,7 @@ class MultiMNISTProblem(Problem):
             outputs = list(chunks[0])
         else:
             outputs = [torch.cat([chunk[k] for chunk in chunks]) for k in range(len(names))]
-        targets = [self.to_device(t, device) for t in self._targets(data.targets, names)]
+        targets = [self.to_device(t, device) for t in self.targets_of(data.targets, names)]
         return task_metrics(outputs, targets, names)
 
     def task_sets(self) -> Mapping[str, tuple[str, ...]]:

@@ -344,22 +344,19 @@ class RegressionProblem(Problem):
             for start in range(0, len(x), size):
                 yield x[start : start + size], [y[start : start + size] for y in ys]
 
-    def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
-        return [targets[self.task_names.index(task)] for task in tasks]
-
     def task_losses(
         self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]], tasks: Sequence[str] | None = None
     ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         x, targets = batch
-        return {name: F.mse_loss(out, y) for name, out, y in zip(names, model(x), self._targets(targets, names))}
+        return {name: F.mse_loss(out, y) for name, out, y in zip(names, model(x), self.targets_of(targets, names))}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
         names = self.tasks_or_all(tasks)
         x, ys = self.to_device(self.split(split), model_device(model))
         scores = []
-        for name, out, y in zip(names, model(x), self._targets(ys, names)):
+        for name, out, y in zip(names, model(x), self.targets_of(ys, names)):
             loss = F.mse_loss(out, y)
             for metric in self.metrics:
                 value = loss / self.sigmas[name] ** 2 if metric == "normalised_mse" else loss

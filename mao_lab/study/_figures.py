@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ..experiments import delta_m, show_figure
-from ..experiments._figures import wrap_title
+from ..experiments._figures import band, interval_whisker, wrap_title
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, final_runs, grouping_points
 from ._design import SINGLE_TASK_PREFIX, StudyDesign
 from ._stats import mean_interval
@@ -116,12 +116,7 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
                 mode="markers",
                 name=str(verdict),
                 marker={"color": colors[str(verdict)], "size": 9},
-                error_x={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (rows["high"] - rows["estimate"]).to_numpy(),
-                    "arrayminus": (rows["estimate"] - rows["low"]).to_numpy(),
-                },
+                error_x=interval_whisker(rows),
                 customdata=np.stack([rows["low"], rows["high"], rows["seeds"]], axis=1),
                 hovertemplate=(
                     "%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
@@ -154,19 +149,7 @@ def balance_figure(
     for i, (config, part) in enumerate(worst.groupby("config", sort=False)):
         stats = part.groupby("step")[statistic].agg(["mean", "min", "max"]).reset_index()
         color = _PALETTE[i % len(_PALETTE)]
-        figure.add_trace(
-            go.Scatter(
-                x=np.concatenate([stats["step"], stats["step"][::-1]]),
-                y=np.concatenate([stats["max"], stats["min"][::-1]]),
-                fill="toself",
-                fillcolor=color,
-                opacity=0.15,
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=config,
-            )
-        )
+        figure.add_trace(band(stats["step"], stats["min"], stats["max"], color=color, opacity=0.15, group=config))
         figure.add_trace(
             go.Scatter(
                 x=stats["step"],
@@ -214,12 +197,7 @@ def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4"
                 mode="markers",
                 name=quantity.replace("_", " "),
                 marker={"color": color, "size": 9},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (table["high"] - table["estimate"]).to_numpy(),
-                    "arrayminus": (table["estimate"] - table["low"]).to_numpy(),
-                },
+                error_y=interval_whisker(table),
             )
         )
     return _titled(
@@ -318,7 +296,24 @@ def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
     )
 
 
-class ClaimsExplorer:
+class _ClaimViews:
+    """What the two claims explorers share: ``widget`` (the controls and views), ``figures`` (the current views,
+    the claim's under ``"claim"``) and how a notebook shows them."""
+
+    widget: widgets.Widget
+    figures: dict[str, go.Figure]
+
+    def static_figure(self) -> go.Figure:
+        """The claim view shown now: the copy an HTML export shows (see :func:`mao_lab.notebook.display_live`)."""
+        return self.figures["claim"]
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class ClaimsExplorer(_ClaimViews):
     """Pick a claim (its parts' intervals), a configuration (its validation curve and balance over steps) and a
     task (every method's validation metric of that task over the steps).
 
@@ -398,15 +393,6 @@ class ClaimsExplorer:
         )
         self.figures["task"] = figure
         show_figure(self.views["task"], figure)
-
-    def static_figure(self) -> go.Figure:
-        """The claim view shown now: the copy an HTML export shows (see :func:`mao_lab.notebook.display_live`)."""
-        return self.figures["claim"]
-
-    def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
-        from IPython.display import display
-
-        display(self.widget)
 
 
 def final_table(study: Mapping[str, Any]) -> pd.DataFrame:
