@@ -1,12 +1,16 @@
-"""The notebooks' logic in the library: the parameter validator, the summaries and the prose written from them.
+"""The notebooks' logic: the parameter validator and the summaries in the library, the prose in each notebook.
 
-Summaries are checked against the tables they come from, recomputed here with plain pandas.
+Summaries are checked against the tables they come from, recomputed here with plain pandas; each notebook's
+findings cell is run here on a summary written by hand.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,12 +18,13 @@ import pytest
 from mao_lab._validate import Bool, Choice, Choices, Int, IntList, Number, NumberList, Text, require
 from mao_lab.experiments import (
     explorer_summary,
-    findings_markdown,
+    findings_paragraph,
     landscape_summary,
     multimnist_summary,
     regression_summary,
 )
 from mao_lab.notebook import SMOKE_NOTE, NotebookParameterError, validate_parameters
+from mao_lab.runner import NOTEBOOK_DIR
 
 # -- the validator ------------------------------------------------------------------------------------
 
@@ -162,20 +167,85 @@ def test_multimnist_and_explorer_summaries_pick_the_extremes() -> None:
 # -- prose written from the run --------------------------------------------------------------------------
 
 
-def test_findings_state_the_summarys_numbers_and_no_others() -> None:
-    summary = {
+# A summary of each notebook's shape, its numbers distinct, so that a number in the text can be traced to one.
+MULTIMNIST_SUMMARY = {
+    "delta_m_percent": {"sum": {"mean": 3.14, "std": 1.0, "seeds": 2}, "mao": {"mean": -1.27, "std": 0.5, "seeds": 2}},
+    "best_delta_m_method": "mao",
+    "mean_imbalance": {"sum": 0.417, "mao": 0.0213},
+}
+SUMMARIES: dict[str, dict[str, Any]] = {
+    "00_quickstart": {
+        "worst_normalised_test_mse": {"sum": 0.593, "mao": 0.148},
+        "worst_task_ratio_adam_over_mao": 4.01,
+    },
+    "01_toy_landscape": {
+        "reached_count": {"mean": 1, "mao": 3},
+        "final_distance": {"mean": {"(0, 0)": 0.0, "(9, 9)": 0.5, "(1, 5)": 0.2}, "mao": {"(0, 0)": 0.0}},
+        "unreached_in_conflict_band": {"mean": 2, "mao": 0},
+        "rescaling_max_gap": {"mean": 0.0072, "mao": 0.00012},
+        "rescaling_max_gap_eps_1e-8": {"mean": 0.0081, "mao": 6.5e-13},
+    },
+    "02_imbalanced_regression": {
         "mean_imbalance": {"sum": 0.417, "mao": 0.0213},
         "largest_sigma_task_min_share": {"sum": 0.871, "mao": 0.262},
         "worst_normalised_test_mse": {"sum": 0.593, "mao": 0.148},
-    }
-    text = findings_markdown(summary, "regression")
+    },
+    "03_multimnist": MULTIMNIST_SUMMARY,
+    "04_balance_explorer": {
+        "mean_imbalance": {"run-a": 0.61, "run-b": 0.032},
+        "most_imbalanced_run": "run-a",
+        "least_imbalanced_run": "run-b",
+    },
+    "07_your_problem": MULTIMNIST_SUMMARY,
+}
+
+
+DEFINITIONS = ("(0 balanced, 1 one task owns them)", "below 0 beats", "L1 × 1", "eps = 1e-8")
+
+
+def _numbers(value: Any) -> Iterator[float]:
+    """Every number in a summary, and the size of every mapping in it (a text may count the entries)."""
+    if isinstance(value, Mapping):
+        yield float(len(value))
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield float(value)
+
+
+def _findings(notebook: str, summary: Mapping[str, Any], smoke: bool = False) -> str:
+    """The Markdown that ``notebook``'s findings cell writes from ``summary`` (its other lines not run)."""
+    cells = [c.source for c in nbformat.read(NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4).cells]
+    (source,) = [c for c in cells if "findings = findings_paragraph(" in c]
+    start = source.index("findings = findings_paragraph(")
+    imports = "\n".join(line for line in source.splitlines() if line.startswith(("from ", "import ")))
+    namespace: dict[str, Any] = {"summary": summary, "smoke": smoke}
+    exec(imports + "\n" + source[start : source.index("\nMarkdown(findings)", start)], namespace)  # noqa: S102
+    return namespace["findings"]
+
+
+@pytest.mark.parametrize("notebook", sorted(SUMMARIES))
+def test_each_notebooks_findings_state_its_summarys_numbers_and_no_others(notebook: str) -> None:
+    summary = SUMMARIES[notebook]
+    text = _findings(notebook, summary)
+    assert text.startswith("**This run:** ") and SMOKE_NOTE not in text
+    for definition in DEFINITIONS:  # the prose's fixed numbers: scales and settings, not results
+        text = text.replace(definition, "")
+    stated = {float(n) for n in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?", text)}
+    assert stated and stated <= set(_numbers(summary)), stated - set(_numbers(summary))
+    assert _findings(notebook, summary, smoke=True) == f"**{SMOKE_NOTE}**\n\n{_findings(notebook, summary)}"
+
+
+def test_the_regression_findings_rank_the_methods_and_follow_the_summary() -> None:
+    summary = SUMMARIES["02_imbalanced_regression"]
+    text = _findings("02_imbalanced_regression", summary)
     numbers = {float(n) for n in re.findall(r"(?<![\w.])\d+\.\d+", text)}
     assert numbers == {v for values in summary.values() for v in values.values()}
     assert text.index("MAO 0.0213") < text.index("Adam on the sum 0.417")  # ranked, lowest first
-    assert SMOKE_NOTE not in text and findings_markdown(summary, "regression", smoke=True).startswith(
-        f"**{SMOKE_NOTE}**"
-    )
-    changed = findings_markdown({**summary, "mean_imbalance": {"sum": 0.5, "mao": 0.0213}}, "regression")
+    changed = _findings("02_imbalanced_regression", {**summary, "mean_imbalance": {"sum": 0.5, "mao": 0.0213}})
     assert "0.417" not in changed and "0.5" in changed
-    with pytest.raises(ValueError, match="notebook must be one of"):
-        findings_markdown(summary, "nope")
+
+
+def test_findings_paragraph_sets_out_the_sentences() -> None:
+    assert findings_paragraph(["a: 1", "b"]) == "**This run:** A: 1. B."
+    assert findings_paragraph(["a"], smoke=True) == f"**{SMOKE_NOTE}**\n\n**This run:** A."

@@ -19,6 +19,7 @@ from mao_lab.experiments import (
     HeatmapExplorer,
     LandscapePlayground,
     compare_methods,
+    delta_m_figure,
     imbalance_by_method,
     imbalance_by_method_figure,
     imbalance_over_steps_figure,
@@ -139,6 +140,40 @@ def test_the_per_task_figure_and_the_across_steps_figure_fit_jupyterlabs_width(r
     view = module_level(metrics)
     _assert_fits(imbalance_by_method_figure(imbalance_by_method(view)))
     _assert_fits(imbalance_over_steps_figure(view))
+
+
+def test_one_delta_m_figure_draws_runs_and_intervals() -> None:
+    runs = pd.DataFrame(
+        {"method": ["sum", "sum", "sum", "mao"], "seed": [0, 1, 2, 0], "delta_m": [1.0, 2.0, 6.0, -4.0]}
+    )
+    figure = delta_m_figure(runs)
+    _assert_fits(figure)
+    bars = [trace for trace in figure.data if trace.type == "bar"]
+    assert [bar.x[0] for bar in bars] == ["Adam on the sum", "MAO"]
+    assert bars[0].y[0] == pytest.approx(3.0) and bars[1].y[0] == pytest.approx(-4.0)
+    std = ((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) ** 0.5 / 2**0.5  # the sample std, by hand
+    assert bars[0].error_y.array[0] == pytest.approx(std) and bars[0].error_y.arrayminus[0] == pytest.approx(std)
+    assert bars[1].error_y.array[0] == 0.0  # one seed: no whisker
+    assert [list(t.y) for t in figure.data if t.type == "scatter"] == [[1.0, 2.0, 6.0], [-4.0]]
+    intervals = pd.DataFrame(
+        {
+            "setting": ["mm4", "mm4", "reg2"],
+            "variant": ["sum", "mao", "sum"],
+            "estimate": [2.0, -1.0, 9.0],
+            "low": [1.5, -3.0, 8.0],
+            "high": [4.0, 0.5, 10.0],
+            "n": [5, 5, 5],
+        }
+    )
+    figure = delta_m_figure(intervals, setting="mm4")
+    _assert_fits(figure)
+    assert all(trace.type == "bar" for trace in figure.data)  # no seeds to draw
+    assert [t.x[0] for t in figure.data] == ["MAO", "Adam on the sum"]  # lowest first
+    assert [(t.y[0], t.error_y.arrayminus[0], t.error_y.array[0]) for t in figure.data] == [
+        (-1.0, 2.0, 1.5),
+        (2.0, 0.5, 2.0),
+    ]
+    assert figure.layout.title.text.startswith("mm4: ")
 
 
 def test_ownership_panels_titled_by_long_run_names_fit() -> None:

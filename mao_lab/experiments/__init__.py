@@ -8,7 +8,7 @@ By job:
 - per problem, training and scoring only: :mod:`._landscape` (the two-task toy), :mod:`._regression`
   (GradNorm's imbalanced regression), :mod:`._multimnist` (real data, with single-task baselines);
 - :mod:`._analysis` — the shared analyses: layer ownership, imbalance over steps and layers, Delta_m and
-  result tables; :mod:`._summaries` — the notebooks' ``summary.json`` and the prose written from it;
+  result tables; :mod:`._summaries` — the notebooks' ``summary.json`` (their prose is in the notebooks);
 - :mod:`._figures` and :mod:`._landscape_figures` — plotly figures; :mod:`._widgets` — ipywidgets;
 - :mod:`._labels` — the methods' readable names and run names; :mod:`._runs` — finding saved runs.
 """
@@ -71,9 +71,10 @@ from ._run_origins import origin_names
 from ._runs import find_run_dirs, is_run_dir, load_balance_runs
 from ._summaries import (
     explorer_summary,
-    findings_markdown,
+    findings_paragraph,
     landscape_summary,
     multimnist_summary,
+    ranked,
     regression_summary,
 )
 from ._training import (
@@ -119,7 +120,7 @@ __all__ = [
     "explorer_summary",
     "final_losses",
     "find_run_dirs",
-    "findings_markdown",
+    "findings_paragraph",
     "imbalance_by_layer_figure",
     "imbalance_by_method",
     "imbalance_by_method_figure",
@@ -141,6 +142,7 @@ __all__ = [
     "module_level",
     "multimnist_results",
     "multimnist_summary",
+    "ranked",
     "origin_names",
     "ownership_figure",
     "papers_comparison",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,41 @@ def line_styles(count: int) -> list[dict[str, str]]:
     return [
         {"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]} for i in range(count)
     ]
+
+
+def interval_whisker(rows: pd.DataFrame | pd.Series) -> dict[str, Any]:
+    """Plotly's ``error_x`` or ``error_y`` for intervals: from each row's ``estimate`` up to its ``high`` and down
+    to its ``low`` (``rows`` a table, or one row).
+
+    >>> whisker = interval_whisker(pd.Series({"estimate": 2.0, "low": 1.5, "high": 4.0}))
+    >>> whisker["array"].tolist(), whisker["arrayminus"].tolist()
+    ([2.0], [0.5])
+    """
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": np.atleast_1d(np.asarray(rows["high"] - rows["estimate"], dtype=float)),
+        "arrayminus": np.atleast_1d(np.asarray(rows["estimate"] - rows["low"], dtype=float)),
+    }
+
+
+def band(
+    x: Sequence[float], low: Sequence[float], high: Sequence[float], *, color: str, opacity: float, group: str
+) -> go.Scatter:
+    """A filled band from ``low`` to ``high`` over ``x``, without a legend entry or hover, in legend group ``group``
+    (so that it hides with its line)."""
+    x, low, high = (np.asarray(values) for values in (x, low, high))
+    return go.Scatter(
+        x=np.concatenate([x, x[::-1]]),
+        y=np.concatenate([high, low[::-1]]),
+        fill="toself",
+        fillcolor=color,
+        opacity=opacity,
+        line={"width": 0},
+        hoverinfo="skip",
+        showlegend=False,
+        legendgroup=group,
+    )
 
 
 def _colors(methods: Sequence[str]) -> dict[str, str]:
@@ -278,44 +314,68 @@ def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.
     return figure
 
 
-def delta_m_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """Bars of :func:`delta_m_table`: each method's Delta_m (mean over seeds, std whisker, seeds as dots).
+def delta_m_figure(table: pd.DataFrame, *, setting: str | None = None, title: str | None = None) -> go.Figure:
+    """Each method's Delta_m% against the single-task baselines, as a bar with a whisker (lower is better).
 
+    ``table`` is either one row per run (:func:`delta_m_table`: ``method``, ``delta_m``), drawn as the mean over
+    seeds with a std whisker and each seed as a dot, or one row per method with an interval already computed
+    (the study's ``delta_m_intervals`` and ``methods.csv``: ``variant``, ``estimate``, ``low``, ``high``),
+    drawn as the estimate with its interval.  ``setting`` keeps the rows of one setting of the study.
     Below 0 (the dashed line) a method beats the single-task baselines on average.
     """
-    methods = [str(m) for m in pd.unique(table["method"])]
+    if setting is not None:
+        table = table[table["setting"] == setting]
+    per_seed = "delta_m" in table.columns
+    bars = _seed_spread(table) if per_seed else table.rename(columns={"variant": "method"}).sort_values("estimate")
+    methods = [str(m) for m in bars["method"]]
     colors = _colors(methods)
     figure = go.Figure()
-    for method in methods:
-        values = table[table["method"] == method]["delta_m"]
+    for method, (_, row) in zip(methods, bars.iterrows()):
+        label = method_label(method)
         figure.add_trace(
             go.Bar(
-                x=[method_label(method)],
-                y=[values.mean()],
+                x=[label],
+                y=[row["estimate"]],
                 marker_color=colors[method],
-                name=method_label(method),
-                error_y={"type": "data", "array": [values.std() if len(values) > 1 else 0.0]},
-                hovertemplate=f"{method_label(method)}<br>Δm %{{y:.2f}}% (mean of {len(values)})<extra></extra>",
+                name=label,
+                error_y=interval_whisker(row),
+                hovertemplate=f"{label}<br>Δm %{{y:.2f}}% (mean of {row['n']})<extra></extra>",
             )
         )
-        figure.add_trace(
-            go.Scatter(
-                x=[method_label(method)] * len(values),
-                y=values.to_numpy(),
-                mode="markers",
-                showlegend=False,
-                marker={"color": "black", "size": 6},
-                hovertemplate="one seed: %{y:.2f}%<extra></extra>",
+        if per_seed:
+            values = table[table["method"] == method]["delta_m"]
+            figure.add_trace(
+                go.Scatter(
+                    x=[label] * len(values),
+                    y=values.to_numpy(),
+                    mode="markers",
+                    showlegend=False,
+                    marker={"color": "black", "size": 6},
+                    hovertemplate="one seed: %{y:.2f}%<extra></extra>",
+                )
             )
-        )
     figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
+    whisker = "whisker: std over seeds; dots: seeds" if per_seed else "whisker: 95 % interval over seeds"
+    head = f"{setting}: " if setting is not None else ""
     figure.update_layout(
-        title=title or "Δm% against the single-task baselines (lower is better; below 0 beats them)",
+        title=title or f"{head}Δm% against the single-task baselines<br><sup>mean; {whisker}; lower is better</sup>",
         yaxis_title="Δm (%)",
         showlegend=False,
         height=420,
+        margin={"t": 100},
     )
     return figure
+
+
+def _seed_spread(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per method (in order of appearance): the mean ``delta_m`` over seeds and mean ± std (0 for one seed)."""
+    rows = []
+    for method in pd.unique(per_run["method"]):
+        values = per_run[per_run["method"] == method]["delta_m"]
+        spread = float(values.std()) if len(values) > 1 else 0.0
+        mean = float(values.mean())
+        rows.append({"method": method, "estimate": mean, "low": mean - spread, "high": mean + spread, "n": len(values)})
+    return pd.DataFrame(rows, columns=["method", "estimate", "low", "high", "n"])
 
 
 def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
@@ -330,17 +390,7 @@ def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None)
         spread = part["std"].fillna(0.0).to_numpy()
         steps, mean = part["step"].to_numpy(), part["mean"].to_numpy()
         figure.add_trace(
-            go.Scatter(
-                x=np.concatenate([steps, steps[::-1]]),
-                y=np.concatenate([mean + spread, (mean - spread)[::-1]]),
-                fill="toself",
-                fillcolor=styles[method]["color"],
-                opacity=0.2,
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=method,
-            )
+            band(steps, mean - spread, mean + spread, color=styles[method]["color"], opacity=0.2, group=method)
         )
         figure.add_trace(
             go.Scatter(

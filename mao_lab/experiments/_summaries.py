@@ -1,9 +1,9 @@
-"""The notebooks' ``summary.json`` and the prose written from it, as tested functions.
+"""The notebooks' ``summary.json``, as tested functions.
 
 Each ``*_summary`` function turns a notebook's result tables into the dictionary it saves as
-``summary.json``; :func:`findings_markdown` writes the numbers of such a summary into a sentence or two of
-Markdown, so that no number in a notebook's text comes from anywhere but its own run.  In a smoke run the
-text starts with :data:`mao_lab.notebook.SMOKE_NOTE`.
+``summary.json``.  The prose written from a summary lives in its notebook (the findings cell), which sets out
+its sentences with :func:`findings_paragraph` and lists a summary's numbers with :func:`ranked`, so that no
+number in a notebook's text comes from anywhere but its own run.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from ._labels import method_label
 
 __all__ = [
     "explorer_summary",
-    "findings_markdown",
+    "findings_paragraph",
     "landscape_summary",
     "multimnist_summary",
+    "ranked",
     "regression_summary",
 ]
 
@@ -185,65 +186,27 @@ def explorer_summary(runs: Sequence[str], balance: pd.DataFrame, **settings: Any
     }
 
 
-def _ranked(values: Mapping[str, float], digits: int = 3) -> str:
+def ranked(values: Mapping[str, float], digits: int = 3) -> str:
+    """Methods and their values, lowest first, by readable name (``digits`` significant digits).
+
+    >>> ranked({"sum": 0.41738, "mao": 0.0213})
+    'MAO 0.0213, Adam on the sum 0.417'
+    """
     ordered = sorted(values.items(), key=lambda item: item[1])
     return ", ".join(f"{method_label(m)} {v:.{digits}g}" for m, v in ordered)
 
 
-def findings_markdown(summary: Mapping[str, Any], notebook: str, *, smoke: bool = False) -> str:
-    """What this run found, in Markdown, every number taken from ``summary`` (one of the ``*_summary`` results).
+def findings_paragraph(sentences: Sequence[str], *, smoke: bool = False) -> str:
+    """A notebook's findings as one Markdown paragraph: ``**This run:**``, then each sentence capitalised and
+    closed by a full stop; in a smoke run the smoke note (:data:`mao_lab.notebook.SMOKE_NOTE`) comes first.
 
-    Args:
-        summary: the run's ``summary.json``.
-        notebook: ``"quickstart"``, ``"landscape"``, ``"regression"``, ``"multimnist"`` or ``"explorer"``.
-        smoke: start with the smoke note (:data:`mao_lab.notebook.SMOKE_NOTE`).
+    The sentences are the notebook's own (each notebook writes them from its ``summary``, so that no number in
+    its text comes from anywhere but its own run); this only sets them out.
 
-    >>> summary = {"mean_imbalance": {"sum": 0.4, "mao": 0.02}, "largest_sigma_task_min_share": {"sum": 0.9, "mao": 0.3},
-    ...            "worst_normalised_test_mse": {"sum": 0.5, "mao": 0.2}}
-    >>> print(findings_markdown(summary, "regression", smoke=True))
-    **smoke setting: these numbers mean nothing (a few steps on a little data, to check that the notebook runs)**
-    <BLANKLINE>
-    **This run:** Mean imbalance of the shared layers (0 balanced, 1 one task owns them): MAO 0.02, Adam on the sum 0.4. Smallest share of a shared layer held by the largest-σ task: MAO 0.3, Adam on the sum 0.9. Worst task's normalised test MSE: MAO 0.2, Adam on the sum 0.5.
-    """  # noqa: E501 - a doctest's expected output is one markdown paragraph, one line
-    writers = {
-        "quickstart": lambda s: [
-            "worst task's normalised test MSE: " + _ranked(s["worst_normalised_test_mse"]),
-            f"Adam on the sum's worst task is {s['worst_task_ratio_adam_over_mao']:.3g} times MAO's",
-        ],
-        "landscape": lambda s: [
-            "reached the Pareto set from "
-            + ", ".join(
-                f"{method_label(m)} {n} of {len(s['final_distance'][m])}" for m, n in s["reached_count"].items()
-            )
-            + " starts",
-            "misses that ended in the conflict band: "
-            + ", ".join(f"{method_label(m)} {n}" for m, n in s["unreached_in_conflict_band"].items()),
-            "largest gap between the runs with L1 × 1 and L1 rescaled (eps as set): "
-            + _ranked(s["rescaling_max_gap"], 2),
-            "the same with eps = 1e-8: " + _ranked(s["rescaling_max_gap_eps_1e-8"], 2),
-        ],
-        "regression": lambda s: [
-            "mean imbalance of the shared layers (0 balanced, 1 one task owns them): " + _ranked(s["mean_imbalance"]),
-            "smallest share of a shared layer held by the largest-σ task: "
-            + _ranked(s["largest_sigma_task_min_share"]),
-            "worst task's normalised test MSE: " + _ranked(s["worst_normalised_test_mse"]),
-        ],
-        "multimnist": lambda s: [
-            "Δm% (mean over seeds; lower is better, below 0 beats the single-task baselines): "
-            + _ranked({m: v["mean"] for m, v in s["delta_m_percent"].items()}),
-            f"lowest Δm%: {method_label(s['best_delta_m_method'])}"
-            if s.get("best_delta_m_method")
-            else "no Δm% (no baselines)",
-            "mean imbalance of the shared layers: " + _ranked(s["mean_imbalance"]),
-        ],
-        "explorer": lambda s: [
-            "mean imbalance of the shared layers: " + _ranked(s["mean_imbalance"]),
-            f"most imbalanced run: {s['most_imbalanced_run']}; least: {s['least_imbalanced_run']}",
-        ],
-    }
-    if notebook not in writers:
-        raise ValueError(f"notebook must be one of {', '.join(map(repr, writers))}, got {notebook!r}")
-    text = "**This run:** " + " ".join(
-        sentence[0].upper() + sentence[1:] + "." for sentence in writers[notebook](summary)
-    )
+    >>> print(findings_paragraph(["worst task's MSE: " + ranked({"sum": 0.5, "mao": 0.2}), "done"]))
+    **This run:** Worst task's MSE: MAO 0.2, Adam on the sum 0.5. Done.
+    >>> findings_paragraph(["done"], smoke=True).startswith("**smoke setting")
+    True
+    """
+    text = "**This run:** " + " ".join(sentence[0].upper() + sentence[1:] + "." for sentence in sentences)
     return f"**{smoke_note(True)}**\n\n{text}" if smoke else text

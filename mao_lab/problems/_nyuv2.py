@@ -312,9 +312,6 @@ class NYUv2(DatasetProblem):
             f"test = the val folder); SegNet-style trunk, width {width}, {levels} levels"
         )
 
-    def dataset(self, split: Split) -> Dataset:
-        return self._splits[split]
-
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         return nyuv2_model(self.tasks_or_all(tasks), self.width, self.levels)
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._validate import Int, require
-from ._interface import Problem, TaskMetric, index_batches, model_device
+from ._interface import Problem, TaskMetric, index_batches, model_device, stored_split
 from ._model import MultiTaskNet, seeded_init
 
 __all__ = ["ImbalancedRegression", "RegressionProblem", "geometric_sigmas", "regression_model", "regression_problem"]
@@ -326,12 +326,7 @@ class RegressionProblem(Problem):
 
     def split(self, split: str) -> tuple[Tensor, list[Tensor]]:
         """``(inputs, [targets per task])`` of ``split``."""
-        if split not in self._splits:
-            raise ValueError(f"problem {self.name!r}: unknown split {split!r}; splits: {list(self._splits)}")
-        part = self._splits[split]
-        if part is None:
-            raise ValueError(f"problem {self.name!r} was made without a {split} split (num_val=0)")
-        return part
+        return stored_split(self.name, self._splits, split, "num_val=0")
 
     def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
         names = self.tasks_or_all(tasks)
@@ -349,22 +344,19 @@ class RegressionProblem(Problem):
             for start in range(0, len(x), size):
                 yield x[start : start + size], [y[start : start + size] for y in ys]
 
-    def _targets(self, targets: Sequence[Tensor], tasks: tuple[str, ...]) -> list[Tensor]:
-        return [targets[self.task_names.index(task)] for task in tasks]
-
     def task_losses(
         self, model: nn.Module, batch: tuple[Tensor, Sequence[Tensor]], tasks: Sequence[str] | None = None
     ) -> dict[str, Tensor]:
         names = self.tasks_or_all(tasks)
         x, targets = batch
-        return {name: F.mse_loss(out, y) for name, out, y in zip(names, model(x), self._targets(targets, names))}
+        return {name: F.mse_loss(out, y) for name, out, y in zip(names, model(x), self.targets_of(targets, names))}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, tasks: Sequence[str] | None = None) -> list[TaskMetric]:
         names = self.tasks_or_all(tasks)
         x, ys = self.to_device(self.split(split), model_device(model))
         scores = []
-        for name, out, y in zip(names, model(x), self._targets(ys, names)):
+        for name, out, y in zip(names, model(x), self.targets_of(ys, names)):
             loss = F.mse_loss(out, y)
             for metric in self.metrics:
                 value = loss / self.sigmas[name] ** 2 if metric == "normalised_mse" else loss

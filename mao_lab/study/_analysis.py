@@ -124,17 +124,14 @@ CLAIMS: dict[str, str] = {
 }
 """The six claims of the two papers' abstracts, as the ledger states them."""
 
+_TESTED_COLUMNS = ["direction", "threshold", "estimate", "low", "high", "seeds", "verdict"]
+"""What :func:`_tested` writes: a part's test (direction, threshold), its interval and its verdict."""
+
 LEDGER_COLUMNS = [
     "claim",
     "part",
     "effect",
-    "direction",
-    "threshold",
-    "estimate",
-    "low",
-    "high",
-    "seeds",
-    "verdict",
+    *_TESTED_COLUMNS,
     "p_value",
     "p_holm",
     "family_verdict",
@@ -500,39 +497,13 @@ def m1_sensitivity(summary: pd.DataFrame, bounds: Sequence[float] = BALANCE_BOUN
             own = _safe(lambda mao=mao: mean_interval(mao.dropna()))
             for bound in bounds:
                 rows.append(_sensitivity_row(reading, setting, f"MAO < {bound:g}", bound, bound, own))
-    columns = [
-        "reading",
-        "setting",
-        "part",
-        "bound",
-        "direction",
-        "threshold",
-        "estimate",
-        "low",
-        "high",
-        "seeds",
-        "verdict",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=["reading", "setting", "part", "bound", *_TESTED_COLUMNS])
 
 
 def _sensitivity_row(
     reading: str, setting: str, part: str, bound: float, threshold: float, interval: Interval | None
 ) -> dict[str, Any]:
-    interval = interval or Interval(math.nan, math.nan, math.nan, 0)
-    return {
-        "reading": reading,
-        "setting": setting,
-        "part": part,
-        "bound": bound,
-        "direction": "less",
-        "threshold": threshold,
-        "estimate": interval.estimate,
-        "low": interval.low,
-        "high": interval.high,
-        "seeds": interval.n,
-        "verdict": verdict(interval, "less", threshold),
-    }
+    return {"reading": reading, "setting": setting, "part": part, "bound": bound} | _tested(interval, "less", threshold)
 
 
 def m1_sensitivity_verdicts(table: pd.DataFrame) -> pd.DataFrame:
@@ -634,12 +605,15 @@ def _by_seed(table: pd.DataFrame, config: str, value: str) -> pd.Series:
 def _part(
     claim: str, part: str, effect: str, interval: Interval | None, direction: Direction, threshold: float = 0.0
 ) -> dict[str, Any]:
-    if interval is None:  # a configuration had no successful runs
+    return {"claim": claim, "part": part, "effect": effect, **_tested(interval, direction, threshold)}
+
+
+def _tested(interval: Interval | None, direction: Direction, threshold: float) -> dict[str, Any]:
+    """A part's test, interval and verdict (:data:`_TESTED_COLUMNS`); no interval (a configuration had no
+    successful runs) reads as an empty interval of 0 seeds, inconclusive."""
+    if interval is None:
         interval = Interval(math.nan, math.nan, math.nan, 0)
     return {
-        "claim": claim,
-        "part": part,
-        "effect": effect,
         "direction": direction,
         "threshold": threshold,
         "estimate": interval.estimate,

@@ -2,7 +2,7 @@
 
 Every function takes the tables of :func:`~mao_lab.study.load_study` and returns a plotly figure:
 the validation criterion against the learning rate (how each rate was chosen), the intervals of every
-part of a claim (the verdict), Δm% per method, balance over the training steps (M1), distance and path
+part of a claim (the verdict), balance over the training steps (M1), distance and path
 length (P3), Δm% against seconds per epoch (P4) and the best method's validation curve (did it level off?).
 """
 
@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ..experiments import delta_m, show_figure
-from ..experiments._figures import wrap_title
+from ..experiments._figures import band, interval_whisker, wrap_title
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, final_runs, grouping_points
 from ._design import SINGLE_TASK_PREFIX, StudyDesign
 from ._stats import mean_interval
@@ -28,7 +28,6 @@ __all__ = [
     "balance_figure",
     "claim_figure",
     "compute_figure",
-    "delta_m_figure",
     "final_table",
     "learning_rate_figure",
     "spread_figure",
@@ -117,12 +116,7 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
                 mode="markers",
                 name=str(verdict),
                 marker={"color": colors[str(verdict)], "size": 9},
-                error_x={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (rows["high"] - rows["estimate"]).to_numpy(),
-                    "arrayminus": (rows["estimate"] - rows["low"]).to_numpy(),
-                },
+                error_x=interval_whisker(rows),
                 customdata=np.stack([rows["low"], rows["high"], rows["seeds"]], axis=1),
                 hovertemplate=(
                     "%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
@@ -142,34 +136,6 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
     )
 
 
-def delta_m_figure(intervals: pd.DataFrame, setting: str = "mm4") -> go.Figure:
-    """Δm% of every method of ``setting``: mean and 95 % interval over the seeds (lower is better)."""
-    part = intervals[intervals["setting"] == setting].sort_values("estimate")
-    figure = go.Figure(
-        go.Scatter(
-            x=part["variant"],
-            y=part["estimate"],
-            mode="markers",
-            marker={"size": 10},
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": (part["high"] - part["estimate"]).to_numpy(),
-                "arrayminus": (part["estimate"] - part["low"]).to_numpy(),
-            },
-            hovertemplate="%{x}: Δm %{y:.2f}%<extra></extra>",
-        )
-    )
-    figure.add_hline(y=0.0, line_dash="dash", line_color="gray")
-    return _titled(
-        figure,
-        f"{setting}: Δm% against the single-task baselines",
-        "mean and 95 % interval over seeds; lower is better",
-        yaxis_title="Δm (%)",
-        xaxis_title="method",
-    )
-
-
 def balance_figure(
     balance: pd.DataFrame, choice: pd.DataFrame, setting: str, *, statistic: str = "imbalance"
 ) -> go.Figure:
@@ -183,19 +149,7 @@ def balance_figure(
     for i, (config, part) in enumerate(worst.groupby("config", sort=False)):
         stats = part.groupby("step")[statistic].agg(["mean", "min", "max"]).reset_index()
         color = _PALETTE[i % len(_PALETTE)]
-        figure.add_trace(
-            go.Scatter(
-                x=np.concatenate([stats["step"], stats["step"][::-1]]),
-                y=np.concatenate([stats["max"], stats["min"][::-1]]),
-                fill="toself",
-                fillcolor=color,
-                opacity=0.15,
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=config,
-            )
-        )
+        figure.add_trace(band(stats["step"], stats["min"], stats["max"], color=color, opacity=0.15, group=config))
         figure.add_trace(
             go.Scatter(
                 x=stats["step"],
@@ -243,12 +197,7 @@ def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4"
                 mode="markers",
                 name=quantity.replace("_", " "),
                 marker={"color": color, "size": 9},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (table["high"] - table["estimate"]).to_numpy(),
-                    "arrayminus": (table["estimate"] - table["low"]).to_numpy(),
-                },
+                error_y=interval_whisker(table),
             )
         )
     return _titled(
@@ -347,7 +296,24 @@ def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
     )
 
 
-class ClaimsExplorer:
+class _ClaimViews:
+    """What the two claims explorers share: ``widget`` (the controls and views), ``figures`` (the current views,
+    the claim's under ``"claim"``) and how a notebook shows them."""
+
+    widget: widgets.Widget
+    figures: dict[str, go.Figure]
+
+    def static_figure(self) -> go.Figure:
+        """The claim view shown now: the copy an HTML export shows (see :func:`mao_lab.notebook.display_live`)."""
+        return self.figures["claim"]
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class ClaimsExplorer(_ClaimViews):
     """Pick a claim (its parts' intervals), a configuration (its validation curve and balance over steps) and a
     task (every method's validation metric of that task over the steps).
 
@@ -427,15 +393,6 @@ class ClaimsExplorer:
         )
         self.figures["task"] = figure
         show_figure(self.views["task"], figure)
-
-    def static_figure(self) -> go.Figure:
-        """The claim view shown now: the copy an HTML export shows (see :func:`mao_lab.notebook.display_live`)."""
-        return self.figures["claim"]
-
-    def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
-        from IPython.display import display
-
-        display(self.widget)
 
 
 def final_table(study: Mapping[str, Any]) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,19 @@ def _p(value: Any) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3g}"
 
 
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule and a line per row (each cell as ``str`` writes it).
+
+    >>> _table(["a", "b"], [[1, "x"]])
+    ['| a | b |', '|---|---|', '| 1 | x |']
+    """
+    return [_table_row(header), "|" + "---|" * len(header), *(_table_row(row) for row in rows)]
+
+
+def _table_row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
 def _tuning_text(design: StudyDesign) -> str:
     seeds = ", ".join(map(str, design.tuning_seeds))
     if len(design.tuning_seeds) == 1:
@@ -251,14 +264,14 @@ def _methods_markdown(intervals: pd.DataFrame, rates: pd.DataFrame) -> str:
         "",
         "## Δm% of every method (test metrics against the single-task baselines; lower is better)",
         "",
-        "| setting | method | Δm% [95 % CI] | seeds | chosen learning rate |",
-        "|---|---|---|---|---|",
+        *_table(
+            ["setting", "method", "Δm% [95 % CI]", "seeds", "chosen learning rate"],
+            (
+                [row["setting"], row["variant"], _interval(row), row["n"], _number(chosen.get(row["config"]))]
+                for row in intervals.to_dict("records")
+            ),
+        ),
     ]
-    for row in intervals.to_dict("records"):
-        lines.append(
-            f"| {row['setting']} | {row['variant']} | {_interval(row)} | {row['n']} "
-            f"| {_number(chosen.get(row['config']))} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -697,14 +710,19 @@ def _divergence_markdown(counts: pd.DataFrame, design: StudyDesign) -> str:
         f"{int(counts['diverged'].sum())} of {int(counts['runs'].sum())} runs diverged; "
         f"{int(counts['chosen_diverged'].sum())} of {int(counts['chosen_runs'].sum())} at the chosen rates.",
         "",
-        "| configuration | runs | diverged (non-finite, worse than at step 0) | at the chosen rate |",
-        "|---|---|---|---|",
+        *_table(
+            ["configuration", "runs", "diverged (non-finite, worse than at step 0)", "at the chosen rate"],
+            (
+                [
+                    row["config"],
+                    row["runs"],
+                    f"{row['diverged']} ({row['non_finite']}, {row['worse']})",
+                    f"{row['chosen_diverged']} of {row['chosen_runs']}",
+                ]
+                for row in counts.to_dict("records")
+            ),
+        ),
     ]
-    for row in counts.to_dict("records"):
-        lines.append(
-            f"| {row['config']} | {row['runs']} | {row['diverged']} ({row['non_finite']}, {row['worse']}) "
-            f"| {row['chosen_diverged']} of {row['chosen_runs']} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -727,11 +745,11 @@ def _per_seed_markdown(delta_m: pd.DataFrame) -> str:
         "",
         "## Δm% per seed (`delta_m.csv`)",
         "",
-        "| configuration | " + " | ".join(f"seed {s}" for s in table.columns) + " |",
-        "|---|" + "---|" * len(table.columns),
+        *_table(
+            ["configuration", *(f"seed {s}" for s in table.columns)],
+            ([config, *(_number(float(v)) for v in row)] for config, row in table.iterrows()),
+        ),
     ]
-    for config, row in table.iterrows():
-        lines.append(f"| {config} | " + " | ".join(_number(float(v)) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 

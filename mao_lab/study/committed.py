@@ -29,10 +29,11 @@ import ipywidgets as widgets
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..experiments import show_figure
+from ..experiments import delta_m_figure, show_figure
+from ..experiments._figures import interval_whisker
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, grouping_points
 from ._design import StudyDesign
-from ._figures import _PALETTE, _titled, claim_figure, delta_m_figure
+from ._figures import _PALETTE, _ClaimViews, _titled, claim_figure
 from ._ledger import load_ledger
 
 __all__ = [
@@ -214,12 +215,7 @@ def balance_summary_figure(ledger: pd.DataFrame) -> go.Figure:
             mode="markers",
             name="MAO",
             marker={"size": 11, "color": _PALETTE[0]},
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": (own["high"] - own["estimate"]).to_numpy(),
-                "arrayminus": (own["estimate"] - own["low"]).to_numpy(),
-            },
+            error_y=interval_whisker(own),
         )
     )
     sums = [float(e) - difference[s] for s, e in zip(settings, own["estimate"]) if s in difference]
@@ -260,12 +256,7 @@ def grouping_figure(methods: pd.DataFrame, design: StudyDesign) -> go.Figure:
             mode="lines+markers",
             marker={"size": 11},
             text=rows["variant"],
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": (rows["high"] - rows["estimate"]).to_numpy(),
-                "arrayminus": (rows["estimate"] - rows["low"]).to_numpy(),
-            },
+            error_y=interval_whisker(rows),
             hovertemplate="s = %{x} (%{text}): Δm %{y:.2f}%<extra></extra>",
             name="Δm%",
         )
@@ -279,7 +270,7 @@ def grouping_figure(methods: pd.DataFrame, design: StudyDesign) -> go.Figure:
     )
 
 
-class CommittedExplorer:
+class CommittedExplorer(_ClaimViews):
     """The claims explorer on the committed tables: pick a claim (its parts' intervals), a configuration
     (its mean validation curve beside Adam on the sum's) and a setting (every method's Δm%).
 
@@ -327,15 +318,6 @@ class CommittedExplorer:
 
     def _draw_setting(self) -> None:
         setting = str(self.setting.value)
-        figure = delta_m_figure(self.committed["methods"], setting)
+        figure = delta_m_figure(self.committed["methods"], setting=setting)
         self.figures["setting"] = figure
         show_figure(self.views["setting"], figure)
-
-    def static_figure(self) -> go.Figure:
-        """The claim view shown now: the copy an HTML export shows."""
-        return self.figures["claim"]
-
-    def _ipython_display_(self) -> None:  # pragma: no cover - needs a notebook front-end
-        from IPython.display import display
-
-        display(self.widget)
