@@ -300,6 +300,38 @@ def test_a_method_without_per_task_gradients_raises_a_clear_error() -> None:
         Recorder(net, torch.optim.Adam(net.parameters()))  # type: ignore[arg-type]
 
 
+def test_a_method_without_a_per_task_split_is_recorded_without_update_rows() -> None:
+    """GradDrop hands over its task gradients but no split of its update (``task_updates=None``): the
+    recorder keeps its gradient norms, cosines and losses and has no update rows, and the figures and
+    the explorer show what there is instead of failing."""
+    net = Net(2)
+    method = make("graddrop", net.parameters(), lr=1e-3)
+    recorder = Recorder(net, method)
+    x, y = batch(2)
+    expected = [compute_task_gradients(net.losses(x, y, [1.0, 10.0]), list(net.parameters()))]
+    train(method, net, 3, [1.0, 10.0])
+    frame = recorder.to_frame()
+    assert recorder.steps == [0, 1, 2]
+    assert set(frame["metric"]) == {"grad_norm", "cosine", "loss"}
+    first = recorded(frame, "grad_norm").query("step == 0 and layer == 'trunk.0.weight'").set_index("task")["value"]
+    for k, task in enumerate(("t0", "t1")):  # the gradient at step 0, by autograd on the untouched model
+        assert math.isclose(first[task], float(expected[0].grads[0][k].norm()), rel_tol=1e-5)
+    assert len(grad_norm_ratios(frame).data) == len(SHARED)
+    assert layer_bars(frame, 1, "cosine").data
+    with pytest.raises(ValueError, match="no update shares"):
+        share_areas(frame, "trunk.0.weight")
+    explorer = BalanceExplorer({"graddrop": frame})
+    assert explorer.metric.value in ("grad_norm", "cosine", "loss") and explorer.figure.data
+    mao_net = Net(2)
+    mao = make("mao", mao_net.parameters(), lr=1e-3)
+    mao_recorder = Recorder(mao_net, mao)
+    train(mao, mao_net, 3, [1.0, 10.0])
+    both = BalanceExplorer({"mao": mao_recorder.to_frame(), "graddrop": frame})
+    assert both.metric.value == "update_share"
+    both.run.value = "graddrop"  # a run without update rows: the explorer falls back to a metric it has
+    assert "update_share" not in both.metric.options and both.figure.data
+
+
 def test_detaching_stops_recording_and_steps_keep_the_methods_numbering() -> None:
     net = Net(2)
     method = make("mao", net.parameters(), lr=1e-2)

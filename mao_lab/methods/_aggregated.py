@@ -6,11 +6,16 @@ several tasks reach are stacked into the Jacobian ``J`` (``T`` rows, zeros where
 a parameter), the aggregator turns ``J`` into one direction, and that direction is written into
 ``p.grad``; a parameter that a single task reaches (a head) gets that task's gradient, as with
 TorchJD's ``mtl_backward``.  Then the base optimizer steps.
+
+The record splits the step by task only where the aggregator's rule gives the split for free: an
+aggregator built from a TorchJD ``Weighting`` (all but GradDrop) returns weights ``alpha`` with
+``d = alpha^T J``, so task ``k``'s part is ``alpha_k g_k``.  An aggregator that returns no weights
+(GradDrop, whose random sign masks stay inside TorchJD) records the task gradients but no split: its
+record's ``task_updates`` is ``None`` (the recorder then has no update rows for it; see
+:mod:`mao_lab.recorder`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,7 +25,7 @@ from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError
 from ._base import LossClosure
 from ._base_optimizer import SteppedMethod
-from ._common import get_rng_states, private_rng, set_rng_states
+from ._common import private_rng
 from ._contributions import preconditioned_parts
 
 __all__ = ["AggregatorMethod"]
@@ -30,10 +35,11 @@ class AggregatorMethod(SteppedMethod):
     """A TorchJD aggregator of the shared parameters' Jacobian, applied through a base optimizer.
 
     Subclasses make the aggregator (:meth:`_make_aggregator`, given the number of tasks), and, for
-    aggregators that keep state between steps, save it (:meth:`_balancer_state`).  Aggregators
-    built from a TorchJD ``Weighting`` split the direction by task as ``alpha_k g_k`` out of the box;
-    others override :meth:`_task_rows`.  A :class:`~mao_lab.methods._common.Seeded` one draws its
-    random numbers from its own generator, never from the global RNG.
+    aggregators that keep state between steps, save it (:meth:`_method_state` /
+    :meth:`_load_method_state`).  Aggregators built from a TorchJD ``Weighting`` split the direction
+    by task as ``alpha_k g_k``; for others the record says the split is not available
+    (``task_updates=None``).  A :class:`~mao_lab.methods._common.Seeded` one draws its random numbers
+    from its own generator, never from the global RNG.
     """
 
     aggregator: Aggregator | None = None
@@ -52,36 +58,16 @@ class AggregatorMethod(SteppedMethod):
     def _unbuild(self) -> None:
         self.aggregator = None
 
-    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
-        """Row ``k``: task ``k``'s part of the aggregate (they sum to it).  ``weights`` are the
-        aggregator's weighting output when it has one; ``replay`` is what :meth:`_before_aggregate`
-        saved, to draw the same random numbers again."""
-        if weights is None:
-            raise NotImplementedError(f"{type(self).__name__} must say how its aggregate splits by task")
-        return weights.unsqueeze(1) * matrix
-
-    def _before_aggregate(self, matrix: Tensor) -> Any:
-        """Whatever :meth:`_task_rows` needs to replay the aggregation (the RNG and aggregator state)."""
-        return None
-
     # -- the step ------------------------------------------------------------------------------------
 
     def _aggregate(self, matrix: Tensor, record: bool) -> tuple[Tensor, Tensor | None]:
-        """The direction for the Jacobian ``matrix`` and, when recording, each task's row of it."""
+        """The direction for the Jacobian ``matrix`` and, when recording, each task's row of it
+        (``alpha_k g_k`` for a weighted aggregator; ``None`` for one that returns no weights)."""
         assert self.aggregator is not None
-        replay = self._before_aggregate(matrix) if record else None
         if isinstance(self.aggregator, WeightedAggregator):
             weights = self.aggregator.weighting(matrix)
-            direction = weights @ matrix
-        else:
-            weights = None
-            direction = self.aggregator(matrix)
-        rows = None
-        if record:
-            after = get_rng_states(matrix.device)
-            rows = self._task_rows(matrix, weights, replay)
-            set_rng_states(after, matrix.device)
-        return direction, rows
+            return weights @ matrix, weights.unsqueeze(1) * matrix if record else None
+        return self.aggregator(matrix), None
 
     def _shared_direction(self, matrix: Tensor, record: bool) -> tuple[Tensor, Tensor | None]:
         """:meth:`_aggregate`, on the method's own random stream if it has one; refuses non-finite output."""
@@ -109,13 +95,14 @@ class AggregatorMethod(SteppedMethod):
             matrix = torch.cat([task_grads.dense(i).reshape(len(names), -1) for i in shared], dim=1)
             direction, rows = self._shared_direction(matrix, record)
         grads, split = _per_parameter(task_grads, direction, rows)
+        splits = rows is not None or not shared  # no shared parameter: every task's part is its own gradient
         factor = path.total_clip_factor(grads)
         if factor is not None:
             grads = [None if g is None else g * factor for g in grads]
             split = type(split)(split.task_names, split.params, split.tasks, tuple(d * factor for d in split.grads))
         self.base.step(self.params, grads)
         task_updates = None
-        if record:
+        if record and splits:
             task_updates = preconditioned_parts(split, self.base, [g is not None for g in grads])
         return StepRecord(names, values, task_grads if record else None, task_updates)
 

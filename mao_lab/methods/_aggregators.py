@@ -4,15 +4,21 @@
 name          TorchJD class                       record: task ``k``'s part of the direction
 ============  ==================================  =================================================
 mgda_fw       ``MGDA``                            ``alpha_k g_k`` (Frank-Wolfe estimate of it)
-pcgrad        ``PCGrad``                          task ``k``'s projected gradient
+pcgrad        ``PCGrad``                          ``alpha_k g_k``, ``alpha = 1^T C`` (see below)
 cagrad        ``CAGrad(c)``                       ``alpha_k g_k``
 imtl_g        ``IMTLG``                           ``alpha_k g_k``
 nash_mtl      ``NashMTL``                         ``alpha_k g_k``
 aligned_mtl   ``AlignedMTL``                      ``alpha_k g_k``
 upgrad        ``UPGrad``                          ``alpha_k g_k``
-graddrop      ``GradDrop``                        task ``k``'s sign-masked gradient
-gradvac       ``GradVac(beta)``                   task ``k``'s corrected gradient
+graddrop      ``GradDrop``                        not available (``task_updates=None``)
+gradvac       ``GradVac(beta)``                   ``alpha_k g_k``, ``alpha = 1^T C`` (see below)
 ============  ==================================  =================================================
+
+PCGrad and GradVac correct each task's gradient into row ``k`` of ``C J``; TorchJD's weighting
+returns only the summed coefficients ``alpha = 1^T C``, so their record splits the direction as every
+weighted aggregator does, ``alpha_k g_k`` (the part of the direction along task ``k``'s own gradient),
+not as the corrected rows.  GradDrop's sign masks are drawn inside TorchJD and only the masked sum comes
+back: its record holds the task gradients and says the split is not available (``task_updates=None``).
 
 ``mgda`` itself is the exact min-norm point (:mod:`._min_norm`); ``mgda_fw`` keeps TorchJD's
 Frank-Wolfe solver (exact for two tasks, approximate from three on).
@@ -34,7 +40,6 @@ tensor([-0.0500, -0.0500])
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
@@ -42,10 +47,15 @@ from torchjd import aggregation
 
 from .._hyperparameters import Hyperparameter, boolean, choice, integer, number
 from ._aggregated import AggregatorMethod
-from ._common import Seeded, get_rng_states, set_rng_states
+from ._common import Seeded
 from ._registry import register
-from ._task_parts import graddrop_rows, gradvac_coefficients, pcgrad_rows
-from ._torchjd import gradvac_phi, load_gradvac_phi, load_nash_mtl_state, nash_mtl_state
+from ._torchjd import (
+    gradvac_phi,
+    load_gradvac_phi,
+    load_nash_mtl_state,
+    nash_mtl_state,
+    require_private_state_support,
+)
 
 __all__ = [
     "AlignedMTLMethod",
@@ -58,20 +68,6 @@ __all__ = [
     "PCGradMethod",
     "UPGradMethod",
 ]
-
-
-class _ReplayedDraws(Seeded, AggregatorMethod):
-    """An aggregator that draws random numbers: the record replays its draws from the same RNG state,
-    with ``rows_replaying_draws(matrix)``, which draws them in TorchJD's order (:mod:`._task_parts`)."""
-
-    rows_replaying_draws: Callable[[Tensor], Tensor]
-
-    def _before_aggregate(self, matrix: Tensor) -> Any:
-        return get_rng_states(matrix.device)
-
-    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
-        set_rng_states(replay, matrix.device)
-        return self.rows_replaying_draws(matrix)
 
 
 @register(
@@ -89,11 +85,13 @@ class MGDAMethod(AggregatorMethod):
 
 
 @register("pcgrad", "PCGrad: each conflicting gradient projected off the others, summed (Yu et al. 2020)", "torchjd")
-class PCGradMethod(_ReplayedDraws):
-    """PCGrad; the order in which each task visits the others is drawn from the method's ``seed``."""
+class PCGradMethod(Seeded, AggregatorMethod):
+    """PCGrad; the order in which each task visits the others is drawn from the method's ``seed``.
+
+    The record splits the direction as ``alpha_k g_k`` with TorchJD's summed weights ``alpha = 1^T C``
+    (not as the projected gradients, which TorchJD does not return)."""
 
     torchjd_class = aggregation.PCGrad
-    rows_replaying_draws = staticmethod(pcgrad_rows)
 
 
 @register("cagrad", "CAGrad: the best worst-case improvement near the mean gradient (Liu et al. 2021)", "torchjd")
@@ -152,6 +150,7 @@ class NashMTLMethod(AggregatorMethod):
     }
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
+        require_private_state_support(self.name)
         hp = self.hparams
         return aggregation.NashMTL(num_tasks, hp["max_norm"], hp["update_weights_every"], hp["optim_niter"])
 
@@ -201,38 +200,29 @@ class UPGradMethod(AggregatorMethod):
 
 
 @register("graddrop", "GradDrop: per-coordinate sign dropout by gradient sign purity (Chen et al. 2020)", "torchjd")
-class GradDropMethod(_ReplayedDraws):
+class GradDropMethod(Seeded, AggregatorMethod):
     """GradDrop (identity purity function, no leak); the random masks are drawn from ``seed``.
 
     The signs are dropped in the shared parameters' gradients; the paper drops them in the gradients of
-    the activations at the layer before the heads."""
+    the activations at the layer before the heads.  The record holds the task gradients but no split of
+    the step by task (``task_updates=None``): TorchJD returns only the summed masked gradients."""
 
     torchjd_class = aggregation.GradDrop
-    rows_replaying_draws = staticmethod(graddrop_rows)
 
 
 @register("gradvac", "GradVac: gradients pulled toward target similarities kept as EMAs (Wang et al. 2021)", "torchjd")
-class GradVacMethod(_ReplayedDraws):
+class GradVacMethod(Seeded, AggregatorMethod):
     """GradVac with EMA rate ``beta`` (TorchJD's default 0.5); task orders drawn from ``seed``.
 
     Over the whole shared Jacobian, one target similarity per task pair; the paper also applies it per
-    layer."""
+    layer.  The record splits the direction as ``alpha_k g_k`` with TorchJD's summed weights
+    ``alpha = 1^T C`` (not as the corrected gradients, which TorchJD does not return)."""
 
     hyperparameters = {"beta": Hyperparameter(0.5, number(0.0, 1.0), "EMA rate of the target similarities")}
 
     def _make_aggregator(self, num_tasks: int) -> aggregation.Aggregator:
+        require_private_state_support(self.name)
         return aggregation.GradVac(beta=self.hparams["beta"])
-
-    def _before_aggregate(self, matrix: Tensor) -> Any:
-        assert isinstance(self.aggregator, aggregation.GradVac)
-        phi = gradvac_phi(self.aggregator)
-        return super()._before_aggregate(matrix), None if phi is None else phi.clone()
-
-    def _task_rows(self, matrix: Tensor, weights: Tensor | None, replay: Any) -> Tensor:
-        rng, phi = replay
-        set_rng_states(rng, matrix.device)
-        assert isinstance(self.aggregator, aggregation.GradVac)
-        return gradvac_coefficients(matrix @ matrix.T, phi, self.aggregator.beta, self.aggregator.eps) @ matrix
 
     def _balancer_state(self) -> dict[str, Any]:
         assert isinstance(self.aggregator, aggregation.GradVac)

@@ -17,7 +17,7 @@ from .._hyperparameters import Hyperparameter, integer
 from .._task_gradients import TaskInputError, compute_task_gradients
 from ._base import Method
 
-__all__ = ["Seeded", "check_finite_gradients", "get_rng_states", "private_rng", "set_rng_states"]
+__all__ = ["Seeded", "check_finite_gradients", "private_rng"]
 
 
 class Seeded(Method):
@@ -76,19 +76,6 @@ def private_rng(generator: torch.Generator, device: torch.device | None = None) 
             torch.cuda.manual_seed(seed)
         yield
         generator.set_state(torch.get_rng_state())
-
-
-def get_rng_states(device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """The global CPU RNG state, and ``device``'s when it is a CUDA device: what random draws there use."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_states(states: tuple[Tensor, Tensor | None], device: torch.device) -> None:
-    """Put back what :func:`get_rng_states` returned, to draw the same random numbers again."""
-    torch.set_rng_state(states[0])
-    if states[1] is not None:
-        torch.cuda.set_rng_state(states[1], device)
 
 
 def check_finite_gradients(

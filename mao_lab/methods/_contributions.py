@@ -19,11 +19,17 @@ step is ``D ⊙ m̂_t`` with ``m̂_t = m_t / (1 - b1^t)`` its bias-corrected fir
 - weightings (sum, mean, UW, DWA, RLW, FAMO, IMTL-L, GradNorm): ``d_k = w_k g_k`` with
   ``w_k = dS/dL_k``, the derivative of the scalarized loss with respect to task ``k``'s loss;
 - aggregators built from a TorchJD ``Weighting`` (MGDA, CAGrad, IMTL-G, Nash-MTL, Aligned-MTL,
-  UPGrad): the weights ``alpha`` the weighting returned, ``d_k = alpha_k g_k``;
-- PCGrad and GradVac: task ``k``'s corrected gradient (row ``k`` of ``C J``, where the aggregate is
-  ``1^T C J``); GradDrop: task ``k``'s sign-masked gradient;
+  UPGrad, PCGrad, GradVac): the weights ``alpha`` the weighting returned, ``d_k = alpha_k g_k``.  For
+  PCGrad and GradVac ``alpha = 1^T C`` sums the coefficients of the corrected gradients ``C J``: task
+  ``k``'s part is the direction's component along its own gradient, not its corrected gradient;
 - a parameter that only one task reaches (a head): that task's gradient, ``d_k = g_k`` (times ``w_k``
   for weightings); aggregators only combine parameters that several tasks reach.
+
+**Not split: GradDrop.**  Its aggregate is not ``alpha^T J`` for weights TorchJD returns: each
+task's masked gradient depends on random sign masks drawn inside TorchJD, which returns only the sum.
+Recovering the parts would mean replaying TorchJD's random draws against its private state, so the
+lab does not: the record holds the task gradients, and ``task_updates`` is ``None`` ("split not
+available") whenever a parameter is shared.
 
 This split is **momentum-free**: ``sum_k c_k = D ⊙ d``, Adam's step with its bias-corrected first
 moment ``m̂_t`` replaced by the current direction ``d``.  The step actually applied is ``D ⊙ m̂_t``;

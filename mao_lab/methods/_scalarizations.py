@@ -39,7 +39,14 @@ from .._task_gradients import TaskGradients, TaskInputError, match_task_order
 from ._base import LossClosure
 from ._common import Seeded
 from ._registry import register
-from ._torchjd import dwa_state, famo_dtype, famo_state, load_dwa_state, load_famo_state
+from ._torchjd import (
+    dwa_state,
+    famo_dtype,
+    famo_state,
+    load_dwa_state,
+    load_famo_state,
+    require_private_state_support,
+)
 from ._weighted import ScalarizerMethod
 
 __all__ = ["DWAMethod", "FAMOMethod", "IMTLLMethod", "MeanMethod", "RLWMethod", "SumMethod", "UWMethod"]
@@ -104,6 +111,7 @@ class DWAMethod(ScalarizerMethod):
     _steps_in_epoch = 0
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
+        require_private_state_support(self.name)
         self._steps_in_epoch = 0
         return scalarization.DWA(self.hparams["temperature"])
 
@@ -152,6 +160,7 @@ class FAMOMethod(ScalarizerMethod):
             raise ValueError(f"hyperparameter 'min_losses' has {len(bounds)} entries for {self.num_tasks} tasks")
 
     def _make_scalarizer(self, num_tasks: int) -> scalarization.Scalarizer:
+        require_private_state_support(self.name)
         bounds = self.hparams["min_losses"]
         if bounds is not None and len(bounds) != num_tasks:
             raise TaskInputError(f"famo: 'min_losses' has {len(bounds)} entries but there are {num_tasks} tasks")

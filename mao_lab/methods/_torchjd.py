@@ -1,18 +1,17 @@
 """Every touch of TorchJD's internals, in one place, for the one TorchJD version it was written against.
 
-The methods run TorchJD's own scalarizers and aggregators through their public interface.  A few
-things TorchJD keeps private are needed too: the state of DWA, FAMO, GradVac and Nash-MTL between
-steps (to save it in ``state_dict`` and to roll a failed step back), and, in
-:mod:`mao_lab.methods._task_parts`, the order of the random draws of PCGrad, GradVac and GradDrop
-(to split their aggregate by task).  All of it is read and written here only, and importing this
-module checks TorchJD's version: another version gets a clear error instead of a state that saves
-or resumes wrongly.
+The methods run TorchJD's own scalarizers and aggregators through their public interface.  One thing
+TorchJD keeps private is needed too: the state of DWA, FAMO, GradVac and Nash-MTL between steps (to
+save it in ``state_dict`` and to roll a failed step back).  It is read and written here only, and
+only these four methods depend on TorchJD's version: building one of them under another version
+raises a clear error (:func:`require_private_state_support`) instead of a state that saves or resumes
+wrongly.  Every other method runs on any TorchJD with the same public interface.
 
->>> check_torchjd_version("0.18.0")
->>> check_torchjd_version("0.19.1")
+>>> check_torchjd_version("0.18.0", "dwa")
+>>> check_torchjd_version("0.19.1", "dwa")
 Traceback (most recent call last):
 ...
-ImportError: mao_lab.methods relies on internals of torchjd 0.18 (the state of DWA, FAMO, GradVac and Nash-MTL, the random draws of PCGrad, GradVac and GradDrop), found torchjd 0.19.1: install the pinned version, pip install 'torchjd==0.18.0' (requirements.txt)
+ImportError: method 'dwa' saves and restores internals of torchjd 0.18 (the state of DWA, FAMO, GradVac and Nash-MTL), found torchjd 0.19.1: install the pinned version, pip install 'torchjd==0.18.0' (requirements.txt), or use a method that keeps no TorchJD state
 """  # noqa: E501 - a doctest's expected exception message is one line
 
 from __future__ import annotations
@@ -37,23 +36,26 @@ __all__ = [
     "load_gradvac_phi",
     "load_nash_mtl_state",
     "nash_mtl_state",
+    "require_private_state_support",
 ]
 
 SUPPORTED_TORCHJD = "0.18"
 """The TorchJD release series whose internals this module reads (``requirements.txt`` pins 0.18.0)."""
 
 
-def check_torchjd_version(found: str) -> None:
+def check_torchjd_version(found: str, method: str) -> None:
     """Raise ``ImportError`` unless ``found`` is a TorchJD version of the supported series."""
     if found.split("+")[0].split(".")[:2] != SUPPORTED_TORCHJD.split("."):
         raise ImportError(
-            f"mao_lab.methods relies on internals of torchjd {SUPPORTED_TORCHJD} (the state of DWA, FAMO, "
-            "GradVac and Nash-MTL, the random draws of PCGrad, GradVac and GradDrop), found torchjd "
-            f"{found}: install the pinned version, pip install 'torchjd=={SUPPORTED_TORCHJD}.0' (requirements.txt)"
+            f"method {method!r} saves and restores internals of torchjd {SUPPORTED_TORCHJD} (the state of DWA, "
+            f"FAMO, GradVac and Nash-MTL), found torchjd {found}: install the pinned version, pip install "
+            f"'torchjd=={SUPPORTED_TORCHJD}.0' (requirements.txt), or use a method that keeps no TorchJD state"
         )
 
 
-check_torchjd_version(installed_version("torchjd"))
+def require_private_state_support(method: str) -> None:
+    """Called when DWA, FAMO, GradVac or Nash-MTL is built: refuse a TorchJD whose internals may differ."""
+    check_torchjd_version(installed_version("torchjd"), method)
 
 
 # -- DWA: the running loss sums of the current epoch and the averages of the last two ----------------

@@ -14,10 +14,13 @@ gradients and updates the method computed anyway — it never runs a backward pa
 ``shared``; one reached by a single task is ``task``-specific and owned by that task
 (:meth:`Recorder.layers`).
 
-**A task's contribution to the update.**  Every method's step record holds ``task_updates``
+**A task's contribution to the update.**  A method's step record holds ``task_updates``
 (:class:`mao_lab.TaskUpdates`): per task and parameter, the task's part ``c_k`` of the step, with
 ``p <- p - sum_k c_k`` (plus weight decay, which belongs to no task).  What ``c_k`` is for each method
-is defined once, in :mod:`mao_lab.methods._contributions`.
+is defined once, in :mod:`mao_lab.methods._contributions`.  Where a method's rule gives no split
+(GradDrop) ``task_updates`` is ``None``: **the split is not available**, and the
+tables have no ``update_norm``, ``update_share`` or ``imbalance`` rows for that run (absent, never
+zero); its ``grad_norm``, ``cosine`` and ``loss`` rows are recorded as for any method.
 
 **Metrics** (the ``metric`` column):
 

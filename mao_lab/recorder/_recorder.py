@@ -45,7 +45,7 @@ _TRANSFER_BATCH = 64
 
 
 class RecorderError(RuntimeError):
-    """The recorder cannot measure this method (it hands over no per-task gradients or updates)."""
+    """The recorder cannot measure this method (it hands over no per-task gradients)."""
 
 
 class RecorderWriteWarning(UserWarning):
@@ -116,7 +116,8 @@ class Recorder(_Watcher):
 
     Args:
         model: names the parameters (``model.named_parameters()``), or a name → parameter mapping.
-        method: the method or optimizer to watch; it must produce per-task gradients and updates.
+        method: the method or optimizer to watch; it must produce per-task gradients (and, for the
+            update metrics, per-task updates).
         every: record steps ``0, every, 2 * every, ...``.  Steps are numbered from 0 by the method's
             own count (:attr:`mao_lab.methods.Method.steps_taken`); for the :class:`mao_lab.MAO`
             optimizer, which keeps none, from when the recorder attached.
@@ -135,8 +136,12 @@ class Recorder(_Watcher):
     writes them with the next flush or :meth:`save`.  :meth:`flush` and :meth:`save` called directly
     raise as usual.
 
-    A method that hands over no per-task gradients or updates (``task_grads``/``task_updates`` of its
-    :class:`~mao_lab.StepRecord` is ``None``) makes the first recorded step raise :class:`RecorderError`.
+    A method whose rule gives no per-task split of its update (GradDrop: the
+    ``task_updates`` of its :class:`~mao_lab.StepRecord` is ``None``) is recorded without one: its
+    gradients, cosines and losses are in the tables, its ``update_norm``, ``update_share`` and
+    ``imbalance`` rows are absent (the split is not available, not zero).  A method that hands over no
+    per-task gradients (``task_grads`` is ``None``) makes the first recorded step raise
+    :class:`RecorderError`.
 
     A parameter reached by several tasks is ``shared``; one reached by one task only is ``task``-specific
     and belongs to that task (see :meth:`layers`).
@@ -292,14 +297,13 @@ class Recorder(_Watcher):
     def __call__(self, record: StepRecord) -> None:
         """Measure one step from its record (called by the method after the update)."""
         grads, updates = record.task_grads, record.task_updates
-        if grads is None or updates is None:
+        if grads is None:
             self.detach()  # a retry of the (applied) step must not meet the same error again
-            missing = "task_grads (per-task gradients)" if grads is None else "task_updates (per-task updates)"
             raise RecorderError(
-                f"method {_method_label(self.method)} handed the recorder a step record without {missing}: "
-                "the recorder measures balance from what the method computed and never runs extra backward "
-                "passes, so it cannot record a method that does not split its step by task. This step itself was "
-                "applied; the recorder has detached, so training can go on without it"
+                f"method {_method_label(self.method)} handed the recorder a step record without task_grads "
+                "(per-task gradients): the recorder measures balance from what the method computed and never "
+                "runs extra backward passes. This step itself was applied; the recorder has detached, so "
+                "training can go on without it"
             )
         step = self._coming_step
         if step is None:  # called directly, without wants_record()
@@ -337,7 +341,9 @@ class Recorder(_Watcher):
                 stacklevel=4,
             )
 
-    def _measure(self, layout_index: int, record: StepRecord, grads: TaskGradients, updates: TaskGradients) -> Tensor:
+    def _measure(
+        self, layout_index: int, record: StepRecord, grads: TaskGradients, updates: TaskGradients | None
+    ) -> Tensor:
         """The step's raw numbers as one flat vector, in the order of its layout (see :class:`Layout`)."""
         grad_plan, update_plan = self._plans[layout_index]
         pieces: list[Tensor] = []
@@ -348,7 +354,7 @@ class Recorder(_Watcher):
             # The Gram matrix gives every norm (its diagonal) and every cosine at once.
             pieces.append((flat @ flat.T).reshape(-1))
         for j in update_plan:
-            if j is None:
+            if j is None or updates is None:
                 continue
             pieces.append(torch.linalg.vector_norm(_flat(updates.grads[j]), dim=1))
         pieces.append(record.losses.detach().reshape(-1))
@@ -357,24 +363,27 @@ class Recorder(_Watcher):
             [p.to(device=device, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32) for p in pieces]
         )
 
-    def _layout_index(self, record: StepRecord, grads: TaskGradients, updates: TaskGradients) -> int:
+    def _layout_index(self, record: StepRecord, grads: TaskGradients, updates: TaskGradients | None) -> int:
+        """The layout of this step's raw vector.  Without a split (``updates`` is ``None``) it has no
+        update entries: the step's update rows are absent from the tables."""
         key = (
             record.task_names,
             tuple(map(id, grads.params)),
             grads.tasks,
-            tuple(map(id, updates.params)),
-            updates.tasks,
+            None if updates is None else tuple(map(id, updates.params)),
+            None if updates is None else updates.tasks,
         )
         index = self._layouts.get(key)
         if index is not None:
             return index
-        if grads.task_names != record.task_names or updates.task_names != record.task_names:
+        if grads.task_names != record.task_names or (updates is not None and updates.task_names != record.task_names):
+            update_names = None if updates is None else updates.task_names
             raise RecorderError(
                 f"method {_method_label(self.method)}: the record's task names {record.task_names} differ from "
-                f"those of its gradients {grads.task_names} or updates {updates.task_names}"
+                f"those of its gradients {grads.task_names} or updates {update_names}"
             )
         grad_at = {id(p): j for j, p in enumerate(grads.params) if grads.tasks[j]}
-        update_at = {id(p): j for j, p in enumerate(updates.params) if updates.tasks[j]}
+        update_at = {} if updates is None else {id(p): j for j, p in enumerate(updates.params) if updates.tasks[j]}
         ids = sorted(set(grad_at) | set(update_at), key=lambda i: self._order.get(i, len(self._order)))
         unnamed = iter(range(len(ids)))
         layers = tuple(self._names.get(i) or f"(unnamed).{next(unnamed)}" for i in ids)
@@ -384,7 +393,7 @@ class Recorder(_Watcher):
             task_names=record.task_names,
             layers=layers,
             grad_tasks=tuple(grads.tasks[j] if j is not None else () for j in grad_plan),
-            update_tasks=tuple(updates.tasks[j] if j is not None else () for j in update_plan),
+            update_tasks=tuple(updates.tasks[j] if updates is not None and j is not None else () for j in update_plan),
         )
         self._layouts[key] = index = len(self._layout_list)
         self._layout_list.append(layout)
