@@ -76,8 +76,8 @@ def imbalance_index(shares: np.ndarray, axis: int = -1, reaches: np.ndarray | No
 
     >>> imbalance_index(np.array([[0.5, 0.5], [1.0, 0.0], [0.9, 0.1]])).round(3)
     array([0.   , 1.   , 0.531])
-    >>> imbalance_index(np.array([0.5, np.nan, 0.5]), reaches=np.array([True, False, True]))
-    array(0.)
+    >>> float(imbalance_index(np.array([0.5, np.nan, 0.5]), reaches=np.array([True, False, True])))
+    0.0
     """
     shares = np.asarray(shares, dtype=np.float64)
     reaches = np.ones(shares.shape, dtype=bool) if reaches is None else np.asarray(reaches, dtype=bool)
