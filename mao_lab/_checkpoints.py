@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._hyperparameters import Check
+from ._validate import Check
 
 __all__ = ["CheckpointError", "check_optimizer_state", "check_tensor"]
 

@@ -16,8 +16,9 @@ What a run folder guarantees:
   written).  A notebook that fails, a kernel that is killed, or a runner that is killed never leaves
   a mix of old and new files: the earlier results stay as they were, and a failure adds only
   ``<name>.failed.ipynb`` and ``failure.json`` (the error and the provenance of the failed attempt).
-- **Provenance.** ``provenance.json`` records the parameters, the notebook's hash, the git commit,
-  package versions, host, thread settings and wall time (see :func:`provenance`).
+- **Provenance.** ``provenance.json`` records the parameters, the notebook's hash, the git commit and
+  whether the tree had uncommitted changes, package versions, host, thread settings and wall time (see
+  :func:`provenance`, the one record the claims study writes too).
 - **One writer.** A run holds a lock on its folder; a second run into the same folder at the same
   time is refused (:class:`RunFolderBusyError`) rather than mixing its files with the first one's.
 - **Known parameters only.** A parameter the notebook does not declare is refused before anything
@@ -53,6 +54,7 @@ __all__ = [
     "check_parameters",
     "execute_notebook",
     "find_notebooks",
+    "had_uncommitted_changes",
     "main",
     "notebook_parameters",
     "parse_value",
@@ -246,7 +248,7 @@ def _run_staged(
         error = f"{notebook.name} failed: {failure.ename}: {failure.evalue}"
     except Exception as failure:  # noqa: BLE001 - a dead kernel, a broken notebook: the run failed, say why
         error = f"{notebook.name} failed: {_describe(failure)}"
-    info = provenance(notebook, given, started=started, wall_s=time.time() - started, extra=record)
+    info = _run_provenance(notebook, given, started=started, wall_s=time.time() - started, extra=record)
     if error is None:
         error = _missing_required(staged, required, notebook.name)
     if error is not None:
@@ -297,44 +299,76 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def provenance(
-    notebook: str | Path,
-    parameters: Mapping[str, Any],
-    *,
-    started: float,
-    wall_s: float,
-    extra: Mapping[str, Any] | None = None,
+def provenance(**fields: Any) -> dict[str, Any]:
+    """Where and with what a result was made, then ``fields``: one record for a notebook run and for the study.
+
+    Keys: ``commit`` (of the repository holding this package; ``None`` outside git) and ``uncommitted_changes``
+    (whether tracked files differed from it; ``None`` when unknown), ``host``, ``platform``, ``processor``,
+    ``cpu_count``, ``python`` and ``versions`` (of the lab's packages).  Read the changes flag of a record written
+    by an older version with :func:`had_uncommitted_changes`.
+
+    >>> info = provenance(threads_per_point=1)
+    >>> sorted(info)[:4], info["threads_per_point"], "torch" in info["versions"]
+    (['commit', 'cpu_count', 'host', 'platform'], 1, True)
+    """
+    commit, uncommitted = _git_state()
+    return {
+        "commit": commit,
+        "uncommitted_changes": uncommitted,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": _package_versions(),
+        **fields,
+    }
+
+
+def had_uncommitted_changes(record: Mapping[str, Any]) -> bool | None:
+    """Whether the tree that made ``record`` (a provenance) had uncommitted changes; ``None`` when unknown.
+
+    Reads the key every record has now (``uncommitted_changes``) and those of older files: a run's
+    ``git: {"dirty": ...}`` and a bare ``dirty``.
+
+    >>> had_uncommitted_changes({"uncommitted_changes": True}), had_uncommitted_changes({"git": {"dirty": False}})
+    (True, False)
+    >>> had_uncommitted_changes({"dirty": True}), had_uncommitted_changes({"git": None})
+    (True, None)
+    """
+    git = record.get("git")
+    for source in (record, git if isinstance(git, Mapping) else {}):
+        for key in ("uncommitted_changes", "dirty"):
+            if source.get(key) is not None:
+                return bool(source[key])
+    return None
+
+
+def _run_provenance(
+    notebook: Path, parameters: Mapping[str, Any], *, started: float, wall_s: float, extra: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """What produced a run: parameters, notebook hash, git commit, versions, host, threads, wall time.
+    """A notebook run's :func:`provenance`: the notebook and its hash, its parameters, start, wall time, threads.
 
-    Thread counts are those of the process that starts the kernel; the kernel inherits its
-    environment (``OMP_NUM_THREADS`` and friends), and a notebook that fixes its own thread count
-    should say so in its summary.
+    Thread counts are those of the process that starts the kernel; the kernel inherits its environment
+    (``OMP_NUM_THREADS`` and friends), and a notebook that fixes its own thread count should say so in its summary.
 
-    >>> info = provenance(NOTEBOOK_DIR / "00_quickstart.ipynb", {"lr": 0.01}, started=0.0, wall_s=1.5)
+    >>> info = _run_provenance(NOTEBOOK_DIR / "00_quickstart.ipynb", {"lr": 0.01}, started=0.0, wall_s=1.5, extra={})
     >>> info["parameters"], info["wall_s"], sorted(info["threads"])[:2]
     ({'lr': 0.01}, 1.5, ['MKL_NUM_THREADS', 'OMP_NUM_THREADS'])
     """
-    path = Path(notebook)
-    return {
-        "notebook": path.name,
-        "notebook_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None,
-        "parameters": dict(parameters),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_s": round(float(wall_s), 3),
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "git": _git_state(),
-        "packages": _package_versions(),
-        "threads": _threads(),
+    return provenance(
+        notebook=notebook.name,
+        notebook_sha256=hashlib.sha256(notebook.read_bytes()).hexdigest() if notebook.is_file() else None,
+        parameters=dict(parameters),
+        started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        wall_s=round(float(wall_s), 3),
+        threads=_threads(),
         **dict(extra or {}),
-    }
+    )
 
 
 def _threads() -> dict[str, Any]:
     threads: dict[str, Any] = {name: os.environ.get(name) for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
-    threads["cpu_count"] = os.cpu_count()
     try:
         import torch
 
@@ -357,11 +391,11 @@ def _package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _git_state() -> dict[str, Any] | None:
+def _git_state() -> tuple[str | None, bool | None]:
     """The commit of the repository holding this package, and whether tracked files differ from it."""
     repository = Path(__file__).resolve().parents[1]
     if not (repository / ".git").exists() or shutil.which("git") is None:
-        return None
+        return None, None
     try:
         commit = subprocess.run(
             ["git", "-C", str(repository), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20
@@ -373,10 +407,10 @@ def _git_state() -> dict[str, Any] | None:
             timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return None, None
     if commit.returncode != 0:
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+        return None, None
+    return commit.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
 
 
 def export_html(executed: Path) -> Path:

@@ -476,7 +476,7 @@ def test_a_number_reaches_the_notebook_as_a_number_and_provenance_is_recorded(tm
     info = json.loads((folder / "provenance.json").read_text())
     assert info["parameters"] == {"smoke": False, "x": 0.001} and info["status"] == "ok"
     assert info["notebook_sha256"] == hashlib.sha256(notebook.read_bytes()).hexdigest()
-    assert info["git"] is None or len(info["git"]["commit"]) == 40
+    assert (info["commit"], info["uncommitted_changes"]) == (None, None) or len(info["commit"]) == 40
     assert info["threads"]["OMP_NUM_THREADS"] == "1" and info["wall_s"] > 0
 
 

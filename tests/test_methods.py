@@ -86,7 +86,7 @@ def test_unknown_name_and_hyperparameter_list_the_valid_ones() -> None:
 
 
 def test_every_declared_default_passes_its_own_check_and_the_base_options_are_declared_once() -> None:
-    from mao_lab._hyperparameters import ADAM_HYPERPARAMETERS
+    from mao_lab._validate import ADAM_HYPERPARAMETERS
     from mao_lab.methods import method_class
 
     for name in available():

@@ -142,3 +142,71 @@ def test_once_closed_the_figure_and_its_line_say_which_step_they_show_out_of_how
     monitor.close()
     assert monitor.figure().layout.title.text.endswith("step 7 of 8 (the last refresh)")
     assert "finished: 8 steps; the bars show step 7" in monitor.status.value
+
+
+def _loop_shares(norms: list[float]) -> list[float]:
+    total = sum(norms)
+    return [v / total if total > 0 else math.nan for v in norms]  # a NaN norm makes the total NaN: every share NaN
+
+
+def _loop_imbalance(shares: list[float]) -> float:
+    if len(shares) < 2 or any(math.isnan(s) for s in shares):
+        return math.nan
+    return 1 + sum(s * math.log(s) for s in shares if s > 0) / math.log(len(shares))
+
+
+def test_task_shares_and_the_imbalance_index_against_a_loop() -> None:
+    from mao_lab.recorder._frame import imbalance_index, task_shares
+
+    rng = np.random.default_rng(0)
+    norms = rng.exponential(size=(40, 4))
+    norms[3] = 0.0  # nothing moved the layer
+    norms[5, 2] = math.nan  # a broken norm
+    norms[7, :3] = 0.0  # one task owns the layer
+    reaches = rng.random((40, 4)) < 0.7
+    reaches[3:8] = True
+    reaches[9] = [True, False, False, False]  # one task: no imbalance
+    shares, imbalance = task_shares(norms, reaches), imbalance_index(task_shares(norms, reaches), reaches=reaches)
+    for row in range(len(norms)):
+        tasks = [k for k in range(4) if reaches[row, k]]
+        expected = _loop_shares([norms[row, k] for k in tasks])
+        np.testing.assert_allclose(shares[row, tasks], expected, rtol=1e-12, equal_nan=True)
+        assert np.isnan(shares[row, [k for k in range(4) if k not in tasks]]).all()
+        np.testing.assert_allclose(imbalance[row], _loop_imbalance(expected), rtol=1e-12, atol=1e-15, equal_nan=True)
+    assert imbalance[7] == 1.0 and np.isnan(imbalance[3]) and np.isnan(imbalance[5]) and np.isnan(imbalance[9])
+
+
+def test_the_tables_module_shares_against_a_loop() -> None:
+    import pandas as pd
+
+    from mao_lab.recorder import by_module
+
+    rng = np.random.default_rng(1)
+    reach = {"trunk.weight": "abc", "trunk.bias": "abc", "pair.weight": "ab", "head.weight": "a"}
+    rows = [
+        (step, layer, "shared" if len(tasks) > 1 else "task", task, None, "update_norm", rng.exponential())
+        for step in range(3)
+        for layer, tasks in reach.items()
+        for task in tasks
+    ]
+    frame = pd.DataFrame(rows, columns=["step", "layer", "kind", "task", "other_task", "metric", "value"])
+    frame.loc[(frame["step"] == 1) & (frame["layer"] == "pair.weight"), "value"] = 0.0  # nothing moved it
+    frame["module"] = frame["layer"].str.rpartition(".")[0]
+    modules = by_module(frame)
+    for step in range(3):
+        for module in ("trunk", "pair", "head"):
+            tasks = reach[f"{module}.weight"]
+            layers = [layer for layer in reach if layer.startswith(module + ".")]
+            norms = []
+            for task in tasks:
+                picked = frame[(frame["step"] == step) & frame["layer"].isin(layers) & (frame["task"] == task)]
+                norms.append(math.sqrt(sum(v * v for v in picked["value"])))
+            got = modules[(modules["step"] == step) & (modules["layer"] == module)]
+            shares = got[got["metric"] == "update_share"].set_index("task")["value"]
+            np.testing.assert_allclose(shares[list(tasks)], _loop_shares(norms), rtol=1e-12, equal_nan=True)
+            imbalance = got[got["metric"] == "imbalance"]["value"].to_numpy()
+            if len(tasks) > 1:
+                expected = _loop_imbalance(_loop_shares(norms))
+                np.testing.assert_allclose(imbalance, [expected], rtol=1e-12, atol=1e-15, equal_nan=True)
+            else:
+                assert len(imbalance) == 0

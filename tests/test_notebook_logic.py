@@ -14,8 +14,27 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from mao_lab._validate import Bool, Choice, Choices, Int, IntList, Number, NumberList, Text, require
+from mao_lab._validate import (
+    Autocast,
+    Bool,
+    Choice,
+    Choices,
+    Device,
+    Dict,
+    Hyperparameter,
+    Int,
+    IntList,
+    Number,
+    NumberList,
+    Optional,
+    Text,
+    betas,
+    checked,
+    non_negative_floats,
+    require,
+)
 from mao_lab.experiments import (
     explorer_summary,
     findings_paragraph,
@@ -28,38 +47,80 @@ from mao_lab.runner import NOTEBOOK_DIR
 
 # -- the validator ------------------------------------------------------------------------------------
 
-CASES = [  # requirement, allowed values, refused values
-    (Bool(), [True, False], [1, 0, "yes", None]),
-    (Int(min=1), [1, 10**9], [0, -3, 1.0, True, "2"]),
-    (Int(min=2, max=10), [2, 10], [1, 11, 5.5]),
-    (Number(positive=True), [1e-9, 3, 2.5], [0, -1.0, float("nan"), float("inf"), True]),
-    (Number(positive=True, max=1), [1, 0.5], [0, 1.01]),
-    (Number(min=0), [0, 7.5], [-1e-12]),
-    (Text(), ["runs"], ["", None, 3]),
-    (Choice(("module", "parameter")), ["module"], ["modules", None, ["module"]]),
-    (Choices(("a", "b")), [["a"], ("a", "b"), ["b", "b"]], [[], "a", ["a", "c"], None]),
-    (Choices(("a", "b", "c"), min_length=2, unique=True), [["a", "c"]], [["a"], ["a", "a"]]),
-    (NumberList(length=2, positive=True, ascending=True), [[1, 100.0], (2, 2)], [[100, 1], [1], [0, 1], [1, True]]),
-    (NumberList(min_length=2, positive=True), [[1, 2, 3]], [[1], [1, -2]]),
-    (IntList(min=0), [[0, 1, 2]], [[], [1, 1], [-1], [0.5], "0"]),
+CASES = [  # requirement, allowed values (and the value to use), refused values
+    (Bool(), [(True, True), (False, False)], [1, 0, "yes", None]),
+    (Int(min=1), [(1, 1), (10**9, 10**9), (np.int64(3), 3)], [0, -3, 1.0, True, "2"]),
+    (Int(min=2, max=10), [(2, 2), (10, 10)], [1, 11, 5.5]),
+    (Int(), [(-4, -4)], [None, 0.0]),
+    (Number(positive=True), [(1e-9, 1e-9), (3, 3.0), (torch.tensor(2.5), 2.5)], [0, -1.0, float("nan"), True]),
+    (Number(positive=True, max=1), [(1, 1.0), (0.5, 0.5)], [0, 1.01]),
+    (Number(min=0), [(0, 0.0), (7.5, 7.5)], [-1e-12, float("inf"), "1", torch.ones(2)]),
+    (Number(min=0, max=1, max_open=True), [(0, 0.0)], [1, -0.1]),
+    (Text(), [("runs", "runs")], ["", None, 3]),
+    (Text("a folder, or ''", empty=True), [("", "")], [None]),
+    (Dict(), [({"a": 1}, {"a": 1})], [[], None]),
+    (Choice(("module", "parameter")), [("module", "module")], ["modules", None, ["module"]]),
+    (Choice(("adam", "sgd", 1)), [(1, 1)], [True, 1.5]),
+    (Choices(("a", "b")), [(["a"], ["a"]), (("a", "b"), ("a", "b")), (["b", "b"], ["b", "b"])], [[], "a", ["a", "c"]]),
+    (Choices(("a", "b", "c"), min_length=2, unique=True), [(["a", "c"], ["a", "c"])], [["a"], ["a", "a"]]),
+    (
+        NumberList(length=2, positive=True, ascending=True),
+        [([1, 100], (1.0, 100.0)), ((2, 2), (2.0, 2.0))],
+        [[100, 1], [1], [0, 1], [1, True], "12"],
+    ),
+    (NumberList(min_length=2, positive=True), [([1, 2, 3], (1.0, 2.0, 3.0))], [[1], [1, -2]]),
+    (IntList(min=0), [([0, 1, 2], [0, 1, 2])], [[], [1, 1], [-1], [0.5], "0"]),
+    (Optional(Int(min=0)), [(None, None), (2, 2)], [-1, 0.5]),
+    (Device(), [("", None), (None, None), ("cpu", "cpu")], ["tpu", 3, "cpu:x"]),
+    (Autocast(), [("", None), ("bf16", "bf16"), ("fp16", "fp16")], ["fp8", 16]),
 ]
 
 
 @pytest.mark.parametrize("requirement, allowed, refused", CASES, ids=[type(c[0]).__name__ for c in CASES])
-def test_each_requirement_allows_and_refuses_what_it_says(requirement, allowed, refused) -> None:
-    for value in allowed:
+def test_each_requirement_allows_converts_and_refuses_what_it_says(requirement, allowed, refused) -> None:
+    for value, to_use in allowed:
         assert requirement.allows(value), value
-        assert require("x", value, requirement) is value
+        used = require("x", value, requirement)
+        assert used == to_use and type(used) is type(to_use), (value, used)
     for value in refused:
         assert not requirement.allows(value), value
-        with pytest.raises(ValueError, match=re.escape(f"x must be {requirement.describe()}, got {value!r}")):
+        with pytest.raises(ValueError, match=r"^x must be .+, got ") as error:
             require("x", value, requirement)
+        # The message is the refusal's: the whole requirement, or the part the value (or its bad item) fails.
+        refusal = requirement.refusal(value)
+        assert str(error.value) == f"x must be {refusal.must_be}, got {refusal.got!r}"
+        assert refusal.got is value or any(refusal.got is item for item in value), refusal
+
+
+def test_a_number_refusal_names_the_part_it_fails_and_a_list_names_its_bad_item() -> None:
+    messages = {
+        "lr": (Number(min=0), [("x", "a number, got 'x'"), (float("inf"), "a finite number, got inf"), (-1, ">= 0")]),
+        "tail": (Number(positive=True, max=1), [(0, "positive and <= 1, got 0"), (True, "a number, got True")]),
+        "w": (non_negative_floats, [([1, -2], ">= 0, got -2"), ("ab", "a non-empty list of numbers >= 0, got 'ab'")]),
+        "betas": (betas, [((0.9, 1.0), ">= 0 and < 1, got 1.0"), (0.9, "a pair of numbers >= 0 and < 1, got 0.9")]),
+        "k": (Optional(Int(min=0)), [(True, "None or a non-negative integer, got True")]),
+    }
+    for name, (requirement, cases) in messages.items():
+        for value, expected in cases:
+            with pytest.raises(ValueError) as error:
+                require(name, value, requirement)
+            assert str(error.value).startswith(f"{name} must be {expected}"), str(error.value)
+
+
+def test_hyperparameters_are_checked_with_the_same_requirements() -> None:
+    spec = {"lr": Hyperparameter(1e-3, Number(min=0)), "betas": Hyperparameter((0.9, 0.999), betas)}
+    assert checked(spec, {"lr": 1, "betas": [0.5, 0.6]}, "M") == {"lr": 1.0, "betas": (0.5, 0.6)}
+    assert checked(spec, {}, "M") == {"lr": 1e-3, "betas": (0.9, 0.999)}
+    with pytest.raises(ValueError, match=r"^hyperparameter 'lr' must be >= 0, got -1$"):
+        checked(spec, {"lr": -1}, "M")
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) 'lrr' for method 'M'; valid: lr, betas"):
+        checked(spec, {"lrr": 1}, "M")
 
 
 def test_validate_parameters_names_the_first_bad_parameter_and_what_is_allowed() -> None:
-    spec = {"steps": Int(min=1), "lr": Number(positive=True), "methods": Choices(("sum", "mao"))}
-    good = {"steps": 5, "lr": 0.1, "methods": ("sum",), "unrelated": object()}
-    assert validate_parameters(good, spec) == {"steps": 5, "lr": 0.1, "methods": ["sum"]}
+    spec = {"steps": Int(min=1), "lr": Number(positive=True), "methods": Choices(("sum", "mao")), "device": Device()}
+    good = {"steps": 5, "lr": 1, "methods": ("sum",), "device": "", "unrelated": object()}
+    assert validate_parameters(good, spec) == {"steps": 5, "lr": 1.0, "methods": ["sum"], "device": None}
     with pytest.raises(NotebookParameterError) as error:
         validate_parameters({**good, "lr": -1.0, "methods": ["nope"]}, spec)
     assert str(error.value) == "bad notebook parameter `lr` = -1.0: it must be a positive, finite number"

@@ -598,3 +598,40 @@ def test_the_smoke_study_of_your_problem_runs_from_a_study_file(tmp_path: Path) 
     for name in ("ledger.csv", "ledger.md", "m1_sensitivity.csv", "divergences.csv", "delta_m.csv", "test_metrics.csv"):
         assert (docs / name).read_bytes() == (study / name).read_bytes() == (again / name).read_bytes(), name
     assert "Problem: `mao_lab.problems:regression_problem`" in (again / "ledger.md").read_text()
+
+
+def test_runs_and_the_study_write_one_provenance_and_older_records_still_read() -> None:
+    import subprocess
+
+    from mao_lab import runner, study
+    from mao_lab.study import ledger_markdown, load_ledger
+
+    assert study.provenance is runner.provenance
+    record = runner.provenance(threads_per_point=1)
+    root = Path(runner.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert record["commit"] == head.stdout.strip() and record["threads_per_point"] == 1
+    assert record["uncommitted_changes"] is bool(status.stdout.strip())
+    assert torch.__version__.startswith(record["versions"]["torch"])
+    # The committed ledger (uncommitted_changes) and older records (a run's git.dirty, a bare dirty) all read.
+    committed = load_ledger(Path(__file__).resolve().parents[1] / "docs" / "claims")
+    assert committed["provenance"]["uncommitted_changes"] is True
+    rest = {k: v for k, v in committed["provenance"].items() if k != "uncommitted_changes"}
+    marked = "with uncommitted changes"
+    for old, changed in [
+        ({"uncommitted_changes": True}, True),
+        ({"dirty": True}, True),
+        ({"git": {"commit": "a" * 40, "dirty": True}}, True),
+        ({"uncommitted_changes": False}, False),
+        ({"git": None}, False),
+    ]:
+        assert runner.had_uncommitted_changes(old) is (changed if old != {"git": None} else None)
+        text = ledger_markdown(committed["ledger"], {**rest, **old}, committed["design"])
+        assert (marked in text) is changed, old
+    assert "Commit ?" in ledger_markdown(committed["ledger"], {**rest, "commit": None}, committed["design"])

@@ -103,8 +103,8 @@ def test_results_come_back_through_the_future_not_the_workers_disk(tmp_path: Pat
         assert not (client_disk / result.run_id / "tiny.ipynb").exists() and (point_dir / "tiny.ipynb").exists()
         info = result.provenance
         assert info["parameters"] == {"x": result.point["x"], "big": 5000} and info["wall_s"] > 0
-        assert {"host", "git", "packages", "threads", "python", "notebook_sha256"} <= set(info)
-        assert info["packages"]["torch"].startswith("2.13") and info["sweep"]["point"] == result.point
+        assert {"host", "commit", "uncommitted_changes", "versions", "threads", "notebook_sha256"} <= set(info)
+        assert info["versions"]["torch"].startswith("2.13") and info["sweep"]["point"] == result.point
     assert list(table["status"]) == ["ok", "ok"] and list(table["summary.nested.y"]) == [3.0, 6.0]
     # the workers' disk gone, the client still resumes from its own copy and reads the same results back
     import shutil

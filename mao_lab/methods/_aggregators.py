@@ -45,7 +45,7 @@ from typing import Any
 from torch import Tensor
 from torchjd import aggregation
 
-from .._hyperparameters import Hyperparameter, boolean, choice, integer, number
+from .._validate import Hyperparameter, boolean, choice, integer, number
 from ._aggregated import AggregatorMethod
 from ._common import Seeded
 from ._registry import register

@@ -30,7 +30,7 @@ from .._clipping import check_max_norm, refuse_written_grads
 from .._copies import copyable_state
 from .._distributed import DistributedSetting
 from .._gradient_path import GradientPath
-from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
 from .._loss_scaling import (
     LossScaleOverflow,
     check_eps_for_dtypes,

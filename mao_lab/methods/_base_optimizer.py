@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
-from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, choice
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, choice
 from .._memory import step_counter_bytes, tasks_reaching
 from ._base import Method
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .._checkpoints import check_tensor
-from .._hyperparameters import Hyperparameter, integer
+from .._validate import Hyperparameter, integer
 from .._task_gradients import TaskInputError, compute_task_gradients
 from ._base import Method
 

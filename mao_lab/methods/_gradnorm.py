@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._hyperparameters import Hyperparameter, integer, number, optional
+from .._validate import Hyperparameter, integer, number, optional
 from .._task_gradients import TaskGradients, TaskInputError, _leaves_reachable_from
 from ._registry import register
 from ._weighted import WeightedLossMethod

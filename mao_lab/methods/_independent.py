@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from .._checkpoints import CheckpointError
-from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, boolean, choice, integer
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, boolean, choice, integer
 from .._memory import tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torchjd.aggregation import WeightedAggregator, Weighting
 
-from .._hyperparameters import Hyperparameter, choice
+from .._validate import Hyperparameter, choice
 from ._aggregated import AggregatorMethod
 from ._registry import register
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
-from .._hyperparameters import ADAM_HYPERPARAMETERS, Hyperparameter, number
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, number
 from .._memory import check_fits, step_counter_bytes, tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskUpdates

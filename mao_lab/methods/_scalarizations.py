@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torchjd import scalarization
 
-from .._hyperparameters import Hyperparameter, integer, non_negative_floats, number, optional
+from .._validate import Hyperparameter, integer, non_negative_floats, number, optional
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, match_task_order
 from ._base import LossClosure

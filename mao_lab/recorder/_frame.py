@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["COLUMNS", "METRICS", "Level", "by_module", "imbalance_index", "module_of"]
+__all__ = ["COLUMNS", "METRICS", "Level", "by_module", "imbalance_index", "module_of", "task_shares"]
 
 Level = Literal["parameter", "module"]
 
@@ -44,34 +44,49 @@ def module_of(layer: str) -> str:
     return head if dot else "(model)"
 
 
-def imbalance_index(shares: np.ndarray, axis: int = -1) -> np.ndarray:
+def task_shares(norms: np.ndarray, reaches: np.ndarray | None = None) -> np.ndarray:
+    """Each task's share of a layer's update: the norm of its part over the sum of the parts' norms.
+
+    ``norms[..., k]`` is the norm of task ``k``'s part of a layer's update (the last axis runs over the tasks);
+    ``reaches`` (the same shape; default: every task) marks the tasks that reach the layer, and the others get
+    no share (NaN).  The shares of the tasks reaching a layer sum to 1; they are NaN where their norms sum to
+    zero or one of them is NaN.  The recorder's table (:func:`decode`, :func:`by_module`) and the live monitor
+    all take their shares from here.
+
+    >>> task_shares(np.array([[1.0, 3.0], [0.0, 0.0]]))
+    array([[0.25, 0.75],
+           [ nan,  nan]])
+    >>> task_shares(np.array([2.0, 5.0, 6.0]), reaches=np.array([True, False, True]))
+    array([0.25,  nan, 0.75])
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    reaches = np.ones(norms.shape, dtype=bool) if reaches is None else np.asarray(reaches, dtype=bool)
+    total = np.where(reaches, norms, 0.0).sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(reaches & (total > 0), norms / np.where(total > 0, total, 1.0), np.nan)
+
+
+def imbalance_index(shares: np.ndarray, axis: int = -1, reaches: np.ndarray | None = None) -> np.ndarray:
     """One minus the normalised Shannon entropy of shares: 0 when equal, 1 when one task has everything.
 
-    ``1 - H(s) / log(n)`` with ``H(s) = -sum_k s_k log s_k`` over the ``n`` entries along ``axis``
-    (``0 log 0 = 0``).  Unlike a max/min ratio it stays finite when a task contributes nothing, and it
-    compares layers reached by different numbers of tasks on one 0..1 scale.  NaN where ``n < 2`` or
-    the shares are NaN.
+    ``1 - H(s) / log(n)`` with ``H(s) = -sum_k s_k log s_k`` over the ``n`` entries along ``axis`` that
+    ``reaches`` marks (default: all; ``0 log 0 = 0``).  Unlike a max/min ratio it stays finite when a task
+    contributes nothing, and it compares layers reached by different numbers of tasks on one 0..1 scale.
+    NaN where ``n < 2`` or a share it counts is NaN.
 
     >>> imbalance_index(np.array([[0.5, 0.5], [1.0, 0.0], [0.9, 0.1]])).round(3)
     array([0.   , 1.   , 0.531])
+    >>> float(imbalance_index(np.array([0.5, np.nan, 0.5]), reaches=np.array([True, False, True])))
+    0.0
     """
     shares = np.asarray(shares, dtype=np.float64)
-    n = shares.shape[axis]
-    if n < 2:
-        return np.full(np.delete(shares.shape, axis % shares.ndim), np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(shares > 0, shares * np.log(np.where(shares > 0, shares, 1.0)), 0.0)
-    entropy = -terms.sum(axis=axis)
-    index = 1.0 - entropy / np.log(n)
-    index = np.where(np.isnan(shares).any(axis=axis), np.nan, index)
+    reaches = np.ones(shares.shape, dtype=bool) if reaches is None else np.asarray(reaches, dtype=bool)
+    n = reaches.sum(axis=axis)
+    counted = reaches & (shares > 0)
+    terms = np.where(counted, shares * np.log(np.where(counted, shares, 1.0)), 0.0)
+    index = 1.0 + terms.sum(axis=axis) / np.log(np.maximum(n, 2))
+    index = np.where((reaches & np.isnan(shares)).any(axis=axis) | (n < 2), np.nan, index)
     return np.clip(index, 0.0, 1.0)
-
-
-def _shares(norms: np.ndarray) -> np.ndarray:
-    """Norms (..., n) to shares summing to 1 along the last axis; NaN where every norm is zero."""
-    total = norms.sum(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, norms / np.where(total > 0, total, 1.0), np.nan)
 
 
 @dataclass(frozen=True)
@@ -201,7 +216,7 @@ def _layer_rows(
     grad_norms = np.sqrt(np.clip(np.diagonal(gram, axis1=1, axis2=2), 0.0, None))
     for row, k in enumerate(grad_tasks):
         rows.add(steps, grad_norms[:, row], "grad_norm", layer, kind, names[k])
-    shares = _shares(update_norms)
+    shares = task_shares(update_norms)
     for row, k in enumerate(update_tasks):
         rows.add(steps, update_norms[:, row], "update_norm", layer, kind, names[k])
         rows.add(steps, shares[:, row], "update_share", layer, kind, names[k])
@@ -248,24 +263,18 @@ def by_module(frame: pd.DataFrame) -> pd.DataFrame:
     parts += [grad_norms.assign(metric="grad_norm"), update_norms.assign(metric="update_norm")]
 
     if len(update_norms):
-        total = update_norms.groupby(keys, sort=False)["value"].transform("sum")
-        shares = update_norms.assign(
-            value=np.where(total > 0, update_norms["value"] / total.where(total > 0, 1.0), np.nan)
-        )
-        parts.append(shares.assign(metric="update_share"))
-        positive = shares["value"] > 0
-        entropy = (
-            shares.assign(
-                value=-np.where(positive, shares["value"] * np.log(shares["value"].where(positive, 1.0)), 0.0),
-                missing=shares["value"].isna(),
-            )
-            .groupby(keys, sort=False)
-            .agg(entropy=("value", "sum"), tasks=("value", "size"), missing=("missing", "any"))
-        )
-        entropy = entropy[entropy["tasks"] > 1]
-        index = (1.0 - entropy["entropy"] / np.log(entropy["tasks"])).clip(0.0, 1.0).where(~entropy["missing"])
-        index = index.rename("value")
-        parts.append(index.reset_index().assign(metric="imbalance"))
+        # The tasks as columns (one row per step and module), so that shares and imbalance come from the same
+        # functions as the parameter-level table's; a task that does not reach a module takes no share.
+        by_task = update_norms.set_index([*keys, "task"])
+        norms = by_task["value"].unstack("task")
+        reaches = by_task.assign(reaches=True)["reaches"].unstack("task", fill_value=False).to_numpy(dtype=bool)
+        shares = task_shares(norms.to_numpy(), reaches)
+        rows = norms.index.get_indexer(pd.MultiIndex.from_frame(update_norms[keys]))
+        columns = norms.columns.get_indexer(update_norms["task"])
+        parts.append(update_norms.assign(value=shares[rows, columns], metric="update_share"))
+        shared = reaches.sum(axis=1) > 1
+        imbalance = imbalance_index(shares, reaches=reaches)[shared]
+        parts.append(norms.index.to_frame(index=False)[shared].assign(value=imbalance, metric="imbalance"))
 
     cosines = frame[frame["metric"] == "cosine"]
     if len(cosines):

@@ -29,7 +29,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .._observe import StepRecord
-from ._frame import imbalance_index, module_of
+from ._frame import imbalance_index, module_of, task_shares
 from ._recorder import NamedParameters, Observable, _check_same_parameters, _parameter_names, _Watcher
 
 __all__ = ["BalanceMonitor"]
@@ -184,10 +184,10 @@ class BalanceMonitor(_Watcher):
         for layer, by_task in squared.items():
             if len(by_task) < 2:
                 continue  # a task head: not shared
-            root = {names[k]: math.sqrt(v) for k, v in sorted(by_task.items())}
-            total = sum(root.values())
-            if total > 0:
-                shares[layer] = {task: value / total for task, value in root.items()}
+            tasks = sorted(by_task)
+            values = task_shares(np.sqrt([by_task[k] for k in tasks]))
+            if not np.isnan(values).any():  # NaN: no task moved the layer (or a norm is NaN): nothing to share
+                shares[layer] = {names[k]: float(v) for k, v in zip(tasks, values)}
         return shares
 
     @property

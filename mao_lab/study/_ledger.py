@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .._files import write_atomically
+from ..runner import had_uncommitted_changes
 from ._analysis import (
     BALANCE_BOUNDS,
     BALANCE_READINGS,
@@ -181,8 +182,8 @@ def ledger_markdown(ledger: pd.DataFrame, provenance: Mapping[str, Any], design:
         f"{provenance.get('threads_per_point', '?')} torch thread(s) per point, "
         f"{provenance.get('workers', 0)} worker(s); "
         f"{_wall_time(provenance)}.",
-        f"Commit {provenance.get('commit', '?')[:12]}"
-        f"{_DIRTY if provenance.get('uncommitted_changes') else ''}; {versions}.",
+        f"Commit {(provenance.get('commit') or '?')[:12]}"
+        f"{_DIRTY if had_uncommitted_changes(provenance) else ''}; {versions}.",
         f"Problem: {problem_line(design)}.",
         f"Regenerate: {regenerate_command(design)}.",
         "",

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..notebook import ResultsFolder
+from ..runner import provenance  # the one provenance record: also mao_lab.study.provenance
 from ._analysis import (
     choose_learning_rates,
     chosen_rates,
@@ -54,43 +50,6 @@ TABLES = ("scores", "balance", "runs")
 
 class StudyError(RuntimeError):
     """The study cannot go on (a folder made by another design, or points that failed)."""
-
-
-def provenance(threads: int) -> dict[str, Any]:
-    """Where and with what the numbers were made: commit, host, CPU, thread count, package versions."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", False
-    versions = {}
-    for package in ("torch", "torchjd", "numpy", "pandas", "scipy", "papermill", "dask", "distributed"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "commit": commit,
-        "uncommitted_changes": dirty,
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "threads_per_point": threads,
-        "versions": versions,
-    }
 
 
 def _points(design: StudyDesign, runs: Sequence[tuple[RunConfig, float, int]]) -> dict[str, dict[str, Any]]:
@@ -230,7 +189,7 @@ def run_study(
     wall = time.perf_counter() - started
     results.save_json(
         {
-            **provenance(threads),
+            **provenance(threads_per_point=threads),
             "wall_seconds": wall,
             "phases": timings,
             "workers": _workers(client),
