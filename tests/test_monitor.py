@@ -210,3 +210,20 @@ def test_the_tables_module_shares_against_a_loop() -> None:
                 np.testing.assert_allclose(imbalance, [expected], rtol=1e-12, atol=1e-15, equal_nan=True)
             else:
                 assert len(imbalance) == 0
+
+
+def test_a_method_without_a_per_task_split_trains_on_and_the_monitor_says_why_it_shows_nothing() -> None:
+    # GradDrop's random sign masks stay inside TorchJD: its record carries no per-task split of the update.
+    x = torch.randn(64, 3)
+    model, reference = two_task_model(), two_task_model()
+    method = make("graddrop", model.parameters(), lr=1e-2)
+    alone = make("graddrop", reference.parameters(), lr=1e-2)
+    with BalanceMonitor(model, method, every=1, label="graddrop", clock=FakeClock()) as monitor:
+        for _ in range(3):
+            method.step(lambda: losses(model, x))
+            alone.step(lambda: losses(reference, x))
+    assert "graddrop gives no per-task split" in monitor.unavailable
+    assert "no per-task split" in monitor.status.value
+    assert monitor.ownership().empty
+    for p, q in zip(model.parameters(), reference.parameters()):  # the monitor changed nothing of the training
+        assert torch.equal(p, q)

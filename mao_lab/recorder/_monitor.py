@@ -16,6 +16,7 @@ measured is shown under the figure and kept in :attr:`BalanceMonitor.cost_fracti
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from collections.abc import Callable
@@ -110,6 +111,7 @@ class BalanceMonitor(_Watcher):
         self._imbalance: list[tuple[int, str, float]] = []
         self._latest: dict[str, Any] | None = None
         self._shown_step: int | None = None  # the step the figure shows (0-based)
+        self.unavailable = ""  # why there is nothing to show (a method without a per-task split), or ""
         self.status = widgets.HTML("waiting for the first step…")
         self.output = widgets.Output()
         self.widget = widgets.VBox([self.output, self.status])
@@ -146,9 +148,10 @@ class BalanceMonitor(_Watcher):
     def __call__(self, record: StepRecord) -> None:
         started = self._clock()
         if record.task_updates is None:
-            raise TypeError(
-                f"{type(self.method).__name__} hands over no per-task updates: the monitor cannot split them"
-            )
+            # GradDrop (and any method whose rule gives no per-task split) trains on; the monitor says why it
+            # shows nothing rather than raising inside the user's training step.
+            self._say_no_split(record)
+            return
         step = self.steps_seen - 1
         shares = self._layer_shares(record)
         for layer, by_task in shares.items():
@@ -229,6 +232,17 @@ class BalanceMonitor(_Watcher):
             f"<span class='mao-monitor-status'>step {step + 1}: last refresh after {self.interval} steps "
             f"(at least {self.every}; the monitor keeps to {self.budget:.0%} of the time){cost_text}</span>"
         )
+
+    def _say_no_split(self, record: StepRecord) -> None:
+        """Once: the method records no per-task split of its update, so there are no shares to show."""
+        if self.unavailable:
+            return
+        name = getattr(self.method, "name", type(self.method).__name__)
+        self.unavailable = (
+            f"{name} gives no per-task split of its update (its rule does not say which task moved a layer how "
+            "much), so the monitor has no shares to show; the recorder still records its task gradients"
+        )
+        self.status.value = f"<span class='mao-monitor-status'>{html.escape(self.unavailable)}</span>"
 
     def _show(self, figure: dict[str, Any], text: str) -> None:
         self.output.outputs = (
