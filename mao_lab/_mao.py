@@ -20,7 +20,6 @@ from ._clipping import check_max_norm, refuse_written_grads
 from ._copies import copyable_state
 from ._distributed import DistributedSetting
 from ._gradient_path import GradientPath
-from ._validate import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 from ._loss_scaling import LossScaleOverflow, check_eps_for_dtypes, loss_scale, report_found_inf
 from ._mao_functional import mao
 from ._memory import check_fits, step_counter_bytes, tasks_reaching
@@ -34,6 +33,7 @@ from ._task_gradients import (
     match_task_order,
     ordered_task_losses,
 )
+from ._validate import ADAM_HYPERPARAMETERS, Hyperparameter, checked, choice, non_negative_floats, optional
 
 __all__ = ["MAO", "MAO_HYPERPARAMETERS"]
 

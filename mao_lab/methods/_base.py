@@ -30,7 +30,6 @@ from .._clipping import check_max_norm, refuse_written_grads
 from .._copies import copyable_state
 from .._distributed import DistributedSetting
 from .._gradient_path import GradientPath
-from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
 from .._loss_scaling import (
     LossScaleOverflow,
     check_eps_for_dtypes,
@@ -42,6 +41,7 @@ from .._loss_scaling import (
 from .._memory import tasks_reaching
 from .._observe import ObservableMixin, StepRecord
 from .._task_gradients import TaskInputError, TaskLosses, ordered_task_losses
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, checked, integer, merged_spec
 from ._transaction import all_or_nothing
 
 __all__ = ["LossClosure", "Method", "OptimizerMethod", "trainable_parameters"]

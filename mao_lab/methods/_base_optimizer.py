@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
-from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, choice
 from .._memory import step_counter_bytes, tasks_reaching
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, choice
 from ._base import Method
 
 __all__ = ["BaseOptimizer", "OptimizerName", "SteppedMethod", "follow"]

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .._checkpoints import check_tensor
-from .._validate import Hyperparameter, integer
 from .._task_gradients import TaskInputError, compute_task_gradients
+from .._validate import Hyperparameter, integer
 from ._base import Method
 
 __all__ = ["Seeded", "check_finite_gradients", "private_rng"]

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import Hyperparameter, integer, number, optional
 from .._task_gradients import TaskGradients, TaskInputError, _leaves_reachable_from
+from .._validate import Hyperparameter, integer, number, optional
 from ._registry import register
 from ._weighted import WeightedLossMethod
 

@@ -52,10 +52,10 @@ import torch
 from torch import Tensor
 
 from .._checkpoints import CheckpointError
-from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, boolean, choice, integer
 from .._memory import tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, TaskUpdates
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, boolean, choice, integer
 from ._base import LossClosure
 from ._base_optimizer import BaseOptimizer, SteppedMethod
 from ._common import Seeded, check_finite_gradients

@@ -26,10 +26,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
-from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, number
 from .._memory import check_fits, step_counter_bytes, tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskUpdates
+from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, number
 from ._base import LossClosure, OptimizerMethod
 from ._registry import register
 

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 from torchjd import scalarization
 
-from .._validate import Hyperparameter, integer, non_negative_floats, number, optional
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskInputError, match_task_order
+from .._validate import Hyperparameter, integer, non_negative_floats, number, optional
 from ._base import LossClosure
 from ._common import Seeded
 from ._registry import register
