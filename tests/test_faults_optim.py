@@ -634,3 +634,54 @@ def test_not_a_closure_or_a_single_tensor_of_losses_is_refused(name: str) -> Non
     with pytest.raises(TaskInputError, match="single tensor"):
         method.step(lambda: torch.stack(net.losses(*data())))
     guard.check()
+
+
+# -- validate before mutate: the roll-back copies only what a step may change before its last check ----------
+
+
+@pytest.mark.parametrize("name, hyper", [("ius", {"group_size": 3}), ("grouping", {"group_size": 5}), ("sus", {})])
+def test_one_group_steps_once_and_a_failed_step_still_changes_nothing(name: str, hyper: dict) -> None:
+    """With one group the only optimizer step comes after every check: no whole-state copy, same guarantee."""
+    net, method = trained(name, **hyper)
+    assert not method.moves_parameters_during_step
+    guard = unchanged(net, method)
+
+    def poisoned() -> dict[str, Tensor]:  # finite losses, a NaN gradient: found only after the backward pass
+        losses = named(net, 3)()
+        weight = next(net.parameters())
+        nan_slope = 0.0 * (weight - weight.detach()).abs().sqrt().sum()  # value 0, gradient 0 * inf
+        return {**losses, "sum": losses["sum"] + nan_slope}
+
+    with pytest.raises(TaskInputError):
+        method.step(poisoned)
+    guard.check()
+    still_steps(net, method)
+
+
+def test_several_groups_still_copy_the_whole_state_and_a_late_failure_changes_nothing() -> None:
+    net, method = trained("ius")  # group_size 1: three sub-steps, the third forward pass fails
+    assert method.moves_parameters_during_step
+    guard = unchanged(net, method)
+    calls = []
+
+    def fails_at_the_third_pass() -> dict[str, Tensor]:
+        calls.append(None)
+        if len(calls) == 3:
+            raise RuntimeError("the third forward pass failed")
+        return named(net, 3)()
+
+    with pytest.raises(RuntimeError, match="third forward pass"):
+        method.step(fails_at_the_third_pass)
+    guard.check()
+    still_steps(net, method)
+
+
+@pytest.mark.parametrize("name, entry", [("grouping", "generator"), ("ius", "partition"), ("pcgrad", "generator")])
+def test_checkpoint_missing_an_entry_of_the_method_is_refused(name: str, entry: str) -> None:
+    net, method = trained(name)
+    state = saved(method.state_dict())
+    del state[entry]
+    guard = unchanged(net, method)
+    with pytest.raises(CheckpointError, match=f"lacks the entries {entry}"):
+        method.load_state_dict(state)
+    guard.check()

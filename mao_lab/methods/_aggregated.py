@@ -48,7 +48,7 @@ class AggregatorMethod(SteppedMethod):
 
     def _make_aggregator(self, num_tasks: int) -> Aggregator:
         """The TorchJD aggregator for ``num_tasks`` tasks (default: ``torchjd_class()``); an aggregator
-        with state between steps also overrides :meth:`_balancer_state` / :meth:`_load_balancer_state`."""
+        with state between steps also saves it in :meth:`_method_state` (see :class:`SteppedMethod`)."""
         assert self.torchjd_class is not None, f"{type(self).__name__} sets torchjd_class or makes its aggregator"
         return self.torchjd_class()
 

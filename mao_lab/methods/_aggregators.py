@@ -40,6 +40,7 @@ tensor([-0.0500, -0.0500])
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -160,13 +161,17 @@ class NashMTLMethod(AggregatorMethod):
             warnings.filterwarnings("ignore", message=".*not DPP.*")
             return super()._aggregate(matrix, record)
 
-    def _balancer_state(self) -> dict[str, Any]:
-        assert isinstance(self.aggregator, aggregation.NashMTL)
-        return nash_mtl_state(self.aggregator)
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if isinstance(self.aggregator, aggregation.NashMTL):  # built
+            state["balancer"] = nash_mtl_state(self.aggregator)
+        return state
 
-    def _load_balancer_state(self, state: dict[str, Any]) -> None:
-        assert isinstance(self.aggregator, aggregation.NashMTL)
-        load_nash_mtl_state(self.aggregator, state)
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_method_state(state)  # checks the whole state, then builds a fresh aggregator
+        if "balancer" in state:
+            assert isinstance(self.aggregator, aggregation.NashMTL)
+            load_nash_mtl_state(self.aggregator, state["balancer"])
 
 
 @register(
@@ -224,10 +229,14 @@ class GradVacMethod(Seeded, AggregatorMethod):
         require_private_state_support(self.name)
         return aggregation.GradVac(beta=self.hparams["beta"])
 
-    def _balancer_state(self) -> dict[str, Any]:
-        assert isinstance(self.aggregator, aggregation.GradVac)
-        return {"phi": gradvac_phi(self.aggregator)}
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if isinstance(self.aggregator, aggregation.GradVac):  # built
+            state["balancer"] = {"phi": gradvac_phi(self.aggregator)}
+        return state
 
-    def _load_balancer_state(self, state: dict[str, Any]) -> None:
-        assert isinstance(self.aggregator, aggregation.GradVac)
-        load_gradvac_phi(self.aggregator, state["phi"])
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_method_state(state)  # checks the whole state, then builds a fresh aggregator
+        if "balancer" in state:
+            assert isinstance(self.aggregator, aggregation.GradVac)
+            load_gradvac_phi(self.aggregator, state["balancer"]["phi"])

@@ -129,6 +129,8 @@ class Method(ObservableMixin, Optimizer, ABC):
     #: Methods that move the parameters more than once per step (IUS, IO, grouping, FAMO): a failure
     #: after a move must put them back, so every step first copies them and the whole state.
     moves_parameters_during_step: ClassVar[bool] = False
+    #: Entries of :meth:`_method_state` a checkpoint may lack (a balancer not built yet); the others it must hold.
+    _optional_state_entries: ClassVar[frozenset[str]] = frozenset({"balancer"})
     #: ``torch.amp.GradScaler.step(method, closure)`` hands the scaler to :meth:`step` (``grad_scaler``).
     _step_supports_amp_scaling: ClassVar[bool] = True
     #: How this step's gradients are made (set by :meth:`step` for the step's duration).
@@ -310,40 +312,63 @@ class Method(ObservableMixin, Optimizer, ABC):
             )
 
     # -- state ------------------------------------------------------------------------------------------
+    #
+    # One hook pair, _method_state / _load_method_state, overridden cooperatively (each class adds its
+    # entries to super()'s).  The base adds the bookkeeping every method has (which method, the tasks,
+    # the step count); a step that fails is rolled back, and a checkpoint loaded, through the same pair.
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume; ``"method"`` says which method it came from."""
         self._follow_lead()
-        return {**self._small_state(), "optimizer": self._optimizer_state()}
+        return {**self._bookkeeping(), **self._method_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`.  Everything is checked first (the method it came from, the
         tasks, the moments' shapes against the parameters); a state that does not fit raises
         :class:`~mao_lab.CheckpointError` and leaves the method exactly as it was."""
-        self._check_state(state)
-        with all_or_nothing(self, everything=True):
-            self._apply_state(state)
+        self._check_bookkeeping(state)
+        try:
+            with all_or_nothing(self, everything=True):
+                self._restore(state)
+        except (CheckpointError, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # an entry the checks let through but the load could not take
+            raise CheckpointError(f"method {self.name!r}: the state does not fit: {error}") from None
 
-    def _small_state(self) -> dict[str, Any]:
-        """The state without the optimizer's: what a step changes before its final update."""
+    def _method_state(self) -> dict[str, Any]:
+        """The method's state beside the bookkeeping the base saves: a dict of entries, each class adding
+        its own to ``super()._method_state()``'s.
+
+        The entry ``"optimizer"`` holds the large state (the moments), which a step updates last, once
+        every check has passed: a failed step is rolled back to a copy of every *other* entry.
+        """
+        return {"optimizer": None}
+
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        """Load the entries of :meth:`_method_state`: check those you read (raise
+        :class:`~mao_lab.CheckpointError` naming the problem), then call ``super()._load_method_state(state)``,
+        then set your attributes, so that a state that does not fit changes nothing.
+
+        ``state`` comes from a checkpoint, or is the snapshot a failed step is rolled back to; the
+        snapshot has no ``"optimizer"`` entry (the optimizer was not touched): keep the optimizer then.
+        """
+
+    def _bookkeeping(self) -> dict[str, Any]:
         return {
             "method": self.name,
             "task_names": None if self.task_names is None else list(self.task_names),
             "num_tasks": self.num_tasks,
             "steps_taken": self.steps_taken,
-            **self._extra_state(),
         }
 
-    def _apply_state(self, state: Mapping[str, Any], *, with_optimizer: bool = True) -> None:
-        """Load a state already checked (a checkpoint, or a snapshot to roll back to)."""
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Load a state whose bookkeeping is checked (a checkpoint, or a snapshot to roll back to)."""
+        self._load_method_state(state)  # checks its entries before it changes anything
         self.task_names = None if state["task_names"] is None else tuple(state["task_names"])
         self.num_tasks = state["num_tasks"]
         self.steps_taken = state["steps_taken"]
-        if with_optimizer:
-            self._load_optimizer_state(state["optimizer"])
-        self._load_extra_state(state)
 
-    def _check_state(self, state: object) -> None:
+    def _check_bookkeeping(self, state: object) -> None:
         if not isinstance(state, Mapping):
             raise CheckpointError(f"method {self.name!r}: a state_dict is a dict, got {type(state).__name__}")
         missing = [k for k in ("method", "task_names", "num_tasks", "steps_taken", "optimizer") if k not in state]
@@ -351,6 +376,10 @@ class Method(ObservableMixin, Optimizer, ABC):
             raise CheckpointError(f"method {self.name!r}: not a method state_dict (missing {', '.join(missing)})")
         if state["method"] != self.name:
             raise CheckpointError(f"a state of method {state['method']!r} cannot be loaded into method {self.name!r}")
+        # An entry missing would be kept as it is (as in a roll-back): refuse it instead.
+        missing = [k for k in self._method_state() if k not in state and k not in self._optional_state_entries]
+        if missing:
+            raise CheckpointError(f"method {self.name!r}: the state lacks the entries {', '.join(missing)}")
         num_tasks, names = state["num_tasks"], state["task_names"]
         if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1):
             raise CheckpointError(f"method {self.name!r}: num_tasks must be None or an integer >= 1, got {num_tasks!r}")
@@ -372,30 +401,6 @@ class Method(ObservableMixin, Optimizer, ABC):
             raise CheckpointError(
                 f"method {self.name!r} trains the tasks {self.task_names}; the state is for {tuple(names)}"
             )
-        self._check_optimizer_state(state["optimizer"])
-        self._check_extra_state(state)
-
-    # What subclasses with state of their own override.
-
-    def _optimizer_state(self) -> Any:
-        """The optimizer's state (the large part, updated last in a step)."""
-        return None
-
-    def _load_optimizer_state(self, state: Any) -> None:
-        pass
-
-    def _check_optimizer_state(self, state: Any) -> None:
-        """Raise :class:`~mao_lab.CheckpointError` unless ``state`` fits this method's parameters."""
-
-    def _extra_state(self) -> dict[str, Any]:
-        """Small state of the method's own (weights, counters, generators), saved beside the optimizer's."""
-        return {}
-
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        pass
-
-    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Raise :class:`~mao_lab.CheckpointError` unless the entries of :meth:`_extra_state` fit."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, num_tasks={self.num_tasks})"
@@ -413,11 +418,12 @@ class OptimizerMethod(Method):
     def _state_bytes(self, num_tasks: int, reach: Mapping[Tensor, Collection[int]] | None) -> int:
         return int(self.optimizer.state_bytes(num_tasks, reach=reach))
 
-    def _optimizer_state(self) -> Any:
-        return self.optimizer.state_dict()
+    def _method_state(self) -> dict[str, Any]:
+        return {**super()._method_state(), "optimizer": self.optimizer.state_dict()}
 
-    def _check_optimizer_state(self, state: Any) -> None:
-        self.optimizer.check_state_dict(state)
-
-    def _load_optimizer_state(self, state: Any) -> None:
-        self.optimizer.load_state_dict(state)
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        if "optimizer" in state:
+            self.optimizer.check_state_dict(state["optimizer"])
+        super()._load_method_state(state)
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])

@@ -172,8 +172,11 @@ class SteppedMethod(Method):
 
     What balances the tasks (a TorchJD scalarizer or aggregator, GradNorm's weights) usually depends
     on the number of tasks: it is made by :meth:`_build` at the first step (or when a state is
-    loaded), and its state between steps goes through :meth:`_balancer_state` /
-    :meth:`_load_balancer_state`, which is what ``state_dict`` saves and a failed step is rolled back to.
+    loaded).  A subclass whose balancer keeps state between steps saves it, once built, as the
+    ``"balancer"`` entry of :meth:`_method_state`, and loads it in :meth:`_load_method_state` after
+    ``super()``'s, which has checked the base optimizer's state and (re)built the balancer for the
+    state's tasks.  A balancer state that does not fit is refused before anything changes: it is
+    first loaded into a scratch copy's own fresh balancer (:meth:`_check_balancer`).
     """
 
     hyperparameters = {
@@ -216,54 +219,40 @@ class SteppedMethod(Method):
     def _unbuild(self) -> None:
         """Forget what :meth:`_build` created."""
 
-    def _balancer_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_balancer_state(self, state: dict[str, Any]) -> None:
-        pass
-
     def _ensure_built(self, num_tasks: int) -> None:
         if self._built_for is None:
             self._build(num_tasks)
             self._built_for = num_tasks
 
-    def _extra_state(self) -> dict[str, Any]:
-        state = super()._extra_state()
-        if self._built_for is not None:
-            state["balancer"] = self._balancer_state()
-        return state
+    # -- state: the base optimizer, and the balancer built for a number of tasks ------------------------------
 
-    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._check_extra_state(state)
-        if "balancer" not in state:
+    def _method_state(self) -> dict[str, Any]:
+        return {**super()._method_state(), "optimizer": self.base.state_dict()}
+
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        if "optimizer" in state:
+            self.base.check_state_dict(state["optimizer"], f"method {self.name!r}: the optimizer state")
+        self._check_balancer(state)
+        super()._load_method_state(state)
+        if "optimizer" in state:
+            self.base.load_state_dict(state["optimizer"])
+        if self._built_for is not None:
+            self._unbuild()
+            self._built_for = None
+        if "balancer" in state:  # the subclass loads its entry into this fresh balancer after this returns
+            self._ensure_built(state["num_tasks"])
+
+    def _check_balancer(self, state: Mapping[str, Any]) -> None:
+        """Refuse a ``"balancer"`` entry that the subclass's load does not take, before anything changes."""
+        if "balancer" not in state or self.__dict__.get("_checking_balancer"):
             return
         if state["num_tasks"] is None:
             raise CheckpointError(f"method {self.name!r}: a balancer state without a task count")
         # Loaded first into a scratch copy's own fresh balancer: what does not fit raises here, not in us.
         scratch = copy.copy(self)
         scratch._built_for = None
+        scratch._checking_balancer = True  # the scratch's load runs the subclass's part only on its balancer
         try:
-            scratch._ensure_built(state["num_tasks"])
-            scratch._load_balancer_state(copy.deepcopy(state["balancer"]))
+            scratch._load_method_state({"num_tasks": state["num_tasks"], "balancer": copy.deepcopy(state["balancer"])})
         except Exception as error:  # any failure of the trial load: the state does not fit
             raise CheckpointError(f"method {self.name!r}: the balancer state does not fit: {error}") from None
-
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._load_extra_state(state)
-        if self._built_for is not None:
-            self._unbuild()
-            self._built_for = None
-        if "balancer" in state:
-            self._ensure_built(state["num_tasks"])
-            self._load_balancer_state(state["balancer"])
-
-    # -- the optimizer ------------------------------------------------------------------------------------
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        return self.base.state_dict()
-
-    def _check_optimizer_state(self, state: Any) -> None:
-        self.base.check_state_dict(state, f"method {self.name!r}: the optimizer state")
-
-    def _load_optimizer_state(self, state: Any) -> None:
-        self.base.load_state_dict(state)

@@ -33,21 +33,20 @@ class Seeded(Method):
         super().__init__(params, **kwargs)
         self._generator = torch.Generator().manual_seed(self.hparams["seed"])
 
-    def _extra_state(self) -> dict[str, Any]:
-        return {**super()._extra_state(), "generator": self._generator.get_state()}
+    def _method_state(self) -> dict[str, Any]:
+        return {**super()._method_state(), "generator": self._generator.get_state()}
 
-    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._check_extra_state(state)
-        check_tensor(
-            state.get("generator"),
-            f"method {self.name!r}: the generator state",
-            tuple(self._generator.get_state().shape),
-            floating=False,
-        )
-
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._load_extra_state(state)
-        self._generator.set_state(state["generator"])
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        if "generator" in state:
+            check_tensor(
+                state["generator"],
+                f"method {self.name!r}: the generator state",
+                tuple(self._generator.get_state().shape),
+                floating=False,
+            )
+        super()._load_method_state(state)
+        if "generator" in state:
+            self._generator.set_state(state["generator"])
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ The model steps on ``sum_k w_k L_k`` (this step's weights); then ``w`` takes one
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -136,19 +136,24 @@ class GradNormMethod(WeightedLossMethod):
             self.loss_weights.mul_(len(weights) / self.loss_weights.sum())
         return weights.to(losses.dtype)
 
-    def _balancer_state(self) -> dict[str, Any]:
-        assert self.loss_weights is not None and self._weights_optimizer is not None
-        return {
-            "loss_weights": self.loss_weights.detach(),
-            "initial_losses": self.initial_losses,
-            "optimizer": self._weights_optimizer.state_dict(),
-            "shared_param": self._found_shared,
-        }
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if self.loss_weights is not None and self._weights_optimizer is not None:  # built
+            state["balancer"] = {
+                "loss_weights": self.loss_weights.detach(),
+                "initial_losses": self.initial_losses,
+                "optimizer": self._weights_optimizer.state_dict(),
+                "shared_param": self._found_shared,
+            }
+        return state
 
-    def _load_balancer_state(self, state: dict[str, Any]) -> None:
-        assert self.loss_weights is not None and self._weights_optimizer is not None
-        with torch.no_grad():
-            self.loss_weights.copy_(state["loss_weights"])
-        self.initial_losses = None if state["initial_losses"] is None else state["initial_losses"].clone()
-        self._weights_optimizer.load_state_dict(state["optimizer"])
-        self._found_shared = state["shared_param"]
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_method_state(state)  # checks the whole state, then builds fresh weights
+        if "balancer" in state:
+            balancer = state["balancer"]
+            assert self.loss_weights is not None and self._weights_optimizer is not None
+            with torch.no_grad():
+                self.loss_weights.copy_(balancer["loss_weights"])
+            self.initial_losses = None if balancer["initial_losses"] is None else balancer["initial_losses"].clone()
+            self._weights_optimizer.load_state_dict(balancer["optimizer"])
+            self._found_shared = balancer["shared_param"]

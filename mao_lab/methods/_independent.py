@@ -82,7 +82,13 @@ class IndependentStepsMethod(SteppedMethod):
     }
     random_groups: bool = False
     per_group_optimizers: bool = False
-    moves_parameters_during_step = True  # every group after the first sees the parameters moved
+
+    @property  # type: ignore[override]
+    def moves_parameters_during_step(self) -> bool:  # type: ignore[override]
+        """Every group after the first sees the parameters moved: a step that fails at a later group must
+        put back the parameters and the optimizers, so it copies them first.  With one group (``group_size``
+        at least the number of tasks) the only optimizer step comes last, after every check: no copy."""
+        return self.num_tasks is None or self._num_groups(self.num_tasks) > 1
 
     def __init__(self, params: Iterable[Tensor], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -227,10 +233,36 @@ class IndependentStepsMethod(SteppedMethod):
 
     # -- state ---------------------------------------------------------------------------------------
 
-    def _optimizer_state(self) -> list[dict[str, Any]]:
-        return [o.state_dict() for o in self.optimizers]
+    _optional_state_entries = frozenset({"balancer", "lead_group"})  # lead_group: saved since it exists
 
-    def _check_optimizer_state(self, state: Any) -> None:
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        state["optimizer"] = [o.state_dict() for o in self.optimizers]  # one per group (IO), or the shared one
+        state["partition"] = None if self.partition is None else [list(g) for g in self.partition]
+        if self.per_group_optimizers:  # the leading group is saved by no optimizer state: its rate, here
+            state["lead_group"] = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return state
+
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        if "optimizer" in state:
+            self._check_optimizers(state["optimizer"])
+        lead = state.get("lead_group")
+        if lead is not None:
+            self._check_lead_group(lead)
+        super()._load_method_state({k: v for k, v in state.items() if k != "optimizer"})
+        if "optimizer" in state:
+            if len(state["optimizer"]) != len(self.optimizers):
+                self._build_optimizers(len(state["optimizer"]))
+            for optimizer, saved in zip(self.optimizers, state["optimizer"]):
+                optimizer.load_state_dict(saved)
+            if not self.per_group_optimizers:
+                self.base = self.optimizers[0]
+        if "partition" in state:
+            self.partition = None if state["partition"] is None else [tuple(g) for g in state["partition"]]
+        if lead is not None:
+            self.param_groups[0].update(lead)
+
+    def _check_optimizers(self, state: Any) -> None:
         if not isinstance(state, list) or not all(isinstance(s, dict) for s in state):
             raise CheckpointError(f"method {self.name!r}: the optimizer state must be a list of optimizer states")
         if not self.per_group_optimizers and len(state) != 1:
@@ -239,26 +271,7 @@ class IndependentStepsMethod(SteppedMethod):
         for j, saved in enumerate(state):
             probe.check_state_dict(saved, f"method {self.name!r}: optimizer {j}")
 
-    def _load_optimizer_state(self, state: Any) -> None:
-        if len(state) != len(self.optimizers):
-            self._build_optimizers(len(state))
-        for optimizer, saved in zip(self.optimizers, state):
-            optimizer.load_state_dict(saved)
-        if not self.per_group_optimizers:
-            self.base = self.optimizers[0]
-
-    def _extra_state(self) -> dict[str, Any]:
-        partition = None if self.partition is None else [list(g) for g in self.partition]
-        state = {**super()._extra_state(), "partition": partition}
-        if self.per_group_optimizers:  # the leading group is saved by no optimizer state: its rate, here
-            state["lead_group"] = {k: v for k, v in self.param_groups[0].items() if k != "params"}
-        return state
-
-    def _check_extra_state(self, state: Mapping[str, Any]) -> None:
-        super()._check_extra_state(state)
-        lead = state.get("lead_group")
-        if lead is None:
-            return  # saved before the leading group was
+    def _check_lead_group(self, lead: object) -> None:
         if not isinstance(lead, Mapping):
             raise CheckpointError(f"method {self.name!r}: lead_group must be a dict, got {type(lead).__name__}")
         for name in ("lr", "weight_decay"):
@@ -266,12 +279,6 @@ class IndependentStepsMethod(SteppedMethod):
                 ADAM_HYPERPARAMETERS[name].check(name, lead.get(name))
             except ValueError as error:
                 raise CheckpointError(f"method {self.name!r}: lead_group: {error}") from None
-
-    def _load_extra_state(self, state: Any) -> None:
-        super()._load_extra_state(state)
-        self.partition = None if state["partition"] is None else [tuple(g) for g in state["partition"]]
-        if state.get("lead_group") is not None:
-            self.param_groups[0].update(state["lead_group"])
 
 
 def _share_stale_moves(
@@ -307,7 +314,7 @@ _GROUP_SIZE = Hyperparameter(1, integer(1), "tasks per group (the last group may
 class SUSMethod(IndependentStepsMethod):
     """Simultaneous update steps: all tasks in one group, one optimizer step on ``sum_k L_k``."""
 
-    moves_parameters_during_step = False  # one group: one step, last
+    moves_parameters_during_step = False  # one group, from the first step on: one optimizer step, last
 
 
 @register("ius", "IUS: one shared Adam stepped once per task (group), a forward pass each (Pascal et al. 2021)")

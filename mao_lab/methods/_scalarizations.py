@@ -126,14 +126,18 @@ class DWAMethod(ScalarizerMethod):
             self._steps_in_epoch = 0
         return weights
 
-    def _balancer_state(self) -> dict[str, Any]:
-        assert isinstance(self.scalarizer, scalarization.DWA)
-        return {**dwa_state(self.scalarizer), "steps_in_epoch": self._steps_in_epoch}
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if isinstance(self.scalarizer, scalarization.DWA):  # built; DWA's entry replaces the scalarizer's
+            state["balancer"] = {**dwa_state(self.scalarizer), "steps_in_epoch": self._steps_in_epoch}
+        return state
 
-    def _load_balancer_state(self, state: dict[str, Any]) -> None:
-        assert isinstance(self.scalarizer, scalarization.DWA)
-        load_dwa_state(self.scalarizer, state)
-        self._steps_in_epoch = int(state["steps_in_epoch"])
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_method_state(state)  # checks the whole state, then builds a fresh scalarizer
+        if "balancer" in state:
+            assert isinstance(self.scalarizer, scalarization.DWA)
+            load_dwa_state(self.scalarizer, state["balancer"])
+            self._steps_in_epoch = int(state["balancer"]["steps_in_epoch"])
 
 
 @register("famo", "FAMO: task logits learned from the losses' change across each step (Liu et al. 2023)", "torchjd")
@@ -195,10 +199,14 @@ class FAMOMethod(ScalarizerMethod):
             raise TaskInputError(f"task {names[k]!r} (index {k}): the loss after the step is {stacked[k].item()}")
         return stacked
 
-    def _balancer_state(self) -> dict[str, Any]:
-        assert isinstance(self.scalarizer, scalarization.FAMO)
-        return famo_state(self.scalarizer)
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if isinstance(self.scalarizer, scalarization.FAMO):  # built; FAMO's entry replaces the scalarizer's
+            state["balancer"] = famo_state(self.scalarizer)
+        return state
 
-    def _load_balancer_state(self, state: dict[str, Any]) -> None:
-        assert isinstance(self.scalarizer, scalarization.FAMO)
-        load_famo_state(self.scalarizer, state)
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_method_state(state)  # checks the whole state, then builds a fresh scalarizer
+        if "balancer" in state:
+            assert isinstance(self.scalarizer, scalarization.FAMO)
+            load_famo_state(self.scalarizer, state["balancer"])

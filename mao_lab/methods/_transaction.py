@@ -5,14 +5,15 @@ and puts it back if the block raises:
 
 - every method: its small state, i.e. its ``state_dict`` without the ``"optimizer"`` entry (task
   names, counters, a weighting's or aggregator's state, random generators).  Methods update their
-  optimizer last, once every check has passed, so its (large) state needs no copy;
+  optimizer last, once every check has passed, so its (large) state needs no copy: the snapshot has
+  no ``"optimizer"`` entry, and ``Method._load_method_state`` keeps the optimizer as it is;
 - methods that move the parameters more than once in a step (``Method.moves_parameters_during_step``:
   IUS, IO, grouping, FAMO): the parameters and the whole state, optimizer included;
 - every method: which parameters its optimizer holds state for.  An optimizer that runs out of memory
   while it creates the state of a parameter (``torch.optim.Adam`` at its first step) leaves that state
   half made; it is dropped, so the next step makes it again.
 
-Restoring goes through the method's own ``_apply_state``, the same code that loads a checkpoint.
+Restoring goes through the method's own ``_load_method_state``, the same code that loads a checkpoint.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def all_or_nothing(method: Method, *, everything: bool | None = None) -> Iterato
     if everything is None:
         everything = method.moves_parameters_during_step
     params = [p.detach().clone() for p in method.params] if everything else None
-    saved: dict[str, Any] = copy.deepcopy(method.state_dict() if everything else method._small_state())
+    state = method.state_dict()
+    saved: dict[str, Any] = copy.deepcopy(state if everything else {k: v for k, v in state.items() if k != "optimizer"})
     optimizer = method._lead_optimizer()
     had_state = set() if optimizer is None else {id(p) for p, s in optimizer.state.items() if s}
     try:
@@ -63,9 +65,9 @@ def all_or_nothing(method: Method, *, everything: bool | None = None) -> Iterato
             with torch.no_grad():
                 for p, before in zip(method.params, params):
                     p.copy_(before)
-        method._apply_state(saved, with_optimizer=everything)
         optimizer = method._lead_optimizer()
         if not everything and optimizer is not None:
             for p in [p for p in optimizer.state if id(p) not in had_state]:
                 del optimizer.state[p]
+        method._restore(saved)
         raise

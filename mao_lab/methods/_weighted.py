@@ -10,6 +10,7 @@ the model exactly as stepping on ``S(L)`` would, whatever ``S`` is.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -157,16 +158,19 @@ class ScalarizerMethod(WeightedLossMethod):
             self.weighting_optimizer.step(learned, learned_grads)
         return weights
 
-    def _balancer_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
-        if self.scalarizer is not None:
-            state["scalarizer"] = self.scalarizer.state_dict()
-        if self.weighting_optimizer is not None:
-            state["optimizer"] = self.weighting_optimizer.state_dict()
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if self.scalarizer is not None:  # built: the scalarizer's module state and its learned weights' optimizer
+            balancer = {"scalarizer": self.scalarizer.state_dict()}
+            if self.weighting_optimizer is not None:
+                balancer["optimizer"] = self.weighting_optimizer.state_dict()
+            state["balancer"] = balancer
         return state
 
-    def _load_balancer_state(self, state: dict[str, Any]) -> None:
-        if self.scalarizer is not None and "scalarizer" in state:
-            self.scalarizer.load_state_dict(state["scalarizer"])
-        if self.weighting_optimizer is not None and "optimizer" in state:
-            self.weighting_optimizer.load_state_dict(state["optimizer"])
+    def _load_method_state(self, state: Mapping[str, Any]) -> None:
+        super()._load_method_state(state)  # checks the whole state, then builds a fresh scalarizer
+        balancer = state.get("balancer", {})
+        if self.scalarizer is not None and "scalarizer" in balancer:
+            self.scalarizer.load_state_dict(balancer["scalarizer"])
+        if self.weighting_optimizer is not None and "optimizer" in balancer:
+            self.weighting_optimizer.load_state_dict(balancer["optimizer"])
