@@ -149,7 +149,7 @@ class Method(ObservableMixin, Optimizer, ABC):
         owner = self.name or type(self).__name__
         self._hparams: dict[str, Any] = checked(merged_spec(type(self)), hyperparameters, owner)
         self.params: list[Tensor] = trainable_parameters(params, owner)
-        self.num_tasks = None if num_tasks is None else integer(1)("num_tasks", num_tasks)
+        self.num_tasks = None if num_tasks is None else integer(1).check("num_tasks", num_tasks)
         self.task_names: tuple[str, ...] | None = None
         self.steps_taken = 0
         self.skipped_steps = 0
