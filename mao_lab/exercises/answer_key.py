@@ -1,7 +1,9 @@
 """The instructor's answer key: every exercise's question, hint and solution, read from the checkers themselves.
 
-``make answer-key`` (``python -m mao_lab.exercises.answer_key --out handouts/instructor``) writes
-``answer-key.md`` and an offline ``answer-key.html``.  It is kept apart from the participants' notebooks: in
+``make answer-key`` (``python -m mao_lab.exercises.answer_key --out handouts/instructor``) generates two
+files into that git-ignored folder, a Markdown page and an offline HTML page; they are never committed, so
+a participant's clone does not hold the solutions (docs/workshop.md, step 5).  It is kept apart from the
+participants' notebooks: in
 a notebook ``qN.solution()`` answers only after the participant's own attempt has been checked, so that a
 predict-and-check question is never spoiled.
 
@@ -70,7 +72,7 @@ def answer_key_markdown() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mao_lab.exercises.answer_key", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="handouts/instructor", help="folder for answer-key.md and answer-key.html")
+    parser.add_argument("--out", default="handouts/instructor", help="folder for the generated key (Markdown and HTML)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
