@@ -26,11 +26,19 @@ from mao_lab.study._analysis import (
     divergence_counts,
     finalist_rates,
     ledger_from_tables,
+    m1_by_budget,
     m1_sensitivity,
     m1_sensitivity_verdicts,
     run_outcomes,
 )
-from mao_lab.study._ledger import RECOMPUTE_TABLES, LedgerInputError, ledger_only, recompute_tables, write_ledger
+from mao_lab.study._ledger import (
+    RECOMPUTE_TABLES,
+    LedgerInputError,
+    balance_by_budget,
+    ledger_only,
+    recompute_tables,
+    write_ledger,
+)
 
 
 def load_test_module(name: str) -> ModuleType:
@@ -183,6 +191,111 @@ def test_m1_sensitivity_is_scipys_intervals_under_each_bound_and_the_ledger_read
     # with a larger bound the planted worst imbalance (about 0.12 + the start-up peak) is under it; not under 0.05
     assert verdicts[("worst_imbalance", 0.05)] == "not supported"
     assert verdicts[("late_imbalance", 0.2)] == "supported"
+
+
+# -- M1 on the regression at shorter budgets -----------------------------------------------------------------
+
+
+def _budget_tables(design: StudyDesign) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Regression scores and balance where reg2.mao's best rate at step 50 (1e-2) is not its best at 100 (1e-3),
+    every other configuration's is 1e-3 at both, and every run's imbalance grows with the step."""
+    rng = np.random.default_rng(1)
+    criterion = {  # (lr, step) -> validation MSE; reg2.mao's early winner 1e-2 falls behind by step 100
+        "flip": {
+            (1e-3, 50): 0.6,
+            (1e-3, 100): 0.2,
+            (3e-3, 50): 0.7,
+            (3e-3, 100): 0.6,
+            (1e-2, 50): 0.4,
+            (1e-2, 100): 0.5,
+        },
+        "keep": {
+            (1e-3, 50): 0.3,
+            (1e-3, 100): 0.2,
+            (3e-3, 50): 0.7,
+            (3e-3, 100): 0.6,
+            (1e-2, 50): 0.8,
+            (1e-2, 100): 0.9,
+        },
+    }
+    scores, balance = [], []
+    for config in design.configs():
+        if config.problem != "regression":
+            continue
+        kind = "flip" if config.name == "reg2.mao" else "keep"
+        base = 0.02 if config.variant == "mao" else 0.3
+        for lr in design.lrs:
+            for seed in design.seeds:
+                for step in (0, 50, 100):
+                    value = 1.0 if step == 0 else criterion[kind][(lr, step)]
+                    for task in config.tasks:
+                        scores.append(
+                            {
+                                "config": config.name,
+                                "lr": lr,
+                                "seed": seed,
+                                "split": "val",
+                                "step": step,
+                                "task": task,
+                                "metric": "normalised_mse",
+                                "value": value,
+                                "higher_is_better": False,
+                            }
+                        )
+                for step in range(0, 101, 10):
+                    value = base + 0.001 * step + rng.uniform(0.0, 0.02)
+                    balance.append(
+                        {
+                            "config": config.name,
+                            "lr": lr,
+                            "seed": seed,
+                            "step": step,
+                            "layer": "trunk",
+                            "imbalance": value,
+                            "largest_share": 1 / len(config.tasks) + value / 2,
+                            "largest_task": "t",
+                        }
+                    )
+    return pd.DataFrame(scores), pd.DataFrame(balance)
+
+
+def test_m1_at_shorter_budgets_reads_each_runs_balance_up_to_the_budget_at_the_rate_chosen_there() -> None:
+    design = StudyDesign(
+        **{**smoke_design().as_dict(), "seeds": (0, 1, 2, 3, 4), "regression_steps": 100, "eval_every": 50}
+    )
+    scores, balance = _budget_tables(design)
+    table = balance_by_budget(scores, balance, design, budgets=[50, 100])
+    assert set(table["config"]) == {f"reg{t}.{v}" for t in (2, 4, 8) for v in ("mao", "sum")}
+    same = table.set_index(["budget", "config"])["same_rate"].groupby(level=[0, 1]).first()
+    assert not same[(50, "reg2.mao")] and same[(100, "reg2.mao")] and same[(50, "reg4.mao")]
+    for budget, config, seed, lr in ((50, "reg4.mao", 3, 1e-3), (100, "reg8.sum", 0, 1e-3), (50, "reg2.mao", 1, 1e-2)):
+        run = balance[(balance["config"] == config) & (balance["seed"] == seed) & (balance["lr"] == lr)]
+        by_hand = max(v for s, v in zip(run["step"], run["imbalance"]) if s <= budget)
+        row = table[(table["budget"] == budget) & (table["config"] == config) & (table["seed"] == seed)]
+        assert row["worst_imbalance"].item() == pytest.approx(by_hand)
+
+    m1 = m1_by_budget(table)
+    part = m1.set_index(["budget", "setting", "part"])
+    # reg2 at 50 steps: MAO's rate there is not the study's, so no interval is claimed for it
+    assert part.loc[(50, "reg2", "MAO − sum < 0"), "verdict"] == "inconclusive"
+    assert part.loc[(50, "reg2", "MAO − sum < 0"), "seeds"] == 0
+    for budget, setting in ((50, "reg4"), (100, "reg2"), (100, "reg8")):
+        rows = table[table["budget"] == budget]
+        mao = rows[rows["config"] == f"{setting}.mao"].set_index("seed")["worst_imbalance"]
+        total = rows[rows["config"] == f"{setting}.sum"].set_index("seed")["worst_imbalance"]
+        diff = (mao - total.loc[mao.index]).to_numpy()
+        low, high = stats.t.interval(LEVEL, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+        got = part.loc[(budget, setting, "MAO − sum < 0")]
+        assert (got["low"], got["high"]) == pytest.approx((low, high))
+        assert got["verdict"] == ("supported" if high < 0 else "not supported" if low > 0 else "inconclusive")
+        low, high = stats.t.interval(LEVEL, len(mao) - 1, loc=mao.mean(), scale=stats.sem(mao))
+        got = part.loc[(budget, setting, "MAO < 0.1")]
+        assert (got["low"], got["high"]) == pytest.approx((low, high))
+    claims = m1[m1["part"] == "(claim)"].set_index("budget")["verdict"]
+    # planted: MAO's imbalance (0.02 + 0.001 step) stays under 0.1 up to step 50, not up to 100
+    assert claims[50] == "inconclusive" and claims[100] == "not supported"
+    with pytest.raises(ValueError, match="regression steps"):
+        balance_by_budget(scores, balance, design, budgets=[150])
 
 
 # -- rates chosen on two seeds, divergences --------------------------------------------------------------------
@@ -339,10 +452,32 @@ def check_every_interval(folder: Path) -> int:
     return len(parts)
 
 
+def check_m1_budgets(folder: Path) -> int:
+    """Every interval of ``folder``'s m1_budgets.csv from its balance_budgets.csv with scipy alone (parts whose rate
+    differs from the study's have none); returns the number of intervals checked."""
+    table, m1 = pd.read_csv(folder / "balance_budgets.csv"), pd.read_csv(folder / "m1_budgets.csv")
+    checked = 0
+    for row in m1[m1["part"] != "(claim)"].itertuples():
+        if not row.same_rate:
+            assert row.seeds == 0 and row.verdict == "inconclusive"
+            continue
+        rows = table[table["budget"] == row.budget]
+        mao = _series(rows, f"{row.setting}.mao", "worst_imbalance")
+        if row.part == "MAO − sum < 0":
+            total = _series(rows, f"{row.setting}.sum", "worst_imbalance")
+            expected = _t((mao - total.loc[mao.index]).to_numpy())
+        else:
+            expected = _t(mao.to_numpy())
+        assert (row.estimate, row.low, row.high) == pytest.approx(expected, rel=1e-5, abs=1e-9), row
+        checked += 1
+    return checked
+
+
 @pytest.fixture(scope="module")
 def ledger_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ledger folder with every per-seed table, from synthetic tables with planted effects (MAO better by 5 %)."""
-    design = StudyDesign(**{**smoke_design().as_dict(), "seeds": (0, 1, 2, 3, 4), "lrs": (1e-4, 1e-3, 1e-2)})
+    settings = {"seeds": (0, 1, 2, 3, 4), "lrs": (1e-4, 1e-3, 1e-2), "regression_steps": 10}  # the tables' last step
+    design = StudyDesign(**{**smoke_design().as_dict(), **settings})
     scores, balance, runs = _synthetic_tables(design, "mao", +0.05)
     tables = recompute_tables(scores, balance, runs, design)
     ledger = claims_ledger(scores, balance, runs, design)
@@ -362,11 +497,13 @@ def ledger_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_interval_of_a_ledger_folder_is_recomputed_from_its_tables_by_scipy(ledger_folder: Path) -> None:
     assert all((ledger_folder / f"{name}.csv").is_file() for name in RECOMPUTE_TABLES)
     assert check_every_interval(ledger_folder) == 8 + 8 + 20 + 2 + 4 + 2
+    assert check_m1_budgets(ledger_folder) > 0
 
 
 def test_the_committed_ledger_is_recomputable_or_says_what_needs_a_rerun() -> None:
     if (DOCS / "delta_m.csv").is_file():
         assert check_every_interval(DOCS) == 44
+        assert check_m1_budgets(DOCS) > 0
         return
     # an older study: no per-seed tables; every verdict agrees with its own interval and the ledger says so
     parts = pd.read_csv(DOCS / "ledger.csv")
@@ -410,6 +547,7 @@ def test_ledger_only_recomputes_an_edited_ledger_and_reproduces_itself(ledger_fo
         "ledger.md",
         "m1_sensitivity.csv",
         "divergences.csv",
+        "m1_budgets.csv",
         *(f"{n}.csv" for n in RECOMPUTE_TABLES),
     ):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name

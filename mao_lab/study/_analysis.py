@@ -80,6 +80,7 @@ __all__ = [
     "grouping_points",
     "ledger_from_parts",
     "ledger_from_tables",
+    "m1_by_budget",
     "m1_sensitivity",
     "m1_sensitivity_verdicts",
     "method_intervals",
@@ -538,6 +539,56 @@ def m1_sensitivity_verdicts(table: pd.DataFrame) -> pd.DataFrame:
         rows,
         columns=["reading", "bound", "differences_supported", "bounds_supported", "family_not_supported", "verdict"],
     )
+
+
+def m1_by_budget(balance_budgets: pd.DataFrame) -> pd.DataFrame:
+    """M1's parts on the regression, read the ledger's way, at each shorter budget of :func:`~mao_lab.study.
+    balance_by_budget`'s table: per (budget, setting) MAO − Adam on the sum (paired by seed, < 0), then MAO's
+    worst imbalance below :data:`BALANCE_THRESHOLD`, and the claim rule over those parts of each budget.
+
+    A part whose configurations' rates at the budget are not the study's (``same_rate`` False) is left
+    ``inconclusive`` with no interval: a study of that budget would have run its final seeds at another rate,
+    which this study never ran.
+
+    Returns:
+        One row per (budget, setting, part) and a ``part = "(claim)"`` row per budget first: ``budget, setting,
+        part, same_rate, direction, threshold, estimate, low, high, seeds, verdict``.
+    """
+    rows = []
+    for budget, summary in balance_budgets.groupby("budget", sort=True):
+        same = dict(zip(summary["config"], summary["same_rate"].astype(bool)))
+        parts = []
+        for setting in _m1_settings(summary):
+            mao, total = f"{setting}.mao", f"{setting}.sum"
+            comparable = same.get(mao, False) and same.get(total, False)
+            mao_values, sum_values = (_by_seed(summary, c, "worst_imbalance").dropna() for c in (mao, total))
+            difference = _safe(lambda a=mao_values, b=sum_values: paired_interval(a, b)) if comparable else None
+            own = _safe(lambda a=mao_values: mean_interval(a)) if same.get(mao, False) else None
+            head = {"budget": int(budget), "setting": setting}
+            parts.append(head | {"part": "MAO − sum < 0", "same_rate": comparable} | _tested(difference, "less", 0.0))
+            parts.append(
+                head
+                | {"part": f"MAO < {BALANCE_THRESHOLD:g}", "same_rate": same.get(mao, False)}
+                | _tested(own, "less", BALANCE_THRESHOLD)
+            )
+        if not parts:
+            continue
+        intervals = [Interval(r["estimate"], r["low"], r["high"], int(r["seeds"])) for r in parts]
+        family, _ = family_verdicts(intervals, [r["direction"] for r in parts], [r["threshold"] for r in parts])
+        claim = claim_verdict([r["verdict"] for r in parts], family)
+        rows.append(
+            {
+                "budget": int(budget),
+                "setting": "(all)",
+                "part": "(claim)",
+                "same_rate": all(r["same_rate"] for r in parts),
+            }
+            | {c: math.nan for c in _TESTED_COLUMNS}
+            | {"direction": "less", "verdict": claim}
+        )
+        rows += parts
+    columns = ["budget", "setting", "part", "same_rate", *_TESTED_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
 
 
 # -- final results ------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from ._analysis import (
     final_table,
     ledger_from_parts,
     ledger_from_tables,
+    m1_by_budget,
     m1_sensitivity,
     m1_sensitivity_verdicts,
     method_intervals,
@@ -54,6 +55,7 @@ __all__ = [
     "recompute_tables",
     "verdict_moves",
     "BUDGET_FRACTIONS",
+    "balance_by_budget",
     "LEVELLING_FRACTION",
     "LEVELLING_STATUSES",
     "ledger_markdown",
@@ -441,6 +443,93 @@ def levelling_by_budget(
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
+def balance_by_budget(
+    scores: pd.DataFrame, balance: pd.DataFrame, design: StudyDesign, budgets: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """M1's per-seed balance on the regression as a study with fewer regression steps would have read it.
+
+    The regression does not level off within its budget (see ``levelling.csv``), so M1 reads the balance of
+    models still training.  This table shows whether the verdict hangs on where the budget stops: as in
+    :func:`levelling_by_budget`, a run's first ``B`` steps are a ``B``-step run, so at each budget the rates are
+    chosen on the validation split at step ``B`` and each run's balance is read over its recorded steps up to ``B``
+    (:func:`~mao_lab.study.balance_summary`).  :func:`~mao_lab.study.m1_by_budget` reads M1 from it.
+
+    Args:
+        scores: the study's ``scores`` table.
+        balance: the study's ``balance`` table (every recorded step of every run).
+        design: the study's design.
+        budgets: regression step counts at most ``design.regression_steps``; default: the evaluation steps at
+            :data:`BUDGET_FRACTIONS` of it.
+
+    Returns:
+        :func:`~mao_lab.study.balance_summary`'s columns for the regression's MAO and sum runs at each budget's
+        chosen rate, with ``budget`` first and ``same_rate`` (the rate chosen at ``B`` is the study's) last.
+    """
+    steps = design.regression_steps
+    if budgets is None:
+        budgets = sorted(
+            {max(design.eval_every, int(steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS}
+        )
+    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= steps]
+    if bad:
+        raise ValueError(f"budgets must be step counts in 1..{steps} (the study's regression steps), got {bad}")
+    configs = {c.name for c in design.configs() if c.problem == "regression" and c.variant in ("mao", "sum")}
+    val = scores[(scores["split"] == "val") & scores["config"].isin(configs)]
+    full = choose_learning_rates(val, design)
+    full_rates = dict(zip(full[full["chosen"]]["config"], full[full["chosen"]]["lr"]))
+    rows = balance[balance["config"].isin(configs)]
+    frames = []
+    for budget in budgets:
+        shorter = dataclasses.replace(design, regression_steps=budget)
+        choice = choose_learning_rates(val[val["step"] <= budget], shorter)
+        rates = dict(zip(choice[choice["chosen"]]["config"], choice[choice["chosen"]]["lr"]))
+        summary = balance_summary(rows[rows["step"] <= budget], choice, shorter)
+        summary.insert(0, "budget", budget)
+        summary["same_rate"] = [rates.get(c) == full_rates.get(c) for c in summary["config"]]
+        frames.append(summary)
+    if not frames:
+        return pd.DataFrame(columns=["budget", "config", "setting", "seed", "same_rate"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _m1_budgets_markdown(table: pd.DataFrame, levelling: pd.DataFrame | None) -> str:
+    lines = [
+        "",
+        "## M1 on the regression at shorter budgets",
+        "",
+    ]
+    if levelling is not None and len(levelling):
+        regression = levelling[levelling["config"].astype(str).str.startswith("reg")]
+        if len(regression):
+            improving = int((regression["status"] == "still improving").sum())
+            lines += [
+                f"The regression's validation MSE is still improving at the end of its budget in {improving} of "
+                f"{len(regression)} configurations (the levelling table below), so M1 reads the balance of models "
+                "that are still training. Here M1's regression parts are read, the ledger's way, as studies of "
+                "fewer regression steps would have read them (`m1_budgets.csv` from `balance_budgets.csv`; "
+                "`mao_lab.study.balance_by_budget`, `mao_lab.study.m1_by_budget`): rates chosen at step B, "
+                "balance over the recorded steps up to B. A part whose rate at B is not this study's is left "
+                "inconclusive (its final seeds were never run).",
+                "",
+            ]
+    lines += [
+        "| budget | setting | MAO − sum [95 % CI] | verdict | MAO's worst imbalance [95 % CI] "
+        f"| < {BALANCE_THRESHOLD:g} |",
+        "|---|---|---|---|---|---|",
+    ]
+    parts = table[table["part"] != "(claim)"]
+    for (budget, setting), part in parts.groupby(["budget", "setting"], sort=False):
+        cells = []
+        for row in part.to_dict("records"):
+            rate = "" if row["same_rate"] else " (rate differs)"
+            cells += [_interval(row), f"{row['verdict']}{rate}"]
+        lines.append(f"| {int(budget)} | {setting} | " + " | ".join(cells) + " |")
+    lines += ["", "| budget | M1's regression parts, by the claim rule |", "|---|---|"]
+    for row in table[table["part"] == "(claim)"].to_dict("records"):
+        lines.append(f"| {int(row['budget'])} | {row['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _budgets_markdown(budgets: pd.DataFrame) -> str:
     lines = [
         "",
@@ -522,6 +611,7 @@ RECOMPUTE_TABLES: dict[str, str] = {
     "final_runs": "per (config, seed): seconds per epoch, distance and path length (P3, P4)",
     "outcomes": "every run: its validation criterion at step 0 and at the end, and whether it diverged",
     "validation_seeds": "per (config, seed, step): the validation criterion at the chosen rate (the levelling rule)",
+    "balance_budgets": "per (regression budget, config, seed): the balance readings of M1 up to that step",
 }
 """The small per-seed tables written beside the ledger (``<name>.csv``): every interval and verdict of the ledger is
 recomputed from them (:func:`ledger_only`)."""
@@ -551,6 +641,7 @@ def recompute_tables(
         "final_runs": final_table(runs, choice),
         "outcomes": run_outcomes(scores, runs, choice, design),
         "validation_seeds": validation_curves(scores, choice, design),
+        "balance_budgets": balance_by_budget(scores, balance, design),
     }
 
 
@@ -811,6 +902,9 @@ def write_ledger(
         sensitivity = m1_sensitivity(tables["balance_summary"])
         text += _sensitivity_markdown(sensitivity)
         csv("m1_sensitivity", sensitivity)
+        m1_budgets = m1_by_budget(tables["balance_budgets"])
+        text += _m1_budgets_markdown(m1_budgets, levelling_off(validation) if validation is not None else levelling)
+        csv("m1_budgets", m1_budgets)
         counts = divergence_counts(tables["outcomes"])
         text += _divergence_markdown(counts, design)
         csv("divergences", counts)
@@ -911,6 +1005,7 @@ def _tables_from_folder(folder: Path, design: StudyDesign) -> dict[str, pd.DataF
 _OLD_FOLDER_RERUN = (
     "every interval recomputed from per-seed tables (" + ", ".join(f"`{n}.csv`" for n in RECOMPUTE_TABLES) + ")",
     "M1 under other bounds and readings (`m1_sensitivity.csv`: needs each run's balance per step)",
+    "M1 on the regression at shorter budgets (`m1_budgets.csv`: needs each run's balance per step)",
     "divergences per configuration (`divergences.csv`: needs every run's validation criterion)",
     "Δm% per seed, and the rates chosen on the mean over two tuning seeds",
 )
