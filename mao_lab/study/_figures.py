@@ -286,11 +286,50 @@ def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
 
 
 class _ClaimViews:
-    """What the two claims explorers share: ``widget`` (the controls and views), ``figures`` (the current views,
-    the claim's under ``"claim"``) and how a notebook shows them."""
+    """What the two claims explorers share: a claim above its view, a configuration above its views and a last
+    control of the explorer's own above its view, each view drawn now and again whenever its control changes;
+    ``widget`` (the controls and views), ``figures`` (the current views, the claim's under ``"claim"``) and how a
+    notebook shows them."""
 
     widget: widgets.Widget
     figures: dict[str, go.Figure]
+
+    def __init__(
+        self,
+        claim_figure: Callable[[str], go.Figure],
+        configs: Sequence[str],
+        config_views: tuple[Sequence[str], Callable[[], None]],
+        last: tuple[widgets.Dropdown, str, Callable[[], None]],
+    ) -> None:
+        """``claim_figure(claim)`` draws a claim; ``configs`` are the configurations to pick from (``mm4.mao`` first
+        when there); ``config_views`` names the views under the configuration and draws them; ``last`` is the last
+        control, its view's name and what draws it."""
+        self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
+        self.config = widgets.Dropdown(
+            options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method"
+        )
+        (under_config, draw_config), (control, view, draw_last) = config_views, last
+        self.views = {name: widgets.Output() for name in ("claim", *under_config, view)}
+        self.widget = widgets.VBox(
+            [
+                self.claim,
+                self.views["claim"],
+                self.config,
+                *(self.views[v] for v in under_config),
+                control,
+                self.views[view],
+            ]
+        )
+        self.figures = {}
+        drawers = (
+            (self.claim, lambda: self._show("claim", claim_figure(str(self.claim.value)))),
+            (self.config, draw_config),
+            (control, draw_last),
+        )
+        for dropdown, draw in drawers:
+            dropdown.observe(lambda _, draw=draw: draw(), names="value")
+        for _, draw in drawers:
+            draw()
 
     def static_figure(self) -> go.Figure:
         """The claim view shown now: the copy an HTML export shows (see :func:`mao_lab.notebook.display_live`)."""
@@ -301,26 +340,10 @@ class _ClaimViews:
 
         display(self.widget)
 
-    def _claim_and_config_controls(self, configs: Sequence[str]) -> None:
-        """The two controls both explorers open with: a claim (``M2`` first) and a configuration (``mm4.mao`` first
-        when the study has it)."""
-        self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
-        self.config = widgets.Dropdown(
-            options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method"
-        )
-
     def _show(self, view: str, figure: go.Figure) -> None:
         """Show ``figure`` in the view named ``view``, and keep it in :attr:`figures`."""
         self.figures[view] = figure
         show_figure(self.views[view], figure)
-
-    def _draw_on_change(self, *controls: tuple[widgets.Dropdown, Callable[[], None]]) -> None:
-        """Draw each control's views now, and again whenever the control's value changes."""
-        self.figures = {}
-        for control, draw in controls:
-            control.observe(lambda _, draw=draw: draw(), names="value")
-        for _, draw in controls:
-            draw()
 
 
 class ClaimsExplorer(_ClaimViews):
@@ -336,26 +359,13 @@ class ClaimsExplorer(_ClaimViews):
         choice = study["learning_rates"]
         configs = [str(c) for c in pd.unique(choice["config"])]
         tasks = sorted({t for c in design.configs() for t in c.tasks})
-        self._claim_and_config_controls(configs)
         self.task = widgets.Dropdown(options=tasks, value=tasks[0], description="task")
-        self.views = {name: widgets.Output() for name in ("claim", "curve", "balance", "task")}
-        self.widget = widgets.VBox(
-            [
-                self.claim,
-                self.views["claim"],
-                self.config,
-                self.views["curve"],
-                self.views["balance"],
-                self.task,
-                self.views["task"],
-            ]
+        super().__init__(
+            lambda claim: claim_figure(study["ledger"], claim),
+            configs,
+            (("curve", "balance"), self._draw_config),
+            (self.task, "task", self._draw_task),
         )
-        self._draw_on_change(
-            (self.claim, self._draw_claim), (self.config, self._draw_config), (self.task, self._draw_task)
-        )
-
-    def _draw_claim(self) -> None:
-        self._show("claim", claim_figure(self.study["ledger"], str(self.claim.value)))
 
     def _draw_config(self) -> None:
         config = str(self.config.value)

@@ -284,18 +284,13 @@ class CommittedExplorer(_ClaimViews):
         methods: pd.DataFrame = committed["methods"]
         configs = [str(c) for c in pd.unique(validation["config"])]
         settings = [str(s) for s in pd.unique(methods["setting"])]
-        self._claim_and_config_controls(configs)
         self.setting = widgets.Dropdown(options=settings, value=settings[0], description="setting")
-        self.views = {name: widgets.Output() for name in ("claim", "curve", "setting")}
-        self.widget = widgets.VBox(
-            [self.claim, self.views["claim"], self.config, self.views["curve"], self.setting, self.views["setting"]]
+        super().__init__(
+            lambda claim: readable_claim_figure(committed["ledger"], claim),
+            configs,
+            (("curve",), self._draw_config),
+            (self.setting, "setting", self._draw_setting),
         )
-        self._draw_on_change(
-            (self.claim, self._draw_claim), (self.config, self._draw_config), (self.setting, self._draw_setting)
-        )
-
-    def _draw_claim(self) -> None:
-        self._show("claim", readable_claim_figure(self.committed["ledger"], str(self.claim.value)))
 
     def _draw_config(self) -> None:
         config = str(self.config.value)
