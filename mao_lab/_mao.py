@@ -22,7 +22,7 @@ from ._distributed import DistributedSetting
 from ._gradient_path import GradientPath
 from ._loss_scaling import LossScaleOverflow, check_eps_for_dtypes, loss_scale, report_found_inf
 from ._mao_functional import mao
-from ._memory import check_fits, step_counter_bytes, tasks_reaching
+from ._memory import plan_task_state, step_counter_bytes, tasks_reaching
 from ._observe import ObservableMixin, StepRecord
 from ._task_gradients import (
     GradientReserve,
@@ -376,21 +376,13 @@ class MAO(ObservableMixin, Optimizer):
 
         So running out of memory here leaves every group as it was; the update then allocates no state.
         """
-        where = task_grads.index()
-        plans: list[tuple[Tensor, dict[str, Any] | None, tuple[int, ...]]] = []
-        needed: dict[torch.device, int] = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                i = where.get(id(p))
-                if i is None or not task_grads.tasks[i]:
-                    continue
-                old = self.state.get(p) or None
-                tasks = tuple(sorted(set(task_grads.tasks[i]) | set(old["tasks"] if old else ())))
-                if old is None or tasks != tuple(old["tasks"]):
-                    plans.append((p, old, tasks))
-                    needed[p.device] = needed.get(p.device, 0) + 2 * len(tasks) * p.numel() * p.element_size()
-        for device, count in needed.items():
-            check_fits(count, device, f"MAO's state for {task_grads.num_tasks} tasks")
+        plans = plan_task_state(
+            self.param_groups,
+            self.state,
+            task_grads,
+            lambda p: 2 * p.numel() * p.element_size(),  # two moments
+            f"MAO's state for {task_grads.num_tasks} tasks",
+        )
         pending: list[tuple[Tensor, dict[str, Any]]] = []
         for p, old, tasks in plans:
             moments = {}

@@ -34,6 +34,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from ._mao import MAO
+    from ._task_gradients import TaskGradients
     from .methods import Method
 
 __all__ = ["Reach", "check_fits", "free_bytes", "state_bytes", "tasks_reaching"]
@@ -108,6 +109,39 @@ def check_fits(needed: int, device: torch.device, what: str) -> None:
             f"{what} needs {_size(needed)} more on {device}, which has {_size(free)} free; nothing was "
             "allocated or changed (fewer tasks, a smaller model, or mao_lab.state_bytes to plan)"
         )
+
+
+def plan_task_state(
+    param_groups: Iterable[Mapping[str, Any]],
+    state: Mapping[Tensor, Any],
+    task_grads: TaskGradients,
+    bytes_per_task: Callable[[Tensor], int],
+    what: str,
+) -> list[tuple[Tensor, dict[str, Any] | None, tuple[int, ...]]]:
+    """The parameters of ``param_groups`` whose per-task state this step of ``task_grads`` must (re)make: those
+    stepped for the first time and those a task new to them reaches, each as ``(p, its state now or None, the
+    sorted tasks of its new state)``.
+
+    Before anything is allocated, :func:`check_fits` checks that ``bytes_per_task(p)`` per task of each fits on
+    its device (``what`` names the state in the error), so that an optimizer can allocate the whole plan and
+    then commit it: running out of memory leaves its state as it was.
+    """
+    where = task_grads.index()
+    plans: list[tuple[Tensor, dict[str, Any] | None, tuple[int, ...]]] = []
+    needed: dict[torch.device, int] = {}
+    for group in param_groups:
+        for p in group["params"]:
+            i = where.get(id(p))
+            if i is None or not task_grads.tasks[i]:
+                continue
+            old = state.get(p) or None
+            tasks = tuple(sorted(set(task_grads.tasks[i]) | set(old["tasks"] if old else ())))
+            if old is None or tasks != tuple(old["tasks"]):
+                plans.append((p, old, tasks))
+                needed[p.device] = needed.get(p.device, 0) + len(tasks) * bytes_per_task(p)
+    for device, count in needed.items():
+        check_fits(count, device, what)
+    return plans
 
 
 def _size(n: int) -> str:

@@ -253,58 +253,61 @@ def run_point(
     try:
         with _notebook_here(notebook, notebook_text) as local_notebook:
             options = {"html": html, "cell_timeout": cell_timeout}
+            job = _PointJob(run_id, point, fixed, max_file_bytes, max_total_bytes)
             if _is_url(outputs):
-                return _run_to_url(
-                    local_notebook, run_id, point, fixed, destination, options, max_file_bytes, max_total_bytes
-                )
+                return _run_to_url(local_notebook, job, destination, options)
             folder = Path(destination)
-            return _run_local(
-                local_notebook, run_id, point, fixed, folder, folder, options, max_file_bytes, max_total_bytes
-            )
+            return _run_local(local_notebook, job, folder, folder, options)
     except Exception as error:  # noqa: BLE001 - one broken point must not stop the sweep
         return PointResult(run_id, point, "failed", f"{type(error).__name__}: {error}", outputs=destination)
 
 
-def _run_local(
-    notebook: Path,
-    rid: str,
-    point: dict[str, Any],
-    fixed: Mapping[str, Any],
-    folder: Path,
-    shown: Any,
-    options: Mapping[str, Any],
-    max_file_bytes: int,
-    max_total_bytes: int,
-) -> PointResult:
-    record = {"sweep": {"run_id": rid, "point": point, "outputs": str(shown)}}
-    done = _collect(folder, rid, point, str(shown), max_file_bytes, max_total_bytes)
-    if done.ok and _same_parameters((done.provenance or {}).get("parameters"), {**fixed, **point}):
+@dataclass(frozen=True)
+class _PointJob:
+    """One point as a worker runs it, or as the client reads it back: its folder name, grid values and fixed
+    parameters, and the limits on the files that come back through its future."""
+
+    rid: str
+    point: dict[str, Any]
+    fixed: Mapping[str, Any]
+    max_file_bytes: int
+    max_total_bytes: int
+
+    def collect(self, folder: Path, shown: str) -> PointResult:
+        """The point's ``folder`` read into a :class:`PointResult` (``shown``: where it says the outputs are)."""
+        return _collect(folder, self.rid, self.point, shown, self.max_file_bytes, self.max_total_bytes)
+
+    def finished(self, folder: Path, shown: str) -> PointResult | None:
+        """The finished run of these parameters in ``folder``, if it holds one (the folder is the truth)."""
+        done = self.collect(folder, shown)
+        if done.ok and _same_parameters((done.provenance or {}).get("parameters"), {**self.fixed, **self.point}):
+            return done
+        return None
+
+
+def _run_local(notebook: Path, job: _PointJob, folder: Path, shown: Any, options: Mapping[str, Any]) -> PointResult:
+    record = {"sweep": {"run_id": job.rid, "point": job.point, "outputs": str(shown)}}
+    done = job.finished(folder, str(shown))
+    if done is not None:
         return done  # finished meanwhile (another sweep into the same folder): not run twice
     try:
-        execute_notebook(notebook, folder, {**fixed, **point}, required=[SUMMARY_FILE], record=record, **options)
+        execute_notebook(
+            notebook, folder, {**job.fixed, **job.point}, required=[SUMMARY_FILE], record=record, **options
+        )
     except RunFolderBusyError as error:
-        return PointResult(rid, point, "busy", str(error), outputs=str(shown))
+        return PointResult(job.rid, job.point, "busy", str(error), outputs=str(shown))
     except NotebookRunError:
         pass  # failure.json says why; read below
-    return _collect(folder, rid, point, str(shown), max_file_bytes, max_total_bytes)
+    return job.collect(folder, str(shown))
 
 
-def _run_to_url(
-    notebook: Path,
-    rid: str,
-    point: dict[str, Any],
-    fixed: Mapping[str, Any],
-    url: str,
-    options: Mapping[str, Any],
-    max_file_bytes: int,
-    max_total_bytes: int,
-) -> PointResult:
+def _run_to_url(notebook: Path, job: _PointJob, url: str, options: Mapping[str, Any]) -> PointResult:
     import fsspec
 
     scratch = Path(tempfile.mkdtemp(prefix="mao_lab-point-"))
     try:
-        folder = scratch / rid
-        result = _run_local(notebook, rid, point, fixed, folder, url, options, max_file_bytes, max_total_bytes)
+        folder = scratch / job.rid
+        result = _run_local(notebook, job, folder, url, options)
         if result.status != "busy":
             fs, remote = fsspec.core.url_to_fs(url)
             fs.makedirs(remote, exist_ok=True)
@@ -588,37 +591,26 @@ def _results(
         try:
             yield future.result()
         except Exception as error:  # noqa: BLE001 - a killed worker (KilledWorker), a lost connection
-            yield _lost_point(
-                out / rid, rid, point, fixed, target, error, options["max_file_bytes"], options["max_total_bytes"]
-            )
+            job = _PointJob(rid, point, fixed, options["max_file_bytes"], options["max_total_bytes"])
+            yield _lost_point(out / rid, job, target, error)
 
 
-def _lost_point(
-    folder: Path,
-    rid: str,
-    point: dict[str, Any],
-    fixed: Mapping[str, Any],
-    target: str,
-    error: BaseException,
-    max_file_bytes: int,
-    max_total_bytes: int,
-) -> PointResult:
+def _lost_point(folder: Path, job: _PointJob, target: str, error: BaseException) -> PointResult:
     """What to record when a point's Dask future raised instead of returning.
 
     A worker writes a local target's folder itself, so the run may well have finished there and only its
     reply been lost (the worker that held the result died before the client fetched it). The folder is the
     truth: a finished run of these parameters is kept as it is, never overwritten by a failure.
     """
-    if not _is_url(target):
-        done = _collect(folder, rid, point, str(folder), max_file_bytes, max_total_bytes)
-        if done.ok and _same_parameters((done.provenance or {}).get("parameters"), {**fixed, **point}):
-            return done
+    done = None if _is_url(target) else job.finished(folder, str(folder))
+    if done is not None:
+        return done
     return PointResult(
-        rid,
-        point,
+        job.rid,
+        job.point,
         "failed",
         f"the Dask worker running this point died or was lost: {type(error).__name__}: {error}",
-        outputs=f"{target}/{rid}",
+        outputs=f"{target}/{job.rid}",
     )
 
 

@@ -16,6 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--quick", action="store_true", help="a run of seconds: few repetitions, rough ratios")
     common.add_argument("--seed", type=int, default=0, help="seed of the models and batches (default 0)")
     common.add_argument("--output", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE")
+    machine = argparse.ArgumentParser(add_help=False)  # the benchmarks that run on a chosen device
+    machine.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    machine.add_argument("--threads", type=_positive_int, default=2, help="torch.set_num_threads (default 2)")
     parser = OneLineArgumentParser(
         prog="python -m mao_lab.bench",
         description="Benchmarks of mao_lab. Each prints one JSON line on stdout; progress goes to stderr.",
@@ -23,11 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{step,recorder,mgda,problems,ddp}")
     step = sub.add_parser(
         "step",
-        parents=[common],
+        parents=[common, machine],
         help="MAO's training step vs TorchJD + Adam, vs the physical limit; update vs Adam; state memory",
     )
-    step.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
-    step.add_argument("--threads", type=_positive_int, default=2, help="torch.set_num_threads (default 2)")
     step.add_argument(
         "--vmap", action="store_true", help="also time the vmapped trunk backward (always on with --device cuda)"
     )
@@ -36,11 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("mgda", parents=[common], help="exact min-norm MGDA vs TorchJD's Frank-Wolfe: accuracy and cost")
     problems = sub.add_parser(
         "problems",
-        parents=[common],
+        parents=[common, machine],
         help="MAO vs Adam on the summed loss vs the physical limit on the CelebA (T=40) and NYUv2 (T=3) models",
     )
-    problems.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
-    problems.add_argument("--threads", type=_positive_int, default=2, help="torch.set_num_threads (default 2)")
     problems.add_argument(
         "--batch",
         type=_positive_int,
@@ -70,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.output is not None and (args.output.is_dir() or not args.output.name):
         parser.error(f"--output {args.output} is a folder, not a file")  # checked now, not after the whole run
-    if args.command == "step":
+    if getattr(args, "device", None) == "cuda":
         import torch
 
-        if args.device == "cuda" and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             parser.error("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+    if args.command == "step":
         from ._step_bench import run_step_benchmark
 
         result = run_step_benchmark(
@@ -86,10 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             vmap=True if args.vmap else None,
         )
     elif args.command == "problems":
-        import torch
-
-        if args.device == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
         from ._problems_bench import PROBLEM_CONFIGS, run_problems_benchmark
 
         result = run_problems_benchmark(

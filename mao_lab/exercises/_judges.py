@@ -65,6 +65,16 @@ def _finite(values: pd.Series, what: str) -> pd.Series:
     return finite
 
 
+def _judge_extreme(
+    answer: Any, values: pd.Series, what: str, *, largest: bool, reason: Callable[[str], str], hint: str
+) -> Feedback:
+    """Judge ``answer`` against the label of the smallest (or, ``largest``, the largest) finite value of ``values``
+    (``what`` they are, for the error), its labels the choices; ``reason(label)`` says why that label is right."""
+    finite = _finite(values, what)
+    truth = str(finite.idxmax() if largest else finite.idxmin())
+    return choice_feedback(answer, truth, list(values.index), reason(truth), hint)
+
+
 def _task_prefix(label: object) -> str:
     """``"task1 (sigma=100)"`` -> ``"task1"``: the notebooks label tasks with their scale."""
     return str(label).split(" ")[0]
@@ -125,13 +135,13 @@ def least_served_task(answer: Any, ownership: pd.DataFrame, run: str = "sum") ->
     """The task with the smallest mean share over all shared layers of ``run`` (notebook 03)."""
     table = _owner_table(ownership, run)
     mean = table.groupby("task", sort=False)["share"].mean()
-    task = str(_finite(mean, "share").idxmin())
-    return choice_feedback(
+    return _judge_extreme(
         answer,
-        task,
-        list(mean.index),
-        f"Its mean share of the shared layers in run {run!r} is {mean[task]:.1%}.",
-        "Compare the size of each task's loss gradient: a classification loss, a regression and a pixel-wise "
+        mean,
+        "share",
+        largest=False,
+        reason=lambda task: f"Its mean share of the shared layers in run {run!r} is {mean[task]:.1%}.",
+        hint="Compare the size of each task's loss gradient: a classification loss, a regression and a pixel-wise "
         "reconstruction averaged over 784 pixels.",
     )
 
@@ -144,13 +154,13 @@ def most_balanced_layer(answer: Any, ownership: pd.DataFrame, run: str = "gradno
     if rows.empty:
         raise ValueError(f"ownership has no run {run!r}; add it to `methods` and run again")
     imbalance = rows.assign(layer=rows["layer"].astype(str)).groupby("layer", sort=False)["imbalance"].mean()
-    best = str(_finite(imbalance, "imbalance index").idxmin())
-    return choice_feedback(
+    return _judge_extreme(
         answer,
-        best,
-        list(imbalance.index),
-        f"Its mean imbalance index is {imbalance[best]:.2f} (0 = balanced).",
-        "GradNorm measures the gradient norms at one layer only. Which one?",
+        imbalance,
+        "imbalance index",
+        largest=False,
+        reason=lambda layer: f"Its mean imbalance index is {imbalance[layer]:.2f} (0 = balanced).",
+        hint="GradNorm measures the gradient norms at one layer only. Which one?",
     )
 
 
@@ -205,13 +215,13 @@ def most_imbalanced(answer: Any, balance: pd.DataFrame, *, by: str = "run", run:
         raise ValueError(f"by must be 'run' or 'layer', got {by!r}")
     if rows.empty:
         raise ValueError(f"balance has no rows for by={by!r}, run={run!r}")
-    top = str(_finite(rows, "imbalance index").idxmax())
-    return choice_feedback(
+    return _judge_extreme(
         answer,
-        top,
-        list(rows.index),
-        f"Its imbalance index is {rows[top]:.2f} (1 = one task owns it).",
-        "The index is 0 when every task has an equal share and 1 when one task has all of it.",
+        rows,
+        "imbalance index",
+        largest=True,
+        reason=lambda top: f"Its imbalance index is {rows[top]:.2f} (1 = one task owns it).",
+        hint="The index is 0 when every task has an equal share and 1 when one task has all of it.",
     )
 
 

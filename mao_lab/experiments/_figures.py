@@ -38,6 +38,28 @@ def _label(run: str, labels: Mapping[str, str] | None) -> str:
     return method_label(run) if labels is None else labels.get(run, run)
 
 
+def scatter_trace(x: Any, y: Any, name: str | None = None, *, mode: str = "lines", **style: Any) -> go.Scatter:
+    """A trace through the points ``(x, y)``, drawn as lines unless ``mode`` says otherwise and named ``name`` in the
+    legend; ``style`` (``line``, ``marker``, ``legendgroup``, ``showlegend``, ...) goes to
+    :class:`plotly.graph_objects.Scatter` as it is.  The line and marker traces of the lab's figures are these.
+
+    >>> line = scatter_trace([0, 1], [2, 3], "a", line={"color": "red"})
+    >>> line.mode, line.name, line.line.color
+    ('lines', 'a', 'red')
+    """
+    return go.Scatter(x=x, y=y, name=name, mode=mode, **style)
+
+
+def panel_line(x: Any, y: Any, name: str, first_panel: bool, **style: Any) -> go.Scatter:
+    """One of the lines named ``name`` that a figure of panels draws in every panel: all of them one legend group,
+    listed once (by the first panel's line), so that one click on the legend hides them in every panel.
+
+    >>> [(line.legendgroup, line.showlegend) for line in (panel_line([0], [1], "a", i == 0) for i in range(2))]
+    [('a', True), ('a', False)]
+    """
+    return scatter_trace(x, y, name, legendgroup=name, showlegend=first_panel, **style)
+
+
 PALETTE: list[str] = qualitative.Plotly + qualitative.D3
 """Twenty distinct colours: plotly's ten, then D3's ten."""
 
@@ -218,15 +240,7 @@ def magnitude_figure(
         for k, task in enumerate(tasks):
             series = part[part["task"] == task].sort_values("step")
             figure.add_trace(
-                go.Scatter(
-                    x=series["step"],
-                    y=series["value"],
-                    mode="lines",
-                    name=task,
-                    legendgroup=task,
-                    showlegend=i == 0,
-                    line={"color": colors[k % len(colors)]},
-                ),
+                panel_line(series["step"], series["value"], task, i == 0, line={"color": colors[k % len(colors)]}),
                 row=i // columns + 1,
                 col=i % columns + 1,
             )
@@ -277,12 +291,12 @@ def task_metric_figure(scores: pd.DataFrame, *, title: str | None = None) -> go.
                 col=i + 1,
             )
             figure.add_trace(
-                go.Scatter(
-                    x=[method_label(method)] * len(values),
-                    y=values.to_numpy(),
+                scatter_trace(
+                    [method_label(method)] * len(values),
+                    values.to_numpy(),
+                    "seeds",
                     mode="markers",
                     marker={"color": "black", "size": 5},
-                    name="seeds",
                     legendgroup="seeds",
                     showlegend=i == 0 and method == methods[0],
                     hovertemplate=f"{method_label(method)}<br>one seed: %{{y:.4f}}<extra></extra>",
@@ -345,9 +359,9 @@ def delta_m_figure(table: pd.DataFrame, *, setting: str | None = None, title: st
         if per_seed:
             values = table[table["method"] == method]["delta_m"]
             figure.add_trace(
-                go.Scatter(
-                    x=[label] * len(values),
-                    y=values.to_numpy(),
+                scatter_trace(
+                    [label] * len(values),
+                    values.to_numpy(),
                     mode="markers",
                     showlegend=False,
                     marker={"color": "black", "size": 6},
@@ -393,11 +407,10 @@ def imbalance_by_method_figure(table: pd.DataFrame, *, title: str | None = None)
             band(steps, mean - spread, mean + spread, color=styles[method]["color"], opacity=0.2, group=method)
         )
         figure.add_trace(
-            go.Scatter(
-                x=steps,
-                y=mean,
-                mode="lines",
-                name=method_label(method),
+            scatter_trace(
+                steps,
+                mean,
+                method_label(method),
                 legendgroup=method,
                 legendrank=i + 1,
                 line={**styles[method], "width": LINE_WIDTH},
@@ -415,13 +428,8 @@ def imbalance_over_steps_figure(frame: pd.DataFrame, *, title: str | None = None
     for i in _lowest_on_top([float(part["imbalance"].mean()) for _, part in parts]):
         run, part = parts[i]
         figure.add_trace(
-            go.Scatter(
-                x=part["step"],
-                y=part["imbalance"],
-                mode="lines",
-                name=run,
-                legendrank=i + 1,
-                line={**styles[i], "width": LINE_WIDTH},
+            scatter_trace(
+                part["step"], part["imbalance"], run, legendrank=i + 1, line={**styles[i], "width": LINE_WIDTH}
             )
         )
     return _imbalance_layout(figure, title, "mean over the shared layers", "run")

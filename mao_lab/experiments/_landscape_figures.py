@@ -11,6 +11,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ..problems import PARETO_X1_RANGE, PARETO_X2, landscape_grid, landscape_losses
+from ._figures import panel_line, scatter_trace
 from ._landscape import arc_distance, pareto_stationary_arc
 
 __all__ = ["distance_figure", "loss_space_figure", "parameter_space_figure", "rescaling_figure"]
@@ -23,12 +24,21 @@ def _start_label(part: pd.DataFrame) -> str:
     return f"start ({first['x1']:g}, {first['x2']:g})"
 
 
-def _grid(methods: list[str], title: str, max_columns: int = 4, **options: object) -> tuple[go.Figure, int, int]:
+_SHARED_AXES = {"shared_xaxes": True, "shared_yaxes": True, "horizontal_spacing": 0.04}
+"""The panels of the figures drawn on one scale: both axes shared, the panels close together."""
+
+
+def _grid(
+    trajectories: pd.DataFrame, title: str, max_columns: int = 4, **options: object
+) -> tuple[list[str], go.Figure, int]:
+    """A panel per method of ``trajectories`` (``max_columns`` a row) under ``title``; ``options`` go to
+    ``make_subplots``.  Returns the methods, the figure and its number of columns."""
+    methods = [str(m) for m in pd.unique(trajectories["method"])]
     columns = min(max_columns, len(methods))
     rows = math.ceil(len(methods) / columns)
     figure = make_subplots(rows=rows, cols=columns, subplot_titles=methods, **options)
     figure.update_layout(title=title, height=330 * rows + 90, legend_title_text="run")  # width: the page's
-    return figure, rows, columns
+    return methods, figure, columns
 
 
 def _cell(index: int, columns: int) -> dict[str, int]:
@@ -43,14 +53,12 @@ def _add_runs(figure: go.Figure, rows: pd.DataFrame, x: str, y: str, showlegend:
         color = _COLORS[int(start) % len(_COLORS)]
         label = _start_label(part)
         figure.add_trace(
-            go.Scatter(
-                x=part[x],
-                y=part[y],
-                mode="lines",
+            panel_line(
+                part[x],
+                part[y],
+                label,
+                showlegend,
                 line={"color": color, "width": 2},
-                name=label,
-                legendgroup=label,
-                showlegend=showlegend,
                 customdata=part["step"],
                 hovertemplate=f"step %{{customdata}}<br>{x} %{{x:.3f}}<br>{y} %{{y:.3f}}<extra>{label}</extra>",
             ),
@@ -58,9 +66,9 @@ def _add_runs(figure: go.Figure, rows: pd.DataFrame, x: str, y: str, showlegend:
         )
         ends = part.iloc[[0, -1]]
         figure.add_trace(
-            go.Scatter(
-                x=ends[x],
-                y=ends[y],
+            scatter_trace(
+                ends[x],
+                ends[y],
                 mode="markers",
                 marker={"color": color, "size": [9, 11], "symbol": ["circle", "x"]},
                 legendgroup=label,
@@ -76,14 +84,11 @@ def parameter_space_figure(
 ) -> go.Figure:
     """Per method, contours of the mean loss ``(l1_scale * L1 + L2) / 2`` with the Pareto set and the
     trajectories from every start (circle: start, cross: end)."""
-    methods = [str(m) for m in pd.unique(trajectories["method"])]
-    figure, _, columns = _grid(
-        methods,
+    methods, figure, columns = _grid(
+        trajectories,
         title or f"Trajectories in parameter space over the mean loss (L1 scaled by {l1_scale:g})",
-        shared_xaxes=True,
-        shared_yaxes=True,
-        horizontal_spacing=0.04,
         vertical_spacing=0.08,
+        **_SHARED_AXES,
     )
     grid_x1, grid_x2, loss1, loss2 = landscape_grid(lim=lim, n=n, l1_scale=l1_scale)
     mean = (loss1 + loss2) / 2
@@ -108,24 +113,22 @@ def parameter_space_figure(
             **cell,
         )
         figure.add_trace(
-            go.Scatter(
-                x=list(PARETO_X1_RANGE),
-                y=[PARETO_X2, PARETO_X2],
-                mode="lines",
+            scatter_trace(
+                list(PARETO_X1_RANGE),
+                [PARETO_X2, PARETO_X2],
+                "Pareto segment (papers)",
                 line={"color": "black", "width": 4},
-                name="Pareto segment (papers)",
                 legendgroup="pareto",
                 showlegend=i == 0,
             ),
             **cell,
         )
         figure.add_trace(
-            go.Scatter(
-                x=arc["x1"],
-                y=arc["x2"],
-                mode="lines",
+            scatter_trace(
+                arc["x1"],
+                arc["x2"],
+                "Pareto-stationary arc (exact)",
                 line={"color": "crimson", "width": 2, "dash": "dot"},
-                name="Pareto-stationary arc (exact)",
                 legendgroup="arc",
                 showlegend=i == 0,
             ),
@@ -139,14 +142,11 @@ def parameter_space_figure(
 
 def loss_space_figure(trajectories: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Per method, the runs in loss space (unscaled ``L1`` against ``L2``) with the Pareto front."""
-    methods = [str(m) for m in pd.unique(trajectories["method"])]
-    figure, _, columns = _grid(
-        methods,
+    methods, figure, columns = _grid(
+        trajectories,
         title or "Trajectories in loss space (L1 unscaled) and the Pareto front",
-        shared_xaxes=True,
-        shared_yaxes=True,
-        horizontal_spacing=0.04,
         vertical_spacing=0.08,
+        **_SHARED_AXES,
     )
     arc = pareto_stationary_arc(141)
     import torch
@@ -156,12 +156,11 @@ def loss_space_figure(trajectories: pd.DataFrame, *, title: str | None = None) -
     for i, method in enumerate(methods):
         cell = _cell(i, columns)
         figure.add_trace(
-            go.Scatter(
-                x=front[:, 0],
-                y=front[:, 1],
-                mode="lines",
+            scatter_trace(
+                front[:, 0],
+                front[:, 1],
+                "Pareto front",
                 line={"color": "black", "width": 4},
-                name="Pareto front",
                 legendgroup="front",
                 showlegend=i == 0,
             ),
@@ -177,14 +176,8 @@ def distance_figure(trajectories: pd.DataFrame, tol: float | None = None, *, tit
     """Per method, each run's distance to the Pareto set (the nearer of segment and arc) over the steps; log scale."""
     from ..problems import pareto_distance
 
-    methods = [str(m) for m in pd.unique(trajectories["method"])]
-    figure, _, columns = _grid(
-        methods,
-        title or "Distance to the Pareto set over the steps",
-        shared_xaxes=True,
-        shared_yaxes=True,
-        horizontal_spacing=0.04,
-        vertical_spacing=0.1,
+    methods, figure, columns = _grid(
+        trajectories, title or "Distance to the Pareto set over the steps", vertical_spacing=0.1, **_SHARED_AXES
     )
     points = trajectories[["x1", "x2"]].to_numpy(copy=True)
     distance = np.minimum(pareto_distance(points).numpy(), arc_distance(points))
@@ -195,14 +188,8 @@ def distance_figure(trajectories: pd.DataFrame, tol: float | None = None, *, tit
             part = part.sort_values("step")
             label = _start_label(part)
             figure.add_trace(
-                go.Scatter(
-                    x=part["step"],
-                    y=part["distance"],
-                    mode="lines",
-                    name=label,
-                    legendgroup=label,
-                    showlegend=i == 0,
-                    line={"color": _COLORS[int(start) % len(_COLORS)]},
+                panel_line(
+                    part["step"], part["distance"], label, i == 0, line={"color": _COLORS[int(start) % len(_COLORS)]}
                 ),
                 **cell,
             )
@@ -215,10 +202,9 @@ def distance_figure(trajectories: pd.DataFrame, tol: float | None = None, *, tit
 
 def rescaling_figure(trajectories: pd.DataFrame, *, lim: float = 10.0, title: str | None = None) -> go.Figure:
     """Per method, the trajectories with task 1's loss at each scale (solid: first scale, dashed: second)."""
-    methods = [str(m) for m in pd.unique(trajectories["method"])]
     scales = list(pd.unique(trajectories["l1_scale"]))
-    figure, _, columns = _grid(
-        methods,
+    methods, figure, columns = _grid(
+        trajectories,
         title or "Does rescaling L1 change the trajectory? (solid vs dashed)",
         shared_yaxes=True,
         horizontal_spacing=0.05,
@@ -228,12 +214,11 @@ def rescaling_figure(trajectories: pd.DataFrame, *, lim: float = 10.0, title: st
     for i, method in enumerate(methods):
         cell = _cell(i, columns)
         figure.add_trace(
-            go.Scatter(
-                x=arc["x1"],
-                y=arc["x2"],
-                mode="lines",
+            scatter_trace(
+                arc["x1"],
+                arc["x2"],
+                "Pareto set",
                 line={"color": "black", "width": 4},
-                name="Pareto set",
                 legendgroup="pareto",
                 showlegend=i == 0,
             ),
@@ -245,13 +230,11 @@ def rescaling_figure(trajectories: pd.DataFrame, *, lim: float = 10.0, title: st
                 part = part.sort_values("step")
                 name = f"L1 x {scale:g}"
                 figure.add_trace(
-                    go.Scatter(
-                        x=part["x1"],
-                        y=part["x2"],
-                        mode="lines",
-                        name=name,
-                        legendgroup=name,
-                        showlegend=i == 0 and int(start) == int(rows["start"].min()),
+                    panel_line(
+                        part["x1"],
+                        part["x2"],
+                        name,
+                        i == 0 and int(start) == int(rows["start"].min()),
                         line={
                             "color": _COLORS[int(start) % len(_COLORS)],
                             "dash": dashes[j % len(dashes)],

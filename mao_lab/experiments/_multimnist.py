@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .._validate import Int, require
-from ..methods import available
 from ..problems import MultiMNIST, MultiMNISTProblem, load_multimnist
-from ..recorder import combine_runs
-from ._labels import SINGLE_TASK, method_label, run_name
-from ._problem import run_on_problem
-from ._training import Autocast, TrainingRun
+from ._labels import SINGLE_TASK
+from ._problem import check_methods, compare_runs, run_on_problem, score_table, train_on_problem
+from ._training import Autocast
 
 __all__ = ["MULTIMNIST_TASK_NAMES", "SCORE_COLUMNS", "compare_on_multimnist", "train_multimnist", "train_single_task"]
 
@@ -38,46 +34,6 @@ MULTIMNIST_TASK_NAMES: tuple[str, ...] = ("left", "right", "sum", "reconstruct")
 
 SCORE_COLUMNS = ["method", "seed", "step", "task", "metric", "value", "higher_is_better", "seconds"]
 """The columns of a scores table (:func:`train_multimnist`)."""
-
-
-def _train(
-    method: str,
-    train_data: MultiMNIST,
-    test: MultiMNIST,
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    label: str,
-    device: torch.device | str | None = None,
-    autocast: Autocast = None,
-    **options: Any,
-) -> TrainingRun:
-    """The one loop on MultiMNIST (:class:`~mao_lab.problems.MultiMNISTProblem`): the network of ``train_data``'s
-    tasks, scored on ``test`` at the start and end.
-
-    The network is seeded on its own (:func:`~mao_lab.problems.multimnist_model` with ``seed``), as these
-    functions always did, so the method's random draws start from the fresh seed."""
-    problem = MultiMNISTProblem(train_data, test, batch_size=batch_size, eval_batch_size=1000)
-    return run_on_problem(
-        problem,
-        method,
-        problem.task_names,
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        label=label,
-        device=device,
-        autocast=autocast,
-        **options,
-    )
-
-
-def _scores(run: TrainingRun, method: str, seed: int) -> pd.DataFrame:
-    seconds = run.evaluations["step"].map(lambda step: run.seconds if step > 0 else 0.0)
-    return run.evaluations.assign(method=method, seed=seed, seconds=seconds)[SCORE_COLUMNS]
 
 
 def _one_task(data: MultiMNIST, task: str) -> MultiMNIST:
@@ -124,41 +80,24 @@ def train_multimnist(
     >>> sorted(metrics["step"].unique().tolist()), scores["step"].unique().tolist()
     ([0, 2], [0, 3])
     """
-    if method not in available():
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(available())}")
-    require("steps", steps, Int(min=1))
     if tuple(test.tasks) != tuple(train.tasks):
         raise ValueError(f"train and test must have the same tasks, got {train.tasks} and {test.tasks}")
-    params = {
-        "problem": "multimnist",
-        "method": method,
-        "label": method_label(method),
-        "tasks": list(train.tasks),
-        "seed": seed,
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "every": every,
-        **hyperparameters,
-    }
-    run = _train(
+    metrics, scores = train_on_problem(
+        MultiMNISTProblem(train, test, batch_size=batch_size, eval_batch_size=1000),
         method,
-        train,
-        test,
         steps=steps,
         lr=lr,
         batch_size=batch_size,
         seed=seed,
-        label=run_name(method, seed),
-        hyperparameters=hyperparameters,
-        record_every=every,
+        every=every,
         run_dir=run_dir,
-        run_params=params,
         progress=progress,
         device=device,
         autocast=autocast,
+        **hyperparameters,
     )
-    return run.metrics, _scores(run, method, seed)
+    assert metrics is not None  # recorded: train checks that ``every`` is at least 1
+    return metrics, scores
 
 
 def train_single_task(
@@ -189,11 +128,13 @@ def train_single_task(
     [['single-task', 0, 'sum', 'mae'], ['single-task', 2, 'sum', 'mae']]
     """
     require("steps", steps, Int(min=1))
-    train, test = _one_task(train, task), _one_task(test, task)
-    run = _train(
+    problem = MultiMNISTProblem(
+        _one_task(train, task), _one_task(test, task), batch_size=batch_size, eval_batch_size=1000
+    )
+    run = run_on_problem(
+        problem,
         method,
-        train,
-        test,
+        problem.task_names,
         steps=steps,
         lr=lr,
         batch_size=batch_size,
@@ -203,7 +144,7 @@ def train_single_task(
         device=device,
         autocast=autocast,
     )
-    return _scores(run, SINGLE_TASK, seed)
+    return score_table(run, SINGLE_TASK, seed)
 
 
 def compare_on_multimnist(
@@ -237,26 +178,16 @@ def compare_on_multimnist(
         ``(metrics, scores)``: the recorder tables combined, with a ``run`` column (:func:`run_name`), and
         the scores of all runs, baselines included.
     """
-    unknown = [m for m in methods if m not in available()]
-    if not methods or unknown:
-        raise ValueError(
-            f"methods must name at least one method; unknown: {unknown}; available: {', '.join(available())}"
-        )
+    check_methods(methods)
     train = load_multimnist(data_path, "train", tuple(tasks), limit=num_train)
     test = load_multimnist(data_path, "test", tuple(tasks), limit=num_test)
     shared = {k: options[k] for k in ("steps", "lr", "batch_size", "device", "autocast") if k in options}
-    jobs = [(m, s) for s in seeds for m in methods] + (
-        [(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in tasks] if baselines else []
+    return compare_runs(
+        methods,
+        tasks if baselines else (),
+        seeds,
+        lambda method, seed, run_dir: train_multimnist(method, train, test, seed=seed, run_dir=run_dir, **options),
+        lambda task, seed: train_single_task(task, train, test, seed=seed, **shared),
+        run_root=run_root,
+        progress=progress,
     )
-    metrics, scores = [], []
-    bar = tqdm(jobs, desc="runs", disable=not progress)
-    for job, seed in bar:
-        bar.set_postfix_str(run_name(job, seed))
-        if job.startswith(f"{SINGLE_TASK}:"):
-            scores.append(train_single_task(job.split(":", 1)[1], train, test, seed=seed, **shared))
-            continue
-        run_dir = Path(run_root) / run_name(job, seed) if run_root is not None else None
-        frame, score = train_multimnist(job, train, test, seed=seed, run_dir=run_dir, **options)
-        metrics.append(frame.assign(run=run_name(job, seed)))
-        scores.append(score)
-    return combine_runs(metrics), pd.concat(scores, ignore_index=True)

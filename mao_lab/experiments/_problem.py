@@ -13,7 +13,7 @@ run's recorder log goes to ``run_root/<method>-seed<k>/`` (``04_balance_explorer
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..methods import available
 from ..problems import Problem, Split, metric_rows, seeded_init
 from ..recorder import combine_runs
 from ._labels import SINGLE_TASK, method_label, run_name
-from ._training import Autocast, TrainingRun, resolve_device, train
+from ._training import Autocast, TrainingRun, recording, resolve_device, train
 
 __all__ = ["SCORE_COLUMNS", "compare_on_problem", "train_on_problem"]
 
@@ -75,7 +75,9 @@ def run_on_problem(
     )
 
 
-def _scores(run: TrainingRun, method: str, seed: int) -> pd.DataFrame:
+def score_table(run: TrainingRun, method: str, seed: int) -> pd.DataFrame:
+    """``run``'s evaluations as a scores table (:data:`SCORE_COLUMNS`): ``seconds`` is the training time after
+    step 0, and 0 at step 0."""
     seconds = run.evaluations["step"].map(lambda step: run.seconds if step > 0 else 0.0)
     return run.evaluations.assign(method=method, seed=seed, seconds=seconds)[SCORE_COLUMNS]
 
@@ -124,8 +126,6 @@ def train_on_problem(
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
-        "every": every,
-        **hyperparameters,
     }
     run = run_on_problem(
         problem,
@@ -139,13 +139,10 @@ def train_on_problem(
         split=split,
         device=device,
         autocast=autocast,
-        hyperparameters=hyperparameters,
-        record_every=every,
-        run_dir=run_dir if every else None,
-        run_params=params,
         progress=progress,
+        **recording(params, hyperparameters, every=every, run_dir=run_dir if every else None),
     )
-    return run.metrics, _scores(run, method, seed)
+    return run.metrics, score_table(run, method, seed)
 
 
 def compare_on_problem(
@@ -177,26 +174,61 @@ def compare_on_problem(
         ``(metrics, scores)``: the recorder tables combined, with a ``run`` column (:func:`run_name`), and the
         scores of all runs, baselines included.
     """
+    check_methods(methods)
+    names = problem.tasks_or_all(tasks)
+    shared = {k: options[k] for k in ("steps", "lr", "batch_size", "split", "device", "autocast") if k in options}
+
+    def multi_task(method: str, seed: int, run_dir: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        frame, score = train_on_problem(problem, method, tasks=names, seed=seed, run_dir=run_dir, **options)
+        assert frame is not None  # recorded: ``every`` is never None here
+        return frame, score
+
+    def single_task(task: str, seed: int) -> pd.DataFrame:
+        _, score = train_on_problem(problem, "sum", tasks=(task,), seed=seed, every=None, **shared)
+        return score.assign(method=SINGLE_TASK)
+
+    return compare_runs(
+        methods, names if baselines else (), seeds, multi_task, single_task, run_root=run_root, progress=progress
+    )
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """``ValueError`` unless ``methods`` names at least one method, every one known."""
     unknown = [m for m in methods if m not in available()]
     if not methods or unknown:
         raise ValueError(
             f"methods must name at least one method; unknown: {unknown}; available: {', '.join(available())}"
         )
-    names = problem.tasks_or_all(tasks)
-    shared = {k: options[k] for k in ("steps", "lr", "batch_size", "split", "device", "autocast") if k in options}
-    jobs = [(m, s) for s in seeds for m in methods] + (
-        [(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in names] if baselines else []
-    )
+
+
+def compare_runs(
+    methods: Sequence[str],
+    baseline_tasks: Sequence[str],
+    seeds: Sequence[int],
+    multi_task: Callable[[str, int, Path | None], tuple[pd.DataFrame, pd.DataFrame]],
+    single_task: Callable[[str, int], pd.DataFrame],
+    *,
+    run_root: str | os.PathLike[str] | None,
+    progress: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs of a comparison under one tqdm bar: ``multi_task(method, seed, run_dir)`` for every method and
+    seed (``run_dir``: ``run_root/<method>-seed<k>/``, or ``None`` without ``run_root``), then
+    ``single_task(task, seed)`` for every task of ``baseline_tasks`` and seed.
+
+    Returns:
+        ``(metrics, scores)``: the multi-task runs' recorder tables combined, with a ``run`` column
+        (:func:`run_name`), and every run's scores.
+    """
+    jobs = [(m, s) for s in seeds for m in methods] + [(f"{SINGLE_TASK}:{t}", s) for s in seeds for t in baseline_tasks]
     metrics, scores = [], []
     bar = tqdm(jobs, desc="runs", disable=not progress)
     for job, seed in bar:
         bar.set_postfix_str(run_name(job, seed))
         if job.startswith(f"{SINGLE_TASK}:"):
-            _, score = train_on_problem(problem, "sum", tasks=(job.split(":", 1)[1],), seed=seed, every=None, **shared)
-            scores.append(score.assign(method=SINGLE_TASK))
+            scores.append(single_task(job.split(":", 1)[1], seed))
             continue
         run_dir = Path(run_root) / run_name(job, seed) if run_root is not None else None
-        frame, score = train_on_problem(problem, job, tasks=names, seed=seed, run_dir=run_dir, **options)
+        frame, score = multi_task(job, seed, run_dir)
         metrics.append(frame.assign(run=run_name(job, seed)))
         scores.append(score)
     return combine_runs(metrics), pd.concat(scores, ignore_index=True)

@@ -20,7 +20,7 @@ from .._validate import Int, require
 from ..problems import ImbalancedRegression, RegressionProblem, seeded_init
 from ..recorder import combine_runs
 from ._labels import method_label
-from ._training import Autocast, resolve_device, train
+from ._training import Autocast, recording, resolve_device, train
 
 __all__ = ["compare_methods", "final_losses", "train_with_recorder"]
 
@@ -83,8 +83,6 @@ def train_with_recorder(
         "lr": lr,
         "batch_size": batch_size,
         "seed": seed,
-        "every": every,
-        **hyperparameters,
     }
     run = train(
         build,
@@ -94,16 +92,13 @@ def train_with_recorder(
         batches=lambda s: data.batches("train", seed=s),
         seed=seed,
         lr=lr,
-        hyperparameters=hyperparameters,
-        record_every=every,
-        run_dir=run_dir,
-        run_params=params,
         evaluate=test_losses,
         eval_every=eval_every or max(1, steps // 20),
         progress=progress,
         desc=method_label(method),
         device=target,
         autocast=autocast,
+        **recording(params, hyperparameters, every=every, run_dir=run_dir),
     )
     losses = run.evaluations.merge(
         run.train_losses.rename(columns={"loss": "train_loss"}), on=["step", "task"], how="left"

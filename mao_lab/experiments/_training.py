@@ -294,6 +294,28 @@ def _evaluate(
             model.train(was_training)
 
 
+def recording(
+    params: Mapping[str, Any],
+    hyperparameters: Mapping[str, object],
+    *,
+    every: int | None,
+    run_dir: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """:func:`train`'s keywords for a recorded run: the method's ``hyperparameters``, the recorder every ``every``
+    steps (none when ``None``) and, with ``run_dir``, its log saved there with the run's parameters: ``params``,
+    then ``every`` and the hyperparameters (``params.json``).
+
+    >>> list(recording({"lr": 0.1}, {"beta": 0.5}, every=5, run_dir=None)["run_params"].items())
+    [('lr', 0.1), ('every', 5), ('beta', 0.5)]
+    """
+    return {
+        "hyperparameters": hyperparameters,
+        "record_every": every,
+        "run_dir": run_dir,
+        "run_params": {**params, "every": every, **hyperparameters},
+    }
+
+
 def resolve_device(device: torch.device | str | None, *, cuda_by_default: bool = True) -> torch.device:
     """``device`` as a :class:`torch.device`, checked; ``None``: CUDA when present (``cuda_by_default``), else the CPU.
 

@@ -52,10 +52,12 @@ from ._common import Seeded
 from ._registry import register
 from ._torchjd import (
     gradvac_phi,
+    load_balancer,
     load_gradvac_phi,
     load_nash_mtl_state,
     nash_mtl_state,
     require_private_state_support,
+    save_balancer,
 )
 
 __all__ = [
@@ -162,16 +164,11 @@ class NashMTLMethod(AggregatorMethod):
             return super()._aggregate(matrix, record)
 
     def _method_state(self) -> dict[str, Any]:
-        state = super()._method_state()
-        if isinstance(self.aggregator, aggregation.NashMTL):  # built
-            state["balancer"] = nash_mtl_state(self.aggregator)
-        return state
+        return save_balancer(super()._method_state(), self.aggregator, aggregation.NashMTL, nash_mtl_state)
 
     def _load_method_state(self, state: Mapping[str, Any]) -> None:
         super()._load_method_state(state)  # checks the whole state, then builds a fresh aggregator
-        if "balancer" in state:
-            assert isinstance(self.aggregator, aggregation.NashMTL)
-            load_nash_mtl_state(self.aggregator, state["balancer"])
+        load_balancer(state, self.aggregator, aggregation.NashMTL, load_nash_mtl_state)
 
 
 @register(
@@ -231,12 +228,10 @@ class GradVacMethod(Seeded, AggregatorMethod):
 
     def _method_state(self) -> dict[str, Any]:
         state = super()._method_state()
-        if isinstance(self.aggregator, aggregation.GradVac):  # built
-            state["balancer"] = {"phi": gradvac_phi(self.aggregator)}
-        return state
+        return save_balancer(state, self.aggregator, aggregation.GradVac, lambda gradvac: {"phi": gradvac_phi(gradvac)})
 
     def _load_method_state(self, state: Mapping[str, Any]) -> None:
         super()._load_method_state(state)  # checks the whole state, then builds a fresh aggregator
-        if "balancer" in state:
-            assert isinstance(self.aggregator, aggregation.GradVac)
-            load_gradvac_phi(self.aggregator, state["balancer"]["phi"])
+        load_balancer(
+            state, self.aggregator, aggregation.GradVac, lambda gradvac, saved: load_gradvac_phi(gradvac, saved["phi"])
+        )

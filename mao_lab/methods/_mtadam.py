@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checkpoints import CheckpointError, check_optimizer_state, check_step, check_tensor
-from .._memory import check_fits, step_counter_bytes, tasks_reaching
+from .._memory import plan_task_state, step_counter_bytes, tasks_reaching
 from .._observe import StepRecord
 from .._task_gradients import TaskGradients, TaskUpdates
 from .._validate import ADAM_HYPERPARAMETERS, Hyperparameter, number
@@ -159,21 +159,13 @@ class MTAdam(Optimizer):
     def _reserve_state(self, task_grads: TaskGradients) -> None:
         """Make the state of every parameter this step reaches (zeros for tasks new to it), checked to fit
         on CUDA, before committing any: running out of memory here changes nothing."""
-        where = task_grads.index()
-        plans: list[tuple[Tensor, dict[str, Any] | None, tuple[int, ...]]] = []
-        needed: dict[torch.device, int] = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                i = where.get(id(p))
-                if i is None or not task_grads.tasks[i]:
-                    continue
-                old = self.state.get(p) or None
-                tasks = tuple(sorted(set(task_grads.tasks[i]) | set(old["tasks"] if old else ())))
-                if old is None or tasks != tuple(old["tasks"]):
-                    plans.append((p, old, tasks))
-                    needed[p.device] = needed.get(p.device, 0) + 2 * len(tasks) * (p.numel() + 1) * p.element_size()
-        for device, count in needed.items():
-            check_fits(count, device, f"MTAdam's state for {task_grads.num_tasks} tasks")
+        plans = plan_task_state(
+            self.param_groups,
+            self.state,
+            task_grads,
+            lambda p: 2 * (p.numel() + 1) * p.element_size(),  # two moments, a running norm and a flag
+            f"MTAdam's state for {task_grads.num_tasks} tasks",
+        )
         pending = []
         for p, old, tasks in plans:
             state: dict[str, Any] = {"step": torch.tensor(0.0) if old is None else old["step"], "tasks": tasks}

@@ -43,9 +43,11 @@ from ._torchjd import (
     dwa_state,
     famo_dtype,
     famo_state,
+    load_balancer,
     load_dwa_state,
     load_famo_state,
     require_private_state_support,
+    save_balancer,
 )
 from ._weighted import ScalarizerMethod
 
@@ -127,16 +129,18 @@ class DWAMethod(ScalarizerMethod):
         return weights
 
     def _method_state(self) -> dict[str, Any]:
-        state = super()._method_state()
-        if isinstance(self.scalarizer, scalarization.DWA):  # built; DWA's entry replaces the scalarizer's
-            state["balancer"] = {**dwa_state(self.scalarizer), "steps_in_epoch": self._steps_in_epoch}
-        return state
+        state = super()._method_state()  # DWA's entry replaces the scalarizer's
+        return save_balancer(
+            state,
+            self.scalarizer,
+            scalarization.DWA,
+            lambda dwa: {**dwa_state(dwa), "steps_in_epoch": self._steps_in_epoch},
+        )
 
     def _load_method_state(self, state: Mapping[str, Any]) -> None:
         super()._load_method_state(state)  # checks the whole state, then builds a fresh scalarizer
+        load_balancer(state, self.scalarizer, scalarization.DWA, load_dwa_state)
         if "balancer" in state:
-            assert isinstance(self.scalarizer, scalarization.DWA)
-            load_dwa_state(self.scalarizer, state["balancer"])
             self._steps_in_epoch = int(state["balancer"]["steps_in_epoch"])
 
 
@@ -200,13 +204,9 @@ class FAMOMethod(ScalarizerMethod):
         return stacked
 
     def _method_state(self) -> dict[str, Any]:
-        state = super()._method_state()
-        if isinstance(self.scalarizer, scalarization.FAMO):  # built; FAMO's entry replaces the scalarizer's
-            state["balancer"] = famo_state(self.scalarizer)
-        return state
+        state = super()._method_state()  # FAMO's entry replaces the scalarizer's
+        return save_balancer(state, self.scalarizer, scalarization.FAMO, famo_state)
 
     def _load_method_state(self, state: Mapping[str, Any]) -> None:
         super()._load_method_state(state)  # checks the whole state, then builds a fresh scalarizer
-        if "balancer" in state:
-            assert isinstance(self.scalarizer, scalarization.FAMO)
-            load_famo_state(self.scalarizer, state["balancer"])
+        load_balancer(state, self.scalarizer, scalarization.FAMO, load_famo_state)

@@ -16,8 +16,9 @@ ImportError: method 'dwa' saves and restores internals of torchjd 0.18 (the stat
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from importlib.metadata import version as installed_version
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,11 +34,15 @@ __all__ = [
     "gradvac_phi",
     "load_dwa_state",
     "load_famo_state",
+    "load_balancer",
     "load_gradvac_phi",
     "load_nash_mtl_state",
     "nash_mtl_state",
     "require_private_state_support",
+    "save_balancer",
 ]
+
+_Balancer = TypeVar("_Balancer")
 
 SUPPORTED_TORCHJD = "0.18"
 """The TorchJD release series whose internals this module reads (``requirements.txt`` pins 0.18.0)."""
@@ -56,6 +61,26 @@ def check_torchjd_version(found: str, method: str) -> None:
 def require_private_state_support(method: str) -> None:
     """Called when DWA, FAMO, GradVac or Nash-MTL is built: refuse a TorchJD whose internals may differ."""
     check_torchjd_version(installed_version("torchjd"), method)
+
+
+def save_balancer(
+    state: dict[str, Any], balancer: object, kind: type[_Balancer], save: Callable[[_Balancer], dict[str, Any]]
+) -> dict[str, Any]:
+    """A method's own ``state`` with its TorchJD ``balancer``'s state, ``save(balancer)``, under ``"balancer"``
+    once the balancer is built (a ``kind``); before its first step a method has none to save."""
+    if isinstance(balancer, kind):
+        state["balancer"] = save(balancer)
+    return state
+
+
+def load_balancer(
+    state: Mapping[str, Any], balancer: object, kind: type[_Balancer], load: Callable[[_Balancer, Any], None]
+) -> None:
+    """Load a saved ``state["balancer"]`` (:func:`save_balancer`) into ``balancer``: the fresh ``kind`` that
+    loading the method's state has built."""
+    if "balancer" in state:
+        assert isinstance(balancer, kind)
+        load(balancer, state["balancer"])
 
 
 # -- DWA: the running loss sums of the current epoch and the averages of the last two ----------------

@@ -8,7 +8,7 @@ length (P3), Δm% against seconds per epoch (P4) and the best method's validatio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ..experiments import delta_m, show_figure
-from ..experiments._figures import band, interval_whisker, wrap_title
+from ..experiments._figures import band, interval_whisker, scatter_trace, wrap_title
 from ._analysis import BALANCE_THRESHOLD, CLAIMS, final_runs, grouping_points
 from ._design import SINGLE_TASK_PREFIX, StudyDesign
 from ._stats import mean_interval
@@ -64,20 +64,20 @@ def learning_rate_figure(choice: pd.DataFrame, setting: str) -> go.Figure:
         rows = rows.sort_values("lr")
         color = _PALETTE[i % len(_PALETTE)]
         figure.add_trace(
-            go.Scatter(
-                x=rows["lr"],
-                y=rows["criterion"],
+            scatter_trace(
+                rows["lr"],
+                rows["criterion"],
+                config.split(".", 1)[1],
                 mode="lines+markers",
-                name=config.split(".", 1)[1],
                 line={"color": color},
                 legendgroup=config,
             )
         )
         picked = rows[rows["chosen"]]
         figure.add_trace(
-            go.Scatter(
-                x=picked["lr"],
-                y=picked["criterion"],
+            scatter_trace(
+                picked["lr"],
+                picked["criterion"],
                 mode="markers",
                 showlegend=False,
                 legendgroup=config,
@@ -110,18 +110,16 @@ def claim_figure(ledger: pd.DataFrame, claim: str) -> go.Figure:
     figure = go.Figure()
     for verdict, rows in parts.groupby("verdict", sort=False):
         figure.add_trace(
-            go.Scatter(
-                x=rows["estimate"],
-                y=rows["part"],
+            scatter_trace(
+                rows["estimate"],
+                rows["part"],
+                str(verdict),
                 mode="markers",
-                name=str(verdict),
                 marker={"color": colors[str(verdict)], "size": 9},
                 error_x=interval_whisker(rows),
                 customdata=np.stack([rows["low"], rows["high"], rows["seeds"]], axis=1),
-                hovertemplate=(
-                    "%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
-                    "%{customdata[2]} seeds<extra></extra>"
-                ),
+                hovertemplate="%{y}<br>%{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
+                "%{customdata[2]} seeds<extra></extra>",
             )
         )
     for threshold in pd.unique(parts["threshold"]):
@@ -151,13 +149,8 @@ def balance_figure(
         color = _PALETTE[i % len(_PALETTE)]
         figure.add_trace(band(stats["step"], stats["min"], stats["max"], color=color, opacity=0.15, group=config))
         figure.add_trace(
-            go.Scatter(
-                x=stats["step"],
-                y=stats["mean"],
-                mode="lines",
-                name=config.split(".", 1)[1],
-                line={"color": color},
-                legendgroup=config,
+            scatter_trace(
+                stats["step"], stats["mean"], config.split(".", 1)[1], line={"color": color}, legendgroup=config
             )
         )
     if statistic == "imbalance":
@@ -191,11 +184,11 @@ def spread_figure(runs: pd.DataFrame, choice: pd.DataFrame, setting: str = "mm4"
             rows.append((variant, interval.estimate, interval.low, interval.high))
         table = pd.DataFrame(rows, columns=["variant", "estimate", "low", "high"])
         figure.add_trace(
-            go.Scatter(
-                x=table["variant"],
-                y=table["estimate"],
+            scatter_trace(
+                table["variant"],
+                table["estimate"],
+                quantity.replace("_", " "),
                 mode="markers",
-                name=quantity.replace("_", " "),
                 marker={"color": color, "size": 9},
                 error_y=interval_whisker(table),
             )
@@ -221,11 +214,11 @@ def compute_figure(
     for i, (config, size) in enumerate(sorted(points.items(), key=lambda kv: kv[1])):
         part = merged[merged["config"] == config]
         figure.add_trace(
-            go.Scatter(
-                x=part["seconds_per_epoch"],
-                y=part["delta_m"],
+            scatter_trace(
+                part["seconds_per_epoch"],
+                part["delta_m"],
+                f"s = {size} ({config.split('.', 1)[1]})",
                 mode="markers",
-                name=f"s = {size} ({config.split('.', 1)[1]})",
                 marker={"size": 9, "color": _PALETTE[i % len(_PALETTE)]},
                 hovertemplate="seed %{text}<br>%{x:.2f} s/epoch, Δm %{y:.2f}%<extra></extra>",
                 text=part["seed"],
@@ -274,13 +267,9 @@ def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
     """One line per seed of :func:`validation_curve`, and their mean."""
     figure = go.Figure()
     for seed, part in curve.groupby("seed"):
-        figure.add_trace(
-            go.Scatter(x=part["step"], y=part["criterion"], mode="lines", name=f"seed {seed}", opacity=0.5)
-        )
+        figure.add_trace(scatter_trace(part["step"], part["criterion"], f"seed {seed}", opacity=0.5))
     mean = curve.groupby("step")["criterion"].mean()
-    figure.add_trace(
-        go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name="mean", line={"color": "black", "width": 3})
-    )
+    figure.add_trace(scatter_trace(mean.index, mean.to_numpy(), "mean", line={"color": "black", "width": 3}))
     label = "validation MSE (norm.)" if config.startswith("reg") else "validation Δm%"
     note = (
         "mean normalised validation MSE"
@@ -297,11 +286,50 @@ def validation_curve_figure(curve: pd.DataFrame, config: str) -> go.Figure:
 
 
 class _ClaimViews:
-    """What the two claims explorers share: ``widget`` (the controls and views), ``figures`` (the current views,
-    the claim's under ``"claim"``) and how a notebook shows them."""
+    """What the two claims explorers share: a claim above its view, a configuration above its views and a last
+    control of the explorer's own above its view, each view drawn now and again whenever its control changes;
+    ``widget`` (the controls and views), ``figures`` (the current views, the claim's under ``"claim"``) and how a
+    notebook shows them."""
 
     widget: widgets.Widget
     figures: dict[str, go.Figure]
+
+    def __init__(
+        self,
+        claim_figure: Callable[[str], go.Figure],
+        configs: Sequence[str],
+        config_views: tuple[Sequence[str], Callable[[], None]],
+        last: tuple[widgets.Dropdown, str, Callable[[], None]],
+    ) -> None:
+        """``claim_figure(claim)`` draws a claim; ``configs`` are the configurations to pick from (``mm4.mao`` first
+        when there); ``config_views`` names the views under the configuration and draws them; ``last`` is the last
+        control, its view's name and what draws it."""
+        self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
+        self.config = widgets.Dropdown(
+            options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method"
+        )
+        (under_config, draw_config), (control, view, draw_last) = config_views, last
+        self.views = {name: widgets.Output() for name in ("claim", *under_config, view)}
+        self.widget = widgets.VBox(
+            [
+                self.claim,
+                self.views["claim"],
+                self.config,
+                *(self.views[v] for v in under_config),
+                control,
+                self.views[view],
+            ]
+        )
+        self.figures = {}
+        drawers = (
+            (self.claim, lambda: self._show("claim", claim_figure(str(self.claim.value)))),
+            (self.config, draw_config),
+            (control, draw_last),
+        )
+        for dropdown, draw in drawers:
+            dropdown.observe(lambda _, draw=draw: draw(), names="value")
+        for _, draw in drawers:
+            draw()
 
     def static_figure(self) -> go.Figure:
         """The claim view shown now: the copy an HTML export shows (see :func:`mao_lab.notebook.display_live`)."""
@@ -311,6 +339,11 @@ class _ClaimViews:
         from IPython.display import display
 
         display(self.widget)
+
+    def _show(self, view: str, figure: go.Figure) -> None:
+        """Show ``figure`` in the view named ``view``, and keep it in :attr:`figures`."""
+        self.figures[view] = figure
+        show_figure(self.views[view], figure)
 
 
 class ClaimsExplorer(_ClaimViews):
@@ -326,44 +359,21 @@ class ClaimsExplorer(_ClaimViews):
         choice = study["learning_rates"]
         configs = [str(c) for c in pd.unique(choice["config"])]
         tasks = sorted({t for c in design.configs() for t in c.tasks})
-        self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
-        self.config = widgets.Dropdown(
-            options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method"
-        )
         self.task = widgets.Dropdown(options=tasks, value=tasks[0], description="task")
-        self.views = {name: widgets.Output() for name in ("claim", "curve", "balance", "task")}
-        self.figures: dict[str, go.Figure] = {}
-        self.claim.observe(lambda _: self._draw_claim(), names="value")
-        self.config.observe(lambda _: self._draw_config(), names="value")
-        self.task.observe(lambda _: self._draw_task(), names="value")
-        self.widget = widgets.VBox(
-            [
-                self.claim,
-                self.views["claim"],
-                self.config,
-                self.views["curve"],
-                self.views["balance"],
-                self.task,
-                self.views["task"],
-            ]
+        super().__init__(
+            lambda claim: claim_figure(study["ledger"], claim),
+            configs,
+            (("curve", "balance"), self._draw_config),
+            (self.task, "task", self._draw_task),
         )
-        self._draw_claim()
-        self._draw_config()
-        self._draw_task()
-
-    def _draw_claim(self) -> None:
-        self.figures["claim"] = claim_figure(self.study["ledger"], str(self.claim.value))
-        show_figure(self.views["claim"], self.figures["claim"])
 
     def _draw_config(self) -> None:
         config = str(self.config.value)
         curve = validation_curve(self.study["scores"], self.study["learning_rates"], config, self.study["design"])
-        self.figures["curve"] = validation_curve_figure(curve, config)
-        show_figure(self.views["curve"], self.figures["curve"])
+        self._show("curve", validation_curve_figure(curve, config))
         setting = config.split(".", 1)[0]
         balance = self.study["balance"][self.study["balance"]["config"] == config]
-        self.figures["balance"] = balance_figure(balance, self.study["learning_rates"], setting)
-        show_figure(self.views["balance"], self.figures["balance"])
+        self._show("balance", balance_figure(balance, self.study["learning_rates"], setting))
 
     def _draw_task(self) -> None:
         task = str(self.task.value)
@@ -375,13 +385,7 @@ class ClaimsExplorer(_ClaimViews):
         for i, (config, part) in enumerate(val.groupby("config", sort=False)):
             mean = part.groupby("step")["value"].mean()
             figure.add_trace(
-                go.Scatter(
-                    x=mean.index,
-                    y=mean.to_numpy(),
-                    mode="lines",
-                    name=config,
-                    line={"color": _PALETTE[i % len(_PALETTE)]},
-                )
+                scatter_trace(mean.index, mean.to_numpy(), config, line={"color": _PALETTE[i % len(_PALETTE)]})
             )
         metric = str(val["metric"].iloc[0]) if len(val) else ""
         _titled(
@@ -391,8 +395,7 @@ class ClaimsExplorer(_ClaimViews):
             xaxis_title="step",
             yaxis_title=metric,
         )
-        self.figures["task"] = figure
-        show_figure(self.views["task"], figure)
+        self._show("task", figure)
 
 
 def final_table(study: Mapping[str, Any]) -> pd.DataFrame:

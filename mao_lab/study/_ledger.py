@@ -1073,14 +1073,13 @@ def ledger_only(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             raise
         raise LedgerInputError(f"cannot recompute the ledger of {folder}: {error}") from error
     differences = _differences(stored, ledger)
-    learning_rates = tables["learning_rates"] if tables is not None else _chosen_from_methods(intervals)
     written = write_ledger(
         out_dir,
         ledger,
         provenance,
         design,
         delta_m_intervals=intervals if intervals is not None else None,
-        learning_rates=learning_rates,
+        learning_rates=tables["learning_rates"] if tables is not None else _chosen_from_methods(intervals),
         validation=validation,
         budgets=budgets,
         tables=tables,

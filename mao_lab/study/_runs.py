@@ -74,23 +74,23 @@ def problem_of(config: RunConfig, design: StudyDesign) -> tuple[Problem, tuple[s
     made once by its factory and each configuration trains a subset of its tasks.
     """
     if config.problem == "multimnist":
-        options = {
+        factory = "mao_lab.problems:multimnist_problem"
+        options: dict[str, Any] = {
             "tasks": list(config.tasks),
             "num_train": design.num_train,
             "num_val": design.num_val,
             "num_test": design.num_test,
-            "batch_size": design.batch_size,
         }
-        return _load("mao_lab.problems:multimnist_problem", json.dumps(options)), config.tasks
-    if config.problem == "regression":
+    elif config.problem == "regression":
+        factory = "mao_lab.problems:regression_problem"
         options = {
             "num_tasks": len(config.tasks),
             "num_samples": design.regression_samples,
             "num_val": design.regression_val,
-            "batch_size": design.batch_size,
         }
-        return _load("mao_lab.problems:regression_problem", json.dumps(options)), config.tasks
-    return _load(config.problem, json.dumps(dict(design.problem_options), sort_keys=True)), config.tasks
+    else:
+        return _load(config.problem, json.dumps(dict(design.problem_options), sort_keys=True)), config.tasks
+    return _load(factory, json.dumps({**options, "batch_size": design.batch_size})), config.tasks
 
 
 def _rows(problem: Problem, model: nn.Module, split: Split, tasks: tuple[str, ...], name: str) -> list[dict[str, Any]]:

@@ -29,9 +29,9 @@ import ipywidgets as widgets
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..experiments import delta_m_figure, show_figure
-from ..experiments._figures import interval_whisker
-from ._analysis import BALANCE_THRESHOLD, CLAIMS, grouping_points
+from ..experiments import delta_m_figure
+from ..experiments._figures import interval_whisker, scatter_trace
+from ._analysis import BALANCE_THRESHOLD, grouping_points
 from ._design import StudyDesign
 from ._figures import _PALETTE, _ClaimViews, _titled, claim_figure
 from ._ledger import load_ledger
@@ -151,11 +151,11 @@ def chosen_rate_figure(methods: pd.DataFrame, design: StudyDesign) -> go.Figure:
     figure = go.Figure()
     for i, (setting, rows) in enumerate(methods.groupby("setting", sort=False)):
         figure.add_trace(
-            go.Scatter(
-                x=rows["config"],
-                y=rows["chosen_lr"],
+            scatter_trace(
+                rows["config"],
+                rows["chosen_lr"],
+                setting,
                 mode="markers",
-                name=setting,
                 marker={"size": 11, "color": _PALETTE[i % len(_PALETTE)]},
                 hovertemplate="%{x}: lr %{y:g}<extra></extra>",
             )
@@ -178,11 +178,11 @@ def validation_levels_figure(validation: pd.DataFrame, configs: Sequence[str], t
         rows = validation[validation["config"] == config].sort_values("step")
         width = 3 if i == 0 else 1.5
         figure.add_trace(
-            go.Scatter(
-                x=rows["step"],
-                y=rows["criterion"],
+            scatter_trace(
+                rows["step"],
+                rows["criterion"],
+                config,
                 mode="lines+markers",
-                name=config,
                 line={"color": _PALETTE[i % len(_PALETTE)], "width": width},
             )
         )
@@ -209,22 +209,22 @@ def balance_summary_figure(ledger: pd.DataFrame) -> go.Figure:
     difference = {str(p).split(":", 1)[0]: float(e) for p, e in zip(differences["part"], differences["estimate"])}
     figure = go.Figure()
     figure.add_trace(
-        go.Scatter(
-            x=settings,
-            y=own["estimate"],
+        scatter_trace(
+            settings,
+            own["estimate"],
+            "MAO",
             mode="markers",
-            name="MAO",
             marker={"size": 11, "color": _PALETTE[0]},
             error_y=interval_whisker(own),
         )
     )
     sums = [float(e) - difference[s] for s, e in zip(settings, own["estimate"]) if s in difference]
     figure.add_trace(
-        go.Scatter(
-            x=[s for s in settings if s in difference],
-            y=sums,
+        scatter_trace(
+            [s for s in settings if s in difference],
+            sums,
+            "Adam on the sum",
             mode="markers",
-            name="Adam on the sum",
             marker={"size": 11, "symbol": "square", "color": _PALETTE[1]},
         )
     )
@@ -250,15 +250,15 @@ def grouping_figure(methods: pd.DataFrame, design: StudyDesign) -> go.Figure:
     points = grouping_points(design)
     rows = methods[methods["config"].isin(points)].assign(size=lambda t: t["config"].map(points)).sort_values("size")
     figure = go.Figure(
-        go.Scatter(
-            x=rows["size"],
-            y=rows["estimate"],
+        scatter_trace(
+            rows["size"],
+            rows["estimate"],
+            "Δm%",
             mode="lines+markers",
             marker={"size": 11},
             text=rows["variant"],
             error_y=interval_whisker(rows),
             hovertemplate="s = %{x} (%{text}): Δm %{y:.2f}%<extra></extra>",
-            name="Δm%",
         )
     )
     return _titled(
@@ -284,26 +284,13 @@ class CommittedExplorer(_ClaimViews):
         methods: pd.DataFrame = committed["methods"]
         configs = [str(c) for c in pd.unique(validation["config"])]
         settings = [str(s) for s in pd.unique(methods["setting"])]
-        self.claim = widgets.Dropdown(options=list(CLAIMS), value="M2", description="claim")
-        self.config = widgets.Dropdown(
-            options=configs, value="mm4.mao" if "mm4.mao" in configs else configs[0], description="method"
-        )
         self.setting = widgets.Dropdown(options=settings, value=settings[0], description="setting")
-        self.views = {name: widgets.Output() for name in ("claim", "curve", "setting")}
-        self.figures: dict[str, go.Figure] = {}
-        self.claim.observe(lambda _: self._draw_claim(), names="value")
-        self.config.observe(lambda _: self._draw_config(), names="value")
-        self.setting.observe(lambda _: self._draw_setting(), names="value")
-        self.widget = widgets.VBox(
-            [self.claim, self.views["claim"], self.config, self.views["curve"], self.setting, self.views["setting"]]
+        super().__init__(
+            lambda claim: readable_claim_figure(committed["ledger"], claim),
+            configs,
+            (("curve",), self._draw_config),
+            (self.setting, "setting", self._draw_setting),
         )
-        self._draw_claim()
-        self._draw_config()
-        self._draw_setting()
-
-    def _draw_claim(self) -> None:
-        self.figures["claim"] = readable_claim_figure(self.committed["ledger"], str(self.claim.value))
-        show_figure(self.views["claim"], self.figures["claim"])
 
     def _draw_config(self) -> None:
         config = str(self.config.value)
@@ -311,13 +298,8 @@ class CommittedExplorer(_ClaimViews):
         configs = [config] + (
             [reference] if reference != config and reference in set(self.committed["validation"]["config"]) else []
         )
-        self.figures["curve"] = validation_levels_figure(
-            self.committed["validation"], configs, f"{config}: the validation curve at its chosen learning rate"
-        )
-        show_figure(self.views["curve"], self.figures["curve"])
+        title = f"{config}: the validation curve at its chosen learning rate"
+        self._show("curve", validation_levels_figure(self.committed["validation"], configs, title))
 
     def _draw_setting(self) -> None:
-        setting = str(self.setting.value)
-        figure = delta_m_figure(self.committed["methods"], setting=setting)
-        self.figures["setting"] = figure
-        show_figure(self.views["setting"], figure)
+        self._show("setting", delta_m_figure(self.committed["methods"], setting=str(self.setting.value)))
