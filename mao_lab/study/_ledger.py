@@ -364,6 +364,31 @@ BUDGET_FRACTIONS = (0.5, 0.75, 1.0)
 """The budgets :func:`levelling_by_budget` reads by default, as fractions of the study's MultiMNIST steps."""
 
 
+def _budgets(design: StudyDesign, field_name: str, budgets: Sequence[int] | None) -> list[int]:
+    """``budgets`` checked against the study's ``field_name`` steps; default: the evaluation steps at
+    :data:`BUDGET_FRACTIONS` of them."""
+    steps = getattr(design, field_name)
+    if budgets is None:
+        every = design.eval_every
+        return sorted({max(every, int(steps * f) // every * every) for f in BUDGET_FRACTIONS})
+    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= steps]
+    if bad:
+        problem = "MultiMNIST" if field_name == "steps" else "regression"
+        raise ValueError(f"budgets must be step counts in 1..{steps} (the study's {problem} steps), got {bad}")
+    return list(budgets)
+
+
+def _validation_and_rates(
+    scores: pd.DataFrame, design: StudyDesign, configs: set[str]
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The validation rows of ``configs`` and the rates the full study chose for them."""
+    from ._analysis import choose_learning_rates
+
+    val = scores[(scores["split"] == "val") & scores["config"].isin(configs)]
+    full = choose_learning_rates(val, design)
+    return val, dict(zip(full[full["chosen"]]["config"], full[full["chosen"]]["lr"]))
+
+
 def levelling_by_budget(
     scores: pd.DataFrame, design: StudyDesign, budgets: Sequence[int] | None = None, problem: str = "multimnist"
 ) -> pd.DataFrame:
@@ -392,20 +417,11 @@ def levelling_by_budget(
 
     if problem not in ("multimnist", "regression"):
         raise ValueError(f"problem must be 'multimnist' or 'regression', got {problem!r}")
-    steps = design.steps if problem == "multimnist" else design.regression_steps
     field_name = "steps" if problem == "multimnist" else "regression_steps"
-    if budgets is None:
-        budgets = sorted(
-            {max(design.eval_every, int(steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS}
-        )
-    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= steps]
-    if bad:
-        raise ValueError(f"budgets must be step counts in 1..{steps} (the study's {problem} steps), got {bad}")
+    budgets = _budgets(design, field_name, budgets)
     # "multimnist": the all-task problem's configurations (MultiMNIST's, or your problem's), never the regression's
     configs = {c.name for c in design.configs() if (c.problem == "regression") == (problem == "regression")}
-    val = scores[(scores["split"] == "val") & scores["config"].isin(configs)]
-    full = choose_learning_rates(val, design)
-    full_rates = dict(zip(full[full["chosen"]]["config"], full[full["chosen"]]["lr"]))
+    val, full_rates = _validation_and_rates(scores, design, configs)
     frames = []
     for budget in budgets:
         shorter = dataclasses.replace(design, **{field_name: budget})
@@ -465,18 +481,9 @@ def balance_by_budget(
         :func:`~mao_lab.study.balance_summary`'s columns for the regression's MAO and sum runs at each budget's
         chosen rate, with ``budget`` first and ``same_rate`` (the rate chosen at ``B`` is the study's) last.
     """
-    steps = design.regression_steps
-    if budgets is None:
-        budgets = sorted(
-            {max(design.eval_every, int(steps * f) // design.eval_every * design.eval_every) for f in BUDGET_FRACTIONS}
-        )
-    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 0 < b <= steps]
-    if bad:
-        raise ValueError(f"budgets must be step counts in 1..{steps} (the study's regression steps), got {bad}")
+    budgets = _budgets(design, "regression_steps", budgets)
     configs = {c.name for c in design.configs() if c.problem == "regression" and c.variant in ("mao", "sum")}
-    val = scores[(scores["split"] == "val") & scores["config"].isin(configs)]
-    full = choose_learning_rates(val, design)
-    full_rates = dict(zip(full[full["chosen"]]["config"], full[full["chosen"]]["lr"]))
+    val, full_rates = _validation_and_rates(scores, design, configs)
     rows = balance[balance["config"].isin(configs)]
     frames = []
     for budget in budgets:
