@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = answer_key_markdown()
+    # generated here, into the git-ignored --out folder: never a file of the repository
     markdown = write_atomically(out / "answer-key.md", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     print(markdown)
     try:
