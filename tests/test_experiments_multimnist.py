@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ import torch
 from mao_lab.experiments import (
     SINGLE_TASK,
     MultiMNISTExplorer,
-    compare_on_multimnist,
+    compare_on_problem,
     delta_m,
     delta_m_figure,
     delta_m_table,
@@ -35,10 +37,9 @@ from mao_lab.experiments import (
     results_wide,
     run_name,
     task_metric_figure,
-    train_multimnist,
-    train_single_task,
+    train_on_problem,
 )
-from mao_lab.problems import load_multimnist, multimnist_model
+from mao_lab.problems import MultiMNISTProblem, MultiTaskNet, load_multimnist, multimnist_model, multimnist_problem
 
 TASKS = ("left", "right", "sum", "reconstruct")
 
@@ -141,8 +142,29 @@ def test_run_names_round_trip() -> None:
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_multimnist(tasks=TASKS, limit=2000), load_multimnist(split="test", tasks=TASKS, limit=500)
+def problem() -> MultiMNISTProblem:
+    return multimnist_problem(TASKS, num_train=2000, num_val=0, num_test=500, batch_size=32)
+
+
+class _WatchedProblem(MultiMNISTProblem):
+    """A MultiMNIST problem that keeps, for every network it builds, its tasks, its trunk as built and the training
+    images of every batch the run then draws."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs: list[dict[str, Any]] = []
+
+    def build_model(self, tasks: Sequence[str] | None = None) -> MultiTaskNet:
+        model = super().build_model(tasks)
+        trunk = {name: value.clone() for name, value in model.trunk.state_dict().items()}
+        self.runs.append({"tasks": self.tasks_or_all(tasks), "trunk": trunk, "images": []})
+        return model
+
+    def batches(self, split: str, *, seed: int = 0, batch_size: int | None = None) -> Iterator[Any]:
+        for images, targets in super().batches(split, seed=seed, batch_size=batch_size):
+            if split == "train":
+                self.runs[-1]["images"].append(images.clone())
+            yield images, targets
 
 
 def _improved(scores: pd.DataFrame) -> dict[str, bool]:
@@ -153,52 +175,68 @@ def _improved(scores: pd.DataFrame) -> dict[str, bool]:
     }
 
 
-def test_a_short_mao_run_is_repeatable_and_improves_every_task(data) -> None:
-    train, test = data
-    metrics, scores = train_multimnist("mao", train, test, steps=60, batch_size=32, seed=3, every=10)
-    again, scores_again = train_multimnist("mao", train, test, steps=60, batch_size=32, seed=3, every=10)
+def test_a_short_mao_run_is_repeatable_and_improves_every_task(problem) -> None:
+    metrics, scores = train_on_problem(problem, "mao", steps=60, batch_size=32, seed=3, every=10)
+    again, scores_again = train_on_problem(problem, "mao", steps=60, batch_size=32, seed=3, every=10)
     pd.testing.assert_frame_equal(scores.drop(columns="seconds"), scores_again.drop(columns="seconds"))
     pd.testing.assert_frame_equal(metrics, again)
     assert _improved(scores) == dict.fromkeys(TASKS, True), scores
     assert sorted(metrics["step"].unique()) == [0, 10, 20, 30, 40, 50]
+    columns = ["method", "seed", "step", "task", "metric", "value", "higher_is_better", "seconds"]  # as documented
+    assert list(scores.columns) == columns and scores["step"].unique().tolist() == [0, 60]
     # Another seed is another run.
-    _, other = train_multimnist("mao", train, test, steps=5, batch_size=32, seed=4, every=10)
+    _, other = train_on_problem(problem, "mao", steps=5, batch_size=32, seed=4, every=10)
     assert not np.allclose(other[other["step"] == 0]["value"], scores[scores["step"] == 0]["value"])
 
 
-def test_every_method_starts_from_the_same_network_and_the_baseline_shares_its_trunk(data) -> None:
-    train, test = data
-    _, summed = train_multimnist("sum", train, test, steps=2, batch_size=32, seed=3)
-    _, mao = train_multimnist("mao", train, test, steps=2, batch_size=32, seed=3)
-    start = lambda s: s[s["step"] == 0]["value"].to_numpy()  # noqa: E731
-    np.testing.assert_array_equal(start(summed), start(mao))
-    alone, together = multimnist_model(("sum",), seed=3), multimnist_model(TASKS, seed=3)
-    for a, b in zip(alone.trunk.parameters(), together.trunk.parameters()):
-        assert torch.equal(a, b)
+def test_every_method_and_every_baseline_start_from_one_trunk_and_see_the_same_batches(problem) -> None:
+    """A comparison's runs with one seed: the same trunk as built, the same training images step by step (the
+    baselines too), and the multi-task methods the same whole network (the same scores at step 0)."""
+    watched = _WatchedProblem(problem.split("train"), problem.split("test"), batch_size=32)
+    _, scores = compare_on_problem(watched, ["sum", "mao"], seeds=(3,), steps=3, batch_size=32, progress=False)
+    assert [run["tasks"] for run in watched.runs] == [TASKS, TASKS] + [(task,) for task in TASKS]
+    first = watched.runs[0]
+    alone = multimnist_model(("sum",), seed=3)  # built on its own, not through the problem
+    for run in watched.runs:
+        assert len(run["images"]) == 3
+        for a, b in zip(run["images"], first["images"], strict=True):
+            assert torch.equal(a, b)
+        for name, value in alone.trunk.state_dict().items():
+            assert torch.equal(run["trunk"][name], value), name
+    start = scores[scores["step"] == 0]
+    summed, mao = (start[start["method"] == m]["value"].to_numpy() for m in ("sum", "mao"))
+    np.testing.assert_array_equal(summed, mao)
+    # Another seed, another trunk.
+    other = multimnist_model(("sum",), seed=4).trunk.state_dict()
+    assert not all(torch.equal(first["trunk"][name], value) for name, value in other.items())
 
 
-def test_single_task_baselines_are_repeatable_and_learn(data) -> None:
-    train, test = data
+def test_single_task_baselines_are_repeatable_and_learn(problem) -> None:
     for task in ("left", "sum"):
-        scores = train_single_task(task, train, test, steps=40, batch_size=32, seed=1)
-        again = train_single_task(task, train, test, steps=40, batch_size=32, seed=1)
+        metrics, scores = train_on_problem(problem, "sum", tasks=(task,), steps=40, batch_size=32, seed=1, every=None)
+        _, again = train_on_problem(problem, "sum", tasks=(task,), steps=40, batch_size=32, seed=1, every=None)
         pd.testing.assert_frame_equal(scores.drop(columns="seconds"), again.drop(columns="seconds"))
-        assert scores["method"].unique().tolist() == [SINGLE_TASK] and scores["task"].unique().tolist() == [task]
+        assert metrics is None and scores["task"].unique().tolist() == [task]
         assert _improved(scores) == {task: True}
 
 
-def test_bad_input_is_named(data) -> None:
-    train, test = data
+def test_bad_input_is_named(problem) -> None:
     with pytest.raises(ValueError, match="unknown method"):
-        train_multimnist("adamm", train, test, steps=1)
-    with pytest.raises(ValueError, match="same tasks"):
-        train_multimnist("sum", train, load_multimnist(split="test", tasks=("left", "right"), limit=8), steps=1)
+        train_on_problem(problem, "adamm", steps=1)
     with pytest.raises(ValueError, match="steps must be a positive int"):
-        train_multimnist("sum", train, test, steps=0)
-    with pytest.raises(ValueError, match="not among"):
-        train_single_task("sum", load_multimnist(tasks=("left", "right"), limit=8), test, steps=1)
+        train_on_problem(problem, "sum", steps=0)
+    # Training and test splits with different tasks: refused when the problem is made.
+    train, other_test = load_multimnist(tasks=TASKS, limit=8), load_multimnist(split="test", tasks=("left",), limit=8)
+    with pytest.raises(ValueError, match="test split's tasks"):
+        MultiMNISTProblem(train, other_test)
+    # A task the problem does not have, for one method or for the comparison and its baselines.
+    two = MultiMNISTProblem(load_multimnist(tasks=("left", "right"), limit=8), batch_size=4)
+    with pytest.raises(ValueError, match="unknown task 'sum'"):
+        train_on_problem(two, "sum", tasks=("sum",), steps=1)
+    with pytest.raises(ValueError, match="unknown task 'sum'"):
+        compare_on_problem(two, ["sum"], tasks=("left", "sum"), steps=1, progress=False)
     with pytest.raises(ValueError, match="unknown"):
-        compare_on_multimnist(["sum", "nope"], steps=1)
+        compare_on_problem(problem, ["sum", "nope"], steps=1, progress=False)
 
 
 # -- the comparison, its tables, figures, widget and run folders ---------------------------------------
@@ -207,11 +245,10 @@ def test_bad_input_is_named(data) -> None:
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     root = tmp_path_factory.mktemp("nb03") / "runs"
-    metrics, scores = compare_on_multimnist(
+    metrics, scores = compare_on_problem(
+        multimnist_problem(TASKS, num_train=256, num_val=0, num_test=128, batch_size=32),
         ["sum", "mao"],
         seeds=(0, 1),
-        num_train=256,
-        num_test=128,
         steps=8,
         batch_size=32,
         every=2,
@@ -230,6 +267,14 @@ def test_the_run_folders_open_in_the_balance_explorer(comparison) -> None:
     assert runs["method"].tolist() == ["mao", "mao", "sum", "sum"] and runs["seed"].tolist() == [0, 1, 0, 1]
     assert (runs["tasks"] == 4).all() and (runs["steps"] == 4).all()
     assert set(loaded["run"]) == set(metrics["run"]) and len(loaded) == len(metrics)
+
+
+def test_the_comparison_scores_every_run_and_every_baseline(comparison) -> None:
+    _, _, scores = comparison
+    runs = {(m, seed): sorted(rows["task"].unique()) for (m, seed), rows in scores.groupby(["method", "seed"])}
+    assert runs == {(m, seed): sorted(TASKS) for m in ("sum", "mao", SINGLE_TASK) for seed in (0, 1)}
+    steps = scores.groupby(["method", "seed", "task"])["step"].apply(list)
+    assert (steps.map(lambda s: s == [0, 8])).all()
 
 
 def test_delta_m_table_agrees_with_the_scores(comparison) -> None:

@@ -18,10 +18,10 @@ from torch import nn
 
 from mao_lab.experiments import (
     SINGLE_TASK,
+    compare_on_problem,
     tensor_batches,
     train,
-    train_multimnist,
-    train_single_task,
+    train_on_problem,
     train_with_recorder,
 )
 from mao_lab.problems import (
@@ -190,22 +190,27 @@ def _old_train_multimnist(
 
 
 @pytest.mark.parametrize("method", ["mao", "rlw"])  # RLW draws its weights after the network is built
-def test_train_multimnist_is_what_it_was(splits, method: str) -> None:
+def test_train_on_a_multimnist_problem_is_what_it_was(splits, method: str) -> None:
     data, test = splits
     reference = _old_train_multimnist(method, data, test, steps=6, batch_size=16, seed=4, every=2)
-    metrics, scores = train_multimnist(method, data, test, steps=6, batch_size=16, seed=4, every=2, device="cpu")
+    problem = MultiMNISTProblem(data, test, batch_size=16)
+    metrics, scores = train_on_problem(problem, method, steps=6, batch_size=16, seed=4, every=2, device="cpu")
     pd.testing.assert_frame_equal(reference.metrics, metrics)
     old = reference.evaluations
     pd.testing.assert_frame_equal(old.reset_index(drop=True), scores[list(old.columns)].reset_index(drop=True))
 
 
-def test_train_single_task_is_what_it_was(splits) -> None:
+def test_the_single_task_baseline_is_the_old_loop_on_a_one_task_copy_of_the_data(splits) -> None:
+    """``compare_on_problem``'s baseline trains on the multi-task problem with one task's loss; the old baseline
+    trained on a copy of the data holding that task's target only.  Same network, batches and scores."""
     data, test = splits
     one = lambda d: MultiMNIST(d.images, [d.targets[1]], ("sum",), d.split, d.left_index, d.right_index)
     reference = _old_train_multimnist("sum", one(data), one(test), steps=5, batch_size=16, seed=2, every=None)
-    scores = train_single_task("sum", data, test, steps=5, batch_size=16, seed=2, device="cpu")
-    assert scores["method"].unique().tolist() == [SINGLE_TASK]
-    assert scores["value"].tolist() == reference.evaluations["value"].tolist()
+    problem = MultiMNISTProblem(data, test, batch_size=16)
+    _, scores = compare_on_problem(problem, ["mao"], seeds=(2,), steps=5, batch_size=16, device="cpu", progress=False)
+    baseline = scores[(scores["method"] == SINGLE_TASK) & (scores["task"] == "sum")]
+    assert baseline["step"].tolist() == [0, 5]
+    assert baseline["value"].tolist() == reference.evaluations["value"].tolist()
 
 
 def test_train_with_recorder_is_what_it_was() -> None:

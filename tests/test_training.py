@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from mao_lab.experiments import index_batches, tensor_batches, train, train_single_task
-from mao_lab.problems import load_multimnist, multimnist_model, regression_model, task_losses
+from mao_lab.experiments import index_batches, tensor_batches, train, train_on_problem
+from mao_lab.problems import MultiMNISTProblem, load_multimnist, multimnist_model, regression_model, task_losses
 from mao_lab.recorder import load_run
 
 X = torch.randn(96, 8, generator=torch.Generator().manual_seed(1))
@@ -103,10 +103,13 @@ def test_train_losses_are_each_batch_before_the_step_and_steps_are_counted() -> 
 
 
 def test_the_single_task_baseline_is_plain_adam_on_the_one_loss() -> None:
-    """``train_single_task`` (the loop with ``sum`` on one task) against a raw ``torch.optim.Adam`` loop."""
+    """The baseline as ``compare_on_problem`` trains it (``train_on_problem`` with ``sum`` on one task of a two-task
+    problem) against a raw ``torch.optim.Adam`` loop on that task's loss."""
     data = load_multimnist(tasks=("left", "sum"), limit=128)
     test = load_multimnist(split="test", tasks=("left", "sum"), limit=64)
-    scores = train_single_task("sum", data, test, steps=6, batch_size=32, seed=2)
+    problem = MultiMNISTProblem(data, test, batch_size=32)
+    metrics, scores = train_on_problem(problem, "sum", tasks=("sum",), steps=6, batch_size=32, seed=2, every=None)
+    assert metrics is None and scores["task"].unique().tolist() == ["sum"]
     torch.manual_seed(2)
     model = multimnist_model(("sum",), seed=2)
     adam = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -4,9 +4,11 @@ By job:
 
 - :mod:`._training` — :func:`train`, the one training loop every experiment uses (any method, a seed that
   fixes the initial network and the batch order, optional recorder and periodic evaluation);
-- :mod:`._problem` — any :class:`~mao_lab.problems.Problem`: every method and the single-task baselines;
-- per problem, training and scoring only: :mod:`._landscape` (the two-task toy), :mod:`._regression`
-  (GradNorm's imbalanced regression), :mod:`._multimnist` (real data, with single-task baselines);
+- :mod:`._problem` — any :class:`~mao_lab.problems.Problem` (MultiMNIST is
+  :func:`~mao_lab.problems.multimnist_problem`): :func:`train_on_problem` trains one method,
+  :func:`compare_on_problem` every method and the single-task baselines;
+- the toy problems' own experiments: :mod:`._landscape` (the two-task toy), :mod:`._regression` (GradNorm's
+  imbalanced regression);
 - :mod:`._analysis` — the shared analyses: layer ownership, imbalance over steps and layers, Delta_m and
   result tables; :mod:`._summaries` — the notebooks' ``summary.json`` (their prose is in the notebooks);
 - :mod:`._figures` and :mod:`._landscape_figures` — plotly figures; :mod:`._widgets` — ipywidgets;
@@ -59,13 +61,7 @@ from ._landscape_figures import (
     parameter_space_figure,
     rescaling_figure,
 )
-from ._multimnist import (
-    MULTIMNIST_TASK_NAMES,
-    compare_on_multimnist,
-    train_multimnist,
-    train_single_task,
-)
-from ._problem import compare_on_problem, train_on_problem
+from ._problem import MULTIMNIST_TASK_NAMES, compare_on_problem, train_on_problem
 from ._regression import compare_methods, final_losses, train_with_recorder
 from ._run_origins import origin_names
 from ._runs import find_run_dirs, is_run_dir, load_balance_runs
@@ -110,7 +106,6 @@ __all__ = [
     "arc_distance",
     "balance_summary",
     "compare_methods",
-    "compare_on_multimnist",
     "compare_on_problem",
     "conflict_band",
     "delta_m",
@@ -164,8 +159,6 @@ __all__ = [
     "task_metric_figure",
     "tensor_batches",
     "train",
-    "train_multimnist",
     "train_on_problem",
-    "train_single_task",
     "train_with_recorder",
 ]

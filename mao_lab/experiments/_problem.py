@@ -1,7 +1,8 @@
 r"""Any problem (:class:`mao_lab.problems.Problem`), every method and the single-task baselines: train and score.
 
-What :mod:`._multimnist` does for MultiMNIST, for any problem: ``03_multimnist`` (any problem by its import
-path), ``04_balance_explorer``'s demo runs and ``07_your_problem`` call these.  Each run is the lab's one loop
+The one way to train and score on a problem, MultiMNIST (:func:`~mao_lab.problems.multimnist_problem`) as any
+other: ``03_multimnist`` (any problem by its import path), ``04_balance_explorer``'s demo runs and
+``07_your_problem`` call these.  Each run is the lab's one loop
 (:func:`~mao_lab.experiments.train`) with the problem's network seeded on its own under the run's seed, so runs
 with one seed start from one network and see the same batches; they are scored on one split of the problem
 (``test`` by default) before training and after the last step.
@@ -23,15 +24,19 @@ from tqdm.auto import tqdm
 
 from .._validate import Int, require
 from ..methods import available
-from ..problems import Problem, Split, metric_rows, seeded_init
+from ..problems import MULTIMNIST_TASKS, Problem, Split, metric_rows, seeded_init
 from ..recorder import combine_runs
 from ._labels import SINGLE_TASK, method_label, run_name
 from ._training import Autocast, TrainingRun, recording, resolve_device, train
 
-__all__ = ["SCORE_COLUMNS", "compare_on_problem", "train_on_problem"]
+__all__ = ["MULTIMNIST_TASK_NAMES", "SCORE_COLUMNS", "compare_on_problem", "train_on_problem"]
 
 SCORE_COLUMNS = ["method", "seed", "step", "task", "metric", "value", "higher_is_better", "seconds"]
 """The columns of a scores table (:func:`train_on_problem`)."""
+
+MULTIMNIST_TASK_NAMES: tuple[str, ...] = tuple(MULTIMNIST_TASKS)
+"""The shipped MultiMNIST's four tasks in order (:data:`~mao_lab.problems.MULTIMNIST_TASKS`): two classifications,
+a regression and a per-pixel reconstruction; ``tasks`` to pick from on :func:`~mao_lab.problems.multimnist_problem`."""
 
 
 def run_on_problem(

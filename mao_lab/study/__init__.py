@@ -8,155 +8,22 @@
   :mod:`._figures`: the figures behind each verdict and a widget.
 """
 
-from ._analysis import (
-    BALANCE_BOUNDS,
-    BALANCE_READINGS,
-    BALANCE_THRESHOLD,
-    CLAIMS,
-    balance_summary,
-    choose_learning_rates,
-    claims_ledger,
-    delta_m_runs,
-    divergence_counts,
-    ledger_from_tables,
-    m1_by_budget,
-    m1_sensitivity,
-    m1_sensitivity_verdicts,
-    method_intervals,
-    run_outcomes,
-    worst_balance,
-)
-from ._design import (
-    MM4_TASKS,
-    SINGLE_TASK_PREFIX,
-    STUDY_FILE_KEYS,
-    RunConfig,
-    StudyDesign,
-    full_design,
-    problem_design,
-    read_study_file,
-    smoke_design,
-)
-from ._figures import (
-    ClaimsExplorer,
-    balance_figure,
-    claim_figure,
-    compute_figure,
-    final_table,
-    learning_rate_figure,
-    spread_figure,
-    validation_curve,
-    validation_curve_figure,
-)
-from ._ledger import (
-    BUDGET_FRACTIONS,
-    LEVELLING_FRACTION,
-    LEVELLING_STATUSES,
-    RECOMPUTE_TABLES,
-    LedgerInputError,
-    balance_by_budget,
-    ledger_markdown,
-    ledger_only,
-    levelling_by_budget,
-    levelling_off,
-    load_ledger,
-    recompute_tables,
-    validation_curves,
-    validation_levels,
-    verdict_moves,
-    write_ledger,
-)
-from ._runs import RunTables, problem_of, run_config, run_point
-from ._stats import (
-    DIRECTIONS,
-    VERDICTS,
-    Direction,
-    Interval,
-    Verdict,
-    claim_verdict,
-    combine_verdicts,
-    family_verdicts,
-    holm,
-    mean_interval,
-    p_value,
-    paired_interval,
-    verdict,
-)
-from ._study import POINT_NOTEBOOK, StudyError, gpu_resources, load_study, provenance, run_study, summarise
+# The public names are the submodules' ``__all__`` lists, each name written once there; helpers that submodules
+# share stay off those lists (``_analysis.final_table`` among them: the public ``final_table`` is ``_figures``').
+from . import _analysis, _design, _figures, _ledger, _runs, _stats, _study
+from ._analysis import *  # noqa: F403
+from ._design import *  # noqa: F403
+from ._figures import *  # noqa: F403
+from ._ledger import *  # noqa: F403
+from ._runs import *  # noqa: F403
+from ._stats import *  # noqa: F403
+from ._study import *  # noqa: F403
 
-__all__ = [
-    "ClaimsExplorer",
-    "balance_figure",
-    "claim_figure",
-    "compute_figure",
-    "final_table",
-    "learning_rate_figure",
-    "spread_figure",
-    "validation_curve",
-    "validation_curve_figure",
-    "BALANCE_BOUNDS",
-    "BALANCE_READINGS",
-    "BALANCE_THRESHOLD",
-    "CLAIMS",
-    "RECOMPUTE_TABLES",
-    "LedgerInputError",
-    "balance_summary",
-    "claim_verdict",
-    "divergence_counts",
-    "family_verdicts",
-    "holm",
-    "ledger_from_tables",
-    "ledger_only",
-    "m1_by_budget",
-    "m1_sensitivity",
-    "m1_sensitivity_verdicts",
-    "p_value",
-    "recompute_tables",
-    "run_outcomes",
-    "verdict_moves",
-    "POINT_NOTEBOOK",
-    "StudyError",
-    "choose_learning_rates",
-    "claims_ledger",
-    "delta_m_runs",
-    "ledger_markdown",
-    "load_ledger",
-    "load_study",
-    "method_intervals",
-    "provenance",
-    "run_study",
-    "summarise",
-    "worst_balance",
-    "validation_curves",
-    "validation_levels",
-    "levelling_off",
-    "balance_by_budget",
-    "levelling_by_budget",
-    "BUDGET_FRACTIONS",
-    "LEVELLING_FRACTION",
-    "LEVELLING_STATUSES",
-    "write_ledger",
-    "DIRECTIONS",
-    "MM4_TASKS",
-    "SINGLE_TASK_PREFIX",
-    "VERDICTS",
-    "Direction",
-    "Interval",
-    "RunConfig",
-    "RunTables",
-    "StudyDesign",
-    "Verdict",
-    "combine_verdicts",
-    "full_design",
-    "mean_interval",
-    "paired_interval",
-    "run_config",
-    "run_point",
-    "smoke_design",
-    "verdict",
-    "STUDY_FILE_KEYS",
-    "gpu_resources",
-    "problem_design",
-    "problem_of",
-    "read_study_file",
-]
+__all__: list[str] = []
+__all__ += _analysis.__all__
+__all__ += _design.__all__
+__all__ += _figures.__all__
+__all__ += _ledger.__all__
+__all__ += _runs.__all__
+__all__ += _stats.__all__
+__all__ += _study.__all__

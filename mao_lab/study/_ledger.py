@@ -48,7 +48,6 @@ from ._design import SINGLE_TASK_PREFIX, StudyDesign
 from ._stats import mean_interval
 
 __all__ = [
-    "PREVIOUS_LEDGER",
     "RECOMPUTE_TABLES",
     "LedgerInputError",
     "ledger_only",
@@ -62,7 +61,6 @@ __all__ = [
     "levelling_by_budget",
     "levelling_off",
     "load_ledger",
-    "regenerate_command",
     "validation_curves",
     "validation_levels",
     "write_ledger",

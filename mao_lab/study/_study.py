@@ -40,7 +40,7 @@ from ._analysis import (
 from ._design import RunConfig, StudyDesign
 from ._ledger import levelling_by_budget, recompute_tables, validation_curves, write_ledger
 
-__all__ = ["POINT_NOTEBOOK", "StudyError", "gpu_resources", "load_study", "provenance", "run_study"]
+__all__ = ["POINT_NOTEBOOK", "StudyError", "gpu_resources", "load_study", "provenance", "run_study", "summarise"]
 
 POINT_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "study" / "point.ipynb"
 """The notebook every point of the study runs."""
