@@ -61,7 +61,7 @@ from ._landscape_figures import (
     parameter_space_figure,
     rescaling_figure,
 )
-from ._problem import MULTIMNIST_TASK_NAMES, compare_on_problem, train_on_problem
+from ._problem import compare_on_problem, train_on_problem
 from ._regression import compare_methods, final_losses, train_with_recorder
 from ._run_origins import origin_names
 from ._runs import find_run_dirs, is_run_dir, load_balance_runs
@@ -94,7 +94,6 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "ELEMENTWISE_METHODS",
     "METHOD_LABELS",
-    "MULTIMNIST_TASK_NAMES",
     "PAPERS_SETTING",
     "PAPERS_VARIANTS",
     "SINGLE_TASK",

@@ -24,19 +24,15 @@ from tqdm.auto import tqdm
 
 from .._validate import Int, require
 from ..methods import available
-from ..problems import MULTIMNIST_TASKS, Problem, Split, metric_rows, seeded_init
+from ..problems import Problem, Split, metric_rows, seeded_init
 from ..recorder import combine_runs
 from ._labels import SINGLE_TASK, method_label, run_name
 from ._training import Autocast, TrainingRun, recording, resolve_device, train
 
-__all__ = ["MULTIMNIST_TASK_NAMES", "SCORE_COLUMNS", "compare_on_problem", "train_on_problem"]
+__all__ = ["SCORE_COLUMNS", "compare_on_problem", "train_on_problem"]
 
 SCORE_COLUMNS = ["method", "seed", "step", "task", "metric", "value", "higher_is_better", "seconds"]
 """The columns of a scores table (:func:`train_on_problem`)."""
-
-MULTIMNIST_TASK_NAMES: tuple[str, ...] = tuple(MULTIMNIST_TASKS)
-"""The shipped MultiMNIST's four tasks in order (:data:`~mao_lab.problems.MULTIMNIST_TASKS`): two classifications,
-a regression and a per-pixel reconstruction; ``tasks`` to pick from on :func:`~mao_lab.problems.multimnist_problem`."""
 
 
 def run_on_problem(
