@@ -475,11 +475,6 @@ class TaskUpdates(_PerTaskStacks):
     def _stacks(self) -> Sequence[Tensor]:
         return self.updates
 
-    @property
-    def grads(self) -> Sequence[Tensor]:
-        """Deprecated alias of :attr:`updates` (from when updates were held in a ``TaskGradients``)."""
-        return self.updates
-
 
 class _LazyStacks(Sequence[Tensor]):
     """Per-parameter stacked gradients that are stacked only when read.

@@ -7,12 +7,14 @@ path, and ``tests/_distributed_worker.py``, run as a script, finds it beside its
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -132,3 +134,21 @@ def write_notebook(folder: Path, name: str = "tiny", *, parameters: str, body: s
     path = folder / f"{name}.ipynb"
     nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": kernelspec}), path)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeStudy:
+    """``python -m mao_lab.study --smoke`` run into ``folder``, run again there (a resume), then ``--ledger-only``
+    into ``docs``: the exit codes, and what the first and the second run left, read right after each."""
+
+    folder: Path
+    docs: Path
+    exits: tuple[int, int, int]  # the first run, the resume, --ledger-only
+    files: frozenset[str]  # the first run's files
+    ledger: pd.DataFrame  # ledger.csv after the first run
+    ledger_md: str  # ledger.md after the first run
+    document: dict[str, Any]  # ledger.json after the first run
+    executed: tuple[list[str], list[str]]  # the point notebooks after the first run and after the resume
+    resumed_ledger: pd.DataFrame
+    resumed_ledger_md: str
+    resumed_phases: dict[str, Any]  # provenance.json's phases after the resume

@@ -575,7 +575,7 @@ def test_zero_gradient_records_still_add_up_to_the_change() -> None:
         method.step(losses)
     updates = keep.records[-1].task_updates
     position = {id(p): i for i, p in enumerate(params)}
-    for p, contributions in zip(updates.params, updates.grads):
+    for p, contributions in zip(updates.params, updates.updates):
         i = position[id(p)]
         torch.testing.assert_close(contributions.sum(0), before[i] - p.detach(), rtol=1e-9, atol=1e-12)
 

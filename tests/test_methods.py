@@ -325,7 +325,7 @@ def test_record_gives_true_task_gradients_and_contributions_that_add_up_to_the_s
     position = {id(p): i for i, p in enumerate(params)}
     assert [position[id(p)] for p in updates.params] == sorted(position[id(p)] for p in updates.params)
     # At Adam's first step the momentum-free split is exact: the contributions add up to the change.
-    for p, ks, c in zip(updates.params, updates.tasks, updates.grads):
+    for p, ks, c in zip(updates.params, updates.tasks, updates.updates):
         i = position[id(p)]
         assert set(grads.tasks[i]) <= set(ks)
         change = before[i] - p.detach()
@@ -346,7 +346,7 @@ def test_contributions_leave_out_the_decoupled_weight_decay(name: str) -> None:
     # Every sub-step of IUS and IO decays the trunk, between the tasks' changes: the record leaves all
     # decay out, so there the split adds up to the change only to first order in lr * weight_decay.
     substeps = 3 if name in ("ius", "io") else 1
-    for p, c in zip(updates.params, updates.grads):
+    for p, c in zip(updates.params, updates.updates):
         i = position[id(p)]
         times = substeps if i < 4 else 1
         expected = before[i] * (1 - 1e-2 * 0.1) ** times - p.detach()
@@ -461,7 +461,7 @@ def test_mgda_on_two_orthogonal_gradients_of_equal_norm_gives_their_mean() -> No
     method.add_observer(keep)
     method.step(lambda: [p @ g1, p @ g2])
     torch.testing.assert_close(p.detach(), -0.1 * (g1 + g2) / 2)
-    torch.testing.assert_close(keep.records[0].task_updates.grads[0], 0.1 * torch.stack([g1, g2]) / 2)
+    torch.testing.assert_close(keep.records[0].task_updates.updates[0], 0.1 * torch.stack([g1, g2]) / 2)
 
 
 def test_pcgrad_removes_the_conflicting_component() -> None:
@@ -481,7 +481,7 @@ def test_pcgrad_removes_the_conflicting_component() -> None:
     torch.testing.assert_close(record.task_grads.grads[0], torch.stack([g1, g2]))
     c = g1 @ g2
     alpha = torch.stack([1 - c / (g1 @ g1), 1 - c / (g2 @ g2)])
-    torch.testing.assert_close(record.task_updates.grads[0], alpha.unsqueeze(1) * torch.stack([g1, g2]))
+    torch.testing.assert_close(record.task_updates.updates[0], alpha.unsqueeze(1) * torch.stack([g1, g2]))
 
 
 def test_pcgrad_leaves_agreeing_gradients_alone() -> None:
@@ -547,7 +547,7 @@ def test_dwa_weights_follow_the_loss_ratios() -> None:
     for _ in range(3):
         method.step(closure)
     weights = [
-        record.task_updates.grads[0][:, 0] / torch.tensor(a, dtype=torch.float64)
+        record.task_updates.updates[0][:, 0] / torch.tensor(a, dtype=torch.float64)
         for record, a in zip(keep.records, [(4.0, 4.0), (2.0, 4.0), (1.0, 1.0)])
     ]
     torch.testing.assert_close(weights[0], torch.ones(2, dtype=torch.float64))  # not two epochs yet

@@ -69,7 +69,7 @@ def test_shares_are_the_tasks_update_norms_of_each_shared_module_normalised() ->
             parts = []
             for i in trunk:
                 tasks = record.task_updates.tasks[i]
-                parts.append(record.task_updates.grads[i][tasks.index(k)].flatten())
+                parts.append(record.task_updates.updates[i][tasks.index(k)].flatten())
             norms[name] = torch.cat(parts).norm().item()
         total = sum(norms.values())
         rows = history[history["step"] == step].set_index("task")

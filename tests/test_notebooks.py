@@ -148,8 +148,13 @@ def test_the_collection_is_found_and_committed_clean() -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_its_smoke_setting(path: Path, tmp_path: Path) -> None:
-    executed = execute_notebook(path, tmp_path, {"smoke": True})
+def test_notebook_runs_in_its_smoke_setting(path: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    parameters: dict[str, object] = {"smoke": True}
+    if path.stem == "05_claims":
+        # It reads the session's smoke study (conftest.py), where alone it would make its own, a minute more in CI;
+        # the browser test runs it alone, making its own.
+        parameters["study_dir"] = str(request.getfixturevalue("smoke_study").folder)
+    executed = execute_notebook(path, tmp_path, parameters)
     for name in EXPECTED_FILES.get(path.stem, []):
         assert (tmp_path / name).is_file(), f"{path.stem} did not write {name}"
     html = (tmp_path / f"{path.stem}.html").read_text(encoding="utf-8")

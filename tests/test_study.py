@@ -7,7 +7,6 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +31,8 @@ from mao_lab.study.__main__ import main
 from mao_lab.study._design import problem_design, read_study_file
 from mao_lab.study._runs import _PathMeter, problem_of
 from mao_lab.study._study import POINT_NOTEBOOK, gpu_resources
+
+from _helpers import SmokeStudy
 
 
 def test_runs_with_one_seed_start_from_one_network_and_are_repeatable() -> None:
@@ -124,56 +125,6 @@ def test_the_point_notebook_names_a_bad_parameter(tmp_path: Path) -> None:
 
 
 # -- the smoke study end to end: run once for the tests below, resumed, its ledger recomputed, read by 05_claims ---
-
-
-@dataclasses.dataclass(frozen=True)
-class SmokeStudy:
-    """``python -m mao_lab.study --smoke`` run into ``folder``, run again there (a resume), then ``--ledger-only``
-    into ``docs``: the exit codes, and what the first and the second run left, read right after each."""
-
-    folder: Path
-    docs: Path
-    exits: tuple[int, int, int]  # the first run, the resume, --ledger-only
-    files: frozenset[str]  # the first run's files
-    ledger: pd.DataFrame  # ledger.csv after the first run
-    ledger_md: str  # ledger.md after the first run
-    document: dict[str, Any]  # ledger.json after the first run
-    executed: tuple[list[str], list[str]]  # the point notebooks after the first run and after the resume
-    resumed_ledger: pd.DataFrame
-    resumed_ledger_md: str
-    resumed_phases: dict[str, Any]  # provenance.json's phases after the resume
-
-
-@pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
-    root = tmp_path_factory.mktemp("smoke")
-    study, docs = root / "study", root / "docs"
-
-    def executed() -> list[str]:
-        return sorted(p.name for p in study.glob("*/*/point.ipynb"))
-
-    first = main(["--smoke", "--out", str(study)])
-    files, ran = frozenset(p.name for p in study.iterdir() if p.is_file()), executed()
-    ledger, ledger_md = pd.read_csv(study / "ledger.csv"), (study / "ledger.md").read_text()
-    document = json.loads((study / "ledger.json").read_text())
-    resumed = main(["--smoke", "--out", str(study)])  # the same command again: nothing runs again
-    ran_again = executed()
-    resumed_ledger, resumed_ledger_md = pd.read_csv(study / "ledger.csv"), (study / "ledger.md").read_text()
-    resumed_phases = json.loads((study / "provenance.json").read_text())["phases"]
-    ledger_only = main(["--ledger-only", str(study), "--out", str(docs)])  # what docs/claims/ is made with
-    return SmokeStudy(
-        folder=study,
-        docs=docs,
-        exits=(first, resumed, ledger_only),
-        files=files,
-        ledger=ledger,
-        ledger_md=ledger_md,
-        document=document,
-        executed=(ran, ran_again),
-        resumed_ledger=resumed_ledger,
-        resumed_ledger_md=resumed_ledger_md,
-        resumed_phases=resumed_phases,
-    )
 
 
 def _chosen(smoke: SmokeStudy) -> pd.DataFrame:

@@ -356,7 +356,7 @@ class Recorder(_Watcher):
         for j in update_plan:
             if j is None or updates is None:
                 continue
-            pieces.append(torch.linalg.vector_norm(_flat(updates.grads[j]), dim=1))
+            pieces.append(torch.linalg.vector_norm(_flat(updates.updates[j]), dim=1))
         pieces.append(record.losses.detach().reshape(-1))
         device = pieces[0].device
         return torch.cat(
