@@ -27,4 +27,5 @@ for net in (model, other):  # every process holds the same weights, bit for bit
     assert all(torch.equal(copies[0], c) for c in copies)
 if rank == 0:
     print(f"{world} processes, {optimizer.state_dict()['state'][0]['step']:.0f} steps: replicas identical")
+dist.barrier()  # no process tears gloo down while another still talks to it (one aborted at exit without it)
 dist.destroy_process_group()
