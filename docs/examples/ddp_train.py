@@ -30,8 +30,8 @@ def train(rank: int, world: int) -> None:
 
 
 dist.init_process_group("gloo")  # "nccl" on GPUs; torchrun sets rank and world size
-# In a function, the models go when it returns: DDP keeps its last all-reduce (and its tensors) until then, and
-# freed at interpreter shutdown instead, gloo may abort the process after a successful run.
+# In a function, the models and what DDP keeps for them are freed when it returns, while Python still runs; left
+# to interpreter shutdown, gloo may abort the process after a successful run.
 train(dist.get_rank(), dist.get_world_size())
 dist.barrier()
 dist.destroy_process_group()
