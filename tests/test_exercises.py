@@ -351,4 +351,4 @@ def test_the_answer_key_holds_every_question_and_its_solution(tmp_path) -> None:
             count += 1
     assert text.count("### q") == count
     assert answer_key.main(["--out", str(tmp_path)]) == 0
-    assert (tmp_path / "answer-key.md").read_text(encoding="utf-8").strip() == text.strip()
+    assert (tmp_path / f"{answer_key.GENERATED_STEM}.md").read_text(encoding="utf-8").strip() == text.strip()

@@ -25,6 +25,9 @@ from ._core import Exercise
 
 __all__ = ["NOTEBOOKS", "answer_key_markdown", "main", "questions"]
 
+GENERATED_STEM = "answer-key"
+"""The name (without suffix) of the two files :func:`main` generates into ``--out``; none is in the repository."""
+
 NOTEBOOKS = {
     "quickstart": "00_quickstart",
     "landscape": "01_toy_landscape",
@@ -78,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     text = answer_key_markdown()
     # generated here, into the git-ignored --out folder: never a file of the repository
-    markdown = write_atomically(out / "answer-key.md", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    markdown = write_atomically(out / f"{GENERATED_STEM}.md", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     print(markdown)
     try:
         page = _html(text, out)
@@ -93,7 +96,7 @@ def _html(text: str, out: Path) -> Path:
     """The key as an offline page (the handouts' pipeline: local MathJax, nothing remote)."""
     from ..handouts import markdown_page
 
-    return markdown_page(text, out, "answer-key")
+    return markdown_page(text, out, GENERATED_STEM)
 
 
 if __name__ == "__main__":
